@@ -1,0 +1,115 @@
+//! What every mesh member daemon (gatewan, bgpctl) does at start and stop: logging, the
+//! state directory, joining the mesh, serving the API, metrics and signals.
+
+use std::path::{Path, PathBuf};
+
+use gatewan_proto::v1::{self, record::Body};
+use tokio_stream::wrappers::UnixListenerStream;
+use tracing::{error, info};
+
+use crate::config::{LogFormat, MeshPlan};
+use crate::mesh::driver::{self, MeshHandle};
+use crate::mesh::{MemberId, MeshCore, keyring_file};
+use crate::state_dir::StateDir;
+
+pub fn init_tracing(format: LogFormat, level: Option<&str>) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level.unwrap_or("info")))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => b.json().init(),
+        LogFormat::Text => b.init(),
+    }
+}
+
+/// A member that has joined the mesh.
+pub struct Member {
+    pub mesh: MeshHandle,
+    pub identity: MemberId,
+    pub state_dir: StateDir,
+}
+
+/// Opens the state directory, loads the keyring, binds the gossip socket and starts the
+/// mesh task. Errors here are runtime errors (exit 1).
+pub async fn join_mesh(state_dir: &Path, plan: &MeshPlan) -> anyhow::Result<Member> {
+    use anyhow::Context as _;
+    let state_dir =
+        StateDir::open(state_dir).with_context(|| format!("state_dir {}", state_dir.display()))?;
+    let node = state_dir.node_id().context("node id")?;
+    let generation = state_dir.next_generation().context("generation")?;
+    let keyring = keyring_file::load(&plan.keyring_file).map_err(anyhow::Error::msg)?;
+    let identity = MemberId {
+        node,
+        generation,
+        addrs: plan.advertise.clone(),
+    };
+    let mut seed = [0u8; 32];
+    rand::fill(&mut seed);
+    let core = MeshCore::new(
+        identity.clone(),
+        keyring,
+        plan.settings.clone(),
+        plan.seeds.clone(),
+        seed,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let socket =
+        driver::bind_socket(plan.bind).with_context(|| format!("mesh.bind {}", plan.bind))?;
+    info!(id = %node, generation, bind = %plan.bind, advertise = ?plan.advertise, seeds = ?plan.seeds, "joining the mesh");
+    let mesh = driver::spawn(core, socket, Some(plan.keyring_file.clone()));
+    Ok(Member {
+        mesh,
+        identity,
+        state_dir,
+    })
+}
+
+/// Publishes our NodeRecord.
+pub async fn announce(member: &Member, mut record: v1::NodeRecord) -> anyhow::Result<()> {
+    record.id = bytes::Bytes::copy_from_slice(&member.identity.node.0);
+    record.version = env!("CARGO_PKG_VERSION").to_string();
+    record.mesh_addresses = member
+        .identity
+        .addrs
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    member.mesh.publish(Body::Node(record)).await?;
+    Ok(())
+}
+
+/// Serves gRPC services on the API socket until `shutdown` resolves.
+pub async fn serve_api(
+    socket: PathBuf,
+    router: tonic::transport::server::Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let listener = crate::api::bind_unix(&socket)?;
+    info!(socket = %socket.display(), "API listening");
+    let res = router
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+        .await;
+    let _ = std::fs::remove_file(&socket);
+    res.map_err(Into::into)
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            error!(error = %e, "cannot watch SIGTERM");
+            std::future::pending::<()>().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

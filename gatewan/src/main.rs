@@ -1,0 +1,135 @@
+//! `gatewan`: the gatewan daemon.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use gatewan::config::GatewanConfig;
+use gatewan::mesh::keyring_file;
+use gatewan::{api, daemon, metrics};
+use gatewan_proto::v1;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Gatewan: joins this datacenter to the others over encrypted, measured tunnels"
+)]
+struct Cli {
+    /// Configuration file.
+    #[arg(
+        short,
+        long,
+        default_value = "/etc/gatewan/gatewan.yaml",
+        env = "GATEWAN_CONFIG"
+    )]
+    config: PathBuf,
+    /// Validate the configuration (and the keyring it names), then exit.
+    #[arg(long)]
+    check: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print a new random mesh key (base64), for a keyring file or `routingctl keyring install`.
+    Keygen,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Keygen) = cli.command {
+        println!("{}", gatewan::mesh::MeshKey::generate().to_base64());
+        return ExitCode::SUCCESS;
+    }
+    let plan = match GatewanConfig::load(&cli.config) {
+        Ok(p) => p,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("error: {e}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = keyring_file::load(&plan.mesh.keyring_file) {
+        eprintln!("error: {}: mesh.keyring: {e}", cli.config.display());
+        return ExitCode::from(2);
+    }
+    if cli.check {
+        println!("{}: configuration is valid", cli.config.display());
+        return ExitCode::SUCCESS;
+    }
+    daemon::init_tracing(plan.log_format, plan.log_level.as_deref());
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(plan)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(plan: gatewan::config::GatewanPlan) -> anyhow::Result<()> {
+    let member = daemon::join_mesh(&plan.state_dir, &plan.mesh).await?;
+    daemon::announce(
+        &member,
+        v1::NodeRecord {
+            name: plan.name.clone(),
+            datacenter: plan.datacenter.clone(),
+            role: v1::Role::Gatewan as i32,
+            api_address: plan.api_socket.display().to_string(),
+            transits: plan
+                .transits
+                .iter()
+                .map(|t| v1::Transit {
+                    name: t.name.clone(),
+                    addresses: t.addresses.iter().map(ToString::to_string).collect(),
+                    capacity_bps: t.capacity.0,
+                    interface: t.interface.clone().unwrap_or_default(),
+                    cost: t.cost,
+                })
+                .collect(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    tracing::info!(name = %plan.name, datacenter = %plan.datacenter, id = %member.identity.node, "gatewan started");
+
+    if let Some(listen) = plan.metrics_listen {
+        let mesh = member.mesh.clone();
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve(listen, mesh).await {
+                tracing::error!(error = %e, %listen, "metrics endpoint failed");
+            }
+        });
+    }
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let router = tonic::transport::Server::builder()
+        .add_service(api::MeshApi::new(member.mesh.clone()).into_server());
+    let api = tokio::spawn(daemon::serve_api(plan.api_socket.clone(), router, async {
+        let _ = stop_rx.await;
+    }));
+    tokio::select! {
+        _ = daemon::shutdown_signal() => {}
+        r = api => {
+            // The API stopped on its own: that is an error (e.g. the socket is taken).
+            return match r {
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(())) => Ok(()),
+                Err(e) => Err(e.into()),
+            };
+        }
+    }
+    tracing::info!("shutting down: leaving the mesh");
+    member.mesh.leave().await;
+    let _ = stop_tx.send(());
+    Ok(())
+}

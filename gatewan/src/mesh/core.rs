@@ -1,0 +1,877 @@
+//! The mesh core, sans I/O: datagrams and timers in, datagrams and timers out.
+//!
+//! It admits datagrams (rate limit, AEAD, replay filter), feeds SWIM messages to foca and
+//! mesh control messages (seed join, anti-entropy) to the state store, and seals what
+//! goes out. The tokio driver (`driver.rs`) and the benchmark's simulated network both
+//! drive it through the same four calls: `handle_datagram`, `handle_timer`, `publish`,
+//! `drain_outputs`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use foca::{BroadcastHandler, Foca, Invalidates, Notification, PostcardCodec, Timer};
+use gatewan_proto::v1::{self, MeshControl, MeshIdentity, mesh_control::Kind, record::Body};
+use prost::Message as _;
+use rand::rngs::StdRng;
+use rand::{RngExt as _, SeedableRng as _};
+use tracing::{debug, warn};
+
+use super::guard::{Freshness, RateLimiter, ReplayFilter};
+use super::identity::{MAX_MESH_ADDRESSES, MemberId, NodeId};
+use super::seal::{Keyring, OpenError, SEAL_OVERHEAD};
+use super::store::{
+    MergeOutcome, RecordError, RecordKey, StateStore, decode_record, encode_record,
+};
+use super::sync;
+
+/// First byte inside a sealed datagram.
+const TAG_SWIM: u8 = 1;
+const TAG_CONTROL: u8 = 2;
+
+/// Tunables of the mesh. Defaults target a WAN between datacenters: a dead member is
+/// declared down by everyone within about 5 s, and 10 % random loss raises no false down.
+#[derive(Debug, Clone)]
+pub struct MeshSettings {
+    pub probe_interval: Duration,
+    pub probe_timeout: Duration,
+    pub suspicion_timeout: Duration,
+    pub gossip_interval: Duration,
+    pub gossip_fanout: usize,
+    pub indirect_probes: usize,
+    pub sync_interval: Duration,
+    pub seed_retry: Duration,
+    pub replay_window: Duration,
+    pub rate_per_source: u32,
+    pub rate_burst: u32,
+    /// Largest sealed datagram; 1400 stays under every transit's MTU.
+    pub max_datagram: usize,
+}
+
+impl Default for MeshSettings {
+    fn default() -> Self {
+        MeshSettings {
+            probe_interval: Duration::from_millis(1000),
+            probe_timeout: Duration::from_millis(500),
+            suspicion_timeout: Duration::from_millis(3000),
+            gossip_interval: Duration::from_millis(200),
+            gossip_fanout: 3,
+            indirect_probes: 3,
+            sync_interval: Duration::from_secs(10),
+            seed_retry: Duration::from_secs(2),
+            replay_window: Duration::from_secs(30),
+            rate_per_source: 1000,
+            rate_burst: 2000,
+            max_datagram: 1400,
+        }
+    }
+}
+
+impl MeshSettings {
+    fn foca_config(&self) -> Result<foca::Config, String> {
+        let positive = |d: Duration, what: &str| {
+            if d.is_zero() {
+                Err(format!("{what} must be greater than zero"))
+            } else {
+                Ok(d)
+            }
+        };
+        if self.probe_timeout >= self.probe_interval {
+            return Err("probe_timeout must be shorter than probe_interval".into());
+        }
+        let mut c = foca::Config::new_lan(NonZeroU32::new(64).expect("64 > 0"));
+        c.probe_period = positive(self.probe_interval, "probe_interval")?;
+        c.probe_rtt = positive(self.probe_timeout, "probe_timeout")?;
+        c.suspect_to_down_after = positive(self.suspicion_timeout, "suspicion_timeout")?;
+        c.num_indirect_probes =
+            NonZeroUsize::new(self.indirect_probes).ok_or("indirect_probes must be at least 1")?;
+        c.max_packet_size = NonZeroUsize::new(self.max_datagram.saturating_sub(SEAL_OVERHEAD + 1))
+            .filter(|n| n.get() >= 512)
+            .ok_or("max_datagram must leave at least 512 bytes for SWIM")?;
+        c.periodic_gossip = Some(foca::PeriodicParams {
+            frequency: positive(self.gossip_interval, "gossip_interval")?,
+            num_members: NonZeroUsize::new(self.gossip_fanout)
+                .ok_or("gossip_fanout must be at least 1")?,
+        });
+        Ok(c)
+    }
+
+    /// Room for a control message body inside one sealed datagram.
+    fn control_budget(&self) -> usize {
+        self.max_datagram
+            .saturating_sub(SEAL_OVERHEAD + 1 + 48)
+            .max(256)
+    }
+}
+
+/// Why a datagram was dropped; each reason has a counter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    RateLimited,
+    Malformed,
+    Unauthenticated,
+    Duplicate,
+    Replay,
+    Invalid,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 6] = [
+        DropReason::RateLimited,
+        DropReason::Malformed,
+        DropReason::Unauthenticated,
+        DropReason::Duplicate,
+        DropReason::Replay,
+        DropReason::Invalid,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::RateLimited => "rate_limited",
+            DropReason::Malformed => "malformed",
+            DropReason::Unauthenticated => "unauthenticated",
+            DropReason::Duplicate => "duplicate",
+            DropReason::Replay => "replay",
+            DropReason::Invalid => "invalid",
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Counters {
+    pub datagrams_in: u64,
+    pub bytes_in: u64,
+    pub datagrams_out: u64,
+    pub bytes_out: u64,
+    pub dropped: [u64; 6],
+    /// Gossiped records that failed validation (the rest of their datagram was used).
+    pub records_invalid: u64,
+}
+
+impl Counters {
+    pub fn dropped(&self, r: DropReason) -> u64 {
+        self.dropped[r as usize]
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum CoreTimer {
+    Swim(Timer<MemberId>),
+    AntiEntropy,
+    SeedRetry,
+}
+
+#[derive(Debug, Clone)]
+pub enum Output {
+    Send { to: SocketAddr, datagram: Bytes },
+    Schedule { after: Duration, timer: CoreTimer },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MemberState {
+    Alive,
+    Suspect,
+    Down,
+}
+
+#[derive(Debug, Clone)]
+pub struct MemberInfo {
+    pub id: MemberId,
+    pub state: MemberState,
+    pub incarnation: u16,
+    pub last_change_ms: u64,
+    pub local: bool,
+}
+
+/// foca owns its broadcast handler and exposes no accessor, so the store it merges into
+/// is shared with the core through this lock; both run on the core's thread, so it is
+/// never contended.
+#[derive(Debug)]
+struct Shared {
+    store: StateStore,
+    local: NodeId,
+    records_invalid: u64,
+    /// Highest version of one of our own records seen from others (a previous life of
+    /// this node): our next versions must exceed it.
+    own_seen: u64,
+    records_changed: bool,
+}
+
+impl Shared {
+    /// Merges a record from the network; returns whether it is news.
+    fn merge_remote(&mut self, bytes: &[u8]) -> Option<(RecordKey, (u64, u64))> {
+        let rec = match decode_record(bytes) {
+            Ok(r) => r,
+            Err(e) => {
+                self.records_invalid += 1;
+                debug!(error = %e, "invalid gossiped record");
+                return None;
+            }
+        };
+        let rank = (rec.version, rec.fingerprint);
+        if rec.key.origin == self.local {
+            // Only we write our records; a newer one is from our previous life.
+            if self.store.rank_of(&rec.key).is_none_or(|held| rank > held) {
+                self.own_seen = self.own_seen.max(rec.version);
+            }
+            return None;
+        }
+        let key = rec.key.clone();
+        (self.store.merge(rec) == MergeOutcome::Applied).then(|| {
+            self.records_changed = true;
+            (key, rank)
+        })
+    }
+}
+
+#[derive(Debug)]
+struct RecordGossip(Arc<Mutex<Shared>>);
+
+#[derive(Debug, Clone)]
+struct BroadcastKey {
+    key: RecordKey,
+    rank: (u64, u64),
+}
+
+impl Invalidates for BroadcastKey {
+    fn invalidates(&self, other: &Self) -> bool {
+        self.key == other.key && self.rank >= other.rank
+    }
+}
+
+impl BroadcastHandler<MemberId> for RecordGossip {
+    type Key = BroadcastKey;
+    type Error = std::convert::Infallible;
+
+    fn receive_item(
+        &mut self,
+        data: &[u8],
+        sender: Option<&MemberId>,
+    ) -> Result<Option<BroadcastKey>, Self::Error> {
+        let mut shared = lock(&self.0);
+        if sender.is_none() {
+            // Our own publication, already merged by `publish`.
+            return Ok(decode_record(data).ok().map(|r| BroadcastKey {
+                rank: (r.version, r.fingerprint),
+                key: r.key,
+            }));
+        }
+        Ok(shared
+            .merge_remote(data)
+            .map(|(key, rank)| BroadcastKey { key, rank }))
+    }
+}
+
+fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
+    // A panic while holding the lock cannot leave the store half-merged (merge is one
+    // insert), so a poisoned lock is still usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Postcard codec that refuses identities no member would announce, and notes the
+/// incarnation foca puts in our outgoing headers (foca keeps its own private).
+struct IdentityCodec {
+    own_incarnation: Arc<AtomicU32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum CodecError {
+    #[error(transparent)]
+    Postcard(#[from] postcard::Error),
+    #[error("identity with no address or more than {MAX_MESH_ADDRESSES}")]
+    BadIdentity,
+}
+
+impl foca::Codec<MemberId> for IdentityCodec {
+    type Error = CodecError;
+
+    fn encode_header(
+        &mut self,
+        header: &foca::Header<MemberId>,
+        buf: impl bytes::BufMut,
+    ) -> Result<(), CodecError> {
+        self.own_incarnation
+            .store(u32::from(header.src_incarnation), Ordering::Relaxed);
+        Ok(PostcardCodec.encode_header(header, buf)?)
+    }
+
+    fn decode_header(
+        &mut self,
+        buf: impl bytes::Buf,
+    ) -> Result<foca::Header<MemberId>, CodecError> {
+        let h: foca::Header<MemberId> = PostcardCodec.decode_header(buf)?;
+        if h.src.is_sane() && h.dst.is_sane() {
+            Ok(h)
+        } else {
+            Err(CodecError::BadIdentity)
+        }
+    }
+
+    fn encode_member(
+        &mut self,
+        member: &foca::Member<MemberId>,
+        buf: impl bytes::BufMut,
+    ) -> Result<(), CodecError> {
+        Ok(PostcardCodec.encode_member(member, buf)?)
+    }
+
+    fn decode_member(
+        &mut self,
+        buf: impl bytes::Buf,
+    ) -> Result<foca::Member<MemberId>, CodecError> {
+        let m: foca::Member<MemberId> = PostcardCodec.decode_member(buf)?;
+        if m.id().is_sane() {
+            Ok(m)
+        } else {
+            Err(CodecError::BadIdentity)
+        }
+    }
+}
+
+/// Collects what foca asks for during one call.
+#[derive(Default)]
+struct SwimRuntime {
+    sends: Vec<(MemberId, Vec<u8>)>,
+    timers: Vec<(Duration, Timer<MemberId>)>,
+    notifications: Vec<foca::OwnedNotification<MemberId>>,
+}
+
+impl foca::Runtime<MemberId> for SwimRuntime {
+    fn notify(&mut self, n: Notification<'_, MemberId>) {
+        self.notifications.push(n.to_owned());
+    }
+    fn send_to(&mut self, to: MemberId, data: &[u8]) {
+        self.sends.push((to, data.to_vec()));
+    }
+    fn submit_after(&mut self, event: Timer<MemberId>, after: Duration) {
+        self.timers.push((after, event));
+    }
+}
+
+type Swim = Foca<MemberId, IdentityCodec, StdRng, RecordGossip>;
+
+pub struct MeshCore {
+    swim: Swim,
+    shared: Arc<Mutex<Shared>>,
+    own_incarnation: Arc<AtomicU32>,
+    keyring: Keyring,
+    settings: MeshSettings,
+    seeds: Vec<SocketAddr>,
+    rate: RateLimiter,
+    replay: ReplayFilter,
+    rng: StdRng,
+    counters: Counters,
+    last_drop_log_ms: [Option<u64>; 6],
+    last_version: u64,
+    members: HashMap<NodeId, MemberInfo>,
+    members_changed: bool,
+    out: Vec<Output>,
+    rt: SwimRuntime,
+}
+
+impl MeshCore {
+    /// `rng_seed` must come from the OS in production: nonces are drawn from it.
+    pub fn new(
+        local: MemberId,
+        keyring: Keyring,
+        settings: MeshSettings,
+        seeds: Vec<SocketAddr>,
+        rng_seed: [u8; 32],
+    ) -> Result<Self, String> {
+        if !local.is_sane() {
+            return Err(format!(
+                "a member announces 1 to {MAX_MESH_ADDRESSES} mesh addresses"
+            ));
+        }
+        let config = settings.foca_config()?;
+        let mut rng = StdRng::from_seed(rng_seed);
+        let swim_rng = StdRng::from_seed(rng.random());
+        let shared = Arc::new(Mutex::new(Shared {
+            store: StateStore::default(),
+            local: local.node,
+            records_invalid: 0,
+            own_seen: 0,
+            records_changed: false,
+        }));
+        let own_incarnation = Arc::new(AtomicU32::new(0));
+        let swim = Foca::with_custom_broadcast(
+            local,
+            config,
+            swim_rng,
+            IdentityCodec {
+                own_incarnation: own_incarnation.clone(),
+            },
+            RecordGossip(shared.clone()),
+        );
+        Ok(MeshCore {
+            swim,
+            shared,
+            own_incarnation,
+            keyring,
+            rate: RateLimiter::new(settings.rate_per_source, settings.rate_burst, 4096),
+            replay: ReplayFilter::new(settings.replay_window.as_millis() as u64, 1 << 18),
+            settings,
+            seeds,
+            rng,
+            counters: Counters::default(),
+            last_drop_log_ms: [None; 6],
+            last_version: 0,
+            members: HashMap::new(),
+            members_changed: false,
+            out: Vec::new(),
+            rt: SwimRuntime::default(),
+        })
+    }
+
+    /// Validates settings as `new` would, for `--check`.
+    pub fn check_settings(settings: &MeshSettings) -> Result<(), String> {
+        settings.foca_config().map(|_| ())
+    }
+
+    pub fn local(&self) -> &MemberId {
+        self.swim.identity()
+    }
+
+    /// Starts the periodic work and contacts the seeds.
+    pub fn start(&mut self, now_ms: u64) {
+        self.schedule(self.settings.sync_interval, CoreTimer::AntiEntropy);
+        self.handle_timer(CoreTimer::SeedRetry, now_ms);
+    }
+
+    pub fn drain_outputs(&mut self) -> std::vec::Drain<'_, Output> {
+        self.out.drain(..)
+    }
+
+    pub fn counters(&self) -> Counters {
+        let mut c = self.counters;
+        c.records_invalid = lock(&self.shared).records_invalid;
+        c
+    }
+
+    pub fn keyring(&self) -> &Keyring {
+        &self.keyring
+    }
+
+    pub fn keyring_mut(&mut self) -> &mut Keyring {
+        &mut self.keyring
+    }
+
+    pub fn with_store<R>(&self, f: impl FnOnce(&StateStore) -> R) -> R {
+        f(&lock(&self.shared).store)
+    }
+
+    /// Whether members or records changed since the last call.
+    pub fn take_changes(&mut self) -> (bool, bool) {
+        let records = std::mem::take(&mut lock(&self.shared).records_changed);
+        (std::mem::take(&mut self.members_changed), records)
+    }
+
+    /// Every member foca knows, and ourselves.
+    pub fn members(&self) -> Vec<MemberInfo> {
+        let mut v: Vec<MemberInfo> = self.members.values().cloned().collect();
+        v.push(MemberInfo {
+            id: self.local().clone(),
+            state: MemberState::Alive,
+            incarnation: self.own_incarnation.load(Ordering::Relaxed) as u16,
+            last_change_ms: 0,
+            local: true,
+        });
+        v.sort_by(|a, b| a.id.node.cmp(&b.id.node));
+        v
+    }
+
+    pub fn alive_members(&self) -> usize {
+        self.members
+            .values()
+            .filter(|m| m.state != MemberState::Down)
+            .count()
+    }
+
+    /// Publishes (or replaces) one of our own records.
+    pub fn publish(&mut self, body: Body, now_ms: u64) -> Result<u64, RecordError> {
+        let version = self.next_version(now_ms);
+        let rec = encode_record(&v1::Record {
+            origin: Bytes::copy_from_slice(&self.local().node.0),
+            version,
+            body: Some(body),
+        })?;
+        let bytes = rec.bytes.clone();
+        {
+            let mut shared = lock(&self.shared);
+            shared.store.merge(rec);
+            shared.records_changed = true;
+        }
+        if let Err(e) = self.swim.add_broadcast(&bytes) {
+            warn!(error = %e, "record too large to gossip; anti-entropy will carry it");
+        }
+        Ok(version)
+    }
+
+    /// Deletes one of our records everywhere (a tombstone with a newer version).
+    pub fn withdraw(
+        &mut self,
+        kind: v1::RecordKind,
+        name: &str,
+        now_ms: u64,
+    ) -> Result<u64, RecordError> {
+        self.publish(
+            Body::Tombstone(v1::Tombstone {
+                kind: kind as i32,
+                name: name.to_string(),
+            }),
+            now_ms,
+        )
+    }
+
+    fn next_version(&mut self, now_ms: u64) -> u64 {
+        let own_seen = lock(&self.shared).own_seen;
+        // Microseconds of wall clock: a restarted node outranks its previous life without
+        // persisting a counter, as long as its clock does not step back.
+        let v = (now_ms.saturating_mul(1000))
+            .max(self.last_version + 1)
+            .max(own_seen + 1);
+        self.last_version = v;
+        v
+    }
+
+    /// Leaves the mesh gracefully (others mark us down at once instead of suspecting).
+    pub fn leave(&mut self, now_ms: u64) {
+        let mut rt = std::mem::take(&mut self.rt);
+        if let Err(e) = self.swim.leave_cluster(&mut rt) {
+            debug!(error = %e, "leave");
+        }
+        self.rt = rt;
+        self.flush_swim(now_ms);
+    }
+
+    pub fn handle_datagram(&mut self, from: SocketAddr, data: &[u8], now_ms: u64) {
+        self.counters.datagrams_in += 1;
+        self.counters.bytes_in += data.len() as u64;
+        if data.len() > self.settings.max_datagram {
+            return self.drop_datagram(DropReason::Malformed, from, now_ms);
+        }
+        if !self.rate.admit(from.ip(), now_ms) {
+            return self.drop_datagram(DropReason::RateLimited, from, now_ms);
+        }
+        let opened = match self.keyring.open(data) {
+            Ok(o) => o,
+            Err(OpenError::Malformed) => {
+                return self.drop_datagram(DropReason::Malformed, from, now_ms);
+            }
+            Err(OpenError::Unauthenticated) => {
+                return self.drop_datagram(DropReason::Unauthenticated, from, now_ms);
+            }
+        };
+        match self
+            .replay
+            .check(opened.nonce_id, opened.timestamp_ms, now_ms)
+        {
+            Freshness::Fresh => {}
+            // Expected whenever a peer has several addresses: not worth a log line.
+            Freshness::Duplicate => {
+                self.counters.dropped[DropReason::Duplicate as usize] += 1;
+                return;
+            }
+            Freshness::Replay => return self.drop_datagram(DropReason::Replay, from, now_ms),
+        }
+        let Some((&tag, body)) = opened.payload.split_first() else {
+            return self.drop_datagram(DropReason::Invalid, from, now_ms);
+        };
+        match tag {
+            TAG_SWIM => {
+                let mut rt = std::mem::take(&mut self.rt);
+                let res = self.swim.handle_data(body, &mut rt);
+                self.rt = rt;
+                if let Err(e) = res {
+                    debug!(error = %e, %from, "SWIM message refused");
+                    self.drop_datagram(DropReason::Invalid, from, now_ms);
+                }
+                self.flush_swim(now_ms);
+            }
+            TAG_CONTROL => match MeshControl::decode(body) {
+                Ok(MeshControl { kind: Some(kind) }) => self.handle_control(from, kind, now_ms),
+                _ => self.drop_datagram(DropReason::Invalid, from, now_ms),
+            },
+            _ => self.drop_datagram(DropReason::Invalid, from, now_ms),
+        }
+        self.republish_if_overtaken(now_ms);
+    }
+
+    pub fn handle_timer(&mut self, timer: CoreTimer, now_ms: u64) {
+        match timer {
+            CoreTimer::Swim(t) => {
+                let mut rt = std::mem::take(&mut self.rt);
+                if let Err(e) = self.swim.handle_timer(t, &mut rt) {
+                    debug!(error = %e, "SWIM timer");
+                }
+                self.rt = rt;
+                self.flush_swim(now_ms);
+            }
+            CoreTimer::AntiEntropy => {
+                let peers: Vec<MemberId> =
+                    self.swim.iter_members().map(|m| m.id().clone()).collect();
+                if !peers.is_empty() {
+                    let peer = peers[self.rng.random_range(0..peers.len())].clone();
+                    self.send_hello(&peer.addrs, now_ms);
+                }
+                // Jitter keeps members from syncing in lockstep.
+                let base = self.settings.sync_interval.as_millis() as u64;
+                let jitter = self.rng.random_range(0..=base / 5);
+                self.schedule(
+                    Duration::from_millis(base - base / 10 + jitter),
+                    CoreTimer::AntiEntropy,
+                );
+            }
+            CoreTimer::SeedRetry => {
+                if self.swim.num_members() == 0 && !self.seeds.is_empty() {
+                    let me = identity_to_proto(self.local());
+                    let seeds = self.seeds.clone();
+                    self.send_control(&seeds, Kind::JoinRequest(me), now_ms);
+                }
+                self.schedule(self.settings.seed_retry, CoreTimer::SeedRetry);
+            }
+        }
+    }
+
+    fn handle_control(&mut self, from: SocketAddr, kind: Kind, now_ms: u64) {
+        match kind {
+            Kind::JoinRequest(ident) => {
+                let Some(joiner) = identity_from_proto(&ident) else {
+                    return self.drop_datagram(DropReason::Invalid, from, now_ms);
+                };
+                if joiner.node == self.local().node {
+                    return; // our own address is among the seeds
+                }
+                let me = identity_to_proto(self.local());
+                self.send_control(&[from], Kind::JoinReply(me), now_ms);
+            }
+            Kind::JoinReply(ident) => {
+                let Some(seed) = identity_from_proto(&ident) else {
+                    return self.drop_datagram(DropReason::Invalid, from, now_ms);
+                };
+                if seed.node == self.local().node {
+                    return;
+                }
+                let mut rt = std::mem::take(&mut self.rt);
+                if let Err(e) = self.swim.announce(seed, &mut rt) {
+                    debug!(error = %e, "announce");
+                }
+                self.rt = rt;
+                self.flush_swim(now_ms);
+            }
+            Kind::Hello(h) => {
+                let same = self.with_store(|s| sync::same_state(s, &h));
+                if !same {
+                    let budget = self.settings.control_budget();
+                    let slices = self.with_store(|s| sync::digest(s, true, budget));
+                    for d in slices {
+                        self.send_control(&[from], Kind::Digest(d), now_ms);
+                    }
+                }
+            }
+            Kind::Digest(d) => {
+                let budget = self.settings.control_budget();
+                let batches = {
+                    let shared = lock(&self.shared);
+                    match sync::newer_than_digest(&shared.store, &d) {
+                        Some(newer) => Some(sync::batches(newer, budget)),
+                        None => None,
+                    }
+                };
+                let Some(batches) = batches else {
+                    return self.drop_datagram(DropReason::Invalid, from, now_ms);
+                };
+                for records in batches {
+                    self.send_control(&[from], Kind::Records(v1::SyncRecords { records }), now_ms);
+                }
+                if d.reply_wanted {
+                    let slices = self.with_store(|s| sync::digest(s, false, budget));
+                    for d in slices {
+                        self.send_control(&[from], Kind::Digest(d), now_ms);
+                    }
+                }
+            }
+            Kind::Records(r) => {
+                let mut shared = lock(&self.shared);
+                for bytes in r.records.iter().take(256) {
+                    // Not re-gossiped: broadcasts already spread what is new, and anti-entropy
+                    // repairs each member that missed them.
+                    shared.merge_remote(bytes);
+                }
+            }
+        }
+    }
+
+    fn send_hello(&mut self, addrs: &[SocketAddr], now_ms: u64) {
+        let h = self.with_store(sync::hello);
+        self.send_control(addrs, Kind::Hello(h), now_ms);
+    }
+
+    fn send_control(&mut self, addrs: &[SocketAddr], kind: Kind, now_ms: u64) {
+        let body = MeshControl { kind: Some(kind) }.encode_to_vec();
+        self.send_sealed(addrs, TAG_CONTROL, &body, now_ms);
+    }
+
+    fn send_sealed(&mut self, addrs: &[SocketAddr], tag: u8, body: &[u8], now_ms: u64) {
+        let mut payload = Vec::with_capacity(1 + body.len());
+        payload.push(tag);
+        payload.extend_from_slice(body);
+        let nonce: [u8; 24] = self.rng.random();
+        // Sealed once: copies that reach the member over several transits share a nonce,
+        // and its replay filter keeps the first.
+        let datagram = Bytes::from(self.keyring.seal(&payload, now_ms, nonce));
+        for &to in addrs.iter().take(MAX_MESH_ADDRESSES) {
+            self.counters.datagrams_out += 1;
+            self.counters.bytes_out += datagram.len() as u64;
+            self.out.push(Output::Send {
+                to,
+                datagram: datagram.clone(),
+            });
+        }
+    }
+
+    fn schedule(&mut self, after: Duration, timer: CoreTimer) {
+        self.out.push(Output::Schedule { after, timer });
+    }
+
+    /// Turns what foca asked for into outputs and member-state bookkeeping.
+    fn flush_swim(&mut self, now_ms: u64) {
+        let mut rt = std::mem::take(&mut self.rt);
+        for (to, data) in rt.sends.drain(..) {
+            self.send_sealed(&to.addrs, TAG_SWIM, &data, now_ms);
+        }
+        for (after, t) in rt.timers.drain(..) {
+            self.schedule(after, CoreTimer::Swim(t));
+        }
+        let mut joined = Vec::new();
+        for n in rt.notifications.drain(..) {
+            match n {
+                foca::OwnedNotification::MemberUp(m) => {
+                    debug!(member = ?m, "member up");
+                    joined.push(m);
+                }
+                foca::OwnedNotification::MemberDown(m) => debug!(member = ?m, "member down"),
+                foca::OwnedNotification::Rename(a, b) => {
+                    debug!(from = ?a, to = ?b, "member renamed")
+                }
+                other => debug!(notification = ?other, "mesh"),
+            }
+        }
+        self.rt = rt;
+        self.refresh_members(now_ms);
+        // Push-pull with every member that (re)appears: a joiner gets the whole state at once.
+        for m in joined {
+            self.send_hello(&m.addrs, now_ms);
+        }
+    }
+
+    fn refresh_members(&mut self, now_ms: u64) {
+        let mut seen = 0;
+        for m in self.swim.iter_membership_state() {
+            seen += 1;
+            let state = match m.state() {
+                foca::State::Alive => MemberState::Alive,
+                foca::State::Suspect => MemberState::Suspect,
+                foca::State::Down => MemberState::Down,
+            };
+            let id = m.id();
+            match self.members.get_mut(&id.node) {
+                Some(e) if e.state == state && e.id == *id && e.incarnation == m.incarnation() => {}
+                Some(e) => {
+                    if e.state != state || e.id.generation != id.generation {
+                        e.last_change_ms = now_ms;
+                    }
+                    e.state = state;
+                    e.id = id.clone();
+                    e.incarnation = m.incarnation();
+                    self.members_changed = true;
+                }
+                None => {
+                    self.members.insert(
+                        id.node,
+                        MemberInfo {
+                            id: id.clone(),
+                            state,
+                            incarnation: m.incarnation(),
+                            last_change_ms: now_ms,
+                            local: false,
+                        },
+                    );
+                    self.members_changed = true;
+                }
+            }
+        }
+        if seen != self.members.len() {
+            let live: std::collections::HashSet<NodeId> = self
+                .swim
+                .iter_membership_state()
+                .map(|m| m.id().node)
+                .collect();
+            self.members.retain(|k, _| live.contains(k));
+            self.members_changed = true;
+        }
+    }
+
+    fn republish_if_overtaken(&mut self, now_ms: u64) {
+        let own_seen = lock(&self.shared).own_seen;
+        if own_seen < self.last_version || own_seen == 0 {
+            return;
+        }
+        let own: Vec<Body> = self.with_store(|s| {
+            s.iter()
+                .filter(|r| r.key.origin == self.local().node)
+                .filter_map(|r| r.record.body.clone())
+                .collect()
+        });
+        debug!(
+            records = own.len(),
+            "a previous life of this node had newer records: republishing"
+        );
+        for body in own {
+            let _ = self.publish(body, now_ms);
+        }
+    }
+
+    fn drop_datagram(&mut self, reason: DropReason, from: SocketAddr, now_ms: u64) {
+        let i = reason as usize;
+        self.counters.dropped[i] += 1;
+        let due = self.last_drop_log_ms[i].is_none_or(|t| now_ms.saturating_sub(t) >= 60_000);
+        if due {
+            self.last_drop_log_ms[i] = Some(now_ms);
+            warn!(
+                reason = reason.as_str(),
+                %from,
+                total = self.counters.dropped[i],
+                "dropped mesh datagram (counted; logged at most once a minute per reason)"
+            );
+        }
+    }
+}
+
+pub fn identity_to_proto(id: &MemberId) -> MeshIdentity {
+    MeshIdentity {
+        id: Bytes::copy_from_slice(&id.node.0),
+        generation: id.generation,
+        addresses: id.addrs.iter().map(ToString::to_string).collect(),
+    }
+}
+
+pub fn identity_from_proto(p: &MeshIdentity) -> Option<MemberId> {
+    if p.addresses.is_empty() || p.addresses.len() > MAX_MESH_ADDRESSES {
+        return None;
+    }
+    let addrs = p
+        .addresses
+        .iter()
+        .map(|a| a.parse().ok())
+        .collect::<Option<Vec<SocketAddr>>>()?;
+    Some(MemberId {
+        node: NodeId::from_slice(&p.id)?,
+        generation: p.generation,
+        addrs,
+    })
+}

@@ -1,0 +1,18 @@
+//! The gossip mesh: SWIM membership (foca) with sealed datagrams, a versioned state store
+//! disseminated by piggybacked broadcasts and repaired by push-pull anti-entropy.
+//!
+//! Pure parts (`seal`, `guard`, `store`, `sync`, `core`) hold all the logic; `driver` is
+//! the thin tokio adapter around a UDP socket. bgpctl joins the same mesh with this module.
+
+pub mod core;
+pub mod driver;
+pub mod guard;
+pub mod identity;
+pub mod keyring_file;
+pub mod seal;
+pub mod store;
+pub mod sync;
+
+pub use self::core::{Counters, DropReason, MemberInfo, MemberState, MeshCore, MeshSettings};
+pub use identity::{MemberId, NodeId};
+pub use seal::{Keyring, MeshKey};

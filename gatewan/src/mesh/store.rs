@@ -1,0 +1,387 @@
+//! The mesh state store: every record of every member, merged so that the newest version
+//! wins. The merge is a pure function of (store, record): commutative, idempotent and
+//! associative, so members converge whatever order gossip delivers records in.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use gatewan_proto::v1::{self, RecordKind, record::Body};
+use prost::Message as _;
+
+use super::identity::NodeId;
+
+/// Largest encoded record accepted: a record travels inside one gossip datagram.
+pub const MAX_RECORD_BYTES: usize = 1024;
+const MAX_NAME_LEN: usize = 64;
+
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RecordKey {
+    pub origin: NodeId,
+    pub kind: i32,
+    pub name: String,
+}
+
+impl RecordKey {
+    pub fn to_proto(&self) -> v1::RecordKey {
+        v1::RecordKey {
+            origin: Bytes::copy_from_slice(&self.origin.0),
+            kind: self.kind,
+            name: self.name.clone(),
+        }
+    }
+
+    pub fn from_proto(k: &v1::RecordKey) -> Option<Self> {
+        if k.name.len() > MAX_NAME_LEN {
+            return None;
+        }
+        Some(RecordKey {
+            origin: NodeId::from_slice(&k.origin)?,
+            kind: k.kind,
+            name: k.name.clone(),
+        })
+    }
+}
+
+/// A validated record with its original bytes (forwarded verbatim).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredRecord {
+    pub key: RecordKey,
+    pub version: u64,
+    pub fingerprint: u64,
+    pub bytes: Bytes,
+    pub record: v1::Record,
+}
+
+impl StoredRecord {
+    /// Total order used by the merge: higher version wins, the fingerprint breaks ties so
+    /// two members holding different bytes under one version still agree.
+    fn rank(&self) -> (u64, u64) {
+        (self.version, self.fingerprint)
+    }
+
+    pub fn is_tombstone(&self) -> bool {
+        matches!(self.record.body, Some(Body::Tombstone(_)))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    #[error("record larger than {MAX_RECORD_BYTES} bytes")]
+    TooLarge,
+    #[error("record does not decode: {0}")]
+    Decode(String),
+    #[error("record origin is not a 16-byte node id")]
+    BadOrigin,
+    #[error("record has no body")]
+    NoBody,
+    #[error("node record id differs from its origin")]
+    NodeIdMismatch,
+    #[error("network prefix {0:?} is not a canonical IP prefix")]
+    BadPrefix(String),
+    #[error("tombstone kind or name invalid")]
+    BadTombstone,
+}
+
+fn fingerprint(bytes: &[u8]) -> u64 {
+    let h = blake3::hash(bytes);
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h.as_bytes()[..8]);
+    u64::from_be_bytes(b)
+}
+
+/// Decodes and validates a record from the network.
+pub fn decode_record(bytes: &[u8]) -> Result<StoredRecord, RecordError> {
+    if bytes.len() > MAX_RECORD_BYTES {
+        return Err(RecordError::TooLarge);
+    }
+    let record = v1::Record::decode(bytes).map_err(|e| RecordError::Decode(e.to_string()))?;
+    let origin = NodeId::from_slice(&record.origin).ok_or(RecordError::BadOrigin)?;
+    let (kind, name) = match record.body.as_ref().ok_or(RecordError::NoBody)? {
+        Body::Node(n) => {
+            if n.id.as_ref() != origin.0 {
+                return Err(RecordError::NodeIdMismatch);
+            }
+            (RecordKind::Node as i32, String::new())
+        }
+        Body::Network(n) => {
+            let canonical = n
+                .prefix
+                .parse::<ipnet::IpNet>()
+                .ok()
+                .filter(|p| p.trunc().to_string() == n.prefix);
+            if canonical.is_none() {
+                return Err(RecordError::BadPrefix(n.prefix.clone()));
+            }
+            (RecordKind::Network as i32, n.prefix.clone())
+        }
+        Body::Tombstone(t) => {
+            let known = RecordKind::try_from(t.kind).is_ok_and(|k| k != RecordKind::Unspecified);
+            if !known || t.name.len() > MAX_NAME_LEN {
+                return Err(RecordError::BadTombstone);
+            }
+            (t.kind, t.name.clone())
+        }
+    };
+    Ok(StoredRecord {
+        key: RecordKey { origin, kind, name },
+        version: record.version,
+        fingerprint: fingerprint(bytes),
+        bytes: Bytes::copy_from_slice(bytes),
+        record,
+    })
+}
+
+/// Encodes a record built locally, validating it as a receiver would.
+pub fn encode_record(record: &v1::Record) -> Result<StoredRecord, RecordError> {
+    decode_record(&record.encode_to_vec())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MergeOutcome {
+    /// New information: stored, and worth passing on.
+    Applied,
+    /// Same record already held.
+    Duplicate,
+    /// Older than what is held.
+    Stale,
+}
+
+#[derive(Debug, Default, Clone)]
+pub struct StateStore {
+    records: BTreeMap<RecordKey, StoredRecord>,
+    /// Order-independent hash of the whole store (sum of per-record hashes), kept up to
+    /// date on every change so anti-entropy compares stores in O(1).
+    hash: u128,
+}
+
+fn entry_hash(r: &StoredRecord) -> u128 {
+    let mut h = blake3::Hasher::new();
+    h.update(&r.key.origin.0);
+    h.update(&r.key.kind.to_be_bytes());
+    h.update(r.key.name.as_bytes());
+    h.update(&r.version.to_be_bytes());
+    h.update(&r.fingerprint.to_be_bytes());
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    u128::from_be_bytes(b)
+}
+
+impl StateStore {
+    pub fn merge(&mut self, incoming: StoredRecord) -> MergeOutcome {
+        match self.records.get(&incoming.key) {
+            Some(held) if held.rank() == incoming.rank() => MergeOutcome::Duplicate,
+            Some(held) if held.rank() > incoming.rank() => MergeOutcome::Stale,
+            held => {
+                if let Some(old) = held {
+                    self.hash = self.hash.wrapping_sub(entry_hash(old));
+                }
+                self.hash = self.hash.wrapping_add(entry_hash(&incoming));
+                self.records.insert(incoming.key.clone(), incoming);
+                MergeOutcome::Applied
+            }
+        }
+    }
+
+    pub fn get(&self, key: &RecordKey) -> Option<&StoredRecord> {
+        self.records.get(key)
+    }
+
+    /// Version and fingerprint held for a key, as a digest names them.
+    pub fn rank_of(&self, key: &RecordKey) -> Option<(u64, u64)> {
+        self.records.get(key).map(StoredRecord::rank)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &StoredRecord> {
+        self.records.values()
+    }
+
+    /// Records with keys in `[from, to)`; an absent bound is open.
+    pub fn range(
+        &self,
+        from: Option<&RecordKey>,
+        to: Option<&RecordKey>,
+    ) -> std::collections::btree_map::Range<'_, RecordKey, StoredRecord> {
+        use std::ops::Bound::*;
+        let lo = from.map_or(Unbounded, Included);
+        let hi = to.map_or(Unbounded, Excluded);
+        self.records.range::<RecordKey, _>((lo, hi))
+    }
+
+    pub fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    pub fn state_hash(&self) -> u128 {
+        self.hash
+    }
+
+    /// Highest version held for any record of `origin`.
+    pub fn max_version_of(&self, origin: NodeId) -> u64 {
+        self.records
+            .values()
+            .filter(|r| r.key.origin == origin)
+            .map(|r| r.version)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// The NodeRecord of a member, if it has one that is not deleted.
+    pub fn node(&self, origin: NodeId) -> Option<&v1::NodeRecord> {
+        let key = RecordKey {
+            origin,
+            kind: RecordKind::Node as i32,
+            name: String::new(),
+        };
+        match self.records.get(&key)?.record.body.as_ref()? {
+            Body::Node(n) => Some(n),
+            _ => None,
+        }
+    }
+
+    /// Every live (not deleted) network with the member that announces it.
+    pub fn networks(&self) -> impl Iterator<Item = (NodeId, &v1::Network)> {
+        self.records
+            .values()
+            .filter_map(|r| match r.record.body.as_ref()? {
+                Body::Network(n) => Some((r.key.origin, n)),
+                _ => None,
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn network(origin: u8, prefix: &str, version: u64, vni: u32) -> StoredRecord {
+        encode_record(&v1::Record {
+            origin: Bytes::copy_from_slice(&[origin; 16]),
+            version,
+            body: Some(Body::Network(v1::Network {
+                prefix: prefix.into(),
+                vni,
+                ..Default::default()
+            })),
+        })
+        .unwrap()
+    }
+
+    #[test]
+    fn newest_wins() {
+        let mut s = StateStore::default();
+        assert_eq!(
+            s.merge(network(1, "10.0.0.0/8", 5, 1)),
+            MergeOutcome::Applied
+        );
+        assert_eq!(
+            s.merge(network(1, "10.0.0.0/8", 5, 1)),
+            MergeOutcome::Duplicate
+        );
+        assert_eq!(s.merge(network(1, "10.0.0.0/8", 4, 2)), MergeOutcome::Stale);
+        assert_eq!(
+            s.merge(network(1, "10.0.0.0/8", 6, 3)),
+            MergeOutcome::Applied
+        );
+        assert_eq!(s.networks().next().unwrap().1.vni, 3);
+    }
+
+    #[test]
+    fn validation() {
+        let bad_prefix = v1::Record {
+            origin: Bytes::copy_from_slice(&[1; 16]),
+            version: 1,
+            body: Some(Body::Network(v1::Network {
+                prefix: "10.0.0.1/8".into(),
+                ..Default::default()
+            })),
+        };
+        assert!(matches!(
+            encode_record(&bad_prefix),
+            Err(RecordError::BadPrefix(_))
+        ));
+        let mismatch = v1::Record {
+            origin: Bytes::copy_from_slice(&[1; 16]),
+            version: 1,
+            body: Some(Body::Node(v1::NodeRecord {
+                id: Bytes::copy_from_slice(&[2; 16]),
+                ..Default::default()
+            })),
+        };
+        assert_eq!(encode_record(&mismatch), Err(RecordError::NodeIdMismatch));
+        assert!(decode_record(&[0xff; 10]).is_err());
+        assert_eq!(decode_record(&[0; 2000]), Err(RecordError::TooLarge));
+    }
+
+    fn arb_record() -> impl Strategy<Value = StoredRecord> {
+        (0u8..3, 0usize..3, 0u64..4, 0u32..3).prop_map(|(origin, p, version, vni)| {
+            let prefix = ["10.0.0.0/8", "fd00::/8", "192.0.2.0/24"][p];
+            network(origin, prefix, version, vni)
+        })
+    }
+
+    fn merged(records: &[StoredRecord]) -> StateStore {
+        let mut s = StateStore::default();
+        for r in records {
+            s.merge(r.clone());
+        }
+        s
+    }
+
+    fn snapshot(s: &StateStore) -> Vec<(RecordKey, u64, u64)> {
+        s.iter()
+            .map(|r| (r.key.clone(), r.version, r.fingerprint))
+            .collect()
+    }
+
+    proptest! {
+        #[test]
+        fn merge_is_order_independent(mut records in proptest::collection::vec(arb_record(), 0..24), seed: u64) {
+            let a = merged(&records);
+            // Any permutation gives the same store and the same hash.
+            let mut rng = seed;
+            for i in (1..records.len()).rev() {
+                rng = rng.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                records.swap(i, (rng >> 33) as usize % (i + 1));
+            }
+            let b = merged(&records);
+            prop_assert_eq!(snapshot(&a), snapshot(&b));
+            prop_assert_eq!(a.state_hash(), b.state_hash());
+        }
+
+        #[test]
+        fn merge_is_idempotent(records in proptest::collection::vec(arb_record(), 0..24)) {
+            let mut s = merged(&records);
+            let before = (snapshot(&s), s.state_hash());
+            for r in &records {
+                prop_assert_ne!(s.merge(r.clone()), MergeOutcome::Applied);
+            }
+            prop_assert_eq!(before, (snapshot(&s), s.state_hash()));
+        }
+
+        #[test]
+        fn merging_stores_commutes(x in proptest::collection::vec(arb_record(), 0..16), y in proptest::collection::vec(arb_record(), 0..16)) {
+            let xy: Vec<_> = x.iter().chain(y.iter()).cloned().collect();
+            let yx: Vec<_> = y.iter().chain(x.iter()).cloned().collect();
+            prop_assert_eq!(snapshot(&merged(&xy)), snapshot(&merged(&yx)));
+        }
+
+        #[test]
+        fn newest_version_always_held(records in proptest::collection::vec(arb_record(), 1..24)) {
+            let s = merged(&records);
+            for r in &records {
+                let held = s.get(&r.key).unwrap();
+                prop_assert!(held.version >= r.version);
+            }
+        }
+
+        #[test]
+        fn hostile_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..1200)) {
+            let _ = decode_record(&data);
+        }
+    }
+}

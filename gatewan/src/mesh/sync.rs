@@ -1,0 +1,193 @@
+//! Push-pull anti-entropy, pure: whole-store hashes first (one small datagram when stores
+//! agree), then sorted digests in slices that fit a datagram, then the records one side
+//! has newer. Repairs whatever the broadcasts missed and hands a joiner the full state.
+
+use gatewan_proto::v1::{DigestEntry, SyncDigest, SyncHello};
+use prost::Message as _;
+
+use super::store::{RecordKey, StateStore, StoredRecord};
+
+pub fn hello(store: &StateStore) -> SyncHello {
+    SyncHello {
+        state_hash: store.state_hash().to_be_bytes().to_vec().into(),
+        record_count: u32::try_from(store.len()).unwrap_or(u32::MAX),
+    }
+}
+
+pub fn same_state(store: &StateStore, hello: &SyncHello) -> bool {
+    hello.state_hash.as_ref() == store.state_hash().to_be_bytes()
+}
+
+/// The store's digest as slices of at most `max_bytes` encoded bytes each. Only the first
+/// slice carries `reply_wanted`, so one exchange triggers one digest in return.
+pub fn digest(store: &StateStore, reply_wanted: bool, max_bytes: usize) -> Vec<SyncDigest> {
+    let mut slices = Vec::new();
+    let mut current: Vec<DigestEntry> = Vec::new();
+    let mut size = 0usize;
+    let mut from: Option<RecordKey> = None;
+    for r in store.iter() {
+        let e = DigestEntry {
+            key: Some(r.key.to_proto()),
+            version: r.version,
+            fingerprint: r.fingerprint,
+        };
+        let len = e.encoded_len() + 4;
+        if !current.is_empty() && size + len > max_bytes {
+            slices.push(SyncDigest {
+                reply_wanted: reply_wanted && slices.is_empty(),
+                from: from.as_ref().map(RecordKey::to_proto),
+                to: Some(r.key.to_proto()),
+                entries: std::mem::take(&mut current),
+            });
+            from = Some(r.key.clone());
+            size = 0;
+        }
+        size += len;
+        current.push(e);
+    }
+    slices.push(SyncDigest {
+        reply_wanted: reply_wanted && slices.is_empty(),
+        from: from.as_ref().map(RecordKey::to_proto),
+        to: None,
+        entries: current,
+    });
+    slices
+}
+
+/// The records we hold in the slice's key range that the digest's sender lacks or holds
+/// an older version of. `None` if the digest is malformed.
+pub fn newer_than_digest<'a>(
+    store: &'a StateStore,
+    d: &SyncDigest,
+) -> Option<Vec<&'a StoredRecord>> {
+    let from = match &d.from {
+        Some(k) => Some(RecordKey::from_proto(k)?),
+        None => None,
+    };
+    let to = match &d.to {
+        Some(k) => Some(RecordKey::from_proto(k)?),
+        None => None,
+    };
+    let mut theirs = std::collections::HashMap::with_capacity(d.entries.len());
+    for e in &d.entries {
+        let k = RecordKey::from_proto(e.key.as_ref()?)?;
+        theirs.insert(k, (e.version, e.fingerprint));
+    }
+    Some(
+        store
+            .range(from.as_ref(), to.as_ref())
+            .map(|(_, r)| r)
+            .filter(|r| {
+                theirs
+                    .get(&r.key)
+                    .is_none_or(|&rank| (r.version, r.fingerprint) > rank)
+            })
+            .collect(),
+    )
+}
+
+/// Packs encoded records into batches of at most `max_bytes`.
+pub fn batches<'a>(
+    records: impl IntoIterator<Item = &'a StoredRecord>,
+    max_bytes: usize,
+) -> Vec<Vec<bytes::Bytes>> {
+    let mut out = Vec::new();
+    let mut current = Vec::new();
+    let mut size = 0;
+    for r in records {
+        let len = r.bytes.len() + 4;
+        if !current.is_empty() && size + len > max_bytes {
+            out.push(std::mem::take(&mut current));
+            size = 0;
+        }
+        size += len;
+        current.push(r.bytes.clone());
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mesh::store::encode_record;
+    use gatewan_proto::v1::{self, record::Body};
+
+    fn net(origin: u8, i: u32, version: u64) -> StoredRecord {
+        encode_record(&v1::Record {
+            origin: vec![origin; 16].into(),
+            version,
+            body: Some(Body::Network(v1::Network {
+                prefix: format!("10.{}.{}.0/24", i / 256, i % 256),
+                vni: 1,
+                ..Default::default()
+            })),
+        })
+        .unwrap()
+    }
+
+    /// Runs the exchange both ways until quiet and returns the two stores.
+    fn exchange(mut a: StateStore, mut b: StateStore, max: usize) -> (StateStore, StateStore) {
+        push(&a, &mut b, max);
+        push(&b, &mut a, max);
+        (a, b)
+    }
+
+    /// `y` sends its digest, `x` pushes what `y` lacks.
+    fn push(x: &StateStore, y: &mut StateStore, max: usize) {
+        for d in digest(y, false, max) {
+            let newer: Vec<_> = newer_than_digest(x, &d)
+                .unwrap()
+                .into_iter()
+                .cloned()
+                .collect();
+            for r in newer {
+                y.merge(r);
+            }
+        }
+    }
+
+    #[test]
+    fn stores_converge_through_sliced_digests() {
+        let mut a = StateStore::default();
+        let mut b = StateStore::default();
+        for i in 0..300 {
+            a.merge(net(1, i, 2));
+            if i % 3 == 0 {
+                b.merge(net(1, i, 3)); // b newer on a third
+            }
+            if i % 5 == 0 {
+                b.merge(net(2, i, 1)); // b alone on some
+            }
+        }
+        assert!(
+            digest(&a, true, 1000).len() > 5,
+            "digest must be sliced to test ranges"
+        );
+        assert!(!same_state(&b, &hello(&a)));
+        let (a, b) = exchange(a, b, 1000);
+        assert_eq!(a.state_hash(), b.state_hash());
+        assert_eq!(a.len(), 300 + 60);
+        assert!(same_state(&b, &hello(&a)));
+    }
+
+    #[test]
+    fn only_first_slice_wants_reply() {
+        let mut a = StateStore::default();
+        for i in 0..200 {
+            a.merge(net(1, i, 1));
+        }
+        let d = digest(&a, true, 800);
+        assert!(d[0].reply_wanted && d[1..].iter().all(|s| !s.reply_wanted));
+        assert!(d.iter().all(|s| s.encoded_len() <= 1000));
+    }
+
+    #[test]
+    fn empty_store_digest_is_one_open_slice() {
+        let d = digest(&StateStore::default(), true, 1000);
+        assert_eq!(d.len(), 1);
+        assert!(d[0].from.is_none() && d[0].to.is_none());
+    }
+}
