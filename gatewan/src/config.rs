@@ -15,6 +15,8 @@ use crate::mesh::identity::MAX_MESH_ADDRESSES;
 use crate::units::{Dur, Rate};
 
 pub const DEFAULT_MESH_PORT: u16 = 7946;
+/// Where routingctl looks by default.
+pub const DEFAULT_API_SOCKET: &str = "/run/gatewan/gatewan.sock";
 
 /// A config error: where, which field, what to do.
 #[derive(Debug)]
@@ -518,7 +520,7 @@ impl GatewanConfig {
                 .api
                 .socket
                 .clone()
-                .unwrap_or_else(|| self.state_dir.join("gatewan.sock")),
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_API_SOCKET)),
             metrics_listen,
             log_format: self.log.format,
             log_level: self.log.level.clone(),
@@ -557,7 +559,7 @@ transits:
         assert_eq!(p.mesh.advertise.len(), 2);
         assert_eq!(p.mesh.seeds[1], "[2001:db8::1]:7946".parse().unwrap());
         assert_eq!(p.transits[0].capacity, Rate(1_000_000_000));
-        assert_eq!(p.api_socket, PathBuf::from("/var/lib/gatewan/gatewan.sock"));
+        assert_eq!(p.api_socket, PathBuf::from(DEFAULT_API_SOCKET));
     }
 
     fn one_error(yaml: &str) -> String {

@@ -10,6 +10,8 @@ pub mod guard;
 pub mod identity;
 pub mod keyring_file;
 pub mod seal;
+/// Deterministic virtual-time simulator of a whole mesh, for tests and benchmarks.
+pub mod sim;
 pub mod store;
 pub mod sync;
 

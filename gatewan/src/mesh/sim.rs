@@ -1,0 +1,654 @@
+//! A deterministic discrete-event simulator of a whole mesh, for tests and benchmarks.
+//!
+//! Many [`MeshCore`]s run over an in-memory network in virtual time: a binary heap of
+//! events (datagram deliveries and core timers) is drained in time order, so a cluster
+//! of hundreds of members runs minutes of protocol in seconds of CPU, and nothing ever
+//! sleeps. The network has a one-way latency per link, per-datagram jitter and random
+//! loss. Members can be killed (they fall silent, as after a power cut) and added later
+//! (they join through seed addresses, like a real daemon).
+//!
+//! Every random choice (link latencies, loss, jitter, node ids, the cores' own RNGs)
+//! derives from one seed, and ties in time are broken by insertion order, so a run is
+//! reproducible bit for bit: a failure seen once can be replayed and debugged.
+//!
+//! What each member believes is recorded as a log of [`Transition`]s, from which timings
+//! (how long until everyone knew X) are computed exactly, without polling.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use bytes::Bytes;
+use gatewan_proto::v1::{self, record::Body};
+use rand::rngs::StdRng;
+use rand::{RngExt as _, SeedableRng as _};
+
+use super::core::{CoreTimer, MemberState, MeshCore, MeshSettings, Output};
+use super::identity::{MemberId, NodeId};
+use super::seal::{Keyring, MeshKey};
+
+/// The gossip port every simulated member listens on.
+pub const SIM_PORT: u16 = 7946;
+
+/// Virtual time zero, as Unix milliseconds. The cores stamp sealed datagrams with the
+/// time they are given and the replay filter compares stamps, so virtual time must look
+/// like a plausible wall clock.
+pub const SIM_EPOCH_UNIX_MS: u64 = 1_750_000_000_000;
+
+/// One-way latency of the simulated network.
+#[derive(Debug, Clone, Copy)]
+pub struct Latency {
+    /// Each link (unordered pair of members) gets a fixed base latency drawn uniformly
+    /// in `min_ms..=max_ms`: a WAN has near and far datacenters, not one average.
+    pub min_ms: u64,
+    pub max_ms: u64,
+    /// Added per datagram, uniformly in `0..=jitter_ms` (datagrams may be reordered).
+    pub jitter_ms: u64,
+}
+
+impl Latency {
+    /// Datacenters on one continent: 5 to 40 ms one way, a little jitter.
+    pub const WAN: Latency = Latency {
+        min_ms: 5,
+        max_ms: 40,
+        jitter_ms: 3,
+    };
+    /// Sub-millisecond hops rounded up: everything arrives 1 ms after it is sent.
+    pub const LAN: Latency = Latency {
+        min_ms: 1,
+        max_ms: 1,
+        jitter_ms: 0,
+    };
+}
+
+/// How a simulation is set up.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// Seeds every random choice of the run.
+    pub seed: u64,
+    pub settings: MeshSettings,
+    pub latency: Latency,
+    /// Probability that a datagram is lost, in `0.0..=1.0`.
+    pub loss: f64,
+    /// Whether each member publishes a NodeRecord when it starts (as the daemon does).
+    pub publish_node_records: bool,
+}
+
+impl SimConfig {
+    pub fn new(seed: u64) -> Self {
+        SimConfig {
+            seed,
+            settings: MeshSettings::default(),
+            latency: Latency::WAN,
+            loss: 0.0,
+            publish_node_records: true,
+        }
+    }
+}
+
+/// A change in what one member believes about another. `state == None` means the
+/// observer forgot the subject (foca removes members some time after they went down).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transition {
+    /// Virtual milliseconds since the start of the run.
+    pub at_ms: u64,
+    /// Index of the member whose belief changed.
+    pub observer: usize,
+    pub subject: NodeId,
+    /// Generation and incarnation the belief is about: a refuted suspicion or a rejoin
+    /// shows up as the same subject with a higher pair.
+    pub generation: u32,
+    pub incarnation: u16,
+    pub state: Option<MemberState>,
+}
+
+/// A NodeRecord arriving at a member for the first time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordArrival {
+    pub at_ms: u64,
+    pub observer: usize,
+    pub origin: NodeId,
+}
+
+struct SimNode {
+    core: MeshCore,
+    addr: SocketAddr,
+    id: NodeId,
+    alive: bool,
+    started_ms: u64,
+    killed_ms: Option<u64>,
+    bytes_sent: u64,
+    datagrams_sent: u64,
+    /// What this member last reported about every other member.
+    view: BTreeMap<NodeId, (MemberState, u32, u16)>,
+    /// Origins whose NodeRecord this member holds.
+    records: BTreeSet<NodeId>,
+}
+
+enum EventKind {
+    Deliver { from: SocketAddr, datagram: Bytes },
+    Timer(CoreTimer),
+}
+
+struct Event {
+    at_ms: u64,
+    /// Insertion order: breaks ties in time deterministically.
+    seq: u64,
+    node: usize,
+    kind: EventKind,
+}
+
+impl PartialEq for Event {
+    fn eq(&self, o: &Self) -> bool {
+        (self.at_ms, self.seq) == (o.at_ms, o.seq)
+    }
+}
+impl Eq for Event {}
+impl PartialOrd for Event {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Event {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        (self.at_ms, self.seq).cmp(&(o.at_ms, o.seq))
+    }
+}
+
+/// The simulated mesh. Members are numbered in the order they were added.
+pub struct Sim {
+    cfg: SimConfig,
+    keyring: Keyring,
+    rng: StdRng,
+    now_ms: u64,
+    seq: u64,
+    events: BinaryHeap<Reverse<Event>>,
+    nodes: Vec<SimNode>,
+    by_addr: HashMap<SocketAddr, usize>,
+    transitions: Vec<Transition>,
+    record_arrivals: Vec<RecordArrival>,
+    datagrams_lost: u64,
+    events_processed: u64,
+}
+
+impl Sim {
+    pub fn new(cfg: SimConfig) -> Self {
+        let mut rng = StdRng::seed_from_u64(cfg.seed);
+        let key: [u8; 32] = rng.random();
+        let keyring = Keyring::new(MeshKey::from_bytes(&key).expect("32-byte key"));
+        Sim {
+            cfg,
+            keyring,
+            rng,
+            now_ms: 0,
+            seq: 0,
+            events: BinaryHeap::new(),
+            nodes: Vec::new(),
+            by_addr: HashMap::new(),
+            transitions: Vec::new(),
+            record_arrivals: Vec::new(),
+            datagrams_lost: 0,
+            events_processed: 0,
+        }
+    }
+
+    /// The address of the `i`-th member: 10.0.(i/256).(i%256):7946.
+    pub fn address_of(i: usize) -> SocketAddr {
+        assert!(i < 65536, "the simulated network has 65536 addresses");
+        let ip = Ipv4Addr::new(10, 0, (i / 256) as u8, (i % 256) as u8);
+        SocketAddr::new(IpAddr::V4(ip), SIM_PORT)
+    }
+
+    /// Starts a new member now; it joins through `seeds` (none for the first member).
+    /// Returns its index.
+    pub fn add_node(&mut self, seeds: Vec<SocketAddr>) -> usize {
+        let i = self.nodes.len();
+        let addr = Self::address_of(i);
+        let id = NodeId(self.rng.random());
+        let core_seed: [u8; 32] = self.rng.random();
+        let member = MemberId {
+            node: id,
+            generation: 1,
+            addrs: vec![addr],
+        };
+        let mut core = MeshCore::new(
+            member,
+            self.keyring.clone(),
+            self.cfg.settings.clone(),
+            seeds,
+            core_seed,
+        )
+        .expect("simulation settings are valid");
+        let unix = self.unix_ms();
+        if self.cfg.publish_node_records {
+            core.publish(Body::Node(node_record(i, id, addr)), unix)
+                .expect("a simulated NodeRecord is valid");
+        }
+        core.start(unix);
+        self.nodes.push(SimNode {
+            core,
+            addr,
+            id,
+            alive: true,
+            started_ms: self.now_ms,
+            killed_ms: None,
+            bytes_sent: 0,
+            datagrams_sent: 0,
+            view: BTreeMap::new(),
+            records: BTreeSet::new(),
+        });
+        self.by_addr.insert(addr, i);
+        self.after_event(i);
+        i
+    }
+
+    /// Starts `n` members, one every `stagger`, each joining through the first member
+    /// and one random earlier member (so the first is not the only way in). Returns
+    /// their indices.
+    pub fn add_cluster(&mut self, n: usize, stagger: Duration) -> Vec<usize> {
+        let mut added = Vec::with_capacity(n);
+        for k in 0..n {
+            if k > 0 {
+                self.run_for(stagger);
+            }
+            let seeds = self.pick_seeds(2);
+            added.push(self.add_node(seeds));
+        }
+        added
+    }
+
+    /// Up to `k` distinct addresses of live members, the oldest live member first.
+    pub fn pick_seeds(&mut self, k: usize) -> Vec<SocketAddr> {
+        let live = self.live_nodes();
+        let mut seeds = Vec::new();
+        if let Some(&first) = live.first() {
+            seeds.push(self.nodes[first].addr);
+        }
+        let mut tries = 0;
+        while seeds.len() < k.min(live.len()) && tries < 16 {
+            tries += 1;
+            let a = self.nodes[live[self.rng.random_range(0..live.len())]].addr;
+            if !seeds.contains(&a) {
+                seeds.push(a);
+            }
+        }
+        seeds
+    }
+
+    /// Kills a member: it stops processing anything and datagrams to it are lost.
+    pub fn kill(&mut self, i: usize) {
+        let n = &mut self.nodes[i];
+        if n.alive {
+            n.alive = false;
+            n.killed_ms = Some(self.now_ms);
+        }
+    }
+
+    pub fn set_loss(&mut self, loss: f64) {
+        self.cfg.loss = loss;
+    }
+
+    /// Virtual milliseconds since the start of the run.
+    pub fn now_ms(&self) -> u64 {
+        self.now_ms
+    }
+
+    /// The current virtual time as the cores see it (Unix milliseconds).
+    pub fn unix_ms(&self) -> u64 {
+        SIM_EPOCH_UNIX_MS + self.now_ms
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    pub fn is_alive(&self, i: usize) -> bool {
+        self.nodes[i].alive
+    }
+
+    pub fn live_nodes(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].alive)
+            .collect()
+    }
+
+    pub fn node_id(&self, i: usize) -> NodeId {
+        self.nodes[i].id
+    }
+
+    pub fn addr(&self, i: usize) -> SocketAddr {
+        self.nodes[i].addr
+    }
+
+    pub fn started_ms(&self, i: usize) -> u64 {
+        self.nodes[i].started_ms
+    }
+
+    pub fn killed_ms(&self, i: usize) -> Option<u64> {
+        self.nodes[i].killed_ms
+    }
+
+    pub fn core(&self, i: usize) -> &MeshCore {
+        &self.nodes[i].core
+    }
+
+    /// Sealed bytes member `i` handed to the network (lost datagrams included).
+    pub fn bytes_sent(&self, i: usize) -> u64 {
+        self.nodes[i].bytes_sent
+    }
+
+    pub fn datagrams_sent(&self, i: usize) -> u64 {
+        self.nodes[i].datagrams_sent
+    }
+
+    pub fn datagrams_lost(&self) -> u64 {
+        self.datagrams_lost
+    }
+
+    pub fn events_processed(&self) -> u64 {
+        self.events_processed
+    }
+
+    /// What member `observer` currently believes about member `subject`.
+    pub fn state_of(&self, observer: usize, subject: usize) -> Option<MemberState> {
+        let id = self.nodes[subject].id;
+        self.nodes[observer].view.get(&id).map(|&(s, _, _)| s)
+    }
+
+    /// Whether member `observer` holds the NodeRecord of member `origin`.
+    pub fn holds_record(&self, observer: usize, origin: usize) -> bool {
+        self.nodes[observer]
+            .records
+            .contains(&self.nodes[origin].id)
+    }
+
+    /// Whether every live member sees every other live member alive and (when records
+    /// are published) holds its NodeRecord.
+    pub fn converged(&self) -> bool {
+        let live = self.live_nodes();
+        live.iter().all(|&o| {
+            live.iter().filter(|&&s| s != o).all(|&s| {
+                self.state_of(o, s) == Some(MemberState::Alive)
+                    && (!self.cfg.publish_node_records || self.holds_record(o, s))
+            })
+        })
+    }
+
+    /// Every change of belief so far, in time order.
+    pub fn transitions(&self) -> &[Transition] {
+        &self.transitions
+    }
+
+    pub fn record_arrivals(&self) -> &[RecordArrival] {
+        &self.record_arrivals
+    }
+
+    /// Milliseconds after `since_ms` at which the last of the currently live members
+    /// (other than `subject`) first saw `subject` in `state`; `None` if one never did.
+    pub fn all_saw_within(&self, subject: usize, state: MemberState, since_ms: u64) -> Option<u64> {
+        let id = self.nodes[subject].id;
+        let mut first: BTreeMap<usize, u64> = BTreeMap::new();
+        for t in &self.transitions {
+            if t.at_ms >= since_ms && t.subject == id && t.state == Some(state) {
+                first.entry(t.observer).or_insert(t.at_ms);
+            }
+        }
+        let mut worst = since_ms;
+        for o in self.live_nodes() {
+            if o == subject {
+                continue;
+            }
+            worst = worst.max(*first.get(&o)?);
+        }
+        Some(worst - since_ms)
+    }
+
+    /// Like [`Sim::all_saw_within`] for the arrival of `origin`'s NodeRecord.
+    pub fn all_held_record_within(&self, origin: usize, since_ms: u64) -> Option<u64> {
+        let id = self.nodes[origin].id;
+        let mut first: BTreeMap<usize, u64> = BTreeMap::new();
+        for a in &self.record_arrivals {
+            if a.at_ms >= since_ms && a.origin == id {
+                first.entry(a.observer).or_insert(a.at_ms);
+            }
+        }
+        let mut worst = since_ms;
+        for o in self.live_nodes() {
+            if o == origin {
+                continue;
+            }
+            worst = worst.max(*first.get(&o)?);
+        }
+        Some(worst - since_ms)
+    }
+
+    /// Beliefs since `since_ms` that a member was in `state` while it was in fact
+    /// running: a false Suspect or a false Down.
+    pub fn false_beliefs(&self, state: MemberState, since_ms: u64) -> Vec<&Transition> {
+        let by_id: HashMap<NodeId, usize> = (0..self.nodes.len())
+            .map(|i| (self.nodes[i].id, i))
+            .collect();
+        self.transitions
+            .iter()
+            .filter(|t| t.at_ms >= since_ms && t.state == Some(state))
+            .filter(|t| {
+                by_id
+                    .get(&t.subject)
+                    .is_some_and(|&s| self.nodes[s].killed_ms.is_none_or(|k| k > t.at_ms))
+            })
+            .collect()
+    }
+
+    /// Runs every event due within the next `d` of virtual time.
+    pub fn run_for(&mut self, d: Duration) {
+        let until = self.now_ms + d.as_millis() as u64;
+        while self.step_before(until) {}
+        self.now_ms = until;
+    }
+
+    /// Runs until `done` holds or `limit` of virtual time has passed; `done` is checked
+    /// every `poll` of virtual time (checks can be costly on big clusters). Returns the
+    /// virtual time taken, or `None` on timeout.
+    pub fn run_until(
+        &mut self,
+        limit: Duration,
+        poll: Duration,
+        mut done: impl FnMut(&Sim) -> bool,
+    ) -> Option<Duration> {
+        let start = self.now_ms;
+        let poll = poll.max(Duration::from_millis(1));
+        loop {
+            if done(self) {
+                return Some(Duration::from_millis(self.now_ms - start));
+            }
+            if self.now_ms - start >= limit.as_millis() as u64 {
+                return None;
+            }
+            self.run_for(poll);
+        }
+    }
+
+    /// Processes the next event if it is due before `until`; returns whether it did.
+    fn step_before(&mut self, until: u64) -> bool {
+        let due = self.events.peek().is_some_and(|Reverse(e)| e.at_ms < until);
+        if !due {
+            return false;
+        }
+        let Some(Reverse(ev)) = self.events.pop() else {
+            return false;
+        };
+        self.now_ms = ev.at_ms;
+        let i = ev.node;
+        if !self.nodes[i].alive {
+            return true;
+        }
+        self.events_processed += 1;
+        let unix = self.unix_ms();
+        let core = &mut self.nodes[i].core;
+        match ev.kind {
+            EventKind::Deliver { from, datagram } => core.handle_datagram(from, &datagram, unix),
+            EventKind::Timer(t) => core.handle_timer(t, unix),
+        }
+        self.after_event(i);
+        true
+    }
+
+    /// Routes what member `i` produced and records what it now believes.
+    fn after_event(&mut self, i: usize) {
+        let outputs: Vec<Output> = self.nodes[i].core.drain_outputs().collect();
+        let from = self.nodes[i].addr;
+        for out in outputs {
+            match out {
+                Output::Send { to, datagram } => {
+                    self.nodes[i].bytes_sent += datagram.len() as u64;
+                    self.nodes[i].datagrams_sent += 1;
+                    let Some(&dst) = self.by_addr.get(&to) else {
+                        continue;
+                    };
+                    if !self.nodes[dst].alive {
+                        continue;
+                    }
+                    if self.cfg.loss > 0.0 && self.rng.random::<f64>() < self.cfg.loss {
+                        self.datagrams_lost += 1;
+                        continue;
+                    }
+                    let delay = self.link_latency(i, dst) + self.jitter();
+                    self.push(
+                        self.now_ms + delay,
+                        dst,
+                        EventKind::Deliver { from, datagram },
+                    );
+                }
+                Output::Schedule { after, timer } => {
+                    self.push(
+                        self.now_ms + after.as_millis() as u64,
+                        i,
+                        EventKind::Timer(timer),
+                    );
+                }
+            }
+        }
+        let (members, records) = self.nodes[i].core.take_changes();
+        if members {
+            self.refresh_view(i);
+        }
+        if records {
+            self.refresh_records(i);
+        }
+    }
+
+    fn refresh_view(&mut self, i: usize) {
+        let now = self.now_ms;
+        let node = &mut self.nodes[i];
+        let mut seen = BTreeSet::new();
+        for m in node.core.members() {
+            if m.local {
+                continue;
+            }
+            seen.insert(m.id.node);
+            let belief = (m.state, m.id.generation, m.incarnation);
+            if node.view.get(&m.id.node) != Some(&belief) {
+                node.view.insert(m.id.node, belief);
+                self.transitions.push(Transition {
+                    at_ms: now,
+                    observer: i,
+                    subject: m.id.node,
+                    generation: m.id.generation,
+                    incarnation: m.incarnation,
+                    state: Some(m.state),
+                });
+            }
+        }
+        let forgotten: Vec<NodeId> = node
+            .view
+            .keys()
+            .filter(|k| !seen.contains(k))
+            .copied()
+            .collect();
+        for id in forgotten {
+            if let Some((_, generation, incarnation)) = node.view.remove(&id) {
+                self.transitions.push(Transition {
+                    at_ms: now,
+                    observer: i,
+                    subject: id,
+                    generation,
+                    incarnation,
+                    state: None,
+                });
+            }
+        }
+    }
+
+    fn refresh_records(&mut self, i: usize) {
+        let now = self.now_ms;
+        let node = &mut self.nodes[i];
+        let own = node.id;
+        let held: Vec<NodeId> = node.core.with_store(|s| {
+            s.iter()
+                .filter(|r| r.key.origin != own && matches!(r.record.body, Some(Body::Node(_))))
+                .map(|r| r.key.origin)
+                .collect()
+        });
+        for origin in held {
+            if node.records.insert(origin) {
+                self.record_arrivals.push(RecordArrival {
+                    at_ms: now,
+                    observer: i,
+                    origin,
+                });
+            }
+        }
+    }
+
+    fn push(&mut self, at_ms: u64, node: usize, kind: EventKind) {
+        self.seq += 1;
+        self.events.push(Reverse(Event {
+            at_ms,
+            seq: self.seq,
+            node,
+            kind,
+        }));
+    }
+
+    /// Fixed per unordered pair and independent of the order events happen in, so
+    /// adding a member does not reshuffle the latencies of the others.
+    fn link_latency(&self, a: usize, b: usize) -> u64 {
+        let Latency { min_ms, max_ms, .. } = self.cfg.latency;
+        if max_ms <= min_ms {
+            return min_ms;
+        }
+        let (lo, hi) = (a.min(b) as u64, a.max(b) as u64);
+        let h = splitmix64(self.cfg.seed ^ splitmix64(lo << 32 | hi));
+        min_ms + h % (max_ms - min_ms + 1)
+    }
+
+    fn jitter(&mut self) -> u64 {
+        match self.cfg.latency.jitter_ms {
+            0 => 0,
+            j => self.rng.random_range(0..=j),
+        }
+    }
+}
+
+fn node_record(i: usize, id: NodeId, addr: SocketAddr) -> v1::NodeRecord {
+    v1::NodeRecord {
+        id: Bytes::copy_from_slice(&id.0),
+        name: format!("sim-{i}"),
+        datacenter: format!("dc{}", i % 16),
+        version: "sim".into(),
+        mesh_addresses: vec![addr.to_string()],
+        ..Default::default()
+    }
+}
+
+fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}

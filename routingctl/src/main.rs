@@ -1,0 +1,112 @@
+//! `routingctl`: a thin gRPC client that shows what gatewans and bgpctls know, in a
+//! table for people and YAML or JSON for scripts.
+
+mod client;
+mod output;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use gatewan_proto::v1;
+
+#[derive(Parser)]
+#[command(version, about = "Inspect and operate gatewans and bgpctls")]
+struct Cli {
+    /// API socket of the daemon to ask.
+    #[arg(
+        long,
+        global = true,
+        env = "ROUTINGCTL_SOCKET",
+        default_value = "/run/gatewan/gatewan.sock"
+    )]
+    socket: PathBuf,
+    /// Output format.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
+    output: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Format {
+    Table,
+    Yaml,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Members of the mesh as the daemon sees them.
+    Members,
+    /// The mesh keyring of the daemon (rotation: install everywhere, use everywhere,
+    /// remove the old key everywhere).
+    #[command(subcommand)]
+    Keyring(KeyringCommand),
+}
+
+#[derive(Subcommand)]
+enum KeyringCommand {
+    /// List installed keys by fingerprint; the primary one seals.
+    List,
+    /// Install a key (base64, from `gatewan keygen`) for opening datagrams.
+    Install { key: String },
+    /// Make an installed key primary (key or fingerprint).
+    Use { key: String },
+    /// Remove an installed key that is not primary (key or fingerprint).
+    Remove { key: String },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let channel = client::connect(&cli.socket).await?;
+    let mut mesh = v1::mesh_client::MeshClient::new(channel);
+    let call = |s: tonic::Status| anyhow::anyhow!("{}", s.message());
+    let out = match cli.command {
+        Command::Members => {
+            let r = mesh
+                .list_members(v1::ListMembersRequest {})
+                .await
+                .map_err(call)?
+                .into_inner();
+            output::members(&r.members, cli.output)
+        }
+        Command::Keyring(k) => {
+            let r = match k {
+                KeyringCommand::List => mesh.list_keys(v1::ListKeysRequest {}).await,
+                KeyringCommand::Install { key } => {
+                    mesh.install_key(v1::InstallKeyRequest { key }).await
+                }
+                KeyringCommand::Use { key } => mesh.use_key(v1::UseKeyRequest { key }).await,
+                KeyringCommand::Remove { key } => {
+                    mesh.remove_key(v1::RemoveKeyRequest { key }).await
+                }
+            }
+            .map_err(call)?
+            .into_inner();
+            output::keys(&r.keys, cli.output)
+        }
+    }?;
+    print!("{out}");
+    Ok(())
+}

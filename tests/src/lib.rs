@@ -1,0 +1,406 @@
+//! Harness for end-to-end tests: real daemons as processes in a private network
+//! namespace, inspected through routingctl and their metrics endpoint.
+//!
+//! Tests need root (namespaces, iptables). Without it they fail when `CI=true` and skip
+//! with a message otherwise.
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Path of a workspace binary next to the test executable (`target/<profile>/NAME`).
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first",
+        p.display()
+    );
+    p
+}
+
+/// True when the test may run; false (after a message) when it must skip. Panics in CI.
+pub fn require_root(test: &str) -> bool {
+    if nix::unistd::geteuid().is_root() {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test}: needs root, and CI=true forbids skipping"
+    );
+    eprintln!("SKIP {test}: needs root (network namespaces)");
+    false
+}
+
+/// Fails in CI, skips elsewhere, when a program the test needs is missing.
+pub fn require_program(test: &str, program: &str) -> bool {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if found {
+        return true;
+    }
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test}: {program} is missing (scripts/bootstrap.sh installs it)"
+    );
+    eprintln!("SKIP {test}: {program} is missing (run scripts/bootstrap.sh)");
+    false
+}
+
+pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if cond() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// A network namespace with `lo` up, deleted (with its processes) on drop.
+pub struct Netns {
+    pub name: String,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl Netns {
+    pub fn new() -> Netns {
+        let name = format!(
+            "gwt-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        );
+        run_ok(Command::new("ip").args(["netns", "add", &name]));
+        let ns = Netns { name };
+        ns.exec_ok(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).arg(program);
+        c
+    }
+
+    pub fn exec_ok(&self, argv: &[&str]) -> Output {
+        run_ok(self.cmd(argv[0]).args(&argv[1..]))
+    }
+
+    /// Runs `f` on a thread that has entered this namespace (for sockets of the test).
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            let f_ns = std::fs::File::open(&path).expect("netns file");
+            nix::sched::setns(f_ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+        .join()
+        .expect("netns thread")
+    }
+}
+
+impl Default for Netns {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        if let Ok(out) = Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+        {
+            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+pub fn run_ok(c: &mut Command) -> Output {
+    let out = c.output().unwrap_or_else(|e| panic!("{c:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{c:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// One gatewan process of a test cluster.
+pub struct Node {
+    pub name: String,
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub metrics: SocketAddr,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Node {
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+}
+
+/// Where a cluster's nodes gossip: `addresses` are announced, `bind` is listened on.
+pub struct NodeSpec {
+    pub name: String,
+    pub datacenter: String,
+    pub bind: SocketAddr,
+    pub advertise: Vec<SocketAddr>,
+    pub seeds: Vec<SocketAddr>,
+}
+
+/// gatewans in one namespace, sharing a working directory.
+pub struct Cluster {
+    pub ns: Netns,
+    pub dir: PathBuf,
+    pub nodes: Vec<Node>,
+    pub keyring: PathBuf,
+}
+
+impl Cluster {
+    pub fn new(test: &str) -> Cluster {
+        let ns = Netns::new();
+        let dir = std::env::temp_dir().join(format!("{}-{test}", ns.name));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("test dir");
+        let keyring = dir.join("keyring");
+        write_keyring(&keyring, &[&gatewan::mesh::MeshKey::generate().to_base64()]);
+        Cluster {
+            ns,
+            dir,
+            nodes: Vec::new(),
+            keyring,
+        }
+    }
+
+    /// `count` nodes on 127.0.0.{1..}, all seeded with the first.
+    pub fn simple(test: &str, count: usize) -> Cluster {
+        let mut c = Cluster::new(test);
+        let seed: SocketAddr = "127.0.0.1:7946".parse().unwrap();
+        for i in 1..=count {
+            let addr: SocketAddr = format!("127.0.0.{i}:7946").parse().unwrap();
+            c.add(NodeSpec {
+                name: format!("gw{i}"),
+                datacenter: format!("dc{}", (i + 1) / 2),
+                bind: addr,
+                advertise: vec![addr],
+                seeds: vec![seed],
+            });
+        }
+        c
+    }
+
+    /// Writes a node's config (its own keyring file, a copy of the cluster's) and starts it.
+    pub fn add(&mut self, spec: NodeSpec) -> usize {
+        let keyring = self.dir.join(format!("{}.keyring", spec.name));
+        std::fs::copy(&self.keyring, &keyring).expect("keyring copy");
+        self.add_with_keyring(spec, &keyring)
+    }
+
+    pub fn add_with_keyring(&mut self, spec: NodeSpec, keyring: &Path) -> usize {
+        let i = self.nodes.len();
+        let metrics: SocketAddr = format!("127.0.0.{}:{}", 200, 9000 + i).parse().unwrap();
+        let socket = self.dir.join(format!("{}.sock", spec.name));
+        let config = self.dir.join(format!("{}.yaml", spec.name));
+        let list = |v: &[SocketAddr]| {
+            v.iter()
+                .map(|a| format!("\"{a}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let yaml = format!(
+            "name: {name}\ndatacenter: {dc}\nstate_dir: {state}\nmesh:\n  bind: \"{bind}\"\n  advertise: [{adv}]\n  seeds: [{seeds}]\n  keyring: {keyring}\ntransits:\n  - name: lumen\n    capacity: 1Gbps\napi:\n  socket: {socket}\nmetrics:\n  listen: \"{metrics}\"\n",
+            name = spec.name,
+            dc = spec.datacenter,
+            state = self.dir.join(format!("{}.state", spec.name)).display(),
+            bind = spec.bind,
+            adv = list(&spec.advertise),
+            seeds = list(&spec.seeds),
+            keyring = keyring.display(),
+            socket = socket.display(),
+        );
+        std::fs::write(&config, yaml).expect("config");
+        let log = self.dir.join(format!("{}.log", spec.name));
+        let mut node = Node {
+            name: spec.name,
+            config,
+            socket,
+            metrics,
+            log,
+            child: None,
+        };
+        self.start_node(&mut node);
+        self.nodes.push(node);
+        i
+    }
+
+    fn start_node(&self, node: &mut Node) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&node.log)
+            .expect("log");
+        let child = self
+            .ns
+            .cmd(bin("gatewan"))
+            .arg("-c")
+            .arg(&node.config)
+            .env("RUST_LOG", "gatewan=debug")
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn gatewan");
+        node.child = Some(child);
+    }
+
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self, i: usize) {
+        self.kill9(i);
+        let mut node = std::mem::replace(
+            &mut self.nodes[i],
+            Node {
+                name: String::new(),
+                config: PathBuf::new(),
+                socket: PathBuf::new(),
+                metrics: "0.0.0.0:0".parse().unwrap(),
+                log: PathBuf::new(),
+                child: None,
+            },
+        );
+        self.start_node(&mut node);
+        self.nodes[i] = node;
+    }
+
+    /// `routingctl -o json members` against node `i`; None while its API is not up.
+    pub fn members(&self, i: usize) -> Option<Vec<serde_json::Value>> {
+        let out = routingctl(&self.nodes[i].socket, &["-o", "json", "members"]);
+        if !out.status.success() {
+            return None;
+        }
+        serde_json::from_slice(&out.stdout).ok()
+    }
+
+    /// State of the member named `name` as node `i` sees it.
+    pub fn state_of(&self, i: usize, name: &str) -> Option<String> {
+        self.members(i)?
+            .iter()
+            .find(|m| m["name"] == name)
+            .and_then(|m| m["state"].as_str().map(String::from))
+    }
+
+    /// Node `i` sees exactly the running nodes alive (and named).
+    pub fn sees_all_alive(&self, i: usize, n: usize) -> bool {
+        self.members(i).is_some_and(|m| {
+            m.len() == n
+                && m.iter().all(|m| {
+                    m["state"] == "alive" && m["name"].as_str().is_some_and(|s| !s.is_empty())
+                })
+        })
+    }
+
+    pub fn wait_converged(&self, n: usize, timeout: Duration) {
+        let ok = wait_until(timeout, || (0..n).all(|i| self.sees_all_alive(i, n)));
+        if !ok {
+            self.dump_logs();
+        }
+        assert!(
+            ok,
+            "the {n} nodes did not all see each other alive within {timeout:?}"
+        );
+    }
+
+    /// A Prometheus sample of node `i`, e.g. `gatewan_mesh_datagrams_dropped_total{reason="replay"}`.
+    pub fn metric(&self, i: usize, sample: &str) -> Option<f64> {
+        let addr = self.nodes[i].metrics;
+        let body = self.ns.run(move || http_get(addr, "/metrics"))?;
+        body.lines().find_map(|l| {
+            let (name, v) = l.rsplit_once(' ')?;
+            (name == sample).then(|| v.parse().ok()).flatten()
+        })
+    }
+
+    pub fn dump_logs(&self) {
+        for n in &self.nodes {
+            let log = std::fs::read_to_string(&n.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!(
+                "==== {} (last lines)\n{}",
+                n.name,
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill9(i);
+        }
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("test files kept in {}", self.dir.display());
+        }
+    }
+}
+
+pub fn write_keyring(path: &Path, keys: &[&str]) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, keys.join("\n") + "\n").expect("keyring");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+}
+
+pub fn routingctl(socket: &Path, args: &[&str]) -> Output {
+    Command::new(bin("routingctl"))
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .output()
+        .expect("run routingctl")
+}
+
+/// A minimal HTTP/1.0 GET for the metrics endpoint (no client crate needed for one call).
+pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body.split_once("\r\n\r\n")?.1.to_string())
+}
