@@ -210,7 +210,7 @@ impl Cluster {
             let addr: SocketAddr = format!("127.0.0.{i}:7946").parse().unwrap();
             c.add(NodeSpec {
                 name: format!("gw{i}"),
-                datacenter: format!("dc{}", (i + 1) / 2),
+                datacenter: format!("dc{}", i.div_ceil(2)),
                 bind: addr,
                 advertise: vec![addr],
                 seeds: vec![seed],

@@ -480,7 +480,7 @@ impl MeshCore {
             last_change_ms: 0,
             local: true,
         });
-        v.sort_by(|a, b| a.id.node.cmp(&b.id.node));
+        v.sort_by_key(|m| m.id.node);
         v
     }
 
@@ -677,10 +677,7 @@ impl MeshCore {
                 let budget = self.settings.control_budget();
                 let batches = {
                     let shared = lock(&self.shared);
-                    match sync::newer_than_digest(&shared.store, &d) {
-                        Some(newer) => Some(sync::batches(newer, budget)),
-                        None => None,
-                    }
+                    sync::newer_than_digest(&shared.store, &d).map(|newer| sync::batches(newer, budget))
                 };
                 let Some(batches) = batches else {
                     return self.drop_datagram(DropReason::Invalid, from, now_ms);
