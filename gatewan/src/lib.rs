@@ -3,5 +3,7 @@ pub mod config;
 pub mod daemon;
 pub mod mesh;
 pub mod metrics;
+pub mod probe;
 pub mod state_dir;
+pub mod tunnels;
 pub mod units;

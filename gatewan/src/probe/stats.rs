@@ -1,0 +1,424 @@
+//! Probe statistics of one tunnel, pure: a sliding window of probes answered or lost, and
+//! the tunnel state (Established, Degraded, Down) with hysteresis so a tunnel measured at
+//! the edge of a threshold does not flap.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+/// One probe as the window keeps it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Probe {
+    seq: u64,
+    sent_us: u64,
+    /// Round-trip time, once answered.
+    rtt_us: Option<u64>,
+    /// Answered after a probe with a higher sequence number had been answered.
+    reordered: bool,
+}
+
+/// What a reply turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyVerdict {
+    Counted,
+    /// For a probe we never sent, or already expired out of the window.
+    Unknown,
+    /// After the probe timed out: counted as lost, not as a reply.
+    Late,
+    Duplicate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Measurements {
+    /// Probes whose fate is known (answered or timed out) in the window.
+    pub measured: u32,
+    pub loss: f64,
+    pub latency: Duration,
+    pub jitter: Duration,
+    pub reorder: f64,
+}
+
+/// The probes of the last `window`.
+#[derive(Debug, Clone)]
+pub struct ProbeWindow {
+    window_us: u64,
+    timeout_us: u64,
+    probes: VecDeque<Probe>,
+    highest_answered: Option<u64>,
+}
+
+impl ProbeWindow {
+    pub fn new(window: Duration, timeout: Duration) -> Self {
+        ProbeWindow {
+            window_us: window.as_micros() as u64,
+            timeout_us: timeout.as_micros() as u64,
+            probes: VecDeque::new(),
+            highest_answered: None,
+        }
+    }
+
+    pub fn sent(&mut self, seq: u64, now_us: u64) {
+        self.probes.push_back(Probe {
+            seq,
+            sent_us: now_us,
+            rtt_us: None,
+            reordered: false,
+        });
+        self.expire(now_us);
+    }
+
+    pub fn reply(&mut self, seq: u64, now_us: u64) -> ReplyVerdict {
+        // Sequence numbers increase, so the window is sorted: binary search.
+        let Ok(i) = self.probes.binary_search_by_key(&seq, |p| p.seq) else {
+            return ReplyVerdict::Unknown;
+        };
+        let p = &mut self.probes[i];
+        if p.rtt_us.is_some() {
+            return ReplyVerdict::Duplicate;
+        }
+        let rtt = now_us.saturating_sub(p.sent_us);
+        if rtt > self.timeout_us {
+            return ReplyVerdict::Late;
+        }
+        p.rtt_us = Some(rtt);
+        p.reordered = self.highest_answered.is_some_and(|h| seq < h);
+        self.highest_answered = Some(self.highest_answered.map_or(seq, |h| h.max(seq)));
+        ReplyVerdict::Counted
+    }
+
+    fn expire(&mut self, now_us: u64) {
+        let horizon = now_us.saturating_sub(self.window_us + self.timeout_us);
+        while self.probes.front().is_some_and(|p| p.sent_us < horizon) {
+            self.probes.pop_front();
+        }
+    }
+
+    /// Measurements over the probes sent in the last `window` whose fate is known.
+    pub fn measure(&mut self, now_us: u64) -> Measurements {
+        self.expire(now_us);
+        let from = now_us.saturating_sub(self.window_us + self.timeout_us);
+        let known = self.probes.iter().filter(|p| {
+            p.sent_us >= from
+                && (p.rtt_us.is_some() || now_us.saturating_sub(p.sent_us) > self.timeout_us)
+        });
+        let mut measured = 0u32;
+        let mut answered = 0u32;
+        let mut reordered = 0u32;
+        let mut rtt_sum = 0u64;
+        let mut delta_sum = 0u64;
+        let mut deltas = 0u32;
+        let mut prev: Option<u64> = None;
+        for p in known {
+            measured += 1;
+            if let Some(r) = p.rtt_us {
+                answered += 1;
+                rtt_sum += r;
+                if p.reordered {
+                    reordered += 1;
+                }
+                // RFC 3550 jitter compares consecutive packets' transit times; with a
+                // round trip the consecutive RTTs play that part.
+                if let Some(q) = prev {
+                    delta_sum += r.abs_diff(q);
+                    deltas += 1;
+                }
+                prev = Some(r);
+            }
+        }
+        if measured == 0 {
+            return Measurements::default();
+        }
+        Measurements {
+            measured,
+            loss: f64::from(measured - answered) / f64::from(measured),
+            latency: Duration::from_micros(if answered > 0 {
+                rtt_sum / u64::from(answered)
+            } else {
+                0
+            }),
+            jitter: Duration::from_micros(if deltas > 0 {
+                delta_sum / u64::from(deltas)
+            } else {
+                0
+            }),
+            reorder: if answered > 0 {
+                f64::from(reordered) / f64::from(answered)
+            } else {
+                0.0
+            },
+        }
+    }
+
+    /// Loss among the probes sent in `[now - span - timeout, now - timeout]`: the recent
+    /// past whose fate is known, for fast Down detection.
+    pub fn recent_loss(&self, span: Duration, now_us: u64) -> Option<f64> {
+        let to = now_us.saturating_sub(self.timeout_us);
+        let from = to.saturating_sub(span.as_micros() as u64);
+        let mut n = 0u32;
+        let mut lost = 0u32;
+        for p in self
+            .probes
+            .iter()
+            .filter(|p| p.sent_us >= from && p.sent_us <= to)
+        {
+            n += 1;
+            if p.rtt_us.is_none() {
+                lost += 1;
+            }
+        }
+        (n > 0).then(|| f64::from(lost) / f64::from(n))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TunnelState {
+    Established,
+    Degraded,
+    Down,
+}
+
+impl TunnelState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TunnelState::Established => "Established",
+            TunnelState::Degraded => "Degraded",
+            TunnelState::Down => "Down",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Thresholds {
+    pub degraded_loss: f64,
+    pub degraded_latency: Duration,
+    pub down_loss: f64,
+    /// Intervals a better state must hold before the tunnel moves to it.
+    pub recover_intervals: u32,
+    /// A measure must fall this far below a threshold (fraction of it) to count as better.
+    pub margin: f64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            degraded_loss: 0.05,
+            degraded_latency: Duration::from_millis(400),
+            down_loss: 0.9,
+            recover_intervals: 3,
+            margin: 0.2,
+        }
+    }
+}
+
+/// The state of a tunnel from its measurements, evaluated once per probe interval.
+/// Worse states are entered at once (the controller must react within an interval);
+/// better ones only after `recover_intervals` consecutive intervals clear of the
+/// threshold by `margin`.
+#[derive(Debug, Clone)]
+pub struct Health {
+    state: TunnelState,
+    better_for: u32,
+    pub transitions: BTreeMap<TunnelState, u64>,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        // A new tunnel is Down until probes answer.
+        Health {
+            state: TunnelState::Down,
+            better_for: 0,
+            transitions: BTreeMap::new(),
+        }
+    }
+}
+
+impl Health {
+    pub fn state(&self) -> TunnelState {
+        self.state
+    }
+
+    /// `recent_loss` is the loss of the last interval (fast Down); `m` the window's.
+    pub fn update(
+        &mut self,
+        m: &Measurements,
+        recent_loss: Option<f64>,
+        t: &Thresholds,
+    ) -> TunnelState {
+        let recent = recent_loss.unwrap_or(m.loss);
+        let entering = if m.measured == 0 || recent >= t.down_loss {
+            TunnelState::Down
+        } else if m.loss >= t.degraded_loss || m.latency >= t.degraded_latency {
+            TunnelState::Degraded
+        } else {
+            TunnelState::Established
+        };
+        // The state the measurements are clearly in, thresholds lowered by the margin.
+        let keep = 1.0 - t.margin;
+        let clear = if m.measured == 0 || recent >= t.down_loss * keep {
+            TunnelState::Down
+        } else if m.loss >= t.degraded_loss * keep
+            || m.latency.as_secs_f64() >= t.degraded_latency.as_secs_f64() * keep
+        {
+            TunnelState::Degraded
+        } else {
+            TunnelState::Established
+        };
+        if entering > self.state {
+            self.set(entering);
+        } else if clear < self.state {
+            self.better_for += 1;
+            if self.better_for >= t.recover_intervals {
+                self.set(clear);
+            }
+        } else {
+            self.better_for = 0;
+        }
+        self.state
+    }
+
+    fn set(&mut self, s: TunnelState) {
+        if s != self.state {
+            *self.transitions.entry(s).or_default() += 1;
+        }
+        self.state = s;
+        self.better_for = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1000;
+
+    fn window() -> ProbeWindow {
+        ProbeWindow::new(Duration::from_secs(5), Duration::from_secs(1))
+    }
+
+    #[test]
+    fn loss_latency_jitter_reorder() {
+        let mut w = window();
+        // 100 probes 10 ms apart; every 4th lost; RTT alternates 20 and 30 ms.
+        for seq in 0..100u64 {
+            let t = seq * 10 * MS;
+            w.sent(seq, t);
+        }
+        for seq in 0..100u64 {
+            if seq % 4 == 3 {
+                continue;
+            }
+            let rtt = if seq % 2 == 0 { 20 } else { 30 } * MS;
+            assert_eq!(w.reply(seq, seq * 10 * MS + rtt), ReplyVerdict::Counted);
+        }
+        let m = w.measure(100 * 10 * MS + 1100 * MS);
+        assert_eq!(m.measured, 100);
+        assert!((m.loss - 0.25).abs() < 1e-9);
+        assert_eq!(
+            m.latency,
+            Duration::from_micros((50 * 20 + 25 * 30) * MS / 75)
+        );
+        // Answered RTTs run 20,30,20 | 20,30,20 | …: 50 deltas of 10 ms and 24 of 0.
+        assert_eq!(m.jitter, Duration::from_micros(500 * MS / 74));
+        assert_eq!(m.reorder, 0.0);
+    }
+
+    #[test]
+    fn pending_probes_are_not_losses_yet() {
+        let mut w = window();
+        w.sent(1, 0);
+        w.sent(2, 500 * MS);
+        w.reply(1, 20 * MS);
+        let m = w.measure(600 * MS);
+        assert_eq!(
+            (m.measured, m.loss),
+            (1, 0.0),
+            "probe 2 is within its timeout"
+        );
+    }
+
+    #[test]
+    fn forged_late_duplicate_replies_are_not_counted() {
+        let mut w = window();
+        w.sent(1, 0);
+        w.sent(2, 10 * MS);
+        assert_eq!(w.reply(99, 20 * MS), ReplyVerdict::Unknown);
+        assert_eq!(w.reply(1, 30 * MS), ReplyVerdict::Counted);
+        assert_eq!(w.reply(1, 31 * MS), ReplyVerdict::Duplicate);
+        assert_eq!(w.reply(2, 2000 * MS), ReplyVerdict::Late);
+        let m = w.measure(3000 * MS);
+        assert_eq!((m.measured, m.loss), (2, 0.5));
+    }
+
+    #[test]
+    fn reordering() {
+        let mut w = window();
+        for s in 0..4 {
+            w.sent(s, s * MS);
+        }
+        w.reply(0, 10 * MS);
+        w.reply(2, 12 * MS);
+        w.reply(1, 13 * MS); // overtaken by 2
+        w.reply(3, 14 * MS);
+        let m = w.measure(2000 * MS);
+        assert!((m.reorder - 0.25).abs() < 1e-9);
+    }
+
+    #[test]
+    fn window_slides() {
+        let mut w = window();
+        for s in 0..1000u64 {
+            w.sent(s, s * 100 * MS);
+            if s >= 500 {
+                w.reply(s, s * 100 * MS + 5 * MS);
+            }
+        }
+        // Only the last 5 s (50 probes) count: all answered.
+        let m = w.measure(1000 * 100 * MS);
+        assert_eq!(m.loss, 0.0);
+        assert!(w.probes.len() <= 70);
+    }
+
+    fn m(loss: f64, latency_ms: u64) -> Measurements {
+        Measurements {
+            measured: 50,
+            loss,
+            latency: Duration::from_millis(latency_ms),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn health_hysteresis() {
+        let t = Thresholds::default();
+        let mut h = Health::default();
+        assert_eq!(h.state(), TunnelState::Down);
+        // Good measurements: Established only after 3 clear intervals.
+        assert_eq!(h.update(&m(0.0, 20), Some(0.0), &t), TunnelState::Down);
+        assert_eq!(h.update(&m(0.0, 20), Some(0.0), &t), TunnelState::Down);
+        assert_eq!(
+            h.update(&m(0.0, 20), Some(0.0), &t),
+            TunnelState::Established
+        );
+        // Worse: at once.
+        assert_eq!(
+            h.update(&m(0.06, 20), Some(0.06), &t),
+            TunnelState::Degraded
+        );
+        // Oscillating around the threshold (5 % ± 1) never goes back to Established.
+        for i in 0..20 {
+            let loss = if i % 2 == 0 { 0.045 } else { 0.055 };
+            assert_eq!(
+                h.update(&m(loss, 20), Some(loss), &t),
+                TunnelState::Degraded
+            );
+        }
+        assert_eq!(h.transitions.get(&TunnelState::Established), Some(&1));
+        // Total loss in the last interval: Down at once.
+        assert_eq!(h.update(&m(0.2, 20), Some(1.0), &t), TunnelState::Down);
+        // High latency alone degrades.
+        let mut h = Health::default();
+        for _ in 0..3 {
+            h.update(&m(0.0, 500), Some(0.0), &t);
+        }
+        assert_eq!(h.state(), TunnelState::Degraded);
+    }
+}
