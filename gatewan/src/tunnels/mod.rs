@@ -2,3 +2,4 @@
 //! of another datacenter. `plan` is the pure planner.
 
 pub mod plan;
+pub mod reconcile;

@@ -1,0 +1,235 @@
+//! The tunnel reconciler's decision, pure: from the tunnels wanted and the interfaces
+//! seen on the host, the steps that make the host match. Steps are minimal so a restarted
+//! daemon that finds its tunnels in place changes nothing (no flap), and an interface that
+//! matches no wanted tunnel is removed only once its grace period has passed.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+
+use ipnet::IpNet;
+
+use super::plan::PlannedTunnel;
+
+/// A tunnel as the host must have it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WantedTunnel {
+    pub interface: String,
+    pub listen_port: u16,
+    /// Marks the tunnel's outer packets so policy routing sends them out of its transit.
+    pub fwmark: Option<u32>,
+    pub peer_public_key: [u8; 32],
+    pub endpoint: SocketAddr,
+    pub addresses: BTreeSet<IpNet>,
+}
+
+impl WantedTunnel {
+    pub fn from_plan(t: &PlannedTunnel, fwmark: Option<u32>) -> Option<WantedTunnel> {
+        let key = <[u8; 32]>::try_from(t.peer.public_key.as_slice()).ok()?;
+        let v4 = IpNet::new(t.local.address_v4.into(), 31).ok()?;
+        let v6 = IpNet::new(t.local.address_v6.into(), 127).ok()?;
+        Some(WantedTunnel {
+            interface: t.interface.clone(),
+            listen_port: t.listen_port,
+            fwmark,
+            peer_public_key: key,
+            endpoint: t.peer.endpoint,
+            addresses: [v4, v6].into_iter().collect(),
+        })
+    }
+}
+
+/// A tunnel interface as found on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SeenTunnel {
+    pub interface: String,
+    pub listen_port: Option<u16>,
+    pub fwmark: Option<u32>,
+    /// Whether the interface holds our current private key.
+    pub our_key: bool,
+    pub peers: Vec<([u8; 32], Option<SocketAddr>)>,
+    pub addresses: BTreeSet<IpNet>,
+    pub up: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// Create the interface if needed and set key, port, fwmark and its one peer
+    /// (replacing any other). Never deletes the interface, so traffic keeps flowing.
+    Configure(WantedTunnel),
+    AddAddress {
+        interface: String,
+        address: IpNet,
+    },
+    RemoveAddress {
+        interface: String,
+        address: IpNet,
+    },
+    SetUp {
+        interface: String,
+    },
+    Delete {
+        interface: String,
+    },
+}
+
+/// Steps for the host to match `wanted`. `stale_since` holds, per unwanted interface, when
+/// it was first seen unwanted (updated by the caller from the returned `newly_stale`);
+/// interfaces are deleted once unwanted for `grace_ms`.
+pub fn steps(
+    wanted: &[WantedTunnel],
+    seen: &[SeenTunnel],
+    stale_since: &HashMap<String, u64>,
+    now_ms: u64,
+    grace_ms: u64,
+) -> (Vec<Step>, Vec<String>) {
+    let seen_by_name: HashMap<&str, &SeenTunnel> =
+        seen.iter().map(|s| (s.interface.as_str(), s)).collect();
+    let mut out = Vec::new();
+    for w in wanted {
+        let s = seen_by_name.get(w.interface.as_str());
+        let configured = s.is_some_and(|s| {
+            s.our_key
+                && s.listen_port == Some(w.listen_port)
+                && s.fwmark.filter(|&m| m != 0) == w.fwmark
+                && s.peers.len() == 1
+                && s.peers[0] == (w.peer_public_key, Some(w.endpoint))
+        });
+        if !configured {
+            out.push(Step::Configure(w.clone()));
+        }
+        let have = s.map(|s| s.addresses.clone()).unwrap_or_default();
+        for a in w.addresses.difference(&have) {
+            out.push(Step::AddAddress {
+                interface: w.interface.clone(),
+                address: *a,
+            });
+        }
+        for a in have.difference(&w.addresses) {
+            out.push(Step::RemoveAddress {
+                interface: w.interface.clone(),
+                address: *a,
+            });
+        }
+        if !s.is_some_and(|s| s.up) {
+            out.push(Step::SetUp {
+                interface: w.interface.clone(),
+            });
+        }
+    }
+    let wanted_names: BTreeSet<&str> = wanted.iter().map(|w| w.interface.as_str()).collect();
+    let mut newly_stale = Vec::new();
+    for s in seen {
+        if wanted_names.contains(s.interface.as_str()) {
+            continue;
+        }
+        match stale_since.get(&s.interface) {
+            None => newly_stale.push(s.interface.clone()),
+            Some(&since) if now_ms.saturating_sub(since) >= grace_ms => out.push(Step::Delete {
+                interface: s.interface.clone(),
+            }),
+            Some(_) => {}
+        }
+    }
+    (out, newly_stale)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wanted(i: u8) -> WantedTunnel {
+        WantedTunnel {
+            interface: format!("sdwan{i}"),
+            listen_port: 20000 + u16::from(i),
+            fwmark: Some(1),
+            peer_public_key: [i; 32],
+            endpoint: format!("192.0.2.{i}:{}", 20000 + u16::from(i))
+                .parse()
+                .unwrap(),
+            addresses: [
+                format!("100.64.0.{}/31", 2 * i).parse().unwrap(),
+                format!("fd5d::{:x}/127", 2 * i).parse().unwrap(),
+            ]
+            .into_iter()
+            .collect(),
+        }
+    }
+
+    fn seen_as(w: &WantedTunnel) -> SeenTunnel {
+        SeenTunnel {
+            interface: w.interface.clone(),
+            listen_port: Some(w.listen_port),
+            fwmark: w.fwmark,
+            our_key: true,
+            peers: vec![(w.peer_public_key, Some(w.endpoint))],
+            addresses: w.addresses.clone(),
+            up: true,
+        }
+    }
+
+    #[test]
+    fn from_scratch_then_nothing() {
+        let w = vec![wanted(1), wanted(2)];
+        let (s, _) = steps(&w, &[], &HashMap::new(), 0, 60_000);
+        assert_eq!(
+            s.iter().filter(|s| matches!(s, Step::Configure(_))).count(),
+            2
+        );
+        assert_eq!(
+            s.iter()
+                .filter(|s| matches!(s, Step::AddAddress { .. }))
+                .count(),
+            4
+        );
+        assert_eq!(
+            s.iter().filter(|s| matches!(s, Step::SetUp { .. })).count(),
+            2
+        );
+        // What a restarted daemon finds: everything in place, so no step at all.
+        let seen: Vec<_> = w.iter().map(seen_as).collect();
+        let (s, stale) = steps(&w, &seen, &HashMap::new(), 0, 60_000);
+        assert!(s.is_empty() && stale.is_empty(), "{s:?}");
+    }
+
+    #[test]
+    fn changes_are_minimal() {
+        let w = vec![wanted(1)];
+        let mut seen = seen_as(&w[0]);
+        seen.peers[0].1 = Some("192.0.2.99:1".parse().unwrap()); // peer moved transit address
+        seen.addresses.insert("10.9.9.9/32".parse().unwrap()); // a stray address
+        let (s, _) = steps(&w, &[seen.clone()], &HashMap::new(), 0, 60_000);
+        assert_eq!(
+            s,
+            vec![
+                Step::Configure(w[0].clone()),
+                Step::RemoveAddress {
+                    interface: "sdwan1".into(),
+                    address: "10.9.9.9/32".parse().unwrap()
+                }
+            ]
+        );
+        // Key rotation: only the key differs; the interface is configured, not recreated.
+        let mut seen = seen_as(&w[0]);
+        seen.our_key = false;
+        let (s, _) = steps(&w, &[seen], &HashMap::new(), 0, 60_000);
+        assert_eq!(s, vec![Step::Configure(w[0].clone())]);
+    }
+
+    #[test]
+    fn stale_interfaces_wait_for_the_grace_period() {
+        let old = seen_as(&wanted(7));
+        let (s, stale) = steps(&[], &[old.clone()], &HashMap::new(), 1_000, 60_000);
+        assert!(s.is_empty());
+        assert_eq!(stale, vec!["sdwan7".to_string()]);
+        let since: HashMap<_, _> = [("sdwan7".to_string(), 1_000)].into();
+        let (s, _) = steps(&[], &[old.clone()], &since, 30_000, 60_000);
+        assert!(s.is_empty(), "within grace");
+        let (s, _) = steps(&[], &[old], &since, 61_000, 60_000);
+        assert_eq!(
+            s,
+            vec![Step::Delete {
+                interface: "sdwan7".into()
+            }]
+        );
+    }
+}
