@@ -1,0 +1,333 @@
+//! The `lab` command line: parses arguments and maps outcomes to exit codes
+//! (0 success, 1 runtime error, 2 usage or topology error).
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::{Context, Result, anyhow, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use lab::realize::{self, SupervisorMode};
+use lab::{Topology, TopologyError, ns, supervisor, wan};
+
+#[derive(Parser)]
+#[command(
+    name = "lab",
+    version,
+    about = "Run containerlab topology files with network namespaces on this host",
+    long_about = "Run containerlab topology files (*.clab.yml) on this host: every node gets its own \
+network and mount namespace, links become veth pairs, and nodes labelled \
+`lab.kind: wan-emulator` forward frames in userspace with delay, jitter, loss, reordering, \
+duplication and a rate limit. Needs root. See docs/lab.md.\n\n\
+Exit codes: 0 success, 1 runtime error, 2 usage or topology error."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Dot,
+    Svg,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create (or repair) the lab described by FILE.
+    Up {
+        /// Topology file (*.clab.yml).
+        file: PathBuf,
+    },
+    /// Remove everything the lab created, even after an interrupted `up`.
+    Down {
+        /// Topology file (*.clab.yml), or the lab's name when the file is gone.
+        file: PathBuf,
+    },
+    /// Show nodes, interfaces and the supervisor of the lab.
+    Status {
+        /// Topology file (*.clab.yml).
+        file: PathBuf,
+    },
+    /// Run a command inside a node (network and mount namespaces).
+    Exec {
+        /// Topology file; optional when exactly one lab is up.
+        #[arg(short = 't', long = "topo")]
+        topo: Option<PathBuf>,
+        /// Node name.
+        node: String,
+        /// Command and arguments (after `--`).
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Print the topology as Graphviz DOT or SVG.
+    Graph {
+        file: PathBuf,
+        #[arg(long, value_enum, default_value = "dot")]
+        format: Format,
+    },
+    /// Change WAN emulator impairments at runtime.
+    ///
+    /// Example: `lab impair wan-lumen delay=40ms jitter=5ms loss=2% reorder=1% duplicate=0.5% rate=1Gbps`.
+    /// Keys not given keep their value; `reset` clears all. Without settings, prints the
+    /// current settings and counters.
+    Impair {
+        #[arg(short = 't', long = "topo", conflicts_with = "here")]
+        topo: Option<PathBuf>,
+        /// Talk to the emulator of the current network namespace (inside a container);
+        /// LINK is then a port name or `*` for both directions.
+        #[arg(long)]
+        here: bool,
+        /// The emulator node (both directions) or NODE:PORT (frames arriving on PORT).
+        link: String,
+        /// key=value: delay, jitter, loss, reorder, duplicate, rate; or `reset`.
+        settings: Vec<String>,
+    },
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCmd,
+    },
+    /// Run a WAN emulator in the current network namespace (for container images).
+    #[command(hide = true)]
+    WanEmulator {
+        /// The two ports, comma separated.
+        #[arg(long, default_value = "eth1,eth2")]
+        ports: String,
+        settings: Vec<String>,
+    },
+    /// Configure the node this runs in (inside a containerlab container).
+    ///
+    /// Applies the node's lab.* labels from the topology file and supervises its
+    /// processes and WAN emulator until SIGTERM; see docs/lab.md.
+    NodeInit {
+        /// Topology file [default: the file named by $LAB_TOPOLOGY].
+        #[arg(env = "LAB_TOPOLOGY")]
+        file: PathBuf,
+        /// Node name [default: the hostname, which containerlab sets to the node name].
+        #[arg(long)]
+        node: Option<String>,
+    },
+    #[command(name = "__supervise", hide = true)]
+    Supervise { lab: String },
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Time to bring a topology up and down (default: topologies/two-dc.clab.yml).
+    UpDown {
+        file: Option<PathBuf>,
+        #[arg(long, default_value_t = 3)]
+        iterations: usize,
+    },
+    /// TCP throughput through a WAN emulator at zero impairment vs a plain veth.
+    Wan {
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+    },
+}
+
+/// An error that should exit with code 2.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Usage(String);
+
+fn load(p: &Path) -> Result<Topology> {
+    Topology::load(p).map_err(anyhow::Error::from)
+}
+
+fn exe() -> Result<PathBuf> {
+    std::env::current_exe().context("locate the lab binary")
+}
+
+/// The running lab named by `-t FILE`, or the only one running.
+fn pick_lab(topo: Option<&Path>) -> Result<Topology> {
+    if let Some(p) = topo {
+        return load(p);
+    }
+    let labs = realize::labs();
+    match labs.as_slice() {
+        [one] => realize::read_state(one)
+            .and_then(|s| s.topology)
+            .ok_or_else(|| anyhow!("state of lab {one} is unreadable")),
+        [] => Err(Usage("no lab is running".into()).into()),
+        many => Err(Usage(format!(
+            "several labs are running ({}); pass -t FILE",
+            many.join(", ")
+        ))
+        .into()),
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.cmd {
+        Cmd::Up { file } => {
+            let t = load(&file)?;
+            realize::up(&t, SupervisorMode::Detached(exe()?))
+                .context("lab up failed; run `lab up` again to repair or `lab down` to clean")?;
+            println!(
+                "lab {} is up ({} nodes, {} links)",
+                t.name,
+                t.nodes.len(),
+                t.links.len()
+            );
+        }
+        Cmd::Down { file } => {
+            let name = match file.to_str() {
+                Some(n) if !file.exists() && lab::topology::valid_lab_name(n) => n.to_string(),
+                _ => load(&file)?.name,
+            };
+            realize::down(&name)?;
+            println!("lab {name} is down");
+        }
+        Cmd::Status { file } => {
+            let t = load(&file)?;
+            let (text, ok) = realize::status(&t)?;
+            print!("{text}");
+            if !ok {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Cmd::Exec { topo, node, cmd } => {
+            let t = pick_lab(topo.as_deref())?;
+            let n = t
+                .nodes
+                .get(&node)
+                .ok_or_else(|| Usage(format!("no node `{node}` in lab {}", t.name)))?;
+            let (prog, args) = cmd
+                .split_first()
+                .ok_or_else(|| Usage("no command".into()))?;
+            let mut c = std::process::Command::new(prog);
+            c.args(args)
+                .env_clear()
+                .envs(supervisor::base_env(&t.name, n));
+            if let Ok(term) = std::env::var("TERM") {
+                c.env("TERM", term);
+            }
+            ns::NodeRef::new(&t.name, &node).command(&mut c)?;
+            let st = c
+                .status()
+                .with_context(|| format!("run {prog} on {node}"))?;
+            return Ok(ExitCode::from(st.code().unwrap_or(1).clamp(0, 255) as u8));
+        }
+        Cmd::Graph { file, format } => {
+            let t = load(&file)?;
+            match format {
+                Format::Dot => print!("{}", lab::graph::dot(&t)),
+                Format::Svg => print!("{}", lab::graph::svg(&t)?),
+            }
+        }
+        Cmd::Impair {
+            topo,
+            here,
+            link,
+            settings,
+        } => {
+            let words: Vec<&str> = settings.iter().map(String::as_str).collect();
+            if let Err(e) = wan::Impairment::default().apply_unchecked(&words) {
+                return Err(Usage(e).into());
+            }
+            if here {
+                let cmd = if words.is_empty() {
+                    "get".to_string()
+                } else {
+                    format!("set {link} {}", words.join(" "))
+                };
+                print!("{}", wan::control(&cmd)?);
+            } else {
+                let t = pick_lab(topo.as_deref())?;
+                print!("{}", lab::impair(&t, &link, &words)?);
+            }
+        }
+        Cmd::Bench { what } => match what {
+            BenchCmd::UpDown { file, iterations } => {
+                let f = file.unwrap_or_else(|| {
+                    PathBuf::from(concat!(
+                        env!("CARGO_MANIFEST_DIR"),
+                        "/topologies/two-dc.clab.yml"
+                    ))
+                });
+                let t = load(&f)?;
+                let r = lab::bench::up_down(&f, &exe()?, iterations.max(1))?;
+                for (i, m) in r.iter().enumerate() {
+                    println!(
+                        "run {}: up {:.3}s down {:.3}s",
+                        i + 1,
+                        m.up.as_secs_f64(),
+                        m.down.as_secs_f64()
+                    );
+                }
+                let mut ups: Vec<f64> = r.iter().map(|m| m.up.as_secs_f64()).collect();
+                let mut downs: Vec<f64> = r.iter().map(|m| m.down.as_secs_f64()).collect();
+                ups.sort_by(f64::total_cmp);
+                downs.sort_by(f64::total_cmp);
+                println!(
+                    "{} ({} nodes, {} links): median up {:.3}s (target <= 5s), median down {:.3}s (target <= 2s)",
+                    f.display(),
+                    t.nodes.len(),
+                    t.links.len(),
+                    ups[ups.len() / 2],
+                    downs[downs.len() / 2]
+                );
+            }
+            BenchCmd::Wan { seconds } => {
+                let (plain, emu) = lab::bench::wan(&exe()?, seconds.max(1))?;
+                println!("plain veth:          {:.2} Gbit/s", plain / 1e9);
+                println!(
+                    "through WAN emulator: {:.2} Gbit/s (target >= 1 Gbit/s)",
+                    emu / 1e9
+                );
+                println!("ratio:               {:.2}", emu / plain);
+            }
+        },
+        Cmd::WanEmulator { ports, settings } => {
+            let v: Vec<&str> = ports.split(',').collect();
+            let [a, b] = v.as_slice() else {
+                bail!(Usage("--ports needs two interfaces, e.g. eth1,eth2".into()));
+            };
+            let words: Vec<&str> = settings.iter().map(String::as_str).collect();
+            let imp = wan::Impairment::default().apply(&words).map_err(Usage)?;
+            let ports = [a.to_string(), b.to_string()];
+            wan::wait_for_ports(&ports, std::time::Duration::from_secs(120))?;
+            use nix::sys::signal::{SigSet, SigmaskHow, Signal, sigprocmask};
+            let mut set = SigSet::empty();
+            set.add(Signal::SIGTERM);
+            set.add(Signal::SIGINT);
+            sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)?;
+            let e = wan::Emulator::start(ports, imp, Arc::new(AtomicBool::new(false)))?;
+            eprintln!("wan-emulator forwarding {a} <-> {b}: {imp}");
+            let _ = set.wait();
+            e.stop();
+        }
+        Cmd::NodeInit { file, node } => {
+            let t = load(&file)?;
+            let node = match node {
+                Some(n) => n,
+                None => nix::unistd::gethostname()?
+                    .into_string()
+                    .map_err(|_| anyhow!("hostname is not UTF-8"))?,
+            };
+            if !t.nodes.contains_key(&node) {
+                return Err(Usage(format!("no node `{node}` in {}", file.display())).into());
+            }
+            realize::node_init(&t, &node)?;
+        }
+        Cmd::Supervise { lab } => realize::supervise_main(&lab)?,
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(c) => c,
+        Err(e) => {
+            let usage =
+                e.downcast_ref::<Usage>().is_some() || e.downcast_ref::<TopologyError>().is_some();
+            eprintln!("lab: {e:#}");
+            ExitCode::from(if usage { 2 } else { 1 })
+        }
+    }
+}

@@ -1,0 +1,476 @@
+//! Namespaces: creates and persists a node's network namespace (`/run/netns/lab.LAB.NODE`)
+//! and mount namespace (bind-mounted under `/run/lab/LAB/ns/NODE`), enters them to spawn
+//! processes, and finds and kills whatever still lives in them.
+//!
+//! Namespaces are created from short-lived threads: `unshare` applies to the calling
+//! thread only, so the main thread and its mount table are never touched.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::sched::{CloneFlags, setns, unshare};
+
+/// Root of all lab state on the host.
+pub const RUN_DIR: &str = "/run/lab";
+const NETNS_DIR: &str = "/run/netns";
+
+/// Name of the network namespace of `node` in `lab` (as listed by `ip netns`).
+pub fn netns_name(lab: &str, node: &str) -> String {
+    format!("lab.{lab}.{node}")
+}
+
+/// Prefix shared by every network namespace of `lab`.
+pub fn netns_prefix(lab: &str) -> String {
+    format!("lab.{lab}.")
+}
+
+pub fn netns_path(lab: &str, node: &str) -> PathBuf {
+    Path::new(NETNS_DIR).join(netns_name(lab, node))
+}
+
+pub fn lab_dir(lab: &str) -> PathBuf {
+    Path::new(RUN_DIR).join(lab)
+}
+
+pub fn mntns_dir(lab: &str) -> PathBuf {
+    lab_dir(lab).join("ns")
+}
+
+pub fn mntns_path(lab: &str, node: &str) -> PathBuf {
+    mntns_dir(lab).join(node)
+}
+
+/// Mount points of the calling thread's mount namespace.
+pub fn mountpoints(thread_self: bool) -> Vec<PathBuf> {
+    let p = if thread_self {
+        "/proc/thread-self/mountinfo"
+    } else {
+        "/proc/self/mountinfo"
+    };
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .map(|m| PathBuf::from(unescape_mount(m)))
+        .collect()
+}
+
+fn unescape_mount(s: &str) -> String {
+    s.replace("\\040", " ")
+        .replace("\\011", "\t")
+        .replace("\\012", "\n")
+        .replace("\\134", "\\")
+}
+
+pub fn is_mountpoint(p: &Path) -> bool {
+    mountpoints(false).iter().any(|m| m == p)
+}
+
+/// Inode of a namespace file, which identifies the namespace.
+pub fn ns_inode(p: &Path) -> Option<u64> {
+    std::fs::metadata(p).ok().map(|m| m.ino())
+}
+
+/// True if `p` is a bind mount of a namespace (nsfs) rather than a plain file.
+pub fn is_ns_mount(p: &Path) -> bool {
+    nix::sys::statfs::statfs(p)
+        .map(|s| s.filesystem_type() == nix::sys::statfs::NSFS_MAGIC)
+        .unwrap_or(false)
+}
+
+/// Creates the persistent network namespace `name`; idempotent.
+pub fn create_netns(name: &str) -> Result<()> {
+    let path = Path::new(NETNS_DIR).join(name);
+    if is_ns_mount(&path) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(NETNS_DIR)?;
+    File::create(&path).with_context(|| format!("create {}", path.display()))?;
+    let p2 = path.clone();
+    std::thread::spawn(move || -> Result<()> {
+        unshare(CloneFlags::CLONE_NEWNET).context("unshare(CLONE_NEWNET)")?;
+        mount(
+            Some("/proc/thread-self/ns/net"),
+            &p2,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .with_context(|| format!("bind netns to {}", p2.display()))?;
+        Ok(())
+    })
+    .join()
+    .map_err(|_| anyhow!("netns thread panicked"))?
+}
+
+/// Makes `dir` a private mount point so that namespace files can be bound inside it
+/// without propagating into other mount namespaces.
+pub fn ensure_private_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    if !is_mountpoint(dir) {
+        mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .with_context(|| format!("bind {} onto itself", dir.display()))?;
+    }
+    mount(
+        None::<&str>,
+        dir,
+        None::<&str>,
+        MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .with_context(|| format!("make {} private", dir.display()))?;
+    Ok(())
+}
+
+/// Mounts a private tmpfs on `dir` (idempotent). Per-node writable layers live there:
+/// overlayfs refuses an upper layer on overlayfs, which is what `/run` is in many CI
+/// containers.
+pub fn ensure_tmpfs(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    if !is_mountpoint(dir) {
+        mount(
+            Some("tmpfs"),
+            dir,
+            Some("tmpfs"),
+            MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+            Some("mode=755"),
+        )
+        .with_context(|| format!("mount tmpfs on {}", dir.display()))?;
+    }
+    mount(
+        None::<&str>,
+        dir,
+        None::<&str>,
+        MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .with_context(|| format!("make {} private", dir.display()))?;
+    Ok(())
+}
+
+/// What goes into a node's mount namespace.
+pub struct MountSpec {
+    pub netns: PathBuf,
+    pub target: PathBuf,
+    pub etc_upper: PathBuf,
+    pub etc_work: PathBuf,
+    pub binds: Vec<(PathBuf, PathBuf, bool)>,
+}
+
+fn mnt(
+    src: Option<&str>,
+    target: &str,
+    fstype: Option<&str>,
+    flags: MsFlags,
+    data: Option<&str>,
+) -> Result<()> {
+    mount(src, target, fstype, flags, data).with_context(|| format!("mount {target}"))
+}
+
+fn setup_mounts(spec: &MountSpec) -> Result<()> {
+    let netns =
+        File::open(&spec.netns).with_context(|| format!("open {}", spec.netns.display()))?;
+    setns(&netns, CloneFlags::CLONE_NEWNET).context("setns(net)")?;
+    // Bind sources are opened now: the tmpfs mounts below may hide them (e.g. /tmp).
+    let mut binds = Vec::new();
+    for (host, inner, ro) in &spec.binds {
+        let f = File::options()
+            .read(true)
+            .custom_flags(libc::O_PATH)
+            .open(host)
+            .with_context(|| format!("open bind source {}", host.display()))?;
+        binds.push((f, host.clone(), host.is_dir(), inner.clone(), *ro));
+    }
+    mnt(None, "/", None, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None)?;
+    // Namespace files of the host would pin other namespaces from inside this one. The
+    // tmpfs holding this node's /etc layer stays: the overlay below needs it.
+    let keep = spec.etc_upper.parent().and_then(Path::parent);
+    let mut stale: Vec<PathBuf> = mountpoints(true)
+        .into_iter()
+        .filter(|m| {
+            (m.starts_with(NETNS_DIR) && m != Path::new(NETNS_DIR)) || m.starts_with(RUN_DIR)
+        })
+        .filter(|m| Some(m.as_path()) != keep)
+        .collect();
+    stale.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+    for m in stale {
+        let _ = umount2(&m, MntFlags::MNT_DETACH);
+    }
+    let opts = format!(
+        "lowerdir=/etc,upperdir={},workdir={}",
+        spec.etc_upper.display(),
+        spec.etc_work.display()
+    );
+    mnt(
+        Some("overlay"),
+        "/etc",
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(&opts),
+    )?;
+    // /sys must show this namespace's interfaces (as `ip netns exec` does).
+    let _ = umount2("/sys", MntFlags::MNT_DETACH);
+    mnt(Some("sysfs"), "/sys", Some("sysfs"), MsFlags::empty(), None)?;
+    let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    mnt(
+        Some("tmpfs"),
+        "/run",
+        Some("tmpfs"),
+        nosuid,
+        Some("mode=755"),
+    )?;
+    std::fs::create_dir_all("/run/wireguard")?;
+    std::fs::create_dir_all("/run/lock")?;
+    let var_run = Path::new("/var/run");
+    if var_run.is_dir() && !var_run.is_symlink() {
+        mnt(Some("/run"), "/var/run", None, MsFlags::MS_BIND, None)?;
+    }
+    mnt(
+        Some("tmpfs"),
+        "/tmp",
+        Some("tmpfs"),
+        nosuid,
+        Some("mode=1777"),
+    )?;
+    // Upper layers for overlays that create missing bind targets live in the node's
+    // own /run tmpfs, so they vanish with the node.
+    let ovl_root = Path::new("/run/.lab-overlays");
+    for (i, (src, host, is_dir, inner, ro)) in binds.into_iter().enumerate() {
+        if !inner.exists() {
+            make_target_privately(&inner, is_dir, &ovl_root.join(i.to_string()))?;
+        }
+        let t = inner.to_string_lossy().to_string();
+        let src_path = format!("/proc/thread-self/fd/{}", src.as_raw_fd());
+        mount(
+            Some(src_path.as_str()),
+            inner.as_path(),
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .with_context(|| format!("bind {} to {t}", host.display()))?;
+        if ro {
+            mnt(
+                None,
+                &t,
+                None,
+                MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+                None,
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Creates a missing bind target without touching the host's filesystem: the nearest
+/// existing ancestor gets a private overlay (upper layer under `ovl`) unless it is
+/// already private to the node (/run, /tmp, /etc).
+fn make_target_privately(inner: &Path, is_dir: bool, ovl: &Path) -> Result<()> {
+    let mut anc = inner.parent();
+    while let Some(a) = anc {
+        if a.exists() {
+            break;
+        }
+        anc = a.parent();
+    }
+    let anc = anc.unwrap_or(Path::new("/"));
+    let private = ["/run", "/tmp", "/etc"].iter().any(|p| anc.starts_with(p));
+    if !private {
+        if anc == Path::new("/") {
+            bail!("bind target {} would be created in /", inner.display());
+        }
+        let (upper, work) = (ovl.join("upper"), ovl.join("work"));
+        std::fs::create_dir_all(&upper)?;
+        std::fs::create_dir_all(&work)?;
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            anc.display(),
+            upper.display(),
+            work.display()
+        );
+        mount(
+            Some("overlay"),
+            anc,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(opts.as_str()),
+        )
+        .with_context(|| format!("overlay on {}", anc.display()))?;
+    }
+    if is_dir {
+        std::fs::create_dir_all(inner)
+    } else {
+        if let Some(p) = inner.parent() {
+            std::fs::create_dir_all(p)?;
+        }
+        File::create(inner).map(|_| ())
+    }
+    .with_context(|| format!("create bind target {}", inner.display()))
+}
+
+/// Creates the node's mount namespace and binds it to `spec.target`; idempotent.
+pub fn create_mntns(spec: MountSpec) -> Result<()> {
+    if is_ns_mount(&spec.target) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&spec.etc_upper)?;
+    std::fs::create_dir_all(&spec.etc_work)?;
+    File::create(&spec.target).with_context(|| format!("create {}", spec.target.display()))?;
+    let (to_main, from_thread) = std::sync::mpsc::channel::<Result<i32>>();
+    let (to_thread, from_main) = std::sync::mpsc::channel::<()>();
+    let target = spec.target.clone();
+    let h = std::thread::spawn(move || {
+        let r = unshare(CloneFlags::CLONE_NEWNS)
+            .context("unshare(CLONE_NEWNS)")
+            .and_then(|_| setup_mounts(&spec))
+            .map(|_| nix::unistd::gettid().as_raw());
+        let ok = r.is_ok();
+        let _ = to_main.send(r);
+        if ok {
+            // Stay alive until the namespace is pinned by the bind mount.
+            let _ = from_main.recv();
+        }
+    });
+    let res = match from_thread.recv() {
+        Ok(Ok(tid)) => {
+            let src = format!("/proc/{}/task/{tid}/ns/mnt", std::process::id());
+            mount(
+                Some(src.as_str()),
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .with_context(|| format!("bind mount namespace to {}", target.display()))
+        }
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(anyhow!("mount namespace thread died")),
+    };
+    let _ = to_thread.send(());
+    let _ = h.join();
+    res
+}
+
+/// Everything needed to run a command inside a node.
+pub struct NodeRef {
+    pub netns: PathBuf,
+    pub mntns: PathBuf,
+}
+
+impl NodeRef {
+    pub fn new(lab: &str, node: &str) -> NodeRef {
+        NodeRef {
+            netns: netns_path(lab, node),
+            mntns: mntns_path(lab, node),
+        }
+    }
+
+    /// Prepares `cmd` to run inside the node's network and mount namespaces.
+    pub fn command(&self, cmd: &mut Command) -> Result<()> {
+        let net =
+            File::open(&self.netns).with_context(|| format!("open {}", self.netns.display()))?;
+        let mntf =
+            File::open(&self.mntns).with_context(|| format!("open {}", self.mntns.display()))?;
+        if !is_ns_mount(&self.mntns) {
+            bail!(
+                "{} is not a mount namespace (is the lab up?)",
+                self.mntns.display()
+            );
+        }
+        let root = CString::new("/").map_err(|e| anyhow!(e))?;
+        // SAFETY: the closure runs in the forked child before exec; it only calls
+        // async-signal-safe syscalls on file descriptors owned by the captured Files.
+        unsafe {
+            cmd.pre_exec(move || {
+                // A supervisor blocks SIGTERM for sigwait; exec would pass that on.
+                let mut empty: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut empty);
+                libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+                if libc::setns(net.as_raw_fd(), libc::CLONE_NEWNET) != 0
+                    || libc::setns(mntf.as_raw_fd(), libc::CLONE_NEWNS) != 0
+                    || libc::chdir(root.as_ptr()) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Runs `f` on a fresh thread that has entered the network namespace at `netns`.
+pub fn in_netns<T: Send + 'static>(
+    netns: &Path,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let p = netns.to_path_buf();
+    std::thread::spawn(move || {
+        let fd = File::open(&p).with_context(|| format!("open {}", p.display()))?;
+        setns(&fd, CloneFlags::CLONE_NEWNET).context("setns(net)")?;
+        f()
+    })
+    .join()
+    .map_err(|_| anyhow!("namespace thread panicked"))?
+}
+
+/// PIDs (other than ours) whose network or mount namespace is one of `inodes`.
+pub fn pids_in(inodes: &[u64]) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        for ns in ["net", "mnt"] {
+            if let Some(i) = ns_inode(&e.path().join("ns").join(ns))
+                && inodes.contains(&i)
+            {
+                out.push(pid);
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// Sends SIGTERM, then SIGKILL after `grace`, to every process living in `inodes`.
+pub fn kill_all_in(inodes: &[u64], grace: Duration) {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    let pids = pids_in(inodes);
+    if pids.is_empty() {
+        return;
+    }
+    for p in &pids {
+        let _ = kill(Pid::from_raw(*p), Signal::SIGTERM);
+    }
+    let t0 = Instant::now();
+    while t0.elapsed() < grace && !pids_in(inodes).is_empty() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for _ in 0..50 {
+        let left = pids_in(inodes);
+        if left.is_empty() {
+            break;
+        }
+        for p in left {
+            let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
