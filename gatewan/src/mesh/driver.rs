@@ -41,7 +41,7 @@ pub enum KeyringOp {
 }
 
 enum Command {
-    Publish(Body, oneshot::Sender<Result<u64, String>>),
+    Publish(Box<Body>, oneshot::Sender<Result<u64, String>>),
     Withdraw(RecordKind, String, oneshot::Sender<Result<u64, String>>),
     Keyring(KeyringOp, oneshot::Sender<Result<(), KeyringError>>),
     Leave(oneshot::Sender<()>),
@@ -76,7 +76,7 @@ impl MeshHandle {
     pub async fn publish(&self, body: Body) -> Result<u64, MeshError> {
         let (tx, rx) = oneshot::channel();
         self.cmd
-            .send(Command::Publish(body, tx))
+            .send(Command::Publish(Box::new(body), tx))
             .await
             .map_err(|_| MeshError::Stopped)?;
         rx.await
@@ -209,7 +209,7 @@ async fn run(
             c = cmd_rx.recv() => match c {
                 None => break,
                 Some(Command::Publish(body, reply)) => {
-                    let _ = reply.send(core.publish(body, unix_ms()).map_err(|e| e.to_string()));
+                    let _ = reply.send(core.publish(*body, unix_ms()).map_err(|e| e.to_string()));
                 }
                 Some(Command::Withdraw(kind, name, reply)) => {
                     let _ = reply.send(core.withdraw(kind, &name, unix_ms()).map_err(|e| e.to_string()));

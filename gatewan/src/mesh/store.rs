@@ -80,6 +80,8 @@ pub enum RecordError {
     BadPrefix(String),
     #[error("tombstone kind or name invalid")]
     BadTombstone,
+    #[error("tunnel metrics: bad peer id, tunnel id or more than 16 tunnels")]
+    BadTunnelMetrics,
 }
 
 fn fingerprint(bytes: &[u8]) -> u64 {
@@ -113,6 +115,13 @@ pub fn decode_record(bytes: &[u8]) -> Result<StoredRecord, RecordError> {
                 return Err(RecordError::BadPrefix(n.prefix.clone()));
             }
             (RecordKind::Network as i32, n.prefix.clone())
+        }
+        Body::TunnelMetrics(m) => {
+            let peer = NodeId::from_slice(&m.peer).ok_or(RecordError::BadTunnelMetrics)?;
+            if m.tunnels.len() > 16 || m.tunnels.iter().any(|t| t.id.len() != 16) {
+                return Err(RecordError::BadTunnelMetrics);
+            }
+            (RecordKind::TunnelMetrics as i32, peer.to_string())
         }
         Body::Tombstone(t) => {
             let known = RecordKind::try_from(t.kind).is_ok_and(|k| k != RecordKind::Unspecified);
