@@ -149,3 +149,31 @@ pub fn bind_unix(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(l)
 }
+
+/// The `Tunnels` service: the tunnel manager's latest table.
+pub struct TunnelsApi {
+    table: tokio::sync::watch::Receiver<crate::tunnels::manager::TunnelTable>,
+}
+
+impl TunnelsApi {
+    pub fn new(table: tokio::sync::watch::Receiver<crate::tunnels::manager::TunnelTable>) -> Self {
+        TunnelsApi { table }
+    }
+
+    pub fn into_server(self) -> gatewan_proto::v1::tunnels_server::TunnelsServer<Self> {
+        gatewan_proto::v1::tunnels_server::TunnelsServer::new(self)
+    }
+}
+
+#[tonic::async_trait]
+impl gatewan_proto::v1::tunnels_server::Tunnels for TunnelsApi {
+    async fn list_tunnels(
+        &self,
+        _: Request<v1::ListTunnelsRequest>,
+    ) -> Result<Response<v1::ListTunnelsResponse>, Status> {
+        let table = self.table.borrow().clone();
+        Ok(Response::new(v1::ListTunnelsResponse {
+            tunnels: table.as_ref().clone(),
+        }))
+    }
+}

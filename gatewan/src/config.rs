@@ -12,7 +12,10 @@ use serde_saphyr::Spanned;
 
 use crate::mesh::MeshSettings;
 use crate::mesh::identity::MAX_MESH_ADDRESSES;
-use crate::units::{Dur, Rate};
+use crate::probe::stats::Thresholds;
+use crate::tunnels::plan::{MAX_TRANSITS, Pairing, PlanSettings};
+use crate::tunnels::system::WireguardMode;
+use crate::units::{Dur, Percent, Rate};
 
 pub const DEFAULT_MESH_PORT: u16 = 7946;
 /// Where routingctl looks by default.
@@ -407,6 +410,218 @@ pub struct TransitConfig {
     pub cost: u32,
 }
 
+#[derive(Debug, Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "kebab-case")]
+pub enum PairingConfig {
+    #[default]
+    All,
+    SameTransit,
+}
+
+#[derive(Debug, Deserialize, Default, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+pub enum WireguardConfig {
+    Kernel,
+    Userspace,
+    #[default]
+    Auto,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TunnelsConfig {
+    /// This gatewan's tunnel slot: a number unique among the mesh's gatewans, from which
+    /// tunnel addresses, ports and names derive.
+    pub slot: Spanned<u32>,
+    #[serde(default)]
+    pub pairing: PairingConfig,
+    #[serde(default)]
+    pub pool_v4: Option<Spanned<String>>,
+    #[serde(default)]
+    pub pool_v6: Option<Spanned<String>>,
+    /// `first-last`, shared by listen and echo ports.
+    #[serde(default)]
+    pub ports: Option<Spanned<String>>,
+    #[serde(default)]
+    pub interface_prefix: Option<Spanned<String>>,
+    #[serde(default)]
+    pub wireguard: WireguardConfig,
+    /// How long a tunnel whose peer left the mesh is kept.
+    #[serde(default)]
+    pub grace: Option<Dur>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DegradedConfig {
+    #[serde(default)]
+    pub loss: Option<Percent>,
+    #[serde(default)]
+    pub latency: Option<Dur>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DownConfig {
+    #[serde(default)]
+    pub loss: Option<Percent>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeConfig {
+    #[serde(default)]
+    pub interval: Option<Spanned<Dur>>,
+    /// Probes per interval.
+    #[serde(default)]
+    pub count: Option<Spanned<u32>>,
+    /// Span of the sliding window the measurements cover.
+    #[serde(default)]
+    pub window: Option<Dur>,
+    #[serde(default)]
+    pub degraded: DegradedConfig,
+    #[serde(default)]
+    pub down: DownConfig,
+}
+
+/// Tunnels and probes once validated.
+#[derive(Debug, Clone)]
+pub struct TunnelsPlan {
+    pub slot: u32,
+    pub plan: PlanSettings,
+    pub wireguard: WireguardMode,
+    pub grace: std::time::Duration,
+    pub probe_interval: std::time::Duration,
+    pub probe_count: u32,
+    pub probe_window: std::time::Duration,
+    pub thresholds: Thresholds,
+}
+
+impl TunnelsConfig {
+    fn plan(&self, probe: &ProbeConfig, c: &mut Checker) -> Option<TunnelsPlan> {
+        let before = c.errors.len();
+        let mut plan = PlanSettings {
+            pairing: match self.pairing {
+                PairingConfig::All => Pairing::All,
+                PairingConfig::SameTransit => Pairing::SameTransit,
+            },
+            ..PlanSettings::default()
+        };
+        if let Some(p) = &self.pool_v4 {
+            match p.value.parse::<ipnet::Ipv4Net>() {
+                Ok(n) => plan.pool_v4 = n.trunc(),
+                Err(_) => c.error(
+                    Some(p),
+                    "tunnels.pool_v4",
+                    format!("{:?} is not an IPv4 prefix, e.g. 100.64.0.0/10", p.value),
+                ),
+            }
+        }
+        if let Some(p) = &self.pool_v6 {
+            match p.value.parse::<ipnet::Ipv6Net>() {
+                Ok(n) => plan.pool_v6 = n.trunc(),
+                Err(_) => c.error(
+                    Some(p),
+                    "tunnels.pool_v6",
+                    format!("{:?} is not an IPv6 prefix, e.g. fd5d:3a00::/64", p.value),
+                ),
+            }
+        }
+        if let Some(p) = &self.ports {
+            let parsed = p.value.split_once('-').and_then(|(a, b)| {
+                Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?))
+            });
+            match parsed {
+                Some((a, b)) if a > 0 && a <= b => plan.ports = (a, b),
+                _ => c.error(
+                    Some(p),
+                    "tunnels.ports",
+                    format!(
+                        "{:?} is not a port range first-last, e.g. 20000-59999",
+                        p.value
+                    ),
+                ),
+            }
+        }
+        if let Some(p) = &self.interface_prefix {
+            plan.interface_prefix = p.value.clone();
+        }
+        if c.errors.len() == before {
+            if let Err(e) = plan.validate() {
+                let at = self
+                    .ports
+                    .as_ref()
+                    .or(self.pool_v4.as_ref())
+                    .or(self.interface_prefix.as_ref());
+                c.error(at, "tunnels", e);
+            } else if u64::from(self.slot.value) >= plan.max_slots() {
+                c.error(Some(&self.slot), "tunnels.slot", format!(
+                    "{} is too large: with these pools and ports, slots go from 0 to {} (widen tunnels.pool_v4 or tunnels.ports)",
+                    self.slot.value, plan.max_slots() - 1));
+            }
+        }
+        let mut t = Thresholds::default();
+        if let Some(l) = probe.degraded.loss {
+            t.degraded_loss = l.0;
+        }
+        if let Some(l) = probe.degraded.latency {
+            t.degraded_latency = l.0;
+        }
+        if let Some(l) = probe.down.loss {
+            t.down_loss = l.0;
+        }
+        if t.down_loss <= t.degraded_loss {
+            c.error(
+                None::<&Spanned<()>>,
+                "probe.down.loss",
+                "must be higher than probe.degraded.loss",
+            );
+        }
+        let interval = probe
+            .interval
+            .as_ref()
+            .map_or(std::time::Duration::from_secs(1), |d| d.value.0);
+        let count = probe.count.as_ref().map_or(10, |n| n.value);
+        if count == 0
+            || interval.is_zero()
+            || interval / count < std::time::Duration::from_millis(20)
+        {
+            c.error(
+                probe.count.as_ref(),
+                "probe.count",
+                "probes must be at least 20ms apart (probe.interval / probe.count)",
+            );
+        }
+        let window = probe.window.map_or(interval * 5, |d| d.0);
+        if window < interval {
+            c.error(
+                None::<&Spanned<()>>,
+                "probe.window",
+                "must be at least one probe.interval",
+            );
+        }
+        if c.errors.len() > before {
+            return None;
+        }
+        Some(TunnelsPlan {
+            slot: self.slot.value,
+            plan,
+            wireguard: match self.wireguard {
+                WireguardConfig::Kernel => WireguardMode::Kernel,
+                WireguardConfig::Userspace => WireguardMode::Userspace,
+                WireguardConfig::Auto => WireguardMode::Auto,
+            },
+            grace: self
+                .grace
+                .map_or(std::time::Duration::from_secs(60), |d| d.0),
+            probe_interval: interval,
+            probe_count: count,
+            probe_window: window,
+            thresholds: t,
+        })
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewanConfig {
@@ -416,6 +631,11 @@ pub struct GatewanConfig {
     pub mesh: MeshConfig,
     #[serde(default)]
     pub transits: Vec<TransitConfig>,
+    /// Without it the gatewan only joins the mesh (no tunnels).
+    #[serde(default)]
+    pub tunnels: Option<TunnelsConfig>,
+    #[serde(default)]
+    pub probe: ProbeConfig,
     #[serde(default)]
     pub api: ApiConfig,
     #[serde(default)]
@@ -443,6 +663,7 @@ pub struct GatewanPlan {
     pub state_dir: PathBuf,
     pub mesh: MeshPlan,
     pub transits: Vec<Transit>,
+    pub tunnels: Option<TunnelsPlan>,
     pub api_socket: PathBuf,
     pub metrics_listen: Option<SocketAddr>,
     pub log_format: LogFormat,
@@ -495,6 +716,9 @@ impl GatewanConfig {
                         None
                     }
                 });
+            if let (Some(g), None) = (&t.gateway, &t.interface) {
+                c.error(Some(g), format!("transits[{i}].gateway"), "source routing through a gateway needs the transit's interface: set transits[].interface");
+            }
             transits.push(Transit {
                 name: t.name.value.clone(),
                 interface: t.interface.clone(),
@@ -504,6 +728,17 @@ impl GatewanConfig {
                 cost: t.cost,
             });
         }
+        if self.transits.len() > MAX_TRANSITS {
+            c.error(
+                self.transits.get(MAX_TRANSITS).map(|t| &t.name),
+                "transits",
+                format!("a gatewan has at most {MAX_TRANSITS} transits"),
+            );
+        }
+        let tunnels = self
+            .tunnels
+            .as_ref()
+            .and_then(|t| t.plan(&self.probe, &mut c));
         let transit_addrs: Vec<IpAddr> =
             transits.iter().flat_map(|t| t.addresses.clone()).collect();
         let mesh = self.mesh.plan(&mut c, &transit_addrs);
@@ -516,6 +751,7 @@ impl GatewanConfig {
             state_dir: self.state_dir.clone(),
             mesh,
             transits,
+            tunnels,
             api_socket: self
                 .api
                 .socket
@@ -594,6 +830,24 @@ transits:
         assert!(e.contains("colour"), "{e}");
         let e = one_error(&format!("{GOOD}  - name: lumen\n    capacity: 1Gbps\n"));
         assert!(e.contains("listed twice"), "{e}");
+        let e = one_error(&format!("{GOOD}tunnels:\n  slot: 1\n  ports: 100-50\n"));
+        assert!(e.contains(":15: tunnels.ports"), "{e}");
+        let e = one_error(&format!("{GOOD}tunnels:\n  slot: 5000\n"));
+        assert!(
+            e.contains(":14: tunnels.slot") && e.contains("0 to 511"),
+            "{e}"
+        );
+        let e = one_error(&format!(
+            "{GOOD}tunnels:\n  slot: 1\nprobe:\n  count: 100\n"
+        ));
+        assert!(e.contains("20ms apart"), "{e}");
+        let e = one_error(&format!(
+            "{GOOD}tunnels:\n  slot: 1\nprobe:\n  degraded:\n    loss: 5\n"
+        ));
+        assert!(
+            e.contains("probe.degraded.loss") && e.contains("percentage"),
+            "{e}"
+        );
         let e = one_error(&GOOD.replace("mesh:\n", "mesh:\n  probe_interval: fast\n"));
         assert!(e.contains("fast") && e.contains("duration"), "{e}");
     }

@@ -79,6 +79,13 @@ fn main() -> ExitCode {
 
 async fn run(plan: gatewan::config::GatewanPlan) -> anyhow::Result<()> {
     let member = daemon::join_mesh(&plan.state_dir, &plan.mesh).await?;
+    let wireguard_key = match &plan.tunnels {
+        Some(_) => Some(member.state_dir.wireguard_key()?),
+        None => None,
+    };
+    let public_key = wireguard_key
+        .map(|k| wireguard_control::Key(k).get_public().0.to_vec())
+        .unwrap_or_default();
     daemon::announce(
         &member,
         v1::NodeRecord {
@@ -97,6 +104,8 @@ async fn run(plan: gatewan::config::GatewanPlan) -> anyhow::Result<()> {
                     cost: t.cost,
                 })
                 .collect(),
+            wireguard_public_key: public_key.clone().into(),
+            tunnel_slot: plan.tunnels.as_ref().map(|t| t.slot),
             ..Default::default()
         },
     )
@@ -111,9 +120,14 @@ async fn run(plan: gatewan::config::GatewanPlan) -> anyhow::Result<()> {
             }
         });
     }
+    let tunnels = match (&plan.tunnels, wireguard_key) {
+        (Some(t), Some(key)) => Some(start_tunnels(&plan, t, key, public_key, &member)?),
+        _ => None,
+    };
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let router = tonic::transport::Server::builder()
-        .add_service(api::MeshApi::new(member.mesh.clone()).into_server());
+        .add_service(api::MeshApi::new(member.mesh.clone()).into_server())
+        .add_optional_service(tunnels.map(|t| api::TunnelsApi::new(t).into_server()));
     let api = tokio::spawn(daemon::serve_api(plan.api_socket.clone(), router, async {
         let _ = stop_rx.await;
     }));
@@ -132,4 +146,64 @@ async fn run(plan: gatewan::config::GatewanPlan) -> anyhow::Result<()> {
     member.mesh.leave().await;
     let _ = stop_tx.send(());
     Ok(())
+}
+
+fn start_tunnels(
+    plan: &gatewan::config::GatewanPlan,
+    t: &gatewan::config::TunnelsPlan,
+    private_key: [u8; 32],
+    public_key: Vec<u8>,
+    member: &daemon::Member,
+) -> anyhow::Result<tokio::sync::watch::Receiver<gatewan::tunnels::manager::TunnelTable>> {
+    use gatewan::probe::engine::ProbeSettings;
+    use gatewan::tunnels::manager::{self, ManagerConfig};
+    use gatewan::tunnels::plan::{GatewanView, TransitView};
+    let cfg = ManagerConfig {
+        local: GatewanView {
+            id: member.identity.node,
+            name: plan.name.clone(),
+            datacenter: plan.datacenter.clone(),
+            slot: t.slot,
+            transits: plan
+                .transits
+                .iter()
+                .map(|x| TransitView {
+                    name: x.name.clone(),
+                    addresses: x.addresses.clone(),
+                })
+                .collect(),
+            public_key,
+        },
+        capacities: plan
+            .transits
+            .iter()
+            .map(|x| (x.name.clone(), x.capacity.0))
+            .collect(),
+        private_key,
+        plan: t.plan.clone(),
+        wireguard: t.wireguard,
+        grace: t.grace,
+        probe: ProbeSettings {
+            interval: t.probe_interval,
+            count: t.probe_count,
+            window: t.probe_window,
+            thresholds: t.thresholds,
+            ..ProbeSettings::default()
+        },
+        resync: std::time::Duration::from_secs(10),
+        routing: plan
+            .transits
+            .iter()
+            .enumerate()
+            .filter_map(|(i, x)| {
+                let r = gatewan::tunnels::system::TransitRouting::for_transit(
+                    i,
+                    x.interface.as_deref()?,
+                    x.gateway?,
+                );
+                Some((x.name.clone(), r))
+            })
+            .collect(),
+    };
+    Ok(manager::spawn(cfg, member.mesh.clone())?)
 }

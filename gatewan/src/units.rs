@@ -78,6 +78,26 @@ impl fmt::Display for Rate {
     }
 }
 
+/// A fraction written as a percentage, `5%` or `0.5%`.
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
+pub struct Percent(pub f64);
+
+impl<'de> Deserialize<'de> for Percent {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.trim()
+            .strip_suffix('%')
+            .and_then(|n| n.trim().parse::<f64>().ok())
+            .filter(|p| (0.0..=100.0).contains(p))
+            .map(|p| Percent(p / 100.0))
+            .ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "{s:?} is not a percentage from 0% to 100%, e.g. 5% or 0.5%"
+                ))
+            })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -39,6 +39,18 @@ pub enum Format {
 enum Command {
     /// Members of the mesh as the daemon sees them.
     Members,
+    /// Tunnels of a gatewan with their measurements.
+    Tunnels {
+        /// Only tunnels to this peer gatewan.
+        #[arg(long)]
+        peer: Option<String>,
+        /// Only tunnels to this datacenter.
+        #[arg(long)]
+        datacenter: Option<String>,
+        /// Only tunnels in this state.
+        #[arg(long, value_parser = ["Established", "Degraded", "Down"], ignore_case = true)]
+        state: Option<String>,
+    },
     /// The mesh keyring of the daemon (rotation: install everywhere, use everywhere,
     /// remove the old key everywhere).
     #[command(subcommand)]
@@ -80,6 +92,7 @@ fn main() -> ExitCode {
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
     let channel = client::connect(&cli.socket).await?;
+    let mesh_channel = channel.clone();
     let mut mesh = v1::mesh_client::MeshClient::new(channel);
     let call = |s: tonic::Status| anyhow::anyhow!("{}", s.message());
     let out = match cli.command {
@@ -90,6 +103,39 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 .map_err(call)?
                 .into_inner();
             output::members(&r.members, cli.output)
+        }
+        Command::Tunnels {
+            peer,
+            datacenter,
+            state,
+        } => {
+            let mut client = v1::tunnels_client::TunnelsClient::new(mesh_channel.clone());
+            let r = client
+                .list_tunnels(v1::ListTunnelsRequest {})
+                .await
+                .map_err(|s| match s.code() {
+                    tonic::Code::Unimplemented => anyhow::anyhow!(
+                        "this daemon has no tunnels (is it a gatewan with a tunnels section?)"
+                    ),
+                    _ => anyhow::anyhow!("{}", s.message()),
+                })?
+                .into_inner();
+            let list: Vec<v1::TunnelInfo> = r
+                .tunnels
+                .into_iter()
+                .filter(|t| peer.as_ref().is_none_or(|p| &t.peer == p))
+                .filter(|t| {
+                    datacenter
+                        .as_ref()
+                        .is_none_or(|d| &t.target_datacenter == d)
+                })
+                .filter(|t| {
+                    state
+                        .as_ref()
+                        .is_none_or(|s| t.state.eq_ignore_ascii_case(s))
+                })
+                .collect();
+            output::tunnels(&list, cli.output)
         }
         Command::Keyring(k) => {
             let r = match k {

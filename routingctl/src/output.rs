@@ -160,3 +160,249 @@ pub fn keys(keys: &[v1::KeyInfo], f: Format) -> anyhow::Result<String> {
         .collect();
     Ok(table(&["FINGERPRINT", "ROLE"], rows))
 }
+
+fn rate(bps: u64) -> String {
+    let b = bps as f64;
+    if b >= 1e9 {
+        format!("{:.1} Gbps", b / 1e9)
+    } else if b >= 1e6 {
+        format!("{:.1} Mbps", b / 1e6)
+    } else if b >= 1e3 {
+        format!("{:.0} kbps", b / 1e3)
+    } else {
+        format!("{bps} bps")
+    }
+}
+
+fn percent(f: f64) -> String {
+    format!("{:.1}%", f * 100.0)
+}
+
+fn duration(ns: u64) -> String {
+    format!("{:?}", std::time::Duration::from_nanos(ns))
+}
+
+/// The YAML layout operators know from the original deployment: humane units.
+#[derive(Serialize)]
+struct TunnelYaml {
+    id: String,
+    networks: String,
+    meta: Meta,
+    usage: UsageYaml,
+    probe: ProbeYaml,
+    peer: String,
+    state: String,
+    target_datacenter: String,
+    interface: String,
+    router_mac: String,
+    rd: String,
+    started_at: String,
+    local_info: EndInfo,
+    peer_info: EndInfo,
+}
+
+#[derive(Serialize)]
+struct Meta {
+    datacenter: String,
+    local_transit: String,
+    peer_transit: String,
+}
+
+#[derive(Serialize)]
+struct UsageYaml {
+    capacity: String,
+    rx_bps: String,
+    tx_bps: String,
+}
+
+#[derive(Serialize)]
+struct ProbeYaml {
+    source_addr: String,
+    target_endpoint: String,
+    measurements: u32,
+    loss: String,
+    latency: String,
+    jitter: String,
+    reorder: String,
+}
+
+#[derive(Serialize)]
+struct EndInfo {
+    public_endpoint: String,
+    local_address_v4: String,
+    local_address_v6: String,
+    public_key: String,
+    echo_port: u32,
+}
+
+/// JSON: the same fields, numbers as numbers (bit/s, fractions, nanoseconds).
+#[derive(Serialize)]
+struct TunnelJson {
+    id: String,
+    networks: Vec<String>,
+    meta: Meta,
+    usage: UsageJson,
+    probe: ProbeJson,
+    peer: String,
+    state: String,
+    target_datacenter: String,
+    interface: String,
+    router_mac: String,
+    rd: String,
+    started_at: String,
+    local_info: EndInfo,
+    peer_info: EndInfo,
+}
+
+#[derive(Serialize)]
+struct UsageJson {
+    capacity: u64,
+    rx_bps: u64,
+    tx_bps: u64,
+}
+
+#[derive(Serialize)]
+struct ProbeJson {
+    source_addr: String,
+    target_endpoint: String,
+    measurements: u32,
+    loss: f64,
+    latency_ns: u64,
+    jitter_ns: u64,
+    reorder: f64,
+}
+
+fn end(e: &Option<v1::TunnelEndInfo>) -> EndInfo {
+    let e = e.clone().unwrap_or_default();
+    EndInfo {
+        public_endpoint: e.public_endpoint,
+        local_address_v4: e.local_address_v4,
+        local_address_v6: e.local_address_v6,
+        public_key: e.public_key,
+        echo_port: e.echo_port,
+    }
+}
+
+fn meta(t: &v1::TunnelInfo) -> Meta {
+    Meta {
+        datacenter: t.datacenter.clone(),
+        local_transit: t
+            .local_info
+            .as_ref()
+            .map(|e| e.transit.clone())
+            .unwrap_or_default(),
+        peer_transit: t
+            .peer_info
+            .as_ref()
+            .map(|e| e.transit.clone())
+            .unwrap_or_default(),
+    }
+}
+
+pub fn tunnels(list: &[v1::TunnelInfo], f: Format) -> anyhow::Result<String> {
+    match f {
+        Format::Yaml => render(
+            &list
+                .iter()
+                .map(|t| TunnelYaml {
+                    id: t.id.clone(),
+                    networks: t.networks.join(", "),
+                    meta: meta(t),
+                    usage: UsageYaml {
+                        capacity: rate(t.capacity_bps),
+                        rx_bps: rate(t.rx_bps),
+                        tx_bps: rate(t.tx_bps),
+                    },
+                    probe: ProbeYaml {
+                        source_addr: t.probe_source_addr.clone(),
+                        target_endpoint: t.probe_target_endpoint.clone(),
+                        measurements: t.measurements,
+                        loss: percent(t.loss),
+                        latency: duration(t.latency_ns),
+                        jitter: duration(t.jitter_ns),
+                        reorder: percent(t.reorder),
+                    },
+                    peer: t.peer.clone(),
+                    state: t.state.clone(),
+                    target_datacenter: t.target_datacenter.clone(),
+                    interface: t.interface.clone(),
+                    router_mac: t.router_mac.clone(),
+                    rd: t.rd.clone(),
+                    started_at: rfc3339(t.started_at_unix_ms).unwrap_or_default(),
+                    local_info: end(&t.local_info),
+                    peer_info: end(&t.peer_info),
+                })
+                .collect::<Vec<_>>(),
+            f,
+        ),
+        Format::Json => render(
+            &list
+                .iter()
+                .map(|t| TunnelJson {
+                    id: t.id.clone(),
+                    networks: t.networks.clone(),
+                    meta: meta(t),
+                    usage: UsageJson {
+                        capacity: t.capacity_bps,
+                        rx_bps: t.rx_bps,
+                        tx_bps: t.tx_bps,
+                    },
+                    probe: ProbeJson {
+                        source_addr: t.probe_source_addr.clone(),
+                        target_endpoint: t.probe_target_endpoint.clone(),
+                        measurements: t.measurements,
+                        loss: t.loss,
+                        latency_ns: t.latency_ns,
+                        jitter_ns: t.jitter_ns,
+                        reorder: t.reorder,
+                    },
+                    peer: t.peer.clone(),
+                    state: t.state.clone(),
+                    target_datacenter: t.target_datacenter.clone(),
+                    interface: t.interface.clone(),
+                    router_mac: t.router_mac.clone(),
+                    rd: t.rd.clone(),
+                    started_at: rfc3339(t.started_at_unix_ms).unwrap_or_default(),
+                    local_info: end(&t.local_info),
+                    peer_info: end(&t.peer_info),
+                })
+                .collect::<Vec<_>>(),
+            f,
+        ),
+        Format::Table => {
+            let rows = list
+                .iter()
+                .map(|t| {
+                    let m = meta(t);
+                    vec![
+                        t.interface.clone(),
+                        t.peer.clone(),
+                        t.target_datacenter.clone(),
+                        format!("{}→{}", m.local_transit, m.peer_transit),
+                        t.state.clone(),
+                        percent(t.loss),
+                        duration(t.latency_ns),
+                        duration(t.jitter_ns),
+                        format!("{}/{}", rate(t.rx_bps), rate(t.tx_bps)),
+                        rate(t.capacity_bps),
+                    ]
+                })
+                .collect();
+            Ok(table(
+                &[
+                    "INTERFACE",
+                    "PEER",
+                    "DC",
+                    "TRANSITS",
+                    "STATE",
+                    "LOSS",
+                    "LATENCY",
+                    "JITTER",
+                    "RX/TX",
+                    "CAPACITY",
+                ],
+                rows,
+            ))
+        }
+    }
+}

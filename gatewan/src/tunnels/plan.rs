@@ -62,7 +62,11 @@ impl PlanSettings {
     pub fn colours(&self) -> u64 {
         let len = u64::from(self.ports.1.saturating_sub(self.ports.0)) + 1;
         let m = len / (2 * COMBOS);
-        if m % 2 == 0 { m.saturating_sub(1) } else { m }
+        if m.is_multiple_of(2) {
+            m.saturating_sub(1)
+        } else {
+            m
+        }
     }
 
     /// Slots below this get tunnels with every other slot below it.
@@ -269,7 +273,8 @@ pub fn plan(
         return (tunnels, problems);
     }
     let colours = s.colours();
-    let half = (u64::from(s.ports.1) - u64::from(s.ports.0) + 1) / 2;
+    let range_len = u64::from(s.ports.1) - u64::from(s.ports.0) + 1;
+    let half = range_len / 2;
     for peer in gatewans {
         if peer.id == local.id || peer.datacenter == local.datacenter {
             continue;

@@ -218,11 +218,17 @@ mod tests {
     #[test]
     fn stale_interfaces_wait_for_the_grace_period() {
         let old = seen_as(&wanted(7));
-        let (s, stale) = steps(&[], &[old.clone()], &HashMap::new(), 1_000, 60_000);
+        let (s, stale) = steps(
+            &[],
+            std::slice::from_ref(&old),
+            &HashMap::new(),
+            1_000,
+            60_000,
+        );
         assert!(s.is_empty());
         assert_eq!(stale, vec!["sdwan7".to_string()]);
         let since: HashMap<_, _> = [("sdwan7".to_string(), 1_000)].into();
-        let (s, _) = steps(&[], &[old.clone()], &since, 30_000, 60_000);
+        let (s, _) = steps(&[], std::slice::from_ref(&old), &since, 30_000, 60_000);
         assert!(s.is_empty(), "within grace");
         let (s, _) = steps(&[], &[old], &since, 61_000, 60_000);
         assert_eq!(

@@ -1,0 +1,403 @@
+//! The host side of the tunnels: WireGuard interfaces through wireguard-control (kernel or
+//! wireguard-go), links and addresses through rtnetlink. Observes what is there and
+//! applies the reconciler's steps; decides nothing.
+
+use std::collections::BTreeSet;
+use std::io;
+use std::net::IpAddr;
+
+use futures_util::TryStreamExt as _;
+use ipnet::IpNet;
+use netlink_packet_route::address::AddressAttribute;
+use netlink_packet_route::link::{LinkAttribute, LinkFlags};
+use rtnetlink::{Handle, LinkUnspec};
+use wireguard_control::{
+    AllowedIp, Backend, Device, DeviceUpdate, InterfaceName, Key, PeerConfigBuilder,
+};
+
+use super::reconcile::{SeenTunnel, Step, WantedTunnel};
+
+/// Which WireGuard implementation to drive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WireguardMode {
+    Kernel,
+    Userspace,
+    /// Kernel when the module is there, else wireguard-go.
+    Auto,
+}
+
+impl WireguardMode {
+    pub fn backend(self) -> Backend {
+        match self {
+            WireguardMode::Kernel => Backend::Kernel,
+            WireguardMode::Userspace => Backend::Userspace,
+            WireguardMode::Auto => {
+                if std::path::Path::new("/sys/module/wireguard").exists() {
+                    Backend::Kernel
+                } else {
+                    Backend::Userspace
+                }
+            }
+        }
+    }
+}
+
+/// Source routing of one transit (and one address family).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransitRouting {
+    pub interface: String,
+    pub gateway: IpAddr,
+    pub mark: u32,
+    pub table: u32,
+    pub priority: u32,
+}
+
+impl TransitRouting {
+    /// Mark, table and rule priority of the transit at `position` on this gatewan.
+    pub fn for_transit(position: usize, interface: &str, gateway: IpAddr) -> TransitRouting {
+        let n = position as u32 + 1;
+        TransitRouting {
+            interface: interface.to_string(),
+            gateway,
+            mark: 0x5d00 + n,
+            table: 0x5d00 + n,
+            priority: 10_000 + n,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LinkInfo {
+    pub name: String,
+    pub index: u32,
+    pub up: bool,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+}
+
+pub struct System {
+    handle: Handle,
+    backend: Backend,
+    private_key: Key,
+    public_key: Key,
+    prefix: String,
+}
+
+fn io_err(e: impl std::fmt::Display) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+impl System {
+    /// Opens a netlink connection in the caller's network namespace.
+    pub fn new(mode: WireguardMode, private_key: [u8; 32], prefix: &str) -> io::Result<System> {
+        let (conn, handle, _) = rtnetlink::new_connection()?;
+        tokio::spawn(conn);
+        let private_key = Key(private_key);
+        Ok(System {
+            handle,
+            backend: mode.backend(),
+            public_key: private_key.get_public(),
+            private_key,
+            prefix: prefix.to_string(),
+        })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Takes a new private key; the next reconcile reconfigures every tunnel with it.
+    pub fn set_private_key(&mut self, key: [u8; 32]) {
+        self.private_key = Key(key);
+        self.public_key = self.private_key.get_public();
+    }
+
+    /// Our tunnel interfaces: the prefix followed by the tunnel index.
+    fn is_ours(&self, name: &str) -> bool {
+        name.strip_prefix(self.prefix.as_str())
+            .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()))
+    }
+
+    /// Every link: (name, index, up).
+    pub async fn links(&self) -> io::Result<Vec<(String, u32, bool)>> {
+        Ok(self
+            .link_stats()
+            .await?
+            .into_iter()
+            .map(|l| (l.name, l.index, l.up))
+            .collect())
+    }
+
+    /// Every link with its byte counters (one netlink dump).
+    pub async fn link_stats(&self) -> io::Result<Vec<LinkInfo>> {
+        let mut out = Vec::new();
+        let mut links = self.handle.link().get().execute();
+        while let Some(l) = links.try_next().await.map_err(io_err)? {
+            let mut info = LinkInfo {
+                index: l.header.index,
+                up: l.header.flags.contains(LinkFlags::Up),
+                ..Default::default()
+            };
+            for a in &l.attributes {
+                match a {
+                    LinkAttribute::IfName(n) => info.name = n.clone(),
+                    LinkAttribute::Stats64(s) => {
+                        info.rx_bytes = s.rx_bytes;
+                        info.tx_bytes = s.tx_bytes;
+                    }
+                    _ => {}
+                }
+            }
+            out.push(info);
+        }
+        Ok(out)
+    }
+
+    pub async fn link_index(&self, name: &str) -> io::Result<Option<u32>> {
+        Ok(self
+            .links()
+            .await?
+            .into_iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, i, _)| i))
+    }
+
+    async fn addresses(&self, index: u32) -> io::Result<BTreeSet<IpNet>> {
+        let mut out = BTreeSet::new();
+        let mut addrs = self
+            .handle
+            .address()
+            .get()
+            .set_link_index_filter(index)
+            .execute();
+        while let Some(a) = addrs.try_next().await.map_err(io_err)? {
+            for attr in &a.attributes {
+                if let AddressAttribute::Address(ip) = attr
+                    && let Ok(net) = IpNet::new(*ip, a.header.prefix_len)
+                    // The kernel adds an IPv6 link-local address to every link: not ours.
+                    && !matches!(ip, IpAddr::V6(v6) if v6.is_unicast_link_local())
+                {
+                    out.insert(net);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The tunnel interfaces on the host, as the reconciler compares them.
+    pub async fn observe(&self) -> io::Result<Vec<SeenTunnel>> {
+        let mut out = Vec::new();
+        for (name, index, up) in self.links().await? {
+            if !self.is_ours(&name) {
+                continue;
+            }
+            let addresses = self.addresses(index).await?;
+            let backend = self.backend;
+            let iface: InterfaceName = name.parse().map_err(io_err)?;
+            // wireguard-control is blocking (netlink or the UAPI socket).
+            let dev = tokio::task::spawn_blocking(move || Device::get(&iface, backend))
+                .await
+                .map_err(io_err)?;
+            let mut seen = SeenTunnel {
+                interface: name,
+                addresses,
+                up,
+                ..Default::default()
+            };
+            if let Ok(dev) = dev {
+                seen.listen_port = dev.listen_port;
+                seen.fwmark = dev.fwmark;
+                seen.our_key = dev.public_key.as_ref() == Some(&self.public_key);
+                seen.peers = dev
+                    .peers
+                    .iter()
+                    .map(|p| (p.config.public_key.0, p.config.endpoint))
+                    .collect();
+            }
+            out.push(seen);
+        }
+        Ok(out)
+    }
+
+    /// WireGuard counters of a tunnel's peer: (rx bytes, tx bytes, last handshake).
+    pub fn peer_stats(&self, interface: &str) -> Option<(u64, u64, Option<std::time::SystemTime>)> {
+        let iface: InterfaceName = interface.parse().ok()?;
+        let dev = Device::get(&iface, self.backend).ok()?;
+        let p = dev.peers.first()?;
+        Some((
+            p.stats.rx_bytes,
+            p.stats.tx_bytes,
+            p.stats.last_handshake_time,
+        ))
+    }
+
+    pub async fn apply(&self, step: &Step) -> io::Result<()> {
+        match step {
+            Step::Configure(w) => self.configure(w).await,
+            Step::AddAddress { interface, address } => {
+                let index = self.require(interface).await?;
+                self.handle
+                    .address()
+                    .add(index, address.addr(), address.prefix_len())
+                    .replace()
+                    .execute()
+                    .await
+                    .map_err(io_err)
+            }
+            Step::RemoveAddress { interface, address } => {
+                let index = self.require(interface).await?;
+                let mut addrs = self
+                    .handle
+                    .address()
+                    .get()
+                    .set_link_index_filter(index)
+                    .execute();
+                while let Some(a) = addrs.try_next().await.map_err(io_err)? {
+                    let matches = a.header.prefix_len == address.prefix_len()
+                        && a.attributes.iter().any(
+                            |x| matches!(x, AddressAttribute::Address(ip) if *ip == address.addr()),
+                        );
+                    if matches {
+                        self.handle
+                            .address()
+                            .del(a)
+                            .execute()
+                            .await
+                            .map_err(io_err)?;
+                    }
+                }
+                Ok(())
+            }
+            Step::SetUp { interface } => {
+                let index = self.require(interface).await?;
+                self.handle
+                    .link()
+                    .set(LinkUnspec::new_with_index(index).up().build())
+                    .execute()
+                    .await
+                    .map_err(io_err)
+            }
+            Step::Delete { interface } => {
+                let iface: InterfaceName = interface.parse().map_err(io_err)?;
+                let backend = self.backend;
+                // Deleting the device stops wireguard-go too (it watches its socket).
+                let _ = tokio::task::spawn_blocking(move || {
+                    Device::get(&iface, backend).and_then(Device::delete)
+                })
+                .await;
+                if let Some(index) = self.link_index(interface).await? {
+                    self.handle
+                        .link()
+                        .del(index)
+                        .execute()
+                        .await
+                        .map_err(io_err)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Per-transit source routing: packets marked `mark` (the transit's tunnels' outer
+    /// packets) look up `table`, whose default route goes through the transit's gateway,
+    /// so each tunnel leaves by its own transit whatever the main table says.
+    pub async fn ensure_transit_routing(&self, r: &TransitRouting) -> io::Result<()> {
+        let index = self.require(&r.interface).await?;
+        let v6 = r.gateway.is_ipv6();
+        let version = if v6 {
+            rtnetlink::IpVersion::V6
+        } else {
+            rtnetlink::IpVersion::V4
+        };
+        let mut present = false;
+        let mut rules = self.handle.rule().get(version).execute();
+        while let Some(rule) = rules.try_next().await.map_err(io_err)? {
+            use netlink_packet_route::rule::RuleAttribute;
+            let mark = rule
+                .attributes
+                .iter()
+                .any(|a| matches!(a, RuleAttribute::FwMark(m) if *m == r.mark));
+            let table = rule
+                .attributes
+                .iter()
+                .any(|a| matches!(a, RuleAttribute::Table(t) if *t == r.table));
+            let lookup = rule.header.action == netlink_packet_route::rule::RuleAction::ToTable;
+            present |= mark && table && lookup;
+        }
+        if !present {
+            let add = self
+                .handle
+                .rule()
+                .add()
+                .fw_mark(r.mark)
+                .table_id(r.table)
+                .priority(r.priority)
+                .action(netlink_packet_route::rule::RuleAction::ToTable);
+            if v6 {
+                add.v6().execute().await.map_err(io_err)?;
+            } else {
+                add.v4().execute().await.map_err(io_err)?;
+            }
+        }
+        let route = match r.gateway {
+            IpAddr::V4(gw) => rtnetlink::RouteMessageBuilder::<std::net::Ipv4Addr>::new()
+                .table_id(r.table)
+                .gateway(gw)
+                .output_interface(index)
+                .build(),
+            IpAddr::V6(gw) => rtnetlink::RouteMessageBuilder::<std::net::Ipv6Addr>::new()
+                .table_id(r.table)
+                .gateway(gw)
+                .output_interface(index)
+                .build(),
+        };
+        self.handle
+            .route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .map_err(io_err)
+    }
+
+    async fn require(&self, interface: &str) -> io::Result<u32> {
+        self.link_index(interface).await?.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("interface {interface} is not there"),
+            )
+        })
+    }
+
+    async fn configure(&self, w: &WantedTunnel) -> io::Result<()> {
+        let iface: InterfaceName = w.interface.parse().map_err(io_err)?;
+        // One peer per interface, so it may send anything: which prefixes take which
+        // tunnel is decided by policy routing, not by WireGuard's allowed IPs.
+        let peer = PeerConfigBuilder::new(&Key(w.peer_public_key))
+            .set_endpoint(w.endpoint)
+            .replace_allowed_ips()
+            .add_allowed_ips(&[
+                AllowedIp {
+                    address: IpAddr::from([0u8; 4]),
+                    cidr: 0,
+                },
+                AllowedIp {
+                    address: IpAddr::from([0u16; 8]),
+                    cidr: 0,
+                },
+            ]);
+        let mut update = DeviceUpdate::new()
+            .set_private_key(self.private_key.clone())
+            .set_listen_port(w.listen_port)
+            .replace_peers()
+            .add_peer(peer);
+        update = match w.fwmark {
+            Some(m) => update.set_fwmark(m),
+            None => update.unset_fwmark(),
+        };
+        let backend = self.backend;
+        tokio::task::spawn_blocking(move || update.apply(&iface, backend))
+            .await
+            .map_err(io_err)?
+    }
+}

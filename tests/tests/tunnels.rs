@@ -1,0 +1,405 @@
+//! Tunnels end to end (issue 4): two datacenters, one gatewan each, two transits (lumen,
+//! cogent) through an "internet" router namespace; WireGuard is wireguard-go, each gatewan
+//! in its own network and mount namespace (private /run/wireguard, kept across restarts).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use gatewan_tests::*;
+
+struct Host {
+    ns: Netns,
+    holder: Child,
+    gatewan: Option<Child>,
+    socket: PathBuf,
+    config: PathBuf,
+    log: PathBuf,
+}
+
+impl Host {
+    fn new() -> Host {
+        let ns = Netns::new();
+        std::fs::create_dir_all("/run/wireguard").unwrap();
+        // A process that owns the node's mount namespace, so every daemon (re)started in the
+        // node sees the same private /run/wireguard.
+        let holder = ns
+            .cmd("unshare")
+            .args([
+                "-m",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                "mount -t tmpfs tmpfs /run/wireguard && exec sleep 3600",
+            ])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        Host {
+            ns,
+            holder,
+            gatewan: None,
+            socket: PathBuf::new(),
+            config: PathBuf::new(),
+            log: PathBuf::new(),
+        }
+    }
+
+    /// A command inside the node (its network and mount namespaces).
+    fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("nsenter");
+        c.args(["-t", &self.holder.id().to_string(), "-m", "-n", "--"])
+            .arg(program);
+        c
+    }
+
+    fn sh(&self, script: &str) -> String {
+        let out = run_ok(self.cmd("sh").args(["-c", script]));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = self
+            .cmd(bin("gatewan"))
+            .arg("-c")
+            .arg(&self.config)
+            .env("RUST_LOG", "gatewan=debug")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.gatewan = Some(child);
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.gatewan.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn tunnels(&self) -> Vec<serde_json::Value> {
+        let out = routingctl(&self.socket, &["-o", "json", "tunnels"]);
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    }
+
+    /// Interface name → ifindex of the tunnel interfaces.
+    fn tunnel_ifindexes(&self) -> Vec<(String, String)> {
+        let out = self.sh("ip -o link show | grep sdwan || true");
+        let mut v: Vec<(String, String)> = out
+            .lines()
+            .filter_map(|l| {
+                let mut it = l.split(": ");
+                let idx = it.next()?.trim().to_string();
+                let name = it.next()?.split('@').next()?.to_string();
+                Some((name, idx))
+            })
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!(
+                "==== {} (last lines)\n{}",
+                self.log.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+    }
+}
+
+fn link(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
+    let tmp = format!("t{}", std::process::id() % 100000);
+    run_ok(Command::new("ip").args([
+        "link",
+        "add",
+        &format!("{tmp}a"),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &format!("{tmp}b"),
+    ]));
+    run_ok(Command::new("ip").args([
+        "link",
+        "set",
+        &format!("{tmp}a"),
+        "netns",
+        &a.name,
+        "name",
+        a_if,
+    ]));
+    run_ok(Command::new("ip").args([
+        "link",
+        "set",
+        &format!("{tmp}b"),
+        "netns",
+        &b.name,
+        "name",
+        b_if,
+    ]));
+}
+
+#[allow(clippy::too_many_arguments)] // one call per datacenter, each argument named at the call
+fn write_config(
+    dir: &Path,
+    name: &str,
+    dc: &str,
+    slot: u32,
+    lumen: &str,
+    cogent: &str,
+    seed: &str,
+    keyring: &Path,
+) -> PathBuf {
+    let cfg = dir.join(format!("{name}.yaml"));
+    let gw = |a: &str| {
+        a.rsplit_once('.')
+            .map(|(p, l)| format!("{p}.{}", l.parse::<u8>().unwrap() - 1))
+            .unwrap()
+    };
+    std::fs::write(
+        &cfg,
+        format!(
+            "name: {name}\ndatacenter: {dc}\nstate_dir: {state}\nmesh:\n  bind: \"0.0.0.0:7946\"\n  seeds: [\"{seed}:7946\"]\n  keyring: {kr}\ntransits:\n  - name: lumen\n    interface: lumen0\n    addresses: [{lumen}]\n    gateway: {glumen}\n    capacity: 1Gbps\n  - name: cogent\n    interface: cogent0\n    addresses: [{cogent}]\n    gateway: {gcogent}\n    capacity: 500Mbps\ntunnels:\n  slot: {slot}\n  wireguard: userspace\nprobe:\n  interval: 1s\n  count: 50\n  window: 3s\napi:\n  socket: {sock}\n",
+            state = dir.join(format!("{name}.state")).display(),
+            kr = keyring.display(),
+            glumen = gw(lumen),
+            gcogent = gw(cogent),
+            sock = dir.join(format!("{name}.sock")).display(),
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+fn established(h: &Host, n: usize) -> bool {
+    let t = h.tunnels();
+    t.len() == n && t.iter().all(|t| t["state"] == "Established")
+}
+
+fn loss_of(h: &Host, local_transit: &str) -> Vec<f64> {
+    h.tunnels()
+        .iter()
+        .filter(|t| t["meta"]["local_transit"] == local_transit)
+        .map(|t| t["probe"]["loss"].as_f64().unwrap_or(-1.0))
+        .collect()
+}
+
+#[test]
+fn two_datacenters_four_tunnels_probed_and_restart_safe() {
+    if !require_root("tunnels")
+        || !require_program("tunnels", "wireguard-go")
+        || !require_program("tunnels", "iptables")
+    {
+        return;
+    }
+    let internet = Netns::new();
+    internet.exec_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    let mut a = Host::new();
+    let mut b = Host::new();
+    link(&a.ns, "lumen0", &internet, "a-lumen");
+    link(&a.ns, "cogent0", &internet, "a-cogent");
+    link(&b.ns, "lumen0", &internet, "b-lumen");
+    link(&b.ns, "cogent0", &internet, "b-cogent");
+    for (ifname, addr) in [
+        ("a-lumen", "198.51.100.1/30"),
+        ("a-cogent", "203.0.113.1/30"),
+        ("b-lumen", "198.51.100.5/30"),
+        ("b-cogent", "203.0.113.5/30"),
+    ] {
+        internet.exec_ok(&["ip", "addr", "add", addr, "dev", ifname]);
+        internet.exec_ok(&["ip", "link", "set", ifname, "up"]);
+    }
+    for (h, lumen, cogent) in [
+        (&a, "198.51.100.2", "203.0.113.2"),
+        (&b, "198.51.100.6", "203.0.113.6"),
+    ] {
+        let gl = lumen
+            .rsplit_once('.')
+            .map(|(p, l)| format!("{p}.{}", l.parse::<u8>().unwrap() - 1))
+            .unwrap();
+        h.sh(&format!(
+            "ip addr add {lumen}/30 dev lumen0 && ip link set lumen0 up && ip addr add {cogent}/30 dev cogent0 && ip link set cogent0 up && ip route add default via {gl}"
+        ));
+    }
+    let dir = std::env::temp_dir().join(format!("gwtun-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let keyring = dir.join("keyring");
+    write_keyring(&keyring, &[&gatewan::mesh::MeshKey::generate().to_base64()]);
+    a.config = write_config(
+        &dir,
+        "gatewan01-sg1",
+        "sg1",
+        1,
+        "198.51.100.2",
+        "203.0.113.2",
+        "198.51.100.6",
+        &keyring,
+    );
+    b.config = write_config(
+        &dir,
+        "gatewan01-par1",
+        "par1",
+        2,
+        "198.51.100.6",
+        "203.0.113.6",
+        "198.51.100.2",
+        &keyring,
+    );
+    a.socket = dir.join("gatewan01-sg1.sock");
+    b.socket = dir.join("gatewan01-par1.sock");
+    a.log = dir.join("a.log");
+    b.log = dir.join("b.log");
+
+    let t0 = Instant::now();
+    a.start();
+    b.start();
+    let up = wait_until(Duration::from_secs(20), || {
+        established(&a, 4) && established(&b, 4)
+    });
+    let took = t0.elapsed();
+    assert!(
+        up,
+        "four tunnels not Established at both ends: {:#?}",
+        a.tunnels()
+    );
+    eprintln!("4 tunnels Established in {took:?}");
+    assert!(
+        took <= Duration::from_secs(10),
+        "tunnels took {took:?}, target 10 s"
+    );
+
+    // Every tunnel carries IPv4 and IPv6 over its /31 and /127.
+    for t in a.tunnels() {
+        let ifname = t["interface"].as_str().unwrap();
+        let v4 = t["peer_info"]["local_address_v4"].as_str().unwrap();
+        let v6 = t["peer_info"]["local_address_v6"].as_str().unwrap();
+        a.sh(&format!("ping -c 2 -i 0.2 -W 2 -I {ifname} {v4} >/dev/null && ping -6 -c 2 -i 0.2 -W 2 -I {ifname} {v6} >/dev/null"));
+        assert_eq!(t["probe"]["loss"].as_f64(), Some(0.0));
+        assert!(
+            t["usage"]["capacity"].as_u64() == Some(500_000_000)
+                || t["usage"]["capacity"].as_u64() == Some(1_000_000_000)
+        );
+        assert_eq!(t["target_datacenter"], "par1");
+    }
+    // The YAML of the operator contract.
+    let yaml = String::from_utf8_lossy(&routingctl(&a.socket, &["-o", "yaml", "tunnels"]).stdout)
+        .into_owned();
+    for field in [
+        "meta:",
+        "local_transit: lumen",
+        "usage:",
+        "capacity: 1.0 Gbps",
+        "probe:",
+        "loss: 0.0%",
+        "state: Established",
+        "router_mac: 02:5d:",
+        "local_info:",
+        "peer_info:",
+        "echo_port:",
+        "started_at: \"20",
+    ] {
+        assert!(yaml.contains(field), "{field} missing from:\n{yaml}");
+    }
+
+    // 30 % random loss on A's lumen transit: A's two lumen tunnels report it within 5 s
+    // (each probe crosses the drop once, on its way in), the cogent ones stay clean.
+    a.sh("iptables -A INPUT -i lumen0 -m statistic --mode random --probability 0.3 -j DROP");
+    let dropped_at = Instant::now();
+    std::thread::sleep(Duration::from_secs(3));
+    let mean_of = |v: &[f64]| v.iter().sum::<f64>() / v.len().max(1) as f64;
+    // The window (3 s) fills with post-drop probes; the reading must reach 30 % by 5 s.
+    wait_until(Duration::from_secs(2), || {
+        (mean_of(&loss_of(&a, "lumen")) - 0.30).abs() <= 0.04
+    });
+    let lumen = loss_of(&a, "lumen");
+    let cogent = loss_of(&a, "cogent");
+    eprintln!("read {:?} after the drop started", dropped_at.elapsed());
+    eprintln!(
+        "loss with 30 % dropped on lumen: lumen tunnels {lumen:?}, cogent tunnels {cogent:?}"
+    );
+    assert_eq!(lumen.len(), 2);
+    let mean = mean_of(&lumen);
+    assert!(
+        (mean - 0.30).abs() <= 0.06,
+        "lumen tunnels report {lumen:?}"
+    );
+    assert!(
+        lumen.iter().all(|l| (l - 0.30).abs() <= 0.10),
+        "each lumen tunnel near 30 %: {lumen:?}"
+    );
+    assert!(
+        cogent.iter().all(|l| *l < 0.06),
+        "cogent tunnels unaffected: {cogent:?}"
+    );
+
+    // 100 %: Down within 3 probe intervals; restored: Established after the hysteresis.
+    a.sh("iptables -F INPUT && iptables -A INPUT -i lumen0 -j DROP");
+    let t1 = Instant::now();
+    let down = wait_until(Duration::from_secs(6), || {
+        let t = a.tunnels();
+        t.iter()
+            .filter(|t| t["meta"]["local_transit"] == "lumen")
+            .all(|t| t["state"] == "Down")
+    });
+    let took = t1.elapsed();
+    assert!(down, "lumen tunnels not Down: {:#?}", a.tunnels());
+    eprintln!("lumen tunnels Down {took:?} after total loss");
+    assert!(
+        took <= Duration::from_millis(3500),
+        "Down after {took:?}, target 3 probe intervals"
+    );
+    assert!(
+        a.tunnels()
+            .iter()
+            .filter(|t| t["meta"]["local_transit"] == "cogent")
+            .all(|t| t["state"] == "Established"),
+        "cogent tunnels stay up"
+    );
+    a.sh("iptables -F INPUT");
+    let back = wait_until(Duration::from_secs(20), || established(&a, 4));
+    assert!(
+        back,
+        "tunnels not Established again after restore: {:#?}",
+        a.tunnels()
+    );
+
+    // kill -9 and restart: the tunnels are found in place, not recreated.
+    let before = a.tunnel_ifindexes();
+    assert_eq!(before.len(), 4, "{before:?}");
+    a.kill9();
+    std::thread::sleep(Duration::from_millis(500));
+    a.start();
+    let back = wait_until(Duration::from_secs(15), || established(&a, 4));
+    assert!(back, "tunnels not Established after restart");
+    assert_eq!(
+        a.tunnel_ifindexes(),
+        before,
+        "tunnel interfaces were recreated"
+    );
+    let log = std::fs::read_to_string(&a.log).unwrap();
+    let after_restart = log.rsplit("joining the mesh").next().unwrap_or("");
+    assert!(
+        !after_restart.contains("tunnel configured"),
+        "restart reconfigured tunnels"
+    );
+    drop(a);
+    drop(b);
+    let _ = std::fs::remove_dir_all(&dir);
+}
