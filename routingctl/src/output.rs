@@ -182,14 +182,15 @@ fn duration(ns: u64) -> String {
     format!("{:?}", std::time::Duration::from_nanos(ns))
 }
 
-/// The YAML layout operators know from the original deployment: humane units.
+/// One tunnel as shown: the YAML layout operators know from the original deployment (humane
+/// units) and JSON (numbers as numbers) differ only in networks, usage and probe.
 #[derive(Serialize)]
-struct TunnelYaml {
+struct TunnelView<N, U, P> {
     id: String,
-    networks: String,
+    networks: N,
     meta: Meta,
-    usage: UsageYaml,
-    probe: ProbeYaml,
+    usage: U,
+    probe: P,
     peer: String,
     state: String,
     target_datacenter: String,
@@ -199,6 +200,25 @@ struct TunnelYaml {
     started_at: String,
     local_info: EndInfo,
     peer_info: EndInfo,
+}
+
+fn view<N, U, P>(t: &v1::TunnelInfo, networks: N, usage: U, probe: P) -> TunnelView<N, U, P> {
+    TunnelView {
+        id: t.id.clone(),
+        networks,
+        meta: meta(t),
+        usage,
+        probe,
+        peer: t.peer.clone(),
+        state: t.state.clone(),
+        target_datacenter: t.target_datacenter.clone(),
+        interface: t.interface.clone(),
+        router_mac: t.router_mac.clone(),
+        rd: t.rd.clone(),
+        started_at: rfc3339(t.started_at_unix_ms).unwrap_or_default(),
+        local_info: end(&t.local_info),
+        peer_info: end(&t.peer_info),
+    }
 }
 
 #[derive(Serialize)]
@@ -233,25 +253,6 @@ struct EndInfo {
     local_address_v6: String,
     public_key: String,
     echo_port: u32,
-}
-
-/// JSON: the same fields, numbers as numbers (bit/s, fractions, nanoseconds).
-#[derive(Serialize)]
-struct TunnelJson {
-    id: String,
-    networks: Vec<String>,
-    meta: Meta,
-    usage: UsageJson,
-    probe: ProbeJson,
-    peer: String,
-    state: String,
-    target_datacenter: String,
-    interface: String,
-    router_mac: String,
-    rd: String,
-    started_at: String,
-    local_info: EndInfo,
-    peer_info: EndInfo,
 }
 
 #[derive(Serialize)]
@@ -304,16 +305,13 @@ pub fn tunnels(list: &[v1::TunnelInfo], f: Format) -> anyhow::Result<String> {
         Format::Yaml => render(
             &list
                 .iter()
-                .map(|t| TunnelYaml {
-                    id: t.id.clone(),
-                    networks: t.networks.join(", "),
-                    meta: meta(t),
-                    usage: UsageYaml {
+                .map(|t| {
+                    let usage = UsageYaml {
                         capacity: rate(t.capacity_bps),
                         rx_bps: rate(t.rx_bps),
                         tx_bps: rate(t.tx_bps),
-                    },
-                    probe: ProbeYaml {
+                    };
+                    let probe = ProbeYaml {
                         source_addr: t.probe_source_addr.clone(),
                         target_endpoint: t.probe_target_endpoint.clone(),
                         measurements: t.measurements,
@@ -321,16 +319,8 @@ pub fn tunnels(list: &[v1::TunnelInfo], f: Format) -> anyhow::Result<String> {
                         latency: duration(t.latency_ns),
                         jitter: duration(t.jitter_ns),
                         reorder: percent(t.reorder),
-                    },
-                    peer: t.peer.clone(),
-                    state: t.state.clone(),
-                    target_datacenter: t.target_datacenter.clone(),
-                    interface: t.interface.clone(),
-                    router_mac: t.router_mac.clone(),
-                    rd: t.rd.clone(),
-                    started_at: rfc3339(t.started_at_unix_ms).unwrap_or_default(),
-                    local_info: end(&t.local_info),
-                    peer_info: end(&t.peer_info),
+                    };
+                    view(t, t.networks.join(", "), usage, probe)
                 })
                 .collect::<Vec<_>>(),
             f,
@@ -338,16 +328,13 @@ pub fn tunnels(list: &[v1::TunnelInfo], f: Format) -> anyhow::Result<String> {
         Format::Json => render(
             &list
                 .iter()
-                .map(|t| TunnelJson {
-                    id: t.id.clone(),
-                    networks: t.networks.clone(),
-                    meta: meta(t),
-                    usage: UsageJson {
+                .map(|t| {
+                    let usage = UsageJson {
                         capacity: t.capacity_bps,
                         rx_bps: t.rx_bps,
                         tx_bps: t.tx_bps,
-                    },
-                    probe: ProbeJson {
+                    };
+                    let probe = ProbeJson {
                         source_addr: t.probe_source_addr.clone(),
                         target_endpoint: t.probe_target_endpoint.clone(),
                         measurements: t.measurements,
@@ -355,16 +342,8 @@ pub fn tunnels(list: &[v1::TunnelInfo], f: Format) -> anyhow::Result<String> {
                         latency_ns: t.latency_ns,
                         jitter_ns: t.jitter_ns,
                         reorder: t.reorder,
-                    },
-                    peer: t.peer.clone(),
-                    state: t.state.clone(),
-                    target_datacenter: t.target_datacenter.clone(),
-                    interface: t.interface.clone(),
-                    router_mac: t.router_mac.clone(),
-                    rd: t.rd.clone(),
-                    started_at: rfc3339(t.started_at_unix_ms).unwrap_or_default(),
-                    local_info: end(&t.local_info),
-                    peer_info: end(&t.peer_info),
+                    };
+                    view(t, t.networks.clone(), usage, probe)
                 })
                 .collect::<Vec<_>>(),
             f,
