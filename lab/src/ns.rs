@@ -119,6 +119,11 @@ pub fn ensure_private_dir(dir: &Path) -> Result<()> {
         mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>)
             .with_context(|| format!("bind {} onto itself", dir.display()))?;
     }
+    make_private(dir)
+}
+
+/// Stops mounts under `dir` propagating to or from other mount namespaces.
+fn make_private(dir: &Path) -> Result<()> {
     mount(
         None::<&str>,
         dir,
@@ -145,15 +150,7 @@ pub fn ensure_tmpfs(dir: &Path) -> Result<()> {
         )
         .with_context(|| format!("mount tmpfs on {}", dir.display()))?;
     }
-    mount(
-        None::<&str>,
-        dir,
-        None::<&str>,
-        MsFlags::MS_PRIVATE,
-        None::<&str>,
-    )
-    .with_context(|| format!("make {} private", dir.display()))?;
-    Ok(())
+    make_private(dir)
 }
 
 /// What goes into a node's mount namespace.

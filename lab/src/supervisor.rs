@@ -190,22 +190,29 @@ impl Supervisor {
                     }
                 }
             }
-            for (name, cmdline) in &node.run {
-                let (lab, node, name, cmdline, st) = (
-                    topo.name.clone(),
-                    node.clone(),
-                    name.clone(),
-                    cmdline.clone(),
-                    stop.clone(),
-                );
-                sup.threads.push(
-                    std::thread::Builder::new()
-                        .name(format!("sup-{name}"))
-                        .spawn(move || supervise(lab, node, name, cmdline, true, st))?,
-                );
-            }
+            sup.spawn_processes(&topo.name, node, true)?;
         }
         Ok(sup)
+    }
+
+    /// One supervising thread per `lab.run.*` process of `node`; `enter` says whether the
+    /// processes must enter the node's namespaces (not when already inside them).
+    fn spawn_processes(&mut self, lab: &str, node: &Node, enter: bool) -> Result<()> {
+        for (name, cmdline) in &node.run {
+            let (lab, node, name, cmdline, st) = (
+                lab.to_string(),
+                node.clone(),
+                name.clone(),
+                cmdline.clone(),
+                self.stop.clone(),
+            );
+            self.threads.push(
+                std::thread::Builder::new()
+                    .name(format!("sup-{name}"))
+                    .spawn(move || supervise(lab, node, name, cmdline, enter, st))?,
+            );
+        }
+        Ok(())
     }
 
     /// Starts the emulator and processes of one node in the caller's own namespaces:
@@ -222,20 +229,7 @@ impl Supervisor {
             sup.emulators
                 .push(Emulator::start(ports.clone(), *impairment, stop.clone())?);
         }
-        for (name, cmdline) in &node.run {
-            let (lab, node, name, cmdline, st) = (
-                lab.to_string(),
-                node.clone(),
-                name.clone(),
-                cmdline.clone(),
-                stop.clone(),
-            );
-            sup.threads.push(
-                std::thread::Builder::new()
-                    .name(format!("sup-{name}"))
-                    .spawn(move || supervise(lab, node, name, cmdline, false, st))?,
-            );
-        }
+        sup.spawn_processes(lab, node, false)?;
         Ok(sup)
     }
 
