@@ -1,5 +1,11 @@
-//! bgpctl: the BGP EVPN speaker and the controller (issues 5 and 6).
+//! bgpctl: the BGP EVPN speaker and the controller of Gatewan.
 //!
-//! It will own the BGP sessions toward the fabric, the EVPN Adj-RIB-In/Out and the
-//! controller, and join the gatewans' mesh with role `bgpctl` through `gatewan::mesh`.
-//! Nothing is built here yet; the crate exists so the workspace has its final shape.
+//! - `bgp`: BGP sessions toward the fabric (rustbgpd-fsm + rustbgpd-wire), EVPN type-5
+//!   Adj-RIB-Out (minimal UPDATEs) and Adj-RIB-In (import route targets).
+//! - `controller`: pure decision code: from a mesh snapshot and a policy, the tunnels that
+//!   carry traffic to each remote datacenter, and why.
+//!
+//! bgpctl joins the gatewans' mesh with role `bgpctl` through `gatewan::mesh`.
+
+pub mod bgp;
+pub mod controller;

@@ -1,0 +1,1 @@
+//! The controller, pure: (mesh snapshot, policy) → decision, with explanations.
