@@ -25,6 +25,7 @@ fn target(local: &str, peer: &str) -> ProbeTarget {
         interface: "sdwan7".into(),
         local: addr(local, PORT),
         peer: addr(peer, PORT),
+        initiator: local < peer,
     }
 }
 
@@ -503,6 +504,7 @@ fn hundred_tunnels_cost_little_cpu() {
                     interface: "sdwan7".into(),
                     local: SocketAddr::new(ip(side as u32), 21000 + i as u16),
                     peer: SocketAddr::new(ip(1 - side as u32), 21000 + i as u16),
+                    initiator: side == 0,
                 }
             })
             .collect()

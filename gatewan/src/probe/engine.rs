@@ -72,7 +72,17 @@ pub struct ProbeTarget {
     pub local: SocketAddr,
     /// The peer's inner address and the echo port.
     pub peer: SocketAddr,
+    /// Whether this end starts the WireGuard handshake (see `RESPONDER_WAIT`).
+    pub initiator: bool,
 }
+
+/// How long the responder end of a new tunnel stays silent unless its peer's probes arrive
+/// first. When both ends of a new tunnel send at once, both start a WireGuard handshake,
+/// each consumes the other's initiation and drops the response to its own, and both wait
+/// out REKEY_TIMEOUT (5 s) before trying again, often more than once. One side probing
+/// first avoids the crossing; the responder still starts on its own if the initiator's
+/// first handshake was lost (it arrived before this end had the peer configured).
+pub const RESPONDER_WAIT: Duration = Duration::from_millis(1500);
 
 /// What happened to the datagrams of one tunnel since its task started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -95,6 +105,8 @@ pub struct ProbeCounters {
     pub duplicate: u64,
     /// A reply after the probe's timeout: the probe stays lost.
     pub late: u64,
+    /// A reply to a probe sent before the tunnel came back from Down, not measured.
+    pub stale: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -382,11 +394,18 @@ async fn run_tunnel(
         report,
     };
     t.bind();
+    let mut waiting = !t.target.initiator;
+    let started = Instant::now();
     // Room for more than a probe, so an oversized datagram shows as one (and is refused).
     let mut buf = [0u8; wire::LEN + 24];
     loop {
         tokio::select! {
-            _ = probes.tick() => t.probe().await,
+            _ = probes.tick() => {
+                waiting &= t.counters.requests_answered == 0 && started.elapsed() < RESPONDER_WAIT;
+                if !waiting {
+                    t.probe().await;
+                }
+            }
             _ = evaluations.tick() => {
                 if t.socket.is_none() {
                     t.bind();
@@ -476,12 +495,23 @@ impl Tunnel {
                     self.counters.requests_answered += 1;
                 }
             }
-            Inbound::Reply { seq } => match self.window.reply(seq, self.now_us()) {
-                ReplyVerdict::Counted => self.counters.replies += 1,
-                ReplyVerdict::Unknown => self.counters.unknown_seq += 1,
-                ReplyVerdict::Duplicate => self.counters.duplicate += 1,
-                ReplyVerdict::Late => self.counters.late += 1,
-            },
+            Inbound::Reply { seq } => {
+                let now = self.now_us();
+                if self.health.state() == TunnelState::Down {
+                    self.window.resume(now);
+                }
+                self.count_reply(seq, now);
+            }
+        }
+    }
+
+    fn count_reply(&mut self, seq: u64, now_us: u64) {
+        match self.window.reply(seq, now_us) {
+            ReplyVerdict::Counted => self.counters.replies += 1,
+            ReplyVerdict::Unknown => self.counters.unknown_seq += 1,
+            ReplyVerdict::Duplicate => self.counters.duplicate += 1,
+            ReplyVerdict::Late => self.counters.late += 1,
+            ReplyVerdict::Stale => self.counters.stale += 1,
         }
     }
 
@@ -516,6 +546,7 @@ mod tests {
             interface: "sdwan7".into(),
             local: "100.64.0.14:20007".parse().unwrap(),
             peer: "100.64.0.15:20007".parse().unwrap(),
+            initiator: true,
         }
     }
 

@@ -25,6 +25,8 @@ pub enum ReplyVerdict {
     /// After the probe timed out: counted as lost, not as a reply.
     Late,
     Duplicate,
+    /// For a probe sent before the window restarted (see `ProbeWindow::restart`).
+    Stale,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -47,6 +49,10 @@ pub struct ProbeWindow {
     /// Send time of the first probe ever answered: probes before it were sent into a
     /// tunnel that was not up yet (no handshake), which is not loss.
     first_answered_us: Option<u64>,
+    /// Probes sent before this are not measured (see `restart`).
+    measured_from_us: u64,
+    /// When the last counted reply arrived.
+    last_counted_us: Option<u64>,
 }
 
 impl ProbeWindow {
@@ -57,7 +63,32 @@ impl ProbeWindow {
             probes: VecDeque::new(),
             highest_answered: None,
             first_answered_us: None,
+            measured_from_us: 0,
+            last_counted_us: None,
         }
+    }
+
+    /// For a tunnel that is Down: restarts the window when a reply arrives after a
+    /// silence longer than the probe timeout (the path came back), once per silence.
+    pub fn resume(&mut self, now_us: u64) -> bool {
+        let since = self.last_counted_us.unwrap_or(0).max(self.measured_from_us);
+        let silent = self.last_counted_us.is_none() && self.measured_from_us == 0
+            || now_us.saturating_sub(since) > self.timeout_us;
+        if silent {
+            self.restart(now_us);
+        }
+        silent
+    }
+
+    /// Forgets the probes sent before `now_us`: called when a tunnel that was Down
+    /// answers again. WireGuard holds the packets sent while it has no session and
+    /// releases them when the handshake completes, so their round trips measure the
+    /// handshake, not the path (hundreds of milliseconds on a 10 ms path, decaying over a
+    /// whole window); and the outage's losses are already told by the Down state.
+    fn restart(&mut self, now_us: u64) {
+        self.measured_from_us = now_us;
+        self.highest_answered = None;
+        self.first_answered_us = None;
     }
 
     pub fn sent(&mut self, seq: u64, now_us: u64) {
@@ -76,6 +107,9 @@ impl ProbeWindow {
             return ReplyVerdict::Unknown;
         };
         let p = &mut self.probes[i];
+        if p.sent_us < self.measured_from_us {
+            return ReplyVerdict::Stale;
+        }
         if p.rtt_us.is_some() {
             return ReplyVerdict::Duplicate;
         }
@@ -84,6 +118,7 @@ impl ProbeWindow {
             return ReplyVerdict::Late;
         }
         p.rtt_us = Some(rtt);
+        self.last_counted_us = Some(now_us);
         let sent = p.sent_us;
         self.first_answered_us = Some(self.first_answered_us.map_or(sent, |f| f.min(sent)));
         let p = &mut self.probes[i];
@@ -318,6 +353,57 @@ mod tests {
 
     fn window() -> ProbeWindow {
         ProbeWindow::new(Duration::from_secs(5), Duration::from_secs(1))
+    }
+
+    #[test]
+    fn probes_held_during_a_handshake_are_not_measured() {
+        let mut w = window();
+        // Sent every 100 ms into a tunnel with no WireGuard session for 2 s; the session
+        // comes up at 2 s and WireGuard releases the held probes then.
+        for seq in 0..20u64 {
+            w.sent(seq, seq * 100 * MS);
+        }
+        let up = 1950 * MS;
+        assert!(w.resume(up + 10 * MS), "first reply after silence restarts");
+        for seq in 15..20u64 {
+            assert_eq!(w.reply(seq, up + 10 * MS), ReplyVerdict::Stale);
+        }
+        // Then the path answers in 10 ms; later replies do not restart again.
+        for seq in 20..60u64 {
+            let t = seq * 100 * MS;
+            w.sent(seq, t);
+            assert!(!w.resume(t + 10 * MS));
+            assert_eq!(w.reply(seq, t + 10 * MS), ReplyVerdict::Counted);
+        }
+        let m = w.measure(60 * 100 * MS);
+        assert_eq!(m.latency, Duration::from_millis(10));
+        assert_eq!(m.loss, 0.0);
+    }
+
+    #[test]
+    fn a_path_back_after_an_outage_starts_a_clean_window() {
+        let mut w = window();
+        for seq in 0..30u64 {
+            let t = seq * 100 * MS;
+            w.sent(seq, t);
+            w.reply(seq, t + 10 * MS);
+        }
+        // 2 s of outage, then answers again.
+        for seq in 30..50u64 {
+            w.sent(seq, seq * 100 * MS);
+        }
+        for seq in 50..80u64 {
+            let t = seq * 100 * MS;
+            w.sent(seq, t);
+            w.resume(t + 10 * MS);
+            w.reply(seq, t + 10 * MS);
+        }
+        let m = w.measure(80 * 100 * MS);
+        assert_eq!(
+            m.loss, 0.0,
+            "the outage is told by Down, not carried on as loss"
+        );
+        assert!(m.measured > 0);
     }
 
     #[test]

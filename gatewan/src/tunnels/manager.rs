@@ -348,6 +348,8 @@ async fn run(
                             r.tunnel.echo_port,
                         ),
                         peer: SocketAddr::new(r.tunnel.peer.address_v4.into(), r.tunnel.echo_port),
+                        // Any rule both ends agree on without talking.
+                        initiator: r.tunnel.local.node < r.tunnel.peer.node,
                     })
                     .collect(),
             );

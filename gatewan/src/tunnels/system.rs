@@ -83,6 +83,25 @@ pub struct System {
     prefix: String,
 }
 
+/// Keeps the kernel from sending on a tunnel by itself. A link-local address makes it send
+/// a router solicitation the moment the link comes up; both ends of a new tunnel come up
+/// together, so both start a WireGuard handshake at once, the handshakes cross and fail,
+/// and wireguard-go's retries stay in step every 5 s (seen in the lab: tunnels taking 10 to
+/// 30 s to come up). Without it only the prober's chosen initiator opens the tunnel.
+/// Best effort: a host without IPv6 has nothing to quiet.
+fn quiet_ipv6(interface: &str) {
+    for (key, value) in [
+        ("addr_gen_mode", "1"),
+        ("accept_ra", "0"),
+        ("router_solicitations", "0"),
+    ] {
+        let path = format!("/proc/sys/net/ipv6/conf/{interface}/{key}");
+        if let Err(e) = std::fs::write(&path, value) {
+            tracing::debug!(path, error = %e, "cannot set IPv6 sysctl on tunnel interface");
+        }
+    }
+}
+
 fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
@@ -270,6 +289,7 @@ impl System {
             }
             Step::SetUp { interface } => {
                 let index = self.require(interface).await?;
+                quiet_ipv6(interface);
                 self.handle
                     .link()
                     .set(LinkUnspec::new_with_index(index).up().build())
