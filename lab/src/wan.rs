@@ -287,6 +287,60 @@ fn packet_socket(ifname: &str) -> Result<OwnedFd> {
     Ok(fd)
 }
 
+/// Flows whose frames keep their order under jitter; flows hashed to one bucket share it.
+const FLOW_BUCKETS: usize = 1024;
+
+/// The flow of an Ethernet frame: IP addresses, protocol and UDP/TCP ports, hashed.
+///
+/// Jitter keeps the order within a flow, as a real WAN does (ECMP hashes a flow onto one
+/// path), but not across flows: one FIFO for the whole link would delay every frame to the
+/// latest due time of any frame before it, so with many flows the delay would be biased up
+/// and the jitter down (seen in the lab: 8 probe flows at 10/s through ±5 ms measured
+/// +0.9 ms and −0.6 ms).
+fn flow_bucket(frame: &[u8]) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut mix = |bytes: &[u8]| {
+        for b in bytes {
+            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    };
+    let Some(ethertype) = frame.get(12..14) else {
+        return 0;
+    };
+    match ethertype {
+        [0x08, 0x00] => {
+            let Some(ip) = frame.get(14..) else { return 0 };
+            let (Some(&vihl), Some(&proto), Some(addrs)) = (ip.first(), ip.get(9), ip.get(12..20))
+            else {
+                return 0;
+            };
+            mix(&[proto]);
+            mix(addrs);
+            let fragment = ip.get(6..8).is_some_and(|f| f[0] & 0x3f != 0 || f[1] != 0);
+            if matches!(proto, 6 | 17) && !fragment {
+                mix(l4_ports(ip.get(usize::from(vihl & 0x0f) * 4..)));
+            }
+        }
+        [0x86, 0xdd] => {
+            let Some(ip) = frame.get(14..) else { return 0 };
+            let (Some(&next), Some(addrs)) = (ip.get(6), ip.get(8..40)) else {
+                return 0;
+            };
+            mix(&[next]);
+            mix(addrs);
+            if matches!(next, 6 | 17) {
+                mix(l4_ports(ip.get(40..)));
+            }
+        }
+        other => mix(other),
+    }
+    (h % FLOW_BUCKETS as u64) as usize
+}
+
+fn l4_ports(l4: Option<&[u8]>) -> &[u8] {
+    l4.and_then(|t| t.get(0..4)).unwrap_or_default()
+}
+
 fn mono_ns() -> u64 {
     let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .unwrap_or_else(|_| nix::sys::time::TimeSpec::new(0, 0));
@@ -359,7 +413,7 @@ fn forward(shared: Arc<Shared>, dir: usize, rx: OwnedFd, tx: Arc<OwnedFd>) {
     let mut heap: BinaryHeap<Reverse<Pending>> = BinaryHeap::new();
     let mut heap_bytes = 0usize;
     let mut seq = 0u64;
-    let mut last_due = 0u64;
+    let mut last_due = [0u64; FLOW_BUCKETS];
     let mut rate_free = 0u64;
     let mut buf = vec![0u8; VNET_HDR_LEN + MAX_FRAME];
     while !shared.stop.load(Ordering::Relaxed) {
@@ -438,9 +492,10 @@ fn forward(shared: Arc<Shared>, dir: usize, rx: OwnedFd, tx: Arc<OwnedFd>) {
                         let span = 2 * p.jitter_us * 1000 + 1;
                         d = d + rng.next() % span - p.jitter_us * 1000;
                     }
-                    // Jitter alone does not reorder: keep FIFO order.
-                    let d = d.max(last_due);
-                    last_due = d;
+                    // Jitter alone does not reorder a flow: FIFO per flow.
+                    let flow = &mut last_due[flow_bucket(&frame[VNET_HDR_LEN.min(frame.len())..])];
+                    let d = d.max(*flow);
+                    *flow = d;
                     d
                 };
                 if heap.len() >= HEAP_LIMIT || heap_bytes + frame.len() > HEAP_BYTES_LIMIT {
@@ -645,6 +700,26 @@ pub fn wait_for_ports(ports: &[String; 2], timeout: Duration) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn flows_are_told_apart_and_short_frames_are_safe() {
+        // Ethernet + IPv4 + UDP, ports 20064 -> 40080.
+        let mut f = vec![0u8; 14 + 20 + 8];
+        f[12] = 0x08;
+        f[14] = 0x45;
+        f[23] = 17;
+        f[26..30].copy_from_slice(&[198, 51, 100, 1]);
+        f[30..34].copy_from_slice(&[198, 51, 100, 17]);
+        f[34..38].copy_from_slice(&[0x4e, 0x60, 0x9c, 0x90]);
+        let a = flow_bucket(&f);
+        assert_eq!(a, flow_bucket(&f), "one flow, one bucket");
+        let mut g = f.clone();
+        g[35] ^= 1; // another source port
+        assert_ne!(a, flow_bucket(&g));
+        for n in 0..f.len() {
+            let _ = flow_bucket(&f[..n]);
+        }
+    }
 
     #[test]
     fn parses_impairments() {
