@@ -7,7 +7,8 @@
 //!
 //! `MESH_BENCH_QUICK=1` runs fewer seeds and a shorter lossy run (a smoke test);
 //! `MESH_BENCH_SETTINGS="probe_interval=800,suspicion_timeout=2500"` overrides defaults
-//! (milliseconds; also probe_timeout, gossip_interval, gossip_fanout, indirect_probes),
+//! (milliseconds; also probe_timeout, gossip_interval; counts gossip_fanout, indirect_probes,
+//! retransmit_mult),
 //! to try a tuning before changing `MeshSettings::default()`.
 
 use std::time::{Duration, Instant};
@@ -84,13 +85,16 @@ fn main() {
     );
     println!(
         "settings: probe_interval {} ms, probe_timeout {} ms, suspicion_timeout {} ms, \
-         gossip {} ms x {}, indirect_probes {}",
+         gossip {} ms x {}, indirect_probes {}, retransmit_mult {} ({} sends at 50, {} at 200)",
         s.probe_interval.as_millis(),
         s.probe_timeout.as_millis(),
         s.suspicion_timeout.as_millis(),
         s.gossip_interval.as_millis(),
         s.gossip_fanout,
-        s.indirect_probes
+        s.indirect_probes,
+        s.retransmit_mult,
+        s.max_transmissions(50),
+        s.max_transmissions(200)
     );
     println!(
         "samples: {} seeds x {} per seed for timings; lossy run {} s per size",
@@ -137,6 +141,7 @@ fn settings_from_env() -> MeshSettings {
             "gossip_interval" => s.gossip_interval = ms,
             "gossip_fanout" => s.gossip_fanout = v as usize,
             "indirect_probes" => s.indirect_probes = v as usize,
+            "retransmit_mult" => s.retransmit_mult = v as u32,
             other => panic!("MESH_BENCH_SETTINGS: unknown key {other:?}"),
         }
     }

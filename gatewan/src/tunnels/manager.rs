@@ -13,6 +13,27 @@ use gatewan_proto::v1::{self, record::Body};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+/// Interfaces configured at once; each mostly waits (process start, netlink).
+const APPLY_CONCURRENCY: usize = 16;
+
+/// Applies a step, retrying briefly while the kernel says the device is busy: a
+/// wireguard-go interface answers EBUSY to address changes for a moment after it starts
+/// (seen with 16 interfaces coming up at once).
+async fn apply_step(system: &System, step: &Step) -> std::io::Result<()> {
+    let mut wait = Duration::from_millis(20);
+    for _ in 0..6 {
+        match system.apply(step).await {
+            Err(e) if e.raw_os_error() == Some(nix::libc::EBUSY) => {
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+            }
+            other => return other,
+        }
+    }
+    system.apply(step).await
+}
+use futures_util::StreamExt as _;
+
 use super::plan::{GatewanView, PlanSettings, PlannedTunnel, TransitView, plan};
 use super::reconcile::{Step, WantedTunnel, steps};
 use super::system::{System, WireguardMode};
@@ -236,6 +257,7 @@ async fn run(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut last_sync = std::time::Instant::now() - cfg.resync;
     let mut dirty = true;
+    let mut planned_from: Vec<GatewanView> = Vec::new();
     let mut stale_since: HashMap<String, u64> = HashMap::new();
     let mut rows: BTreeMap<String, Row> = BTreeMap::new();
     let mut reported_problems: HashSet<String> = HashSet::new();
@@ -250,8 +272,15 @@ async fn run(
                 if r.is_err() { return; }
                 // Let a burst of gossip settle into one reconcile.
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                mesh_rx.borrow_and_update();
-                dirty = true;
+                let view = mesh_rx.borrow_and_update().clone();
+                // Most mesh changes are tunnel metrics, gossiped every probe interval by
+                // every gatewan: only a change of the planner's input means a reconcile
+                // (it reads every tunnel interface back from the kernel).
+                let input = gatewans(&view, &cfg.local);
+                if input != planned_from {
+                    planned_from = input;
+                    dirty = true;
+                }
                 false
             }
             _ = tick.tick() => true,
@@ -300,22 +329,36 @@ async fn run(
                     stale_since.retain(|n, _| {
                         !wanted_names.contains(n.as_str()) && seen.iter().any(|s| &s.interface == n)
                     });
+                    // One interface's steps in order, interfaces side by side: bringing up a
+                    // wireguard-go interface waits on a process start (and wireguard-control
+                    // sleeps 100 ms for its socket), so 100 tunnels one after the other took
+                    // 14 s.
+                    let mut by_interface: BTreeMap<&str, Vec<&Step>> = BTreeMap::new();
                     for step in &todo {
-                        match system.apply(step).await {
-                            Ok(()) => match step {
-                                Step::Configure(w) => {
-                                    info!(interface = %w.interface, endpoint = %w.endpoint, "tunnel configured")
-                                }
-                                Step::Delete { interface } => {
-                                    info!(%interface, "stale tunnel removed")
-                                }
-                                _ => {}
-                            },
-                            Err(e) => {
-                                warn!(error = %e, ?step, "tunnel step failed; retried at the next reconcile")
-                            }
-                        }
+                        by_interface.entry(step.interface()).or_default().push(step);
                     }
+                    futures_util::stream::iter(by_interface.into_values())
+                        .for_each_concurrent(APPLY_CONCURRENCY, |steps| {
+                            let system = &system;
+                            async move {
+                                for step in steps {
+                                    if let Err(e) = apply_step(system, step).await {
+                                        warn!(error = %e, ?step, "tunnel step failed; retried at the next reconcile");
+                                        break;
+                                    }
+                                    match step {
+                                        Step::Configure(w) => {
+                                            info!(interface = %w.interface, endpoint = %w.endpoint, "tunnel configured")
+                                        }
+                                        Step::Delete { interface } => {
+                                            info!(%interface, "stale tunnel removed")
+                                        }
+                                        _ => {}
+                                    }
+                                }
+                            }
+                        })
+                        .await;
                     if !todo.is_empty() {
                         // Check again soon: wireguard-go may take a moment to come up.
                         dirty = true;

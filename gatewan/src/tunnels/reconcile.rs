@@ -72,6 +72,18 @@ pub enum Step {
     },
 }
 
+impl Step {
+    pub fn interface(&self) -> &str {
+        match self {
+            Step::Configure(w) => &w.interface,
+            Step::AddAddress { interface, .. }
+            | Step::RemoveAddress { interface, .. }
+            | Step::SetUp { interface }
+            | Step::Delete { interface } => interface,
+        }
+    }
+}
+
 /// Steps for the host to match `wanted`. `stale_since` holds, per unwanted interface, when
 /// it was first seen unwanted (updated by the caller from the returned `newly_stale`);
 /// interfaces are deleted once unwanted for `grace_ms`.

@@ -102,6 +102,14 @@ fn quiet_ipv6(interface: &str) {
     }
 }
 
+/// Keeps the kernel's errno of a netlink NACK (callers retry on some).
+fn netlink_err(e: rtnetlink::Error) -> io::Error {
+    match &e {
+        rtnetlink::Error::NetlinkError(m) if m.code.is_some() => m.to_io(),
+        _ => io_err(e),
+    }
+}
+
 fn io_err(e: impl std::fmt::Display) -> io::Error {
     io::Error::other(e.to_string())
 }
@@ -172,13 +180,24 @@ impl System {
         Ok(out)
     }
 
+    /// A request for one link, not a dump: a netlink socket runs one dump at a time and
+    /// answers EBUSY to another, and tunnels are configured side by side.
     pub async fn link_index(&self, name: &str) -> io::Result<Option<u32>> {
-        Ok(self
-            .links()
-            .await?
-            .into_iter()
-            .find(|(n, _, _)| n == name)
-            .map(|(_, i, _)| i))
+        let mut links = self
+            .handle
+            .link()
+            .get()
+            .match_name(name.to_string())
+            .execute();
+        match links.try_next().await {
+            Ok(l) => Ok(l.map(|l| l.header.index)),
+            Err(rtnetlink::Error::NetlinkError(m))
+                if m.code.is_some_and(|c| -c.get() == nix::libc::ENODEV) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(netlink_err(e)),
+        }
     }
 
     async fn addresses(&self, index: u32) -> io::Result<BTreeSet<IpNet>> {
@@ -261,7 +280,7 @@ impl System {
                     .replace()
                     .execute()
                     .await
-                    .map_err(io_err)
+                    .map_err(netlink_err)
             }
             Step::RemoveAddress { interface, address } => {
                 let index = self.require(interface).await?;
@@ -271,7 +290,7 @@ impl System {
                     .get()
                     .set_link_index_filter(index)
                     .execute();
-                while let Some(a) = addrs.try_next().await.map_err(io_err)? {
+                while let Some(a) = addrs.try_next().await.map_err(netlink_err)? {
                     let matches = a.header.prefix_len == address.prefix_len()
                         && a.attributes.iter().any(
                             |x| matches!(x, AddressAttribute::Address(ip) if *ip == address.addr()),
@@ -282,7 +301,7 @@ impl System {
                             .del(a)
                             .execute()
                             .await
-                            .map_err(io_err)?;
+                            .map_err(netlink_err)?;
                     }
                 }
                 Ok(())
@@ -295,7 +314,7 @@ impl System {
                     .set(LinkUnspec::new_with_index(index).up().build())
                     .execute()
                     .await
-                    .map_err(io_err)
+                    .map_err(netlink_err)
             }
             Step::Delete { interface } => {
                 let iface: InterfaceName = interface.parse().map_err(io_err)?;
