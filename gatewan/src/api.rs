@@ -150,14 +150,18 @@ pub fn bind_unix(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
     Ok(l)
 }
 
-/// The `Tunnels` service: the tunnel manager's latest table.
+/// The `Tunnels` service: the tunnel manager's latest table, and key rotation.
 pub struct TunnelsApi {
-    table: tokio::sync::watch::Receiver<crate::tunnels::manager::TunnelTable>,
+    tunnels: crate::tunnels::manager::TunnelsHandle,
+    state_dir: crate::state_dir::StateDir,
 }
 
 impl TunnelsApi {
-    pub fn new(table: tokio::sync::watch::Receiver<crate::tunnels::manager::TunnelTable>) -> Self {
-        TunnelsApi { table }
+    pub fn new(
+        tunnels: crate::tunnels::manager::TunnelsHandle,
+        state_dir: crate::state_dir::StateDir,
+    ) -> Self {
+        TunnelsApi { tunnels, state_dir }
     }
 
     pub fn into_server(self) -> gatewan_proto::v1::tunnels_server::TunnelsServer<Self> {
@@ -171,9 +175,27 @@ impl gatewan_proto::v1::tunnels_server::Tunnels for TunnelsApi {
         &self,
         _: Request<v1::ListTunnelsRequest>,
     ) -> Result<Response<v1::ListTunnelsResponse>, Status> {
-        let table = self.table.borrow().clone();
+        let table = self.tunnels.table.borrow().clone();
         Ok(Response::new(v1::ListTunnelsResponse {
             tunnels: table.as_ref().clone(),
+        }))
+    }
+
+    async fn rotate_key(
+        &self,
+        _: Request<v1::RotateKeyRequest>,
+    ) -> Result<Response<v1::RotateKeyResponse>, Status> {
+        let state_dir = self.state_dir.clone();
+        let key = tokio::task::spawn_blocking(move || state_dir.new_wireguard_key())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(|e| Status::internal(format!("cannot store the new key: {e}")))?;
+        self.tunnels
+            .rotate_key(key)
+            .await
+            .map_err(Status::unavailable)?;
+        Ok(Response::new(v1::RotateKeyResponse {
+            public_key: wireguard_control::Key(key).get_public().to_base64(),
         }))
     }
 }

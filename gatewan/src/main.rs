@@ -127,7 +127,9 @@ async fn run(plan: gatewan::config::GatewanPlan) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let router = tonic::transport::Server::builder()
         .add_service(api::MeshApi::new(member.mesh.clone()).into_server())
-        .add_optional_service(tunnels.map(|t| api::TunnelsApi::new(t).into_server()));
+        .add_optional_service(
+            tunnels.map(|t| api::TunnelsApi::new(t, member.state_dir.clone()).into_server()),
+        );
     let api = tokio::spawn(daemon::serve_api(plan.api_socket.clone(), router, async {
         let _ = stop_rx.await;
     }));
@@ -154,7 +156,7 @@ fn start_tunnels(
     private_key: [u8; 32],
     public_key: Vec<u8>,
     member: &daemon::Member,
-) -> anyhow::Result<tokio::sync::watch::Receiver<gatewan::tunnels::manager::TunnelTable>> {
+) -> anyhow::Result<gatewan::tunnels::manager::TunnelsHandle> {
     use gatewan::probe::engine::ProbeSettings;
     use gatewan::tunnels::manager::{self, ManagerConfig};
     use gatewan::tunnels::plan::{GatewanView, TransitView};

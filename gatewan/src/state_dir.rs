@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use crate::mesh::NodeId;
 
+#[derive(Debug, Clone)]
 pub struct StateDir {
     path: PathBuf,
 }
@@ -59,8 +60,6 @@ impl StateDir {
 
     /// The WireGuard private key, generated on first start, kept 0600, never logged.
     pub fn wireguard_key(&self) -> std::io::Result<[u8; 32]> {
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt as _;
         let f = self.path.join("wireguard.key");
         match std::fs::read_to_string(&f) {
             Ok(s) => wireguard_control::Key::from_base64(s.trim())
@@ -71,22 +70,29 @@ impl StateDir {
                         f.display()
                     ))
                 }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let key = wireguard_control::Key::generate_private();
-                let tmp = f.with_extension("tmp");
-                let mut file = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create(true)
-                    .truncate(true)
-                    .mode(0o600)
-                    .open(&tmp)?;
-                writeln!(file, "{}", key.to_base64())?;
-                file.sync_all()?;
-                std::fs::rename(&tmp, &f)?;
-                Ok(key.0)
-            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.new_wireguard_key(),
             Err(e) => Err(e),
         }
+    }
+
+    /// Replaces the WireGuard private key with a new one (kept before it is used, so a
+    /// crash in between restarts with the key the peers are told about).
+    pub fn new_wireguard_key(&self) -> std::io::Result<[u8; 32]> {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let f = self.path.join("wireguard.key");
+        let key = wireguard_control::Key::generate_private();
+        let tmp = f.with_extension("tmp");
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        writeln!(file, "{}", key.to_base64())?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, &f)?;
+        Ok(key.0)
     }
 
     /// Records a generation raised at runtime (rejoin after being declared down).

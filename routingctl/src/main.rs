@@ -40,7 +40,10 @@ enum Command {
     /// Members of the mesh as the daemon sees them.
     Members,
     /// Tunnels of a gatewan with their measurements.
+    #[command(args_conflicts_with_subcommands = true)]
     Tunnels {
+        #[command(subcommand)]
+        action: Option<TunnelsCommand>,
         /// Only tunnels to this peer gatewan.
         #[arg(long)]
         peer: Option<String>,
@@ -55,6 +58,13 @@ enum Command {
     /// remove the old key everywhere).
     #[command(subcommand)]
     Keyring(KeyringCommand),
+}
+
+#[derive(Subcommand)]
+enum TunnelsCommand {
+    /// Give the gatewan a new WireGuard key (kept in its state_dir); the peers learn the
+    /// public key over the mesh and the tunnels pause for about one handshake.
+    RotateKey,
 }
 
 #[derive(Subcommand)]
@@ -105,6 +115,24 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             output::members(&r.members, cli.output)
         }
         Command::Tunnels {
+            action: Some(TunnelsCommand::RotateKey),
+            ..
+        } => {
+            let mut client = v1::tunnels_client::TunnelsClient::new(mesh_channel.clone());
+            let r = client
+                .rotate_key(v1::RotateKeyRequest {})
+                .await
+                .map_err(|s| match s.code() {
+                    tonic::Code::Unimplemented => anyhow::anyhow!(
+                        "this daemon has no tunnels (is it a gatewan with a tunnels section?)"
+                    ),
+                    _ => anyhow::anyhow!("{}", s.message()),
+                })?
+                .into_inner();
+            output::rotated_key(&r.public_key, cli.output)
+        }
+        Command::Tunnels {
+            action: None,
             peer,
             datacenter,
             state,

@@ -161,6 +161,18 @@ pub fn keys(keys: &[v1::KeyInfo], f: Format) -> anyhow::Result<String> {
     Ok(table(&["FINGERPRINT", "ROLE"], rows))
 }
 
+/// The public key after `tunnels rotate-key`.
+pub fn rotated_key(public_key: &str, f: Format) -> anyhow::Result<String> {
+    #[derive(Serialize)]
+    struct Rotated<'a> {
+        public_key: &'a str,
+    }
+    match f {
+        Format::Table => Ok(format!("new WireGuard public key: {public_key}\n")),
+        _ => render(&Rotated { public_key }, f),
+    }
+}
+
 fn rate(bps: u64) -> String {
     let b = bps as f64;
     if b >= 1e9 {

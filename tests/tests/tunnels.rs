@@ -383,6 +383,102 @@ fn two_datacenters_four_tunnels_probed_and_restart_safe() {
         a.tunnels()
     );
 
+    // WireGuard key rotation: every tunnel keeps carrying traffic but for a short gap.
+    let key_before =
+        std::fs::read_to_string(dir.join("gatewan01-sg1.state/wireguard.key")).unwrap_or_default();
+    let pings: Vec<(String, std::process::Child)> = a
+        .tunnels()
+        .iter()
+        .map(|t| {
+            let ifname = t["interface"].as_str().unwrap().to_string();
+            let v4 = t["peer_info"]["local_address_v4"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            let child = a
+                .cmd("ping")
+                .args(["-n", "-i", "0.05", "-w", "8", "-W", "1", "-I", &ifname, &v4])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            (ifname, child)
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    let rotated = routingctl(&a.socket, &["-o", "json", "tunnels", "rotate-key"]);
+    assert!(
+        rotated.status.success(),
+        "rotate-key failed: {}",
+        String::from_utf8_lossy(&rotated.stderr)
+    );
+    let new_key: serde_json::Value = serde_json::from_slice(&rotated.stdout).unwrap();
+    let new_key: String =
+        wireguard_control::Key::from_base64(new_key["public_key"].as_str().unwrap())
+            .expect("base64 key")
+            .0
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+    let key_after =
+        std::fs::read_to_string(dir.join("gatewan01-sg1.state/wireguard.key")).unwrap_or_default();
+    assert_ne!(key_before, key_after, "the key in state_dir did not change");
+    for (ifname, child) in pings {
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let transmitted: u64 = text
+            .lines()
+            .find_map(|l| l.split(" packets transmitted").next()?.trim().parse().ok())
+            .unwrap_or(0);
+        // Sequence numbers answered, framed by the first sent (0) and one past the last.
+        let mut seqs: Vec<u64> = vec![0];
+        seqs.extend(text.lines().filter_map(|l| {
+            l.split("icmp_seq=")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        }));
+        seqs.push(transmitted + 1);
+        let longest_gap = seqs
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or(u64::MAX);
+        let seqs = &seqs[1..seqs.len() - 1];
+        // WireGuard holds packets while it handshakes: a pause shows as delay, not loss.
+        let slowest = text
+            .lines()
+            .filter_map(|l| {
+                l.split("time=")
+                    .nth(1)?
+                    .split(' ')
+                    .next()?
+                    .parse::<f64>()
+                    .ok()
+            })
+            .fold(0.0f64, f64::max);
+        let gap = Duration::from_millis(50 * longest_gap.saturating_sub(1));
+        println!(
+            "{ifname}: {} replies of {transmitted}, longest gap {gap:?}, slowest reply {slowest} ms across the key rotation",
+            seqs.len()
+        );
+        assert!(
+            seqs.len() > 100 && gap < Duration::from_secs(2) && slowest < 2000.0,
+            "{ifname}: {} replies, a gap of {gap:?}, slowest {slowest} ms across the key rotation",
+            seqs.len()
+        );
+    }
+    let peers_know = wait_until(Duration::from_secs(5), || {
+        b.tunnels()
+            .iter()
+            .all(|t| t["peer_info"]["public_key"].as_str() == Some(new_key.as_str()))
+    });
+    assert!(
+        peers_know,
+        "the peer does not show the new public key: {new_key}"
+    );
+
     // kill -9 and restart: the tunnels are found in place, not recreated.
     let before = a.tunnel_ifindexes();
     assert_eq!(before.len(), 4, "{before:?}");

@@ -60,16 +60,50 @@ pub struct ManagerConfig {
 /// What the API shows.
 pub type TunnelTable = Arc<Vec<v1::TunnelInfo>>;
 
-pub fn spawn(
-    cfg: ManagerConfig,
-    mesh: MeshHandle,
-) -> std::io::Result<watch::Receiver<TunnelTable>> {
+/// Talks to the tunnel manager task.
+#[derive(Clone)]
+pub struct TunnelsHandle {
+    pub table: watch::Receiver<TunnelTable>,
+    rotate: tokio::sync::mpsc::Sender<([u8; 32], tokio::sync::oneshot::Sender<()>)>,
+}
+
+impl TunnelsHandle {
+    /// Switches every tunnel to `private_key` and announces its public key in our
+    /// NodeRecord. Returns once the manager has taken the key (tunnels follow at once).
+    pub async fn rotate_key(&self, private_key: [u8; 32]) -> Result<(), String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.rotate
+            .send((private_key, tx))
+            .await
+            .map_err(|_| "the tunnel manager has stopped".to_string())?;
+        rx.await
+            .map_err(|_| "the tunnel manager has stopped".to_string())
+    }
+}
+
+pub fn spawn(cfg: ManagerConfig, mesh: MeshHandle) -> std::io::Result<TunnelsHandle> {
     let system = System::new(cfg.wireguard, cfg.private_key, &cfg.plan.interface_prefix)?;
     info!(backend = ?system.backend(), "tunnels: WireGuard backend");
     let probes = engine::spawn(cfg.probe.clone());
     let (tx, rx) = watch::channel(Arc::new(Vec::new()));
-    tokio::spawn(run(cfg, mesh, system, probes, tx));
-    Ok(rx)
+    let (rotate_tx, rotate_rx) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(run(cfg, mesh, system, probes, tx, rotate_rx));
+    Ok(TunnelsHandle {
+        table: rx,
+        rotate: rotate_tx,
+    })
+}
+
+/// Our NodeRecord as the mesh holds it, with `public_key` in place of the old one.
+async fn announce_public_key(mesh: &MeshHandle, local: NodeId, public_key: &[u8]) {
+    let Some(mut record) = mesh.view().store.node(local).cloned() else {
+        warn!("our NodeRecord is not in the mesh store; the new key is announced at restart");
+        return;
+    };
+    record.wireguard_public_key = Bytes::copy_from_slice(public_key);
+    if let Err(e) = mesh.publish(Body::Node(record)).await {
+        warn!(error = %e, "cannot announce the new WireGuard public key");
+    }
 }
 
 fn unix_ms() -> u64 {
@@ -246,11 +280,12 @@ fn metrics_record(peer: NodeId, rows: &[v1::TunnelInfo]) -> Body {
 }
 
 async fn run(
-    cfg: ManagerConfig,
+    mut cfg: ManagerConfig,
     mesh: MeshHandle,
-    system: System,
+    mut system: System,
     probes: ProbeHandle,
     table_tx: watch::Sender<TunnelTable>,
+    mut rotate_rx: tokio::sync::mpsc::Receiver<([u8; 32], tokio::sync::oneshot::Sender<()>)>,
 ) {
     let mut mesh_rx = mesh.subscribe();
     let mut tick = tokio::time::interval(cfg.probe.interval);
@@ -284,6 +319,18 @@ async fn run(
                 false
             }
             _ = tick.tick() => true,
+            Some((key, done)) = rotate_rx.recv() => {
+                // Our side first: the peers' handshakes with the new key are then answered
+                // as soon as they have it, one gossip round later.
+                system.set_private_key(key);
+                let public = wireguard_control::Key(key).get_public().0.to_vec();
+                cfg.local.public_key = public.clone();
+                announce_public_key(&mesh, cfg.local.id, &public).await;
+                info!("WireGuard key rotated");
+                let _ = done.send(());
+                dirty = true;
+                false
+            }
             // Fresh probe reports: show them at once, so the API lags the probes by nothing.
             r = reports_rx.changed() => {
                 if r.is_err() { return; }
