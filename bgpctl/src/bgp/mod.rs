@@ -1,1 +1,38 @@
-//! BGP speaker toward the fabric: sessions, EVPN type-5 codec, Adj-RIB-In/Out.
+//! BGP speaker toward the fabric: L2VPN EVPN (AFI 25 / SAFI 70) sessions that advertise
+//! and learn EVPN type-5 (IP Prefix) routes.
+//!
+//! Pure cores, each owning one concern and tested with tables and properties:
+//! - [`types`]: RD, route target, type-5 route (text forms, identity);
+//! - [`codec`]: type-5 routes ↔ EVPN NLRI, path attributes and packed UPDATEs;
+//! - [`rib_out`]: the desired Adj-RIB-Out and the minimal diff to what a session sent;
+//! - [`inbound`]: RFC 7606 handling of received UPDATEs;
+//! - [`rib_in`]: the Adj-RIB-In with the import route-target filter and stale marking.
+//!
+//! Thin adapters, tested against gobgpd and FRR in network namespaces (`bgpctl/tests`):
+//! - [`transport`]: sockets, listener, TCP-MD5;
+//! - [`session`]: one connection driven by `rustbgpd_fsm`;
+//! - [`peer`]: connection attempts, backoff, collisions, graceful restart (receiving side);
+//! - [`speaker`]: `spawn`, the handle, the listener and Adj-RIB-In tasks.
+//!
+//! Sessions carry only L2VPN EVPN; capabilities: multiprotocol, 4-octet ASN, route refresh
+//! (RFC 2918), graceful restart (RFC 4724, with RFC 8538 notification support), extended
+//! messages (received; sent UPDATEs stay within 4096 octets).
+
+pub mod codec;
+pub mod inbound;
+pub mod peer;
+pub mod rib_in;
+pub mod rib_out;
+mod session;
+mod speaker;
+pub mod status;
+pub mod transport;
+pub mod types;
+
+pub use rib_in::{ReceivedRoute, ReceivedRoutes};
+pub use speaker::{
+    DEFAULT_HOLD_TIME, GracefulRestart, PeerSettings, SpeakerError, SpeakerHandle, SpeakerSettings,
+    spawn,
+};
+pub use status::{InputCounters, PeerState, PeerStatus};
+pub use types::{ParseError, RouteDistinguisher, RouteKey, RouteTarget, Type5Route};

@@ -1,0 +1,262 @@
+//! Adj-RIB-In (pure): the type-5 routes received from every peer that pass the import
+//! route-target filter, with graceful-restart stale marking, and the snapshots published
+//! to subscribers.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+
+use super::inbound::{ReceivedKey, ReceivedType5};
+use super::types::{RouteTarget, Type5Route};
+
+/// A received type-5 route with the peer it came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceivedRoute {
+    pub peer: IpAddr,
+    pub route: Type5Route,
+    /// Ethernet tag of the NLRI (part of the route's identity; usually 0).
+    pub ethernet_tag: u32,
+    /// Gateway IP overlay index of the NLRI (unspecified when absent).
+    pub gateway: IpAddr,
+    /// The peer is restarting (RFC 4724) and has not re-advertised this route yet.
+    pub stale: bool,
+}
+
+/// All accepted received routes, ordered by (peer, RD, Ethernet tag, prefix).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ReceivedRoutes {
+    pub routes: Vec<ReceivedRoute>,
+}
+
+impl ReceivedRoutes {
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &ReceivedRoute> {
+        self.routes.iter()
+    }
+
+    /// The routes learned from one peer.
+    pub fn from_peer(&self, peer: IpAddr) -> impl Iterator<Item = &ReceivedRoute> {
+        self.routes.iter().filter(move |r| r.peer == peer)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    route: ReceivedType5,
+    stale: bool,
+}
+
+/// Counts of what an UPDATE did to one peer's routes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApplyStats {
+    pub added: u32,
+    pub replaced: u32,
+    pub removed: u32,
+    /// Announcements rejected by the import route-target filter.
+    pub filtered: u32,
+}
+
+/// One peer's routes; the stale count is kept so that status updates stay O(1).
+#[derive(Debug, Default)]
+struct PeerRib {
+    routes: BTreeMap<ReceivedKey, Entry>,
+    stale: usize,
+}
+
+impl PeerRib {
+    fn remove(&mut self, key: &ReceivedKey) -> bool {
+        match self.routes.remove(key) {
+            Some(e) => {
+                self.stale -= usize::from(e.stale);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct AdjRibIn {
+    import: Vec<RouteTarget>,
+    peers: BTreeMap<IpAddr, PeerRib>,
+}
+
+impl AdjRibIn {
+    /// `import`: route targets to accept; empty accepts every route.
+    pub fn new(import: Vec<RouteTarget>) -> AdjRibIn {
+        AdjRibIn {
+            import,
+            peers: BTreeMap::new(),
+        }
+    }
+
+    pub fn accepts(&self, route: &Type5Route) -> bool {
+        self.import.is_empty()
+            || route
+                .route_targets
+                .iter()
+                .any(|rt| self.import.contains(rt))
+    }
+
+    /// Applies withdrawals, then announcements. A filtered announcement also removes an
+    /// earlier accepted version of the route: the new one replaces it (RFC 4271 §3.1).
+    pub fn apply(
+        &mut self,
+        peer: IpAddr,
+        announced: Vec<ReceivedType5>,
+        withdrawn: &[ReceivedKey],
+    ) -> ApplyStats {
+        let mut stats = ApplyStats::default();
+        let accepted: Vec<(bool, ReceivedType5)> = announced
+            .into_iter()
+            .map(|a| (self.accepts(&a.route), a))
+            .collect();
+        let rib = self.peers.entry(peer).or_default();
+        for k in withdrawn {
+            if rib.remove(k) {
+                stats.removed += 1;
+            }
+        }
+        for (ok, a) in accepted {
+            let key = a.key();
+            if ok {
+                let entry = Entry {
+                    route: a,
+                    stale: false,
+                };
+                match rib.routes.insert(key, entry) {
+                    Some(old) => {
+                        rib.stale -= usize::from(old.stale);
+                        stats.replaced += 1;
+                    }
+                    None => stats.added += 1,
+                }
+            } else {
+                stats.filtered += 1;
+                if rib.remove(&key) {
+                    stats.removed += 1;
+                }
+            }
+        }
+        stats
+    }
+
+    /// Marks every route of `peer` stale (the peer began a graceful restart).
+    pub fn mark_stale(&mut self, peer: IpAddr) -> usize {
+        self.peers.get_mut(&peer).map_or(0, |rib| {
+            rib.routes.values_mut().for_each(|e| e.stale = true);
+            rib.stale = rib.routes.len();
+            rib.stale
+        })
+    }
+
+    /// Removes the routes of `peer` still stale (End-of-RIB received or restart timer out).
+    pub fn flush_stale(&mut self, peer: IpAddr) -> usize {
+        self.peers.get_mut(&peer).map_or(0, |rib| {
+            if rib.stale > 0 {
+                rib.routes.retain(|_, e| !e.stale);
+            }
+            std::mem::take(&mut rib.stale)
+        })
+    }
+
+    /// Removes every route of `peer` (session down without graceful restart).
+    pub fn clear(&mut self, peer: IpAddr) -> usize {
+        self.peers.remove(&peer).map_or(0, |rib| rib.routes.len())
+    }
+
+    /// (routes, stale routes) held for `peer`.
+    pub fn count(&self, peer: IpAddr) -> (usize, usize) {
+        self.peers
+            .get(&peer)
+            .map_or((0, 0), |rib| (rib.routes.len(), rib.stale))
+    }
+
+    pub fn snapshot(&self) -> ReceivedRoutes {
+        let mut routes = Vec::with_capacity(self.peers.values().map(|r| r.routes.len()).sum());
+        for (peer, rib) in &self.peers {
+            for e in rib.routes.values() {
+                routes.push(ReceivedRoute {
+                    peer: *peer,
+                    route: e.route.route.clone(),
+                    ethernet_tag: e.route.ethernet_tag,
+                    gateway: e.route.gateway,
+                    stale: e.stale,
+                });
+            }
+        }
+        ReceivedRoutes { routes }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rx(prefix: &str, rt: &str) -> ReceivedType5 {
+        ReceivedType5 {
+            route: Type5Route {
+                rd: "65001:1".parse().unwrap(),
+                prefix: prefix.parse().unwrap(),
+                label_vni: 5,
+                next_hop: "192.0.2.1".parse().unwrap(),
+                router_mac: [2, 0, 0, 0, 0, 1],
+                route_targets: vec![rt.parse().unwrap()],
+                link_bandwidth: None,
+            },
+            ethernet_tag: 0,
+            gateway: "0.0.0.0".parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn import_filter_and_graceful_restart() {
+        let p: IpAddr = "10.0.0.2".parse().unwrap();
+        let mut rib = AdjRibIn::new(vec!["65000:100".parse().unwrap()]);
+        let s = rib.apply(
+            p,
+            vec![
+                rx("10.1.0.0/16", "65000:100"),
+                rx("10.2.0.0/16", "65000:200"),
+            ],
+            &[],
+        );
+        assert_eq!((s.added, s.filtered), (1, 1));
+        assert_eq!(rib.count(p), (1, 0));
+        // The accepted route changes to a route target not imported: it goes away.
+        let s = rib.apply(p, vec![rx("10.1.0.0/16", "65000:200")], &[]);
+        assert_eq!((s.removed, s.filtered), (1, 1));
+        rib.apply(
+            p,
+            vec![
+                rx("10.1.0.0/16", "65000:100"),
+                rx("10.3.0.0/16", "65000:100"),
+            ],
+            &[],
+        );
+        assert_eq!(rib.mark_stale(p), 2);
+        assert!(rib.snapshot().iter().all(|r| r.stale));
+        rib.apply(p, vec![rx("10.1.0.0/16", "65000:100")], &[]);
+        assert_eq!(rib.count(p), (2, 1));
+        assert_eq!(rib.flush_stale(p), 1);
+        let snap = rib.snapshot();
+        assert_eq!(snap.len(), 1);
+        assert_eq!(snap.routes[0].route.prefix.to_string(), "10.1.0.0/16");
+        assert!(!snap.routes[0].stale);
+        let key = rx("10.1.0.0/16", "65000:100").key();
+        assert_eq!(rib.apply(p, vec![], &[key]).removed, 1);
+        assert_eq!(rib.clear(p), 0);
+    }
+
+    #[test]
+    fn empty_import_list_accepts_all() {
+        let rib = AdjRibIn::new(vec![]);
+        assert!(rib.accepts(&rx("10.1.0.0/16", "1:1").route));
+    }
+}

@@ -1,0 +1,547 @@
+//! The controller proper: the only stateful part. It owns, per remote datacenter, the
+//! previous choice, the hold-down timers and a cache, plus the history of changes, and
+//! wraps the pure ranking and selection. Time is passed in, never read.
+//!
+//! Anti-flap rule, per remote datacenter:
+//! - A chosen tunnel that leaves the healthy set is dropped at once, and tunnels are added
+//!   at once (in rank order) when the remaining ones no longer meet capacity, min_tunnels
+//!   or diversity.
+//! - Otherwise the chosen set changes only for the *best set*, selected from scratch with
+//!   every chosen tunnel's score improved by the margin (so a newcomer must beat it by the
+//!   margin), once the best set has differed from the chosen one continuously for
+//!   hold_down. That covers replacements and giving back tunnels no longer needed.
+//! - A tunnel healthy again after being unhealthy is "recovering" for hold_down: it is
+//!   only chosen if the settled tunnels cannot meet the need, so a tunnel whose metrics
+//!   oscillate around max_loss or max_latency does not flap in and out.
+//!
+//! Incremental work: a datacenter is recomputed only when its inputs (its tunnels, the
+//! gatewans, the headroom of the local interfaces it uses) changed, a hold-down timer
+//! runs, or its last step changed the choice; otherwise its previous output is reused.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+
+use gatewan::units::Rate;
+use gatewan_proto::v1::{ChosenTunnel, DatacenterDecision, Decision};
+
+use super::explain::{
+    Candidate, CandidateMetrics, Change, Explanation, PendingChange, RemoteExplanation, Verdict,
+};
+use super::policy::Policy;
+use super::rank::{Ranking, Scales, rank_remote};
+use super::select::{Need, Selection, Stop, Why, max_flow, select};
+use super::snapshot::{Snapshot, TunnelId, state_name};
+
+/// Changes kept in the history.
+pub const HISTORY_LEN: usize = 100;
+
+/// The decision without any history: what a controller decides on its first run.
+pub fn decide_once(snapshot: &Snapshot, policy: &Policy) -> (Decision, Explanation) {
+    Controller::new(policy.clone()).decide(snapshot, 0)
+}
+
+pub struct Controller {
+    policy: Policy,
+    scales: Scales,
+    remotes: BTreeMap<Arc<str>, RemoteState>,
+    history: VecDeque<Change>,
+    headroom: Vec<u64>,
+}
+
+#[derive(Default)]
+struct RemoteState {
+    /// The current choice, in rank order.
+    chosen: Vec<TunnelId>,
+    decided: bool,
+    /// Since when the best set has differed from the chosen one.
+    pending_since: Option<u64>,
+    unhealthy: BTreeSet<TunnelId>,
+    /// Recovering tunnels: healthy again since.
+    healthy_since: BTreeMap<TunnelId, u64>,
+    /// The last step changed nothing and runs no timer: same inputs, same output.
+    settled: bool,
+    cache: Option<Cached>,
+}
+
+struct Cached {
+    key: u64,
+    ranking: Ranking,
+    decision: DatacenterDecision,
+    explanation: Arc<RemoteExplanation>,
+}
+
+struct Step {
+    decision: DatacenterDecision,
+    explanation: RemoteExplanation,
+    change: Option<Change>,
+}
+
+fn ms_text(d_ms: u64) -> String {
+    if d_ms.is_multiple_of(1000) {
+        format!("{}s", d_ms / 1000)
+    } else {
+        format!("{d_ms}ms")
+    }
+}
+
+impl Controller {
+    pub fn new(policy: Policy) -> Self {
+        Controller {
+            scales: Scales::new(&policy),
+            policy,
+            remotes: BTreeMap::new(),
+            history: VecDeque::with_capacity(HISTORY_LEN),
+            headroom: Vec::new(),
+        }
+    }
+
+    pub fn policy(&self) -> &Policy {
+        &self.policy
+    }
+
+    /// Takes a new policy (config reload); choices and timers are kept.
+    pub fn set_policy(&mut self, policy: Policy) {
+        self.scales = Scales::new(&policy);
+        self.policy = policy;
+        self.clear_cache();
+    }
+
+    /// Takes `previous` as the current choice, e.g. after a restart, from the routes the
+    /// other bgpctl of the datacenter advertises: the hold-down then protects it as if
+    /// this controller had made it.
+    pub fn adopt(&mut self, previous: &Decision) {
+        for r in &previous.remotes {
+            let st = self
+                .remotes
+                .entry(Arc::from(r.datacenter.as_str()))
+                .or_default();
+            st.chosen = r
+                .tunnels
+                .iter()
+                .filter_map(|t| TunnelId::from_slice(&t.id))
+                .collect();
+            st.decided = true;
+            st.settled = false;
+            st.cache = None;
+        }
+    }
+
+    /// Forgets cached per-datacenter results; the next decision recomputes everything.
+    pub fn clear_cache(&mut self) {
+        for st in self.remotes.values_mut() {
+            st.cache = None;
+            st.settled = false;
+        }
+    }
+
+    /// The last changes, oldest first.
+    pub fn history(&self) -> impl ExactSizeIterator<Item = &Change> {
+        self.history.iter()
+    }
+
+    fn record(history: &mut VecDeque<Change>, change: Change) {
+        if history.len() == HISTORY_LEN {
+            history.pop_front();
+        }
+        history.push_back(change);
+    }
+
+    /// Decides for every remote datacenter of the snapshot at `now_ms` (any monotonic
+    /// clock in milliseconds).
+    pub fn decide(&mut self, snapshot: &Snapshot, now_ms: u64) -> (Decision, Explanation) {
+        let mut decision = Decision {
+            datacenter: snapshot.local_datacenter().to_string(),
+            remotes: Vec::with_capacity(snapshot.remotes.len()),
+        };
+        let mut explanation = Explanation {
+            datacenter: snapshot.local_datacenter().to_string(),
+            at_ms: now_ms,
+            remotes: Vec::with_capacity(snapshot.remotes.len()),
+            ignored: snapshot.ignored().to_vec(),
+        };
+        let mut headroom = std::mem::take(&mut self.headroom);
+        for (ri, remote) in snapshot.remotes.iter().enumerate() {
+            snapshot.local_headroom(ri, &mut headroom);
+            let mut h = DefaultHasher::new();
+            (snapshot.global_fingerprint, remote.fingerprint).hash(&mut h);
+            for &(li, _, _) in &remote.usage {
+                headroom[li as usize].hash(&mut h);
+            }
+            let key = h.finish();
+            let st = self.remotes.entry(remote.name.clone()).or_default();
+            let same_inputs = st.cache.as_ref().is_some_and(|c| c.key == key);
+            if !(same_inputs && st.settled) {
+                let ranking = match st.cache.take() {
+                    Some(c) if c.key == key => c.ranking,
+                    _ => rank_remote(snapshot, ri, &self.policy, &self.scales, &headroom),
+                };
+                let step = st.step(snapshot, ri, &ranking, &self.policy, &self.scales, now_ms);
+                if let Some(change) = step.change {
+                    Self::record(&mut self.history, change);
+                }
+                st.cache = Some(Cached {
+                    key,
+                    ranking,
+                    decision: step.decision,
+                    explanation: Arc::new(step.explanation),
+                });
+            }
+            let c = st.cache.as_ref().expect("set above");
+            decision.remotes.push(c.decision.clone());
+            explanation.remotes.push(c.explanation.clone());
+        }
+        self.headroom = headroom;
+        let Controller {
+            remotes, history, ..
+        } = self;
+        remotes.retain(|name, st| {
+            let present = snapshot
+                .remotes
+                .binary_search_by(|r| r.name.cmp(name))
+                .is_ok();
+            if !present && !st.chosen.is_empty() {
+                Self::record(
+                    history,
+                    Change {
+                        at_ms: now_ms,
+                        datacenter: name.to_string(),
+                        added: Vec::new(),
+                        removed: st.chosen.clone(),
+                        cause: "the datacenter left the mesh: none of its gatewans is known".into(),
+                    },
+                );
+            }
+            present
+        });
+        (decision, explanation)
+    }
+}
+
+impl RemoteState {
+    fn timed(&self) -> bool {
+        self.pending_since.is_some() || !self.healthy_since.is_empty()
+    }
+
+    fn step(
+        &mut self,
+        s: &Snapshot,
+        ri: usize,
+        r: &Ranking,
+        p: &Policy,
+        sc: &Scales,
+        now: u64,
+    ) -> Step {
+        let hold = u64::try_from(p.hold_down.as_millis()).unwrap_or(u64::MAX);
+        let name = &s.remotes[ri].name;
+
+        for c in &r.cands {
+            if !c.healthy() {
+                self.unhealthy.insert(c.id);
+                self.healthy_since.remove(&c.id);
+            } else if self.unhealthy.remove(&c.id) && hold > 0 {
+                self.healthy_since.insert(c.id, now);
+            }
+        }
+        self.unhealthy.retain(|id| r.position(*id).is_some());
+        self.healthy_since
+            .retain(|id, since| now.saturating_sub(*since) < hold && r.position(*id).is_some());
+        let recovering = |c: u32| self.healthy_since.contains_key(&r.cands[c as usize].id);
+
+        let mut kept = Vec::new();
+        let mut lost = Vec::new();
+        for &id in &self.chosen {
+            match r.position(id) {
+                Some(c) if r.cands[c as usize].healthy() => kept.push(c),
+                Some(c) => lost.push((id, r.cands[c as usize].rejected)),
+                None => lost.push((id, None)),
+            }
+        }
+        let settled_first: Vec<u32> = r
+            .order
+            .iter()
+            .copied()
+            .filter(|&c| !recovering(c))
+            .chain(r.order.iter().copied().filter(|&c| recovering(c)))
+            .collect();
+        let need = Need {
+            required_bps: p.required_bps(name),
+            min: p.min_tunnels as usize,
+            max: p.max_tunnels as usize,
+        };
+        let immediate = select(r, &settled_first, &kept, &need);
+        // The best set, with every chosen tunnel's score improved by the margin.
+        let effective = |c: u32| {
+            let score = r.cands[c as usize].score;
+            if kept.contains(&c) {
+                score * (1.0 - p.margin)
+            } else {
+                score
+            }
+        };
+        let mut biased = r.order.clone();
+        biased.sort_by(|&a, &b| {
+            recovering(a)
+                .cmp(&recovering(b))
+                .then(effective(a).total_cmp(&effective(b)))
+                .then(r.cands[a as usize].id.cmp(&r.cands[b as usize].id))
+        });
+        let best = select(r, &biased, &[], &need);
+
+        let mut applied = false;
+        let mut pending = None;
+        let chosen_sel: &Selection = if immediate.ids(r) == best.ids(r) {
+            self.pending_since = None;
+            &best
+        } else {
+            let since = *self.pending_since.get_or_insert(now);
+            if now.saturating_sub(since) >= hold {
+                self.pending_since = None;
+                applied = true;
+                &best
+            } else {
+                pending = Some(since);
+                &immediate
+            }
+        };
+
+        let mut set: Vec<u32> = chosen_sel.picks.iter().map(|p| p.0).collect();
+        set.sort_unstable_by_key(|&c| r.rank[c as usize]);
+        let chosen_bps = max_flow(r, &set).total;
+        let shortfall_bps = need.required_bps.saturating_sub(chosen_bps);
+
+        let applies_at = |since: u64| since.saturating_add(hold);
+        let verdict = |c: u32| -> (Verdict, Option<String>) {
+            let cand = &r.cands[c as usize];
+            if let Some(v) = cand.rejected {
+                return (v, None);
+            }
+            let why_to_verdict = |w| match w {
+                Why::Capacity => Verdict::ChosenForCapacity,
+                Why::MinTunnels => Verdict::ChosenForMinTunnels,
+                Why::Diversity => Verdict::ChosenForDiversity,
+                Why::Kept => Verdict::KeptByHoldDown,
+            };
+            if set.contains(&c) {
+                return match (best.why(c), immediate.why(c)) {
+                    (Some(w), _) => (why_to_verdict(w), None),
+                    (None, Some(Why::Kept)) | (None, None) => (
+                        Verdict::KeptByHoldDown,
+                        pending.map(|since| {
+                            format!(
+                                "a better set without it holds since {since} ms; it applies at {} ms",
+                                applies_at(since)
+                            )
+                        }),
+                    ),
+                    (None, Some(w)) => (why_to_verdict(w), None),
+                };
+            }
+            if let Some(since) = pending
+                && best.why(c).is_some()
+            {
+                return (
+                    Verdict::WaitingForHoldDown,
+                    Some(format!(
+                        "in the better set since {since} ms; chosen at {} ms if it holds",
+                        applies_at(since)
+                    )),
+                );
+            }
+            if let Some(&since) = self.healthy_since.get(&cand.id) {
+                return (
+                    Verdict::Recovering,
+                    Some(format!(
+                        "healthy again since {since} ms; eligible at {} ms",
+                        applies_at(since)
+                    )),
+                );
+            }
+            let v = match chosen_sel.stop {
+                Stop::Met => Verdict::NotNeeded,
+                Stop::MaxTunnels => Verdict::MaxTunnelsReached,
+                Stop::Exhausted => Verdict::NoCapacityLeft,
+            };
+            (v, None)
+        };
+
+        let mut candidates = Vec::with_capacity(r.cands.len());
+        let rejected = (0..r.cands.len() as u32).filter(|&c| !r.cands[c as usize].healthy());
+        for c in r.order.iter().copied().chain(rejected) {
+            let cand = &r.cands[c as usize];
+            let e = &s.tunnels[cand.tunnel as usize];
+            let m = &e.t.measurements;
+            let (v, note) = verdict(c);
+            candidates.push(Candidate {
+                tunnel: cand.id,
+                gatewan: s.gatewans[e.gatewan as usize].name.clone(),
+                peer: s.gatewans[e.peer as usize].name.clone(),
+                local_transit: s.transits[e.local_transit as usize].clone(),
+                peer_transit: s.transits[e.peer_transit as usize].clone(),
+                metrics: CandidateMetrics {
+                    state: state_name(m.state),
+                    loss_ppm: m.loss_ppm,
+                    latency_us: m.latency_us,
+                    jitter_us: m.jitter_us,
+                    reorder_ppm: m.reorder_ppm,
+                    rx_bps: m.rx_bps,
+                    tx_bps: m.tx_bps,
+                    capacity_bps: m.capacity_bps,
+                },
+                available_bps: cand.available,
+                terms: cand.score_terms(sc),
+                score: cand.score,
+                rank: (r.rank[c as usize] != u32::MAX).then(|| r.rank[c as usize] + 1),
+                chosen: v.is_chosen(),
+                verdict: v,
+                note,
+            });
+        }
+
+        let tunnels: Vec<ChosenTunnel> = set
+            .iter()
+            .map(|&c| {
+                let cand = &r.cands[c as usize];
+                let e = &s.tunnels[cand.tunnel as usize];
+                let g = &s.gatewans[e.gatewan as usize].g;
+                ChosenTunnel {
+                    id: e.t.id.0.to_vec().into(),
+                    gatewan: g.id.0.to_vec().into(),
+                    peer: e.t.peer.0.to_vec().into(),
+                    local_transit: e.t.local_transit.clone(),
+                    peer_transit: e.t.peer_transit.clone(),
+                    vtep: g.vtep.clone(),
+                    router_mac: e.t.router_mac.to_vec().into(),
+                    rd_index: e.t.rd_index,
+                    // What the tunnel could carry alone: tunnels sharing an interface then
+                    // split it in proportion. 0 means "no link-bandwidth community", so a
+                    // chosen tunnel with no headroom left still gets a token weight.
+                    weight_bps: if p.link_bandwidth {
+                        cand.available.max(1)
+                    } else {
+                        0
+                    },
+                }
+            })
+            .collect();
+
+        let pending_change = pending.map(|since| {
+            let now_ids: BTreeSet<TunnelId> = set.iter().map(|&c| r.cands[c as usize].id).collect();
+            let best_ids: BTreeSet<TunnelId> = best.ids(r).into_iter().collect();
+            PendingChange {
+                since_ms: since,
+                applies_at_ms: applies_at(since),
+                add: best_ids.difference(&now_ids).copied().collect(),
+                remove: now_ids.difference(&best_ids).copied().collect(),
+            }
+        });
+
+        let required = Rate(need.required_bps);
+        let mut summary = if r.order.is_empty() {
+            format!(
+                "no healthy tunnel: routes withdrawn, {} short",
+                Rate(shortfall_bps)
+            )
+        } else if shortfall_bps > 0 {
+            let limit = match chosen_sel.stop {
+                Stop::MaxTunnels => format!("max_tunnels ({}) reached", need.max),
+                _ => "every healthy tunnel that adds capacity is chosen".to_string(),
+            };
+            format!(
+                "{} tunnel(s) give {} of {required} required: {} short; {limit}",
+                set.len(),
+                Rate(chosen_bps),
+                Rate(shortfall_bps)
+            )
+        } else {
+            format!(
+                "{} tunnel(s) give {} for {required} required",
+                set.len(),
+                Rate(chosen_bps)
+            )
+        };
+        if let Some(pc) = &pending_change {
+            summary.push_str(&format!(
+                "; a better set holds since {} ms and applies at {} ms",
+                pc.since_ms, pc.applies_at_ms
+            ));
+        }
+
+        let new_ids: Vec<TunnelId> = set.iter().map(|&c| r.cands[c as usize].id).collect();
+        let old: BTreeSet<TunnelId> = self.chosen.iter().copied().collect();
+        let new: BTreeSet<TunnelId> = new_ids.iter().copied().collect();
+        let change = (old != new).then(|| {
+            let added: Vec<TunnelId> = new_ids.iter().copied().filter(|id| !old.contains(id)).collect();
+            let removed: Vec<TunnelId> = self
+                .chosen
+                .iter()
+                .copied()
+                .filter(|id| !new.contains(id))
+                .collect();
+            let mut causes = Vec::new();
+            if !self.decided {
+                causes.push("first decision".to_string());
+            }
+            for (id, why) in &lost {
+                causes.push(format!(
+                    "{id} left the healthy set ({})",
+                    why.map_or("no longer reported", Verdict::describe)
+                ));
+            }
+            if applied {
+                causes.push(format!(
+                    "the best set (better by the margin of {} %, or fewer tunnels meeting the need) held for hold_down ({})",
+                    (p.margin * 1000.0).round() / 10.0,
+                    ms_text(hold)
+                ));
+            } else {
+                for &(c, why) in &immediate.picks {
+                    let id = r.cands[c as usize].id;
+                    if added.contains(&id) && self.decided {
+                        let reason = match why {
+                            Why::Capacity => "capacity short",
+                            Why::MinTunnels => "min_tunnels short",
+                            Why::Diversity => "diversity",
+                            Why::Kept => continue,
+                        };
+                        causes.push(format!("{id} added: {reason}"));
+                    }
+                }
+                let dropped = removed.iter().filter(|id| !lost.iter().any(|l| l.0 == **id)).count();
+                if dropped > 0 {
+                    causes.push(format!("{dropped} dropped: above max_tunnels"));
+                }
+            }
+            Change {
+                at_ms: now,
+                datacenter: name.to_string(),
+                added,
+                removed,
+                cause: causes.join("; "),
+            }
+        });
+        self.chosen = new_ids;
+        self.decided = true;
+        self.settled = change.is_none() && !self.timed();
+
+        Step {
+            decision: DatacenterDecision {
+                datacenter: name.to_string(),
+                tunnels,
+                required_bps: need.required_bps,
+                chosen_bps,
+                shortfall_bps,
+            },
+            explanation: RemoteExplanation {
+                datacenter: name.clone(),
+                required_bps: need.required_bps,
+                chosen_bps,
+                shortfall_bps,
+                summary,
+                pending: pending_change,
+                candidates,
+            },
+            change,
+        }
+    }
+}

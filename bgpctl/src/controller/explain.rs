@@ -1,0 +1,201 @@
+//! Why each tunnel was or was not chosen: the serialisable explanation the API and
+//! `routingctl explain` render, and the history of changes.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::snapshot::{IgnoredTunnel, TunnelId};
+
+/// The outcome for one candidate tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Verdict {
+    // Chosen.
+    ChosenForCapacity,
+    ChosenForMinTunnels,
+    ChosenForDiversity,
+    KeptByHoldDown,
+    // Healthy, not chosen.
+    NotNeeded,
+    NoCapacityLeft,
+    MaxTunnelsReached,
+    WaitingForHoldDown,
+    Recovering,
+    // Not healthy: not a candidate.
+    GatewanDown,
+    PeerDown,
+    NoVtep,
+    NotEstablished,
+    LossAboveMax,
+    LatencyAboveMax,
+}
+
+impl Verdict {
+    pub fn is_chosen(self) -> bool {
+        matches!(
+            self,
+            Verdict::ChosenForCapacity
+                | Verdict::ChosenForMinTunnels
+                | Verdict::ChosenForDiversity
+                | Verdict::KeptByHoldDown
+        )
+    }
+
+    /// Healthy: established, within max_loss and max_latency, both gatewans alive.
+    pub fn is_healthy(self) -> bool {
+        !matches!(
+            self,
+            Verdict::GatewanDown
+                | Verdict::PeerDown
+                | Verdict::NoVtep
+                | Verdict::NotEstablished
+                | Verdict::LossAboveMax
+                | Verdict::LatencyAboveMax
+        )
+    }
+
+    /// One line for an operator.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Verdict::ChosenForCapacity => "chosen: needed for the required capacity",
+            Verdict::ChosenForMinTunnels => "chosen: needed for min_tunnels",
+            Verdict::ChosenForDiversity => {
+                "chosen: so that one transit or gatewan failing does not take all chosen tunnels"
+            }
+            Verdict::KeptByHoldDown => {
+                "chosen: kept by hold-down; a better set has not yet held for hold_down"
+            }
+            Verdict::NotNeeded => "not chosen: capacity, min_tunnels and diversity are met",
+            Verdict::NoCapacityLeft => {
+                "not chosen: adds no capacity, its transit interfaces are full with the chosen tunnels"
+            }
+            Verdict::MaxTunnelsReached => "not chosen: max_tunnels reached",
+            Verdict::WaitingForHoldDown => {
+                "not chosen yet: beats a chosen tunnel by the margin, replaces it after hold_down"
+            }
+            Verdict::Recovering => {
+                "not chosen: healthy again only recently, eligible after hold_down unless needed"
+            }
+            Verdict::GatewanDown => "rejected: its gatewan is down",
+            Verdict::PeerDown => "rejected: the peer gatewan is down",
+            Verdict::NoVtep => "rejected: its gatewan announces no VTEP",
+            Verdict::NotEstablished => "rejected: not established",
+            Verdict::LossAboveMax => "rejected: loss above max_loss",
+            Verdict::LatencyAboveMax => "rejected: latency above max_latency",
+        }
+    }
+}
+
+/// One score term: the measured value normalised to 0 (best) ..= 1 (worst), and its share
+/// of the score (normalised value × weight ÷ sum of weights).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Term {
+    pub value: f64,
+    pub weighted: f64,
+}
+
+/// The terms of a score; their `weighted` parts add up to the score.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ScoreTerms {
+    /// latency ÷ max_latency
+    pub latency: Term,
+    /// jitter ÷ max_latency
+    pub jitter: Term,
+    /// loss ÷ max_loss
+    pub loss: Term,
+    /// 1 − available ÷ tunnel capacity
+    pub usage: Term,
+    /// (local + peer transit cost) ÷ (2 × highest transit cost in the mesh)
+    pub cost: Term,
+}
+
+/// The measurements of a candidate, as its gatewan gossiped them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CandidateMetrics {
+    pub state: &'static str,
+    pub loss_ppm: u32,
+    pub latency_us: u32,
+    pub jitter_us: u32,
+    pub reorder_ppm: u32,
+    pub rx_bps: u64,
+    pub tx_bps: u64,
+    pub capacity_bps: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Candidate {
+    pub tunnel: TunnelId,
+    /// The local gatewan that owns the tunnel.
+    pub gatewan: Arc<str>,
+    pub peer: Arc<str>,
+    pub local_transit: Arc<str>,
+    pub peer_transit: Arc<str>,
+    pub metrics: CandidateMetrics,
+    /// What the tunnel could carry alone: its capacity, bounded by the headroom of its
+    /// local transit interface (capacity − usage by tunnels to other datacenters) and the
+    /// capacity of the peer's transit. Its link-bandwidth weight when chosen.
+    pub available_bps: u64,
+    pub terms: ScoreTerms,
+    /// 0 is a perfect tunnel; lower is better.
+    pub score: f64,
+    /// Position among the healthy candidates, 1 = best; none when not healthy.
+    pub rank: Option<u32>,
+    pub chosen: bool,
+    pub verdict: Verdict,
+    /// Times behind a hold-down verdict.
+    pub note: Option<String>,
+}
+
+/// A change to the chosen set that waits for hold-down.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PendingChange {
+    pub since_ms: u64,
+    pub applies_at_ms: u64,
+    pub add: Vec<TunnelId>,
+    pub remove: Vec<TunnelId>,
+}
+
+/// Why the tunnels toward one remote datacenter are what they are.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RemoteExplanation {
+    pub datacenter: Arc<str>,
+    pub required_bps: u64,
+    pub chosen_bps: u64,
+    pub shortfall_bps: u64,
+    pub summary: String,
+    pub pending: Option<PendingChange>,
+    /// Healthy candidates in rank order, then the others by tunnel id.
+    pub candidates: Vec<Candidate>,
+}
+
+/// The explanation of one decision.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Explanation {
+    /// The local datacenter.
+    pub datacenter: String,
+    pub at_ms: u64,
+    /// Sorted by datacenter name.
+    pub remotes: Vec<Arc<RemoteExplanation>>,
+    /// Reported tunnels that are not candidates.
+    pub ignored: Vec<IgnoredTunnel>,
+}
+
+impl Explanation {
+    pub fn remote(&self, datacenter: &str) -> Option<&RemoteExplanation> {
+        self.remotes
+            .iter()
+            .find(|r| &*r.datacenter == datacenter)
+            .map(|r| &**r)
+    }
+}
+
+/// One change of the tunnels chosen toward a remote datacenter.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Change {
+    pub at_ms: u64,
+    pub datacenter: String,
+    pub added: Vec<TunnelId>,
+    pub removed: Vec<TunnelId>,
+    pub cause: String,
+}

@@ -1,0 +1,367 @@
+//! Selection, pure: from ranked candidates, the tunnels that meet a remote datacenter's
+//! need (required capacity, min_tunnels) within max_tunnels, spread so that one transit
+//! or one gatewan failing never takes all chosen tunnels when an alternative exists.
+//!
+//! Capacity is counted per transit interface, not per tunnel: with pairing `all`, every
+//! local transit interface carries one tunnel per remote gatewan and remote transit, so
+//! summing tunnel capacities would count each interface many times. The capacity of a set
+//! is the maximum flow through it (see [`max_flow`]); a candidate that would not raise it
+//! is not picked for capacity.
+//!
+//! Picks follow the rank while more than one tunnel is still needed for capacity. Then
+//! diversity: a failure domain is a local gatewan, a peer gatewan, or a transit name at
+//! either end (a provider outage takes every tunnel that uses it at either end). While all
+//! chosen tunnels share a domain that some healthy candidate avoids, the pick that could
+//! complete the need (and the last slot below max_tunnels) goes to the candidate avoiding
+//! the most such shared domains (then the one adding capacity, then the best ranked).
+//! This holds even when capacity and min_tunnels are met by one tunnel: then a second,
+//! diverse tunnel is chosen; only max_tunnels stops it (`max_tunnels: 1` runs a single
+//! tunnel).
+
+use super::rank::Ranking;
+use super::snapshot::TunnelId;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Need {
+    pub required_bps: u64,
+    pub min: usize,
+    pub max: usize,
+}
+
+/// Why a candidate entered a selection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Why {
+    /// Given as a seed: it was chosen before.
+    Kept,
+    Capacity,
+    MinTunnels,
+    Diversity,
+}
+
+/// Why a selection stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// Capacity and min_tunnels are met, and diversity as far as the candidates allow.
+    Met,
+    /// max_tunnels reached with something still unmet.
+    MaxTunnels,
+    /// Capacity or min_tunnels unmet, and no candidate left that helps.
+    Exhausted,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Selection {
+    pub picks: Vec<(u32, Why)>,
+    pub stop: Stop,
+}
+
+impl Selection {
+    pub fn why(&self, c: u32) -> Option<Why> {
+        self.picks.iter().find(|p| p.0 == c).map(|p| p.1)
+    }
+
+    pub fn ids(&self, r: &Ranking) -> Vec<TunnelId> {
+        let mut ids: Vec<TunnelId> = self
+            .picks
+            .iter()
+            .map(|p| r.cands[p.0 as usize].id)
+            .collect();
+        ids.sort_unstable();
+        ids
+    }
+}
+
+/// The capacity of a set of tunnels: the maximum flow from the local transit interfaces
+/// (each bounded by its headroom) through the tunnels (each bounded by its capacity) to
+/// the remote transit interfaces (each bounded by its capacity). It depends on the set
+/// only, never on the order of the scores, so re-ranking alone never looks like a loss
+/// of capacity.
+#[derive(Debug, Clone)]
+pub(crate) struct Flow {
+    pub total: u64,
+    /// Local interfaces with headroom left for one more tunnel (reachable from the source
+    /// in the residual network), and remote interfaces that could still take traffic
+    /// (reaching the sink).
+    local: Vec<(u32, bool)>,
+    remote: Vec<(u32, bool)>,
+}
+
+impl Flow {
+    /// Whether adding candidate `c` to the set raises the capacity: it does exactly when
+    /// the residual network has a path source → its local interface → its remote
+    /// interface → sink.
+    pub fn grows_with(&self, r: &Ranking, c: u32) -> bool {
+        let cand = &r.cands[c as usize];
+        let local_ok = match self.local.iter().find(|l| l.0 == cand.local_iface) {
+            Some(l) => l.1,
+            None => cand.local_budget > 0,
+        };
+        let remote_ok = match self.remote.iter().find(|x| x.0 == cand.remote_iface) {
+            Some(x) => x.1,
+            None => cand.remote_budget > 0,
+        };
+        cand.capacity > 0 && local_ok && remote_ok
+    }
+}
+
+/// Edmonds–Karp on the small network of a set (a handful of tunnels).
+pub(crate) fn max_flow(r: &Ranking, set: &[u32]) -> Flow {
+    const SOURCE: usize = 0;
+    const SINK: usize = 1;
+    let mut local: Vec<u32> = Vec::new();
+    let mut remote: Vec<u32> = Vec::new();
+    // (from, to, residual capacity); edge i and i ^ 1 are each other's reverse.
+    let mut edges: Vec<(usize, usize, u64)> = Vec::new();
+    let add = |edges: &mut Vec<(usize, usize, u64)>, a: usize, b: usize, cap: u64| {
+        edges.push((a, b, cap));
+        edges.push((b, a, 0));
+    };
+    for &c in set {
+        let cand = &r.cands[c as usize];
+        if !local.contains(&cand.local_iface) {
+            local.push(cand.local_iface);
+        }
+        if !remote.contains(&cand.remote_iface) {
+            remote.push(cand.remote_iface);
+        }
+    }
+    let local_node = |i: u32| 2 + local.iter().position(|&l| l == i).expect("collected");
+    let remote_node =
+        |i: u32| 2 + local.len() + remote.iter().position(|&x| x == i).expect("collected");
+    for &l in &local {
+        let budget = set
+            .iter()
+            .map(|&c| &r.cands[c as usize])
+            .find(|c| c.local_iface == l)
+            .map_or(0, |c| c.local_budget);
+        add(&mut edges, SOURCE, local_node(l), budget);
+    }
+    for &c in set {
+        let cand = &r.cands[c as usize];
+        add(
+            &mut edges,
+            local_node(cand.local_iface),
+            remote_node(cand.remote_iface),
+            cand.capacity,
+        );
+    }
+    for &x in &remote {
+        let budget = set
+            .iter()
+            .map(|&c| &r.cands[c as usize])
+            .find(|c| c.remote_iface == x)
+            .map_or(0, |c| c.remote_budget);
+        add(&mut edges, remote_node(x), SINK, budget);
+    }
+    let nodes = 2 + local.len() + remote.len();
+    let mut total = 0u64;
+    let mut via = vec![usize::MAX; nodes];
+    let mut queue = std::collections::VecDeque::new();
+    loop {
+        via.fill(usize::MAX);
+        via[SOURCE] = edges.len();
+        queue.clear();
+        queue.push_back(SOURCE);
+        while let Some(u) = queue.pop_front() {
+            for (i, e) in edges.iter().enumerate() {
+                if e.0 == u && e.2 > 0 && via[e.1] == usize::MAX {
+                    via[e.1] = i;
+                    queue.push_back(e.1);
+                }
+            }
+        }
+        if via[SINK] == usize::MAX {
+            break;
+        }
+        let mut bottleneck = u64::MAX;
+        let mut v = SINK;
+        while v != SOURCE {
+            let e = edges[via[v]];
+            bottleneck = bottleneck.min(e.2);
+            v = e.0;
+        }
+        let mut v = SINK;
+        while v != SOURCE {
+            let i = via[v];
+            edges[i].2 -= bottleneck;
+            edges[i ^ 1].2 = edges[i ^ 1].2.saturating_add(bottleneck);
+            v = edges[i].0;
+        }
+        total = total.saturating_add(bottleneck);
+    }
+    // `via` now marks what the source reaches; walk backwards for what reaches the sink.
+    let mut to_sink = vec![false; nodes];
+    to_sink[SINK] = true;
+    queue.clear();
+    queue.push_back(SINK);
+    while let Some(v) = queue.pop_front() {
+        for e in &edges {
+            if e.1 == v && e.2 > 0 && !to_sink[e.0] {
+                to_sink[e.0] = true;
+                queue.push_back(e.0);
+            }
+        }
+    }
+    Flow {
+        total,
+        local: local
+            .iter()
+            .map(|&l| (l, via[local_node(l)] != usize::MAX))
+            .collect(),
+        remote: remote
+            .iter()
+            .map(|&x| (x, to_sink[remote_node(x)]))
+            .collect(),
+    }
+}
+
+/// A failure domain all chosen tunnels share while a healthy candidate avoids it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Shared {
+    Gatewan(u32),
+    Peer(u32),
+    Transit(u32),
+}
+
+fn shared_domains(r: &Ranking, set: &[u32], healthy: &[u32]) -> Vec<Shared> {
+    let mut out = Vec::new();
+    let Some(&first) = set.first() else {
+        return out;
+    };
+    let c = |i: u32| &r.cands[i as usize];
+    let f = c(first);
+    if set.iter().all(|&s| c(s).gatewan == f.gatewan)
+        && healthy.iter().any(|&h| c(h).gatewan != f.gatewan)
+    {
+        out.push(Shared::Gatewan(f.gatewan));
+    }
+    if set.iter().all(|&s| c(s).peer == f.peer) && healthy.iter().any(|&h| c(h).peer != f.peer) {
+        out.push(Shared::Peer(f.peer));
+    }
+    let mut transits = vec![f.local_transit];
+    if f.peer_transit != f.local_transit {
+        transits.push(f.peer_transit);
+    }
+    for t in transits {
+        if set.iter().all(|&s| c(s).uses_transit(t))
+            && healthy.iter().any(|&h| !c(h).uses_transit(t))
+        {
+            out.push(Shared::Transit(t));
+        }
+    }
+    out
+}
+
+fn avoided(r: &Ranking, c: u32, shared: &[Shared]) -> usize {
+    let cand = &r.cands[c as usize];
+    shared
+        .iter()
+        .filter(|d| match **d {
+            Shared::Gatewan(g) => cand.gatewan != g,
+            Shared::Peer(p) => cand.peer != p,
+            Shared::Transit(t) => !cand.uses_transit(t),
+        })
+        .count()
+}
+
+/// Selects from `order` (healthy candidates, most preferred first), starting from `seed`
+/// (candidates chosen before, kept while healthy and within max_tunnels).
+pub(crate) fn select(r: &Ranking, order: &[u32], seed: &[u32], need: &Need) -> Selection {
+    let rank = |c: u32| r.rank[c as usize];
+    let mut set: Vec<u32> = seed
+        .iter()
+        .copied()
+        .filter(|&c| rank(c) != u32::MAX)
+        .collect();
+    set.sort_unstable_by_key(|&c| rank(c));
+    set.dedup();
+    set.truncate(need.max);
+    let mut picks: Vec<(u32, Why)> = set.iter().map(|&c| (c, Why::Kept)).collect();
+    let mut in_set = vec![false; r.cands.len()];
+    for &c in &set {
+        in_set[c as usize] = true;
+    }
+    let stop = loop {
+        let flow = max_flow(r, &set);
+        let capacity_short = flow.total < need.required_bps;
+        let min_short = set.len() < need.min;
+        let shared = shared_domains(r, &set, order);
+        if !capacity_short && !min_short && shared.is_empty() {
+            break Stop::Met;
+        }
+        if set.len() >= need.max {
+            break Stop::MaxTunnels;
+        }
+        let adds = |c: u32| flow.grows_with(r, c);
+        let first_adding = || {
+            order
+                .iter()
+                .copied()
+                .find(|&c| !in_set[c as usize] && adds(c))
+        };
+        let mut pick = None;
+        // While more than one tunnel is still needed for capacity, picks follow the rank:
+        // they may well spread the set on their own. Diversity takes the pick that could
+        // complete the need, and the last slot below max_tunnels.
+        if capacity_short && let Some(c) = first_adding() {
+            let last_slot = set.len() + 1 >= need.max;
+            let completes = || {
+                let mut with = set.clone();
+                with.push(c);
+                max_flow(r, &with).total >= need.required_bps
+            };
+            if shared.is_empty() || (!last_slot && !completes()) {
+                pick = Some((c, Why::Capacity));
+            }
+        }
+        if pick.is_none() && !shared.is_empty() {
+            // (domains avoided, adds capacity, candidate); earlier in `order` wins ties.
+            let mut best: Option<(usize, bool, u32)> = None;
+            for &c in order {
+                if in_set[c as usize] {
+                    continue;
+                }
+                let n = avoided(r, c, &shared);
+                if n == 0 {
+                    continue;
+                }
+                best = match best {
+                    Some((bn, _, _)) if n < bn => best,
+                    Some((bn, true, _)) if n == bn => best,
+                    Some((bn, false, _)) if n == bn => {
+                        if adds(c) {
+                            Some((n, true, c))
+                        } else {
+                            best
+                        }
+                    }
+                    _ => Some((n, adds(c), c)),
+                };
+            }
+            pick = best.map(|b| (b.2, Why::Diversity));
+        }
+        if pick.is_none() && capacity_short {
+            pick = first_adding().map(|c| (c, Why::Capacity));
+        }
+        if pick.is_none() && min_short {
+            let free = order.iter().copied().filter(|&c| !in_set[c as usize]);
+            pick = free
+                .clone()
+                .find(|&c| adds(c))
+                .or_else(|| free.clone().next())
+                .map(|c| (c, Why::MinTunnels));
+        }
+        let Some((c, why)) = pick else {
+            break if capacity_short || min_short {
+                Stop::Exhausted
+            } else {
+                Stop::Met
+            };
+        };
+        in_set[c as usize] = true;
+        let at = set.partition_point(|&s| rank(s) < rank(c));
+        set.insert(at, c);
+        picks.push((c, why));
+    };
+    Selection { picks, stop }
+}
