@@ -4,8 +4,14 @@
 //!   Adj-RIB-Out (minimal UPDATEs) and Adj-RIB-In (import route targets).
 //! - `controller`: pure decision code: from a mesh snapshot and a policy, the tunnels that
 //!   carry traffic to each remote datacenter, and why.
+//! - `export`: decision → type-5 routes, fabric routes → the datacenter's networks (pure).
+//! - `config` (`bgpctl.yaml`), `daemon` (the decision loop), `api` (gRPC for routingctl).
 //!
 //! bgpctl joins the gatewans' mesh with role `bgpctl` through `gatewan::mesh`.
 
+pub mod api;
 pub mod bgp;
+pub mod config;
 pub mod controller;
+pub mod daemon;
+pub mod export;

@@ -636,12 +636,23 @@ pub struct GatewanConfig {
     pub tunnels: Option<TunnelsConfig>,
     #[serde(default)]
     pub probe: ProbeConfig,
+    /// The gatewan's side of the datacenter's VXLAN fabric.
+    #[serde(default)]
+    pub fabric: Option<FabricConfig>,
     #[serde(default)]
     pub api: ApiConfig,
     #[serde(default)]
     pub metrics: MetricsConfig,
     #[serde(default)]
     pub log: LogConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FabricConfig {
+    /// The gatewan's VXLAN tunnel endpoint in the fabric: bgpctl advertises the remote
+    /// datacenters' prefixes with it as next hop.
+    pub vtep: Spanned<String>,
 }
 
 /// A transit once validated.
@@ -666,6 +677,8 @@ pub struct GatewanPlan {
     pub tunnels: Option<TunnelsPlan>,
     pub api_socket: PathBuf,
     pub metrics_listen: Option<SocketAddr>,
+    /// The VTEP announced in the NodeRecord (`fabric.vtep`).
+    pub vtep: Option<IpAddr>,
     pub log_format: LogFormat,
     pub log_level: Option<String>,
 }
@@ -743,6 +756,23 @@ impl GatewanConfig {
             transits.iter().flat_map(|t| t.addresses.clone()).collect();
         let mesh = self.mesh.plan(&mut c, &transit_addrs);
         let metrics_listen = self.metrics.plan(&mut c);
+        let vtep = self
+            .fabric
+            .as_ref()
+            .and_then(|f| match f.vtep.value.parse::<IpAddr>() {
+                Ok(ip) if !ip.is_unspecified() && !ip.is_multicast() => Some(ip),
+                _ => {
+                    c.error(
+                        Some(&f.vtep),
+                        "fabric.vtep",
+                        format!(
+                            "{:?} is not a unicast IP address (the gatewan's VTEP)",
+                            f.vtep.value
+                        ),
+                    );
+                    None
+                }
+            });
         c.finish()?;
         let mesh = mesh.expect("mesh plan exists when there is no error");
         Ok(GatewanPlan {
@@ -758,6 +788,7 @@ impl GatewanConfig {
                 .clone()
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_API_SOCKET)),
             metrics_listen,
+            vtep,
             log_format: self.log.format,
             log_level: self.log.level.clone(),
         })

@@ -106,6 +106,7 @@ async fn run(plan: gatewan::config::GatewanPlan) -> anyhow::Result<()> {
                 .collect(),
             wireguard_public_key: public_key.clone().into(),
             tunnel_slot: plan.tunnels.as_ref().map(|t| t.slot),
+            vtep: plan.vtep.map(|v| v.to_string()).unwrap_or_default(),
             ..Default::default()
         },
     )

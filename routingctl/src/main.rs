@@ -54,6 +54,27 @@ enum Command {
         #[arg(long, value_parser = ["Established", "Degraded", "Down"], ignore_case = true)]
         state: Option<String>,
     },
+    /// BGP sessions of a bgpctl (`--socket /run/bgpctl/bgpctl.sock`): state, uptime,
+    /// prefixes received and sent, last error.
+    Peers,
+    /// Type-5 routes of a bgpctl, advertised to the fabric and received from it.
+    Routes {
+        /// Only the routes bgpctl advertises.
+        #[arg(long, conflicts_with = "received")]
+        advertised: bool,
+        /// Only the routes bgpctl received (after the import route targets).
+        #[arg(long)]
+        received: bool,
+        /// Only routes for this prefix, e.g. 10.2.0.0/16.
+        #[arg(long)]
+        prefix: Option<String>,
+    },
+    /// Why the controller of a bgpctl chose each tunnel or not, and its recent changes.
+    Explain {
+        /// Only this remote datacenter.
+        #[arg(long)]
+        datacenter: Option<String>,
+    },
     /// The mesh keyring of the daemon (rotation: install everywhere, use everywhere,
     /// remove the old key everywhere).
     #[command(subcommand)]
@@ -97,6 +118,21 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+fn bgp(
+    channel: &tonic::transport::Channel,
+) -> v1::bgp_client::BgpClient<tonic::transport::Channel> {
+    v1::bgp_client::BgpClient::new(channel.clone())
+}
+
+fn not_bgpctl(s: tonic::Status) -> anyhow::Error {
+    match s.code() {
+        tonic::Code::Unimplemented => anyhow::anyhow!(
+            "this daemon is not a bgpctl (ask bgpctl's socket: --socket /run/bgpctl/bgpctl.sock)"
+        ),
+        _ => anyhow::anyhow!("{}", s.message()),
     }
 }
 
@@ -164,6 +200,44 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 })
                 .collect();
             output::tunnels(&list, cli.output)
+        }
+        Command::Peers => {
+            let r = bgp(&mesh_channel)
+                .list_peers(v1::ListPeersRequest {})
+                .await
+                .map_err(not_bgpctl)?
+                .into_inner();
+            output::peers(&r.peers, cli.output)
+        }
+        Command::Routes {
+            advertised,
+            received,
+            prefix,
+        } => {
+            let direction = match (advertised, received) {
+                (true, _) => v1::RouteDirection::Advertised,
+                (_, true) => v1::RouteDirection::Received,
+                _ => v1::RouteDirection::Unspecified,
+            };
+            let r = bgp(&mesh_channel)
+                .list_routes(v1::ListRoutesRequest {
+                    direction: direction as i32,
+                    prefix: prefix.unwrap_or_default(),
+                })
+                .await
+                .map_err(not_bgpctl)?
+                .into_inner();
+            output::routes(&r.routes, cli.output)
+        }
+        Command::Explain { datacenter } => {
+            let r = bgp(&mesh_channel)
+                .explain(v1::ExplainRequest {
+                    datacenter: datacenter.unwrap_or_default(),
+                })
+                .await
+                .map_err(not_bgpctl)?
+                .into_inner();
+            output::explain(&r.explanation_json, &r.history_json, cli.output)
         }
         Command::Keyring(k) => {
             let r = match k {

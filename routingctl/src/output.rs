@@ -397,3 +397,214 @@ pub fn tunnels(list: &[v1::TunnelInfo], f: Format) -> anyhow::Result<String> {
         }
     }
 }
+
+#[derive(Serialize)]
+struct Peer {
+    address: String,
+    asn: u32,
+    state: String,
+    /// RFC 3339, UTC; absent when not Established.
+    established_since: Option<String>,
+    uptime_s: u64,
+    router_id: String,
+    hold_time_s: u32,
+    prefixes_received: u64,
+    prefixes_stale: u64,
+    prefixes_sent: u64,
+    updates_received: u64,
+    updates_sent: u64,
+    last_error: String,
+    treat_as_withdraw: u64,
+    attributes_discarded: u64,
+    malformed_resets: u64,
+}
+
+fn uptime(s: u64) -> String {
+    if s == 0 {
+        return "-".into();
+    }
+    let (d, h, m) = (s / 86400, s / 3600 % 24, s / 60 % 60);
+    if d > 0 {
+        format!("{d}d{h:02}h{m:02}m")
+    } else {
+        format!("{h:02}:{m:02}:{:02}", s % 60)
+    }
+}
+
+/// `routingctl peers`: the BGP sessions of a bgpctl.
+pub fn peers(list: &[v1::BgpPeer], f: Format) -> anyhow::Result<String> {
+    let view: Vec<Peer> = list
+        .iter()
+        .map(|p| Peer {
+            address: p.address.clone(),
+            asn: p.asn,
+            state: p.state.clone(),
+            established_since: rfc3339(p.established_since_unix_ms),
+            uptime_s: p.uptime_s,
+            router_id: p.router_id.clone(),
+            hold_time_s: p.hold_time_s,
+            prefixes_received: p.prefixes_received,
+            prefixes_stale: p.prefixes_stale,
+            prefixes_sent: p.prefixes_sent,
+            updates_received: p.updates_received,
+            updates_sent: p.updates_sent,
+            last_error: p.last_error.clone(),
+            treat_as_withdraw: p.treat_as_withdraw,
+            attributes_discarded: p.attributes_discarded,
+            malformed_resets: p.malformed_resets,
+        })
+        .collect();
+    if !matches!(f, Format::Table) {
+        return render(&view, f);
+    }
+    let rows = view
+        .iter()
+        .map(|p| {
+            vec![
+                p.address.clone(),
+                p.asn.to_string(),
+                p.state.clone(),
+                uptime(p.uptime_s),
+                format!("{}/{}", p.prefixes_received, p.prefixes_sent),
+                if p.last_error.is_empty() {
+                    "-".into()
+                } else {
+                    p.last_error.clone()
+                },
+            ]
+        })
+        .collect();
+    Ok(table(
+        &["PEER", "AS", "STATE", "UPTIME", "RCVD/SENT", "LAST ERROR"],
+        rows,
+    ))
+}
+
+#[derive(Serialize)]
+struct Route {
+    direction: String,
+    rd: String,
+    prefix: String,
+    next_hop: String,
+    router_mac: String,
+    vni: u32,
+    route_targets: Vec<String>,
+    /// Bits per second; absent without the link-bandwidth community.
+    link_bandwidth_bps: Option<u64>,
+    /// The peer it was received from.
+    peer: Option<String>,
+    stale: bool,
+}
+
+/// `routingctl routes`: type-5 routes, in GoBGP's notation as the Criteo talk showed them.
+pub fn routes(list: &[v1::BgpRoute], f: Format) -> anyhow::Result<String> {
+    let view: Vec<Route> = list
+        .iter()
+        .map(|r| Route {
+            direction: r.direction.clone(),
+            rd: r.rd.clone(),
+            prefix: r.prefix.clone(),
+            next_hop: r.next_hop.clone(),
+            router_mac: r.router_mac.clone(),
+            vni: r.vni,
+            route_targets: r.route_targets.clone(),
+            link_bandwidth_bps: (r.link_bandwidth_bps > 0).then_some(r.link_bandwidth_bps),
+            peer: (!r.peer.is_empty()).then(|| r.peer.clone()),
+            stale: r.stale,
+        })
+        .collect();
+    if !matches!(f, Format::Table) {
+        return render(&view, f);
+    }
+    let mut out = String::new();
+    for r in &view {
+        let mut comms = vec![format!("router's mac: {}", r.router_mac)];
+        comms.push("encap: VXLAN".into());
+        comms.extend(r.route_targets.iter().map(|t| format!("rt: {t}")));
+        if let Some(bw) = r.link_bandwidth_bps {
+            comms.push(format!("link-bandwidth: {}", rate(bw)));
+        }
+        let mark = match (r.direction.as_str(), r.stale) {
+            ("advertised", _) => "*>",
+            (_, true) => "S ",
+            _ => "* ",
+        };
+        let from = r
+            .peer
+            .as_ref()
+            .map(|p| format!(" from {p}"))
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "{mark} [type:Prefix][rd:{}][prefix:{}] [{}] {} [{{Extcomms: [{}]}}]{from}\n",
+            r.rd,
+            r.prefix,
+            r.vni,
+            r.next_hop,
+            comms.join("], [")
+        ));
+    }
+    Ok(out)
+}
+
+/// `routingctl explain`: the controller's explanation (JSON from bgpctl) as YAML, JSON or
+/// a table of candidates per remote datacenter.
+pub fn explain(explanation_json: &str, history_json: &str, f: Format) -> anyhow::Result<String> {
+    let explanation: serde_json::Value = serde_json::from_str(explanation_json)?;
+    let history: serde_json::Value = serde_json::from_str(history_json)?;
+    if !matches!(f, Format::Table) {
+        let both = serde_json::json!({ "explanation": explanation, "history": history });
+        return render(&both, f);
+    }
+    let s = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        serde_json::Value::Null => "-".into(),
+        other => other.to_string(),
+    };
+    let mut out = String::new();
+    for r in explanation["remotes"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "datacenter {}: required {}, chosen {}{}\n",
+            s(&r["datacenter"]),
+            rate(r["required_bps"].as_u64().unwrap_or(0)),
+            rate(r["chosen_bps"].as_u64().unwrap_or(0)),
+            match r["shortfall_bps"].as_u64() {
+                Some(x) if x > 0 => format!(", SHORT by {}", rate(x)),
+                _ => String::new(),
+            }
+        ));
+        let rows = r["candidates"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| {
+                vec![
+                    s(&c["rank"]),
+                    if c["chosen"].as_bool() == Some(true) {
+                        "yes".into()
+                    } else {
+                        "no".into()
+                    },
+                    s(&c["tunnel"]),
+                    s(&c["gatewan"]),
+                    format!("{}→{}", s(&c["local_transit"]), s(&c["peer_transit"])),
+                    c["score"]
+                        .as_f64()
+                        .map_or("-".into(), |x| format!("{x:.3}")),
+                    s(&c["verdict"]),
+                ]
+            })
+            .collect();
+        out.push_str(&table(
+            &[
+                "RANK", "CHOSEN", "TUNNEL", "GATEWAN", "TRANSITS", "SCORE", "WHY",
+            ],
+            rows,
+        ));
+        out.push('\n');
+    }
+    let changes = history.as_array().map_or(0, Vec::len);
+    out.push_str(&format!(
+        "{changes} decision changes in history (-o yaml shows them)\n"
+    ));
+    Ok(out)
+}

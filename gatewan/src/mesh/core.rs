@@ -136,6 +136,11 @@ impl MeshSettings {
     }
 }
 
+/// An address heard from within this is taken as reachable for anti-entropy.
+const HEARD_FOR_MS: u64 = 30_000;
+/// Bounds the `heard` map (a few addresses per member).
+const MAX_HEARD: usize = 8192;
+
 /// Why a datagram was dropped; each reason has a counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DropReason {
@@ -397,6 +402,8 @@ pub struct MeshCore {
     last_version: u64,
     members: HashMap<NodeId, MemberInfo>,
     members_changed: bool,
+    /// When an authenticated datagram last came from each address.
+    heard: HashMap<SocketAddr, u64>,
     /// foca's max_transmissions now, resized with the membership.
     max_transmissions: u8,
     out: Vec<Output>,
@@ -452,6 +459,7 @@ impl MeshCore {
             last_version: 0,
             members: HashMap::new(),
             members_changed: false,
+            heard: HashMap::new(),
             max_transmissions: 0,
             out: Vec::new(),
             rt: SwimRuntime::default(),
@@ -612,6 +620,10 @@ impl MeshCore {
         let Some((&tag, body)) = opened.payload.split_first() else {
             return self.drop_datagram(DropReason::Invalid, from, now_ms);
         };
+        // Authenticated and fresh: this address reaches us (see `heard`).
+        if self.heard.len() < MAX_HEARD || self.heard.contains_key(&from) {
+            self.heard.insert(from, now_ms);
+        }
         match tag {
             TAG_SWIM => {
                 let mut rt = std::mem::take(&mut self.rt);
@@ -643,8 +655,19 @@ impl MeshCore {
                 self.flush_swim(now_ms);
             }
             CoreTimer::AntiEntropy => {
-                let peers: Vec<MemberId> =
-                    self.swim.iter_members().map(|m| m.id().clone()).collect();
+                // Sync with a member we have heard from lately when there is one: in a mesh
+                // where some members cannot reach each other (a bgpctl on a fabric reaches
+                // its own datacenter's gatewans only), a random pick wastes most rounds on
+                // members that never answer.
+                let horizon = now_ms.saturating_sub(HEARD_FOR_MS);
+                self.heard.retain(|_, &mut t| t >= horizon);
+                let all: Vec<MemberId> = self.swim.iter_members().map(|m| m.id().clone()).collect();
+                let reachable: Vec<MemberId> = all
+                    .iter()
+                    .filter(|m| m.addrs.iter().any(|a| self.heard.contains_key(a)))
+                    .cloned()
+                    .collect();
+                let peers = if reachable.is_empty() { all } else { reachable };
                 if !peers.is_empty() {
                     let peer = peers[self.rng.random_range(0..peers.len())].clone();
                     self.send_hello(&peer.addrs, now_ms);

@@ -34,7 +34,7 @@ async fn apply_step(system: &System, step: &Step) -> std::io::Result<()> {
 }
 use futures_util::StreamExt as _;
 
-use super::plan::{GatewanView, PlanSettings, PlannedTunnel, TransitView, plan};
+use super::plan::{GatewanView, PlanSettings, PlannedTunnel, plan};
 use super::reconcile::{Step, WantedTunnel, steps};
 use super::system::{System, WireguardMode};
 use crate::mesh::driver::{MeshHandle, MeshView};
@@ -122,27 +122,10 @@ fn gatewans(view: &MeshView, local: &GatewanView) -> Vec<GatewanView> {
         let Some(n) = view.store.node(m.id.node) else {
             continue;
         };
-        let (Some(slot), true) = (n.tunnel_slot, n.wireguard_public_key.len() == 32) else {
-            continue;
-        };
-        if n.role != v1::Role::Gatewan as i32 {
-            continue;
+        if let Some(g) = GatewanView::from_record(m.id.node, n).filter(|g| g.public_key.len() == 32)
+        {
+            out.push(g);
         }
-        out.push(GatewanView {
-            id: m.id.node,
-            name: n.name.clone(),
-            datacenter: n.datacenter.clone(),
-            slot,
-            transits: n
-                .transits
-                .iter()
-                .map(|t| TransitView {
-                    name: t.name.clone(),
-                    addresses: t.addresses.iter().filter_map(|a| a.parse().ok()).collect(),
-                })
-                .collect(),
-            public_key: n.wireguard_public_key.to_vec(),
-        });
     }
     out
 }
@@ -169,9 +152,8 @@ fn mac_string(m: &[u8; 6]) -> String {
 /// The route distinguisher of a tunnel (type 0): an administrator field derived from the
 /// tunnel id and the tunnel index as assigned number, unique because the index is.
 pub fn route_distinguisher(t: &PlannedTunnel) -> String {
-    let h = blake3::hash(t.id.as_bytes());
-    let admin = u16::from_be_bytes([h.as_bytes()[0], h.as_bytes()[1]]);
-    format!("{admin}:{}", t.rd_index)
+    let (admin, assigned) = super::plan::route_distinguisher(&t.id, t.rd_index);
+    format!("{admin}:{assigned}")
 }
 
 fn capacity(t: &PlannedTunnel, cfg: &ManagerConfig, view: &MeshView) -> u64 {

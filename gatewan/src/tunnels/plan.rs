@@ -138,6 +138,31 @@ pub struct GatewanView {
     pub public_key: Vec<u8>,
 }
 
+impl GatewanView {
+    /// The planner's view of a gatewan's NodeRecord; None for a member that is not a
+    /// gatewan or has announced no tunnel slot.
+    pub fn from_record(id: NodeId, n: &gatewan_proto::v1::NodeRecord) -> Option<GatewanView> {
+        if n.role != gatewan_proto::v1::Role::Gatewan as i32 {
+            return None;
+        }
+        Some(GatewanView {
+            id,
+            name: n.name.clone(),
+            datacenter: n.datacenter.clone(),
+            slot: n.tunnel_slot?,
+            transits: n
+                .transits
+                .iter()
+                .map(|t| TransitView {
+                    name: t.name.clone(),
+                    addresses: t.addresses.iter().filter_map(|a| a.parse().ok()).collect(),
+                })
+                .collect(),
+            public_key: n.wireguard_public_key.to_vec(),
+        })
+    }
+}
+
 /// One end of a tunnel.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TunnelEnd {
@@ -165,6 +190,19 @@ pub struct PlannedTunnel {
     pub rd_index: u32,
     pub local: TunnelEnd,
     pub peer: TunnelEnd,
+}
+
+/// The route distinguisher of a tunnel's type-5 routes, type 0 (2-octet administrator,
+/// 4-octet assigned number): the assigned number is the RD index, unique in the mesh; the
+/// administrator field, from a hash of the tunnel id, only makes RDs look unlike each
+/// other to a person reading them. Both gatewans and bgpctls compute it from the id and
+/// the index alone.
+pub fn route_distinguisher(tunnel_id: &str, rd_index: u32) -> (u16, u32) {
+    let h = blake3::hash(tunnel_id.as_bytes());
+    (
+        u16::from_be_bytes([h.as_bytes()[0], h.as_bytes()[1]]),
+        rd_index,
+    )
 }
 
 /// Why a tunnel the pairing asks for is not planned.

@@ -1,0 +1,468 @@
+//! `bgpctl.yaml`: parsing and validation. The `mesh`, `api`, `metrics` and `log` sections
+//! are the gatewan's (`gatewan::config`); errors name the file, the line and the field.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use gatewan::config::{
+    ApiConfig, Checker, ConfigError, LogConfig, LogFormat, MeshConfig, MeshPlan, MetricsConfig,
+    check_name, parse_file,
+};
+use gatewan::units::{Dur, Percent, Rate};
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use crate::bgp::{GracefulRestart, PeerSettings, RouteTarget, SpeakerSettings};
+use crate::controller::{Policy, RequiredCapacity, Weights};
+
+/// Where routingctl finds bgpctl: `routingctl --socket /run/bgpctl/bgpctl.sock …`.
+pub const DEFAULT_API_SOCKET: &str = "/run/bgpctl/bgpctl.sock";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BgpctlConfig {
+    pub name: Spanned<String>,
+    pub datacenter: Spanned<String>,
+    pub state_dir: PathBuf,
+    pub mesh: MeshConfig,
+    pub bgp: BgpConfig,
+    pub evpn: EvpnConfig,
+    #[serde(default)]
+    pub controller: ControllerConfig,
+    #[serde(default)]
+    pub api: ApiConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BgpConfig {
+    pub asn: Spanned<u32>,
+    pub router_id: Spanned<String>,
+    /// Passive listener, e.g. `"[::]:179"`; none by default (sessions are active).
+    #[serde(default)]
+    pub listen: Option<Spanned<String>>,
+    pub peers: Vec<PeerConfig>,
+    #[serde(default)]
+    pub graceful_restart: Option<GracefulRestartConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerConfig {
+    pub address: Spanned<String>,
+    pub asn: Spanned<u32>,
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub passive: bool,
+    #[serde(default)]
+    pub hold_time: Option<Spanned<Dur>>,
+    /// Source address of the session (active side).
+    #[serde(default)]
+    pub local_address: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GracefulRestartConfig {
+    pub restart_time: Spanned<Dur>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvpnConfig {
+    /// The L3 VNI: label of the advertised type-5 routes.
+    pub vni: Spanned<u32>,
+    pub route_targets: RouteTargetsConfig,
+    /// Add the link-bandwidth extended community (weighted ECMP by tunnel headroom).
+    #[serde(default)]
+    pub link_bandwidth: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteTargetsConfig {
+    /// Received type-5 routes carrying one of these become the datacenter's networks;
+    /// empty takes every route.
+    #[serde(default)]
+    pub import: Vec<Spanned<String>>,
+    pub export: Vec<Spanned<String>>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ControllerConfig {
+    #[serde(default)]
+    pub weights: Option<WeightsConfig>,
+    #[serde(default)]
+    pub max_loss: Option<Spanned<Percent>>,
+    #[serde(default)]
+    pub max_latency: Option<Spanned<Dur>>,
+    #[serde(default)]
+    pub required_capacity: Option<RequiredCapacityConfig>,
+    #[serde(default)]
+    pub min_tunnels: Option<u32>,
+    #[serde(default)]
+    pub max_tunnels: Option<u32>,
+    #[serde(default)]
+    pub hold_down: Option<Spanned<Dur>>,
+    /// Improvement a tunnel needs over a chosen one to replace it, e.g. `10%`.
+    #[serde(default)]
+    pub margin: Option<Spanned<Percent>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WeightsConfig {
+    #[serde(default)]
+    pub latency: Option<f64>,
+    #[serde(default)]
+    pub jitter: Option<f64>,
+    #[serde(default)]
+    pub loss: Option<f64>,
+    #[serde(default)]
+    pub usage: Option<f64>,
+    #[serde(default)]
+    pub cost: Option<f64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RequiredCapacityConfig {
+    #[serde(default)]
+    pub default: Option<Rate>,
+    #[serde(default)]
+    pub datacenters: BTreeMap<String, Rate>,
+}
+
+/// Everything the daemon needs, validated.
+#[derive(Debug, Clone)]
+pub struct BgpctlPlan {
+    pub name: String,
+    pub datacenter: String,
+    pub state_dir: PathBuf,
+    pub mesh: MeshPlan,
+    pub speaker: SpeakerSettings,
+    pub vni: u32,
+    pub export_route_targets: Vec<RouteTarget>,
+    pub link_bandwidth: bool,
+    pub policy: Policy,
+    pub api_socket: PathBuf,
+    pub metrics_listen: Option<SocketAddr>,
+    pub log_format: LogFormat,
+    pub log_level: Option<String>,
+}
+
+fn route_targets(c: &mut Checker, list: &[Spanned<String>], field: &str) -> Vec<RouteTarget> {
+    let mut out = Vec::new();
+    for (i, rt) in list.iter().enumerate() {
+        match rt.value.parse::<RouteTarget>() {
+            Ok(r) => out.push(r),
+            Err(e) => c.error(
+                Some(rt),
+                format!("{field}[{i}]"),
+                format!("{e} (write ASN:NN or IP:NN, e.g. 65000:100)"),
+            ),
+        }
+    }
+    out
+}
+
+impl BgpctlConfig {
+    pub fn load(path: &Path) -> Result<BgpctlPlan, Vec<ConfigError>> {
+        let cfg: BgpctlConfig = parse_file(path)?;
+        cfg.plan(path)
+    }
+
+    pub fn plan(&self, path: &Path) -> Result<BgpctlPlan, Vec<ConfigError>> {
+        let mut c = Checker::new(path);
+        check_name(&mut c, &self.name, "name");
+        check_name(&mut c, &self.datacenter, "datacenter");
+        let b = &self.bgp;
+        if b.asn.value == 0 {
+            c.error(Some(&b.asn), "bgp.asn", "0 is not an AS number");
+        }
+        let router_id = b.router_id.value.parse::<Ipv4Addr>().unwrap_or_else(|_| {
+            c.error(
+                Some(&b.router_id),
+                "bgp.router_id",
+                format!(
+                    "{:?} is not an IPv4 address (the BGP identifier)",
+                    b.router_id.value
+                ),
+            );
+            Ipv4Addr::UNSPECIFIED
+        });
+        let listen = b
+            .listen
+            .as_ref()
+            .and_then(|l| match l.value.parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    c.error(
+                        Some(l),
+                        "bgp.listen",
+                        format!("{:?} is not ip:port, e.g. \"[::]:179\"", l.value),
+                    );
+                    None
+                }
+            });
+        if b.peers.is_empty() {
+            c.error(
+                None::<&Spanned<()>>,
+                "bgp.peers",
+                "list at least one BGP peer (the fabric's route reflectors)",
+            );
+        }
+        let mut peers = Vec::new();
+        for (i, p) in b.peers.iter().enumerate() {
+            let field = |f: &str| format!("bgp.peers[{i}].{f}");
+            let Ok(address) = p.address.value.parse::<IpAddr>() else {
+                c.error(
+                    Some(&p.address),
+                    field("address"),
+                    format!("{:?} is not an IP address", p.address.value),
+                );
+                continue;
+            };
+            if peers.iter().any(|x: &PeerSettings| x.address == address) {
+                c.error(
+                    Some(&p.address),
+                    field("address"),
+                    "this peer is listed twice",
+                );
+            }
+            let mut s = PeerSettings::new(address, p.asn.value);
+            if p.asn.value == 0 {
+                c.error(Some(&p.asn), field("asn"), "0 is not an AS number");
+            }
+            if let Some(pw) = &p.password {
+                if pw.is_empty() || pw.len() > 80 {
+                    c.error(
+                        None::<&Spanned<()>>,
+                        field("password"),
+                        "a TCP-MD5 password has 1 to 80 characters",
+                    );
+                }
+                s.password = Some(pw.clone());
+            }
+            s.passive = p.passive;
+            if let Some(h) = &p.hold_time {
+                let secs = h.value.0.as_secs();
+                if secs != 0 && !(3..=65535).contains(&secs) {
+                    c.error(
+                        Some(h),
+                        field("hold_time"),
+                        "0 (no keepalives) or 3s to 65535s",
+                    );
+                }
+                s.hold_time = h.value.0;
+            }
+            if let Some(l) = &p.local_address {
+                match l.value.parse::<IpAddr>() {
+                    Ok(a) => s.local_address = Some(a),
+                    Err(_) => c.error(
+                        Some(l),
+                        field("local_address"),
+                        format!("{:?} is not an IP address", l.value),
+                    ),
+                }
+            }
+            if s.passive && listen.is_none() {
+                c.error(
+                    Some(&p.address),
+                    field("passive"),
+                    "a passive peer needs bgp.listen, e.g. \"[::]:179\"",
+                );
+            }
+            peers.push(s);
+        }
+        let graceful_restart = b.graceful_restart.as_ref().map(|g| {
+            let t = g.restart_time.value.0;
+            if t.as_secs() == 0 || t.as_secs() > 4095 {
+                c.error(
+                    Some(&g.restart_time),
+                    "bgp.graceful_restart.restart_time",
+                    "1s to 4095s (RFC 4724 has 12 bits for it)",
+                );
+            }
+            GracefulRestart { restart_time: t }
+        });
+        let e = &self.evpn;
+        if e.vni.value == 0 || e.vni.value >= 1 << 24 {
+            c.error(Some(&e.vni), "evpn.vni", "a VNI is 1 to 16777215");
+        }
+        let import = route_targets(&mut c, &e.route_targets.import, "evpn.route_targets.import");
+        let export = route_targets(&mut c, &e.route_targets.export, "evpn.route_targets.export");
+        if e.route_targets.export.is_empty() {
+            c.error(
+                None::<&Spanned<()>>,
+                "evpn.route_targets.export",
+                "list at least one route target for the advertised routes",
+            );
+        }
+        let policy = self.policy(&mut c, e.link_bandwidth);
+        let mesh = self.mesh.plan(&mut c, &[]);
+        let metrics_listen = self.metrics.plan(&mut c);
+        c.finish()?;
+        Ok(BgpctlPlan {
+            name: self.name.value.clone(),
+            datacenter: self.datacenter.value.clone(),
+            state_dir: self.state_dir.clone(),
+            mesh: mesh.expect("mesh plan exists when there is no error"),
+            speaker: SpeakerSettings {
+                asn: b.asn.value,
+                router_id,
+                listen,
+                peers,
+                graceful_restart,
+                import_route_targets: import,
+            },
+            vni: e.vni.value,
+            export_route_targets: export,
+            link_bandwidth: e.link_bandwidth,
+            policy,
+            api_socket: self
+                .api
+                .socket
+                .clone()
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_API_SOCKET)),
+            metrics_listen,
+            log_format: self.log.format,
+            log_level: self.log.level.clone(),
+        })
+    }
+
+    fn policy(&self, c: &mut Checker, link_bandwidth: bool) -> Policy {
+        let k = &self.controller;
+        let mut p = Policy {
+            link_bandwidth,
+            ..Policy::default()
+        };
+        if let Some(w) = &k.weights {
+            let d = Weights::default();
+            p.weights = Weights {
+                latency: w.latency.unwrap_or(d.latency),
+                jitter: w.jitter.unwrap_or(d.jitter),
+                loss: w.loss.unwrap_or(d.loss),
+                usage: w.usage.unwrap_or(d.usage),
+                cost: w.cost.unwrap_or(d.cost),
+            };
+        }
+        if let Some(v) = &k.max_loss {
+            p.max_loss = v.value.0;
+        }
+        if let Some(v) = &k.max_latency {
+            p.max_latency = v.value.0;
+        }
+        if let Some(r) = &k.required_capacity {
+            p.required_capacity = RequiredCapacity {
+                default_bps: r.default.map_or(p.required_capacity.default_bps, |x| x.0),
+                datacenters: r
+                    .datacenters
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.0))
+                    .collect(),
+            };
+        }
+        if let Some(v) = k.min_tunnels {
+            p.min_tunnels = v;
+        }
+        if let Some(v) = k.max_tunnels {
+            p.max_tunnels = v;
+        }
+        if let Some(v) = &k.hold_down {
+            p.hold_down = v.value.0;
+        }
+        if let Some(v) = &k.margin {
+            p.margin = v.value.0;
+        }
+        if let Err(errors) = p.validate() {
+            for e in errors {
+                c.error(None::<&Spanned<()>>, e.field, e.message);
+            }
+        }
+        p
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<BgpctlPlan, Vec<ConfigError>> {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("bgpctl.yaml");
+        std::fs::write(&p, text).unwrap();
+        BgpctlConfig::load(&p)
+    }
+
+    const GOOD: &str = "name: bgpctl-sg1
+datacenter: sg1
+state_dir: /var/lib/bgpctl
+mesh:
+  bind: \"10.1.255.21:7946\"
+  seeds: [\"10.1.255.11:7946\"]
+  keyring: /etc/gatewan/keyring
+bgp:
+  asn: 65001
+  router_id: 10.1.255.21
+  peers:
+    - address: 10.1.255.2
+      asn: 65001
+      password: s3cret
+  graceful_restart:
+    restart_time: 120s
+evpn:
+  vni: 10100
+  route_targets:
+    import: [\"65001:100\"]
+    export: [\"65001:100\"]
+controller:
+  max_loss: 2%
+  required_capacity:
+    default: 1Gbps
+    datacenters:
+      par1: 2Gbps
+";
+
+    #[test]
+    fn a_good_file_plans() {
+        let p = load(GOOD).expect("valid");
+        assert_eq!(p.speaker.asn, 65001);
+        assert_eq!(p.speaker.peers[0].password.as_deref(), Some("s3cret"));
+        assert_eq!(p.vni, 10100);
+        assert_eq!(p.policy.required_bps("par1"), 2_000_000_000);
+        assert_eq!(p.policy.required_bps("iad1"), 1_000_000_000);
+        assert_eq!(p.api_socket, PathBuf::from(DEFAULT_API_SOCKET));
+    }
+
+    #[test]
+    fn errors_name_line_and_field() {
+        let bad = GOOD
+            .replace("router_id: 10.1.255.21", "router_id: fe80::1")
+            .replace("vni: 10100", "vni: 99999999")
+            .replace("export: [\"65001:100\"]", "export: [\"nonsense\"]");
+        let errors = load(&bad).unwrap_err();
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        let has = |needle: &str| text.iter().any(|t| t.contains(needle));
+        assert!(has(":10: bgp.router_id"), "{text:?}");
+        assert!(has(":18: evpn.vni"), "{text:?}");
+        assert!(has("evpn.route_targets.export[0]"), "{text:?}");
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        let errors = load(&GOOD.replace(
+            "  asn: 65001\n  router_id",
+            "  asn: 65001\n  routerid: 1.1.1.1\n  router_id",
+        ))
+        .unwrap_err();
+        assert!(errors[0].to_string().contains("routerid"), "{errors:?}");
+    }
+}

@@ -1,0 +1,152 @@
+//! The bgpctl daemon: joins the mesh with role `bgpctl`, runs the controller on every mesh
+//! change, advertises its decision as type-5 routes, and publishes the fabric's routes as
+//! the datacenter's networks. This task owns the controller; the API reads what it
+//! publishes.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use gatewan::mesh::driver::{MeshHandle, unix_ms};
+use gatewan::mesh::{MemberState, NodeId};
+use gatewan_proto::v1::{self, record::Body};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::bgp::{self, SpeakerHandle, Type5Route};
+use crate::config::BgpctlPlan;
+use crate::controller::{Change, Controller, Explanation, Snapshot};
+use crate::export::{self, ExportSettings};
+
+/// What the API shows of the controller.
+#[derive(Debug, Default)]
+pub struct ControllerView {
+    pub explanation: Option<Explanation>,
+    pub history: Vec<Change>,
+}
+
+/// How long a starting bgpctl lets the mesh fill in before it advertises anything: an
+/// early, partial Adj-RIB-Out followed by End-of-RIB would make a gracefully restarting
+/// peer withdraw the routes the partial view lacks.
+const MESH_SETTLE: Duration = Duration::from_secs(3);
+
+pub struct Running {
+    pub speaker: Arc<SpeakerHandle>,
+    pub controller: watch::Receiver<Arc<ControllerView>>,
+}
+
+/// Starts the speaker (once the mesh has settled) and the decision loop.
+pub async fn start(plan: &BgpctlPlan, mesh: MeshHandle) -> anyhow::Result<Running> {
+    // The first decision must see the whole mesh: wait for the push-pull of the join.
+    let started = std::time::Instant::now();
+    let mut rx = mesh.subscribe();
+    while started.elapsed() < MESH_SETTLE {
+        let _ = tokio::time::timeout(MESH_SETTLE - started.elapsed(), rx.changed()).await;
+    }
+    let speaker = Arc::new(bgp::spawn(plan.speaker.clone())?);
+    info!(asn = plan.speaker.asn, router_id = %plan.speaker.router_id, peers = plan.speaker.peers.len(), "BGP speaker started");
+    let (tx, controller) = watch::channel(Arc::new(ControllerView::default()));
+    tokio::spawn(decide_loop(plan.clone(), mesh, speaker.clone(), tx));
+    Ok(Running {
+        speaker,
+        controller,
+    })
+}
+
+async fn decide_loop(
+    plan: BgpctlPlan,
+    mesh: MeshHandle,
+    speaker: Arc<SpeakerHandle>,
+    view_tx: watch::Sender<Arc<ControllerView>>,
+) {
+    let settings = ExportSettings {
+        vni: plan.vni,
+        route_targets: plan.export_route_targets.clone(),
+        link_bandwidth: plan.link_bandwidth,
+    };
+    let mut controller = Controller::new(plan.policy.clone());
+    let mut mesh_rx = mesh.subscribe();
+    let mut received_rx = speaker.subscribe_received();
+    // The hold-down timers run on the clock even when the mesh is quiet.
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut published: BTreeMap<String, v1::Network> = BTreeMap::new();
+    let mut advertised: Option<Vec<Type5Route>> = None;
+    loop {
+        tokio::select! {
+            r = mesh_rx.changed() => {
+                if r.is_err() { return; }
+                // Let a burst of gossip settle into one decision.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                mesh_rx.borrow_and_update();
+            }
+            r = received_rx.changed() => {
+                if r.is_err() { return; }
+                let received = received_rx.borrow_and_update().clone();
+                let vteps = export::gatewan_vteps(&mesh.view().store);
+                sync_networks(&mesh, &export::learned_networks(&received, &vteps), &mut published)
+                    .await;
+                continue;
+            }
+            _ = tick.tick() => {}
+        }
+        let view = mesh.view();
+        let alive = |id: NodeId| {
+            view.members
+                .iter()
+                .any(|m| m.id.node == id && m.state != MemberState::Down)
+        };
+        let snapshot = Snapshot::from_store(&plan.datacenter, &view.store, alive);
+        let (decision, explanation) = controller.decide(&snapshot, unix_ms());
+        let routes = export::routes(
+            &decision,
+            &export::networks_by_datacenter(&view.store),
+            &settings,
+        );
+        if advertised.as_ref() != Some(&routes) {
+            info!(
+                routes = routes.len(),
+                "advertising a new set of type-5 routes"
+            );
+            speaker.set_advertised(routes.clone());
+            advertised = Some(routes);
+        }
+        view_tx.send_replace(Arc::new(ControllerView {
+            explanation: Some(explanation),
+            history: controller.history().cloned().collect(),
+        }));
+    }
+}
+
+/// Publishes the networks learned from the fabric, withdraws those that went away.
+async fn sync_networks(
+    mesh: &MeshHandle,
+    learned: &BTreeMap<String, v1::Network>,
+    published: &mut BTreeMap<String, v1::Network>,
+) {
+    for (prefix, n) in learned {
+        if published.get(prefix) != Some(n) {
+            match mesh.publish(Body::Network(n.clone())).await {
+                Ok(_) => {
+                    info!(%prefix, vtep = %n.vtep, "network learned from the fabric");
+                    published.insert(prefix.clone(), n.clone());
+                }
+                Err(e) => warn!(error = %e, %prefix, "cannot publish network"),
+            }
+        }
+    }
+    let gone: Vec<String> = published
+        .keys()
+        .filter(|p| !learned.contains_key(*p))
+        .cloned()
+        .collect();
+    for prefix in gone {
+        match mesh.withdraw(v1::RecordKind::Network, prefix.clone()).await {
+            Ok(_) => {
+                info!(%prefix, "network withdrawn by the fabric");
+                published.remove(&prefix);
+            }
+            Err(e) => warn!(error = %e, %prefix, "cannot withdraw network"),
+        }
+    }
+}

@@ -1,0 +1,118 @@
+//! `bgpctl`: the BGP EVPN speaker and controller daemon of a datacenter.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use bgpctl::config::{BgpctlConfig, BgpctlPlan};
+use clap::Parser;
+use gatewan::mesh::keyring_file;
+use gatewan::{api, daemon};
+use gatewan_proto::v1;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "bgpctl: steers the fabric into the chosen tunnels with EVPN type-5 routes"
+)]
+struct Cli {
+    /// Configuration file.
+    #[arg(
+        short,
+        long,
+        default_value = "/etc/gatewan/bgpctl.yaml",
+        env = "BGPCTL_CONFIG"
+    )]
+    config: PathBuf,
+    /// Validate the configuration (and the keyring it names), then exit.
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let plan = match BgpctlConfig::load(&cli.config) {
+        Ok(p) => p,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("error: {e}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = keyring_file::load(&plan.mesh.keyring_file) {
+        eprintln!("error: {}: mesh.keyring: {e}", cli.config.display());
+        return ExitCode::from(2);
+    }
+    if cli.check {
+        println!("{}: configuration is valid", cli.config.display());
+        return ExitCode::SUCCESS;
+    }
+    daemon::init_tracing(plan.log_format, plan.log_level.as_deref());
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(plan)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run(plan: BgpctlPlan) -> anyhow::Result<()> {
+    let member = daemon::join_mesh(&plan.state_dir, &plan.mesh).await?;
+    daemon::announce(
+        &member,
+        v1::NodeRecord {
+            name: plan.name.clone(),
+            datacenter: plan.datacenter.clone(),
+            role: v1::Role::Bgpctl as i32,
+            api_address: plan.api_socket.display().to_string(),
+            ..Default::default()
+        },
+    )
+    .await?;
+    tracing::info!(name = %plan.name, datacenter = %plan.datacenter, id = %member.identity.node, "bgpctl started");
+    if let Some(listen) = plan.metrics_listen {
+        let mesh = member.mesh.clone();
+        tokio::spawn(async move {
+            if let Err(e) = gatewan::metrics::serve(listen, mesh).await {
+                tracing::error!(error = %e, %listen, "metrics endpoint failed");
+            }
+        });
+    }
+    let running = bgpctl::daemon::start(&plan, member.mesh.clone()).await?;
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let router = tonic::transport::Server::builder()
+        .add_service(api::MeshApi::new(member.mesh.clone()).into_server())
+        .add_service(
+            bgpctl::api::BgpApi::new(running.speaker.clone(), running.controller.clone())
+                .into_server(),
+        );
+    let api = tokio::spawn(daemon::serve_api(plan.api_socket.clone(), router, async {
+        let _ = stop_rx.await;
+    }));
+    tokio::select! {
+        _ = daemon::shutdown_signal() => {}
+        r = api => {
+            return match r {
+                Ok(Err(e)) => Err(e),
+                Ok(Ok(())) => Ok(()),
+                Err(e) => Err(e.into()),
+            };
+        }
+    }
+    tracing::info!("shutting down: Cease to the BGP peers, leaving the mesh");
+    if let Ok(speaker) = std::sync::Arc::try_unwrap(running.speaker) {
+        speaker.shutdown().await;
+    }
+    member.mesh.leave().await;
+    let _ = stop_tx.send(());
+    Ok(())
+}
