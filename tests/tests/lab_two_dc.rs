@@ -1,8 +1,12 @@
 //! The two-dc lab with its gatewans running (lab.run labels): two datacenters × two
 //! gatewans × two transits through the lab's userspace WAN emulators, wireguard-go.
 //!
-//! Checks what only the WAN emulator can do here (the kernel has no netem): latency and
-//! jitter measured by the probes against what the emulator applies.
+//! One lab for several checks, in order (bringing the lab up costs more than each check):
+//! - tunnels come up; latency and jitter measured by the probes against what the WAN
+//!   emulator applies (the kernel has no netem here);
+//! - the fabrics' prefixes, announced by gobgpd on each fabric node, reach the mesh through
+//!   bgpctl and come back to the other fabric as type-5 routes over the chosen tunnels;
+//! - the controller moves the routes off a transit that fails, within two probe intervals.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -63,19 +67,59 @@ fn mean(xs: impl Iterator<Item = f64>) -> f64 {
     s / f64::from(n.max(1))
 }
 
+/// The type-5 routes gobgpd on `fabric` holds for `prefix`: (next hop, Router's MAC, line).
+fn fabric_routes(lab: &RunningLab, fabric: &str, prefix: &str) -> Vec<(String, String, String)> {
+    let Ok(out) = lab.exec(fabric, &["gobgp", "global", "rib", "-a", "evpn"]) else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!("[prefix:{prefix}]")))
+        .filter_map(|l| {
+            // `*> [type:Prefix][rd:…][etag:0][prefix:…]  [label]  next-hop  …`
+            let mut cols = l.split_whitespace().skip(3);
+            let next_hop = cols.next()?.to_string();
+            let mac = l
+                .split("router's mac: ")
+                .nth(1)?
+                .split(']')
+                .next()?
+                .to_string();
+            Some((next_hop, mac, l.to_string()))
+        })
+        .collect()
+}
+
+/// Router's MAC → local transit of every tunnel of the datacenter's gatewans.
+fn tunnel_macs(lab: &RunningLab, gatewans: &[&str]) -> Vec<(String, String)> {
+    gatewans
+        .iter()
+        .flat_map(|g| tunnels(lab, g))
+        .map(|t| {
+            (
+                t["router_mac"].as_str().unwrap_or_default().to_string(),
+                t["meta"]["local_transit"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string(),
+            )
+        })
+        .collect()
+}
+
 #[test]
-fn wan_emulator_latency_and_jitter_are_measured() {
-    if !require_root("wan_emulator_latency_and_jitter_are_measured")
-        || !require_program(
-            "wan_emulator_latency_and_jitter_are_measured",
-            "wireguard-go",
-        )
+fn two_datacenters_tunnels_routes_and_failover() {
+    let name = "two_datacenters_tunnels_routes_and_failover";
+    if !require_root(name)
+        || !require_program(name, "wireguard-go")
+        || !require_program(name, "gobgpd")
     {
         return;
     }
     // The lab's nodes run `gatewan` from PATH, as a container runs its image's binaries.
     // Set before any thread of this test binary starts a process (it has one test).
     let bin_dir = bin("gatewan").parent().expect("bin dir").to_path_buf();
+    assert!(bin_dir.join("bgpctl").exists(), "bgpctl is not built");
     let path = std::env::var("PATH").unwrap_or_default();
     // SAFETY: the only test of this binary; no other thread reads the environment yet.
     unsafe { std::env::set_var("PATH", format!("{}:{path}", bin_dir.display())) };
@@ -96,24 +140,28 @@ fn wan_emulator_latency_and_jitter_are_measured() {
 
     // Baseline: what wireguard-go, the probes and the emulator add to the delay it
     // applies, measured at the lab's own 5 ms (through the same delay line: with no delay
-    // the emulator forwards at once). Baseline and impaired windows alternate, so a change
-    // of load on this small machine during the test weighs on both alike.
+    // the emulator forwards at once), before any jitter.
     let window = Duration::from_secs(5); // probe.window default: 5 × 1 s
     let settle = window + Duration::from_secs(1);
     let base_delay = 10.0;
-    let mut baseline = Vec::new();
+    lab.impair("wan-lumen", &["reset"]).expect("impair reset");
+    lab.impair("wan-lumen", &["delay=5ms"])
+        .expect("impair 5 ms");
+    std::thread::sleep(settle);
+    let mut baseline = lumen_readings(&lab);
+    std::thread::sleep(window);
+    baseline.extend(lumen_readings(&lab));
+    lab.impair("wan-lumen", &["delay=20ms", "jitter=5ms"])
+        .expect("impair");
+    std::thread::sleep(settle);
+    // Four disjoint windows, both ends of each tunnel: eight windows a tunnel, so the
+    // test is about the measurement, not the sampling noise of one 50-probe window
+    // (σ ≈ 0.6 ms for the mean RTT of one window at ±5 ms uniform in each direction).
     let mut readings = Vec::new();
-    for _ in 0..2 {
-        lab.impair("wan-lumen", &["reset"]).expect("impair reset");
-        lab.impair("wan-lumen", &["delay=5ms"])
-            .expect("impair 5 ms");
-        std::thread::sleep(settle);
-        baseline.extend(lumen_readings(&lab));
-        lab.impair("wan-lumen", &["delay=20ms", "jitter=5ms"])
-            .expect("impair");
-        std::thread::sleep(settle);
-        readings.extend(lumen_readings(&lab));
-        std::thread::sleep(window);
+    for i in 0..4 {
+        if i > 0 {
+            std::thread::sleep(window);
+        }
         readings.extend(lumen_readings(&lab));
     }
     // The emulator delays each direction by 20 ms ± 5 ms (uniform): the round trip is
@@ -142,5 +190,97 @@ fn wan_emulator_latency_and_jitter_are_measured() {
             "tunnel {id}: jitter {jitter:.3} ms, emulator applies {applied_jitter:.3} ms"
         );
     }
+
+    // Routes: each fabric's tenant prefixes, originated by its gobgpd, reach the other
+    // fabric through the mesh, next hop a gatewan's VTEP, Router's MAC a tunnel's MAC.
+    for (fabric, local_gatewans, vteps, remote_prefixes, rt, vni) in [
+        (
+            "fabric-sg1",
+            ["gatewan01-sg1", "gatewan02-sg1"],
+            ["10.1.255.11", "10.1.255.12"],
+            ["172.16.2.0/24", "2001:db8:a2::/48"],
+            "65001:100",
+            "[10100]",
+        ),
+        (
+            "fabric-par1",
+            ["gatewan01-par1", "gatewan02-par1"],
+            ["10.2.255.11", "10.2.255.12"],
+            ["172.16.1.0/24", "2001:db8:a1::/48"],
+            "65002:100",
+            "[10200]",
+        ),
+    ] {
+        let macs = tunnel_macs(&lab, &local_gatewans);
+        for prefix in remote_prefixes {
+            let mut routes = Vec::new();
+            let there = wait_until(Duration::from_secs(15), || {
+                routes = fabric_routes(&lab, fabric, prefix);
+                !routes.is_empty()
+            });
+            assert!(there, "{fabric} has no route for {prefix}");
+            for (next_hop, mac, line) in &routes {
+                assert!(vteps.contains(&next_hop.as_str()), "next hop: {line}");
+                assert!(
+                    macs.iter().any(|(m, _)| m == mac),
+                    "Router's MAC not a tunnel's: {line}"
+                );
+                assert!(
+                    line.contains(rt) && line.contains("[VXLAN]") && line.contains(vni),
+                    "{line}"
+                );
+            }
+            println!("{fabric}: {prefix} via {} tunnels", routes.len());
+        }
+        // The prefixes are the peer datacenter's networks in the mesh, as gatewans show.
+        let shown = tunnels(&lab, local_gatewans[0]);
+        assert!(
+            shown
+                .iter()
+                .all(|t| remote_prefixes.iter().all(|p| t["networks"]
+                    .as_array()
+                    .is_some_and(|n| n.iter().any(|x| x == p)))),
+            "tunnel networks of {}: {shown:#?}",
+            local_gatewans[0]
+        );
+    }
+
+    // Failover: sg1 needs 1.5 Gbps toward par1 (lumen 2 × 1 Gbps, cogent 2 × 500 Mbps), so
+    // its controller chose tunnels of both transits. Lumen fails: within two probe
+    // intervals (2 s) gobgpd on fabric-sg1 holds only routes over cogent tunnels.
+    lab.impair("wan-lumen", &["reset"]).expect("impair reset");
+    std::thread::sleep(settle);
+    let macs = tunnel_macs(&lab, &["gatewan01-sg1", "gatewan02-sg1"]);
+    let transit_of = |mac: &str| {
+        macs.iter()
+            .find(|(m, _)| m == mac)
+            .map_or("?".to_string(), |(_, t)| t.clone())
+    };
+    let before: Vec<String> = fabric_routes(&lab, "fabric-sg1", "172.16.2.0/24")
+        .iter()
+        .map(|r| transit_of(&r.1))
+        .collect();
+    println!("routes to par1 before: over {before:?}");
+    assert!(
+        before.iter().any(|t| t == "lumen"),
+        "no route over lumen to fail: {before:?}"
+    );
+    lab.impair("wan-lumen", &["loss=100%"]).expect("impair");
+    let failed_at = Instant::now();
+    let mut after = Vec::new();
+    let moved = wait_until(Duration::from_secs(10), || {
+        after = fabric_routes(&lab, "fabric-sg1", "172.16.2.0/24")
+            .iter()
+            .map(|r| transit_of(&r.1))
+            .collect();
+        !after.is_empty() && after.iter().all(|t| t == "cogent")
+    });
+    let took = failed_at.elapsed();
+    println!("routes to par1 moved to {after:?} {took:?} after lumen failed");
+    assert!(moved, "routes did not leave lumen: {after:?}");
+    assert!(
+        took <= Duration::from_secs(2),
+        "routes moved after {took:?}, more than two probe intervals"
+    );
     lab.down().expect("lab down");
 }

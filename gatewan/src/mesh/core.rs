@@ -138,7 +138,7 @@ impl MeshSettings {
 
 /// An address heard from within this is taken as reachable for anti-entropy.
 const HEARD_FOR_MS: u64 = 30_000;
-/// Bounds the `heard` map (a few addresses per member).
+/// Bounds the `heard` map (one entry per member).
 const MAX_HEARD: usize = 8192;
 
 /// Why a datagram was dropped; each reason has a counter.
@@ -299,9 +299,9 @@ impl BroadcastHandler<MemberId> for RecordGossip {
     }
 }
 
-fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
-    // A panic while holding the lock cannot leave the store half-merged (merge is one
-    // insert), so a poisoned lock is still usable.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // What these locks guard is changed in one step (a merge is one insert, the last
+    // sender one assignment), so a lock poisoned by a panic is still usable.
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
@@ -309,6 +309,8 @@ fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
 /// incarnation foca puts in our outgoing headers (foca keeps its own private).
 struct IdentityCodec {
     own_incarnation: Arc<AtomicU32>,
+    /// The sender of the last SWIM message decoded (see `MeshCore::heard`).
+    last_src: Arc<Mutex<Option<NodeId>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -338,6 +340,7 @@ impl foca::Codec<MemberId> for IdentityCodec {
     ) -> Result<foca::Header<MemberId>, CodecError> {
         let h: foca::Header<MemberId> = PostcardCodec.decode_header(buf)?;
         if h.src.is_sane() && h.dst.is_sane() {
+            *lock(&self.last_src) = Some(h.src.node);
             Ok(h)
         } else {
             Err(CodecError::BadIdentity)
@@ -402,8 +405,10 @@ pub struct MeshCore {
     last_version: u64,
     members: HashMap<NodeId, MemberInfo>,
     members_changed: bool,
-    /// When an authenticated datagram last came from each address.
-    heard: HashMap<SocketAddr, u64>,
+    /// When a SWIM message last came from each member, whatever its source address
+    /// (a member on several networks may answer from an address it does not announce).
+    heard: HashMap<NodeId, u64>,
+    last_src: Arc<Mutex<Option<NodeId>>>,
     /// foca's max_transmissions now, resized with the membership.
     max_transmissions: u8,
     out: Vec<Output>,
@@ -435,12 +440,14 @@ impl MeshCore {
             records_changed: false,
         }));
         let own_incarnation = Arc::new(AtomicU32::new(0));
+        let last_src = Arc::new(Mutex::new(None));
         let swim = Foca::with_custom_broadcast(
             local,
             config,
             swim_rng,
             IdentityCodec {
                 own_incarnation: own_incarnation.clone(),
+                last_src: last_src.clone(),
             },
             RecordGossip(shared.clone()),
         );
@@ -460,6 +467,7 @@ impl MeshCore {
             members: HashMap::new(),
             members_changed: false,
             heard: HashMap::new(),
+            last_src,
             max_transmissions: 0,
             out: Vec::new(),
             rt: SwimRuntime::default(),
@@ -620,15 +628,18 @@ impl MeshCore {
         let Some((&tag, body)) = opened.payload.split_first() else {
             return self.drop_datagram(DropReason::Invalid, from, now_ms);
         };
-        // Authenticated and fresh: this address reaches us (see `heard`).
-        if self.heard.len() < MAX_HEARD || self.heard.contains_key(&from) {
-            self.heard.insert(from, now_ms);
-        }
+
         match tag {
             TAG_SWIM => {
                 let mut rt = std::mem::take(&mut self.rt);
                 let res = self.swim.handle_data(body, &mut rt);
                 self.rt = rt;
+                // Authenticated, fresh and accepted by SWIM: this member reaches us.
+                if let (Ok(()), Some(src)) = (&res, lock(&self.last_src).take())
+                    && (self.heard.len() < MAX_HEARD || self.heard.contains_key(&src))
+                {
+                    self.heard.insert(src, now_ms);
+                }
                 if let Err(e) = res {
                     debug!(error = %e, %from, "SWIM message refused");
                     self.drop_datagram(DropReason::Invalid, from, now_ms);
@@ -664,7 +675,7 @@ impl MeshCore {
                 let all: Vec<MemberId> = self.swim.iter_members().map(|m| m.id().clone()).collect();
                 let reachable: Vec<MemberId> = all
                     .iter()
-                    .filter(|m| m.addrs.iter().any(|a| self.heard.contains_key(a)))
+                    .filter(|m| self.heard.contains_key(&m.node))
                     .cloned()
                     .collect();
                 let peers = if reachable.is_empty() { all } else { reachable };
