@@ -1,78 +1,65 @@
 #!/usr/bin/env bash
-# The demo: four gatewans of two datacenters (sg1, par1) form the sealed gossip mesh in a
-# private network namespace, each on two transits; routingctl shows the members; then one
-# gatewan is killed and the others see it go down. Everything is removed at the end.
+# The demo: two datacenters (sg1, par1) on one host with `lab` (lab/topologies/two-dc.clab.yml):
+# per datacenter a fabric route reflector (gobgpd) announcing the tenant prefixes, two
+# gatewans on two IP transits (lumen, cogent) behind WAN emulators, and a bgpctl.
+# It shows the tunnels and their measurements, the type-5 routes the fabric receives and
+# why the controller chose them; then fails the lumen transit and shows the routes move.
+# The lab is torn down at the end (or stays with KEEP=1: `lab down` it yourself).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/bootstrap.sh
 cargo build --release --bins --locked -q
-BIN=$PWD/target/release
+export PATH=$PWD/target/release:$PATH
+TOPO=lab/topologies/two-dc.clab.yml
 
-NS=gatewan-demo-$$
-DIR=$(mktemp -d /tmp/gatewan-demo.XXXXXX)
-cleanup() {
-  for pid in $(ip netns pids "$NS" 2>/dev/null); do kill -9 "$pid" 2>/dev/null || true; done
-  ip netns del "$NS" 2>/dev/null || true
-  rm -rf "$DIR"
-}
+cleanup() { [ "${KEEP:-0}" = 1 ] || lab down "$TOPO" >/dev/null 2>&1 || true; }
 trap cleanup EXIT
 
-ip netns add "$NS"
-ip netns exec "$NS" ip link set lo up
-"$BIN/gatewan" keygen > "$DIR/keyring"
-chmod 600 "$DIR/keyring"
+say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+on() { local node=$1; shift; lab exec -t "$TOPO" "$node" -- "$@"; }
+bgpctl() { on "$1" routingctl --socket /run/bgpctl/bgpctl.sock "${@:2}"; }
 
-i=0
-for dc in sg1 par1; do
-  for n in 01 02; do
-    i=$((i + 1))
-    name="gatewan$n-$dc"
-    cp "$DIR/keyring" "$DIR/$name.keyring"
-    cat > "$DIR/$name.yaml" <<YAML
-name: $name
-datacenter: $dc
-state_dir: $DIR/$name
-mesh:
-  bind: "0.0.0.0:$((7945 + i))"
-  seeds: ["127.0.1.1:7946"]
-  keyring: $DIR/$name.keyring
-transits:
-  - name: lumen
-    addresses: [127.0.1.$i]
-    capacity: 1Gbps
-  - name: cogent
-    addresses: [127.0.2.$i]
-    capacity: 500Mbps
-api:
-  socket: $DIR/$name.sock
-YAML
-    "$BIN/gatewan" --check -c "$DIR/$name.yaml" >/dev/null
-    ip netns exec "$NS" "$BIN/gatewan" -c "$DIR/$name.yaml" >"$DIR/$name.log" 2>&1 &
-    disown
+say "lab up: 16 nodes, gatewans, bgpctls and gobgpd start by themselves"
+lab down "$TOPO" >/dev/null 2>&1 || true
+lab up "$TOPO"
+
+say "waiting for the 8 tunnels (both ends) and the routes"
+for _ in $(seq 1 60); do
+  n=0
+  for g in gatewan01-sg1 gatewan02-sg1 gatewan01-par1 gatewan02-par1; do
+    n=$((n + $(on $g routingctl -o json tunnels 2>/dev/null | grep -c '"state": "Established"' || true)))
   done
+  routes=$(on fabric-sg1 gobgp global rib -a evpn 2>/dev/null | grep -c 172.16.2.0 || true)
+  [ "$n" -ge 16 ] && [ "$routes" -ge 1 ] && break
+  sleep 0.5
 done
 
-SOCK=$DIR/gatewan01-sg1.sock
-echo "waiting for the mesh to converge..."
-for _ in $(seq 1 100); do
-  n=$("$BIN/routingctl" --socket "$SOCK" -o json members 2>/dev/null | grep -c '"state": "alive"' || true)
-  [ "$n" = 4 ] && break
-  sleep 0.1
-done
-echo
-echo "\$ routingctl members    # as gatewan01-sg1 sees the mesh"
-"$BIN/routingctl" --socket "$SOCK" members
-echo
-echo "\$ routingctl keyring list"
-"$BIN/routingctl" --socket "$SOCK" keyring list
-echo
-victim=$(ip netns pids "$NS" | tail -n 1)
-echo "kill -9 of one gatewan (pid $victim); waiting until the others mark it down..."
-kill -9 "$victim"
-start=$(date +%s.%N)
-for _ in $(seq 1 150); do
-  "$BIN/routingctl" --socket "$SOCK" -o json members | grep -q '"state": "down"' && break
-  sleep 0.1
-done
-awk -v s="$start" -v e="$(date +%s.%N)" 'BEGIN { printf "marked down after %.1f s\n\n", e - s }'
-"$BIN/routingctl" --socket "$SOCK" members
+say "routingctl members (on gatewan01-sg1)"
+on gatewan01-sg1 routingctl members
+
+say "routingctl tunnels (on gatewan01-sg1)"
+on gatewan01-sg1 routingctl tunnels
+say "one tunnel in the operator YAML"
+on gatewan01-sg1 routingctl -o yaml tunnels --peer gatewan01-par1 | sed -n '1,45p'
+
+say "bgpctl-sg1: BGP peers and routes (learned from the fabric, advertised to it)"
+bgpctl bgpctl-sg1 peers
+bgpctl bgpctl-sg1 routes
+
+say "bgpctl-sg1: why these tunnels (required capacity 1.5 Gbps toward par1)"
+bgpctl bgpctl-sg1 explain
+
+say "the sg1 fabric's route reflector (gobgpd) holds par1's prefixes via the gatewans"
+on fabric-sg1 gobgp global rib -a evpn
+
+say "lab impair wan-lumen loss=100%: the lumen transit fails"
+lab impair wan-lumen loss=100%
+sleep 2
+on gatewan01-sg1 routingctl tunnels
+say "gobgpd on fabric-sg1 two seconds later: only cogent tunnels' Router's MACs"
+on fabric-sg1 gobgp global rib -a evpn
+bgpctl bgpctl-sg1 explain
+
+say "restore lumen"
+lab impair wan-lumen reset
+echo "done$([ "${KEEP:-0}" = 1 ] && echo ': the lab is still up (lab down '"$TOPO"')')"
