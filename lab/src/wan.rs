@@ -182,6 +182,10 @@ struct Counters {
     duplicated: AtomicU64,
     queue_drops: AtomicU64,
     send_errors: AtomicU64,
+    /// Frames given a delay, and the delays summed (µs): what the emulator applied,
+    /// jitter and per-flow ordering included, for tests to compare measurements with.
+    delayed: AtomicU64,
+    delay_sum_us: AtomicU64,
 }
 
 struct Shared {
@@ -496,6 +500,9 @@ fn forward(shared: Arc<Shared>, dir: usize, rx: OwnedFd, tx: Arc<OwnedFd>) {
                     let flow = &mut last_due[flow_bucket(&frame[VNET_HDR_LEN.min(frame.len())..])];
                     let d = d.max(*flow);
                     *flow = d;
+                    c.delayed.fetch_add(1, Ordering::Relaxed);
+                    c.delay_sum_us
+                        .fetch_add(d.saturating_sub(now) / 1000, Ordering::Relaxed);
                     d
                 };
                 if heap.len() >= HEAP_LIMIT || heap_bytes + frame.len() > HEAP_BYTES_LIMIT {
@@ -603,7 +610,7 @@ fn handle_command(sh: &Shared, line: &str) -> String {
             let mut out = String::new();
             for (i, (c, p)) in sh.counters.iter().zip(params.iter()).enumerate() {
                 out.push_str(&format!(
-                    "{} -> {}: {} | rx={} tx={} lost={} duplicated={} queue_drops={} send_errors={}\n",
+                    "{} -> {}: {} | rx={} tx={} lost={} duplicated={} queue_drops={} send_errors={} delayed={} delay_sum_us={}\n",
                     sh.ports[i],
                     sh.ports[1 - i],
                     p,
@@ -613,6 +620,8 @@ fn handle_command(sh: &Shared, line: &str) -> String {
                     c.duplicated.load(Ordering::Relaxed),
                     c.queue_drops.load(Ordering::Relaxed),
                     c.send_errors.load(Ordering::Relaxed),
+                    c.delayed.load(Ordering::Relaxed),
+                    c.delay_sum_us.load(Ordering::Relaxed),
                 ));
             }
             out

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 /// Interfaces configured at once; each mostly waits (process start, netlink).
-const APPLY_CONCURRENCY: usize = 16;
+const APPLY_CONCURRENCY: usize = 64;
 
 /// Applies a step, retrying briefly while the kernel says the device is busy: a
 /// wireguard-go interface answers EBUSY to address changes for a moment after it starts
