@@ -21,17 +21,12 @@ const GATEWANS: [&str; 4] = [
     "gatewan02-par1",
 ];
 
+/// Where the build's binaries are inside every node.
+const NODE_BIN: &str = "/opt/gatewan/bin";
+
 fn tunnels(lab: &RunningLab, node: &str) -> Vec<serde_json::Value> {
-    let routingctl = bin("routingctl");
-    let Ok(out) = lab.exec(
-        node,
-        &[
-            routingctl.to_str().expect("utf-8 path"),
-            "-o",
-            "json",
-            "tunnels",
-        ],
-    ) else {
+    let routingctl = format!("{NODE_BIN}/routingctl");
+    let Ok(out) = lab.exec(node, &[&routingctl, "-o", "json", "tunnels"]) else {
         return Vec::new();
     };
     serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap_or_default()
@@ -133,16 +128,23 @@ fn two_datacenters_tunnels_routes_and_failover() {
     {
         return;
     }
-    // The lab's nodes run `gatewan` from PATH, as a container runs its image's binaries.
-    // Set before any thread of this test binary starts a process (it has one test).
+    // The lab's nodes run `gatewan`, `bgpctl` and `routingctl` from PATH, as a container
+    // runs its image's binaries: the build's directory is bound into every node (a node
+    // has its own /tmp and /run, so host paths there would not be seen).
     let bin_dir = bin("gatewan").parent().expect("bin dir").to_path_buf();
     assert!(bin_dir.join("bgpctl").exists(), "bgpctl is not built");
-    let path = std::env::var("PATH").unwrap_or_default();
-    // SAFETY: the only test of this binary; no other thread reads the environment yet.
-    unsafe { std::env::set_var("PATH", format!("{}:{path}", bin_dir.display())) };
-
     let topo = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../lab/topologies/two-dc.clab.yml");
-    let lab = Harness::up_named(&topo, "t-wan").expect("lab up");
+    let mut topo = lab::Topology::load(&topo).expect("topology");
+    topo.name = "t-wan".into();
+    for node in topo.nodes.values_mut() {
+        node.binds
+            .push((bin_dir.clone(), PathBuf::from(NODE_BIN), true));
+        node.env.insert(
+            "PATH".into(),
+            format!("{NODE_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+        );
+    }
+    let lab = Harness::up_topology(topo).expect("lab up");
     let start = Instant::now();
     let up = wait_until(Duration::from_secs(20), || {
         GATEWANS.iter().all(|n| established(&lab, n) == 4)
