@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use bgpctl::config::{BgpctlConfig, BgpctlPlan};
 use clap::Parser;
-use gatewan::mesh::keyring_file;
 use gatewan::{api, daemon};
 use gatewan_proto::v1;
 
@@ -30,39 +29,14 @@ struct Cli {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let plan = match BgpctlConfig::load(&cli.config) {
-        Ok(p) => p,
-        Err(errors) => {
-            for e in errors {
-                eprintln!("error: {e}");
-            }
-            return ExitCode::from(2);
-        }
-    };
-    if let Err(e) = keyring_file::load(&plan.mesh.keyring_file) {
-        eprintln!("error: {}: mesh.keyring: {e}", cli.config.display());
-        return ExitCode::from(2);
-    }
-    if cli.check {
-        println!("{}: configuration is valid", cli.config.display());
-        return ExitCode::SUCCESS;
-    }
-    daemon::init_tracing(plan.log_format, plan.log_level.as_deref());
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    match rt.block_on(run(plan)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
-        }
-    }
+    daemon::start_daemon(
+        &cli.config,
+        cli.check,
+        BgpctlConfig::load(&cli.config),
+        |p| &p.mesh,
+        |p| (p.log_format, p.log_level.as_deref()),
+        run,
+    )
 }
 
 async fn run(plan: BgpctlPlan) -> anyhow::Result<()> {

@@ -26,6 +26,57 @@ pub fn init_tracing(format: LogFormat, level: Option<&str>) {
     }
 }
 
+/// What every daemon's `main` does with its validated plan: config errors exit 2 naming
+/// file, line and field; the keyring is checked too; `--check` stops there; otherwise
+/// logging starts and `run` runs on a tokio runtime (a runtime error exits 1).
+pub fn start_daemon<P, F>(
+    config: &Path,
+    check: bool,
+    plan: Result<P, Vec<crate::config::ConfigError>>,
+    mesh: impl Fn(&P) -> &MeshPlan,
+    log: impl Fn(&P) -> (LogFormat, Option<&str>),
+    run: impl FnOnce(P) -> F,
+) -> std::process::ExitCode
+where
+    F: std::future::Future<Output = anyhow::Result<()>>,
+{
+    use std::process::ExitCode;
+    let plan = match plan {
+        Ok(p) => p,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("error: {e}");
+            }
+            return ExitCode::from(2);
+        }
+    };
+    if let Err(e) = keyring_file::load(&mesh(&plan).keyring_file) {
+        eprintln!("error: {}: mesh.keyring: {e}", config.display());
+        return ExitCode::from(2);
+    }
+    if check {
+        println!("{}: configuration is valid", config.display());
+        return ExitCode::SUCCESS;
+    }
+    let (format, level) = log(&plan);
+    init_tracing(format, level);
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(run(plan)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 /// A member that has joined the mesh.
 pub struct Member {
     pub mesh: MeshHandle,

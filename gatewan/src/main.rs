@@ -5,7 +5,6 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use gatewan::config::GatewanConfig;
-use gatewan::mesh::keyring_file;
 use gatewan::{api, daemon, metrics};
 use gatewan_proto::v1;
 
@@ -42,39 +41,14 @@ fn main() -> ExitCode {
         println!("{}", gatewan::mesh::MeshKey::generate().to_base64());
         return ExitCode::SUCCESS;
     }
-    let plan = match GatewanConfig::load(&cli.config) {
-        Ok(p) => p,
-        Err(errors) => {
-            for e in errors {
-                eprintln!("error: {e}");
-            }
-            return ExitCode::from(2);
-        }
-    };
-    if let Err(e) = keyring_file::load(&plan.mesh.keyring_file) {
-        eprintln!("error: {}: mesh.keyring: {e}", cli.config.display());
-        return ExitCode::from(2);
-    }
-    if cli.check {
-        println!("{}: configuration is valid", cli.config.display());
-        return ExitCode::SUCCESS;
-    }
-    daemon::init_tracing(plan.log_format, plan.log_level.as_deref());
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
-    };
-    match rt.block_on(run(plan)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("error: {e:#}");
-            ExitCode::from(1)
-        }
-    }
+    daemon::start_daemon(
+        &cli.config,
+        cli.check,
+        GatewanConfig::load(&cli.config),
+        |p| &p.mesh,
+        |p| (p.log_format, p.log_level.as_deref()),
+        run,
+    )
 }
 
 async fn run(plan: gatewan::config::GatewanPlan) -> anyhow::Result<()> {
