@@ -478,6 +478,9 @@ pub struct ProbeConfig {
     /// Span of the sliding window the measurements cover.
     #[serde(default)]
     pub window: Option<Dur>,
+    /// A probe unanswered after this is lost.
+    #[serde(default)]
+    pub timeout: Option<Spanned<Dur>>,
     #[serde(default)]
     pub degraded: DegradedConfig,
     #[serde(default)]
@@ -494,6 +497,7 @@ pub struct TunnelsPlan {
     pub probe_interval: std::time::Duration,
     pub probe_count: u32,
     pub probe_window: std::time::Duration,
+    pub probe_timeout: std::time::Duration,
     pub thresholds: Thresholds,
 }
 
@@ -600,6 +604,21 @@ impl TunnelsConfig {
                 "must be at least one probe.interval",
             );
         }
+        let timeout = probe.timeout.as_ref().map_or(
+            crate::probe::engine::ProbeSettings::default().timeout,
+            |d| d.value.0,
+        );
+        if timeout <= t.degraded_latency || timeout > window {
+            c.error(
+                probe.timeout.as_ref(),
+                "probe.timeout",
+                format!(
+                    "{timeout:?} must be longer than probe.degraded.latency ({:?}, or a slow \
+                     tunnel would show as lossy instead) and at most probe.window ({window:?})",
+                    t.degraded_latency
+                ),
+            );
+        }
         if c.errors.len() > before {
             return None;
         }
@@ -617,6 +636,7 @@ impl TunnelsConfig {
             probe_interval: interval,
             probe_count: count,
             probe_window: window,
+            probe_timeout: timeout,
             thresholds: t,
         })
     }
@@ -877,6 +897,13 @@ transits:
         ));
         assert!(
             e.contains("probe.degraded.loss") && e.contains("percentage"),
+            "{e}"
+        );
+        let e = one_error(&format!(
+            "{GOOD}tunnels:\n  slot: 1\nprobe:\n  timeout: 300ms\n"
+        ));
+        assert!(
+            e.contains("probe.timeout") && e.contains("degraded.latency"),
             "{e}"
         );
         let e = one_error(&GOOD.replace("mesh:\n", "mesh:\n  probe_interval: fast\n"));

@@ -164,8 +164,8 @@ fn start_tunnels(
             interval: t.probe_interval,
             count: t.probe_count,
             window: t.probe_window,
+            timeout: t.probe_timeout,
             thresholds: t.thresholds,
-            ..ProbeSettings::default()
         },
         resync: std::time::Duration::from_secs(10),
         routing: plan

@@ -366,14 +366,12 @@ fn two_datacenters_tunnels_routes_and_failover() {
     let took = failed_at.elapsed();
     println!("routes to par1 moved to {after:?} {took:?} after lumen failed");
     assert!(moved, "routes did not leave lumen: {after:?}");
-    // The target is two probe intervals (2 s); measured 1.5 to 2.4 s: a tunnel's state is
-    // evaluated once per interval, so detection alone takes 0.5 to 1.5 s. Fails past three.
-    if took > Duration::from_secs(2) {
-        println!("MISSED TARGET: routes moved after {took:?}, more than two probe intervals");
-    }
+    // Two probe intervals. A tunnel is checked at every probe and published when it gets
+    // worse, so this is the probe timeout (500 ms) + a few lost probes + a gossip round +
+    // the decision and UPDATE: about 0.9 s.
     assert!(
-        took <= Duration::from_secs(3),
-        "routes moved after {took:?}, more than three probe intervals"
+        took <= Duration::from_secs(2),
+        "routes moved after {took:?}, more than two probe intervals"
     );
     lab.down().expect("lab down");
 }

@@ -265,9 +265,9 @@ impl Default for Thresholds {
     }
 }
 
-/// The state of a tunnel from its measurements, evaluated once per probe interval.
-/// Worse states are entered at once (the controller must react within an interval);
-/// better ones only after `recover_intervals` consecutive intervals clear of the
+/// The state of a tunnel from its measurements, evaluated once per probe interval and,
+/// for worse states only, at every probe. Worse states are entered at once (the controller
+/// must react within a fraction of an interval); better ones only after `recover_intervals` consecutive intervals clear of the
 /// threshold by `margin`.
 #[derive(Debug, Clone)]
 pub struct Health {
@@ -296,23 +296,18 @@ impl Health {
         self.state
     }
 
-    /// `recent_loss` is the loss of the last interval (fast Down); `m` the window's.
+    /// Called once per interval. `recent_loss` is the loss of the last interval (fast
+    /// Down); `m` the window's.
     pub fn update(
         &mut self,
         m: &Measurements,
         recent_loss: Option<f64>,
         t: &Thresholds,
     ) -> TunnelState {
-        let recent = recent_loss.unwrap_or(m.loss);
-        let entering = if m.measured == 0 || recent >= t.down_loss {
-            TunnelState::Down
-        } else if m.loss >= t.degraded_loss || m.latency >= t.degraded_latency {
-            TunnelState::Degraded
-        } else {
-            TunnelState::Established
-        };
+        let entering = Self::entering(m, recent_loss, t);
         // The state the measurements are clearly in, thresholds lowered by the margin.
         let keep = 1.0 - t.margin;
+        let recent = recent_loss.unwrap_or(m.loss);
         let clear = if m.measured == 0 || recent >= t.down_loss * keep {
             TunnelState::Down
         } else if m.loss >= t.degraded_loss * keep
@@ -333,6 +328,29 @@ impl Health {
             self.better_for = 0;
         }
         self.state
+    }
+
+    /// Called between intervals, at every probe: enters a worse state at once (the
+    /// controller must not wait up to an interval for a failure) and never a better one,
+    /// so the hysteresis still counts whole intervals. Returns whether the state changed.
+    pub fn worsen(&mut self, m: &Measurements, recent_loss: Option<f64>, t: &Thresholds) -> bool {
+        let entering = Self::entering(m, recent_loss, t);
+        if entering > self.state {
+            self.set(entering);
+            return true;
+        }
+        false
+    }
+
+    fn entering(m: &Measurements, recent_loss: Option<f64>, t: &Thresholds) -> TunnelState {
+        let recent = recent_loss.unwrap_or(m.loss);
+        if m.measured == 0 || recent >= t.down_loss {
+            TunnelState::Down
+        } else if m.loss >= t.degraded_loss || m.latency >= t.degraded_latency {
+            TunnelState::Degraded
+        } else {
+            TunnelState::Established
+        }
     }
 
     fn set(&mut self, s: TunnelState) {
@@ -568,5 +586,23 @@ mod tests {
             h.update(&m(0.0, 500), Some(0.0), &t);
         }
         assert_eq!(h.state(), TunnelState::Degraded);
+    }
+
+    #[test]
+    fn between_intervals_only_worse() {
+        let t = Thresholds::default();
+        let mut h = Health::default();
+        h.update(&m(0.0, 20), Some(0.0), &t);
+        assert!(!h.worsen(&m(0.0, 20), Some(0.0), &t));
+        assert!(h.worsen(&m(0.06, 20), Some(0.06), &t));
+        assert_eq!(h.state(), TunnelState::Degraded);
+        // Clean again between intervals: no recovery, and it does not count toward one.
+        for _ in 0..10 {
+            assert!(!h.worsen(&m(0.0, 20), Some(0.0), &t));
+        }
+        assert_eq!(h.state(), TunnelState::Degraded);
+        assert!(h.worsen(&m(0.2, 20), Some(0.95), &t));
+        assert_eq!(h.state(), TunnelState::Down);
+        assert_eq!(h.update(&m(0.0, 20), Some(0.0), &t), TunnelState::Down);
     }
 }
