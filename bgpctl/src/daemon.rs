@@ -1,19 +1,21 @@
 //! The bgpctl daemon: joins the mesh with role `bgpctl`, runs the controller on every mesh
 //! change, advertises its decision as type-5 routes, and publishes the fabric's routes as
 //! the datacenter's networks. This task owns the controller; the API reads what it
-//! publishes.
+//! publishes. Before its first decision it adopts the choice the other bgpctl of the
+//! datacenter advertises, as the fabric holds it (ADR 0002).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gatewan::mesh::driver::{MeshHandle, unix_ms};
+use gatewan::mesh::driver::{MeshHandle, MeshView, unix_ms};
 use gatewan::mesh::{MemberState, NodeId};
 use gatewan_proto::v1::{self, record::Body};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use crate::bgp::{self, SpeakerHandle, Type5Route};
+use crate::bgp::{self, ReceivedRoutes, SpeakerHandle, Type5Route};
 use crate::config::BgpctlPlan;
 use crate::controller::{Change, Controller, Explanation, Snapshot};
 use crate::export::{self, ExportSettings};
@@ -29,6 +31,12 @@ pub struct ControllerView {
 /// early, partial Adj-RIB-Out followed by End-of-RIB would make a gracefully restarting
 /// peer withdraw the routes the partial view lacks.
 const MESH_SETTLE: Duration = Duration::from_secs(3);
+
+/// How long, after MESH_SETTLE, a starting bgpctl waits for the fabric's whole table
+/// (End-of-RIB from every peer) before its first decision, so that it can adopt the other
+/// bgpctl's choice. Bounded because a peer may never send End-of-RIB (no graceful restart
+/// negotiated) or be down; the speaker holds back our own table meanwhile.
+const FABRIC_SETTLE: Duration = Duration::from_secs(4);
 
 pub struct Running {
     pub speaker: Arc<SpeakerHandle>,
@@ -65,6 +73,7 @@ async fn decide_loop(
         link_bandwidth: plan.link_bandwidth,
     };
     let mut controller = Controller::new(plan.policy.clone());
+    adopt_fabric_choice(&plan.datacenter, &mesh, &speaker, &mut controller).await;
     let mut mesh_rx = mesh.subscribe();
     let mut received_rx = speaker.subscribe_received();
     // The hold-down timers run on the clock even when the mesh is quiet.
@@ -91,12 +100,7 @@ async fn decide_loop(
             _ = tick.tick() => {}
         }
         let view = mesh.view();
-        let alive = |id: NodeId| {
-            view.members
-                .iter()
-                .any(|m| m.id.node == id && m.state != MemberState::Down)
-        };
-        let snapshot = Snapshot::from_store(&plan.datacenter, &view.store, alive);
+        let snapshot = snapshot_of(&plan.datacenter, &view);
         let (decision, explanation) = controller.decide(&snapshot, unix_ms());
         let routes = export::routes(
             &decision,
@@ -115,6 +119,74 @@ async fn decide_loop(
             explanation: Some(explanation),
             history: controller.history().cloned().collect(),
         }));
+    }
+}
+
+fn snapshot_of(datacenter: &str, view: &MeshView) -> Snapshot {
+    let alive = |id: NodeId| {
+        view.members
+            .iter()
+            .any(|m| m.id.node == id && m.state != MemberState::Down)
+    };
+    Snapshot::from_store(datacenter, &view.store, alive)
+}
+
+/// Before the first decision: takes the choice the other bgpctl of the datacenter
+/// advertises, as the fabric holds it, so that both advertise the same tunnels instead of
+/// this one picking its own for a hold-down. A lone bgpctl finds nothing to adopt.
+async fn adopt_fabric_choice(
+    datacenter: &str,
+    mesh: &MeshHandle,
+    speaker: &SpeakerHandle,
+    controller: &mut Controller,
+) {
+    let peers: BTreeSet<IpAddr> = speaker.peer_settings().iter().map(|p| p.address).collect();
+    let (received, waiting) = fabric_table(speaker, &peers).await;
+    if !waiting.is_empty() {
+        info!(
+            peers = ?waiting,
+            "fabric peers without End-of-RIB after {FABRIC_SETTLE:?}: deciding with the routes received so far"
+        );
+    }
+    let held = export::fabric_decision(&received, &snapshot_of(datacenter, &mesh.view()));
+    if held.remotes.is_empty() {
+        return;
+    }
+    let tunnels: usize = held.remotes.iter().map(|r| r.tunnels.len()).sum();
+    let toward: Vec<String> = held
+        .remotes
+        .iter()
+        .map(|r| format!("{} ({})", r.datacenter, r.tunnels.len()))
+        .collect();
+    info!(
+        tunnels,
+        datacenters = held.remotes.len(),
+        "adopting the choice the fabric holds: {tunnels} tunnels toward {}",
+        toward.join(", ")
+    );
+    controller.adopt(&held);
+}
+
+/// The routes received from the fabric once every peer in `peers` has sent End-of-RIB,
+/// or at FABRIC_SETTLE with the peers still missing.
+async fn fabric_table(
+    speaker: &SpeakerHandle,
+    peers: &BTreeSet<IpAddr>,
+) -> (Arc<ReceivedRoutes>, Vec<IpAddr>) {
+    let deadline = tokio::time::Instant::now() + FABRIC_SETTLE;
+    let mut rx = speaker.subscribe_received();
+    loop {
+        let received = rx.borrow_and_update().clone();
+        let waiting: Vec<IpAddr> = peers.difference(&received.end_of_rib).copied().collect();
+        // Deadline, or the speaker is gone: decide with what there is.
+        let done = waiting.is_empty()
+            || !matches!(
+                tokio::time::timeout_at(deadline, rx.changed()).await,
+                Ok(Ok(()))
+            );
+        if done {
+            return (received, waiting);
+        }
     }
 }
 

@@ -3,9 +3,11 @@
 //!   remote prefix × chosen tunnel, RD of the tunnel, next hop the local gatewan's VTEP,
 //!   Router's MAC the tunnel's MAC, label the L3 VNI;
 //! - the type-5 routes received from the fabric → the datacenter's networks, published
-//!   into the mesh.
+//!   into the mesh;
+//! - the type-5 routes received from the fabric → the decision they express (the other
+//!   bgpctl's), which a restarted bgpctl adopts.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use gatewan::mesh::NodeId;
@@ -15,6 +17,7 @@ use gatewan_proto::v1;
 use ipnet::IpNet;
 
 use crate::bgp::{ReceivedRoutes, RouteDistinguisher, RouteTarget, Type5Route};
+use crate::controller::{Snapshot, Tunnel, TunnelId};
 
 /// What every advertised route carries from bgpctl's configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -53,6 +56,14 @@ pub fn gatewan_vteps(store: &StateStore) -> BTreeSet<IpAddr> {
         .collect()
 }
 
+/// The RD of a tunnel's routes (ADR 0002): type 0, the administrator a hash of the
+/// tunnel id's text form, the assigned number its RD index; what `routingctl tunnels`
+/// shows for the tunnel.
+pub fn tunnel_rd(tunnel: TunnelId, rd_index: u32) -> RouteDistinguisher {
+    let (admin, assigned) = route_distinguisher(&NodeId(tunnel.0).to_string(), rd_index);
+    RouteDistinguisher::as2(admin, assigned)
+}
+
 /// The type-5 routes for a decision. Deterministic: the same decision and networks give
 /// the same routes in the same order, on every bgpctl of the datacenter.
 pub fn routes(
@@ -73,11 +84,10 @@ pub fn routes(
                 // A gatewan without a VTEP cannot receive fabric traffic: no route via it.
                 continue;
             };
-            let Some(id) = NodeId::from_slice(&t.id) else {
+            let Some(id) = TunnelId::from_slice(&t.id) else {
                 continue;
             };
-            let (admin, assigned) = route_distinguisher(&id.to_string(), t.rd_index);
-            let rd = RouteDistinguisher::as2(admin, assigned);
+            let rd = tunnel_rd(id, t.rd_index);
             for p in prefixes {
                 let r = Type5Route {
                     rd,
@@ -98,8 +108,8 @@ pub fn routes(
 /// The datacenter's networks from the fabric: each received prefix once, with the first
 /// route's VTEP, Router's MAC and VNI (stale routes of a restarting peer included: the
 /// prefix is still there). Routes whose next hop is a gatewan's VTEP are the remote
-/// prefixes a bgpctl advertised (the other bgpctl of the datacenter, reflected back), not
-/// networks of this datacenter.
+/// prefixes the other bgpctl of the datacenter advertised (reflected by the route
+/// reflector), not networks of this datacenter: [`fabric_decision`] reads those.
 pub fn learned_networks(
     received: &ReceivedRoutes,
     gatewan_vteps: &BTreeSet<IpAddr>,
@@ -119,6 +129,83 @@ pub fn learned_networks(
         });
     }
     out
+}
+
+/// The decision the fabric holds, the mirror image of [`routes`]: a received route whose
+/// next hop is the VTEP of a local gatewan and whose RD (or else Router's MAC) is that of
+/// one of the gatewan's tunnels means that tunnel is chosen for its remote datacenter.
+/// Only the other bgpctl of the datacenter sends us such routes (a route reflector never
+/// reflects ours back), so this is its choice. Routes that map to no known tunnel of this
+/// datacenter's gatewans (fabric tenant routes, other RDs and MACs, another gatewan's
+/// VTEP) are ignored.
+///
+/// Deterministic: remotes by name, tunnels by id (routes do not carry the rank). The
+/// capacity figures are 0 (routes do not carry them either); a tunnel's weight is the
+/// largest link bandwidth its routes carry.
+pub fn fabric_decision(received: &ReceivedRoutes, snapshot: &Snapshot) -> v1::Decision {
+    let vteps: HashMap<NodeId, (IpAddr, &str)> = snapshot
+        .gatewans()
+        .filter(|g| g.datacenter == snapshot.local_datacenter())
+        .filter_map(|g| {
+            let ip = g.vtep.parse::<IpAddr>().ok()?.to_canonical();
+            Some((g.id, (ip, g.vtep.as_str())))
+        })
+        .collect();
+    let mut by_rd: HashMap<RouteDistinguisher, (IpAddr, &Tunnel)> = HashMap::new();
+    let mut by_mac: HashMap<(IpAddr, [u8; 6]), &Tunnel> = HashMap::new();
+    for t in snapshot.tunnels() {
+        // Without a VTEP a gatewan's tunnels have no routes (see `routes`).
+        let Some(&(vtep, _)) = vteps.get(&t.gatewan) else {
+            continue;
+        };
+        by_rd.insert(tunnel_rd(t.id, t.rd_index), (vtep, t));
+        by_mac.insert((vtep, t.router_mac), t);
+    }
+
+    let mut chosen: BTreeMap<&str, BTreeMap<TunnelId, v1::ChosenTunnel>> = BTreeMap::new();
+    for r in received.iter() {
+        let next_hop = r.route.next_hop.to_canonical();
+        let tunnel = by_rd
+            .get(&r.route.rd)
+            .filter(|(vtep, _)| *vtep == next_hop)
+            .map(|&(_, t)| t)
+            .or_else(|| by_mac.get(&(next_hop, r.route.router_mac)).copied());
+        let Some(t) = tunnel else {
+            continue;
+        };
+        let (Some(dc), Some(&(_, vtep))) = (snapshot.datacenter_of(t.id), vteps.get(&t.gatewan))
+        else {
+            continue;
+        };
+        let weight = r.route.link_bandwidth.unwrap_or(0);
+        chosen
+            .entry(dc)
+            .or_default()
+            .entry(t.id)
+            .and_modify(|c| c.weight_bps = c.weight_bps.max(weight))
+            .or_insert_with(|| v1::ChosenTunnel {
+                id: t.id.0.to_vec().into(),
+                gatewan: t.gatewan.0.to_vec().into(),
+                peer: t.peer.0.to_vec().into(),
+                local_transit: t.local_transit.clone(),
+                peer_transit: t.peer_transit.clone(),
+                vtep: vtep.to_string(),
+                router_mac: t.router_mac.to_vec().into(),
+                rd_index: t.rd_index,
+                weight_bps: weight,
+            });
+    }
+    v1::Decision {
+        datacenter: snapshot.local_datacenter().to_string(),
+        remotes: chosen
+            .into_iter()
+            .map(|(dc, tunnels)| v1::DatacenterDecision {
+                datacenter: dc.to_string(),
+                tunnels: tunnels.into_values().collect(),
+                ..Default::default()
+            })
+            .collect(),
+    }
 }
 
 #[cfg(test)]
@@ -185,6 +272,257 @@ mod tests {
         // Without link bandwidth, no community.
         let r = routes(&decision, &networks, &settings(false));
         assert!(r.iter().all(|x| x.link_bandwidth.is_none()));
+    }
+
+    mod fabric {
+        use super::*;
+        use crate::bgp::ReceivedRoute;
+        use crate::controller::{Gatewan, Measurements, Transit};
+
+        const RR1: &str = "10.1.255.2";
+        const RR2: &str = "10.1.255.3";
+
+        fn gw(dc: u8, i: u8, dc_name: &str, vtep: &str) -> Gatewan {
+            let mut id = [0u8; 16];
+            (id[0], id[1]) = (dc, i);
+            Gatewan {
+                id: NodeId(id),
+                name: format!("gatewan{i:02}-{dc_name}"),
+                datacenter: dc_name.into(),
+                vtep: vtep.into(),
+                transits: vec![Transit {
+                    name: "lumen".into(),
+                    capacity_bps: 1_000_000_000,
+                    cost: 0,
+                }],
+                alive: true,
+            }
+        }
+
+        fn tun(n: u8, g: &Gatewan, p: &Gatewan) -> Tunnel {
+            Tunnel {
+                id: TunnelId([n; 16]),
+                gatewan: g.id,
+                peer: p.id,
+                local_transit: "lumen".into(),
+                peer_transit: "lumen".into(),
+                router_mac: [0x02, 0x5d, 0, 0, 0, n],
+                rd_index: u32::from(n),
+                measurements: Measurements::default(),
+            }
+        }
+
+        /// sg1 (local): gatewan01 and gatewan02; one gatewan in par1 and one in iad1.
+        /// Tunnels 1, 2 lead to par1, 3 and 4 to iad1.
+        fn snapshot() -> Snapshot {
+            let g1 = gw(1, 1, "sg1", "10.1.255.11");
+            let g2 = gw(1, 2, "sg1", "10.1.255.12");
+            let p1 = gw(2, 1, "par1", "10.2.255.11");
+            let i1 = gw(3, 1, "iad1", "10.3.255.11");
+            let tunnels = vec![
+                tun(1, &g1, &p1),
+                tun(2, &g2, &p1),
+                tun(3, &g1, &i1),
+                tun(4, &g2, &i1),
+            ];
+            Snapshot::new("sg1", vec![g1, g2, p1, i1], tunnels)
+        }
+
+        fn chosen(s: &Snapshot, n: u8, weight_bps: u64) -> v1::ChosenTunnel {
+            let t = s.tunnel(TunnelId([n; 16])).expect("tunnel");
+            let vtep = s
+                .gatewans()
+                .find(|g| g.id == t.gatewan)
+                .map(|g| g.vtep.clone())
+                .expect("gatewan");
+            v1::ChosenTunnel {
+                id: t.id.0.to_vec().into(),
+                gatewan: t.gatewan.0.to_vec().into(),
+                peer: t.peer.0.to_vec().into(),
+                local_transit: t.local_transit.clone(),
+                peer_transit: t.peer_transit.clone(),
+                vtep,
+                router_mac: t.router_mac.to_vec().into(),
+                rd_index: t.rd_index,
+                weight_bps,
+            }
+        }
+
+        /// A decision choosing tunnels `(datacenter, tunnel numbers)`, weight 1 Gbps.
+        fn decision(s: &Snapshot, remotes: &[(&str, &[u8])]) -> v1::Decision {
+            v1::Decision {
+                datacenter: "sg1".into(),
+                remotes: remotes
+                    .iter()
+                    .map(|(dc, ns)| v1::DatacenterDecision {
+                        datacenter: dc.to_string(),
+                        tunnels: ns.iter().map(|&n| chosen(s, n, 1_000_000_000)).collect(),
+                        ..Default::default()
+                    })
+                    .collect(),
+            }
+        }
+
+        /// What the other bgpctl advertises for `d`, as received from route reflector `rr`.
+        fn advertised(d: &v1::Decision, rr: &str) -> Vec<ReceivedRoute> {
+            let mut networks = BTreeMap::new();
+            for (dc, prefixes) in [
+                ("par1", ["10.2.0.0/16", "2001:db8:2::/48"]),
+                ("iad1", ["10.3.0.0/16", "2001:db8:3::/48"]),
+            ] {
+                networks.insert(
+                    dc.to_string(),
+                    prefixes.iter().map(|p| p.parse().unwrap()).collect(),
+                );
+            }
+            routes(d, &networks, &settings(true))
+                .into_iter()
+                .map(|route| received(rr, route))
+                .collect()
+        }
+
+        fn received(rr: &str, route: Type5Route) -> ReceivedRoute {
+            ReceivedRoute {
+                peer: rr.parse().unwrap(),
+                route,
+                ethernet_tag: 0,
+                gateway: "0.0.0.0".parse().unwrap(),
+                stale: false,
+            }
+        }
+
+        /// A route with the given RD, next hop and last octet of the Router's MAC.
+        fn route(rd: RouteDistinguisher, prefix: &str, next_hop: &str, mac: u8) -> Type5Route {
+            Type5Route {
+                rd,
+                prefix: prefix.parse().unwrap(),
+                label_vni: 10100,
+                next_hop: next_hop.parse().unwrap(),
+                router_mac: [0x02, 0x5d, 0, 0, 0, mac],
+                route_targets: vec!["65001:100".parse().unwrap()],
+                link_bandwidth: None,
+            }
+        }
+
+        fn rd_of(n: u8) -> RouteDistinguisher {
+            tunnel_rd(TunnelId([n; 16]), u32::from(n))
+        }
+
+        /// (datacenter, tunnel numbers) of a decision.
+        fn summary(d: &v1::Decision) -> Vec<(String, Vec<u8>)> {
+            d.remotes
+                .iter()
+                .map(|r| {
+                    let ns = r.tunnels.iter().map(|t| t.id[0]).collect();
+                    (r.datacenter.clone(), ns)
+                })
+                .collect()
+        }
+
+        #[test]
+        fn received_routes_to_the_decision_they_express() {
+            let s = snapshot();
+            let other: RouteDistinguisher = "65001:999".parse().unwrap();
+            type Case = (
+                &'static str,
+                Vec<ReceivedRoute>,
+                Vec<(&'static str, Vec<u8>)>,
+            );
+            let cases: Vec<Case> = vec![
+                (
+                    "two tunnels to par1, IPv4 and IPv6 prefixes",
+                    advertised(&decision(&s, &[("par1", &[2, 1])]), RR1),
+                    vec![("par1", vec![1, 2])],
+                ),
+                (
+                    "two datacenters, from both route reflectors",
+                    [
+                        advertised(&decision(&s, &[("iad1", &[4]), ("par1", &[1])]), RR1),
+                        advertised(&decision(&s, &[("iad1", &[4]), ("par1", &[1])]), RR2),
+                    ]
+                    .concat(),
+                    vec![("iad1", vec![4]), ("par1", vec![1])],
+                ),
+                (
+                    "IPv6 prefix alone",
+                    vec![received(
+                        RR1,
+                        route(rd_of(3), "2001:db8:3::/48", "10.1.255.11", 3),
+                    )],
+                    vec![("iad1", vec![3])],
+                ),
+                (
+                    "unknown RD and Router's MAC at a gatewan's VTEP: ignored",
+                    vec![received(
+                        RR1,
+                        route(other, "10.2.0.0/16", "10.1.255.11", 0x99),
+                    )],
+                    vec![],
+                ),
+                (
+                    "RD of no tunnel, Router's MAC of one: that tunnel",
+                    vec![received(RR1, route(other, "10.2.0.0/16", "10.1.255.12", 2))],
+                    vec![("par1", vec![2])],
+                ),
+                (
+                    "fabric tenant routes (next hop a leaf, not a gatewan's VTEP): ignored",
+                    vec![
+                        received(RR1, route(rd_of(1), "10.1.8.0/24", "10.1.0.5", 1)),
+                        received(RR1, route(other, "2001:db8:1:8::/64", "10.1.0.6", 0x42)),
+                    ],
+                    vec![],
+                ),
+                (
+                    "a tunnel's RD and Router's MAC via another gatewan's VTEP: ignored",
+                    vec![received(
+                        RR1,
+                        route(rd_of(1), "10.2.0.0/16", "10.1.255.12", 1),
+                    )],
+                    vec![],
+                ),
+                (
+                    "routes via a remote datacenter's gatewan: ignored",
+                    vec![received(
+                        RR1,
+                        route(rd_of(1), "10.1.0.0/16", "10.2.255.11", 1),
+                    )],
+                    vec![],
+                ),
+                ("nothing received", vec![], vec![]),
+            ];
+            for (name, routes, want) in cases {
+                let rx = ReceivedRoutes {
+                    routes,
+                    ..Default::default()
+                };
+                let d = fabric_decision(&rx, &s);
+                assert_eq!(d.datacenter, "sg1", "{name}");
+                let want: Vec<(String, Vec<u8>)> = want
+                    .into_iter()
+                    .map(|(dc, ns)| (dc.to_string(), ns))
+                    .collect();
+                assert_eq!(summary(&d), want, "{name}");
+            }
+        }
+
+        #[test]
+        fn inverts_routes_exactly_and_in_any_order() {
+            let s = snapshot();
+            let d = decision(&s, &[("iad1", &[3, 4]), ("par1", &[2, 1])]);
+            let mut rx = ReceivedRoutes {
+                routes: advertised(&d, RR1),
+                ..Default::default()
+            };
+            let got = fabric_decision(&rx, &s);
+            // The same tunnels with every field, sorted by id (routes carry no rank).
+            let mut want = d.clone();
+            for r in &mut want.remotes {
+                r.tunnels.sort_by(|a, b| a.id.cmp(&b.id));
+            }
+            assert_eq!(got, want);
+            rx.routes.reverse();
+            assert_eq!(fabric_decision(&rx, &s), got);
+        }
     }
 
     #[test]

@@ -15,9 +15,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use super::rib_out::AdjRibOut;
 use super::session::{self, ConnCmd, ConnSetup, Direction, PeerGracefulRestart, Report, Verdict};
-use super::speaker::{PeerSettings, RibInCmd};
+use super::speaker::{Desired, PeerSettings, RibInCmd};
 use super::status::{PeerState, SharedStatus};
 
 /// BGP's TCP port (RFC 4271 §8.2.1).
@@ -88,7 +87,7 @@ pub(crate) struct PeerTask {
     ctx: Arc<PeerContext>,
     status: SharedStatus,
     rib_in: mpsc::Sender<RibInCmd>,
-    desired: watch::Receiver<Arc<AdjRibOut>>,
+    desired: watch::Receiver<Desired>,
     inbound: mpsc::Receiver<TcpStream>,
     commands: mpsc::Receiver<PeerCmd>,
     reports_tx: mpsc::Sender<Report>,
@@ -110,7 +109,7 @@ impl PeerTask {
         ctx: Arc<PeerContext>,
         status: SharedStatus,
         rib_in: mpsc::Sender<RibInCmd>,
-        desired: watch::Receiver<Arc<AdjRibOut>>,
+        desired: watch::Receiver<Desired>,
         inbound: mpsc::Receiver<TcpStream>,
         commands: mpsc::Receiver<PeerCmd>,
     ) -> PeerTask {
@@ -314,6 +313,9 @@ impl PeerTask {
                     tracing::info!(peer = %self.peer(), "End-of-RIB: flushing stale routes");
                     let _ = self.rib_in.send(RibInCmd::FlushStale(self.peer())).await;
                 }
+                // The session handed its UPDATEs to the Adj-RIB-In before reporting, so
+                // this arrives after them: readers never see End-of-RIB with a partial table.
+                let _ = self.rib_in.send(RibInCmd::EndOfRib(self.peer())).await;
             }
             Report::Closed {
                 id,

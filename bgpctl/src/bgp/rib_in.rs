@@ -2,7 +2,7 @@
 //! route-target filter, with graceful-restart stale marking, and the snapshots published
 //! to subscribers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use super::inbound::{ReceivedKey, ReceivedType5};
@@ -25,6 +25,10 @@ pub struct ReceivedRoute {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReceivedRoutes {
     pub routes: Vec<ReceivedRoute>,
+    /// Peers whose current session has sent End-of-RIB for L2VPN EVPN: their part of
+    /// `routes` is their whole table (RFC 4724 §2), not one still arriving. Kept with the
+    /// routes so that a reader sees both at the same instant.
+    pub end_of_rib: BTreeSet<IpAddr>,
 }
 
 impl ReceivedRoutes {
@@ -67,6 +71,8 @@ pub struct ApplyStats {
 struct PeerRib {
     routes: BTreeMap<ReceivedKey, Entry>,
     stale: usize,
+    /// The current session has sent End-of-RIB.
+    end_of_rib: bool,
 }
 
 impl PeerRib {
@@ -147,13 +153,21 @@ impl AdjRibIn {
         stats
     }
 
-    /// Marks every route of `peer` stale (the peer began a graceful restart).
+    /// Marks every route of `peer` stale (the peer began a graceful restart): its next
+    /// session's table is incomplete until that session's End-of-RIB.
     pub fn mark_stale(&mut self, peer: IpAddr) -> usize {
         self.peers.get_mut(&peer).map_or(0, |rib| {
             rib.routes.values_mut().for_each(|e| e.stale = true);
             rib.stale = rib.routes.len();
+            rib.end_of_rib = false;
             rib.stale
         })
+    }
+
+    /// Records the End-of-RIB of `peer`'s current session (after its UPDATEs, which
+    /// precede it on the session).
+    pub fn end_of_rib(&mut self, peer: IpAddr) {
+        self.peers.entry(peer).or_default().end_of_rib = true;
     }
 
     /// Removes the routes of `peer` still stale (End-of-RIB received or restart timer out).
@@ -166,7 +180,8 @@ impl AdjRibIn {
         })
     }
 
-    /// Removes every route of `peer` (session down without graceful restart).
+    /// Removes every route of `peer` and its End-of-RIB (session down without graceful
+    /// restart).
     pub fn clear(&mut self, peer: IpAddr) -> usize {
         self.peers.remove(&peer).map_or(0, |rib| rib.routes.len())
     }
@@ -180,7 +195,11 @@ impl AdjRibIn {
 
     pub fn snapshot(&self) -> ReceivedRoutes {
         let mut routes = Vec::with_capacity(self.peers.values().map(|r| r.routes.len()).sum());
+        let mut end_of_rib = BTreeSet::new();
         for (peer, rib) in &self.peers {
+            if rib.end_of_rib {
+                end_of_rib.insert(*peer);
+            }
             for e in rib.routes.values() {
                 routes.push(ReceivedRoute {
                     peer: *peer,
@@ -191,7 +210,7 @@ impl AdjRibIn {
                 });
             }
         }
-        ReceivedRoutes { routes }
+        ReceivedRoutes { routes, end_of_rib }
     }
 }
 
@@ -252,6 +271,29 @@ mod tests {
         let key = rx("10.1.0.0/16", "65000:100").key();
         assert_eq!(rib.apply(p, vec![], &[key]).removed, 1);
         assert_eq!(rib.clear(p), 0);
+    }
+
+    #[test]
+    fn end_of_rib_lasts_for_the_session_that_sent_it() {
+        let p: IpAddr = "10.0.0.2".parse().unwrap();
+        let q: IpAddr = "10.0.0.3".parse().unwrap();
+        let mut rib = AdjRibIn::new(vec![]);
+        rib.apply(p, vec![rx("10.1.0.0/16", "65000:100")], &[]);
+        assert!(rib.snapshot().end_of_rib.is_empty(), "table still arriving");
+        rib.end_of_rib(p);
+        // A peer with nothing to send still completes its table.
+        rib.end_of_rib(q);
+        let snap = rib.snapshot();
+        assert_eq!(snap.end_of_rib, BTreeSet::from([p, q]));
+        assert_eq!(snap.len(), 1);
+        // The peer restarts: its routes stay, stale, but its next table is not complete.
+        rib.mark_stale(p);
+        assert_eq!(rib.snapshot().end_of_rib, BTreeSet::from([q]));
+        rib.end_of_rib(p);
+        assert!(rib.snapshot().end_of_rib.contains(&p));
+        // Session down without graceful restart: routes and End-of-RIB go.
+        rib.clear(q);
+        assert_eq!(rib.snapshot().end_of_rib, BTreeSet::from([p]));
     }
 
     #[test]

@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::codec::{self, ExportContext};
 use super::inbound::{self, ReceiveContext};
 use super::rib_out::{self, AdjRibOut};
-use super::speaker::RibInCmd;
+use super::speaker::{Desired, RibInCmd};
 use super::status::{PeerState, SharedStatus};
 
 /// Output handed to TCP before more is generated (keeps KEEPALIVE latency low).
@@ -109,7 +109,7 @@ pub(crate) struct ConnSetup {
     pub peer_asn: u32,
     pub graceful_restart: bool,
     pub rib_in: mpsc::Sender<RibInCmd>,
-    pub desired: watch::Receiver<Arc<AdjRibOut>>,
+    pub desired: watch::Receiver<Desired>,
     pub status: SharedStatus,
     pub reports: mpsc::Sender<Report>,
     pub commands: mpsc::Receiver<ConnCmd>,
@@ -151,7 +151,7 @@ struct Conn {
     hard_reset: bool,
     desired_open: bool,
     rib_in: mpsc::Sender<RibInCmd>,
-    desired: watch::Receiver<Arc<AdjRibOut>>,
+    desired: watch::Receiver<Desired>,
     status: SharedStatus,
     reports: mpsc::Sender<Report>,
     commands: mpsc::Receiver<ConnCmd>,
@@ -280,7 +280,12 @@ impl Conn {
         let Some(est) = &mut self.established else {
             return;
         };
-        let desired = self.desired.borrow_and_update().clone();
+        let Some(desired) = self.desired.borrow_and_update().clone() else {
+            // Nothing set yet: the initial table waits for it (see `Desired`); the
+            // watch wakes this session when it comes.
+            est.rib_dirty = false;
+            return;
+        };
         let diff = rib_out::diff(&est.sent, &desired);
         let msgs = rib_out::updates(&diff, &est.export);
         let n = msgs.len() as u64;

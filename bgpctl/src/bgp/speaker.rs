@@ -98,8 +98,16 @@ pub(crate) enum RibInCmd {
     },
     MarkStale(IpAddr),
     FlushStale(IpAddr),
+    /// The peer's current session sent End-of-RIB (after its UPDATEs were handed over).
+    EndOfRib(IpAddr),
     Clear(IpAddr),
 }
+
+/// The desired Adj-RIB-Out; None until the owner first sets it. Sessions hold back their
+/// initial table and its End-of-RIB until then (RFC 4724 §4.1: a restarting speaker
+/// defers its advertisement until its route selection is done): an empty table followed by
+/// End-of-RIB would make a peer that kept our routes across a restart flush them.
+pub(crate) type Desired = Option<Arc<AdjRibOut>>;
 
 struct PeerEntry {
     settings: PeerSettings,
@@ -111,7 +119,7 @@ struct PeerEntry {
 /// The running speaker. Dropping it stops the speaker (peers see a Cease); `shutdown`
 /// does the same and waits until the NOTIFICATIONs are out.
 pub struct SpeakerHandle {
-    desired: watch::Sender<Arc<AdjRibOut>>,
+    desired: watch::Sender<Desired>,
     received: watch::Receiver<Arc<ReceivedRoutes>>,
     peers: Vec<PeerEntry>,
     listener: Option<JoinHandle<()>>,
@@ -190,7 +198,7 @@ pub fn spawn(settings: SpeakerSettings) -> Result<SpeakerHandle, SpeakerError> {
         None => None,
     };
 
-    let (desired_tx, desired_rx) = watch::channel(Arc::new(AdjRibOut::default()));
+    let (desired_tx, desired_rx) = watch::channel(None);
     let (received_tx, received_rx) = watch::channel(Arc::new(ReceivedRoutes::default()));
     let (rib_in_tx, rib_in_rx) = mpsc::channel(256);
 
@@ -240,7 +248,8 @@ pub fn spawn(settings: SpeakerSettings) -> Result<SpeakerHandle, SpeakerError> {
 
 impl SpeakerHandle {
     /// Replaces the whole desired Adj-RIB-Out. Each session sends only the difference to
-    /// what it has sent. Of routes with the same (RD, prefix) the last one wins.
+    /// what it has sent. Of routes with the same (RD, prefix) the last one wins. Sessions
+    /// send their initial table and End-of-RIB only once this has been called.
     pub fn set_advertised(&self, routes: Vec<Type5Route>) {
         let (set, duplicates) = AdjRibOut::from_routes(routes);
         if duplicates > 0 {
@@ -249,15 +258,20 @@ impl SpeakerHandle {
                 "set_advertised: routes with the same RD and prefix, the last one is used"
             );
         }
-        self.desired.send_replace(Arc::new(set));
+        self.desired.send_replace(Some(Arc::new(set)));
     }
 
     /// The desired Adj-RIB-Out as last set, in (RD, prefix) order.
     pub fn advertised(&self) -> Vec<Type5Route> {
-        self.desired.borrow().iter().cloned().collect()
+        self.desired
+            .borrow()
+            .iter()
+            .flat_map(|set| set.iter().cloned())
+            .collect()
     }
 
-    /// Type-5 routes from all peers after the import route-target filter.
+    /// Type-5 routes from all peers after the import route-target filter, and which peers
+    /// have completed their table (End-of-RIB).
     pub fn subscribe_received(&self) -> watch::Receiver<Arc<ReceivedRoutes>> {
         self.received.clone()
     }
@@ -368,6 +382,10 @@ async fn run_rib_in(
                     RibInCmd::FlushStale(peer) => {
                         let n = rib.flush_stale(peer);
                         tracing::info!(peer = %peer, "flushed {n} stale routes");
+                        peer
+                    }
+                    RibInCmd::EndOfRib(peer) => {
+                        rib.end_of_rib(peer);
                         peer
                     }
                     RibInCmd::Clear(peer) => {

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use gatewan::mesh::NodeId;
-use gatewan_proto::v1::{DatacenterDecision, Decision, TunnelState};
+use gatewan_proto::v1::{self, DatacenterDecision, Decision, TunnelState};
 use proptest::prelude::*;
 
 use super::*;
@@ -599,6 +599,105 @@ fn tunnel_down_is_removed_at_once() {
         last.cause
     );
     assert_ne!(e1, e2);
+}
+
+/// The decision a restarted bgpctl reads back from the fabric: only the ids matter.
+fn adopted(dc: &str, ids: &[TunnelId]) -> Decision {
+    Decision {
+        datacenter: "sg1".into(),
+        remotes: vec![DatacenterDecision {
+            datacenter: dc.into(),
+            tunnels: ids
+                .iter()
+                .map(|id| v1::ChosenTunnel {
+                    id: id.0.to_vec().into(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        }],
+    }
+}
+
+#[test]
+fn adopted_set_is_held_like_an_own_choice() {
+    let (gws, _) = single_choice();
+    let a = tunnel_id(&gws[0], "lumen", &gws[1], "lumen");
+    let b = tunnel_id(&gws[0], "cogent", &gws[1], "cogent");
+    // a is the best, b within the margin (5 % worse, margin 10 %): a fresh controller
+    // picks a, one that adopted b (the other bgpctl's choice) keeps b.
+    let s = |b_state: TunnelState| {
+        snapshot_with(&gws, move |lt, pt| match (lt, pt) {
+            ("lumen", "lumen") => healthy(100, 0),
+            ("cogent", "cogent") => Measurements {
+                state: b_state,
+                ..healthy(105, 0)
+            },
+            _ => healthy(250, 0),
+        })
+    };
+    let (fresh, _) = decide_once(&s(TunnelState::Established), &latency_only());
+    assert_eq!(chosen_ids(&fresh, "par1"), BTreeSet::from([a]));
+
+    let mut c = Controller::new(latency_only());
+    c.adopt(&adopted("par1", &[b]));
+    // Twice hold_down (30 s): never a change, not even a "first decision".
+    for tick in 0..60u64 {
+        let (d, _) = c.decide(&s(TunnelState::Established), tick * 1000);
+        assert_eq!(chosen_ids(&d, "par1"), BTreeSet::from([b]), "tick {tick}");
+    }
+    assert_eq!(
+        c.history().len(),
+        0,
+        "{:?}",
+        c.history().collect::<Vec<_>>()
+    );
+
+    // b goes down: removed in the same decision, a replaces it without waiting.
+    let (d, e) = c.decide(&s(TunnelState::Down), 60_000);
+    assert_eq!(chosen_ids(&d, "par1"), BTreeSet::from([a]));
+    assert_eq!(verdict_of(&e, "par1", b), Verdict::NotEstablished);
+    let h: Vec<&Change> = c.history().collect();
+    assert_eq!(h.len(), 1);
+    assert_eq!(
+        (h[0].added.clone(), h[0].removed.clone()),
+        (vec![a], vec![b])
+    );
+    assert!(
+        h[0].cause.contains(&format!("{b} left the healthy set")),
+        "{}",
+        h[0].cause
+    );
+}
+
+#[test]
+fn adopted_set_beyond_the_margin_waits_for_hold_down() {
+    let (gws, _) = single_choice();
+    let a = tunnel_id(&gws[0], "lumen", &gws[1], "lumen");
+    let b = tunnel_id(&gws[0], "cogent", &gws[1], "cogent");
+    // a is 40 % better than the adopted b: replaced, but only after hold_down (30 s), as
+    // if this controller had chosen b itself.
+    let s = snapshot_with(&gws, |lt, pt| match (lt, pt) {
+        ("lumen", "lumen") => healthy(60, 0),
+        ("cogent", "cogent") => healthy(100, 0),
+        _ => healthy(250, 0),
+    });
+    let mut c = Controller::new(latency_only());
+    c.adopt(&adopted("par1", &[b]));
+    let mut switched_at = None;
+    for tick in 0..40u64 {
+        let (d, e) = c.decide(&s, tick * 1000);
+        let ids = chosen_ids(&d, "par1");
+        if ids.contains(&a) && switched_at.is_none() {
+            switched_at = Some(tick);
+        }
+        if tick < 30 {
+            assert_eq!(ids, BTreeSet::from([b]), "tick {tick}");
+            assert_eq!(verdict_of(&e, "par1", a), Verdict::WaitingForHoldDown);
+        }
+    }
+    assert_eq!(switched_at, Some(30));
+    assert_eq!(c.history().len(), 1);
 }
 
 #[test]
