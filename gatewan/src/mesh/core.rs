@@ -136,6 +136,11 @@ impl MeshSettings {
     }
 }
 
+/// Members that sync with a joiner, mesh-wide (see `flush_swim`).
+const HELLO_FANOUT: usize = 3;
+/// Bounds what one member-list datagram can make us apply.
+const MAX_MEMBERS_PER_SLICE: usize = 64;
+
 /// An address heard from within this is taken as reachable for anti-entropy.
 const HEARD_FOR_MS: u64 = 30_000;
 /// Bounds the `heard` map (one entry per member).
@@ -729,6 +734,11 @@ impl MeshCore {
                 self.flush_swim(now_ms);
             }
             Kind::Hello(h) => {
+                if !h.members_hash.is_empty()
+                    && h.members_hash.as_ref() != self.members_hash().as_slice()
+                {
+                    self.send_members(from, true, now_ms);
+                }
                 let same = self.with_store(|s| sync::same_state(s, &h));
                 if !same {
                     let budget = self.settings.control_budget();
@@ -758,6 +768,37 @@ impl MeshCore {
                     }
                 }
             }
+            Kind::Members(m) => {
+                let local = self.local().node;
+                let mut updates = Vec::new();
+                for e in m.members.iter().take(MAX_MEMBERS_PER_SLICE) {
+                    let (Some(id), Ok(incarnation)) = (
+                        e.identity.as_ref().and_then(identity_from_proto),
+                        u16::try_from(e.incarnation),
+                    ) else {
+                        return self.drop_datagram(DropReason::Invalid, from, now_ms);
+                    };
+                    // What others think of us is foca's to refute, through SWIM.
+                    if id.node != local {
+                        let state = if e.suspect {
+                            foca::State::Suspect
+                        } else {
+                            foca::State::Alive
+                        };
+                        updates.push(foca::Member::new(id, incarnation, state));
+                    }
+                }
+                let mut rt = std::mem::take(&mut self.rt);
+                // Not broadcast: the sender's view is what the mesh already knows.
+                if let Err(e) = self.swim.apply_many(updates.into_iter(), false, &mut rt) {
+                    debug!(error = %e, "member list refused");
+                }
+                self.rt = rt;
+                self.flush_swim(now_ms);
+                if m.reply_wanted {
+                    self.send_members(from, false, now_ms);
+                }
+            }
             Kind::Records(r) => {
                 let mut shared = lock(&self.shared);
                 for bytes in r.records.iter().take(256) {
@@ -770,8 +811,41 @@ impl MeshCore {
     }
 
     fn send_hello(&mut self, addrs: &[SocketAddr], now_ms: u64) {
-        let h = self.with_store(sync::hello);
+        let members = self.members_hash();
+        let h = self.with_store(|s| sync::hello(s, members));
         self.send_control(addrs, Kind::Hello(h), now_ms);
+    }
+
+    fn members_hash(&self) -> [u8; 16] {
+        sync::members_hash(
+            self.members
+                .values()
+                .filter(|m| m.state != MemberState::Down)
+                .map(|m| &m.id)
+                .chain(std::iter::once(self.local())),
+        )
+    }
+
+    fn send_members(&mut self, to: SocketAddr, reply_wanted: bool, now_ms: u64) {
+        let mut entries: Vec<v1::MemberEntry> = self
+            .members
+            .values()
+            .filter(|m| m.state != MemberState::Down)
+            .map(|m| v1::MemberEntry {
+                identity: Some(identity_to_proto(&m.id)),
+                incarnation: u32::from(m.incarnation),
+                suspect: m.state == MemberState::Suspect,
+            })
+            .collect();
+        entries.push(v1::MemberEntry {
+            identity: Some(identity_to_proto(self.local())),
+            incarnation: self.own_incarnation.load(Ordering::Relaxed),
+            suspect: false,
+        });
+        let budget = self.settings.control_budget();
+        for slice in sync::member_slices(entries, reply_wanted, budget) {
+            self.send_control(&[to], Kind::Members(slice), now_ms);
+        }
     }
 
     fn send_control(&mut self, addrs: &[SocketAddr], kind: Kind, now_ms: u64) {
@@ -826,9 +900,24 @@ impl MeshCore {
         }
         self.rt = rt;
         self.refresh_members(now_ms);
-        // Push-pull with every member that (re)appears: a joiner gets the whole state at once.
-        for m in joined {
-            self.send_hello(&m.addrs, now_ms);
+        // Push-pull with members that (re)appear, so a joiner gets the whole state at once;
+        // but about HELLO_FANOUT of them mesh-wide per join. Every member learns of a
+        // joiner, and all of them syncing with it cost ~4 MB per join at 200 members; a
+        // joiner that learns the whole membership at once would do the same the other way.
+        let known = self.members.len().max(1);
+        if joined.len() * 2 >= known {
+            // We are the one catching up: a few of them.
+            for _ in 0..HELLO_FANOUT.min(joined.len()) {
+                let m = joined.swap_remove(self.rng.random_range(0..joined.len()));
+                self.send_hello(&m.addrs, now_ms);
+            }
+        } else {
+            let p = (HELLO_FANOUT as f64 / known as f64).min(1.0);
+            for m in joined {
+                if self.rng.random_bool(p) {
+                    self.send_hello(&m.addrs, now_ms);
+                }
+            }
         }
     }
 

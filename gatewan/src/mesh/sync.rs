@@ -1,17 +1,69 @@
 //! Push-pull anti-entropy, pure: whole-store hashes first (one small datagram when stores
 //! agree), then sorted digests in slices that fit a datagram, then the records one side
 //! has newer. Repairs whatever the broadcasts missed and hands a joiner the full state.
+//! Membership travels the same way: a hash of the members each side holds in the hello,
+//! the member lists when they differ.
 
-use gatewan_proto::v1::{DigestEntry, SyncDigest, SyncHello};
+use gatewan_proto::v1::{DigestEntry, MemberEntry, SyncDigest, SyncHello, SyncMembers};
 use prost::Message as _;
 
+use super::identity::MemberId;
 use super::store::{RecordKey, StateStore, StoredRecord};
 
-pub fn hello(store: &StateStore) -> SyncHello {
+pub fn hello(store: &StateStore, members_hash: [u8; 16]) -> SyncHello {
     SyncHello {
         state_hash: store.state_hash().to_be_bytes().to_vec().into(),
         record_count: u32::try_from(store.len()).unwrap_or(u32::MAX),
+        members_hash: members_hash.to_vec().into(),
     }
+}
+
+/// Of the identities held alive or suspect, ourselves included: equal on two members that
+/// agree on who is in the mesh, whatever order they learned it in. Incarnations and
+/// suspicion are left out, they differ for a moment on every probe round.
+pub fn members_hash<'a>(ids: impl Iterator<Item = &'a MemberId>) -> [u8; 16] {
+    let mut ids: Vec<(&[u8; 16], u32)> = ids.map(|m| (&m.node.0, m.generation)).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let mut h = blake3::Hasher::new();
+    for (node, generation) in ids {
+        h.update(node);
+        h.update(&generation.to_be_bytes());
+    }
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&h.finalize().as_bytes()[..16]);
+    out
+}
+
+/// The member list in slices of at most `max_bytes` encoded bytes; only the first carries
+/// `reply_wanted`.
+pub fn member_slices(
+    entries: Vec<MemberEntry>,
+    reply_wanted: bool,
+    max_bytes: usize,
+) -> Vec<SyncMembers> {
+    let mut slices: Vec<SyncMembers> = Vec::new();
+    let mut current: Vec<MemberEntry> = Vec::new();
+    let mut size = 0usize;
+    for e in entries {
+        let len = e.encoded_len() + 4;
+        if !current.is_empty() && size + len > max_bytes {
+            slices.push(SyncMembers {
+                reply_wanted: reply_wanted && slices.is_empty(),
+                members: std::mem::take(&mut current),
+            });
+            size = 0;
+        }
+        size += len;
+        current.push(e);
+    }
+    if !current.is_empty() {
+        slices.push(SyncMembers {
+            reply_wanted: reply_wanted && slices.is_empty(),
+            members: current,
+        });
+    }
+    slices
 }
 
 pub fn same_state(store: &StateStore, hello: &SyncHello) -> bool {
@@ -166,11 +218,11 @@ mod tests {
             digest(&a, true, 1000).len() > 5,
             "digest must be sliced to test ranges"
         );
-        assert!(!same_state(&b, &hello(&a)));
+        assert!(!same_state(&b, &hello(&a, [0; 16])));
         let (a, b) = exchange(a, b, 1000);
         assert_eq!(a.state_hash(), b.state_hash());
         assert_eq!(a.len(), 300 + 60);
-        assert!(same_state(&b, &hello(&a)));
+        assert!(same_state(&b, &hello(&a, [0; 16])));
     }
 
     #[test]
@@ -189,5 +241,43 @@ mod tests {
         let d = digest(&StateStore::default(), true, 1000);
         assert_eq!(d.len(), 1);
         assert!(d[0].from.is_none() && d[0].to.is_none());
+    }
+
+    fn member(n: u8, generation: u32) -> MemberId {
+        MemberId {
+            node: super::super::identity::NodeId([n; 16]),
+            generation,
+            addrs: vec![format!("192.0.2.{n}:7946").parse().unwrap()],
+        }
+    }
+
+    #[test]
+    fn members_hash_is_the_set_of_identities() {
+        let ids: Vec<MemberId> = (1..=50).map(|n| member(n, 1)).collect();
+        let forward = members_hash(ids.iter());
+        let backward = members_hash(ids.iter().rev().chain(ids.iter().take(3)));
+        assert_eq!(forward, backward, "order and repeats do not matter");
+        assert_ne!(forward, members_hash(ids.iter().skip(1)), "a member less");
+        let mut restarted = ids.clone();
+        restarted[7].generation = 2;
+        assert_ne!(forward, members_hash(restarted.iter()), "a new generation");
+    }
+
+    #[test]
+    fn member_lists_fit_datagrams_and_only_the_first_wants_a_reply() {
+        let entries: Vec<MemberEntry> = (1..=200)
+            .map(|n| MemberEntry {
+                identity: Some(crate::mesh::core::identity_to_proto(&member(n, 1))),
+                incarnation: 3,
+                suspect: n % 7 == 0,
+            })
+            .collect();
+        let slices = member_slices(entries.clone(), true, 1000);
+        assert!(slices.len() > 5);
+        assert!(slices.iter().all(|s| s.encoded_len() <= 1000 + 16));
+        assert!(slices[0].reply_wanted && slices[1..].iter().all(|s| !s.reply_wanted));
+        let back: Vec<MemberEntry> = slices.into_iter().flat_map(|s| s.members).collect();
+        assert_eq!(back, entries);
+        assert!(member_slices(Vec::new(), true, 1000).is_empty());
     }
 }
