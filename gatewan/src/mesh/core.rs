@@ -726,12 +726,17 @@ impl MeshCore {
                 if seed.node == self.local().node {
                     return;
                 }
+                let seed_addrs = seed.addrs.clone();
                 let mut rt = std::mem::take(&mut self.rt);
                 if let Err(e) = self.swim.announce(seed, &mut rt) {
                     debug!(error = %e, "announce");
                 }
                 self.rt = rt;
                 self.flush_swim(now_ms);
+                // Push-pull with the seed whatever members we happen to sync with on
+                // joining: it holds the mesh's state, and it gets ours (records published
+                // before we had anyone to gossip them to) at once.
+                self.send_hello(&seed_addrs, now_ms);
             }
             Kind::Hello(h) => {
                 if !h.members_hash.is_empty()

@@ -340,8 +340,10 @@ async fn run(
                     WantedTunnel::from_plan(t, cfg.routing.get(&t.local.transit).map(|r| r.mark))
                 })
                 .collect();
+            let reconcile_started = std::time::Instant::now();
             match system.observe().await {
                 Ok(seen) => {
+                    let observed = reconcile_started.elapsed();
                     let (todo, newly_stale) = steps(
                         &wanted,
                         &seen,
@@ -389,6 +391,13 @@ async fn run(
                         })
                         .await;
                     if !todo.is_empty() {
+                        info!(
+                            interfaces = seen.len(),
+                            steps = todo.len(),
+                            observed = ?observed,
+                            took = ?reconcile_started.elapsed(),
+                            "tunnels reconciled"
+                        );
                         // Check again soon: wireguard-go may take a moment to come up.
                         dirty = true;
                     }
