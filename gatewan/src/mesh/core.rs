@@ -847,6 +847,11 @@ impl MeshCore {
             incarnation: self.own_incarnation.load(Ordering::Relaxed),
             suspect: false,
         });
+        // `members` is a HashMap: a fixed order keeps runs reproducible (the simulator).
+        entries.sort_by(|a, b| {
+            let key = |e: &v1::MemberEntry| e.identity.as_ref().map(|i| i.id.clone());
+            key(a).cmp(&key(b))
+        });
         let budget = self.settings.control_budget();
         for slice in sync::member_slices(entries, reply_wanted, budget) {
             self.send_control(&[to], Kind::Members(slice), now_ms);
