@@ -62,31 +62,20 @@ async fn run(plan: BgpctlPlan) -> anyhow::Result<()> {
         });
     }
     let running = bgpctl::daemon::start(&plan, member.mesh.clone()).await?;
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let router = tonic::transport::Server::builder()
         .add_service(api::MeshApi::new(member.mesh.clone()).into_server())
         .add_service(
             bgpctl::api::BgpApi::new(running.speaker.clone(), running.controller.clone())
                 .into_server(),
         );
-    let api = tokio::spawn(daemon::serve_api(plan.api_socket.clone(), router, async {
-        let _ = stop_rx.await;
-    }));
-    tokio::select! {
-        _ = daemon::shutdown_signal() => {}
-        r = api => {
-            return match r {
-                Ok(Err(e)) => Err(e),
-                Ok(Ok(())) => Ok(()),
-                Err(e) => Err(e.into()),
-            };
-        }
-    }
+    let Some(api) = daemon::serve_api_until_signal(plan.api_socket.clone(), router).await? else {
+        return Ok(());
+    };
     tracing::info!("shutting down: Cease to the BGP peers, leaving the mesh");
     if let Ok(speaker) = std::sync::Arc::try_unwrap(running.speaker) {
         speaker.shutdown().await;
     }
     member.mesh.leave().await;
-    let _ = stop_tx.send(());
+    drop(api);
     Ok(())
 }

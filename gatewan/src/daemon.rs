@@ -148,6 +148,28 @@ pub async fn serve_api(
     res.map_err(Into::into)
 }
 
+/// Serves the API until SIGINT or SIGTERM. On a signal it returns a handle that keeps the
+/// API up while the caller shuts down (routingctl still answers) and stops it when
+/// dropped; `None` if the API stopped on its own without error.
+pub async fn serve_api_until_signal(
+    socket: PathBuf,
+    router: tonic::transport::server::Router,
+) -> anyhow::Result<Option<tokio::sync::oneshot::Sender<()>>> {
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let api = tokio::spawn(serve_api(socket, router, async {
+        let _ = stop_rx.await;
+    }));
+    tokio::select! {
+        _ = shutdown_signal() => Ok(Some(stop_tx)),
+        // The API stopped on its own: that is an error (e.g. the socket is taken).
+        r = api => match r {
+            Ok(Err(e)) => Err(e),
+            Ok(Ok(())) => Ok(None),
+            Err(e) => Err(e.into()),
+        },
+    }
+}
+
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};

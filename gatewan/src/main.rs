@@ -99,29 +99,17 @@ async fn run(plan: gatewan::config::GatewanPlan) -> anyhow::Result<()> {
         (Some(t), Some(key)) => Some(start_tunnels(&plan, t, key, public_key, &member)?),
         _ => None,
     };
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let router = tonic::transport::Server::builder()
         .add_service(api::MeshApi::new(member.mesh.clone()).into_server())
         .add_optional_service(
             tunnels.map(|t| api::TunnelsApi::new(t, member.state_dir.clone()).into_server()),
         );
-    let api = tokio::spawn(daemon::serve_api(plan.api_socket.clone(), router, async {
-        let _ = stop_rx.await;
-    }));
-    tokio::select! {
-        _ = daemon::shutdown_signal() => {}
-        r = api => {
-            // The API stopped on its own: that is an error (e.g. the socket is taken).
-            return match r {
-                Ok(Err(e)) => Err(e),
-                Ok(Ok(())) => Ok(()),
-                Err(e) => Err(e.into()),
-            };
-        }
-    }
+    let Some(api) = daemon::serve_api_until_signal(plan.api_socket.clone(), router).await? else {
+        return Ok(());
+    };
     tracing::info!("shutting down: leaving the mesh");
     member.mesh.leave().await;
-    let _ = stop_tx.send(());
+    drop(api);
     Ok(())
 }
 
