@@ -119,6 +119,75 @@ fn tunnel_macs(lab: &RunningLab, gatewans: &[&str]) -> Vec<(String, String)> {
         .collect()
 }
 
+/// `routingctl` on bgpctl-sg1's socket: its session to the fabric, the routes it received
+/// (par1's prefixes are not among them: the sg1 fabric announces sg1's) and the ones it
+/// advertises, as JSON and in the talk's GoBGP-style table.
+fn check_routingctl_on_bgpctl(lab: &RunningLab) {
+    let routingctl = format!("{NODE_BIN}/routingctl");
+    let run = |args: &[&str]| {
+        let mut argv = vec![routingctl.as_str(), "--socket", "/run/bgpctl/bgpctl.sock"];
+        argv.extend_from_slice(args);
+        let out = lab
+            .exec("bgpctl-sg1", &argv)
+            .expect("routingctl on bgpctl-sg1");
+        assert!(
+            out.status.success(),
+            "routingctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let json = |args: &[&str]| -> Vec<serde_json::Value> {
+        let mut argv = vec!["-o", "json"];
+        argv.extend_from_slice(args);
+        let text = run(&argv);
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{args:?}: {e}: {text}"))
+    };
+
+    let peers = json(&["peers"]);
+    assert_eq!(peers.len(), 1, "{peers:#?}");
+    let fabric = &peers[0];
+    assert_eq!(fabric["address"], "10.1.255.2");
+    assert_eq!(fabric["state"], "Established");
+    assert!(
+        fabric["prefixes_received"].as_u64() >= Some(2),
+        "{fabric:#?}"
+    );
+    assert!(fabric["prefixes_sent"].as_u64() >= Some(2), "{fabric:#?}");
+
+    let received = json(&["routes", "--received", "--prefix", "172.16.1.0/24"]);
+    assert_eq!(received.len(), 1, "{received:#?}");
+    assert_eq!(received[0]["direction"], "received");
+    assert_eq!(received[0]["peer"], "10.1.255.2");
+    assert_eq!(received[0]["vni"], 10100);
+
+    let advertised = json(&["routes", "--advertised"]);
+    assert!(!advertised.is_empty());
+    for r in &advertised {
+        assert_eq!(r["direction"], "advertised", "{r}");
+        assert!(
+            ["10.1.255.11", "10.1.255.12"].contains(&r["next_hop"].as_str().unwrap_or("")),
+            "next hop of an advertised route is a local gatewan's VTEP: {r}"
+        );
+        assert_eq!(r["route_targets"], serde_json::json!(["65001:100"]), "{r}");
+    }
+
+    let table = run(&["routes", "--advertised", "--prefix", "172.16.2.0/24"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(!lines.is_empty(), "no advertised route to 172.16.2.0/24");
+    for l in lines {
+        assert!(
+            l.starts_with("*> [type:Prefix][rd:")
+                && l.contains("][prefix:172.16.2.0/24] [10100] 10.1.255.1")
+                && l.contains("router's mac: ")
+                && l.contains("encap: VXLAN")
+                && l.contains("rt: 65001:100"),
+            "{l}"
+        );
+    }
+    println!("routingctl on bgpctl-sg1: peers, routes --received/--advertised as expected");
+}
+
 #[test]
 fn two_datacenters_tunnels_routes_and_failover() {
     let name = "two_datacenters_tunnels_routes_and_failover";
@@ -288,6 +357,8 @@ fn two_datacenters_tunnels_routes_and_failover() {
             local_gatewans[0]
         );
     }
+
+    check_routingctl_on_bgpctl(&lab);
 
     // A prefix the par1 fabric withdraws leaves the mesh and the sg1 fabric.
     let v6 = "2001:db8:a2::/48";
