@@ -60,6 +60,24 @@ impl Collector for MeshCollector {
             "Gossiped records refused by validation",
             c.records_invalid,
         )?;
+        counter(
+            &mut enc,
+            "gatewan_mesh_suspicions_raised",
+            "Members whose probe by us failed (each then told directly that it is suspected)",
+            c.suspicions_raised,
+        )?;
+        counter(
+            &mut enc,
+            "gatewan_mesh_suspicions_of_us_refuted",
+            "Suspicions of this member refuted in answer to a suspicion notice",
+            c.suspicions_of_us_refuted,
+        )?;
+        counter(
+            &mut enc,
+            "gatewan_mesh_refutations_received",
+            "Suspicions we raised that the suspect refuted directly",
+            c.refutations_received,
+        )?;
         {
             let proto = ConstCounter::new(0u64);
             let mut fam = enc.encode_descriptor(

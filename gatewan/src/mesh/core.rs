@@ -1,8 +1,8 @@
 //! The mesh core, sans I/O: datagrams and timers in, datagrams and timers out.
 //!
 //! It admits datagrams (rate limit, AEAD, replay filter), feeds SWIM messages to foca and
-//! mesh control messages (seed join, anti-entropy) to the state store, and seals what
-//! goes out. The tokio driver (`driver.rs`) and the benchmark's simulated network both
+//! mesh control messages (seed join, anti-entropy, suspicion notices) to the state store
+//! and foca, and seals what goes out. The tokio driver (`driver.rs`) and the benchmark's simulated network both
 //! drive it through the same four calls: `handle_datagram`, `handle_timer`, `publish`,
 //! `drain_outputs`.
 
@@ -34,7 +34,8 @@ const TAG_SWIM: u8 = 1;
 const TAG_CONTROL: u8 = 2;
 
 /// Tunables of the mesh. Defaults target a WAN between datacenters: a dead member is
-/// declared down by everyone within about 6 s (see the mesh_cluster benchmark for figures).
+/// declared down by everyone within about 3 s, at worst 5 s (see the mesh_cluster
+/// benchmark for figures).
 #[derive(Debug, Clone)]
 pub struct MeshSettings {
     pub probe_interval: Duration,
@@ -58,20 +59,29 @@ pub struct MeshSettings {
 impl Default for MeshSettings {
     fn default() -> Self {
         MeshSettings {
-            // A probe round must hold the direct ping (probe_timeout) and then the
-            // indirect one, two more round trips: 500 + 2 x 310 ms fits in 1.3 s for
-            // intercontinental RTTs. At 1 s it did not, so whenever a ping was lost the
-            // member was suspected, and the simulator (benches/mesh_cluster.rs) counted 48
-            // false downs in 60 s at 50 members with RTT ~300 ms and 10 % loss; 1.3 s gives
-            // none. The price is detection: the dead member waits longer to be probed and
-            // the failed round is longer, ~1 s more (see the bench for measured figures).
-            // probe_timeout stays at 500 ms, well above a 300 ms RTT.
-            probe_interval: Duration::from_millis(1300),
-            probe_timeout: Duration::from_millis(500),
-            suspicion_timeout: Duration::from_millis(3000),
+            // Detection time is: the wait until some member probes the dead one (about
+            // one probe interval on average, longer in the tail), the failed probe round,
+            // the suspicion timeout, and the spread of the verdict. Measured in the
+            // simulator (benches/mesh_cluster.rs) at 200 members: 3.2 s median, 4.7 s
+            // worst of 15, no false down with 10 % loss or with RTTs up to 310 ms.
+            //
+            // The suspicion timeout can be this short because a suspect is told directly
+            // and refutes straight back (`notify_suspect`, Lifeguard's buddy system); by
+            // gossip alone a refutation takes two spreads, and 3 s were needed. Five
+            // indirect probes (memberlist: 3) make a suspicion of a live member under
+            // 10 % loss eight times rarer: each suspicion and its refutation cost about
+            // 200 KB of gossip mesh-wide at 200 members.
+            //
+            // A probe round holds the direct ping (probe_timeout, above any sane RTT) and
+            // the indirect ones: 400 + 2 × 300 ms at intercontinental RTTs. At 800 ms it
+            // did not, and the simulator saw 6 suspicions/s at 50 members with RTTs
+            // ~300 ms and 10 % loss, and false downs.
+            probe_interval: Duration::from_millis(1000),
+            probe_timeout: Duration::from_millis(400),
+            suspicion_timeout: Duration::from_millis(1000),
             gossip_interval: Duration::from_millis(200),
             gossip_fanout: 3,
-            indirect_probes: 3,
+            indirect_probes: 5,
             // An update reaches about 1 − e^(−transmissions) of the members, so the
             // expected number of members it misses is N·e^(−transmissions). foca's LAN
             // default (4, as memberlist's) gives 9 at 200 members: in the simulator with
@@ -188,6 +198,12 @@ pub struct Counters {
     pub dropped: [u64; 6],
     /// Gossiped records that failed validation (the rest of their datagram was used).
     pub records_invalid: u64,
+    /// Members our own probes failed and that we told so (see `notify_suspect`).
+    pub suspicions_raised: u64,
+    /// Suspicions of ourselves refuted in answer to a notice.
+    pub suspicions_of_us_refuted: u64,
+    /// Suspicions we raised that the suspect refuted directly.
+    pub refutations_received: u64,
 }
 
 impl Counters {
@@ -201,6 +217,17 @@ pub enum CoreTimer {
     Swim(Timer<MemberId>),
     AntiEntropy,
     SeedRetry,
+    /// Tell a member we suspect so again, if it has not refuted yet.
+    SuspicionNotice(NodeId),
+}
+
+/// A member our own probe failed, which foca will declare down at `until_ms` unless it
+/// refutes (raises its incarnation) first.
+#[derive(Debug, Clone)]
+struct Suspicion {
+    id: MemberId,
+    incarnation: u16,
+    until_ms: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -416,6 +443,8 @@ pub struct MeshCore {
     last_src: Arc<Mutex<Option<NodeId>>>,
     /// foca's max_transmissions now, resized with the membership.
     max_transmissions: u8,
+    /// Members we suspect and keep telling so (see `notify_suspect`).
+    suspicions: HashMap<NodeId, Suspicion>,
     out: Vec<Output>,
     rt: SwimRuntime,
 }
@@ -474,6 +503,7 @@ impl MeshCore {
             heard: HashMap::new(),
             last_src,
             max_transmissions: 0,
+            suspicions: HashMap::new(),
             out: Vec::new(),
             rt: SwimRuntime::default(),
         })
@@ -704,7 +734,38 @@ impl MeshCore {
                 }
                 self.schedule(self.settings.seed_retry, CoreTimer::SeedRetry);
             }
+            CoreTimer::SuspicionNotice(node) => self.notify_suspect(node, now_ms),
         }
+    }
+
+    /// Lifeguard's buddy system: a member whose probe failed tells the suspect directly,
+    /// again every half probe timeout until it refutes or the suspicion runs out. SWIM
+    /// alone leaves the suspect to hear of it by gossip, and its refutation to come back
+    /// the same way: about two gossip spreads, each seconds long in a large mesh with
+    /// loss, which is why the suspicion timeout had to be long. The refutation comes back
+    /// in one round trip instead, so a live member is not declared down even with a short
+    /// suspicion timeout, and a dead one is declared down sooner.
+    fn notify_suspect(&mut self, node: NodeId, now_ms: u64) {
+        let Some(s) = self.suspicions.get(&node) else {
+            return;
+        };
+        let still = self.members.get(&node).is_some_and(|m| {
+            m.state == MemberState::Suspect && m.id == s.id && m.incarnation == s.incarnation
+        });
+        if !still || now_ms >= s.until_ms {
+            self.suspicions.remove(&node);
+            return;
+        }
+        let notice = v1::SuspicionNotice {
+            identity: Some(identity_to_proto(&s.id)),
+            incarnation: u32::from(s.incarnation),
+        };
+        let addrs = s.id.addrs.clone();
+        self.send_control(&addrs, Kind::Suspected(notice), now_ms);
+        self.schedule(
+            (self.settings.probe_timeout / 2).max(Duration::from_millis(50)),
+            CoreTimer::SuspicionNotice(node),
+        );
     }
 
     fn handle_control(&mut self, from: SocketAddr, kind: Kind, now_ms: u64) {
@@ -804,6 +865,62 @@ impl MeshCore {
                     self.send_members(from, false, now_ms);
                 }
             }
+            Kind::Suspected(notice) => {
+                let (Some(id), Ok(incarnation)) = (
+                    notice.identity.as_ref().and_then(identity_from_proto),
+                    u16::try_from(notice.incarnation),
+                ) else {
+                    return self.drop_datagram(DropReason::Invalid, from, now_ms);
+                };
+                if id != *self.local() {
+                    // About an earlier life of ours (foca has the sender's view of it
+                    // settled by the newer identity) or about someone else: not ours to act on.
+                    return;
+                }
+                // foca refutes a suspicion of its own identity by raising its incarnation
+                // and gossiping; the suspecting member gets the new incarnation at once.
+                let me = foca::Member::new(id, incarnation, foca::State::Suspect);
+                let mut rt = std::mem::take(&mut self.rt);
+                if let Err(e) = self.swim.apply_many(std::iter::once(me), true, &mut rt) {
+                    debug!(error = %e, "refutation");
+                }
+                self.rt = rt;
+                self.flush_swim(now_ms);
+                let entry = v1::MemberEntry {
+                    identity: Some(identity_to_proto(self.local())),
+                    incarnation: self.own_incarnation.load(Ordering::Relaxed),
+                    suspect: false,
+                };
+                self.counters.suspicions_of_us_refuted += 1;
+                self.send_control(&[from], Kind::Refutation(entry), now_ms);
+            }
+            Kind::Refutation(e) => {
+                let (Some(id), Ok(incarnation)) = (
+                    e.identity.as_ref().and_then(identity_from_proto),
+                    u16::try_from(e.incarnation),
+                ) else {
+                    return self.drop_datagram(DropReason::Invalid, from, now_ms);
+                };
+                if id.node == self.local().node || e.suspect {
+                    return self.drop_datagram(DropReason::Invalid, from, now_ms);
+                }
+                // Broadcast: it replaces the suspicion in our gossip queue, so what we
+                // spread from now on is the refutation, not the suspicion; usually the
+                // refutation arrives before the next gossip round and the suspicion has
+                // barely left.
+                let refutes = |s: &Suspicion| s.id == id && incarnation > s.incarnation;
+                if self.suspicions.get(&id.node).is_some_and(refutes) {
+                    self.suspicions.remove(&id.node);
+                    self.counters.refutations_received += 1;
+                }
+                let alive = foca::Member::new(id, incarnation, foca::State::Alive);
+                let mut rt = std::mem::take(&mut self.rt);
+                if let Err(e) = self.swim.apply_many(std::iter::once(alive), true, &mut rt) {
+                    debug!(error = %e, "refutation refused");
+                }
+                self.rt = rt;
+                self.flush_swim(now_ms);
+            }
             Kind::Records(r) => {
                 let mut shared = lock(&self.shared);
                 for bytes in r.records.iter().take(256) {
@@ -891,7 +1008,20 @@ impl MeshCore {
         for (to, data) in rt.sends.drain(..) {
             self.send_sealed(&to.addrs, TAG_SWIM, &data, now_ms);
         }
+        let mut suspected = Vec::new();
         for (after, t) in rt.timers.drain(..) {
+            if let Timer::ChangeSuspectToDown {
+                member_id,
+                incarnation,
+                ..
+            } = &t
+            {
+                suspected.push(Suspicion {
+                    id: member_id.clone(),
+                    incarnation: *incarnation,
+                    until_ms: now_ms + after.as_millis() as u64,
+                });
+            }
             self.schedule(after, CoreTimer::Swim(t));
         }
         let mut joined = Vec::new();
@@ -910,6 +1040,14 @@ impl MeshCore {
         }
         self.rt = rt;
         self.refresh_members(now_ms);
+        for s in suspected {
+            let node = s.id.node;
+            let first = self.suspicions.insert(node, s).is_none();
+            if first {
+                self.counters.suspicions_raised += 1;
+                self.notify_suspect(node, now_ms);
+            }
+        }
         // Push-pull with members that (re)appear, so a joiner gets the whole state at once;
         // but about HELLO_FANOUT of them mesh-wide per join. Every member learns of a
         // joiner, and all of them syncing with it cost ~4 MB per join at 200 members; a

@@ -755,8 +755,7 @@ mod tests {
     }
 
     /// Intercontinental round trips (up to ~310 ms) suspect nobody on a clean network.
-    /// (With 10 % loss on top, seed 11 still sees one false down in 120 s: refutations
-    /// are lost when foca's fixed max_transmissions runs out; see the bench.)
+    /// (With 10 % loss on top, see the bench's long-RTT lines.)
     #[test]
     fn long_round_trips_raise_no_false_verdicts() {
         let mut sim = Sim::new(SimConfig {
@@ -778,6 +777,53 @@ mod tests {
         sim.run_for(Duration::from_secs(60));
         let suspects = sim.false_beliefs(MemberState::Suspect, since);
         assert!(suspects.is_empty(), "suspicions without loss: {suspects:?}");
+    }
+
+    /// Lifeguard's buddy system: the member whose probe failed tells the suspect at once
+    /// and the suspect refutes straight back, so suspicions raised under heavy loss end
+    /// in a round trip and none turns into a Down, although the suspicion timeout is one
+    /// second (gossip alone needs about two spreads, several seconds, to refute).
+    #[test]
+    fn suspects_refute_directly_under_heavy_loss() {
+        let settings = MeshSettings {
+            suspicion_timeout: Duration::from_secs(1),
+            ..MeshSettings::default()
+        };
+        let mut sim = Sim::new(SimConfig {
+            settings,
+            ..SimConfig::new(5)
+        });
+        sim.add_cluster(20, Duration::from_millis(50));
+        let took = sim.run_until(
+            Duration::from_secs(60),
+            Duration::from_millis(100),
+            Sim::converged,
+        );
+        assert!(took.is_some(), "20 members did not converge within 60 s");
+        let since = sim.now_ms();
+        sim.set_loss(0.15);
+        sim.run_for(Duration::from_secs(120));
+        let total = |f: fn(&super::super::core::Counters) -> u64| -> u64 {
+            sim.live_nodes()
+                .iter()
+                .map(|&i| f(&sim.core(i).counters()))
+                .sum()
+        };
+        let raised = total(|c| c.suspicions_raised);
+        let answered = total(|c| c.suspicions_of_us_refuted);
+        let received = total(|c| c.refutations_received);
+        assert!(raised >= 5, "too few suspicions to test anything: {raised}");
+        assert!(
+            answered > 0 && received > 0,
+            "{raised} raised, {answered} answered, {received} refutations received"
+        );
+        // The rest end by gossip first, or both ways of the round trip were lost.
+        assert!(
+            received * 2 >= raised,
+            "most suspicions end with a direct refutation: {received} of {raised}"
+        );
+        let false_down = sim.false_beliefs(MemberState::Down, since);
+        assert!(false_down.is_empty(), "false downs: {false_down:?}");
     }
 
     /// The checks above can fail: with a suspicion timeout far too short for the loss,
