@@ -6,8 +6,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use gatewan::config::{
-    ApiConfig, Checker, ConfigError, LogConfig, LogFormat, MeshConfig, MeshPlan, MetricsConfig,
-    check_name, parse_file,
+    ApiConfig, ApiPlan, Checker, ConfigError, LogConfig, LogFormat, MeshConfig, MeshPlan,
+    MetricsConfig, check_name, parse_file,
 };
 use gatewan::units::{Dur, Percent, Rate};
 use serde::Deserialize;
@@ -152,7 +152,7 @@ pub struct BgpctlPlan {
     pub export_route_targets: Vec<RouteTarget>,
     pub link_bandwidth: bool,
     pub policy: Policy,
-    pub api_socket: PathBuf,
+    pub api: ApiPlan,
     pub metrics_listen: Option<SocketAddr>,
     pub log_format: LogFormat,
     pub log_level: Option<String>,
@@ -308,6 +308,7 @@ impl BgpctlConfig {
         }
         let policy = self.policy(&mut c, e.link_bandwidth);
         let mesh = self.mesh.plan(&mut c, &[]);
+        let api = self.api.plan(&mut c, DEFAULT_API_SOCKET);
         let metrics_listen = self.metrics.plan(&mut c);
         c.finish()?;
         Ok(BgpctlPlan {
@@ -327,11 +328,7 @@ impl BgpctlConfig {
             export_route_targets: export,
             link_bandwidth: e.link_bandwidth,
             policy,
-            api_socket: self
-                .api
-                .socket
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_API_SOCKET)),
+            api,
             metrics_listen,
             log_format: self.log.format,
             log_level: self.log.level.clone(),
@@ -439,7 +436,7 @@ controller:
         assert_eq!(p.vni, 10100);
         assert_eq!(p.policy.required_bps("par1"), 2_000_000_000);
         assert_eq!(p.policy.required_bps("iad1"), 1_000_000_000);
-        assert_eq!(p.api_socket, PathBuf::from(DEFAULT_API_SOCKET));
+        assert_eq!(p.api.socket, PathBuf::from(DEFAULT_API_SOCKET));
     }
 
     #[test]
@@ -454,6 +451,17 @@ controller:
         assert!(has(":10: bgp.router_id"), "{text:?}");
         assert!(has(":18: evpn.vni"), "{text:?}");
         assert!(has("evpn.route_targets.export[0]"), "{text:?}");
+    }
+
+    #[test]
+    fn tcp_api_needs_mutual_tls() {
+        let errors = load(&format!("{GOOD}api:\n  listen: \"[::]:7948\"\n")).unwrap_err();
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        assert!(
+            text.iter()
+                .any(|t| t.contains(":29: api.tls:") && t.contains("mutual TLS")),
+            "{text:?}"
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ struct Cli {
         env = "BGPCTL_CONFIG"
     )]
     config: PathBuf,
-    /// Validate the configuration (and the keyring it names), then exit.
+    /// Validate the configuration (and the keyring and API TLS files it names), then exit.
     #[arg(long)]
     check: bool,
 }
@@ -47,7 +47,7 @@ async fn run(plan: BgpctlPlan) -> anyhow::Result<()> {
             name: plan.name.clone(),
             datacenter: plan.datacenter.clone(),
             role: v1::Role::Bgpctl as i32,
-            api_address: plan.api_socket.display().to_string(),
+            api_address: plan.api.socket.display().to_string(),
             ..Default::default()
         },
     )
@@ -62,13 +62,12 @@ async fn run(plan: BgpctlPlan) -> anyhow::Result<()> {
         });
     }
     let running = bgpctl::daemon::start(&plan, member.mesh.clone()).await?;
-    let router = tonic::transport::Server::builder()
-        .add_service(api::MeshApi::new(member.mesh.clone()).into_server())
+    let routes = tonic::service::Routes::new(api::MeshApi::new(member.mesh.clone()).into_server())
         .add_service(
             bgpctl::api::BgpApi::new(running.speaker.clone(), running.controller.clone())
                 .into_server(),
         );
-    let Some(api) = daemon::serve_api_until_signal(plan.api_socket.clone(), router).await? else {
+    let Some(api) = daemon::serve_api_until_signal(plan.api.clone(), routes).await? else {
         return Ok(());
     };
     tracing::info!("shutting down: Cease to the BGP peers, leaving the mesh");

@@ -1,5 +1,5 @@
-//! The gRPC API on a Unix socket (mode 0600): the `Mesh` service (members, keyring),
-//! served by gatewan and bgpctl alike.
+//! The gRPC API on a Unix socket (mode 0600) and, with `api.listen`, on TCP with mutual TLS:
+//! the `Mesh` service (members, keyring), served by gatewan and bgpctl alike.
 
 use std::path::Path;
 
@@ -8,7 +8,7 @@ use gatewan_proto::v1::{self, MemberState as PbState};
 use tonic::{Request, Response, Status};
 
 use crate::mesh::driver::{KeyringOp, MeshError, MeshHandle, MeshView};
-use crate::mesh::{MemberState, MeshKey};
+use crate::mesh::{MemberState, MeshKey, NodeId};
 
 pub struct MeshApi {
     mesh: MeshHandle,
@@ -61,7 +61,16 @@ fn keys(view: &MeshView) -> v1::KeyringResponse {
                 primary: *primary,
             })
             .collect(),
+        ..Default::default()
     }
+}
+
+/// The name a member gives itself in its NodeRecord, if we hold it.
+fn member_name(view: &MeshView, node: NodeId) -> String {
+    view.store
+        .node(node)
+        .map(|n| n.name.clone())
+        .unwrap_or_default()
 }
 
 fn status(e: MeshError) -> Status {
@@ -73,13 +82,32 @@ fn status(e: MeshError) -> Status {
 }
 
 impl MeshApi {
-    async fn keyring(&self, op: KeyringOp) -> Result<Response<v1::KeyringResponse>, Status> {
-        self.mesh.keyring(op).await.map_err(status)?;
-        // The view is refreshed by the mesh task right after the change.
+    async fn keyring(
+        &self,
+        op: KeyringOp,
+        local_only: bool,
+    ) -> Result<Response<v1::KeyringResponse>, Status> {
         let mut rx = self.mesh.subscribe();
         let _ = rx.borrow_and_update();
+        let outcome = self.mesh.keyring(op, !local_only).await.map_err(status)?;
+        // The view is refreshed by the mesh task right after the change.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(1), rx.changed()).await;
-        Ok(Response::new(keys(&self.mesh.view())))
+        let view = self.mesh.view();
+        let mut response = keys(&view);
+        if !local_only {
+            response.cluster = true;
+            response.members_asked = outcome.asked.len() as u32;
+            response.failures = outcome
+                .failures
+                .into_iter()
+                .map(|(node, error)| v1::KeyringFailure {
+                    member_id: node.to_string(),
+                    name: member_name(&view, node),
+                    error,
+                })
+                .collect();
+        }
+        Ok(Response::new(response))
     }
 }
 
@@ -105,22 +133,25 @@ impl Mesh for MeshApi {
         &self,
         r: Request<v1::InstallKeyRequest>,
     ) -> Result<Response<v1::KeyringResponse>, Status> {
-        let key = MeshKey::from_base64(&r.into_inner().key).map_err(Status::invalid_argument)?;
-        self.keyring(KeyringOp::Install(key)).await
+        let r = r.into_inner();
+        let key = MeshKey::from_base64(&r.key).map_err(Status::invalid_argument)?;
+        self.keyring(KeyringOp::Install(key), r.local_only).await
     }
 
     async fn use_key(
         &self,
         r: Request<v1::UseKeyRequest>,
     ) -> Result<Response<v1::KeyringResponse>, Status> {
-        self.keyring(KeyringOp::Use(r.into_inner().key)).await
+        let r = r.into_inner();
+        self.keyring(KeyringOp::Use(r.key), r.local_only).await
     }
 
     async fn remove_key(
         &self,
         r: Request<v1::RemoveKeyRequest>,
     ) -> Result<Response<v1::KeyringResponse>, Status> {
-        self.keyring(KeyringOp::Remove(r.into_inner().key)).await
+        let r = r.into_inner();
+        self.keyring(KeyringOp::Remove(r.key), r.local_only).await
     }
 }
 
@@ -148,6 +179,128 @@ pub fn bind_unix(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
     let l = l?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(l)
+}
+
+/// What is wrong with one of the `api.tls` files: the field (`api.tls.cert`, …) and why.
+#[derive(Debug)]
+pub struct TlsFileError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for TlsFileError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+impl std::error::Error for TlsFileError {}
+
+/// How long a TLS client may take to complete its handshake.
+const TLS_HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Reads and checks the TCP API's PEM files and makes the server's TLS configuration:
+/// the daemon's certificate and key, and the CA every client certificate must be signed by
+/// (a client without one is refused during the handshake). Used by `--check` and at start.
+pub fn server_tls(
+    files: &crate::config::ApiTlsFiles,
+) -> Result<tonic::transport::ServerTlsConfig, TlsFileError> {
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+    let read = |field: &'static str, path: &Path| {
+        std::fs::read(path).map_err(|e| TlsFileError {
+            field,
+            message: format!("cannot read {}: {e}", path.display()),
+        })
+    };
+    let certs =
+        |field: &'static str, path: &Path, pem: &[u8]| match CertificateDer::pem_slice_iter(pem)
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(list) if !list.is_empty() => Ok(()),
+            Ok(_) => Err(TlsFileError {
+                field,
+                message: format!(
+                    "{} holds no certificate (expected PEM: -----BEGIN CERTIFICATE-----)",
+                    path.display()
+                ),
+            }),
+            Err(e) => Err(TlsFileError {
+                field,
+                message: format!("{}: invalid PEM: {e}", path.display()),
+            }),
+        };
+    let cert = read("api.tls.cert", &files.cert)?;
+    certs("api.tls.cert", &files.cert, &cert)?;
+    let key = read("api.tls.key", &files.key)?;
+    if let Err(e) = PrivateKeyDer::from_pem_slice(&key) {
+        return Err(TlsFileError {
+            field: "api.tls.key",
+            message: format!(
+                "{} holds no usable private key (expected PEM: PKCS#8, PKCS#1 or SEC1): {e}",
+                files.key.display()
+            ),
+        });
+    }
+    let ca = read("api.tls.client_ca", &files.client_ca)?;
+    certs("api.tls.client_ca", &files.client_ca, &ca)?;
+
+    // rustls checks the rest when the acceptor is built: first the identity alone (a key
+    // that does not match the certificate), then with the client CA.
+    let identity = ServerTlsConfig::new()
+        .identity(Identity::from_pem(&cert, &key))
+        .timeout(TLS_HANDSHAKE_TIMEOUT);
+    if let Err(e) = Server::builder().tls_config(identity.clone()) {
+        let why = error_chain(&e);
+        return Err(TlsFileError {
+            // rustls says "invalid peer certificate: BadEncoding" when the certificate is at
+            // fault, and names the key otherwise (e.g. KeyMismatch).
+            field: if why.contains("certificate") {
+                "api.tls.cert"
+            } else {
+                "api.tls.key"
+            },
+            message: format!(
+                "{} and {} are not a usable certificate and key pair: {}",
+                files.cert.display(),
+                files.key.display(),
+                why.replace("invalid peer certificate", "invalid certificate")
+            ),
+        });
+    }
+    let config = identity.client_ca_root(Certificate::from_pem(&ca));
+    if let Err(e) = Server::builder().tls_config(config.clone()) {
+        return Err(TlsFileError {
+            field: "api.tls.client_ca",
+            message: format!(
+                "{} is not a usable CA certificate: {}",
+                files.client_ca.display(),
+                error_chain(&e)
+            ),
+        });
+    }
+    Ok(config)
+}
+
+/// The causes of a tonic error, `a: b` (its own message is just "transport error").
+fn error_chain(e: &tonic::transport::Error) -> String {
+    use std::error::Error as _;
+    let Some(first) = e.source() else {
+        return e.to_string();
+    };
+    let mut out = first.to_string();
+    let mut source = first.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !out.ends_with(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = s.source();
+    }
+    out
 }
 
 /// The `Tunnels` service: the tunnel manager's latest table, and key rotation.

@@ -350,6 +350,110 @@ pub struct ApiConfig {
     /// Unix socket of the gRPC API (mode 0600).
     #[serde(default)]
     pub socket: Option<PathBuf>,
+    /// The same API on TCP, e.g. `"[::]:7947"`; needs `tls` (mutual TLS).
+    #[serde(default)]
+    pub listen: Option<Spanned<String>>,
+    #[serde(default)]
+    pub tls: Option<ApiTlsConfig>,
+}
+
+/// The TCP API's certificates, PEM files.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiTlsConfig {
+    /// The daemon's certificate (chain), presented to routingctl.
+    pub cert: Spanned<PathBuf>,
+    /// Its private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Spanned<PathBuf>,
+    /// The CA that signs the clients' certificates: only they are let in.
+    pub client_ca: Spanned<PathBuf>,
+}
+
+/// The API section once validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiPlan {
+    pub socket: PathBuf,
+    /// `api.listen` with its `api.tls`.
+    pub tcp: Option<TcpApiPlan>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcpApiPlan {
+    pub listen: SocketAddr,
+    pub tls: ApiTlsFiles,
+}
+
+/// Paths of the TCP API's PEM files (read at `--check` and again at start).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiTlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
+}
+
+impl ApiConfig {
+    /// Validates the section, reading the TLS files; `default_socket` is the daemon's.
+    pub fn plan(&self, c: &mut Checker, default_socket: &str) -> ApiPlan {
+        let socket = self
+            .socket
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(default_socket));
+        let listen = self
+            .listen
+            .as_ref()
+            .and_then(|l| match l.value.parse::<SocketAddr>() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    c.error(
+                        Some(l),
+                        "api.listen",
+                        format!(
+                            "{:?} is not ip:port, e.g. \"[::]:7947\" or \"10.1.255.11:7947\"",
+                            l.value
+                        ),
+                    );
+                    None
+                }
+            });
+        let tcp = match (&self.listen, &self.tls) {
+            (None, None) => None,
+            (Some(l), None) => {
+                c.error(
+                    Some(l),
+                    "api.tls",
+                    "api.listen serves the API on TCP, which must use mutual TLS (the API can \
+                     change the mesh keyring): add api.tls with cert, key and client_ca (PEM \
+                     files), or remove api.listen to keep only the Unix socket",
+                );
+                None
+            }
+            (None, Some(t)) => {
+                c.error(
+                    Some(&t.cert),
+                    "api.tls",
+                    "is only used by the TCP API: add api.listen, e.g. \"[::]:7947\", or remove api.tls",
+                );
+                None
+            }
+            (Some(_), Some(t)) => {
+                let files = ApiTlsFiles {
+                    cert: t.cert.value.clone(),
+                    key: t.key.value.clone(),
+                    client_ca: t.client_ca.value.clone(),
+                };
+                if let Err(e) = crate::api::server_tls(&files) {
+                    let at = match e.field {
+                        "api.tls.key" => &t.key,
+                        "api.tls.client_ca" => &t.client_ca,
+                        _ => &t.cert,
+                    };
+                    c.error(Some(at), e.field, e.message);
+                }
+                listen.map(|listen| TcpApiPlan { listen, tls: files })
+            }
+        };
+        ApiPlan { socket, tcp }
+    }
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -695,7 +799,7 @@ pub struct GatewanPlan {
     pub mesh: MeshPlan,
     pub transits: Vec<Transit>,
     pub tunnels: Option<TunnelsPlan>,
-    pub api_socket: PathBuf,
+    pub api: ApiPlan,
     pub metrics_listen: Option<SocketAddr>,
     /// The VTEP announced in the NodeRecord (`fabric.vtep`).
     pub vtep: Option<IpAddr>,
@@ -775,6 +879,7 @@ impl GatewanConfig {
         let transit_addrs: Vec<IpAddr> =
             transits.iter().flat_map(|t| t.addresses.clone()).collect();
         let mesh = self.mesh.plan(&mut c, &transit_addrs);
+        let api = self.api.plan(&mut c, DEFAULT_API_SOCKET);
         let metrics_listen = self.metrics.plan(&mut c);
         let vtep = self
             .fabric
@@ -802,11 +907,7 @@ impl GatewanConfig {
             mesh,
             transits,
             tunnels,
-            api_socket: self
-                .api
-                .socket
-                .clone()
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_API_SOCKET)),
+            api,
             metrics_listen,
             vtep,
             log_format: self.log.format,
@@ -846,7 +947,8 @@ transits:
         assert_eq!(p.mesh.advertise.len(), 2);
         assert_eq!(p.mesh.seeds[1], "[2001:db8::1]:7946".parse().unwrap());
         assert_eq!(p.transits[0].capacity, Rate(1_000_000_000));
-        assert_eq!(p.api_socket, PathBuf::from(DEFAULT_API_SOCKET));
+        assert_eq!(p.api.socket, PathBuf::from(DEFAULT_API_SOCKET));
+        assert_eq!(p.api.tcp, None);
     }
 
     fn one_error(yaml: &str) -> String {
@@ -855,6 +957,101 @@ transits:
             .map(|e| e.to_string())
             .collect::<Vec<_>>()
             .join("\n")
+    }
+
+    /// A CA, a server certificate and key signed by it, and a key of another pair, as PEM
+    /// files in `dir`: (cert, key, client_ca, other_key).
+    fn tls_files(dir: &Path) -> [PathBuf; 4] {
+        use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let files = ["api.pem", "api.key", "ca.pem", "other.key"].map(|f| dir.join(f));
+        let other = KeyPair::generate().unwrap();
+        for (path, text) in files.iter().zip([
+            cert.pem(),
+            key.serialize_pem(),
+            ca_cert.pem(),
+            other.serialize_pem(),
+        ]) {
+            std::fs::write(path, text).unwrap();
+        }
+        files
+    }
+
+    fn api_section(listen: &str, [cert, key, ca]: [&Path; 3]) -> String {
+        format!(
+            "{GOOD}api:\n  socket: /run/gw.sock\n  listen: \"{listen}\"\n  tls:\n    cert: {}\n    key: {}\n    client_ca: {}\n",
+            cert.display(),
+            key.display(),
+            ca.display()
+        )
+    }
+
+    #[test]
+    fn tcp_api_with_mutual_tls() {
+        let dir = tempfile::tempdir().unwrap();
+        let [cert, key, ca, other_key] = tls_files(dir.path());
+        let p = load(&api_section("[::]:7947", [&cert, &key, &ca])).unwrap();
+        assert_eq!(p.api.socket, PathBuf::from("/run/gw.sock"));
+        let tcp = p.api.tcp.expect("api.listen is planned");
+        assert_eq!(tcp.listen, "[::]:7947".parse().unwrap());
+        assert_eq!(tcp.tls.client_ca, ca);
+        let p = load(&api_section("127.0.0.1:7947", [&cert, &key, &ca])).unwrap();
+        assert_eq!(p.api.tcp.unwrap().listen, "127.0.0.1:7947".parse().unwrap());
+
+        // A key that is not the certificate's.
+        let e = one_error(&api_section("[::]:7947", [&cert, &other_key, &ca]));
+        assert!(
+            e.contains(":18: api.tls.key") && e.contains("other.key"),
+            "{e}"
+        );
+        // A key where the CA certificate should be.
+        let e = one_error(&api_section("[::]:7947", [&cert, &key, &key]));
+        assert!(
+            e.contains(":19: api.tls.client_ca") && e.contains("holds no certificate"),
+            "{e}"
+        );
+        let e = one_error(&api_section("7947", [&cert, &key, &ca]));
+        assert!(
+            e.contains(":15: api.listen") && e.contains("ip:port"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn tcp_api_without_tls_is_refused() {
+        let e = one_error(&format!("{GOOD}api:\n  listen: \"[::]:7947\"\n"));
+        assert!(
+            e.contains(":14: api.tls: api.listen serves the API on TCP, which must use mutual TLS")
+                && e.contains("add api.tls with cert, key and client_ca"),
+            "{e}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let [cert, key, ca, _] = tls_files(dir.path());
+        let yaml =
+            api_section("[::]:7947", [&cert, &key, &ca]).replace("  listen: \"[::]:7947\"\n", "");
+        let e = one_error(&yaml);
+        assert!(e.contains("api.tls") && e.contains("add api.listen"), "{e}");
+    }
+
+    #[test]
+    fn missing_tls_file_names_field_and_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let [_, key, ca, _] = tls_files(dir.path());
+        let missing = dir.path().join("missing.pem");
+        let e = one_error(&api_section("[::]:7947", [&missing, &key, &ca]));
+        assert!(
+            e.contains(":17: api.tls.cert: cannot read") && e.contains("missing.pem"),
+            "{e}"
+        );
     }
 
     #[test]

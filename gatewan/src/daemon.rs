@@ -1,13 +1,16 @@
 //! What every mesh member daemon (gatewan, bgpctl) does at start and stop: logging, the
 //! state directory, joining the mesh, serving the API, metrics and signals.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use gatewan_proto::v1::{self, record::Body};
 use tokio_stream::wrappers::UnixListenerStream;
+use tonic::service::Routes;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 use tracing::{error, info};
 
-use crate::config::{LogFormat, MeshPlan};
+use crate::config::{ApiPlan, LogFormat, MeshPlan};
 use crate::mesh::driver::{self, MeshHandle};
 use crate::mesh::{MemberId, MeshCore, keyring_file};
 use crate::state_dir::StateDir;
@@ -133,30 +136,64 @@ pub async fn announce(member: &Member, mut record: v1::NodeRecord) -> anyhow::Re
     Ok(())
 }
 
-/// Serves gRPC services on the API socket until `shutdown` resolves.
+/// Serves the gRPC services on the API socket and, with `api.listen`, on TCP with mutual
+/// TLS, until `shutdown` resolves. Both serve the same `routes`.
 pub async fn serve_api(
-    socket: PathBuf,
-    router: tonic::transport::server::Router,
+    api: ApiPlan,
+    routes: Routes,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let listener = crate::api::bind_unix(&socket)?;
-    info!(socket = %socket.display(), "API listening");
-    let res = router
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-        .await;
-    let _ = std::fs::remove_file(&socket);
-    res.map_err(Into::into)
+    use anyhow::Context as _;
+    use futures_util::FutureExt as _;
+    // Bound before anything is served, so a TCP error leaves no socket file behind.
+    let tcp = match &api.tcp {
+        None => None,
+        Some(t) => {
+            let tls = crate::api::server_tls(&t.tls)?;
+            let listener = tokio::net::TcpListener::bind(t.listen)
+                .await
+                .with_context(|| format!("api.listen {}", t.listen))?;
+            Some((t.listen, tls, listener))
+        }
+    };
+    let listener = crate::api::bind_unix(&api.socket)
+        .with_context(|| format!("api.socket {}", api.socket.display()))?;
+    info!(socket = %api.socket.display(), "API listening");
+    let shutdown = shutdown.boxed().shared();
+    let unix = Server::builder()
+        .add_routes(routes.clone())
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown.clone());
+    let res = match tcp {
+        None => unix.await.map_err(anyhow::Error::from),
+        Some((addr, tls, listener)) => {
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            info!(listen = %addr, "API listening on TCP (mutual TLS)");
+            let tcp = async {
+                Server::builder()
+                    .tls_config(tls)
+                    .with_context(|| format!("api.tls of api.listen {addr}"))?
+                    .add_routes(routes)
+                    .serve_with_incoming_shutdown(incoming, shutdown)
+                    .await
+                    .with_context(|| format!("api.listen {addr}"))
+            };
+            let unix = async { unix.await.map_err(anyhow::Error::from) };
+            tokio::try_join!(unix, tcp).map(|_| ())
+        }
+    };
+    let _ = std::fs::remove_file(&api.socket);
+    res
 }
 
 /// Serves the API until SIGINT or SIGTERM. On a signal it returns a handle that keeps the
 /// API up while the caller shuts down (routingctl still answers) and stops it when
 /// dropped; `None` if the API stopped on its own without error.
 pub async fn serve_api_until_signal(
-    socket: PathBuf,
-    router: tonic::transport::server::Router,
+    api: ApiPlan,
+    routes: Routes,
 ) -> anyhow::Result<Option<tokio::sync::oneshot::Sender<()>>> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let api = tokio::spawn(serve_api(socket, router, async {
+    let api = tokio::spawn(serve_api(api, routes, async {
         let _ = stop_rx.await;
     }));
     tokio::select! {

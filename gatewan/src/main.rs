@@ -22,7 +22,7 @@ struct Cli {
         env = "GATEWAN_CONFIG"
     )]
     config: PathBuf,
-    /// Validate the configuration (and the keyring it names), then exit.
+    /// Validate the configuration (and the keyring and API TLS files it names), then exit.
     #[arg(long)]
     check: bool,
     #[command(subcommand)]
@@ -66,7 +66,7 @@ async fn run(plan: gatewan::config::GatewanPlan) -> anyhow::Result<()> {
             name: plan.name.clone(),
             datacenter: plan.datacenter.clone(),
             role: v1::Role::Gatewan as i32,
-            api_address: plan.api_socket.display().to_string(),
+            api_address: plan.api.socket.display().to_string(),
             transits: plan
                 .transits
                 .iter()
@@ -99,12 +99,12 @@ async fn run(plan: gatewan::config::GatewanPlan) -> anyhow::Result<()> {
         (Some(t), Some(key)) => Some(start_tunnels(&plan, t, key, public_key, &member)?),
         _ => None,
     };
-    let router = tonic::transport::Server::builder()
-        .add_service(api::MeshApi::new(member.mesh.clone()).into_server())
-        .add_optional_service(
-            tunnels.map(|t| api::TunnelsApi::new(t, member.state_dir.clone()).into_server()),
-        );
-    let Some(api) = daemon::serve_api_until_signal(plan.api_socket.clone(), router).await? else {
+    let mut routes = tonic::service::Routes::builder();
+    routes.add_service(api::MeshApi::new(member.mesh.clone()).into_server());
+    if let Some(t) = tunnels {
+        routes.add_service(api::TunnelsApi::new(t, member.state_dir.clone()).into_server());
+    }
+    let Some(api) = daemon::serve_api_until_signal(plan.api.clone(), routes.routes()).await? else {
         return Ok(());
     };
     tracing::info!("shutting down: leaving the mesh");

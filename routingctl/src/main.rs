@@ -4,23 +4,71 @@
 mod client;
 mod output;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::error::ErrorKind;
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory as _, FromArgMatches as _, Parser, Subcommand, ValueEnum};
+use client::{ClientPem, Pem, Target};
 use gatewan_proto::v1;
 
 #[derive(Parser)]
-#[command(version, about = "Inspect and operate gatewans and bgpctls")]
+#[command(
+    version,
+    about = "Inspect and operate gatewans and bgpctls",
+    after_help = "A daemon is asked on its Unix socket (--socket), or remotely on its TCP API \
+                  (api.listen) with mutual TLS: --server https://HOST:PORT --ca FILE --cert FILE \
+                  --key FILE. On the command line, --socket wins over ROUTINGCTL_SERVER and \
+                  --server over ROUTINGCTL_SOCKET."
+)]
 struct Cli {
     /// API socket of the daemon to ask.
     #[arg(
         long,
         global = true,
         env = "ROUTINGCTL_SOCKET",
+        value_name = "PATH",
         default_value = "/run/gatewan/gatewan.sock"
     )]
     socket: PathBuf,
+    /// Ask a daemon's TCP API (its api.listen) instead, with mutual TLS, e.g.
+    /// https://10.1.255.11:7947; needs --ca, --cert and --key.
+    #[arg(
+        long,
+        global = true,
+        env = "ROUTINGCTL_SERVER",
+        value_name = "URL",
+        value_parser = client::parse_server
+    )]
+    server: Option<tonic::transport::Uri>,
+    /// With --server: the CA certificate (PEM) that signed the daemon's certificate.
+    #[arg(
+        id = "tls_ca",
+        long = "ca",
+        global = true,
+        env = "ROUTINGCTL_CA",
+        value_name = "FILE"
+    )]
+    ca: Option<PathBuf>,
+    /// With --server: our client certificate (PEM), signed by the daemon's api.tls.client_ca.
+    #[arg(
+        id = "tls_cert",
+        long = "cert",
+        global = true,
+        env = "ROUTINGCTL_CERT",
+        value_name = "FILE"
+    )]
+    cert: Option<PathBuf>,
+    /// With --server: the private key (PEM) of --cert.
+    #[arg(
+        id = "tls_key",
+        long = "key",
+        global = true,
+        env = "ROUTINGCTL_KEY",
+        value_name = "FILE"
+    )]
+    key: Option<PathBuf>,
     /// Output format.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Table)]
     output: Format,
@@ -75,8 +123,8 @@ enum Command {
         #[arg(long)]
         datacenter: Option<String>,
     },
-    /// The mesh keyring of the daemon (rotation: install everywhere, use everywhere,
-    /// remove the old key everywhere).
+    /// The mesh keyring. A change applies to the daemon asked and then to every member of
+    /// the mesh (as `serf keys`); rotation: install, use, remove the old key.
     #[command(subcommand)]
     Keyring(KeyringCommand),
 }
@@ -90,18 +138,49 @@ enum TunnelsCommand {
 
 #[derive(Subcommand)]
 enum KeyringCommand {
-    /// List installed keys by fingerprint; the primary one seals.
+    /// List the daemon's installed keys by fingerprint; the primary one seals.
     List,
-    /// Install a key (base64, from `gatewan keygen`) for opening datagrams.
-    Install { key: String },
-    /// Make an installed key primary (key or fingerprint).
-    Use { key: String },
-    /// Remove an installed key that is not primary (key or fingerprint).
-    Remove { key: String },
+    /// Install a key (base64, from `gatewan keygen`) for opening datagrams, mesh-wide.
+    Install {
+        /// The key, base64.
+        #[arg(id = "keyring_key", value_name = "KEY")]
+        key: String,
+        /// Only on the daemon asked (e.g. a member that missed a mesh-wide change).
+        #[arg(long)]
+        local: bool,
+    },
+    /// Make an installed key primary (key or fingerprint), mesh-wide: once every member
+    /// has it installed.
+    Use {
+        /// Key (base64) or fingerprint.
+        #[arg(id = "keyring_key", value_name = "KEY")]
+        key: String,
+        /// Only on the daemon asked.
+        #[arg(long)]
+        local: bool,
+    },
+    /// Remove an installed key that is not primary (key or fingerprint), mesh-wide: once
+    /// every member uses another key.
+    Remove {
+        /// Key (base64) or fingerprint.
+        #[arg(id = "keyring_key", value_name = "KEY")]
+        key: String,
+        /// Only on the daemon asked.
+        #[arg(long)]
+        local: bool,
+    },
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    let target = match target(&cli, &matches) {
+        Ok(t) => t,
+        Err((kind, message)) => Cli::command().error(kind, message).exit(),
+    };
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -112,7 +191,7 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(run(cli)) {
+    match rt.block_on(run(cli, target)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -121,26 +200,138 @@ fn main() -> ExitCode {
     }
 }
 
+/// The daemon to ask, from `--socket` or `--server` and its TLS files. A flag given on the
+/// command line wins over the other's environment variable; both on the command line, or
+/// both in the environment, is a usage error.
+fn target(cli: &Cli, matches: &ArgMatches) -> Result<Target, (ErrorKind, String)> {
+    let source = |id: &str| matches.value_source(id);
+    let on_command_line = |id: &str| source(id) == Some(ValueSource::CommandLine);
+    let remote = match &cli.server {
+        None => None,
+        Some(_) if on_command_line("socket") && on_command_line("server") => {
+            return Err((
+                ErrorKind::ArgumentConflict,
+                "--socket and --server cannot be used together: --socket asks a daemon on this \
+                 host, --server one over TCP"
+                    .into(),
+            ));
+        }
+        Some(_) if on_command_line("socket") => None,
+        Some(_)
+            if source("socket") == Some(ValueSource::EnvVariable) && !on_command_line("server") =>
+        {
+            return Err((
+                ErrorKind::ArgumentConflict,
+                "ROUTINGCTL_SOCKET and ROUTINGCTL_SERVER are both set: unset one, or choose \
+                 with --socket or --server"
+                    .into(),
+            ));
+        }
+        Some(url) => Some(url.clone()),
+    };
+    let Some(url) = remote else {
+        // From the environment they are ignored; on the command line they are a mistake.
+        if let Some((_, flag)) = [
+            ("tls_ca", "--ca"),
+            ("tls_cert", "--cert"),
+            ("tls_key", "--key"),
+        ]
+        .into_iter()
+        .find(|(id, _)| on_command_line(id))
+        {
+            return Err((
+                ErrorKind::ArgumentConflict,
+                format!("{flag} is only used with --server (the TCP API); the socket needs no TLS"),
+            ));
+        }
+        return Ok(Target::Socket(cli.socket.clone()));
+    };
+    let (Some(ca), Some(cert), Some(key)) = (&cli.ca, &cli.cert, &cli.key) else {
+        let missing: Vec<&str> = [
+            (&cli.ca, "--ca FILE (the CA certificate that signed the daemon's certificate; or ROUTINGCTL_CA)"),
+            (&cli.cert, "--cert FILE (our client certificate, signed by the daemon's api.tls.client_ca; or ROUTINGCTL_CERT)"),
+            (&cli.key, "--key FILE (the private key of --cert; or ROUTINGCTL_KEY)"),
+        ]
+        .into_iter()
+        .filter_map(|(v, text)| v.is_none().then_some(text))
+        .collect();
+        return Err((
+            ErrorKind::MissingRequiredArgument,
+            format!(
+                "--server {} uses mutual TLS and needs {}",
+                client::server_name(&url),
+                missing.join(", ")
+            ),
+        ));
+    };
+    let read = |flag: &str, path: &Path, want: Pem| {
+        client::read_pem(flag, path, want).map_err(|e| (ErrorKind::ValueValidation, e))
+    };
+    let tls = ClientPem {
+        ca: read("--ca", ca, Pem::Certificates)?,
+        cert: read("--cert", cert, Pem::Certificates)?,
+        key: read("--key", key, Pem::PrivateKey)?,
+    };
+    let endpoint = client::tls_endpoint(&url, &tls).map_err(|e| (ErrorKind::ValueValidation, e))?;
+    Ok(Target::Server {
+        url,
+        endpoint: Box::new(endpoint),
+    })
+}
+
 fn bgp(
     channel: &tonic::transport::Channel,
 ) -> v1::bgp_client::BgpClient<tonic::transport::Channel> {
     v1::bgp_client::BgpClient::new(channel.clone())
 }
 
-fn not_bgpctl(s: tonic::Status) -> anyhow::Error {
+/// A failed call: the daemon's message, or, when the call never reached it (connection
+/// lost, TLS refused), the transport error naming where we asked.
+fn call_error(s: tonic::Status, target: &Target) -> anyhow::Error {
+    let Some(cause) = std::error::Error::source(&s) else {
+        return anyhow::anyhow!("{}", s.message());
+    };
+    // With TLS 1.3 a daemon refuses a client certificate after our side of the handshake
+    // is done: we only see the connection close.
+    let hint = match target {
+        Target::Server { .. } => {
+            " (a daemon closes the connection when --cert is not signed by its api.tls.client_ca)"
+        }
+        Target::Socket(_) => "",
+    };
+    anyhow::anyhow!(
+        "cannot reach the API at {target}: {}{hint}",
+        client::error_chain(cause)
+    )
+}
+
+fn not_bgpctl(s: tonic::Status, target: &Target) -> anyhow::Error {
     match s.code() {
         tonic::Code::Unimplemented => anyhow::anyhow!(
-            "this daemon is not a bgpctl (ask bgpctl's socket: --socket /run/bgpctl/bgpctl.sock)"
+            "this daemon is not a bgpctl (ask bgpctl's socket: --socket /run/bgpctl/bgpctl.sock, \
+             or its api.listen with --server)"
         ),
-        _ => anyhow::anyhow!("{}", s.message()),
+        _ => call_error(s, target),
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let channel = client::connect(&cli.socket).await?;
+fn no_tunnels(s: tonic::Status, target: &Target) -> anyhow::Error {
+    match s.code() {
+        tonic::Code::Unimplemented => {
+            anyhow::anyhow!("this daemon has no tunnels (is it a gatewan with a tunnels section?)")
+        }
+        _ => call_error(s, target),
+    }
+}
+
+async fn run(cli: Cli, target: Target) -> anyhow::Result<()> {
+    let channel = client::connect(&target).await?;
     let mesh_channel = channel.clone();
     let mut mesh = v1::mesh_client::MeshClient::new(channel);
-    let call = |s: tonic::Status| anyhow::anyhow!("{}", s.message());
+    let target = &target;
+    let call = |s: tonic::Status| call_error(s, target);
+    let not_bgpctl = |s: tonic::Status| not_bgpctl(s, target);
+    let no_tunnels = |s: tonic::Status| no_tunnels(s, target);
     let out = match cli.command {
         Command::Members => {
             let r = mesh
@@ -158,12 +349,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let r = client
                 .rotate_key(v1::RotateKeyRequest {})
                 .await
-                .map_err(|s| match s.code() {
-                    tonic::Code::Unimplemented => anyhow::anyhow!(
-                        "this daemon has no tunnels (is it a gatewan with a tunnels section?)"
-                    ),
-                    _ => anyhow::anyhow!("{}", s.message()),
-                })?
+                .map_err(no_tunnels)?
                 .into_inner();
             output::rotated_key(&r.public_key, cli.output)
         }
@@ -177,12 +363,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let r = client
                 .list_tunnels(v1::ListTunnelsRequest {})
                 .await
-                .map_err(|s| match s.code() {
-                    tonic::Code::Unimplemented => anyhow::anyhow!(
-                        "this daemon has no tunnels (is it a gatewan with a tunnels section?)"
-                    ),
-                    _ => anyhow::anyhow!("{}", s.message()),
-                })?
+                .map_err(no_tunnels)?
                 .into_inner();
             let list: Vec<v1::TunnelInfo> = r
                 .tunnels
@@ -242,19 +423,73 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keyring(k) => {
             let r = match k {
                 KeyringCommand::List => mesh.list_keys(v1::ListKeysRequest {}).await,
-                KeyringCommand::Install { key } => {
-                    mesh.install_key(v1::InstallKeyRequest { key }).await
+                KeyringCommand::Install { key, local } => {
+                    mesh.install_key(v1::InstallKeyRequest {
+                        key,
+                        local_only: local,
+                    })
+                    .await
                 }
-                KeyringCommand::Use { key } => mesh.use_key(v1::UseKeyRequest { key }).await,
-                KeyringCommand::Remove { key } => {
-                    mesh.remove_key(v1::RemoveKeyRequest { key }).await
+                KeyringCommand::Use { key, local } => {
+                    mesh.use_key(v1::UseKeyRequest {
+                        key,
+                        local_only: local,
+                    })
+                    .await
+                }
+                KeyringCommand::Remove { key, local } => {
+                    mesh.remove_key(v1::RemoveKeyRequest {
+                        key,
+                        local_only: local,
+                    })
+                    .await
                 }
             }
             .map_err(call)?
             .into_inner();
-            output::keys(&r.keys, cli.output)
+            if !r.cluster {
+                output::keys(&r.keys, cli.output)
+            } else {
+                print!("{}", output::keyring_change(&r, cli.output)?);
+                if !r.failures.is_empty() {
+                    anyhow::bail!(
+                        "the change was not applied on {} of {} other members (listed above); \
+                         fix them and repeat it, or use --local on each",
+                        r.failures.len(),
+                        r.members_asked
+                    );
+                }
+                return Ok(());
+            }
         }
     }?;
     print!("{out}");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// clap checks the whole command tree, e.g. that no subcommand argument takes the id of
+    /// a global one (`--key` of the TLS client and a keyring key).
+    #[test]
+    fn command_line_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn server_urls() {
+        assert!(client::parse_server("https://10.1.255.11:7947").is_ok());
+        assert!(client::parse_server("https://[2001:db8::1]:7947").is_ok());
+        assert!(client::parse_server("https://gw1.example.net:7947/").is_ok());
+        for bad in [
+            "http://10.1.255.11:7947",
+            "10.1.255.11:7947",
+            "https://10.1.255.11",
+            "https://10.1.255.11:7947/api",
+        ] {
+            assert!(client::parse_server(bad).is_err(), "{bad}");
+        }
+    }
 }

@@ -161,6 +161,71 @@ pub fn keys(keys: &[v1::KeyInfo], f: Format) -> anyhow::Result<String> {
     Ok(table(&["FINGERPRINT", "ROLE"], rows))
 }
 
+/// A mesh-wide keyring change: the keys of the member asked, then how many other members
+/// applied it and which did not.
+pub fn keyring_change(r: &v1::KeyringResponse, f: Format) -> anyhow::Result<String> {
+    #[derive(Serialize)]
+    struct Failure<'a> {
+        member_id: &'a str,
+        name: &'a str,
+        error: &'a str,
+    }
+    #[derive(Serialize)]
+    struct Change<'a> {
+        keys: Vec<Key>,
+        members_asked: u32,
+        members_applied: u32,
+        failures: Vec<Failure<'a>>,
+    }
+    let failures: Vec<Failure> = r
+        .failures
+        .iter()
+        .map(|x| Failure {
+            member_id: &x.member_id,
+            name: &x.name,
+            error: &x.error,
+        })
+        .collect();
+    let applied = r.members_asked.saturating_sub(failures.len() as u32);
+    if !matches!(f, Format::Table) {
+        let change = Change {
+            keys: r
+                .keys
+                .iter()
+                .map(|k| Key {
+                    fingerprint: k.fingerprint.clone(),
+                    primary: k.primary,
+                })
+                .collect(),
+            members_asked: r.members_asked,
+            members_applied: applied,
+            failures,
+        };
+        return render(&change, f);
+    }
+    let mut out = keys(&r.keys, f)?;
+    out.push_str(&format!(
+        "\napplied on this member and {applied} of {} other members\n",
+        r.members_asked
+    ));
+    if !failures.is_empty() {
+        let rows = failures
+            .iter()
+            .map(|x| {
+                let name = if x.name.is_empty() { "-" } else { x.name };
+                vec![
+                    name.to_string(),
+                    x.member_id.to_string(),
+                    x.error.to_string(),
+                ]
+            })
+            .collect();
+        out.push('\n');
+        out.push_str(&table(&["NOT APPLIED ON", "ID", "WHY"], rows));
+    }
+    Ok(out)
+}
+
 /// The public key after `tunnels rotate-key`.
 pub fn rotated_key(public_key: &str, f: Format) -> anyhow::Result<String> {
     #[derive(Serialize)]

@@ -125,3 +125,285 @@ fn keygen_makes_distinct_valid_keys() {
     assert_ne!(a, b);
     assert!(gatewan::mesh::MeshKey::from_base64(a.trim()).is_ok());
 }
+
+/// Certificates for the TCP API, as PEM files in a directory: a CA, the daemon's
+/// certificate (127.0.0.1 and localhost), a client signed by the CA, and a client signed by
+/// another CA.
+struct Pki {
+    ca: std::path::PathBuf,
+    server_cert: std::path::PathBuf,
+    server_key: std::path::PathBuf,
+    client_cert: std::path::PathBuf,
+    client_key: std::path::PathBuf,
+    foreign_cert: std::path::PathBuf,
+    foreign_key: std::path::PathBuf,
+}
+
+impl Pki {
+    fn new(dir: &std::path::Path) -> Pki {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair, KeyUsagePurpose,
+        };
+        let write = |name: &str, text: String| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let ca = |cn: &str| {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.distinguished_name.push(DnType::CommonName, cn);
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+            let cert = params.self_signed(&key).unwrap();
+            (cert.pem(), Issuer::new(params, key))
+        };
+        let leaf = |issuer: &Issuer<'_, KeyPair>,
+                    cn: &str,
+                    names: &[&str],
+                    usage: ExtendedKeyUsagePurpose| {
+            let key = KeyPair::generate().unwrap();
+            let mut params =
+                CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                    .unwrap();
+            params.distinguished_name.push(DnType::CommonName, cn);
+            params.extended_key_usages = vec![usage];
+            let cert = params.signed_by(&key, issuer).unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (ca_pem, issuer) = ca("gatewan API CA");
+        let (server_cert, server_key) = leaf(
+            &issuer,
+            "gw1",
+            &["127.0.0.1", "localhost"],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let (client_cert, client_key) =
+            leaf(&issuer, "alice", &[], ExtendedKeyUsagePurpose::ClientAuth);
+        let (_, other) = ca("another CA");
+        let (foreign_cert, foreign_key) =
+            leaf(&other, "mallory", &[], ExtendedKeyUsagePurpose::ClientAuth);
+        Pki {
+            ca: write("ca.pem", ca_pem),
+            server_cert: write("server.pem", server_cert),
+            server_key: write("server.key", server_key),
+            client_cert: write("client.pem", client_cert),
+            client_key: write("client.key", client_key),
+            foreign_cert: write("foreign.pem", foreign_cert),
+            foreign_key: write("foreign.key", foreign_key),
+        }
+    }
+}
+
+/// A port nobody listens on now (the daemon binds it right after).
+fn free_port(udp: bool) -> u16 {
+    if udp {
+        std::net::UdpSocket::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .unwrap()
+            .port()
+    } else {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|s| s.local_addr())
+            .unwrap()
+            .port()
+    }
+}
+
+/// A gatewan process, killed on drop with its files removed (kept when the test failed).
+struct Daemon {
+    child: std::process::Child,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(self.dir.join("gatewan.log")).unwrap_or_default();
+            eprintln!(
+                "==== gatewan log\n{log}\ntest files kept in {}",
+                self.dir.display()
+            );
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// routingctl with no ROUTINGCTL_* variables from the test's environment.
+fn routingctl(args: &[&str]) -> std::process::Output {
+    let mut c = Command::new(bin("routingctl"));
+    for v in [
+        "ROUTINGCTL_SOCKET",
+        "ROUTINGCTL_SERVER",
+        "ROUTINGCTL_CA",
+        "ROUTINGCTL_CERT",
+        "ROUTINGCTL_KEY",
+    ] {
+        c.env_remove(v);
+    }
+    c.args(args).output().unwrap()
+}
+
+#[test]
+fn routingctl_reaches_the_tcp_api_with_mutual_tls_only() {
+    let dir = tempfile_dir();
+    let pki = Pki::new(&dir);
+    let key = Command::new(bin("gatewan")).arg("keygen").output().unwrap();
+    assert!(key.status.success());
+    let keyring = dir.join("keyring");
+    std::fs::write(&keyring, &key.stdout).unwrap();
+    let port = free_port(false);
+    let cfg = dir.join("gatewan.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "name: gw1\ndatacenter: sg1\nstate_dir: {state}\nmesh:\n  bind: \"127.0.0.1:{mesh}\"\n  keyring: {keyring}\napi:\n  socket: {socket}\n  listen: \"127.0.0.1:{port}\"\n  tls:\n    cert: {cert}\n    key: {key}\n    client_ca: {ca}\n",
+            state = dir.join("state").display(),
+            mesh = free_port(true),
+            keyring = keyring.display(),
+            socket = dir.join("gw.sock").display(),
+            cert = pki.server_cert.display(),
+            key = pki.server_key.display(),
+            ca = pki.ca.display(),
+        ),
+    )
+    .unwrap();
+    let checked = Command::new(bin("gatewan"))
+        .args(["--check", "-c"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(
+        checked.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    let log = std::fs::File::create(dir.join("gatewan.log")).unwrap();
+    let child = Command::new(bin("gatewan"))
+        .arg("-c")
+        .arg(&cfg)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let _daemon = Daemon {
+        child,
+        dir: dir.clone(),
+    };
+
+    let url = format!("https://127.0.0.1:{port}");
+    let path = |p: &std::path::Path| p.display().to_string();
+    let (ca, cert, key) = (path(&pki.ca), path(&pki.client_cert), path(&pki.client_key));
+    let members = |args: &[&str]| {
+        let mut all = vec!["--server", url.as_str()];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["members", "-o", "json"]);
+        routingctl(&all)
+    };
+
+    let mut out = members(&["--ca", &ca, "--cert", &cert, "--key", &key]);
+    let up = gatewan_tests::wait_until(std::time::Duration::from_secs(15), || {
+        out = members(&["--ca", &ca, "--cert", &cert, "--key", &key]);
+        out.status.success()
+    });
+    assert!(
+        up,
+        "routingctl over TCP: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list.len(), 1, "{list:?}");
+    assert_eq!(list[0]["name"], "gw1");
+    assert_eq!(list[0]["local"], true);
+
+    // A client certificate from another CA is refused during the handshake.
+    let foreign = members(&[
+        "--ca",
+        &ca,
+        "--cert",
+        &path(&pki.foreign_cert),
+        "--key",
+        &path(&pki.foreign_key),
+    ]);
+    let err = String::from_utf8_lossy(&foreign.stderr);
+    assert_eq!(foreign.status.code(), Some(1), "{err}");
+    assert!(err.contains(&url) && err.contains("cannot reach"), "{err}");
+
+    // A daemon certificate not signed by --ca is refused by routingctl.
+    let wrong_ca = members(&[
+        "--ca",
+        &path(&pki.foreign_cert),
+        "--cert",
+        &cert,
+        "--key",
+        &key,
+    ]);
+    let err = String::from_utf8_lossy(&wrong_ca.stderr);
+    assert_eq!(wrong_ca.status.code(), Some(1), "{err}");
+    assert!(err.contains(&url), "{err}");
+
+    // No client certificate: a usage error naming what is missing.
+    let bare = members(&["--ca", &ca]);
+    let err = String::from_utf8_lossy(&bare.stderr);
+    assert_eq!(bare.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("--cert FILE") && err.contains("--key FILE"),
+        "{err}"
+    );
+    let none = members(&[]);
+    assert_eq!(none.status.code(), Some(2));
+
+    // --socket and --server together are a usage error; the socket still answers.
+    let both = routingctl(&["--socket", "/tmp/x.sock", "--server", &url, "members"]);
+    assert_eq!(both.status.code(), Some(2));
+    let local = routingctl(&[
+        "--socket",
+        &path(&dir.join("gw.sock")),
+        "-o",
+        "json",
+        "members",
+    ]);
+    assert!(local.status.success());
+
+    // The same through the environment.
+    let env = Command::new(bin("routingctl"))
+        .env_remove("ROUTINGCTL_SOCKET")
+        .env("ROUTINGCTL_SERVER", &url)
+        .env("ROUTINGCTL_CA", &ca)
+        .env("ROUTINGCTL_CERT", &cert)
+        .env("ROUTINGCTL_KEY", &key)
+        .args(["-o", "json", "members"])
+        .output()
+        .unwrap();
+    assert!(
+        env.status.success(),
+        "{}",
+        String::from_utf8_lossy(&env.stderr)
+    );
+}
+
+#[test]
+fn check_refuses_a_tcp_api_without_tls() {
+    let (code, _, err) = check(&format!("{GOOD}api:\n  listen: \"[::]:7947\"\n"), true);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("gatewan.yaml:11: api.tls:") && err.contains("mutual TLS"),
+        "{err}"
+    );
+    let (code, _, err) = check(
+        &format!(
+            "{GOOD}api:\n  listen: \"[::]:7947\"\n  tls:\n    cert: /nonexistent/api.pem\n    key: /nonexistent/api.key\n    client_ca: /nonexistent/ca.pem\n"
+        ),
+        true,
+    );
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("gatewan.yaml:13: api.tls.cert: cannot read /nonexistent/api.pem"),
+        "{err}"
+    );
+}

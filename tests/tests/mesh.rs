@@ -149,6 +149,8 @@ fn foreign_key_never_joins_nor_disturbs() {
     );
 }
 
+/// `serf keys`-like rotation: each step is asked of one member, which applies it and asks
+/// the others; every member's keyring follows, and no member is ever suspected.
 #[test]
 fn key_rotation_across_five_nodes_never_marks_a_member_down() {
     if !require_root("rotation") {
@@ -187,24 +189,51 @@ fn key_rotation_across_five_nodes_never_marks_a_member_down() {
         .trim()
         .to_string();
     let new = MeshKey::generate();
-    let step = |args: &[&str]| {
+    // Each step is asked of one member, which applies it and asks the four others.
+    let step = |asked: usize, args: &[&str], want: &[(&str, bool)]| {
+        let mut argv = vec!["-o", "json"];
+        argv.extend_from_slice(args);
+        let out = routingctl(&c.nodes[asked].socket, &argv);
+        assert!(
+            out.status.success(),
+            "{args:?} on {}: {}",
+            c.nodes[asked].name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(r["members_asked"], 4, "{r}");
+        assert_eq!(r["members_applied"], 4, "{r}");
         for n in &c.nodes {
-            let out = routingctl(&n.socket, args);
-            assert!(
-                out.status.success(),
-                "{args:?} on {}: {}",
-                n.name,
-                String::from_utf8_lossy(&out.stderr)
-            );
+            let out = routingctl(&n.socket, &["-o", "json", "keyring", "list"]);
+            let keys: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+            let keys: Vec<(&str, bool)> = keys
+                .iter()
+                .map(|k| {
+                    (
+                        k["fingerprint"].as_str().unwrap_or_default(),
+                        k["primary"].as_bool().unwrap_or_default(),
+                    )
+                })
+                .collect();
+            assert_eq!(keys, want, "keyring of {} after {args:?}", n.name);
         }
         // Let gossip run under the new keyring state before the next step.
         std::thread::sleep(Duration::from_secs(2));
     };
     let new_b64 = new.to_base64();
+    let new_fp = new.fingerprint();
     let old_fp = MeshKey::from_base64(&old).unwrap().fingerprint();
-    step(&["keyring", "install", &new_b64]);
-    step(&["keyring", "use", &new.fingerprint()]);
-    step(&["keyring", "remove", &old_fp]);
+    step(
+        0,
+        &["keyring", "install", &new_b64],
+        &[(&old_fp, true), (&new_fp, false)],
+    );
+    step(
+        2,
+        &["keyring", "use", &new_fp],
+        &[(&new_fp, true), (&old_fp, false)],
+    );
+    step(4, &["keyring", "remove", &old_fp], &[(&new_fp, true)]);
     std::thread::sleep(Duration::from_secs(5));
     watching.store(false, Ordering::Relaxed);
     watcher.join().unwrap();

@@ -23,7 +23,7 @@ use tracing::{debug, warn};
 
 use super::guard::{Freshness, RateLimiter, ReplayFilter};
 use super::identity::{MAX_MESH_ADDRESSES, MemberId, NodeId};
-use super::seal::{Keyring, OpenError, SEAL_OVERHEAD};
+use super::seal::{Keyring, KeyringOp, MeshKey, OpenError, SEAL_OVERHEAD};
 use super::store::{
     MergeOutcome, RecordError, RecordKey, StateStore, decode_record, encode_record,
 };
@@ -219,6 +219,32 @@ pub enum CoreTimer {
     SeedRetry,
     /// Tell a member we suspect so again, if it has not refuted yet.
     SuspicionNotice(NodeId),
+    /// Ask the members that have not answered a keyring query again, or give up on them.
+    KeyringQuery(u64),
+}
+
+/// A cluster-wide keyring change we asked for.
+#[derive(Debug)]
+struct KeyringQuery {
+    request: v1::KeyringRequest,
+    /// Asked member → its answer (None: none yet).
+    answers: HashMap<NodeId, Option<String>>,
+    addrs: HashMap<NodeId, Vec<SocketAddr>>,
+    until_ms: u64,
+}
+
+/// How long a keyring query waits for answers (it asks again every `KEYRING_RETRY`).
+pub const KEYRING_QUERY_TIMEOUT: Duration = Duration::from_secs(3);
+const KEYRING_RETRY: Duration = Duration::from_millis(500);
+/// Answers kept to give again when a request is repeated (its answer was lost).
+const KEYRING_ANSWERS_KEPT: usize = 64;
+
+/// The result of a keyring query: who was asked, and who did not apply the change (with
+/// why, or "no answer").
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KeyringOutcome {
+    pub asked: Vec<NodeId>,
+    pub failures: Vec<(NodeId, String)>,
 }
 
 /// A member our own probe failed, which foca will declare down at `until_ms` unless it
@@ -232,8 +258,26 @@ struct Suspicion {
 
 #[derive(Debug, Clone)]
 pub enum Output {
-    Send { to: SocketAddr, datagram: Bytes },
-    Schedule { after: Duration, timer: CoreTimer },
+    Send {
+        to: SocketAddr,
+        datagram: Bytes,
+    },
+    Schedule {
+        after: Duration,
+        timer: CoreTimer,
+    },
+    /// Another member asks us to change our keyring: the driver applies it (and saves the
+    /// keyring file) and gives the result to `answer_keyring`.
+    KeyringRequested {
+        from: SocketAddr,
+        query: u64,
+        op: KeyringOp,
+    },
+    /// A query of ours (`start_keyring_query`) is complete or timed out.
+    KeyringQueryDone {
+        query: u64,
+        outcome: KeyringOutcome,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -445,6 +489,9 @@ pub struct MeshCore {
     max_transmissions: u8,
     /// Members we suspect and keep telling so (see `notify_suspect`).
     suspicions: HashMap<NodeId, Suspicion>,
+    keyring_queries: HashMap<u64, KeyringQuery>,
+    /// Our answers to recent keyring requests, oldest first.
+    keyring_answers: std::collections::VecDeque<(u64, String)>,
     out: Vec<Output>,
     rt: SwimRuntime,
 }
@@ -504,6 +551,8 @@ impl MeshCore {
             last_src,
             max_transmissions: 0,
             suspicions: HashMap::new(),
+            keyring_queries: HashMap::new(),
+            keyring_answers: std::collections::VecDeque::new(),
             out: Vec::new(),
             rt: SwimRuntime::default(),
         })
@@ -735,7 +784,104 @@ impl MeshCore {
                 self.schedule(self.settings.seed_retry, CoreTimer::SeedRetry);
             }
             CoreTimer::SuspicionNotice(node) => self.notify_suspect(node, now_ms),
+            CoreTimer::KeyringQuery(query) => self.ask_keyring(query, now_ms),
         }
+    }
+
+    /// Asks every member alive or suspect to apply a keyring change we applied already
+    /// (`serf keys`): asked again every 500 ms until it answers, for at most
+    /// `KEYRING_QUERY_TIMEOUT`. The answer comes as `Output::KeyringQueryDone`.
+    pub fn start_keyring_query(&mut self, op: &KeyringOp, now_ms: u64) -> u64 {
+        let query = self.rng.random::<u64>();
+        let op = match op.by_fingerprint() {
+            KeyringOp::Install(k) => {
+                v1::keyring_request::Op::Install(Bytes::copy_from_slice(k.as_bytes()))
+            }
+            KeyringOp::Use(fp) => v1::keyring_request::Op::Use(fp),
+            KeyringOp::Remove(fp) => v1::keyring_request::Op::Remove(fp),
+        };
+        let asked: Vec<&MemberInfo> = self
+            .members
+            .values()
+            .filter(|m| m.state != MemberState::Down)
+            .collect();
+        let q = KeyringQuery {
+            request: v1::KeyringRequest {
+                query,
+                op: Some(op),
+            },
+            answers: asked.iter().map(|m| (m.id.node, None)).collect(),
+            addrs: asked
+                .iter()
+                .map(|m| (m.id.node, m.id.addrs.clone()))
+                .collect(),
+            until_ms: now_ms + KEYRING_QUERY_TIMEOUT.as_millis() as u64,
+        };
+        self.keyring_queries.insert(query, q);
+        self.ask_keyring(query, now_ms);
+        query
+    }
+
+    fn ask_keyring(&mut self, query: u64, now_ms: u64) {
+        let Some(q) = self.keyring_queries.get(&query) else {
+            return;
+        };
+        let waiting: Vec<Vec<SocketAddr>> = q
+            .answers
+            .iter()
+            .filter(|(_, a)| a.is_none())
+            .filter_map(|(n, _)| q.addrs.get(n).cloned())
+            .collect();
+        if waiting.is_empty() || now_ms >= q.until_ms {
+            return self.finish_keyring_query(query);
+        }
+        let request = q.request.clone();
+        for addrs in waiting {
+            self.send_control(&addrs, Kind::KeyringRequest(request.clone()), now_ms);
+        }
+        self.schedule(KEYRING_RETRY, CoreTimer::KeyringQuery(query));
+    }
+
+    fn finish_keyring_query(&mut self, query: u64) {
+        let Some(q) = self.keyring_queries.remove(&query) else {
+            return;
+        };
+        let mut outcome = KeyringOutcome::default();
+        for (node, answer) in q.answers {
+            outcome.asked.push(node);
+            match answer {
+                Some(e) if e.is_empty() => {}
+                Some(e) => outcome.failures.push((node, e)),
+                None => outcome.failures.push((
+                    node,
+                    format!(
+                        "no answer within {} s (down, unreachable, or without the primary key)",
+                        KEYRING_QUERY_TIMEOUT.as_secs()
+                    ),
+                )),
+            }
+        }
+        outcome.asked.sort();
+        outcome.failures.sort();
+        self.out.push(Output::KeyringQueryDone { query, outcome });
+    }
+
+    /// Our answer to a keyring request (`Output::KeyringRequested`): empty error when applied.
+    pub fn answer_keyring(&mut self, to: SocketAddr, query: u64, error: String, now_ms: u64) {
+        if self.keyring_answers.len() >= KEYRING_ANSWERS_KEPT {
+            self.keyring_answers.pop_front();
+        }
+        self.keyring_answers.push_back((query, error.clone()));
+        self.send_keyring_reply(to, query, error, now_ms);
+    }
+
+    fn send_keyring_reply(&mut self, to: SocketAddr, query: u64, error: String, now_ms: u64) {
+        let reply = v1::KeyringReply {
+            query,
+            member: Bytes::copy_from_slice(&self.local().node.0),
+            error,
+        };
+        self.send_control(&[to], Kind::KeyringReply(reply), now_ms);
     }
 
     /// Lifeguard's buddy system: a member whose probe failed tells the suspect directly,
@@ -920,6 +1066,41 @@ impl MeshCore {
                 }
                 self.rt = rt;
                 self.flush_swim(now_ms);
+            }
+            Kind::KeyringRequest(r) => {
+                if let Some((_, error)) = self.keyring_answers.iter().find(|(q, _)| *q == r.query) {
+                    // Our answer was lost: the same answer, the change is not applied twice.
+                    let error = error.clone();
+                    return self.send_keyring_reply(from, r.query, error, now_ms);
+                }
+                let op = match r.op {
+                    Some(v1::keyring_request::Op::Install(k)) => match MeshKey::from_bytes(&k) {
+                        Some(k) => KeyringOp::Install(k),
+                        None => return self.drop_datagram(DropReason::Invalid, from, now_ms),
+                    },
+                    Some(v1::keyring_request::Op::Use(fp)) => KeyringOp::Use(fp),
+                    Some(v1::keyring_request::Op::Remove(fp)) => KeyringOp::Remove(fp),
+                    None => return self.drop_datagram(DropReason::Invalid, from, now_ms),
+                };
+                self.out.push(Output::KeyringRequested {
+                    from,
+                    query: r.query,
+                    op,
+                });
+            }
+            Kind::KeyringReply(r) => {
+                let Some(node) = NodeId::from_slice(&r.member) else {
+                    return self.drop_datagram(DropReason::Invalid, from, now_ms);
+                };
+                let Some(q) = self.keyring_queries.get_mut(&r.query) else {
+                    return; // finished, or not ours
+                };
+                if let Some(slot) = q.answers.get_mut(&node) {
+                    *slot = Some(r.error);
+                }
+                if q.answers.values().all(Option::is_some) {
+                    self.finish_keyring_query(r.query);
+                }
             }
             Kind::Records(r) => {
                 let mut shared = lock(&self.shared);

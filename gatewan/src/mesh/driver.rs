@@ -2,7 +2,7 @@
 //! It owns the core; the rest of the daemon talks to it through `MeshHandle`.
 
 use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -14,7 +14,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::core::{CoreTimer, Counters, MemberInfo, MeshCore, Output};
+use super::core::{CoreTimer, Counters, KeyringOutcome, MemberInfo, MeshCore, Output};
+pub use super::seal::KeyringOp;
 use super::seal::{KeyringError, MeshKey};
 use super::store::StateStore;
 
@@ -33,17 +34,14 @@ pub struct MeshView {
     pub keys: Vec<(String, bool)>,
 }
 
-#[derive(Debug)]
-pub enum KeyringOp {
-    Install(MeshKey),
-    Use(String),
-    Remove(String),
-}
-
 enum Command {
     Publish(Box<Body>, oneshot::Sender<Result<u64, String>>),
     Withdraw(RecordKind, String, oneshot::Sender<Result<u64, String>>),
-    Keyring(KeyringOp, oneshot::Sender<Result<(), KeyringError>>),
+    Keyring {
+        op: KeyringOp,
+        cluster: bool,
+        reply: oneshot::Sender<Result<KeyringOutcome, KeyringError>>,
+    },
     Leave(oneshot::Sender<()>),
 }
 
@@ -95,10 +93,16 @@ impl MeshHandle {
             .map_err(MeshError::Record)
     }
 
-    pub async fn keyring(&self, op: KeyringOp) -> Result<(), MeshError> {
+    /// Changes our keyring and, with `cluster`, asks every other member to do the same
+    /// (`serf keys`); the outcome says who was asked and who did not apply it.
+    pub async fn keyring(&self, op: KeyringOp, cluster: bool) -> Result<KeyringOutcome, MeshError> {
         let (tx, rx) = oneshot::channel();
         self.cmd
-            .send(Command::Keyring(op, tx))
+            .send(Command::Keyring {
+                op,
+                cluster,
+                reply: tx,
+            })
             .await
             .map_err(|_| MeshError::Stopped)?;
         Ok(rx.await.map_err(|_| MeshError::Stopped)??)
@@ -190,6 +194,8 @@ async fn run(
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     core.start(unix_ms());
     let mut leaving: Option<oneshot::Sender<()>> = None;
+    let mut keyring_queries: HashMap<u64, oneshot::Sender<Result<KeyringOutcome, KeyringError>>> =
+        HashMap::new();
     loop {
         let next = timers.peek().map(|Reverse(d)| d.at);
         let mut view_dirty = false;
@@ -214,10 +220,20 @@ async fn run(
                 Some(Command::Withdraw(kind, name, reply)) => {
                     let _ = reply.send(core.withdraw(kind, &name, unix_ms()).map_err(|e| e.to_string()));
                 }
-                Some(Command::Keyring(op, reply)) => {
-                    let res = apply_keyring(&mut core, op, keyring_file.as_deref());
+                Some(Command::Keyring { op, cluster, reply }) => {
                     view_dirty = true;
-                    let _ = reply.send(res);
+                    match apply_keyring(&mut core, &op, false, keyring_file.as_deref()) {
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                        }
+                        Ok(()) if !cluster => {
+                            let _ = reply.send(Ok(KeyringOutcome::default()));
+                        }
+                        Ok(()) => {
+                            let query = core.start_keyring_query(&op, unix_ms());
+                            keyring_queries.insert(query, reply);
+                        }
+                    }
                 }
                 Some(Command::Leave(reply)) => {
                     core.leave(unix_ms());
@@ -226,20 +242,44 @@ async fn run(
             },
             _ = refresh.tick() => view_dirty = true,
         }
-        for out in core.drain_outputs() {
-            match out {
-                Output::Send { to, datagram } => {
-                    if let Err(e) = socket.send_to(&datagram, to).await {
-                        debug!(error = %e, %to, "send");
+        // Handling an output can produce more (an answer to a keyring request).
+        loop {
+            let outputs: Vec<Output> = core.drain_outputs().collect();
+            if outputs.is_empty() {
+                break;
+            }
+            for out in outputs {
+                match out {
+                    Output::Send { to, datagram } => {
+                        if let Err(e) = socket.send_to(&datagram, to).await {
+                            debug!(error = %e, %to, "send");
+                        }
                     }
-                }
-                Output::Schedule { after, timer } => {
-                    seq += 1;
-                    timers.push(Reverse(Due {
-                        at: Instant::now() + after,
-                        seq,
-                        timer,
-                    }));
+                    Output::Schedule { after, timer } => {
+                        seq += 1;
+                        timers.push(Reverse(Due {
+                            at: Instant::now() + after,
+                            seq,
+                            timer,
+                        }));
+                    }
+                    Output::KeyringRequested { from, query, op } => {
+                        info!(%from, ?op, "keyring change asked by another member");
+                        let res = apply_keyring(&mut core, &op, true, keyring_file.as_deref());
+                        view_dirty = true;
+                        let error = res.err().map(|e| e.to_string()).unwrap_or_default();
+                        core.answer_keyring(from, query, error, unix_ms());
+                    }
+                    Output::KeyringQueryDone { query, outcome } => {
+                        info!(
+                            asked = outcome.asked.len(),
+                            failed = outcome.failures.len(),
+                            "cluster-wide keyring change done"
+                        );
+                        if let Some(reply) = keyring_queries.remove(&query) {
+                            let _ = reply.send(Ok(outcome));
+                        }
+                    }
                 }
             }
         }
@@ -255,17 +295,20 @@ async fn run(
     }
 }
 
+/// Applies a keyring change and saves the keyring file, undoing the change if it cannot
+/// be saved. `asked`: the change comes from another member (`KeyringOp::apply_as_asked`).
 fn apply_keyring(
     core: &mut MeshCore,
-    op: KeyringOp,
+    op: &KeyringOp,
+    asked: bool,
     file: Option<&std::path::Path>,
 ) -> Result<(), KeyringError> {
     let ring = core.keyring_mut();
     let before = ring.clone();
-    match op {
-        KeyringOp::Install(k) => ring.install(k)?,
-        KeyringOp::Use(k) => ring.use_key(&k)?,
-        KeyringOp::Remove(k) => ring.remove(&k)?,
+    if asked {
+        op.apply_as_asked(ring)?;
+    } else {
+        op.apply(ring)?;
     }
     if let Some(path) = file {
         let keys: Vec<MeshKey> = ring.keys().cloned().collect();

@@ -43,6 +43,11 @@ impl MeshKey {
             .ok_or_else(|| format!("a key is {KEY_LEN} bytes, this one is {}", raw.len()))
     }
 
+    /// The key itself, to send sealed to another member (a cluster-wide install).
+    pub fn as_bytes(&self) -> &[u8; KEY_LEN] {
+        &self.0
+    }
+
     pub fn to_base64(&self) -> String {
         use base64::Engine as _;
         base64::engine::general_purpose::STANDARD.encode(self.0)
@@ -76,6 +81,50 @@ pub enum KeyringError {
     Full,
     #[error("cannot save the keyring file: {0}")]
     Persist(String),
+}
+
+/// A change of the keyring, asked through the API of one member and, cluster-wide, sent
+/// by it to every other member (`MeshCore::start_keyring_query`).
+#[derive(Debug, Clone)]
+pub enum KeyringOp {
+    Install(MeshKey),
+    /// Make primary: a key (base64) or its fingerprint.
+    Use(String),
+    /// A key (base64) or its fingerprint.
+    Remove(String),
+}
+
+impl KeyringOp {
+    pub fn apply(&self, ring: &mut Keyring) -> Result<(), KeyringError> {
+        match self {
+            KeyringOp::Install(k) => ring.install(k.clone()),
+            KeyringOp::Use(k) => ring.use_key(k),
+            KeyringOp::Remove(k) => ring.remove(k),
+        }
+    }
+
+    /// As asked by another member: the state asked for is what counts, so removing a key
+    /// that is not installed is not an error (an earlier request or an operator did it).
+    pub fn apply_as_asked(&self, ring: &mut Keyring) -> Result<(), KeyringError> {
+        match (self, self.apply(ring)) {
+            (KeyringOp::Remove(_), Err(KeyringError::NotFound(_))) => Ok(()),
+            (_, r) => r,
+        }
+    }
+
+    /// The same change naming keys by fingerprint, as it is sent to other members: a key
+    /// to install travels (sealed), a key to use or remove is only named.
+    pub fn by_fingerprint(&self) -> KeyringOp {
+        let fp = |s: &str| {
+            MeshKey::from_base64(s.trim())
+                .map_or_else(|_| s.trim().to_string(), |k| k.fingerprint())
+        };
+        match self {
+            KeyringOp::Install(k) => KeyringOp::Install(k.clone()),
+            KeyringOp::Use(k) => KeyringOp::Use(fp(k)),
+            KeyringOp::Remove(k) => KeyringOp::Remove(fp(k)),
+        }
+    }
 }
 
 /// At most this many keys at once; a rotation needs two.

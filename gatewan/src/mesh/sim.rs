@@ -24,8 +24,9 @@ use gatewan_proto::v1::{self, record::Body};
 use rand::rngs::StdRng;
 use rand::{RngExt as _, SeedableRng as _};
 
-use super::core::{CoreTimer, MemberState, MeshCore, MeshSettings, Output};
+use super::core::{CoreTimer, KeyringOutcome, MemberState, MeshCore, MeshSettings, Output};
 use super::identity::{MemberId, NodeId};
+use super::seal::KeyringOp;
 use super::seal::{Keyring, MeshKey};
 
 /// The gossip port every simulated member listens on.
@@ -124,6 +125,8 @@ struct SimNode {
     view: BTreeMap<NodeId, (MemberState, u32, u16)>,
     /// Origins whose NodeRecord this member holds.
     records: BTreeSet<NodeId>,
+    /// Outcomes of the keyring queries this member started.
+    keyring_outcomes: Vec<KeyringOutcome>,
 }
 
 enum EventKind {
@@ -237,6 +240,7 @@ impl Sim {
             datagrams_sent: 0,
             view: BTreeMap::new(),
             records: BTreeSet::new(),
+            keyring_outcomes: Vec::new(),
         });
         self.by_addr.insert(addr, i);
         self.after_event(i);
@@ -335,6 +339,28 @@ impl Sim {
 
     pub fn core(&self, i: usize) -> &MeshCore {
         &self.nodes[i].core
+    }
+
+    /// Changes member `i`'s keyring as its API would: applied there, and with `cluster`
+    /// asked of every other member (the outcome comes later, see `keyring_outcomes`).
+    pub fn change_keyring(
+        &mut self,
+        i: usize,
+        op: &KeyringOp,
+        cluster: bool,
+    ) -> Result<(), super::seal::KeyringError> {
+        let unix = self.unix_ms();
+        let core = &mut self.nodes[i].core;
+        op.apply(core.keyring_mut())?;
+        if cluster {
+            core.start_keyring_query(op, unix);
+        }
+        self.after_event(i);
+        Ok(())
+    }
+
+    pub fn keyring_outcomes(&self, i: usize) -> &[KeyringOutcome] {
+        &self.nodes[i].keyring_outcomes
     }
 
     /// Sealed bytes member `i` handed to the network (lost datagrams included).
@@ -500,8 +526,18 @@ impl Sim {
 
     /// Routes what member `i` produced and records what it now believes.
     fn after_event(&mut self, i: usize) {
-        let outputs: Vec<Output> = self.nodes[i].core.drain_outputs().collect();
         let from = self.nodes[i].addr;
+        loop {
+            let outputs: Vec<Output> = self.nodes[i].core.drain_outputs().collect();
+            if outputs.is_empty() {
+                break;
+            }
+            self.route_outputs(i, from, outputs);
+        }
+        self.after_outputs(i);
+    }
+
+    fn route_outputs(&mut self, i: usize, from: SocketAddr, outputs: Vec<Output>) {
         for out in outputs {
             match out {
                 Output::Send { to, datagram } => {
@@ -531,8 +567,24 @@ impl Sim {
                         EventKind::Timer(timer),
                     );
                 }
+                Output::KeyringRequested { from, query, op } => {
+                    let unix = self.unix_ms();
+                    let core = &mut self.nodes[i].core;
+                    let error = op
+                        .apply_as_asked(core.keyring_mut())
+                        .err()
+                        .map(|e| e.to_string())
+                        .unwrap_or_default();
+                    core.answer_keyring(from, query, error, unix);
+                }
+                Output::KeyringQueryDone { outcome, .. } => {
+                    self.nodes[i].keyring_outcomes.push(outcome);
+                }
             }
         }
+    }
+
+    fn after_outputs(&mut self, i: usize) {
         let (members, records) = self.nodes[i].core.take_changes();
         if members {
             self.refresh_view(i);
@@ -824,6 +876,90 @@ mod tests {
         );
         let false_down = sim.false_beliefs(MemberState::Down, since);
         assert!(false_down.is_empty(), "false downs: {false_down:?}");
+    }
+
+    /// A keyring change asked of one member reaches every other one, also with 20 % loss
+    /// (requests repeated until answered, each applied once); a member that died and is
+    /// not yet declared down is reported as not having answered.
+    #[test]
+    fn keyring_changes_reach_the_whole_mesh() {
+        use crate::mesh::MeshKey;
+        let mut sim = converged_cluster(9, 6);
+        let fingerprints = |sim: &Sim, i: usize| -> Vec<String> {
+            sim.core(i)
+                .keyring()
+                .keys()
+                .map(MeshKey::fingerprint)
+                .collect()
+        };
+        let old = fingerprints(&sim, 0)[0].clone();
+        let new = MeshKey::from_bytes(&[7u8; 32]).expect("32 bytes");
+        let new_fp = new.fingerprint();
+
+        sim.set_loss(0.2);
+        sim.change_keyring(0, &KeyringOp::Install(new.clone()), true)
+            .expect("install");
+        sim.run_for(Duration::from_secs(4));
+        let outcome = sim
+            .keyring_outcomes(0)
+            .last()
+            .expect("install outcome")
+            .clone();
+        assert_eq!(outcome.asked.len(), 5);
+        assert!(outcome.failures.is_empty(), "{outcome:?}");
+        for i in 0..6 {
+            assert_eq!(
+                fingerprints(&sim, i),
+                [old.clone(), new_fp.clone()],
+                "member {i}"
+            );
+        }
+        sim.set_loss(0.0);
+        let clean_since = sim.now_ms();
+
+        sim.kill(5);
+        sim.change_keyring(1, &KeyringOp::Use(new_fp.clone()), true)
+            .expect("use");
+        sim.run_for(Duration::from_secs(4));
+        let outcome = sim.keyring_outcomes(1).last().expect("use outcome").clone();
+        assert_eq!(
+            outcome.asked.len(),
+            5,
+            "the dead member is not known down yet"
+        );
+        assert_eq!(outcome.failures.len(), 1, "{outcome:?}");
+        assert_eq!(outcome.failures[0].0, sim.node_id(5));
+        assert!(outcome.failures[0].1.starts_with("no answer"));
+        for i in 0..5 {
+            assert_eq!(
+                fingerprints(&sim, i)[0],
+                new_fp,
+                "member {i} uses the new key"
+            );
+        }
+
+        sim.run_for(Duration::from_secs(10));
+        sim.change_keyring(2, &KeyringOp::Remove(old.clone()), true)
+            .expect("remove");
+        sim.run_for(Duration::from_secs(4));
+        let outcome = sim
+            .keyring_outcomes(2)
+            .last()
+            .expect("remove outcome")
+            .clone();
+        assert_eq!(outcome.asked.len(), 4, "the dead member is down by now");
+        assert!(outcome.failures.is_empty(), "{outcome:?}");
+        for i in 0..5 {
+            assert_eq!(
+                fingerprints(&sim, i),
+                std::slice::from_ref(&new_fp),
+                "member {i}"
+            );
+        }
+        assert!(sim.false_beliefs(MemberState::Down, 0).is_empty());
+        // Changing the primary key mesh-wide cuts no one off.
+        let suspects = sim.false_beliefs(MemberState::Suspect, clean_since);
+        assert!(suspects.is_empty(), "{suspects:?}");
     }
 
     /// The checks above can fail: with a suspicion timeout far too short for the loss,
