@@ -307,7 +307,8 @@ impl BgpctlConfig {
             );
         }
         let policy = self.policy(&mut c, e.link_bandwidth);
-        let mesh = self.mesh.plan(&mut c, &[]);
+        // Passive: see `MeshConfig::passive`.
+        let mesh = self.mesh.plan(&mut c, &[], true);
         let api = self.api.plan(&mut c, DEFAULT_API_SOCKET);
         let metrics_listen = self.metrics.plan(&mut c);
         c.finish()?;
@@ -437,6 +438,10 @@ controller:
         assert_eq!(p.policy.required_bps("par1"), 2_000_000_000);
         assert_eq!(p.policy.required_bps("iad1"), 1_000_000_000);
         assert_eq!(p.api.socket, PathBuf::from(DEFAULT_API_SOCKET));
+        // A bgpctl is a passive mesh member unless told otherwise.
+        assert!(p.mesh.settings.passive);
+        let active = load(&GOOD.replace("mesh:\n", "mesh:\n  passive: false\n")).expect("valid");
+        assert!(!active.mesh.settings.passive);
     }
 
     #[test]

@@ -353,10 +353,28 @@ fn print_table(all: &[(usize, Results)]) {
     rows.push((
         "killed member Down at all (med/worst)".into(),
         col(&|r| median_worst(&r.down_ms)),
-        format!(
-            "<= 5 s at 200: {}",
-            verdict(all.iter().all(|(_, r)| max(&r.down_ms) <= TARGET_DOWN_MS))
-        ),
+        {
+            // Judged at 200 members, on the median and on the worst sample apart: the worst
+            // of 15 is the tail of the wait until some member happens to probe the dead
+            // one (foca picks probe targets at random), see every sample below the table.
+            let at_200 = all.iter().filter(|(n, _)| *n == 200);
+            let median = |v: &[u64]| {
+                let mut v = v.to_vec();
+                v.sort_unstable();
+                v.get(v.len() / 2).copied().unwrap_or(u64::MAX)
+            };
+            let med_ok = at_200
+                .clone()
+                .all(|(_, r)| median(&r.down_ms) <= TARGET_DOWN_MS);
+            let worst_ok = at_200
+                .clone()
+                .all(|(_, r)| max(&r.down_ms) <= TARGET_DOWN_MS);
+            format!(
+                "<= 5 s at 200: median {}, worst {}",
+                verdict(med_ok),
+                verdict(worst_ok)
+            )
+        },
     ));
     rows.push((
         "missed: join>10s/record>10s/down>20s/no victim".into(),
@@ -469,6 +487,21 @@ fn print_table(all: &[(usize, Results)]) {
         }
         line += &format!(" | {target}");
         println!("{line}");
+    }
+    println!();
+    // The worst of a few samples is the tail of the wait until some member happens to
+    // probe the dead one (about e^-k to wait k more probe intervals): all of them.
+    for (n, r) in all {
+        let mut v = r.down_ms.clone();
+        v.sort_unstable();
+        let samples: Vec<String> = v
+            .iter()
+            .map(|ms| format!("{:.2}", *ms as f64 / 1e3))
+            .collect();
+        println!(
+            "killed member Down at all, {n} members, every sample (s): {}",
+            samples.join(" ")
+        );
     }
     println!();
 }

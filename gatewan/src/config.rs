@@ -216,6 +216,11 @@ pub struct MeshConfig {
     pub gossip_interval: Option<Spanned<Dur>>,
     #[serde(default)]
     pub sync_interval: Option<Spanned<Dur>>,
+    /// Probe no one (never suspect nor declare anyone down); others still probe us.
+    /// Default: false for a gatewan, true for a bgpctl (on its fabric it reaches only its
+    /// own datacenter's gatewans).
+    #[serde(default)]
+    pub passive: Option<bool>,
 }
 
 /// The mesh section once validated.
@@ -229,8 +234,14 @@ pub struct MeshPlan {
 }
 
 impl MeshConfig {
-    /// Validates the section. `transit_addrs` are the default advertise addresses.
-    pub fn plan(&self, c: &mut Checker, transit_addrs: &[IpAddr]) -> Option<MeshPlan> {
+    /// Validates the section. `transit_addrs` are the default advertise addresses;
+    /// `passive` the default of `mesh.passive`.
+    pub fn plan(
+        &self,
+        c: &mut Checker,
+        transit_addrs: &[IpAddr],
+        passive: bool,
+    ) -> Option<MeshPlan> {
         let errors_before = c.errors.len();
         let bind = match &self.bind {
             None => SocketAddr::from(([0u16; 8], DEFAULT_MESH_PORT)),
@@ -295,6 +306,7 @@ impl MeshConfig {
         set(&self.suspicion_timeout, &mut settings.suspicion_timeout);
         set(&self.gossip_interval, &mut settings.gossip_interval);
         set(&self.sync_interval, &mut settings.sync_interval);
+        settings.passive = self.passive.unwrap_or(passive);
         if settings.sync_interval.is_zero() {
             c.error(
                 self.sync_interval.as_ref(),
@@ -878,7 +890,7 @@ impl GatewanConfig {
             .and_then(|t| t.plan(&self.probe, &mut c));
         let transit_addrs: Vec<IpAddr> =
             transits.iter().flat_map(|t| t.addresses.clone()).collect();
-        let mesh = self.mesh.plan(&mut c, &transit_addrs);
+        let mesh = self.mesh.plan(&mut c, &transit_addrs, false);
         let api = self.api.plan(&mut c, DEFAULT_API_SOCKET);
         let metrics_listen = self.metrics.plan(&mut c);
         let vtep = self
@@ -945,6 +957,7 @@ transits:
     fn good_config() {
         let p = load(GOOD).unwrap();
         assert_eq!(p.mesh.advertise.len(), 2);
+        assert!(!p.mesh.settings.passive, "a gatewan probes by default");
         assert_eq!(p.mesh.seeds[1], "[2001:db8::1]:7946".parse().unwrap());
         assert_eq!(p.transits[0].capacity, Rate(1_000_000_000));
         assert_eq!(p.api.socket, PathBuf::from(DEFAULT_API_SOCKET));

@@ -54,6 +54,11 @@ pub struct MeshSettings {
     pub rate_burst: u32,
     /// Largest sealed datagram; 1400 stays under every transit's MTU.
     pub max_datagram: usize,
+    /// A passive member probes no one, so it never suspects nor declares anyone down;
+    /// the others still probe it. For members that reach only part of the mesh (a bgpctl
+    /// on its fabric reaches its own datacenter's gatewans): probing the rest, they would
+    /// suspect them all and declare them down.
+    pub passive: bool,
 }
 
 impl Default for MeshSettings {
@@ -95,6 +100,7 @@ impl Default for MeshSettings {
             rate_per_source: 1000,
             rate_burst: 2000,
             max_datagram: 1400,
+            passive: false,
         }
     }
 }
@@ -232,6 +238,13 @@ struct KeyringQuery {
     addrs: HashMap<NodeId, Vec<SocketAddr>>,
     until_ms: u64,
 }
+
+/// Members of a suspect's datacenter asked to pass a suspicion notice on.
+const SUSPICION_RELAYS: usize = 2;
+/// How long a relay waits for the suspect's refutation to bring back.
+const RELAY_FOR_MS: u64 = 3_000;
+/// Bounds the relays pending at once.
+const MAX_RELAYS: usize = 1024;
 
 /// How long a keyring query waits for answers (it asks again every `KEYRING_RETRY`).
 pub const KEYRING_QUERY_TIMEOUT: Duration = Duration::from_secs(3);
@@ -490,6 +503,8 @@ pub struct MeshCore {
     /// Members we suspect and keep telling so (see `notify_suspect`).
     suspicions: HashMap<NodeId, Suspicion>,
     keyring_queries: HashMap<u64, KeyringQuery>,
+    /// Suspects we passed a notice on to: who asked, until when, for their refutation.
+    relayed: HashMap<NodeId, Vec<(SocketAddr, u64)>>,
     /// Our answers to recent keyring requests, oldest first.
     keyring_answers: std::collections::VecDeque<(u64, String)>,
     out: Vec<Output>,
@@ -552,6 +567,7 @@ impl MeshCore {
             max_transmissions: 0,
             suspicions: HashMap::new(),
             keyring_queries: HashMap::new(),
+            relayed: HashMap::new(),
             keyring_answers: std::collections::VecDeque::new(),
             out: Vec::new(),
             rt: SwimRuntime::default(),
@@ -822,6 +838,35 @@ impl MeshCore {
         query
     }
 
+    /// Up to two live members of `node`'s datacenter (as their NodeRecords say), not us.
+    fn datacenter_relays(&mut self, node: &NodeId) -> Vec<Vec<SocketAddr>> {
+        let local = self.local().node;
+        let mut relays: Vec<Vec<SocketAddr>> = {
+            let shared = lock(&self.shared);
+            let Some(dc) = shared.store.node(*node).map(|n| n.datacenter.clone()) else {
+                return Vec::new();
+            };
+            self.members
+                .values()
+                .filter(|m| {
+                    m.state == MemberState::Alive && m.id.node != *node && m.id.node != local
+                })
+                .filter(|m| {
+                    shared
+                        .store
+                        .node(m.id.node)
+                        .is_some_and(|n| n.datacenter == dc)
+                })
+                .map(|m| m.id.addrs.clone())
+                .collect()
+        };
+        relays.sort();
+        while relays.len() > SUSPICION_RELAYS {
+            relays.swap_remove(self.rng.random_range(0..relays.len()));
+        }
+        relays
+    }
+
     fn ask_keyring(&mut self, query: u64, now_ms: u64) {
         let Some(q) = self.keyring_queries.get(&query) else {
             return;
@@ -907,7 +952,13 @@ impl MeshCore {
             incarnation: u32::from(s.incarnation),
         };
         let addrs = s.id.addrs.clone();
-        self.send_control(&addrs, Kind::Suspected(notice), now_ms);
+        let relays = self.datacenter_relays(&node);
+        self.send_control(&addrs, Kind::Suspected(notice.clone()), now_ms);
+        // The suspect may not be reachable from here (a bgpctl on its fabric): members of
+        // its datacenter pass the notice on and bring the refutation back.
+        for relay in relays {
+            self.send_control(&relay, Kind::RelaySuspicion(notice.clone()), now_ms);
+        }
         self.schedule(
             (self.settings.probe_timeout / 2).max(Duration::from_millis(50)),
             CoreTimer::SuspicionNotice(node),
@@ -1040,6 +1091,34 @@ impl MeshCore {
                 self.counters.suspicions_of_us_refuted += 1;
                 self.send_control(&[from], Kind::Refutation(entry), now_ms);
             }
+            Kind::RelaySuspicion(notice) => {
+                let (Some(id), Ok(_)) = (
+                    notice.identity.as_ref().and_then(identity_from_proto),
+                    u16::try_from(notice.incarnation),
+                ) else {
+                    return self.drop_datagram(DropReason::Invalid, from, now_ms);
+                };
+                let known = self
+                    .members
+                    .get(&id.node)
+                    .is_some_and(|m| m.id == id && m.state != MemberState::Down);
+                if !known || id.node == self.local().node {
+                    return;
+                }
+                self.relayed.retain(|_, v| {
+                    v.retain(|&(_, until)| until > now_ms);
+                    !v.is_empty()
+                });
+                if self.relayed.len() >= MAX_RELAYS && !self.relayed.contains_key(&id.node) {
+                    return;
+                }
+                let askers = self.relayed.entry(id.node).or_default();
+                askers.retain(|&(a, _)| a != from);
+                askers.push((from, now_ms + RELAY_FOR_MS));
+                askers.truncate(16);
+                let addrs = id.addrs.clone();
+                self.send_control(&addrs, Kind::Suspected(notice), now_ms);
+            }
             Kind::Refutation(e) => {
                 let (Some(id), Ok(incarnation)) = (
                     e.identity.as_ref().and_then(identity_from_proto),
@@ -1058,6 +1137,13 @@ impl MeshCore {
                 if self.suspicions.get(&id.node).is_some_and(refutes) {
                     self.suspicions.remove(&id.node);
                     self.counters.refutations_received += 1;
+                }
+                if let Some(askers) = self.relayed.remove(&id.node) {
+                    for (asker, until) in askers {
+                        if until > now_ms {
+                            self.send_control(&[asker], Kind::Refutation(e.clone()), now_ms);
+                        }
+                    }
                 }
                 let alive = foca::Member::new(id, incarnation, foca::State::Alive);
                 let mut rt = std::mem::take(&mut self.rt);
@@ -1103,11 +1189,31 @@ impl MeshCore {
                 }
             }
             Kind::Records(r) => {
-                let mut shared = lock(&self.shared);
-                for bytes in r.records.iter().take(256) {
-                    // Not re-gossiped: broadcasts already spread what is new, and anti-entropy
-                    // repairs each member that missed them.
-                    shared.merge_remote(bytes);
+                let sender = self
+                    .members
+                    .values()
+                    .find(|m| m.id.addrs.contains(&from))
+                    .map(|m| m.id.node);
+                let mut first_hand = Vec::new();
+                {
+                    let mut shared = lock(&self.shared);
+                    for bytes in r.records.iter().take(256) {
+                        // Not re-gossiped in general: broadcasts already spread what is new,
+                        // and anti-entropy repairs each member that missed them.
+                        if let Some((key, _)) = shared.merge_remote(bytes)
+                            && Some(key.origin) == sender
+                        {
+                            first_hand.push(bytes.clone());
+                        }
+                    }
+                }
+                // But a member's own records, pushed by itself, are news we gossip on: a
+                // member that reaches few others (a bgpctl on its fabric) loses most of its
+                // own gossip, so its records would otherwise wait for anti-entropy rounds.
+                for bytes in first_hand {
+                    if let Err(e) = self.swim.add_broadcast(&bytes) {
+                        debug!(error = %e, "record too large to gossip");
+                    }
                 }
             }
         }
@@ -1191,6 +1297,9 @@ impl MeshCore {
         }
         let mut suspected = Vec::new();
         for (after, t) in rt.timers.drain(..) {
+            if self.settings.passive && matches!(t, Timer::ProbeRandomMember(_)) {
+                continue;
+            }
             if let Timer::ChangeSuspectToDown {
                 member_id,
                 incarnation,
