@@ -56,6 +56,9 @@ struct Lossy {
     false_downs: usize,
     /// Distinct live members wrongly declared down (per life and incarnation).
     false_down_episodes: usize,
+    /// Live members told they were down, who rejoined under a new generation (counted
+    /// over the whole run, cold start included).
+    rejoins: u32,
     suspect_beliefs: usize,
     suspicion_episodes: usize,
     bytes_per_s: f64,
@@ -228,6 +231,7 @@ fn run_size(n: usize, plan: &Plan) -> Results {
             }
         }
         r.false_downs_lossless += sim.false_beliefs(MemberState::Down, 0).len();
+        r.false_downs_lossless += sim.false_rejoins() as usize;
     }
     r.lossy = Some(lossy_run(n, plan, Latency::WAN, 0.10, plan.lossy_run, true));
     r
@@ -286,6 +290,7 @@ fn lossy_run(
     wrong.dedup();
     Lossy {
         false_down_episodes: wrong.len(),
+        rejoins: sim.false_rejoins(),
         agreed_ms,
         seconds: run.as_secs(),
         false_downs: sim.false_beliefs(MemberState::Down, since).len(),
@@ -385,7 +390,7 @@ fn print_table(all: &[(usize, Results)]) {
         "0".into(),
     ));
     rows.push((
-        "false Down beliefs, lossless timing runs".into(),
+        "false Downs (beliefs + rejoins), lossless runs".into(),
         col(&|r| r.false_downs_lossless.to_string()),
         "0".into(),
     ));
@@ -427,14 +432,20 @@ fn print_table(all: &[(usize, Results)]) {
         "-".into(),
     ));
     rows.push((
-        "10% loss: false Downs (members / beliefs)".into(),
-        lossy(&|l| format!("{} / {}", l.false_down_episodes, l.false_downs)),
+        "10% loss: false Downs (members / beliefs / rejoins)".into(),
+        lossy(&|l| {
+            format!(
+                "{} / {} / {}",
+                l.false_down_episodes, l.false_downs, l.rejoins
+            )
+        }),
         format!(
             "0: {}",
-            verdict(
-                all.iter()
-                    .all(|(_, r)| r.lossy.as_ref().is_some_and(|l| l.false_downs == 0))
-            )
+            verdict(all.iter().all(|(_, r)| {
+                r.lossy
+                    .as_ref()
+                    .is_some_and(|l| l.false_downs == 0 && l.rejoins == 0)
+            }))
         ),
     ));
     rows.push((
@@ -526,11 +537,12 @@ fn print_long_rtt(plan: &Plan) {
         };
         let l = lossy_run(n, plan, far, loss, run, false);
         println!(
-            "  {:>3.0}% loss, {:>3} s: false Downs {} members / {} beliefs | suspicions raised {} ({:.2}/s) | {:.0} B/member/s",
+            "  {:>3.0}% loss, {:>3} s: false Downs {} members / {} beliefs / {} rejoins | suspicions raised {} ({:.2}/s) | {:.0} B/member/s",
             loss * 100.0,
             l.seconds,
             l.false_down_episodes,
             l.false_downs,
+            l.rejoins,
             l.suspicion_episodes,
             l.suspicion_episodes as f64 / l.seconds as f64,
             l.bytes_per_s

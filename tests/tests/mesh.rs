@@ -94,7 +94,11 @@ fn killed_member_is_marked_down_and_rejoins_with_higher_generation() {
     let back = wait_until(Duration::from_secs(10), || {
         (0..3).all(|i| c.sees_all_alive(i, 3))
     });
-    assert!(back, "restarted gw3 did not rejoin");
+    assert!(
+        back,
+        "restarted gw3 did not rejoin: {:?}",
+        (0..3).map(|i| c.members(i)).collect::<Vec<_>>()
+    );
     let after = c
         .members(0)
         .unwrap()

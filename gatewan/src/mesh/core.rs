@@ -34,7 +34,7 @@ const TAG_SWIM: u8 = 1;
 const TAG_CONTROL: u8 = 2;
 
 /// Tunables of the mesh. Defaults target a WAN between datacenters: a dead member is
-/// declared down by everyone within about 3 s at 200 members (see the mesh_cluster
+/// declared down by everyone within about 3.5 s at 200 members (see the mesh_cluster
 /// benchmark for figures).
 #[derive(Debug, Clone)]
 pub struct MeshSettings {
@@ -67,10 +67,10 @@ impl Default for MeshSettings {
             // Detection time is: the wait until some member probes the dead one (about
             // one probe interval on average, longer in the tail), the failed probe round,
             // the suspicion timeout, and the spread of the verdict. Measured in the
-            // simulator (benches/mesh_cluster.rs) at 200 members: 3.3 s median, 14 of 15
-            // samples under 4.2 s and one at 5.5 s (nobody happened to probe the dead
-            // member for three intervals), no false down with 10 % loss or with RTTs up
-            // to 310 ms.
+            // simulator (benches/mesh_cluster.rs) at 200 members: 3.4 s median, 13 of 15
+            // samples under 4.1 s, the worst 7.3 s (nobody happened to probe the dead
+            // member for four and a half intervals), no false down with 10 % loss or with
+            // RTTs up to 310 ms.
             //
             // The suspicion timeout can be this short because a suspect is told directly
             // and refutes straight back (`notify_suspect`, Lifeguard's buddy system); by
@@ -229,7 +229,12 @@ pub enum CoreTimer {
     SuspicionNotice(NodeId),
     /// Ask the members that have not answered a keyring query again, or give up on them.
     KeyringQuery(u64),
+    /// One more push-pull soon after joining, in case datagrams of the first were lost.
+    JoinSync,
 }
+
+/// When a joiner syncs again after its first push-pull.
+const JOIN_RESYNC: Duration = Duration::from_secs(2);
 
 /// A cluster-wide keyring change we asked for.
 #[derive(Debug)]
@@ -759,6 +764,16 @@ impl MeshCore {
 
     pub fn handle_timer(&mut self, timer: CoreTimer, now_ms: u64) {
         match timer {
+            CoreTimer::Swim(Timer::ChangeSuspectToDown {
+                ref member_id,
+                incarnation,
+                ..
+            }) if !self.still_suspect(member_id, incarnation) => {
+                // Refuted (or already down): nothing for foca to do. foca 2.0 would still
+                // send the member a TurnUndead, and a live member told so rejoins under a
+                // new generation: a false down in all but name, after every refuted
+                // suspicion whose TurnUndead arrives.
+            }
             CoreTimer::Swim(t) => {
                 let mut rt = std::mem::take(&mut self.rt);
                 if let Err(e) = self.swim.handle_timer(t, &mut rt) {
@@ -767,24 +782,9 @@ impl MeshCore {
                 self.rt = rt;
                 self.flush_swim(now_ms);
             }
+            CoreTimer::JoinSync => self.sync_with_a_member(now_ms),
             CoreTimer::AntiEntropy => {
-                // Sync with a member we have heard from lately when there is one: in a mesh
-                // where some members cannot reach each other (a bgpctl on a fabric reaches
-                // its own datacenter's gatewans only), a random pick wastes most rounds on
-                // members that never answer.
-                let horizon = now_ms.saturating_sub(HEARD_FOR_MS);
-                self.heard.retain(|_, &mut t| t >= horizon);
-                let all: Vec<MemberId> = self.swim.iter_members().map(|m| m.id().clone()).collect();
-                let reachable: Vec<MemberId> = all
-                    .iter()
-                    .filter(|m| self.heard.contains_key(&m.node))
-                    .cloned()
-                    .collect();
-                let peers = if reachable.is_empty() { all } else { reachable };
-                if !peers.is_empty() {
-                    let peer = peers[self.rng.random_range(0..peers.len())].clone();
-                    self.send_hello(&peer.addrs, now_ms);
-                }
+                self.sync_with_a_member(now_ms);
                 // Jitter keeps members from syncing in lockstep.
                 let base = self.settings.sync_interval.as_millis() as u64;
                 let jitter = self.rng.random_range(0..=base / 5);
@@ -803,6 +803,26 @@ impl MeshCore {
             }
             CoreTimer::SuspicionNotice(node) => self.notify_suspect(node, now_ms),
             CoreTimer::KeyringQuery(query) => self.ask_keyring(query, now_ms),
+        }
+    }
+
+    /// Push-pull with a member we have heard from lately when there is one: in a mesh where
+    /// some members cannot reach each other (a bgpctl on a fabric reaches its own
+    /// datacenter's gatewans only), a random pick wastes most rounds on members that never
+    /// answer.
+    fn sync_with_a_member(&mut self, now_ms: u64) {
+        let horizon = now_ms.saturating_sub(HEARD_FOR_MS);
+        self.heard.retain(|_, &mut t| t >= horizon);
+        let all: Vec<MemberId> = self.swim.iter_members().map(|m| m.id().clone()).collect();
+        let reachable: Vec<MemberId> = all
+            .iter()
+            .filter(|m| self.heard.contains_key(&m.node))
+            .cloned()
+            .collect();
+        let peers = if reachable.is_empty() { all } else { reachable };
+        if !peers.is_empty() {
+            let peer = peers[self.rng.random_range(0..peers.len())].clone();
+            self.send_hello(&peer.addrs, now_ms);
         }
     }
 
@@ -931,6 +951,13 @@ impl MeshCore {
         self.send_control(&[to], Kind::KeyringReply(reply), now_ms);
     }
 
+    /// Whether `id` is still suspect at `incarnation`, as foca's suspicion timer requires.
+    fn still_suspect(&self, id: &MemberId, incarnation: u16) -> bool {
+        self.members.get(&id.node).is_some_and(|m| {
+            m.state == MemberState::Suspect && m.id == *id && m.incarnation == incarnation
+        })
+    }
+
     /// Lifeguard's buddy system: a member whose probe failed tells the suspect directly,
     /// again every half probe timeout until it refutes or the suspicion runs out. SWIM
     /// alone leaves the suspect to hear of it by gossip, and its refutation to come back
@@ -942,10 +969,7 @@ impl MeshCore {
         let Some(s) = self.suspicions.get(&node) else {
             return;
         };
-        let still = self.members.get(&node).is_some_and(|m| {
-            m.state == MemberState::Suspect && m.id == s.id && m.incarnation == s.incarnation
-        });
-        if !still || now_ms >= s.until_ms {
+        if !self.still_suspect(&s.id, s.incarnation) || now_ms >= s.until_ms {
             self.suspicions.remove(&node);
             return;
         }
@@ -995,8 +1019,11 @@ impl MeshCore {
                 self.flush_swim(now_ms);
                 // Push-pull with the seed whatever members we happen to sync with on
                 // joining: it holds the mesh's state, and it gets ours (records published
-                // before we had anyone to gossip them to) at once.
+                // before we had anyone to gossip them to) at once. And once more a little
+                // later: a lost datagram of this first exchange would otherwise leave us
+                // without some records until the next anti-entropy round.
                 self.send_hello(&seed_addrs, now_ms);
+                self.schedule(JOIN_RESYNC, CoreTimer::JoinSync);
             }
             Kind::Hello(h) => {
                 if !h.members_hash.is_empty()
@@ -1005,6 +1032,7 @@ impl MeshCore {
                     self.send_members(from, true, now_ms);
                 }
                 let same = self.with_store(|s| sync::same_state(s, &h));
+                debug!(%from, same, "sync: hello");
                 if !same {
                     let budget = self.settings.control_budget();
                     let slices = self.with_store(|s| sync::digest(s, true, budget));
@@ -1023,6 +1051,13 @@ impl MeshCore {
                 let Some(batches) = batches else {
                     return self.drop_datagram(DropReason::Invalid, from, now_ms);
                 };
+                debug!(
+                    %from,
+                    entries = d.entries.len(),
+                    batches = batches.len(),
+                    reply_wanted = d.reply_wanted,
+                    "sync: digest"
+                );
                 for records in batches {
                     self.send_control(&[from], Kind::Records(v1::SyncRecords { records }), now_ms);
                 }
@@ -1197,6 +1232,7 @@ impl MeshCore {
                     .find(|m| m.id.addrs.contains(&from))
                     .map(|m| m.id.node);
                 let mut first_hand = Vec::new();
+                debug!(%from, records = r.records.len(), "sync: records");
                 {
                     let mut shared = lock(&self.shared);
                     for bytes in r.records.iter().take(256) {
@@ -1362,8 +1398,15 @@ impl MeshCore {
     }
 
     fn refresh_members(&mut self, now_ms: u64) {
+        let local = self.local().node;
         let mut seen = 0;
-        for m in self.swim.iter_membership_state() {
+        // foca keeps our previous lives (same node id, older generation) as down members
+        // when it hears of them after a restart; they are not members to show or sync.
+        for m in self
+            .swim
+            .iter_membership_state()
+            .filter(|m| m.id().node != local)
+        {
             seen += 1;
             let state = match m.state() {
                 foca::State::Alive => MemberState::Alive,
@@ -1402,6 +1445,7 @@ impl MeshCore {
                 .swim
                 .iter_membership_state()
                 .map(|m| m.id().node)
+                .filter(|n| *n != local)
                 .collect();
             self.members.retain(|k, _| live.contains(k));
             self.members_changed = true;

@@ -490,6 +490,17 @@ impl Sim {
             .collect()
     }
 
+    /// How many times live members were told they were down and rejoined under a new
+    /// generation (members here never restart, so every renewal is one). A false down
+    /// that no one holds as a belief for long, but a false down: the member's identity,
+    /// and what others know of it, start over.
+    pub fn false_rejoins(&self) -> u32 {
+        self.live_nodes()
+            .iter()
+            .map(|&i| self.nodes[i].core.local().generation.saturating_sub(1))
+            .sum()
+    }
+
     /// Runs every event due within the next `d` of virtual time.
     pub fn run_for(&mut self, d: Duration) {
         let until = self.now_ms + d.as_millis() as u64;
@@ -823,6 +834,7 @@ mod tests {
             false_down.is_empty(),
             "false downs under 10 % loss: {false_down:?}"
         );
+        assert_eq!(sim.false_rejoins(), 0, "live members told they were down");
         assert!(sim.converged(), "members disagree after the lossy period");
     }
 
@@ -896,6 +908,7 @@ mod tests {
         );
         let false_down = sim.false_beliefs(MemberState::Down, since);
         assert!(false_down.is_empty(), "false downs: {false_down:?}");
+        assert_eq!(sim.false_rejoins(), 0, "live members told they were down");
     }
 
     /// bgpctls reach only their own datacenter's two gatewans, as on a fabric. They are
@@ -944,6 +957,7 @@ mod tests {
             false_down.len(),
             &false_down[..false_down.len().min(3)]
         );
+        assert_eq!(sim.false_rejoins(), 0, "live members told they were down");
         for o in sim.live_nodes() {
             for s in sim.live_nodes().into_iter().filter(|&s| s != o) {
                 assert!(
@@ -1043,6 +1057,7 @@ mod tests {
             );
         }
         assert!(sim.false_beliefs(MemberState::Down, 0).is_empty());
+        assert_eq!(sim.false_rejoins(), 0);
         // Changing the primary key mesh-wide cuts no one off.
         let suspects = sim.false_beliefs(MemberState::Suspect, clean_since);
         assert!(suspects.is_empty(), "{suspects:?}");
