@@ -1072,10 +1072,7 @@ impl MeshCore {
                 let local = self.local().node;
                 let mut updates = Vec::new();
                 for e in m.members.iter().take(MAX_MEMBERS_PER_SLICE) {
-                    let (Some(id), Ok(incarnation)) = (
-                        e.identity.as_ref().and_then(identity_from_proto),
-                        u16::try_from(e.incarnation),
-                    ) else {
+                    let Some((id, incarnation)) = member_at(&e.identity, e.incarnation) else {
                         return self.drop_datagram(DropReason::Invalid, from, now_ms);
                     };
                     // What others think of us is foca's to refute, through SWIM.
@@ -1100,10 +1097,8 @@ impl MeshCore {
                 }
             }
             Kind::Suspected(notice) => {
-                let (Some(id), Ok(incarnation)) = (
-                    notice.identity.as_ref().and_then(identity_from_proto),
-                    u16::try_from(notice.incarnation),
-                ) else {
+                let Some((id, incarnation)) = member_at(&notice.identity, notice.incarnation)
+                else {
                     return self.drop_datagram(DropReason::Invalid, from, now_ms);
                 };
                 if id != *self.local() {
@@ -1129,10 +1124,7 @@ impl MeshCore {
                 self.send_control(&[from], Kind::Refutation(entry), now_ms);
             }
             Kind::RelaySuspicion(notice) => {
-                let (Some(id), Ok(_)) = (
-                    notice.identity.as_ref().and_then(identity_from_proto),
-                    u16::try_from(notice.incarnation),
-                ) else {
+                let Some((id, _)) = member_at(&notice.identity, notice.incarnation) else {
                     return self.drop_datagram(DropReason::Invalid, from, now_ms);
                 };
                 let known = self
@@ -1157,10 +1149,7 @@ impl MeshCore {
                 self.send_control(&addrs, Kind::Suspected(notice), now_ms);
             }
             Kind::Refutation(e) => {
-                let (Some(id), Ok(incarnation)) = (
-                    e.identity.as_ref().and_then(identity_from_proto),
-                    u16::try_from(e.incarnation),
-                ) else {
+                let Some((id, incarnation)) = member_at(&e.identity, e.incarnation) else {
                     return self.drop_datagram(DropReason::Invalid, from, now_ms);
                 };
                 if id.node == self.local().node || e.suspect {
@@ -1518,6 +1507,13 @@ pub fn identity_to_proto(id: &MemberId) -> MeshIdentity {
         generation: id.generation,
         addresses: id.addrs.iter().map(ToString::to_string).collect(),
     }
+}
+
+/// A member and an incarnation as control messages carry them; None when either is not
+/// one foca could hold (no or too many addresses, incarnation beyond 16 bits).
+fn member_at(identity: &Option<MeshIdentity>, incarnation: u32) -> Option<(MemberId, u16)> {
+    let id = identity.as_ref().and_then(identity_from_proto)?;
+    Some((id, u16::try_from(incarnation).ok()?))
 }
 
 pub fn identity_from_proto(p: &MeshIdentity) -> Option<MemberId> {
