@@ -179,12 +179,8 @@ router bgp 65001
     let speaker = Speaker::start(
         &pair.a,
         SpeakerSettings {
-            asn: 65000,
-            router_id: A4.parse().unwrap(),
             listen: Some("[::]:179".parse().unwrap()),
-            peers: vec![peer],
-            graceful_restart: None,
-            import_route_targets: vec![],
+            ..speaker_settings(peer)
         },
     );
     let r1 = route("65000:1", "10.1.0.0/16", 10100, A4, 1);

@@ -66,17 +66,7 @@ fn ebgp_md5_ipv4_exact_routes_and_minimal_updates() {
     let mut peer = PeerSettings::new(B4.parse().unwrap(), 65001);
     peer.password = Some("s3cret-md5".into());
     peer.hold_time = Duration::from_secs(9);
-    let speaker = Speaker::start(
-        &pair.a,
-        SpeakerSettings {
-            asn: 65000,
-            router_id: A4.parse().unwrap(),
-            listen: None,
-            peers: vec![peer],
-            graceful_restart: None,
-            import_route_targets: vec![],
-        },
-    );
+    let speaker = Speaker::start(&pair.a, speaker_settings(peer));
 
     let r1 = route("65000:1", "10.1.0.0/16", 10100, A4, 1);
     let r2 = route("65000:1", "2001:db8:1::/48", 10100, A4, 1);
@@ -159,17 +149,7 @@ fn md5_mismatch_keeps_the_session_down() {
     );
     let mut peer = PeerSettings::new(B4.parse().unwrap(), 65001);
     peer.password = Some("wrong".into());
-    let speaker = Speaker::start(
-        &pair.a,
-        SpeakerSettings {
-            asn: 65000,
-            router_id: A4.parse().unwrap(),
-            listen: None,
-            peers: vec![peer],
-            graceful_restart: None,
-            import_route_targets: vec![],
-        },
-    );
+    let speaker = Speaker::start(&pair.a, speaker_settings(peer));
     // The SYNs carry the wrong signature: the kernel of gobgpd's side drops them, the
     // connection attempt times out (10 s) and is retried.
     let ok = wait_until(Duration::from_secs(15), || {
@@ -202,12 +182,9 @@ fn ibgp_ipv6_passive_and_import_filter() {
     let speaker = Speaker::start(
         &pair.a,
         SpeakerSettings {
-            asn: 65000,
-            router_id: A4.parse().unwrap(),
             listen: Some("[::]:179".parse().unwrap()),
-            peers: vec![peer],
-            graceful_restart: None,
             import_route_targets: vec!["65000:100".parse().unwrap()],
+            ..speaker_settings(peer)
         },
     );
     let r1 = route("65000:1", "10.1.0.0/16", 10100, A4, 1);

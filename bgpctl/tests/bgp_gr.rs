@@ -34,14 +34,10 @@ fn child_process_entry() {
     let mut peer = PeerSettings::new(B4.parse().unwrap(), 65001);
     peer.hold_time = Duration::from_secs(9);
     let settings = SpeakerSettings {
-        asn: 65000,
-        router_id: A4.parse().unwrap(),
-        listen: None,
-        peers: vec![peer],
         graceful_restart: Some(GracefulRestart {
             restart_time: Duration::from_secs(60),
         }),
-        import_route_targets: vec![],
+        ..speaker_settings(peer)
     };
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async move {
@@ -216,14 +212,10 @@ fn receiving_speaker_keeps_gobgpd_routes_stale() {
     let speaker = Speaker::start(
         &pair.a,
         SpeakerSettings {
-            asn: 65000,
-            router_id: A4.parse().unwrap(),
-            listen: None,
-            peers: vec![peer],
             graceful_restart: Some(GracefulRestart {
                 restart_time: Duration::from_secs(60),
             }),
-            import_route_targets: vec![],
+            ..speaker_settings(peer)
         },
     );
     let add = |g: &Gobgpd, prefix: &str| {

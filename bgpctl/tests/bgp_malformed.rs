@@ -147,12 +147,8 @@ fn start(pair: &Pair, hold: u64) -> Speaker {
     Speaker::start(
         &pair.a,
         SpeakerSettings {
-            asn: 65000,
-            router_id: A4.parse().unwrap(),
             listen: Some("0.0.0.0:179".parse().unwrap()),
-            peers: vec![peer],
-            graceful_restart: None,
-            import_route_targets: vec![],
+            ..speaker_settings(peer)
         },
     )
 }
@@ -454,12 +450,8 @@ fn connection_collisions() {
         let speaker = Speaker::start(
             &pair.a,
             SpeakerSettings {
-                asn: 65000,
-                router_id: A4.parse().unwrap(),
                 listen: Some("0.0.0.0:179".parse().unwrap()),
-                peers: vec![peer],
-                graceful_restart: None,
-                import_route_targets: vec![],
+                ..speaker_settings(peer)
             },
         );
         // The speaker's connection (outbound for it)…
@@ -503,14 +495,7 @@ fn reconnect_backs_off_exponentially() {
         .run(|| std::net::TcpListener::bind(format!("{B4}:179")).unwrap());
     let speaker = Speaker::start(
         &pair.a,
-        SpeakerSettings {
-            asn: 65000,
-            router_id: A4.parse().unwrap(),
-            listen: None,
-            peers: vec![PeerSettings::new(B4.parse().unwrap(), PEER_AS)],
-            graceful_restart: None,
-            import_route_targets: vec![],
-        },
+        speaker_settings(PeerSettings::new(B4.parse().unwrap(), PEER_AS)),
     );
     let mut accepted = Vec::new();
     for _ in 0..4 {

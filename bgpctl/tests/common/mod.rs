@@ -27,6 +27,19 @@ pub const B4: &str = "10.0.0.2";
 pub const A6: &str = "fd00::1";
 pub const B6: &str = "fd00::2";
 
+/// The speaker under test: AS 65000, router id A4, one peer, outgoing connections only,
+/// no graceful restart, every route target imported. Tests override what they exercise.
+pub fn speaker_settings(peer: bgp::PeerSettings) -> SpeakerSettings {
+    SpeakerSettings {
+        asn: 65000,
+        router_id: A4.parse().expect("A4 is an IPv4 address"),
+        listen: None,
+        peers: vec![peer],
+        graceful_restart: None,
+        import_route_targets: vec![],
+    }
+}
+
 impl Pair {
     pub fn new(test: &str) -> Pair {
         let a = Netns::new();
