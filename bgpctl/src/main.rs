@@ -40,7 +40,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(plan: BgpctlPlan) -> anyhow::Result<()> {
-    let member = daemon::join_mesh(&plan.state_dir, &plan.mesh).await?;
+    let member = daemon::join_mesh(&plan.state_dir, &plan.mesh, &[]).await?;
     daemon::announce(
         &member,
         v1::NodeRecord {

@@ -46,6 +46,25 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Config errors found once the daemon runs (they depend on the host), one per line,
+/// each `error: FILE: FIELD: MESSAGE`; the daemon exits 2 with them.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "error: {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
 /// Collects errors with the file they belong to.
 pub struct Checker<'a> {
     pub file: &'a Path,
@@ -519,11 +538,30 @@ pub struct TransitConfig {
     pub interface: Option<String>,
     #[serde(default)]
     pub addresses: Vec<Spanned<String>>,
+    /// The transit's next hop, one address or one per family (`[v4, v6]`). Absent with
+    /// several transits: found in the main table at start (ADR 0003).
     #[serde(default)]
-    pub gateway: Option<Spanned<String>>,
+    pub gateway: Option<Spanned<OneOrMany>>,
     pub capacity: Rate,
     #[serde(default)]
     pub cost: u32,
+}
+
+/// A value written alone or as a list.
+#[derive(Debug, Deserialize, Clone)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn items(&self) -> &[String] {
+        match self {
+            OneOrMany::One(s) => std::slice::from_ref(s),
+            OneOrMany::Many(v) => v,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize, Default, Clone, Copy)]
@@ -797,7 +835,8 @@ pub struct Transit {
     pub name: String,
     pub interface: Option<String>,
     pub addresses: Vec<IpAddr>,
-    pub gateway: Option<IpAddr>,
+    /// Configured next hops, at most one per family.
+    pub gateways: Vec<IpAddr>,
     pub capacity: Rate,
     pub cost: u32,
 }
@@ -805,6 +844,8 @@ pub struct Transit {
 /// Everything the daemon needs, validated.
 #[derive(Debug, Clone)]
 pub struct GatewanPlan {
+    /// The file the plan was read from, for errors found at run time.
+    pub config_file: PathBuf,
     pub name: String,
     pub datacenter: String,
     pub state_dir: PathBuf,
@@ -851,28 +892,44 @@ impl GatewanConfig {
                     ),
                 }
             }
-            let gateway = t
-                .gateway
-                .as_ref()
-                .and_then(|g| match g.value.parse::<IpAddr>() {
-                    Ok(ip) => Some(ip),
-                    Err(_) => {
-                        c.error(
+            let mut gateways: Vec<IpAddr> = Vec::new();
+            if let Some(g) = &t.gateway {
+                for item in g.value.items() {
+                    match item.parse::<IpAddr>() {
+                        Ok(ip) if ip.is_unspecified() || ip.is_multicast() => c.error(
                             Some(g),
                             format!("transits[{i}].gateway"),
-                            format!("{:?} is not an IP address", g.value),
-                        );
-                        None
+                            format!("{item:?} is not a unicast address"),
+                        ),
+                        Ok(ip) if gateways.iter().any(|x| x.is_ipv6() == ip.is_ipv6()) => c.error(
+                            Some(g),
+                            format!("transits[{i}].gateway"),
+                            "at most one gateway per address family: [IPv4, IPv6]",
+                        ),
+                        Ok(ip) => gateways.push(ip),
+                        Err(_) => c.error(
+                            Some(g),
+                            format!("transits[{i}].gateway"),
+                            format!("{item:?} is not an IP address"),
+                        ),
                     }
-                });
-            if let (Some(g), None) = (&t.gateway, &t.interface) {
-                c.error(Some(g), format!("transits[{i}].gateway"), "source routing through a gateway needs the transit's interface: set transits[].interface");
+                }
+                if t.interface.is_none() {
+                    c.error(Some(g), format!("transits[{i}].gateway"), "source routing through a gateway needs the transit's interface: set transits[].interface");
+                }
+            }
+            if t.interface.is_none() && self.transits.len() > 1 {
+                c.error(
+                    Some(&t.name),
+                    format!("transits[{i}].interface"),
+                    "with several transits each one needs its interface, so that what uses a transit leaves by it and not by the main table's default route",
+                );
             }
             transits.push(Transit {
                 name: t.name.value.clone(),
                 interface: t.interface.clone(),
                 addresses,
-                gateway,
+                gateways,
                 capacity: t.capacity,
                 cost: t.cost,
             });
@@ -913,6 +970,7 @@ impl GatewanConfig {
         c.finish()?;
         let mesh = mesh.expect("mesh plan exists when there is no error");
         Ok(GatewanPlan {
+            config_file: path.to_path_buf(),
             name: self.name.value.clone(),
             datacenter: self.datacenter.value.clone(),
             state_dir: self.state_dir.clone(),
@@ -1074,6 +1132,39 @@ transits:
         assert_eq!(yaml_path_at(y, 4), "list[0].cap");
         assert_eq!(yaml_path_at(y, 6), "list[1].cap");
         assert_eq!(yaml_path_at(y, 8), "m.k");
+    }
+
+    #[test]
+    fn a_transit_gateway_is_one_address_or_one_per_family() {
+        let two = format!(
+            "{GOOD}  - name: cogent\n    interface: eth2\n    addresses: [203.0.113.1]\n    gateway: 203.0.113.0\n    capacity: 1Gbps\n"
+        );
+        let p = load(&two.replace(
+            "    cost: 10\n",
+            "    cost: 10\n    gateway: [198.51.100.9, \"2001:db8:1::1\"]\n",
+        ))
+        .unwrap();
+        assert_eq!(p.transits[0].gateways.len(), 2);
+        assert_eq!(p.transits[1].gateways, ["203.0.113.0".parse::<IpAddr>().unwrap()]);
+        let e = one_error(&two.replace(
+            "    cost: 10\n",
+            "    cost: 10\n    gateway: [198.51.100.9, 198.51.100.8]\n",
+        ));
+        assert!(
+            e.contains("transits[0].gateway: at most one gateway per address family"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn several_transits_each_need_their_interface() {
+        let e = one_error(&format!(
+            "{GOOD}  - name: cogent\n    addresses: [203.0.113.1]\n    capacity: 1Gbps\n"
+        ));
+        assert!(
+            e.contains(":13: transits[1].interface: with several transits"),
+            "{e}"
+        );
     }
 
     #[test]

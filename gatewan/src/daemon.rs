@@ -72,6 +72,12 @@ where
     };
     match rt.block_on(run(plan)) {
         Ok(()) => ExitCode::SUCCESS,
+        // What only the host can tell (a transit's gateway) is still the config's fault.
+        Err(e) if e.downcast_ref::<crate::config::ConfigErrors>().is_some() => {
+            error!("{e:#}");
+            eprintln!("{e:#}");
+            ExitCode::from(2)
+        }
         Err(e) => {
             error!("{e:#}");
             eprintln!("error: {e:#}");
@@ -87,9 +93,15 @@ pub struct Member {
     pub state_dir: StateDir,
 }
 
-/// Opens the state directory, loads the keyring, binds the gossip socket and starts the
-/// mesh task. Errors here are runtime errors (exit 1).
-pub async fn join_mesh(state_dir: &Path, plan: &MeshPlan) -> anyhow::Result<Member> {
+/// Opens the state directory, loads the keyring, binds the gossip sockets and starts the
+/// mesh task. `transits`: the transit addresses to send WAN gossip from, each with its
+/// routing mark (none for bgpctl: it reaches the mesh through its fabric). Errors here
+/// are runtime errors (exit 1).
+pub async fn join_mesh(
+    state_dir: &Path,
+    plan: &MeshPlan,
+    transits: &[(std::net::IpAddr, Option<u32>)],
+) -> anyhow::Result<Member> {
     use anyhow::Context as _;
     let state_dir =
         StateDir::open(state_dir).with_context(|| format!("state_dir {}", state_dir.display()))?;
@@ -111,10 +123,18 @@ pub async fn join_mesh(state_dir: &Path, plan: &MeshPlan) -> anyhow::Result<Memb
         seed,
     )
     .map_err(anyhow::Error::msg)?;
-    let socket =
-        driver::bind_socket(plan.bind).with_context(|| format!("mesh.bind {}", plan.bind))?;
-    info!(id = %node, generation, bind = %plan.bind, advertise = ?plan.advertise, seeds = ?plan.seeds, "joining the mesh");
-    let mesh = driver::spawn(core, socket, Some(plan.keyring_file.clone()));
+    let main = driver::bind_socket(plan.bind, !transits.is_empty())
+        .with_context(|| format!("mesh.bind {}", plan.bind))?;
+    let mut sockets = driver::MeshSockets::single(main);
+    for &(ip, mark) in transits {
+        let addr = std::net::SocketAddr::new(ip, plan.bind.port());
+        sockets.transits.push(
+            driver::bind_transit_socket(addr, mark)
+                .with_context(|| format!("gossip socket of transit address {addr}"))?,
+        );
+    }
+    info!(id = %node, generation, bind = %plan.bind, advertise = ?plan.advertise, seeds = ?plan.seeds, transits = ?transits, "joining the mesh");
+    let mesh = driver::spawn(core, sockets, Some(plan.keyring_file.clone()));
     Ok(Member {
         mesh,
         identity,

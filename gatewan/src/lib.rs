@@ -5,5 +5,6 @@ pub mod mesh;
 pub mod metrics;
 pub mod probe;
 pub mod state_dir;
+pub mod transit;
 pub mod tunnels;
 pub mod units;

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use gatewan::transit::TransitRouting;
 use gatewan::config::GatewanConfig;
 use gatewan::{api, daemon, metrics};
 use gatewan_proto::v1;
@@ -52,7 +53,22 @@ fn main() -> ExitCode {
 }
 
 async fn run(plan: gatewan::config::GatewanPlan) -> anyhow::Result<()> {
-    let member = daemon::join_mesh(&plan.state_dir, &plan.mesh).await?;
+    let routing = transit_routing(&plan).await?;
+    // Gossip leaves by every transit, each from its own address with its own routing.
+    let gossip_paths: Vec<(std::net::IpAddr, Option<u32>)> = plan
+        .transits
+        .iter()
+        .flat_map(|t| {
+            let r = routing.get(&t.name);
+            t.addresses.iter().map(move |&a| {
+                (
+                    a,
+                    r.filter(|r| r.routes_family_of(a)).map(|r| r.mark),
+                )
+            })
+        })
+        .collect();
+    let member = daemon::join_mesh(&plan.state_dir, &plan.mesh, &gossip_paths).await?;
     let wireguard_key = match &plan.tunnels {
         Some(_) => Some(member.state_dir.wireguard_key()?),
         None => None,
@@ -96,7 +112,14 @@ async fn run(plan: gatewan::config::GatewanPlan) -> anyhow::Result<()> {
         });
     }
     let tunnels = match (&plan.tunnels, wireguard_key) {
-        (Some(t), Some(key)) => Some(start_tunnels(&plan, t, key, public_key, &member)?),
+        (Some(t), Some(key)) => Some(start_tunnels(
+            &plan,
+            t,
+            key,
+            public_key,
+            &member,
+            routing,
+        )?),
         _ => None,
     };
     let mut routes = tonic::service::Routes::builder();
@@ -119,6 +142,7 @@ fn start_tunnels(
     private_key: [u8; 32],
     public_key: Vec<u8>,
     member: &daemon::Member,
+    routing: std::collections::BTreeMap<String, TransitRouting>,
 ) -> anyhow::Result<gatewan::tunnels::manager::TunnelsHandle> {
     use gatewan::probe::engine::ProbeSettings;
     use gatewan::tunnels::manager::{self, ManagerConfig};
@@ -156,19 +180,42 @@ fn start_tunnels(
             thresholds: t.thresholds,
         },
         resync: std::time::Duration::from_secs(10),
-        routing: plan
-            .transits
-            .iter()
-            .enumerate()
-            .filter_map(|(i, x)| {
-                let r = gatewan::tunnels::system::TransitRouting::for_transit(
-                    i,
-                    x.interface.as_deref()?,
-                    x.gateway?,
-                );
-                Some((x.name.clone(), r))
-            })
-            .collect(),
+        routing: routing.into_iter().collect(),
     };
     Ok(manager::spawn(cfg, member.mesh.clone())?)
+}
+
+/// Each transit's routing, its gateways found in the main table where the config names
+/// none, installed before the first datagram leaves. A gateway that cannot be found is a
+/// config error (exit 2): with several transits, traffic would otherwise follow the main
+/// table's default route into one transit, and that transit failing would silence the
+/// whole gatewan.
+async fn transit_routing(
+    plan: &gatewan::config::GatewanPlan,
+) -> anyhow::Result<std::collections::BTreeMap<String, TransitRouting>> {
+    use gatewan::config::{ConfigError, ConfigErrors};
+    use gatewan::transit;
+    let (conn, handle, _) = rtnetlink::new_connection()?;
+    tokio::spawn(conn);
+    let routes = transit::main_table(&handle).await?;
+    let routing = transit::plan_routing(&plan.transits, &routes).map_err(|problems| {
+        ConfigErrors(
+            problems
+                .into_iter()
+                .map(|(field, message)| ConfigError {
+                    file: plan.config_file.clone(),
+                    line: None,
+                    field,
+                    message,
+                })
+                .collect(),
+        )
+    })?;
+    for r in routing.values() {
+        tracing::info!(interface = %r.interface, gateway_v4 = ?r.gateway_v4, gateway_v6 = ?r.gateway_v6, mark = r.mark, "transit routing");
+        if let Err(e) = transit::ensure(&handle, r).await {
+            tracing::warn!(error = %e, interface = %r.interface, "cannot set up transit routing yet; the tunnel manager retries");
+        }
+    }
+    Ok(routing)
 }

@@ -1,9 +1,15 @@
-//! The tokio adapter of the mesh core: one UDP socket, a timer heap, a command channel.
-//! It owns the core; the rest of the daemon talks to it through `MeshHandle`.
+//! The tokio adapter of the mesh core: its UDP sockets (the `mesh.bind` socket and one per
+//! transit address), a timer heap, a command channel. It owns the core; the rest of the
+//! daemon talks to it through `MeshHandle`.
+//!
+//! A datagram for the WAN leaves by every transit of its family ([`super::egress`]), from
+//! that transit's socket (its address, its routing mark); one for a destination the main
+//! table routes through another interface (a bgpctl on the fabric) leaves by the main
+//! socket. Datagrams are received on every socket alike.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -15,6 +21,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::core::{CoreTimer, Counters, KeyringOutcome, MemberInfo, MeshCore, Output};
+use super::egress::Egress;
 pub use super::seal::KeyringOp;
 use super::seal::{KeyringError, MeshKey};
 use super::store::StateStore;
@@ -118,17 +125,133 @@ impl MeshHandle {
 }
 
 /// Binds the gossip socket. An unspecified IPv6 bind also takes IPv4 (dual stack).
-pub fn bind_socket(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+/// `shared`: transit sockets will bind the same port on specific addresses (the kernel
+/// hands each datagram to the most specific socket).
+pub fn bind_socket(addr: SocketAddr, shared: bool) -> std::io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         sock.set_only_v6(false)?;
     }
+    sock.set_reuse_address(shared)?;
     sock.set_nonblocking(true)?;
     // Room for bursts of gossip (a push-pull sends a few dozen datagrams at once).
     let _ = sock.set_recv_buffer_size(4 << 20);
     sock.bind(&addr.into())?;
     UdpSocket::from_std(sock.into())
+}
+
+/// Binds the gossip socket of one transit address: `mark` routes what it sends through
+/// the transit's own table. Free-bind, so a transit whose address is not (yet) on its
+/// interface does not stop the daemon; it sends once the address is there.
+pub fn bind_transit_socket(addr: SocketAddr, mark: Option<u32>) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        sock.set_only_v6(true)?;
+        sock.set_freebind_v6(true)?;
+    } else {
+        sock.set_freebind_v4(true)?;
+    }
+    sock.set_reuse_address(true)?;
+    if let Some(m) = mark {
+        sock.set_mark(m)?;
+    }
+    sock.set_nonblocking(true)?;
+    let _ = sock.set_recv_buffer_size(4 << 20);
+    sock.bind(&addr.into())?;
+    UdpSocket::from_std(sock.into())
+}
+
+/// The sockets of the mesh task.
+pub struct MeshSockets {
+    /// `mesh.bind`: receives, and sends what is not for the WAN.
+    pub main: UdpSocket,
+    /// One per transit address (see [`bind_transit_socket`]).
+    pub transits: Vec<UdpSocket>,
+}
+
+impl MeshSockets {
+    pub fn single(main: UdpSocket) -> MeshSockets {
+        MeshSockets {
+            main,
+            transits: Vec::new(),
+        }
+    }
+
+    fn egress(&self) -> Egress {
+        Egress::new(
+            self.transits
+                .iter()
+                .filter_map(|s| s.local_addr().ok())
+                .map(|a| a.ip())
+                .collect(),
+        )
+    }
+
+    fn all(&self) -> impl Iterator<Item = &UdpSocket> {
+        std::iter::once(&self.main).chain(&self.transits)
+    }
+
+    /// The next datagram from any socket, starting the scan at a rotating socket so a
+    /// flood on one cannot starve the others.
+    async fn recv(&self, start: &mut usize, buf: &mut [u8]) -> std::io::Result<(SocketAddr, usize)> {
+        let n = 1 + self.transits.len();
+        std::future::poll_fn(|cx| {
+            for k in 0..n {
+                let i = (*start + k) % n;
+                let Some(sock) = self.all().nth(i) else {
+                    continue;
+                };
+                let mut rb = tokio::io::ReadBuf::new(buf);
+                if let std::task::Poll::Ready(r) = sock.poll_recv_from(cx, &mut rb) {
+                    *start = (i + 1) % n;
+                    return std::task::Poll::Ready(r.map(|from| (from, rb.filled().len())));
+                }
+            }
+            std::task::Poll::Pending
+        })
+        .await
+    }
+}
+
+/// Whether a destination is reached over the WAN: unless the main table routes it
+/// through an interface that is not a transit (the source it would pick is not a transit
+/// address), it is. Asked of the kernel by connecting a UDP socket (no packet is sent),
+/// and remembered for a while: routes change rarely, destinations are few.
+struct Scope {
+    egress: Egress,
+    cache: HashMap<IpAddr, (bool, Instant)>,
+}
+
+const SCOPE_TTL: Duration = Duration::from_secs(10);
+
+impl Scope {
+    fn is_wan(&mut self, ip: IpAddr) -> bool {
+        let now = Instant::now();
+        if let Some(&(wan, at)) = self.cache.get(&ip)
+            && now.duration_since(at) < SCOPE_TTL
+        {
+            return wan;
+        }
+        let source = || -> std::io::Result<IpAddr> {
+            let any: SocketAddr = if ip.is_ipv6() {
+                (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+            } else {
+                (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+            };
+            let probe = std::net::UdpSocket::bind(any)?;
+            probe.connect((ip, 9))?;
+            Ok(probe.local_addr()?.ip())
+        };
+        // No route at all: the transits are the only way there may be.
+        let wan = source().map_or(true, |s| self.egress.is_source(s));
+        if self.cache.len() > 4096 {
+            self.cache.clear();
+        }
+        self.cache.insert(ip, (wan, now));
+        wan
+    }
 }
 
 struct Due {
@@ -156,10 +279,10 @@ impl Ord for Due {
 
 /// Starts the mesh task. `keyring_file` receives the keyring after every change so a
 /// restart keeps it.
-pub fn spawn(core: MeshCore, socket: UdpSocket, keyring_file: Option<PathBuf>) -> MeshHandle {
+pub fn spawn(core: MeshCore, sockets: MeshSockets, keyring_file: Option<PathBuf>) -> MeshHandle {
     let (cmd_tx, cmd_rx) = mpsc::channel(64);
     let (view_tx, view_rx) = watch::channel(Arc::new(MeshView::default()));
-    tokio::spawn(run(core, socket, cmd_rx, view_tx, keyring_file));
+    tokio::spawn(run(core, sockets, cmd_rx, view_tx, keyring_file));
     MeshHandle {
         cmd: cmd_tx,
         view: view_rx,
@@ -182,7 +305,7 @@ fn make_view(core: &MeshCore) -> Arc<MeshView> {
 
 async fn run(
     mut core: MeshCore,
-    socket: UdpSocket,
+    sockets: MeshSockets,
     mut cmd_rx: mpsc::Receiver<Command>,
     view_tx: watch::Sender<Arc<MeshView>>,
     keyring_file: Option<PathBuf>,
@@ -190,6 +313,12 @@ async fn run(
     let mut timers: BinaryHeap<Reverse<Due>> = BinaryHeap::new();
     let mut seq = 0u64;
     let mut buf = vec![0u8; 65536];
+    let mut next_socket = 0usize;
+    let egress = sockets.egress();
+    let mut scope = Scope {
+        egress: egress.clone(),
+        cache: HashMap::new(),
+    };
     let mut refresh = tokio::time::interval(Duration::from_secs(1));
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     core.start(unix_ms());
@@ -200,8 +329,8 @@ async fn run(
         let next = timers.peek().map(|Reverse(d)| d.at);
         let mut view_dirty = false;
         tokio::select! {
-            r = socket.recv_from(&mut buf) => match r {
-                Ok((n, from)) => core.handle_datagram(from, &buf[..n], unix_ms()),
+            r = sockets.recv(&mut next_socket, &mut buf) => match r {
+                Ok((from, n)) => core.handle_datagram(from, &buf[..n], unix_ms()),
                 Err(e) => debug!(error = %e, "recv"),
             },
             _ = tokio::time::sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {
@@ -251,7 +380,17 @@ async fn run(
             for out in outputs {
                 match out {
                     Output::Send { to, datagram } => {
-                        if let Err(e) = socket.send_to(&datagram, to).await {
+                        let to = SocketAddr::new(to.ip().to_canonical(), to.port());
+                        let mut sent = false;
+                        if !egress.is_empty() && scope.is_wan(to.ip()) {
+                            for i in egress.paths(to) {
+                                sent = true;
+                                if let Err(e) = sockets.transits[i].send_to(&datagram, to).await {
+                                    debug!(error = %e, %to, from = %egress.sources()[i], "send");
+                                }
+                            }
+                        }
+                        if !sent && let Err(e) = sockets.main.send_to(&datagram, to).await {
                             debug!(error = %e, %to, "send");
                         }
                     }

@@ -6,6 +6,7 @@
 
 pub mod core;
 pub mod driver;
+pub mod egress;
 pub mod guard;
 pub mod identity;
 pub mod keyring_file;

@@ -54,7 +54,7 @@ pub struct ManagerConfig {
     /// How often the host is re-checked even when the mesh is quiet.
     pub resync: Duration,
     /// Source routing per local transit name (transits with a gateway).
-    pub routing: HashMap<String, super::system::TransitRouting>,
+    pub routing: HashMap<String, crate::transit::TransitRouting>,
 }
 
 /// What the API shows.
@@ -110,15 +110,21 @@ fn unix_ms() -> u64 {
     crate::mesh::driver::unix_ms()
 }
 
-/// The gatewans the planner considers: ourselves and every gatewan of the mesh that is
-/// not down and has announced a slot and a WireGuard key.
-fn gatewans(view: &MeshView, local: &GatewanView) -> Vec<GatewanView> {
+/// The gatewans the planner considers: ourselves and every gatewan of the mesh that has
+/// announced a slot and a WireGuard key, unless it is gone. Gone means two signals agree
+/// (ADR 0003): the mesh holds it Down *and* none of our tunnels to it answers its probes.
+/// A member merely suspect, or declared down while a tunnel still answers (its gossip
+/// lost, its path fine), keeps every tunnel.
+fn gatewans(view: &MeshView, local: &GatewanView, answering: &HashSet<NodeId>) -> Vec<GatewanView> {
     let mut out = vec![local.clone()];
-    for m in view
-        .members
-        .iter()
-        .filter(|m| !m.local && m.state != MemberState::Down)
-    {
+    let mut seen = HashSet::new();
+    // A restarted member is listed twice (its previous life Down): one view per node.
+    for m in view.members.iter().filter(|m| {
+        !m.local && (m.state != MemberState::Down || answering.contains(&m.id.node))
+    }) {
+        if !seen.insert(m.id.node) {
+            continue;
+        }
         let Some(n) = view.store.node(m.id.node) else {
             continue;
         };
@@ -128,6 +134,17 @@ fn gatewans(view: &MeshView, local: &GatewanView) -> Vec<GatewanView> {
         }
     }
     out
+}
+
+/// Peers to which at least one of our tunnels answers its probes (not Down).
+fn answering_peers(
+    rows: &BTreeMap<String, Row>,
+    reports: &BTreeMap<String, ProbeReport>,
+) -> HashSet<NodeId> {
+    rows.iter()
+        .filter(|(id, _)| reports.get(*id).is_some_and(|r| r.state != TunnelState::Down))
+        .map(|(_, r)| r.tunnel.peer.node)
+        .collect()
 }
 
 struct Row {
@@ -289,15 +306,7 @@ async fn run(
                 if r.is_err() { return; }
                 // Let a burst of gossip settle into one reconcile.
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                let view = mesh_rx.borrow_and_update().clone();
-                // Most mesh changes are tunnel metrics, gossiped every probe interval by
-                // every gatewan: only a change of the planner's input means a reconcile
-                // (it reads every tunnel interface back from the kernel).
-                let input = gatewans(&view, &cfg.local);
-                if input != planned_from {
-                    planned_from = input;
-                    dirty = true;
-                }
+                mesh_rx.borrow_and_update();
                 false
             }
             _ = tick.tick() => true,
@@ -320,17 +329,26 @@ async fn run(
             }
         };
         let view = mesh.view();
+        // Most mesh changes are tunnel metrics, gossiped every probe interval by every
+        // gatewan: only a change of the planner's input means a reconcile (it reads every
+        // tunnel interface back from the kernel).
+        let answering = answering_peers(&rows, &reports.borrow());
+        let input = gatewans(&view, &cfg.local, &answering);
+        if input != planned_from {
+            planned_from = input;
+            dirty = true;
+        }
         if dirty || last_sync.elapsed() >= cfg.resync {
             dirty = false;
             last_sync = std::time::Instant::now();
-            let (planned, problems) = plan(&cfg.local, &gatewans(&view, &cfg.local), &cfg.plan);
+            let (planned, problems) = plan(&cfg.local, &planned_from, &cfg.plan);
             for p in problems {
                 if reported_problems.insert(p.to_string()) {
                     warn!(problem = %p, "tunnel not planned");
                 }
             }
             for r in cfg.routing.values() {
-                if let Err(e) = system.ensure_transit_routing(r).await {
+                if let Err(e) = crate::transit::ensure(system.handle(), r).await {
                     warn!(error = %e, interface = %r.interface, "cannot set up transit source routing; retried");
                 }
             }

@@ -42,30 +42,6 @@ impl WireguardMode {
     }
 }
 
-/// Source routing of one transit (and one address family).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TransitRouting {
-    pub interface: String,
-    pub gateway: IpAddr,
-    pub mark: u32,
-    pub table: u32,
-    pub priority: u32,
-}
-
-impl TransitRouting {
-    /// Mark, table and rule priority of the transit at `position` on this gatewan.
-    pub fn for_transit(position: usize, interface: &str, gateway: IpAddr) -> TransitRouting {
-        let n = position as u32 + 1;
-        TransitRouting {
-            interface: interface.to_string(),
-            gateway,
-            mark: 0x5d00 + n,
-            table: 0x5d00 + n,
-            priority: 10_000 + n,
-        }
-    }
-}
-
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LinkInfo {
     pub name: String,
@@ -337,66 +313,9 @@ impl System {
         }
     }
 
-    /// Per-transit source routing: packets marked `mark` (the transit's tunnels' outer
-    /// packets) look up `table`, whose default route goes through the transit's gateway,
-    /// so each tunnel leaves by its own transit whatever the main table says.
-    pub async fn ensure_transit_routing(&self, r: &TransitRouting) -> io::Result<()> {
-        let index = self.require(&r.interface).await?;
-        let v6 = r.gateway.is_ipv6();
-        let version = if v6 {
-            rtnetlink::IpVersion::V6
-        } else {
-            rtnetlink::IpVersion::V4
-        };
-        let mut present = false;
-        let mut rules = self.handle.rule().get(version).execute();
-        while let Some(rule) = rules.try_next().await.map_err(io_err)? {
-            use netlink_packet_route::rule::RuleAttribute;
-            let mark = rule
-                .attributes
-                .iter()
-                .any(|a| matches!(a, RuleAttribute::FwMark(m) if *m == r.mark));
-            let table = rule
-                .attributes
-                .iter()
-                .any(|a| matches!(a, RuleAttribute::Table(t) if *t == r.table));
-            let lookup = rule.header.action == netlink_packet_route::rule::RuleAction::ToTable;
-            present |= mark && table && lookup;
-        }
-        if !present {
-            let add = self
-                .handle
-                .rule()
-                .add()
-                .fw_mark(r.mark)
-                .table_id(r.table)
-                .priority(r.priority)
-                .action(netlink_packet_route::rule::RuleAction::ToTable);
-            if v6 {
-                add.v6().execute().await.map_err(io_err)?;
-            } else {
-                add.v4().execute().await.map_err(io_err)?;
-            }
-        }
-        let route = match r.gateway {
-            IpAddr::V4(gw) => rtnetlink::RouteMessageBuilder::<std::net::Ipv4Addr>::new()
-                .table_id(r.table)
-                .gateway(gw)
-                .output_interface(index)
-                .build(),
-            IpAddr::V6(gw) => rtnetlink::RouteMessageBuilder::<std::net::Ipv6Addr>::new()
-                .table_id(r.table)
-                .gateway(gw)
-                .output_interface(index)
-                .build(),
-        };
-        self.handle
-            .route()
-            .add(route)
-            .replace()
-            .execute()
-            .await
-            .map_err(io_err)
+    /// The netlink handle, for what shares this connection (transit routing).
+    pub fn handle(&self) -> &Handle {
+        &self.handle
     }
 
     async fn require(&self, interface: &str) -> io::Result<u32> {
