@@ -1145,7 +1145,10 @@ transits:
         ))
         .unwrap();
         assert_eq!(p.transits[0].gateways.len(), 2);
-        assert_eq!(p.transits[1].gateways, ["203.0.113.0".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            p.transits[1].gateways,
+            ["203.0.113.0".parse::<IpAddr>().unwrap()]
+        );
         let e = one_error(&two.replace(
             "    cost: 10\n",
             "    cost: 10\n    gateway: [198.51.100.9, 198.51.100.8]\n",

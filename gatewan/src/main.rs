@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use gatewan::transit::TransitRouting;
 use gatewan::config::GatewanConfig;
+use gatewan::transit::TransitRouting;
 use gatewan::{api, daemon, metrics};
 use gatewan_proto::v1;
 
@@ -60,12 +60,9 @@ async fn run(plan: gatewan::config::GatewanPlan) -> anyhow::Result<()> {
         .iter()
         .flat_map(|t| {
             let r = routing.get(&t.name);
-            t.addresses.iter().map(move |&a| {
-                (
-                    a,
-                    r.filter(|r| r.routes_family_of(a)).map(|r| r.mark),
-                )
-            })
+            t.addresses
+                .iter()
+                .map(move |&a| (a, r.filter(|r| r.routes_family_of(a)).map(|r| r.mark)))
         })
         .collect();
     let member = daemon::join_mesh(&plan.state_dir, &plan.mesh, &gossip_paths).await?;
@@ -112,14 +109,7 @@ async fn run(plan: gatewan::config::GatewanPlan) -> anyhow::Result<()> {
         });
     }
     let tunnels = match (&plan.tunnels, wireguard_key) {
-        (Some(t), Some(key)) => Some(start_tunnels(
-            &plan,
-            t,
-            key,
-            public_key,
-            &member,
-            routing,
-        )?),
+        (Some(t), Some(key)) => Some(start_tunnels(&plan, t, key, public_key, &member, routing)?),
         _ => None,
     };
     let mut routes = tonic::service::Routes::builder();

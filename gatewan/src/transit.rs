@@ -181,7 +181,9 @@ pub async fn main_table(handle: &Handle) -> io::Result<Vec<MainRoute>> {
             let mut oif = None;
             for a in &r.attributes {
                 match a {
-                    RouteAttribute::Gateway(RouteAddress::Inet(g)) => gateway = Some(IpAddr::V4(*g)),
+                    RouteAttribute::Gateway(RouteAddress::Inet(g)) => {
+                        gateway = Some(IpAddr::V4(*g))
+                    }
                     RouteAttribute::Gateway(RouteAddress::Inet6(g)) => {
                         gateway = Some(IpAddr::V6(*g))
                     }
@@ -205,12 +207,14 @@ pub async fn main_table(handle: &Handle) -> io::Result<Vec<MainRoute>> {
 /// table and the table's default route through the gateway. Idempotent.
 pub async fn ensure(handle: &Handle, r: &TransitRouting) -> io::Result<()> {
     use netlink_packet_route::rule::{RuleAction, RuleAttribute};
-    let index = interface_index(handle, &r.interface).await?.ok_or_else(|| {
-        io::Error::new(
-            io::ErrorKind::NotFound,
-            format!("interface {} is not there", r.interface),
-        )
-    })?;
+    let index = interface_index(handle, &r.interface)
+        .await?
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("interface {} is not there", r.interface),
+            )
+        })?;
     for gateway in r.gateways() {
         let version = if gateway.is_ipv6() {
             rtnetlink::IpVersion::V6
@@ -280,7 +284,12 @@ mod tests {
     use super::*;
     use crate::units::Rate;
 
-    fn transit(name: &str, interface: Option<&str>, addresses: &[&str], gateways: &[&str]) -> Transit {
+    fn transit(
+        name: &str,
+        interface: Option<&str>,
+        addresses: &[&str],
+        gateways: &[&str],
+    ) -> Transit {
         Transit {
             name: name.into(),
             interface: interface.map(Into::into),
@@ -367,7 +376,12 @@ mod tests {
     fn a_single_transit_follows_the_main_table_unless_its_gateway_is_named() {
         let transits = [transit("lumen", Some("eth2"), &["198.51.100.1"], &[])];
         assert!(plan_routing(&transits, &[]).unwrap().is_empty());
-        let transits = [transit("lumen", Some("eth2"), &["198.51.100.1"], &["198.51.100.0"])];
+        let transits = [transit(
+            "lumen",
+            Some("eth2"),
+            &["198.51.100.1"],
+            &["198.51.100.0"],
+        )];
         assert_eq!(plan_routing(&transits, &[]).unwrap().len(), 1);
     }
 }

@@ -404,3 +404,155 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     s.read_to_string(&mut body).ok()?;
     Some(body.split_once("\r\n\r\n")?.1.to_string())
 }
+
+/// A gatewan host: its own network namespace and, held by a process, its own mount
+/// namespace (a private /run/wireguard, kept across daemon restarts).
+pub struct Host {
+    pub ns: Netns,
+    pub holder: Child,
+    pub gatewan: Option<Child>,
+    pub socket: PathBuf,
+    pub config: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Host {
+    pub fn new() -> Host {
+        let ns = Netns::new();
+        std::fs::create_dir_all("/run/wireguard").unwrap();
+        // A process that owns the node's mount namespace, so every daemon (re)started in the
+        // node sees the same private /run/wireguard.
+        let holder = ns
+            .cmd("unshare")
+            .args([
+                "-m",
+                "--propagation",
+                "private",
+                "sh",
+                "-c",
+                "mount -t tmpfs tmpfs /run/wireguard && exec sleep 3600",
+            ])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        Host {
+            ns,
+            holder,
+            gatewan: None,
+            socket: PathBuf::new(),
+            config: PathBuf::new(),
+            log: PathBuf::new(),
+        }
+    }
+
+    /// A command inside the node (its network and mount namespaces).
+    pub fn cmd(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("nsenter");
+        c.args(["-t", &self.holder.id().to_string(), "-m", "-n", "--"])
+            .arg(program);
+        c
+    }
+
+    pub fn sh(&self, script: &str) -> String {
+        let out = run_ok(self.cmd("sh").args(["-c", script]));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn start(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .unwrap();
+        let child = self
+            .cmd(bin("gatewan"))
+            .arg("-c")
+            .arg(&self.config)
+            .env("RUST_LOG", "gatewan=debug")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.gatewan = Some(child);
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.gatewan.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn tunnels(&self) -> Vec<serde_json::Value> {
+        let out = routingctl(&self.socket, &["-o", "json", "tunnels"]);
+        serde_json::from_slice(&out.stdout).unwrap_or_default()
+    }
+
+    /// Interface name → ifindex of the tunnel interfaces.
+    pub fn tunnel_ifindexes(&self) -> Vec<(String, String)> {
+        let out = self.sh("ip -o link show | grep sdwan || true");
+        let mut v: Vec<(String, String)> = out
+            .lines()
+            .filter_map(|l| {
+                let mut it = l.split(": ");
+                let idx = it.next()?.trim().to_string();
+                let name = it.next()?.split('@').next()?.to_string();
+                Some((name, idx))
+            })
+            .collect();
+        v.sort();
+        v
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+        if std::thread::panicking() {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(60).collect();
+            eprintln!(
+                "==== {} (last lines)\n{}",
+                self.log.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        }
+    }
+}
+
+/// A veth pair between two namespaces, named `a_if` in `a` and `b_if` in `b`.
+pub fn link(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let tmp = format!("t{}x{n}", std::process::id() % 100000);
+    run_ok(Command::new("ip").args([
+        "link",
+        "add",
+        &format!("{tmp}a"),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &format!("{tmp}b"),
+    ]));
+    run_ok(Command::new("ip").args([
+        "link",
+        "set",
+        &format!("{tmp}a"),
+        "netns",
+        &a.name,
+        "name",
+        a_if,
+    ]));
+    run_ok(Command::new("ip").args([
+        "link",
+        "set",
+        &format!("{tmp}b"),
+        "netns",
+        &b.name,
+        "name",
+        b_if,
+    ]));
+}

@@ -195,7 +195,11 @@ impl MeshSockets {
 
     /// The next datagram from any socket, starting the scan at a rotating socket so a
     /// flood on one cannot starve the others.
-    async fn recv(&self, start: &mut usize, buf: &mut [u8]) -> std::io::Result<(SocketAddr, usize)> {
+    async fn recv(
+        &self,
+        start: &mut usize,
+        buf: &mut [u8],
+    ) -> std::io::Result<(SocketAddr, usize)> {
         let n = 1 + self.transits.len();
         std::future::poll_fn(|cx| {
             for k in 0..n {

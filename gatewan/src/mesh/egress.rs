@@ -75,7 +75,9 @@ mod tests {
     #[test]
     fn an_ipv4_mapped_destination_leaves_by_the_ipv4_transits() {
         let e = egress();
-        let mapped: Vec<usize> = e.paths("[::ffff:192.0.2.9]:7946".parse().unwrap()).collect();
+        let mapped: Vec<usize> = e
+            .paths("[::ffff:192.0.2.9]:7946".parse().unwrap())
+            .collect();
         assert_eq!(mapped, [0, 2]);
         assert!(e.is_source("::ffff:198.51.100.1".parse().unwrap()));
     }

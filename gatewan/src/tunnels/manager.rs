@@ -119,9 +119,11 @@ fn gatewans(view: &MeshView, local: &GatewanView, answering: &HashSet<NodeId>) -
     let mut out = vec![local.clone()];
     let mut seen = HashSet::new();
     // A restarted member is listed twice (its previous life Down): one view per node.
-    for m in view.members.iter().filter(|m| {
-        !m.local && (m.state != MemberState::Down || answering.contains(&m.id.node))
-    }) {
+    for m in view
+        .members
+        .iter()
+        .filter(|m| !m.local && (m.state != MemberState::Down || answering.contains(&m.id.node)))
+    {
         if !seen.insert(m.id.node) {
             continue;
         }
@@ -142,7 +144,11 @@ fn answering_peers(
     reports: &BTreeMap<String, ProbeReport>,
 ) -> HashSet<NodeId> {
     rows.iter()
-        .filter(|(id, _)| reports.get(*id).is_some_and(|r| r.state != TunnelState::Down))
+        .filter(|(id, _)| {
+            reports
+                .get(*id)
+                .is_some_and(|r| r.state != TunnelState::Down)
+        })
         .map(|(_, r)| r.tunnel.peer.node)
         .collect()
 }
