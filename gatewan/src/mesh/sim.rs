@@ -11,6 +11,11 @@
 //! derives from one seed, and ties in time are broken by insertion order, so a run is
 //! reproducible bit for bit: a failure seen once can be replayed and debugged.
 //!
+//! Members may have several transits, an address on each. A transit of a member can be
+//! black-holed (both directions, as a provider dropping its traffic); what a member sends
+//! leaves by the transits [`SimEgress`] says: every transit of the family, as the daemon
+//! does ([`super::egress`]), or only the default route's, as a host's main table would.
+//!
 //! What each member believes is recorded as a log of [`Transition`]s, from which timings
 //! (how long until everyone knew X) are computed exactly, without polling.
 
@@ -25,6 +30,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt as _, SeedableRng as _};
 
 use super::core::{CoreTimer, KeyringOutcome, MemberState, MeshCore, MeshSettings, Output};
+use super::egress::Egress;
 use super::identity::{MemberId, NodeId};
 use super::seal::KeyringOp;
 use super::seal::{Keyring, MeshKey};
@@ -63,6 +69,16 @@ impl Latency {
     };
 }
 
+/// Which transits a member's datagrams leave by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SimEgress {
+    /// Every transit of the destination's family ([`Egress::paths`]), as the daemon sends.
+    EveryTransit,
+    /// Transit 0 only: the main table's default route, what a socket without per-transit
+    /// routing does (the fault of issue 11).
+    DefaultRoute,
+}
+
 /// How a simulation is set up.
 #[derive(Debug, Clone)]
 pub struct SimConfig {
@@ -74,6 +90,9 @@ pub struct SimConfig {
     pub loss: f64,
     /// Whether each member publishes a NodeRecord when it starts (as the daemon does).
     pub publish_node_records: bool,
+    /// Transits per member, each with its own address (1 to 8).
+    pub transits: usize,
+    pub egress: SimEgress,
 }
 
 impl SimConfig {
@@ -84,6 +103,8 @@ impl SimConfig {
             latency: Latency::WAN,
             loss: 0.0,
             publish_node_records: true,
+            transits: 1,
+            egress: SimEgress::EveryTransit,
         }
     }
 }
@@ -114,7 +135,11 @@ pub struct RecordArrival {
 
 struct SimNode {
     core: MeshCore,
+    /// The address on transit 0.
     addr: SocketAddr,
+    /// One address per transit.
+    addrs: Vec<SocketAddr>,
+    egress: Egress,
     id: NodeId,
     alive: bool,
     started_ms: u64,
@@ -168,7 +193,10 @@ pub struct Sim {
     seq: u64,
     events: BinaryHeap<Reverse<Event>>,
     nodes: Vec<SimNode>,
-    by_addr: HashMap<SocketAddr, usize>,
+    /// Address → (member, transit).
+    by_addr: HashMap<SocketAddr, (usize, usize)>,
+    /// (member, transit) pairs whose provider drops everything, both ways.
+    black_holed: std::collections::HashSet<(usize, usize)>,
     transitions: Vec<Transition>,
     record_arrivals: Vec<RecordArrival>,
     datagrams_lost: u64,
@@ -192,6 +220,7 @@ impl Sim {
             events: BinaryHeap::new(),
             nodes: Vec::new(),
             by_addr: HashMap::new(),
+            black_holed: std::collections::HashSet::new(),
             transitions: Vec::new(),
             record_arrivals: Vec::new(),
             datagrams_lost: 0,
@@ -212,9 +241,24 @@ impl Sim {
 
     /// The address of the `i`-th member: 10.0.(i/256).(i%256):7946.
     pub fn address_of(i: usize) -> SocketAddr {
+        Self::transit_address_of(i, 0)
+    }
+
+    /// The address of the `i`-th member on its transit `k`: 10.k.(i/256).(i%256):7946.
+    pub fn transit_address_of(i: usize, k: usize) -> SocketAddr {
         assert!(i < 65536, "the simulated network has 65536 addresses");
-        let ip = Ipv4Addr::new(10, 0, (i / 256) as u8, (i % 256) as u8);
+        assert!(k < 8, "a simulated member has at most 8 transits");
+        let ip = Ipv4Addr::new(10, k as u8, (i / 256) as u8, (i % 256) as u8);
         SocketAddr::new(IpAddr::V4(ip), SIM_PORT)
+    }
+
+    /// Member `i`'s provider on transit `k` drops all its traffic (`on`), or stops.
+    pub fn black_hole(&mut self, i: usize, k: usize, on: bool) {
+        if on {
+            self.black_holed.insert((i, k));
+        } else {
+            self.black_holed.remove(&(i, k));
+        }
     }
 
     /// Starts a new member now; it joins through `seeds` (none for the first member).
@@ -234,24 +278,29 @@ impl Sim {
     ) -> usize {
         let i = self.nodes.len();
         let addr = Self::address_of(i);
+        let addrs: Vec<SocketAddr> = (0..self.cfg.transits.max(1))
+            .map(|k| Self::transit_address_of(i, k))
+            .collect();
         let id = NodeId(self.rng.random());
         let core_seed: [u8; 32] = self.rng.random();
         let member = MemberId {
             node: id,
             generation: 1,
-            addrs: vec![addr],
+            addrs: addrs.clone(),
         };
         let mut core = MeshCore::new(member, self.keyring.clone(), settings, seeds, core_seed)
             .expect("simulation settings are valid");
         let unix = self.unix_ms();
         if self.cfg.publish_node_records {
-            core.publish(Body::Node(node_record(i, id, addr, datacenter)), unix)
+            core.publish(Body::Node(node_record(i, id, &addrs, datacenter)), unix)
                 .expect("a simulated NodeRecord is valid");
         }
         core.start(unix);
         self.nodes.push(SimNode {
             core,
             addr,
+            egress: Egress::new(addrs.iter().map(SocketAddr::ip).collect()),
+            addrs: addrs.clone(),
             id,
             alive: true,
             started_ms: self.now_ms,
@@ -262,7 +311,9 @@ impl Sim {
             records: BTreeSet::new(),
             keyring_outcomes: Vec::new(),
         });
-        self.by_addr.insert(addr, i);
+        for (k, a) in addrs.into_iter().enumerate() {
+            self.by_addr.insert(a, (i, k));
+        }
         self.after_event(i);
         i
     }
@@ -572,24 +623,38 @@ impl Sim {
         for out in outputs {
             match out {
                 Output::Send { to, datagram } => {
-                    self.nodes[i].bytes_sent += datagram.len() as u64;
-                    self.nodes[i].datagrams_sent += 1;
-                    let Some(&dst) = self.by_addr.get(&to) else {
-                        continue;
+                    let paths: Vec<usize> = match self.cfg.egress {
+                        SimEgress::EveryTransit => self.nodes[i].egress.paths(to).collect(),
+                        SimEgress::DefaultRoute => vec![0],
                     };
-                    if !self.nodes[dst].alive || !self.reachable(i, dst) {
-                        continue;
+                    for local in paths {
+                        self.nodes[i].bytes_sent += datagram.len() as u64;
+                        self.nodes[i].datagrams_sent += 1;
+                        let Some(&(dst, remote)) = self.by_addr.get(&to) else {
+                            continue;
+                        };
+                        if !self.nodes[dst].alive
+                            || !self.reachable(i, dst)
+                            || self.black_holed.contains(&(i, local))
+                            || self.black_holed.contains(&(dst, remote))
+                        {
+                            continue;
+                        }
+                        if self.cfg.loss > 0.0 && self.rng.random::<f64>() < self.cfg.loss {
+                            self.datagrams_lost += 1;
+                            continue;
+                        }
+                        let delay = self.link_latency(i, dst) + self.jitter();
+                        let from = self.nodes[i].addrs.get(local).copied().unwrap_or(from);
+                        self.push(
+                            self.now_ms + delay,
+                            dst,
+                            EventKind::Deliver {
+                                from,
+                                datagram: datagram.clone(),
+                            },
+                        );
                     }
-                    if self.cfg.loss > 0.0 && self.rng.random::<f64>() < self.cfg.loss {
-                        self.datagrams_lost += 1;
-                        continue;
-                    }
-                    let delay = self.link_latency(i, dst) + self.jitter();
-                    self.push(
-                        self.now_ms + delay,
-                        dst,
-                        EventKind::Deliver { from, datagram },
-                    );
                 }
                 Output::Schedule { after, timer } => {
                     self.push(
@@ -718,13 +783,13 @@ impl Sim {
     }
 }
 
-fn node_record(i: usize, id: NodeId, addr: SocketAddr, datacenter: String) -> v1::NodeRecord {
+fn node_record(i: usize, id: NodeId, addrs: &[SocketAddr], datacenter: String) -> v1::NodeRecord {
     v1::NodeRecord {
         id: Bytes::copy_from_slice(&id.0),
         name: format!("sim-{i}"),
         datacenter,
         version: "sim".into(),
-        mesh_addresses: vec![addr.to_string()],
+        mesh_addresses: addrs.iter().map(ToString::to_string).collect(),
         ..Default::default()
     }
 }
@@ -976,6 +1041,60 @@ mod tests {
             assert_eq!(c.suspicions_raised, 0, "a passive member suspects no one");
             assert!(c.suspicions_of_us_refuted > 0, "relayed notices reach it");
         }
+    }
+
+    /// Issue 11 at 50 members with two transits each: a member whose provider black-holes
+    /// its default transit (both ways), or its other one, stays alive at every member and
+    /// is not even suspected, because what it sends leaves by every transit (from each
+    /// transit to each of a member's addresses: four copies of each datagram here). The control
+    /// run sends everything by the default route, as a socket that follows the main
+    /// table does: the member is then declared down.
+    #[test]
+    fn a_member_whose_transit_dies_stays_alive_through_the_other() {
+        let run = |egress: SimEgress, dead_transit: usize| {
+            let mut cfg = SimConfig::new(11);
+            cfg.transits = 2;
+            cfg.egress = egress;
+            let mut sim = Sim::new(cfg);
+            sim.add_cluster(50, Duration::from_millis(50));
+            let converged = sim.run_until(
+                Duration::from_secs(60),
+                Duration::from_millis(200),
+                Sim::converged,
+            );
+            assert!(converged.is_some(), "50 members did not converge");
+            let since = sim.now_ms();
+            let bytes_before = sim.bytes_sent(1);
+            sim.black_hole(0, dead_transit, true);
+            // Ten times what a dead member takes to be declared down.
+            sim.run_for(Duration::from_secs(30));
+            let subject = sim.node_id(0);
+            let about_0 = |state| {
+                sim.false_beliefs(state, since)
+                    .iter()
+                    .filter(|t| t.subject == subject)
+                    .count()
+            };
+            let bytes_per_s = (sim.bytes_sent(1) - bytes_before) / 30;
+            (
+                about_0(MemberState::Down),
+                about_0(MemberState::Suspect),
+                sim.false_rejoins(),
+                bytes_per_s,
+            )
+        };
+        for dead in [0, 1] {
+            let (down, suspect, rejoins, bps) = run(SimEgress::EveryTransit, dead);
+            eprintln!(
+                "transit {dead} of member 0 dead for 30 s, every transit: {down} false down, {suspect} suspicions, {rejoins} rejoins; gossip {bps} B/s per member"
+            );
+            assert_eq!((down, suspect, rejoins), (0, 0, 0), "transit {dead} dead");
+        }
+        let (down, suspect, rejoins, _) = run(SimEgress::DefaultRoute, 0);
+        eprintln!(
+            "transit 0 of member 0 dead, default route only: {down} false down, {suspect} suspicions, {rejoins} rejoins"
+        );
+        assert!(down > 0, "the control run must show the fault");
     }
 
     /// A keyring change asked of one member reaches every other one, also with 20 % loss
