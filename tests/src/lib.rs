@@ -405,6 +405,12 @@ pub fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
     Some(body.split_once("\r\n\r\n")?.1.to_string())
 }
 
+impl Default for Host {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// A gatewan host: its own network namespace and, held by a process, its own mount
 /// namespace (a private /run/wireguard, kept across daemon restarts).
 pub struct Host {
