@@ -407,3 +407,43 @@ fn check_refuses_a_tcp_api_without_tls() {
         "{err}"
     );
 }
+
+/// Two transits on a host that routes neither (a fresh namespace: lo only, no route with a
+/// next hop): the gateways cannot be found, and the daemon exits 2 naming the field, as
+/// for any config error (ADR 0003), before it joins the mesh.
+#[test]
+fn several_transits_without_a_gateway_found_exit_2_naming_the_field() {
+    use gatewan_tests::{Netns, require_root};
+    if !require_root("several_transits_without_a_gateway_found") {
+        return;
+    }
+    let dir = tempfile_dir();
+    let kr = dir.join("keyring");
+    let key = Command::new(bin("gatewan")).arg("keygen").output().unwrap();
+    std::fs::write(&kr, &key.stdout).unwrap();
+    let cfg = dir.join("gatewan.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "name: gw1\ndatacenter: sg1\nstate_dir: {state}\nmesh:\n  keyring: {kr}\n  bind: \"127.0.0.1:7946\"\ntransits:\n  - name: lumen\n    interface: lo\n    addresses: [127.0.0.2]\n    capacity: 1Gbps\n  - name: cogent\n    interface: lo\n    addresses: [127.0.0.3]\n    gateway: 127.0.0.9\n    capacity: 1Gbps\napi:\n  socket: {sock}\n",
+            state = dir.join("state").display(),
+            kr = kr.display(),
+            sock = dir.join("api.sock").display(),
+        ),
+    )
+    .unwrap();
+    let ns = Netns::new();
+    ns.exec_ok(&["ip", "link", "set", "lo", "up"]);
+    let out = ns.cmd(bin("gatewan")).arg("-c").arg(&cfg).output().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("gatewan.yaml: transits[0].gateway: transit \"lumen\" has IPv4 addresses but no route of the main table has a next hop through lo"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("transits[1]"),
+        "cogent's gateway is named: {err}"
+    );
+}
