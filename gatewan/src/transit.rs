@@ -5,7 +5,10 @@
 //! Everything this gatewan originates toward the WAN, the tunnels' WireGuard packets and
 //! the mesh's gossip alike, carries its transit's mark, so it leaves by that transit
 //! whatever the main table says: a host routes like most do, with one default route via
-//! one transit, and that transit failing must cost only what uses it (ADR 0003).
+//! one transit, and that transit failing must cost only what uses it (ADR 0003). What
+//! the kernel itself sends from a transit address (an echo reply to an operator's ping of
+//! the cogent address, an ICMP error) follows a rule from that address to the same table,
+//! so it too goes back by its own transit and not, with that source, into another one.
 //!
 //! [`plan_routing`] is pure (config + main table → routing or the fields to fix);
 //! [`main_table`] reads the routes and [`ensure`] installs one transit's routing.
@@ -25,6 +28,8 @@ use crate::config::Transit;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TransitRouting {
     pub interface: String,
+    /// The transit's addresses: packets from them use its table too.
+    pub sources: Vec<IpAddr>,
     pub gateway_v4: Option<Ipv4Addr>,
     pub gateway_v6: Option<Ipv6Addr>,
     pub mark: u32,
@@ -34,10 +39,16 @@ pub struct TransitRouting {
 
 impl TransitRouting {
     /// Mark, table and rule priority of the transit at `position` in the config.
-    pub fn for_transit(position: usize, interface: &str, gateways: &[IpAddr]) -> TransitRouting {
+    pub fn for_transit(
+        position: usize,
+        interface: &str,
+        sources: &[IpAddr],
+        gateways: &[IpAddr],
+    ) -> TransitRouting {
         let n = position as u32 + 1;
         TransitRouting {
             interface: interface.to_string(),
+            sources: sources.to_vec(),
             gateway_v4: gateways.iter().find_map(|g| match g {
                 IpAddr::V4(a) => Some(*a),
                 IpAddr::V6(_) => None,
@@ -132,7 +143,7 @@ pub fn plan_routing(
         if !gateways.is_empty() {
             out.insert(
                 t.name.clone(),
-                TransitRouting::for_transit(i, interface, &gateways),
+                TransitRouting::for_transit(i, interface, &t.addresses, &gateways),
             );
         }
     }
@@ -203,8 +214,9 @@ pub async fn main_table(handle: &Handle) -> io::Result<Vec<MainRoute>> {
     Ok(out)
 }
 
-/// Installs one transit's routing: per family with a gateway, a rule from its mark to its
-/// table and the table's default route through the gateway. Idempotent.
+/// Installs one transit's routing: per family with a gateway, rules from its mark and from
+/// each of its addresses to its table, and the table's default route through the gateway.
+/// Idempotent.
 pub async fn ensure(handle: &Handle, r: &TransitRouting) -> io::Result<()> {
     use netlink_packet_route::rule::{RuleAction, RuleAttribute};
     let index = interface_index(handle, &r.interface)
@@ -221,27 +233,45 @@ pub async fn ensure(handle: &Handle, r: &TransitRouting) -> io::Result<()> {
         } else {
             rtnetlink::IpVersion::V4
         };
-        let mut present = false;
-        let mut rules = handle.rule().get(version).execute();
+        let mut seen: Vec<Vec<RuleAttribute>> = Vec::new();
+        let mut rules = handle.rule().get(version.clone()).execute();
         while let Some(rule) = rules.try_next().await.map_err(io_err)? {
-            let has = |want: &RuleAttribute| rule.attributes.iter().any(|a| a == want);
-            present |= has(&RuleAttribute::FwMark(r.mark))
-                && has(&RuleAttribute::Table(r.table))
-                && rule.header.action == RuleAction::ToTable;
+            if rule.header.action == RuleAction::ToTable
+                && rule.attributes.contains(&RuleAttribute::Table(r.table))
+            {
+                seen.push(rule.attributes);
+            }
         }
-        if !present {
-            let add = handle
+        let has = |want: &RuleAttribute| seen.iter().any(|attrs| attrs.contains(want));
+        let add = || {
+            handle
                 .rule()
                 .add()
-                .fw_mark(r.mark)
                 .table_id(r.table)
                 .priority(r.priority)
-                .action(RuleAction::ToTable);
+                .action(RuleAction::ToTable)
+        };
+        if !has(&RuleAttribute::FwMark(r.mark)) {
+            let add = add().fw_mark(r.mark);
             if gateway.is_ipv6() {
                 add.v6().execute().await.map_err(io_err)?;
             } else {
                 add.v4().execute().await.map_err(io_err)?;
             }
+        }
+        for source in r
+            .sources
+            .iter()
+            .filter(|s| s.is_ipv6() == gateway.is_ipv6())
+        {
+            if has(&RuleAttribute::Source((*source).into())) {
+                continue;
+            }
+            match *source {
+                IpAddr::V4(a) => add().v4().source_prefix(a, 32).execute().await,
+                IpAddr::V6(a) => add().v6().source_prefix(a, 128).execute().await,
+            }
+            .map_err(io_err)?;
         }
         let route = match gateway {
             IpAddr::V4(gw) => rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()

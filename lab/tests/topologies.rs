@@ -27,17 +27,50 @@ fn two_dc_routes_over_both_transits() {
     let _ = lab::realize::down("t-2dc");
     let lab =
         Harness::up_named(common::fixture("topologies/two-dc.clab.yml"), "t-2dc").expect("up");
-    // gatewan01-sg1 -> gatewan02-par1 on lumen and cogent, v4 and v6.
+    // gatewan01-sg1 -> gatewan02-par1 on lumen (its default route), v4 and v6.
     reach(
         &lab,
         "gatewan01-sg1",
-        &[
-            "198.51.100.19",
-            "2001:db8:100:22::2",
-            "203.0.113.19",
-            "2001:db8:200:22::2",
-        ],
+        &["198.51.100.19", "2001:db8:100:22::2"],
     );
+    // Cogent is not their default route: as gatewan does (ADR 0003), a table per transit
+    // and rules from its mark and its addresses route it, at both ends.
+    for (node, gw4, gw6, own) in [
+        (
+            "gatewan01-sg1",
+            "203.0.113.0",
+            "2001:db8:200:11::1",
+            ["203.0.113.1", "2001:db8:200:11::2"],
+        ),
+        (
+            "gatewan02-par1",
+            "203.0.113.18",
+            "2001:db8:200:22::1",
+            ["203.0.113.19", "2001:db8:200:22::2"],
+        ),
+    ] {
+        let setup = format!(
+            "ip route replace default via {gw4} table 0x5d02 && ip -6 route replace default via {gw6} table 0x5d02 \
+             && ip rule add fwmark 0x5d02 table 0x5d02 && ip rule add from {} table 0x5d02 \
+             && ip -6 rule add fwmark 0x5d02 table 0x5d02 && ip -6 rule add from {} table 0x5d02",
+            own[0], own[1]
+        );
+        let out = lab.exec(node, &["sh", "-c", &setup]).expect("exec ip");
+        assert!(out.status.success(), "{node}: {}", common::stdout(&out));
+    }
+    for addr in ["203.0.113.19", "2001:db8:200:22::2"] {
+        let out = lab
+            .exec(
+                "gatewan01-sg1",
+                &["ping", "-c1", "-W3", "-m", "23810", addr],
+            )
+            .expect("exec ping");
+        assert!(
+            out.status.success(),
+            "gatewan01-sg1 -> {addr} over cogent failed:\n{}",
+            common::stdout(&out)
+        );
+    }
     // Fabric: loopbacks of the fabric node, the other gatewan and bgpctl through the leaf.
     reach(
         &lab,
