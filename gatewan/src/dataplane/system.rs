@@ -279,6 +279,15 @@ impl System {
                             NeighbourAttribute::Destination(NeighbourAddress::Inet6(v6)) => {
                                 dst = Some(IpAddr::V6(*v6))
                             }
+                            // In the bridge family the address comes raw.
+                            NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+                                dst = <[u8; 4]>::try_from(b.as_slice())
+                                    .map(IpAddr::from)
+                                    .or_else(|_| {
+                                        <[u8; 16]>::try_from(b.as_slice()).map(IpAddr::from)
+                                    })
+                                    .ok()
+                            }
                             NeighbourAttribute::LinkLayerAddress(m) => mac = mac_of(m),
                             _ => {}
                         }
