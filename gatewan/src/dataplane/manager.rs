@@ -55,9 +55,33 @@ pub struct Report {
     pub snapshot: Snapshot,
 }
 
+/// After a start, removals wait this long: the mesh (networks, peers and so the tunnel
+/// table) is still filling up, and what is not known yet must not be taken for stale.
+pub const STARTUP_HOLD: Duration = Duration::from_secs(30);
+
+fn is_removal(s: &Step) -> bool {
+    matches!(
+        s,
+        Step::DeleteRule(_)
+            | Step::DeleteRoute { .. }
+            | Step::DeleteFdb { .. }
+            | Step::DeleteNeighbour { .. }
+            | Step::DeleteMacvlan { .. }
+    )
+}
+
 /// Observes the host, plans with the links found there, applies the difference. `inputs`
-/// without `present`, which is filled from the host.
+/// without `present`, which is filled from the host. Without `removals`, only additions
+/// and in-place changes are made (see [`STARTUP_HOLD`]).
 pub async fn reconcile_once(system: &System, inputs: &Inputs) -> std::io::Result<Report> {
+    reconcile_with(system, inputs, true).await
+}
+
+pub async fn reconcile_with(
+    system: &System,
+    inputs: &Inputs,
+    removals: bool,
+) -> std::io::Result<Report> {
     let started = Instant::now();
     let snapshot = system.snapshot().await?;
     let mut inputs = inputs.clone();
@@ -82,7 +106,10 @@ pub async fn reconcile_once(system: &System, inputs: &Inputs) -> std::io::Result
         .keys()
         .map(|p| (p.clone(), system::read_sysctl(p)))
         .collect();
-    let todo = reconcile::steps(&want, &snapshot.observed(sysctls));
+    let mut todo = reconcile::steps(&want, &snapshot.observed(sysctls));
+    if !removals {
+        todo.retain(|s| !is_removal(s));
+    }
     let mut errors = Vec::new();
     for step in &todo {
         if let Err(e) = system.apply(step, &snapshot).await {
@@ -142,6 +169,10 @@ async fn run(
         present: BTreeSet::new(),
     };
     let mut reported: BTreeSet<String> = BTreeSet::new();
+    let started = Instant::now();
+    // Nothing is done before the tunnel manager's first table: an empty table would make
+    // every tunnel's ingress look stale.
+    let mut have_table = false;
     loop {
         let mut view_problems = Vec::new();
         let changed = tokio::select! {
@@ -164,16 +195,16 @@ async fn run(
                     .iter()
                     .filter_map(TunnelInput::from_info)
                     .collect();
-                // Latency moves every probe interval; only a change of the chosen routes
-                // matters, and plan() is cheap, so compare the plans' inputs without it
-                // only where it cannot change a choice: it can, so compare everything.
-                let changed = rows != inputs.tunnels;
+                // Latency moves every probe interval and may change a repair's choice,
+                // so every change of a row is a reconcile (a cheap one when nothing moves).
+                let changed = rows != inputs.tunnels || !have_table;
                 inputs.tunnels = rows;
+                have_table = true;
                 changed
             }
             _ = tick.tick() => true,
         };
-        if !changed && view_problems.is_empty() {
+        if !have_table || (!changed && view_problems.is_empty()) {
             continue;
         }
         if !changed {
@@ -190,7 +221,7 @@ async fn run(
                 warn!(problem = %p, "network not used by the data plane");
             }
         }
-        match reconcile_once(&system, &inputs).await {
+        match reconcile_with(&system, &inputs, started.elapsed() >= STARTUP_HOLD).await {
             Ok(report) => {
                 stats.reconciles += 1;
                 stats.steps += report.steps.len() as u64;
