@@ -813,6 +813,10 @@ pub struct GatewanConfig {
     /// The gatewan's side of the datacenter's VXLAN fabric.
     #[serde(default)]
     pub fabric: Option<FabricConfig>,
+    /// Static networks of this datacenter (no EVPN): routed by the data plane and
+    /// announced to the mesh.
+    #[serde(default)]
+    pub networks: Vec<NetworkConfig>,
     #[serde(default)]
     pub api: ApiConfig,
     #[serde(default)]
@@ -827,6 +831,203 @@ pub struct FabricConfig {
     /// The gatewan's VXLAN tunnel endpoint in the fabric: bgpctl advertises the remote
     /// datacenters' prefixes with it as next hop.
     pub vtep: Spanned<String>,
+    /// The L3 VNI of the fabric's tenant; with `interface`, turns the data plane on.
+    #[serde(default)]
+    pub vni: Option<Spanned<u32>>,
+    /// The underlay interface toward the fabric (the VXLAN device sends through it).
+    #[serde(default)]
+    pub interface: Option<Spanned<String>>,
+    /// VXLAN UDP port, 4789 by default.
+    #[serde(default)]
+    pub port: Option<Spanned<u32>>,
+}
+
+/// A static network of this datacenter (`networks[]`), for a datacenter without EVPN.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    pub prefix: Spanned<String>,
+    /// The next hop toward the prefix, on a network the gatewan is attached to.
+    pub via: Spanned<String>,
+}
+
+/// The data plane's settings once validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataplanePlan {
+    pub fabric: crate::dataplane::plan::FabricSettings,
+    pub static_networks: Vec<crate::dataplane::plan::LocalNetwork>,
+}
+
+/// Linux interface names: 1 to 15 bytes, no '/', no whitespace, not "." or "..".
+fn valid_ifname(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() <= 15
+        && n != "."
+        && n != ".."
+        && !n
+            .chars()
+            .any(|ch| ch == '/' || ch == ':' || ch.is_whitespace())
+}
+
+impl GatewanConfig {
+    /// `fabric.{vni, interface, port}` and `networks[]`; None when the data plane is off.
+    fn plan_dataplane(
+        &self,
+        c: &mut Checker,
+        vtep: Option<IpAddr>,
+        has_tunnels: bool,
+    ) -> Option<DataplanePlan> {
+        use crate::dataplane::plan::{DEFAULT_VXLAN_PORT, FabricSettings, LocalNetwork, NextHop};
+        let before = c.errors.len();
+        let mut static_networks = Vec::new();
+        let mut prefixes = HashSet::new();
+        for (i, n) in self.networks.iter().enumerate() {
+            let prefix = match n.prefix.value.parse::<ipnet::IpNet>() {
+                Ok(p) if p.trunc() == p => Some(p),
+                Ok(p) => {
+                    c.error(
+                        Some(&n.prefix),
+                        format!("networks[{i}].prefix"),
+                        format!("{p} has host bits set: write {}", p.trunc()),
+                    );
+                    None
+                }
+                Err(_) => {
+                    c.error(
+                        Some(&n.prefix),
+                        format!("networks[{i}].prefix"),
+                        format!("{:?} is not a prefix, e.g. 10.20.0.0/16", n.prefix.value),
+                    );
+                    None
+                }
+            };
+            let via = match n.via.value.parse::<IpAddr>() {
+                Ok(ip) if !ip.is_unspecified() && !ip.is_multicast() => Some(ip),
+                _ => {
+                    c.error(
+                        Some(&n.via),
+                        format!("networks[{i}].via"),
+                        format!("{:?} is not a unicast IP address", n.via.value),
+                    );
+                    None
+                }
+            };
+            if let (Some(p), Some(v)) = (prefix, via) {
+                if p.addr().is_ipv4() != v.is_ipv4() {
+                    c.error(
+                        Some(&n.via),
+                        format!("networks[{i}].via"),
+                        format!("{v} is not of {p}'s address family"),
+                    );
+                } else if !prefixes.insert(p) {
+                    c.error(
+                        Some(&n.prefix),
+                        format!("networks[{i}].prefix"),
+                        format!("{p} is listed twice"),
+                    );
+                } else {
+                    static_networks.push(LocalNetwork {
+                        prefix: p,
+                        next_hop: NextHop::Gateway(v),
+                    });
+                }
+            }
+        }
+        let f = self.fabric.as_ref();
+        let vni = f.and_then(|f| f.vni.as_ref());
+        let interface = f.and_then(|f| f.interface.as_ref());
+        if let Some(v) = vni
+            && !(1..=0xff_ffff).contains(&v.value)
+        {
+            c.error(
+                Some(v),
+                "fabric.vni",
+                format!("{} is not a VNI: 1 to 16777215", v.value),
+            );
+        }
+        if let Some(n) = interface
+            && !valid_ifname(&n.value)
+        {
+            c.error(
+                Some(n),
+                "fabric.interface",
+                format!(
+                    "{:?} is not an interface name (1-15 characters, no '/', ':' or spaces)",
+                    n.value
+                ),
+            );
+        }
+        let port = match f.and_then(|f| f.port.as_ref()) {
+            None => DEFAULT_VXLAN_PORT,
+            Some(p) => match u16::try_from(p.value) {
+                Ok(port) if port > 0 => port,
+                _ => {
+                    c.error(
+                        Some(p),
+                        "fabric.port",
+                        format!("{} is not a UDP port (1-65535)", p.value),
+                    );
+                    DEFAULT_VXLAN_PORT
+                }
+            },
+        };
+        let (vni, interface) = match (vni, interface) {
+            (Some(v), Some(i)) => (v, i),
+            (Some(v), None) => {
+                c.error(Some(v), "fabric.interface", "the data plane needs the underlay interface toward the fabric as well as fabric.vni");
+                return None;
+            }
+            (None, Some(i)) => {
+                c.error(
+                    Some(i),
+                    "fabric.vni",
+                    "the data plane needs the fabric's L3 VNI as well as fabric.interface",
+                );
+                return None;
+            }
+            (None, None) => {
+                if let Some(n) = self.networks.first() {
+                    c.error(
+                        Some(&n.prefix),
+                        "networks",
+                        "static networks are routed by the data plane: set fabric.vni and fabric.interface",
+                    );
+                }
+                return None;
+            }
+        };
+        if !has_tunnels {
+            c.error(
+                Some(vni),
+                "fabric.vni",
+                "the data plane routes into tunnels: add a tunnels section, or remove fabric.vni and fabric.interface",
+            );
+        }
+        let vtep = match vtep {
+            Some(IpAddr::V4(v4)) => Some(v4),
+            Some(IpAddr::V6(_)) => {
+                c.error(
+                    f.map(|f| &f.vtep),
+                    "fabric.vtep",
+                    "the data plane needs an IPv4 VTEP (EVPN type-5 next hops are IPv4; IPv6 prefixes go via ::ffff:VTEP)",
+                );
+                None
+            }
+            None => None,
+        };
+        if c.errors.len() > before {
+            return None;
+        }
+        Some(DataplanePlan {
+            fabric: FabricSettings {
+                vtep: vtep?,
+                vni: vni.value,
+                interface: interface.value.clone(),
+                port,
+            },
+            static_networks,
+        })
+    }
 }
 
 /// A transit once validated.
@@ -856,6 +1057,8 @@ pub struct GatewanPlan {
     pub metrics_listen: Option<SocketAddr>,
     /// The VTEP announced in the NodeRecord (`fabric.vtep`).
     pub vtep: Option<IpAddr>,
+    /// Set when `fabric.vni` and `fabric.interface` are.
+    pub dataplane: Option<DataplanePlan>,
     pub log_format: LogFormat,
     pub log_level: Option<String>,
 }
@@ -967,6 +1170,7 @@ impl GatewanConfig {
                     None
                 }
             });
+        let dataplane = self.plan_dataplane(&mut c, vtep, tunnels.is_some());
         c.finish()?;
         let mesh = mesh.expect("mesh plan exists when there is no error");
         Ok(GatewanPlan {
@@ -980,6 +1184,7 @@ impl GatewanConfig {
             api,
             metrics_listen,
             vtep,
+            dataplane,
             log_format: self.log.format,
             log_level: self.log.level.clone(),
         })
@@ -1123,6 +1328,66 @@ transits:
             e.contains(":17: api.tls.cert: cannot read") && e.contains("missing.pem"),
             "{e}"
         );
+    }
+
+    const DATAPLANE: &str = "tunnels:\n  slot: 1\nfabric:\n  vtep: 10.1.255.11\n  vni: 100\n  interface: eth0\nnetworks:\n  - prefix: 10.20.0.0/16\n    via: 10.1.0.1\n";
+
+    #[test]
+    fn the_data_plane_runs_with_a_vni_and_an_interface() {
+        let p = load(&format!("{GOOD}{DATAPLANE}")).unwrap();
+        let d = p.dataplane.expect("data plane planned");
+        assert_eq!(d.fabric.vni, 100);
+        assert_eq!(d.fabric.port, 4789);
+        assert_eq!(d.fabric.interface, "eth0");
+        assert_eq!(d.static_networks.len(), 1);
+        // Without vni and interface, only the VTEP is announced.
+        let p = load(&format!(
+            "{GOOD}tunnels:\n  slot: 1\nfabric:\n  vtep: 10.1.255.11\n"
+        ))
+        .unwrap();
+        assert!(p.dataplane.is_none() && p.vtep.is_some());
+    }
+
+    #[test]
+    fn data_plane_errors_name_the_field() {
+        let e = one_error(&format!("{GOOD}{DATAPLANE}").replace("vni: 100", "vni: 16777216"));
+        assert!(
+            e.contains(":17: fabric.vni") && e.contains("1 to 16777215"),
+            "{e}"
+        );
+        let e =
+            one_error(&format!("{GOOD}{DATAPLANE}").replace("interface: eth0", "interface: a/b"));
+        assert!(e.contains(":18: fabric.interface"), "{e}");
+        let e = one_error(&format!("{GOOD}{DATAPLANE}").replace("  interface: eth0\n", ""));
+        assert!(
+            e.contains("fabric.interface") && e.contains("underlay"),
+            "{e}"
+        );
+        let e = one_error(
+            &format!("{GOOD}{DATAPLANE}")
+                .replace("  interface: eth0\n", "  interface: eth0\n  port: 70000\n"),
+        );
+        assert!(e.contains(":19: fabric.port"), "{e}");
+        let e = one_error(&format!("{GOOD}{DATAPLANE}").replace("10.20.0.0/16", "10.20.1.0/16"));
+        assert!(
+            e.contains(":20: networks[0].prefix") && e.contains("10.20.0.0/16"),
+            "{e}"
+        );
+        let e = one_error(&format!("{GOOD}{DATAPLANE}").replace("via: 10.1.0.1", "via: fd00::1"));
+        assert!(
+            e.contains(":21: networks[0].via") && e.contains("family"),
+            "{e}"
+        );
+        let e = one_error(
+            &format!("{GOOD}{DATAPLANE}").replace("vtep: 10.1.255.11", "vtep: \"fd00::11\""),
+        );
+        assert!(e.contains("fabric.vtep") && e.contains("IPv4"), "{e}");
+        let e = one_error(&format!("{GOOD}{DATAPLANE}").replace("tunnels:\n  slot: 1\n", ""));
+        assert!(e.contains("fabric.vni") && e.contains("tunnels"), "{e}");
+        let e = one_error(&format!(
+            "{GOOD}networks:\n  - prefix: 10.20.0.0/16\n    via: 10.1.0.1\n"
+        ));
+        assert!(e.contains("networks") && e.contains("fabric.vni"), "{e}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 pub mod api;
 pub mod config;
 pub mod daemon;
+pub mod dataplane;
 pub mod mesh;
 pub mod metrics;
 pub mod probe;

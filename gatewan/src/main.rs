@@ -100,18 +100,23 @@ async fn run(plan: gatewan::config::GatewanPlan) -> anyhow::Result<()> {
     .await?;
     tracing::info!(name = %plan.name, datacenter = %plan.datacenter, id = %member.identity.node, "gatewan started");
 
-    if let Some(listen) = plan.metrics_listen {
-        let mesh = member.mesh.clone();
-        tokio::spawn(async move {
-            if let Err(e) = metrics::serve(listen, mesh).await {
-                tracing::error!(error = %e, %listen, "metrics endpoint failed");
-            }
-        });
-    }
     let tunnels = match (&plan.tunnels, wireguard_key) {
         (Some(t), Some(key)) => Some(start_tunnels(&plan, t, key, public_key, &member, routing)?),
         _ => None,
     };
+    let dataplane = match (&plan.dataplane, &tunnels) {
+        (Some(d), Some(t)) => Some(start_dataplane(&plan, d, t, &member).await?),
+        _ => None,
+    };
+    if let Some(listen) = plan.metrics_listen {
+        let mesh = member.mesh.clone();
+        let stats = dataplane.map(|d| d.stats);
+        tokio::spawn(async move {
+            if let Err(e) = metrics::serve_with(listen, mesh, stats).await {
+                tracing::error!(error = %e, %listen, "metrics endpoint failed");
+            }
+        });
+    }
     let mut routes = tonic::service::Routes::builder();
     routes.add_service(api::MeshApi::new(member.mesh.clone()).into_server());
     if let Some(t) = tunnels {
@@ -208,4 +213,45 @@ async fn transit_routing(
         }
     }
     Ok(routing)
+}
+
+/// Starts the data plane manager and announces the static networks (`networks[]`) in the
+/// mesh, as bgpctl announces those it learns from a fabric: the other datacenters then
+/// learn them the same way.
+async fn start_dataplane(
+    plan: &gatewan::config::GatewanPlan,
+    d: &gatewan::config::DataplanePlan,
+    tunnels: &gatewan::tunnels::manager::TunnelsHandle,
+    member: &daemon::Member,
+) -> anyhow::Result<gatewan::dataplane::manager::DataplaneHandle> {
+    use gatewan::dataplane::manager::{self, DataplaneConfig};
+    use gatewan::dataplane::plan::NextHop;
+    for n in &d.static_networks {
+        let NextHop::Gateway(via) = n.next_hop else {
+            continue;
+        };
+        let record = v1::Network {
+            prefix: n.prefix.to_string(),
+            vni: d.fabric.vni,
+            ..Default::default()
+        };
+        match member.mesh.publish(v1::record::Body::Network(record)).await {
+            Ok(_) => tracing::info!(prefix = %n.prefix, %via, "static network announced"),
+            Err(e) => {
+                tracing::warn!(error = %e, prefix = %n.prefix, "cannot announce static network")
+            }
+        }
+    }
+    let handle = manager::spawn(
+        DataplaneConfig {
+            fabric: d.fabric.clone(),
+            datacenter: plan.datacenter.clone(),
+            static_networks: d.static_networks.clone(),
+            resync: std::time::Duration::from_secs(2),
+        },
+        member.mesh.clone(),
+        tunnels.table.clone(),
+    )?;
+    tracing::info!(vni = d.fabric.vni, interface = %d.fabric.interface, "data plane started");
+    Ok(handle)
 }

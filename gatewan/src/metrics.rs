@@ -110,10 +110,84 @@ impl Collector for MeshCollector {
     }
 }
 
+/// The data plane's counters, read from the kernel at each reconcile.
+#[derive(Clone)]
+struct DataplaneCollector(DataplaneStatsRx);
+
+type DataplaneStatsRx =
+    tokio::sync::watch::Receiver<Arc<crate::dataplane::manager::DataplaneStats>>;
+
+impl std::fmt::Debug for DataplaneCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DataplaneCollector")
+    }
+}
+
+impl Collector for DataplaneCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = self.0.borrow().clone();
+        counter(
+            &mut enc,
+            "gatewan_dataplane_reconciles",
+            "Data plane reconciles run",
+            s.reconciles,
+        )?;
+        counter(
+            &mut enc,
+            "gatewan_dataplane_reconcile_steps",
+            "Changes the data plane reconciler made on the host",
+            s.steps,
+        )?;
+        counter(
+            &mut enc,
+            "gatewan_dataplane_reconcile_errors",
+            "Data plane changes that failed (retried at the next reconcile)",
+            s.errors,
+        )?;
+        let g = ConstGauge::new(s.last_reconcile.as_secs_f64());
+        g.encode(enc.encode_descriptor(
+            "gatewan_dataplane_reconcile_seconds",
+            "Duration of the last data plane reconcile",
+            None,
+            g.metric_type(),
+        )?)?;
+        counter(
+            &mut enc,
+            "gatewan_dataplane_egress_packets",
+            "Packets sent to the fabric (VXLAN device), as of the last reconcile",
+            s.egress_packets,
+        )?;
+        let proto = ConstCounter::new(0u64);
+        let mut fam = enc.encode_descriptor(
+            "gatewan_dataplane_ingress_packets",
+            "Packets the fabric sent to a tunnel's Router's MAC (its macvlan), as of the last reconcile",
+            None,
+            proto.metric_type(),
+        )?;
+        for (interface, packets) in &s.ingress_packets {
+            ConstCounter::new(*packets)
+                .encode(fam.encode_family(&[("interface", interface.as_str())])?)?;
+        }
+        Ok(())
+    }
+}
+
 /// Serves `/metrics` until the task is dropped.
 pub async fn serve(listen: SocketAddr, mesh: MeshHandle) -> std::io::Result<()> {
+    serve_with(listen, mesh, None).await
+}
+
+/// `/metrics` with the data plane's counters when it runs.
+pub async fn serve_with(
+    listen: SocketAddr,
+    mesh: MeshHandle,
+    dataplane: Option<DataplaneStatsRx>,
+) -> std::io::Result<()> {
     let mut registry = Registry::default();
     registry.register_collector(Box::new(MeshCollector(mesh)));
+    if let Some(d) = dataplane {
+        registry.register_collector(Box::new(DataplaneCollector(d)));
+    }
     let registry = Arc::new(registry);
     let app = axum::Router::new().route(
         "/metrics",

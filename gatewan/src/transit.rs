@@ -264,7 +264,7 @@ pub async fn ensure(handle: &Handle, r: &TransitRouting) -> io::Result<()> {
             .iter()
             .filter(|s| s.is_ipv6() == gateway.is_ipv6())
         {
-            if has(&RuleAttribute::Source((*source).into())) {
+            if has(&RuleAttribute::Source(*source)) {
                 continue;
             }
             match *source {

@@ -1,0 +1,267 @@
+//! The data plane manager: the one owner of the data plane's host state. It reconciles at
+//! once when its inputs change (a tunnel's state, so local repair follows the probes with
+//! no delay; the networks in the mesh) and every `resync` anyway, which repairs anything
+//! changed by hand.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::plan::{
+    self, FabricSettings, Inputs, LocalNetwork, Problem, RemoteNetwork, TunnelInput, VXLAN_DEVICE,
+};
+use super::reconcile::{self, Step};
+use super::system::{self, Snapshot, System};
+use crate::mesh::driver::{MeshHandle, MeshView};
+use crate::tunnels::manager::TunnelTable;
+
+pub struct DataplaneConfig {
+    pub fabric: FabricSettings,
+    pub datacenter: String,
+    /// `networks[]` of the config.
+    pub static_networks: Vec<LocalNetwork>,
+    pub resync: Duration,
+}
+
+/// What `/metrics` shows.
+#[derive(Debug, Clone, Default)]
+pub struct DataplaneStats {
+    pub reconciles: u64,
+    pub steps: u64,
+    pub errors: u64,
+    pub last_reconcile: Duration,
+    /// Tunnel interface → packets the fabric sent to its Router's MAC (the macvlan's rx).
+    pub ingress_packets: BTreeMap<String, u64>,
+    /// Packets sent to the fabric (the VXLAN device's tx).
+    pub egress_packets: u64,
+}
+
+#[derive(Clone)]
+pub struct DataplaneHandle {
+    pub stats: watch::Receiver<Arc<DataplaneStats>>,
+}
+
+/// One reconcile's outcome.
+#[derive(Debug, Default)]
+pub struct Report {
+    pub steps: Vec<Step>,
+    pub errors: Vec<(Step, std::io::Error)>,
+    pub problems: Vec<Problem>,
+    pub took: Duration,
+    /// The host as read before applying.
+    pub snapshot: Snapshot,
+}
+
+/// After a start, removals wait this long: the mesh (networks, peers and so the tunnel
+/// table) is still filling up, and what is not known yet must not be taken for stale.
+pub const STARTUP_HOLD: Duration = Duration::from_secs(30);
+
+fn is_removal(s: &Step) -> bool {
+    matches!(
+        s,
+        Step::DeleteRule(_)
+            | Step::DeleteRoute { .. }
+            | Step::DeleteFdb { .. }
+            | Step::DeleteNeighbour { .. }
+            | Step::DeleteMacvlan { .. }
+    )
+}
+
+/// Observes the host, plans with the links found there, applies the difference. `inputs`
+/// without `present`, which is filled from the host. Without `removals`, only additions
+/// and in-place changes are made (see [`STARTUP_HOLD`]).
+pub async fn reconcile_once(system: &System, inputs: &Inputs) -> std::io::Result<Report> {
+    reconcile_with(system, inputs, true).await
+}
+
+pub async fn reconcile_with(
+    system: &System,
+    inputs: &Inputs,
+    removals: bool,
+) -> std::io::Result<Report> {
+    let started = Instant::now();
+    let snapshot = system.snapshot().await?;
+    let mut inputs = inputs.clone();
+    inputs.present = snapshot.present();
+    let (want, problems) = plan::plan(&inputs);
+    let ours: BTreeSet<String> = want
+        .macvlans
+        .keys()
+        .cloned()
+        .chain(inputs.tunnels.iter().map(|t| t.interface.clone()))
+        .chain([VXLAN_DEVICE.to_string()])
+        .collect();
+    match System::relax_rp_filter(&ours) {
+        Ok(w) if !w.is_empty() => {
+            info!(writes = ?w, "reverse-path filtering relaxed for the data plane (other devices keep their effective value)")
+        }
+        Ok(_) => {}
+        Err(e) => warn!(error = %e, "cannot adjust rp_filter"),
+    }
+    let sysctls = want
+        .sysctls
+        .keys()
+        .map(|p| (p.clone(), system::read_sysctl(p)))
+        .collect();
+    let mut todo = reconcile::steps(&want, &snapshot.observed(sysctls));
+    if !removals {
+        todo.retain(|s| !is_removal(s));
+    }
+    let mut errors = Vec::new();
+    for step in &todo {
+        if let Err(e) = system.apply(step, &snapshot).await {
+            errors.push((step.clone(), e));
+        }
+    }
+    Ok(Report {
+        steps: todo,
+        errors,
+        problems,
+        took: started.elapsed(),
+        snapshot,
+    })
+}
+
+/// The networks of our datacenter and of the others, from the mesh.
+fn mesh_networks(
+    view: &MeshView,
+    datacenter: &str,
+    vni: u32,
+) -> (Vec<LocalNetwork>, Vec<RemoteNetwork>, Vec<Problem>) {
+    let records: Vec<(&str, &gatewan_proto::v1::Network)> = view
+        .store
+        .networks()
+        .filter_map(|(origin, n)| Some((view.store.node(origin)?.datacenter.as_str(), n)))
+        .collect();
+    plan::networks_from_mesh(records, datacenter, vni)
+}
+
+pub fn spawn(
+    cfg: DataplaneConfig,
+    mesh: MeshHandle,
+    tunnels: watch::Receiver<TunnelTable>,
+) -> std::io::Result<DataplaneHandle> {
+    let system = System::new()?;
+    let (tx, rx) = watch::channel(Arc::new(DataplaneStats::default()));
+    tokio::spawn(run(cfg, mesh, tunnels, system, tx));
+    Ok(DataplaneHandle { stats: rx })
+}
+
+async fn run(
+    cfg: DataplaneConfig,
+    mesh: MeshHandle,
+    mut tunnels_rx: watch::Receiver<TunnelTable>,
+    system: System,
+    stats_tx: watch::Sender<Arc<DataplaneStats>>,
+) {
+    let mut mesh_rx = mesh.subscribe();
+    let mut tick = tokio::time::interval(cfg.resync);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut stats = DataplaneStats::default();
+    let mut inputs = Inputs {
+        fabric: cfg.fabric.clone(),
+        tunnels: Vec::new(),
+        local_networks: Vec::new(),
+        remote_networks: Vec::new(),
+        present: BTreeSet::new(),
+    };
+    let mut reported: BTreeSet<String> = BTreeSet::new();
+    let started = Instant::now();
+    // Nothing is done before the tunnel manager's first table: an empty table would make
+    // every tunnel's ingress look stale.
+    let mut have_table = false;
+    loop {
+        let mut view_problems = Vec::new();
+        let changed = tokio::select! {
+            r = mesh_rx.changed() => {
+                if r.is_err() { return; }
+                let view = mesh_rx.borrow_and_update().clone();
+                let (mut local, remote, problems) =
+                    mesh_networks(&view, &cfg.datacenter, cfg.fabric.vni);
+                view_problems = problems;
+                local.extend(cfg.static_networks.iter().cloned());
+                let changed = local != inputs.local_networks || remote != inputs.remote_networks;
+                inputs.local_networks = local;
+                inputs.remote_networks = remote;
+                changed
+            }
+            r = tunnels_rx.changed() => {
+                if r.is_err() { return; }
+                let rows: Vec<TunnelInput> = tunnels_rx
+                    .borrow_and_update()
+                    .iter()
+                    .filter_map(TunnelInput::from_info)
+                    .collect();
+                // Latency moves every probe interval and may change a repair's choice,
+                // so every change of a row is a reconcile (a cheap one when nothing moves).
+                let changed = rows != inputs.tunnels || !have_table;
+                inputs.tunnels = rows;
+                have_table = true;
+                changed
+            }
+            _ = tick.tick() => true,
+        };
+        if !have_table || (!changed && view_problems.is_empty()) {
+            continue;
+        }
+        if !changed {
+            // Problems are logged when the networks they concern change.
+            for p in view_problems {
+                if reported.insert(p.to_string()) {
+                    warn!(problem = %p, "network not used by the data plane");
+                }
+            }
+            continue;
+        }
+        for p in &view_problems {
+            if reported.insert(p.to_string()) {
+                warn!(problem = %p, "network not used by the data plane");
+            }
+        }
+        match reconcile_with(&system, &inputs, started.elapsed() >= STARTUP_HOLD).await {
+            Ok(report) => {
+                stats.reconciles += 1;
+                stats.steps += report.steps.len() as u64;
+                stats.errors += report.errors.len() as u64;
+                stats.last_reconcile = report.took;
+                for p in &report.problems {
+                    if reported.insert(p.to_string()) {
+                        warn!(problem = %p, "data plane");
+                    }
+                }
+                for (step, e) in report.errors.iter().take(5) {
+                    warn!(error = %e, ?step, "data plane step failed; retried at the next reconcile");
+                }
+                if !report.steps.is_empty() {
+                    info!(
+                        steps = report.steps.len(),
+                        errors = report.errors.len(),
+                        took = ?report.took,
+                        "data plane reconciled"
+                    );
+                    for s in &report.steps {
+                        debug!(step = ?s, "data plane step");
+                    }
+                }
+                let links = &report.snapshot.links;
+                stats.ingress_packets = inputs
+                    .tunnels
+                    .iter()
+                    .filter_map(|t| {
+                        let l = links.get(&plan::macvlan_name(t.index))?;
+                        Some((t.interface.clone(), l.rx_packets))
+                    })
+                    .collect();
+                stats.egress_packets = links.get(VXLAN_DEVICE).map_or(0, |l| l.tx_packets);
+                stats_tx.send_replace(Arc::new(stats.clone()));
+            }
+            Err(e) => {
+                stats.errors += 1;
+                warn!(error = %e, "cannot read the data plane's host state");
+            }
+        }
+    }
+}
