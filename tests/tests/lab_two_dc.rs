@@ -6,6 +6,8 @@
 //!   emulator applies (the kernel has no netem here);
 //! - the fabrics' prefixes, announced by gobgpd on each fabric node, reach the mesh through
 //!   bgpctl and come back to the other fabric as type-5 routes over the chosen tunnels;
+//! - the two bgpctls of a datacenter advertise the same routes, and kill -9 of one changes
+//!   nothing the fabric holds;
 //! - the controller moves the routes off a transit that fails, within two probe intervals.
 
 use std::path::PathBuf;
@@ -79,14 +81,15 @@ fn mean(xs: impl Iterator<Item = f64>) -> f64 {
     s / f64::from(n.max(1))
 }
 
-/// The type-5 routes gobgpd on `fabric` holds for `prefix`: (next hop, Router's MAC, line).
+/// The type-5 routes gobgpd on `fabric` holds for `prefix`, best paths only (each of the
+/// datacenter's bgpctls sends every route): (next hop, Router's MAC, line).
 fn fabric_routes(lab: &RunningLab, fabric: &str, prefix: &str) -> Vec<(String, String, String)> {
     let Ok(out) = lab.exec(fabric, &["gobgp", "global", "rib", "-a", "evpn"]) else {
         return Vec::new();
     };
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter(|l| l.contains(&format!("[prefix:{prefix}]")))
+        .filter(|l| l.starts_with("*>") && l.contains(&format!("[prefix:{prefix}]")))
         .filter_map(|l| {
             // `*> [type:Prefix][rd:…][etag:0][prefix:…]  [label]  next-hop  …`
             let mut cols = l.split_whitespace().skip(3);
@@ -186,6 +189,88 @@ fn check_routingctl_on_bgpctl(lab: &RunningLab) {
         );
     }
     println!("routingctl on bgpctl-sg1: peers, routes --received/--advertised as expected");
+}
+
+/// (RD, prefix, next hop, Router's MAC) of every route a bgpctl advertises, sorted.
+fn advertised(lab: &RunningLab, bgpctl: &str) -> Vec<(String, String, String, String)> {
+    let routingctl = format!("{NODE_BIN}/routingctl");
+    let Ok(out) = lab.exec(
+        bgpctl,
+        &[
+            &routingctl,
+            "--socket",
+            "/run/bgpctl/bgpctl.sock",
+            "-o",
+            "json",
+            "routes",
+            "--advertised",
+        ],
+    ) else {
+        return Vec::new();
+    };
+    let routes: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    let mut v: Vec<_> = routes
+        .iter()
+        .map(|r| {
+            (
+                text(&r["rd"]),
+                text(&r["prefix"]),
+                text(&r["next_hop"]),
+                text(&r["router_mac"]),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// Two bgpctls per datacenter, as production runs them (redundancy without a leader): both
+/// advertise the same routes, and kill -9 of one (its supervisor restarts it) leaves what
+/// the fabric holds for the other datacenter unchanged.
+fn check_two_bgpctls(lab: &RunningLab) {
+    for (a, b) in [
+        ("bgpctl-sg1", "bgpctl2-sg1"),
+        ("bgpctl-par1", "bgpctl2-par1"),
+    ] {
+        let mut last = (Vec::new(), Vec::new());
+        let same = wait_until(Duration::from_secs(30), || {
+            last = (advertised(lab, a), advertised(lab, b));
+            !last.0.is_empty() && last.0 == last.1
+        });
+        assert!(same, "{a} and {b} advertise different routes: {last:#?}");
+        println!("{a} and {b} advertise the same {} routes", last.0.len());
+    }
+    let held = |prefix: &str| {
+        let mut v: Vec<(String, String)> = fabric_routes(lab, "fabric-sg1", prefix)
+            .into_iter()
+            .map(|(nh, mac, _)| (nh, mac))
+            .collect();
+        v.sort();
+        v
+    };
+    let before = held("172.16.2.0/24");
+    assert!(!before.is_empty());
+    let kill = "for p in $(pgrep -x bgpctl); do [ \"$(readlink /proc/$p/ns/net)\" = \"$(readlink /proc/self/ns/net)\" ] && kill -9 $p; done; true";
+    let out = lab.exec("bgpctl-sg1", &["sh", "-c", kill]).expect("kill");
+    assert!(out.status.success());
+    let killed_at = Instant::now();
+    let mut changes = Vec::new();
+    while killed_at.elapsed() < Duration::from_secs(15) {
+        let now = held("172.16.2.0/24");
+        if now != before {
+            changes.push((killed_at.elapsed(), now));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert!(
+        changes.is_empty(),
+        "fabric-sg1's routes to par1 changed after kill -9 of bgpctl-sg1: before {before:?}, then {changes:?}"
+    );
+    println!(
+        "kill -9 of bgpctl-sg1: fabric-sg1 kept its {} routes to par1 unchanged for 15 s",
+        before.len()
+    );
 }
 
 #[test]
@@ -359,6 +444,7 @@ fn two_datacenters_tunnels_routes_and_failover() {
     }
 
     check_routingctl_on_bgpctl(&lab);
+    check_two_bgpctls(&lab);
 
     // A prefix the par1 fabric withdraws leaves the mesh and the sg1 fabric.
     let v6 = "2001:db8:a2::/48";
