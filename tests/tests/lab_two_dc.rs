@@ -81,19 +81,26 @@ fn mean(xs: impl Iterator<Item = f64>) -> f64 {
     s / f64::from(n.max(1))
 }
 
-/// The type-5 routes gobgpd on `fabric` holds for `prefix`, best paths only (each of the
-/// datacenter's bgpctls sends every route): (next hop, Router's MAC, line).
+/// The type-5 routes gobgpd on `fabric` holds for `prefix`, whichever bgpctl of the
+/// datacenter sent them (each sends every route; a path kept stale through a graceful
+/// restart counts): (next hop, Router's MAC, line), one per (next hop, MAC).
 fn fabric_routes(lab: &RunningLab, fabric: &str, prefix: &str) -> Vec<(String, String, String)> {
     let Ok(out) = lab.exec(fabric, &["gobgp", "global", "rib", "-a", "evpn"]) else {
         return Vec::new();
     };
-    String::from_utf8_lossy(&out.stdout)
+    let mut routes: Vec<(String, String, String)> = String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter(|l| l.starts_with("*>") && l.contains(&format!("[prefix:{prefix}]")))
+        .filter(|l| l.contains(&format!("[prefix:{prefix}]")))
         .filter_map(|l| {
-            // `*> [type:Prefix][rd:…][etag:0][prefix:…]  [label]  next-hop  …`
-            let mut cols = l.split_whitespace().skip(3);
-            let next_hop = cols.next()?.to_string();
+            // `*> [type:Prefix][rd:…][etag:0][prefix:…]  [label]  next-hop  …`: the next
+            // hop follows the label, whatever marks the path.
+            let cols: Vec<&str> = l.split_whitespace().collect();
+            let label = cols.iter().position(|c| {
+                c.strip_prefix('[')
+                    .and_then(|c| c.strip_suffix(']'))
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+            })?;
+            let next_hop = cols.get(label + 1)?.to_string();
             let mac = l
                 .split("router's mac: ")
                 .nth(1)?
@@ -102,7 +109,10 @@ fn fabric_routes(lab: &RunningLab, fabric: &str, prefix: &str) -> Vec<(String, S
                 .to_string();
             Some((next_hop, mac, l.to_string()))
         })
-        .collect()
+        .collect();
+    routes.sort();
+    routes.dedup_by(|a, b| a.0 == b.0 && a.1 == b.1);
+    routes
 }
 
 /// Router's MAC → local transit of every tunnel of the datacenter's gatewans.
