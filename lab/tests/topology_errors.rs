@@ -35,6 +35,7 @@ fn accepts_a_minimal_file_and_the_shipped_topologies() {
     for f in [
         "topologies/two-dc.clab.yml",
         "topologies/three-dc.clab.yml",
+        "topologies/evpn-leaf.clab.yml",
         "tests/fixtures/small.clab.yml",
     ] {
         Topology::load(&common::fixture(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
