@@ -36,6 +36,17 @@ pub fn netns_path(lab: &str, node: &str) -> PathBuf {
     Path::new(NETNS_DIR).join(netns_name(lab, node))
 }
 
+/// Name of the network namespace that realizes VRF `vrf` of `node`. Node names have no
+/// dot, so it cannot collide with a node's; it shares the lab's prefix, so `down` finds
+/// it like the others.
+pub fn vrf_netns_name(lab: &str, node: &str, vrf: &str) -> String {
+    format!("lab.{lab}.{node}.vrf.{vrf}")
+}
+
+pub fn vrf_netns_path(lab: &str, node: &str, vrf: &str) -> PathBuf {
+    Path::new(NETNS_DIR).join(vrf_netns_name(lab, node, vrf))
+}
+
 pub fn lab_dir(lab: &str) -> PathBuf {
     Path::new(RUN_DIR).join(lab)
 }
@@ -354,6 +365,92 @@ pub fn create_mntns(spec: MountSpec) -> Result<()> {
     let _ = to_thread.send(());
     let _ = h.join();
     res
+}
+
+/// Makes each `(name, host path)` network namespace visible as `/run/netns/NAME` inside
+/// the mount namespace at `mntns` (a node's, whose `/run` is its own tmpfs), so that
+/// `ip netns` and FRR's zebra `-n` in the node see those namespaces under those names and
+/// none of the host's. Idempotent; a name bound to another namespace (the host's was
+/// recreated by a repair) is bound again.
+pub fn bind_netns_into(mntns: &Path, entries: &[(String, PathBuf)]) -> Result<()> {
+    if entries.is_empty() {
+        return Ok(());
+    }
+    let mnt = File::open(mntns).with_context(|| format!("open {}", mntns.display()))?;
+    // Opened here, in the host's mount namespace: the node's /run hides these paths.
+    let mut sources = Vec::new();
+    for (name, host) in entries {
+        let f = File::open(host).with_context(|| format!("open {}", host.display()))?;
+        let ino = f.metadata()?.ino();
+        sources.push((name.clone(), f, ino));
+    }
+    std::thread::spawn(move || -> Result<()> {
+        // setns into a mount namespace needs a thread with its own root and cwd.
+        unshare(CloneFlags::CLONE_FS).context("unshare(CLONE_FS)")?;
+        setns(&mnt, CloneFlags::CLONE_NEWNS).context("setns(mnt)")?;
+        std::fs::create_dir_all(NETNS_DIR)?;
+        for (name, f, ino) in &sources {
+            let target = Path::new(NETNS_DIR).join(name);
+            if is_ns_mount(&target) && ns_inode(&target) == Some(*ino) {
+                continue;
+            }
+            while is_ns_mount(&target) {
+                umount2(&target, MntFlags::MNT_DETACH)
+                    .with_context(|| format!("unmount stale {}", target.display()))?;
+            }
+            File::create(&target).with_context(|| format!("create {}", target.display()))?;
+            let src = format!("/proc/thread-self/fd/{}", f.as_raw_fd());
+            mount(
+                Some(src.as_str()),
+                &target,
+                None::<&str>,
+                MsFlags::MS_BIND,
+                None::<&str>,
+            )
+            .with_context(|| format!("bind {name} into the node's {NETNS_DIR}"))?;
+        }
+        Ok(())
+    })
+    .join()
+    .map_err(|_| anyhow!("netns binding thread panicked"))?
+}
+
+/// Restores the host's handle `host` of a network namespace that the mount namespace at
+/// `mntns` still shows as `/run/netns/NAME` (someone ran `ip netns del` on the host's):
+/// the namespace, its devices and the daemons' view of it stay the same, where creating a
+/// new one would leave the node's processes on the old one. Returns false when there is
+/// nothing to recover.
+pub fn recover_netns(mntns: &Path, name: &str, host: &Path) -> Result<bool> {
+    if !is_ns_mount(mntns) {
+        return Ok(false);
+    }
+    let mnt = File::open(mntns).with_context(|| format!("open {}", mntns.display()))?;
+    let inner = Path::new(NETNS_DIR).join(name);
+    let found = std::thread::spawn(move || -> Result<Option<File>> {
+        unshare(CloneFlags::CLONE_FS).context("unshare(CLONE_FS)")?;
+        setns(&mnt, CloneFlags::CLONE_NEWNS).context("setns(mnt)")?;
+        if !is_ns_mount(&inner) {
+            return Ok(None);
+        }
+        Ok(Some(File::open(&inner)?))
+    })
+    .join()
+    .map_err(|_| anyhow!("netns recovery thread panicked"))??;
+    let Some(f) = found else {
+        return Ok(false);
+    };
+    std::fs::create_dir_all(NETNS_DIR)?;
+    File::create(host).with_context(|| format!("create {}", host.display()))?;
+    let src = format!("/proc/self/fd/{}", f.as_raw_fd());
+    mount(
+        Some(src.as_str()),
+        host,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .with_context(|| format!("bind {}", host.display()))?;
+    Ok(true)
 }
 
 /// Everything needed to run a command inside a node.

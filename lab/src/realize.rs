@@ -99,9 +99,12 @@ fn run_ip(args: &[&str], stdin: Option<&str>) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// Interface names present in a node.
-fn node_links(netns: &str) -> Result<BTreeSet<String>> {
-    let out = run_ip(&["-n", netns, "-o", "link", "show"], None)?;
+/// Interface names present in network namespace `netns` (`None`: the caller's).
+fn node_links(netns: Option<&str>) -> Result<BTreeSet<String>> {
+    let out = match netns {
+        Some(n) => run_ip(&["-n", n, "-o", "link", "show"], None)?,
+        None => run_ip(&["-o", "link", "show"], None)?,
+    };
     Ok(out
         .lines()
         .filter_map(|l| l.split(':').nth(1))
@@ -156,14 +159,30 @@ pub fn up(topo: &Topology, mode: SupervisorMode) -> Result<Option<Supervisor>> {
         serde_json::to_vec(topo)?,
     )?;
 
-    for node in topo.nodes.keys() {
-        let name = ns::netns_name(lab, node);
+    for node in topo.nodes.values() {
+        let name = ns::netns_name(lab, &node.name);
         ns::create_netns(&name)?;
         // DAD would leave fresh IPv6 addresses unusable for a second or two.
-        ns::in_netns(&ns::netns_path(lab, node), || {
+        ns::in_netns(&ns::netns_path(lab, &node.name), || {
             write_sysctl("net.ipv6.conf.default.accept_dad", "0")?;
             write_sysctl("net.ipv6.conf.all.accept_dad", "0")
         })?;
+        // Before the links: a VRF's interfaces are created directly inside its namespace.
+        for vrf in node.vrfs.keys() {
+            let path = ns::vrf_netns_path(lab, &node.name, vrf);
+            if !ns::is_ns_mount(&path)
+                && !ns::recover_netns(&ns::mntns_path(lab, &node.name), vrf, &path)?
+            {
+                ns::create_netns(&ns::vrf_netns_name(lab, &node.name, vrf))?;
+            }
+            ns::in_netns(&ns::vrf_netns_path(lab, &node.name, vrf), || {
+                for (k, v) in VRF_SYSCTLS {
+                    write_sysctl(k, v)?;
+                }
+                Ok(())
+            })
+            .with_context(|| format!("sysctls of VRF {vrf} of node {}", node.name))?;
+        }
     }
     ns::ensure_private_dir(&ns::mntns_dir(lab))?;
     ns::ensure_tmpfs(&ns::lab_dir(lab).join("nodes"))?;
@@ -177,40 +196,43 @@ pub fn up(topo: &Topology, mode: SupervisorMode) -> Result<Option<Supervisor>> {
             binds: node.binds.clone(),
         })
         .with_context(|| format!("mount namespace of {}", node.name))?;
+        // The node (its zebra in particular) sees its VRFs, and only them, by their names.
+        let vrfs: Vec<(String, PathBuf)> = node
+            .vrfs
+            .keys()
+            .map(|v| (v.clone(), ns::vrf_netns_path(lab, &node.name, v)))
+            .collect();
+        ns::bind_netns_into(&ns::mntns_path(lab, &node.name), &vrfs)
+            .with_context(|| format!("VRF namespaces in node {}", node.name))?;
     }
 
     // Links: repair half-created pairs, create missing ones in one batch.
-    let mut present: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
-    for node in topo.nodes.keys() {
-        present.insert(node, node_links(&ns::netns_name(lab, node))?);
+    let mut present: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for node in topo.nodes.values() {
+        for n in node_netns_names(lab, node) {
+            let links = node_links(Some(&n))?;
+            present.insert(n, links);
+        }
     }
     let mut batch = String::new();
     for l in &topo.links {
-        let has_a = present[l.a.0.as_str()].contains(&l.a.1);
-        let has_b = present[l.b.0.as_str()].contains(&l.b.1);
+        let na = link_netns(topo, &l.a.0, &l.a.1);
+        let nb = link_netns(topo, &l.b.0, &l.b.1);
+        let has_a = present[&na].contains(&l.a.1);
+        let has_b = present[&nb].contains(&l.b.1);
         if has_a && has_b {
             continue;
         }
+        // `ip -batch` lines cannot name a namespace: lone ends go one by one.
         if has_a {
-            batch.push_str(&format!(
-                "-n {} link del {}\n",
-                ns::netns_name(lab, &l.a.0),
-                l.a.1
-            ));
+            run_ip(&["-n", &na, "link", "del", &l.a.1], None)?;
         }
         if has_b {
-            batch.push_str(&format!(
-                "-n {} link del {}\n",
-                ns::netns_name(lab, &l.b.0),
-                l.b.1
-            ));
+            run_ip(&["-n", &nb, "link", "del", &l.b.1], None)?;
         }
         batch.push_str(&format!(
-            "link add {} netns {} type veth peer name {} netns {}\n",
-            l.a.1,
-            ns::netns_name(lab, &l.a.0),
-            l.b.1,
-            ns::netns_name(lab, &l.b.0)
+            "link add {} netns {na} type veth peer name {} netns {nb}\n",
+            l.a.1, l.b.1,
         ));
     }
     if !batch.is_empty() {
@@ -226,11 +248,12 @@ pub fn up(topo: &Topology, mode: SupervisorMode) -> Result<Option<Supervisor>> {
             Ok(())
         })
         .with_context(|| format!("sysctls of node {}", node.name))?;
-        run_ip(
-            &["-n", &ns::netns_name(lab, &node.name), "-batch", "-"],
-            Some(&node_ip_batch(node)),
-        )
-        .with_context(|| format!("configure node {}", node.name))?;
+        let netns = ns::netns_name(lab, &node.name);
+        run_ip(&["-n", &netns, "-batch", "-"], Some(&node_ip_batch(node)))
+            .with_context(|| format!("configure node {}", node.name))?;
+        configure_vrfs(node, Some(&netns), &|v| {
+            ns::vrf_netns_name(lab, &node.name, v)
+        })?;
     }
     for node in topo.nodes.values() {
         if let NodeRole::WanEmulator { ports, impairment } = &node.role {
@@ -277,6 +300,104 @@ pub fn up(topo: &Topology, mode: SupervisorMode) -> Result<Option<Supervisor>> {
     Ok(sup)
 }
 
+/// Sysctls of every VRF namespace: a VRF routes between its interfaces and its L3 VNI
+/// (a kernel VRF would share the node's settings, which a routing leaf has on anyway), and
+/// its addresses are usable at once, as the node's are.
+const VRF_SYSCTLS: [(&str, &str); 4] = [
+    ("net.ipv6.conf.default.accept_dad", "0"),
+    ("net.ipv6.conf.all.accept_dad", "0"),
+    ("net.ipv4.ip_forward", "1"),
+    ("net.ipv6.conf.all.forwarding", "1"),
+];
+
+/// Network namespaces of a node (as named for `ip -n`): its own, then its VRFs'.
+fn node_netns_names(lab: &str, node: &Node) -> Vec<String> {
+    std::iter::once(ns::netns_name(lab, &node.name))
+        .chain(
+            node.vrfs
+                .keys()
+                .map(|v| ns::vrf_netns_name(lab, &node.name, v)),
+        )
+        .collect()
+}
+
+/// The namespace that holds `node`'s end `ifname` of a link: the node's, or its VRF's.
+fn link_netns(topo: &Topology, node: &str, ifname: &str) -> String {
+    match topo.nodes.get(node).and_then(|n| n.vrf_of(ifname)) {
+        Some(vrf) => ns::vrf_netns_name(&topo.name, node, vrf),
+        None => ns::netns_name(&topo.name, node),
+    }
+}
+
+/// Brings the node's VRFs up, or repairs them: in the underlay namespace (`underlay`,
+/// `None` for the caller's own), creates each missing L3 VNI VXLAN device and moves it, and
+/// any VRF interface still there (containerlab creates them in the node's namespace), into
+/// the VRF's namespace (`vrf_ns(name)`, for `ip -n`); there, brings the interfaces up with
+/// their addresses and enslaves the VXLAN device to a bridge carrying the Router's MAC.
+///
+/// The VXLAN device is created in the underlay so that its UDP socket stays there (x-netns
+/// VXLAN): encapsulated traffic is routed by the node toward the remote VTEPs.
+fn configure_vrfs(
+    node: &Node,
+    underlay: Option<&str>,
+    vrf_ns: &dyn Fn(&str) -> String,
+) -> Result<()> {
+    if node.vrfs.is_empty() {
+        return Ok(());
+    }
+    let under_links = node_links(underlay)?;
+    let mut under = String::new();
+    let mut inside = Vec::new();
+    for vrf in node.vrfs.values() {
+        let vns = vrf_ns(&vrf.name);
+        let vrf_links = node_links(Some(&vns))?;
+        let mut b = String::from("link set lo up\n");
+        for i in &vrf.interfaces {
+            if !vrf_links.contains(i) && under_links.contains(i) {
+                under.push_str(&format!("link set {i} netns {vns}\n"));
+            }
+            b.push_str(&format!("link set {i} up\n"));
+            for a in node.addresses.get(i).into_iter().flatten() {
+                b.push_str(&format!("addr replace {a} dev {i}\n"));
+            }
+        }
+        if let Some(l) = &vrf.l3vni {
+            let (vx, br) = (l.vxlan_dev(), l.bridge_dev());
+            if !vrf_links.contains(&vx) {
+                if !under_links.contains(&vx) {
+                    under.push_str(&format!(
+                        "link add {vx} type vxlan id {} local {} dstport 4789 nolearning\n",
+                        l.vni, l.vtep
+                    ));
+                }
+                under.push_str(&format!("link set {vx} netns {vns}\n"));
+            }
+            if !vrf_links.contains(&br) {
+                b.push_str(&format!("link add {br} type bridge\n"));
+            }
+            b.push_str(&format!(
+                "link set {br} address {}\nlink set {vx} master {br}\nlink set {vx} up\nlink set {br} up\n",
+                l.rmac
+            ));
+        }
+        inside.push((vrf.name.clone(), vns, b));
+    }
+    if !under.is_empty() {
+        let mut args = Vec::new();
+        if let Some(u) = underlay {
+            args.extend(["-n", u]);
+        }
+        args.extend(["-batch", "-"]);
+        run_ip(&args, Some(&under))
+            .with_context(|| format!("VRF devices of node {}", node.name))?;
+    }
+    for (name, vns, b) in inside {
+        run_ip(&["-n", &vns, "-batch", "-"], Some(&b))
+            .with_context(|| format!("VRF {name} of node {}", node.name))?;
+    }
+    Ok(())
+}
+
 /// Sysctls of a node, the implicit ones first.
 fn node_sysctls(node: &Node) -> Vec<(String, String)> {
     let mut sysctls: Vec<(String, String)> = Vec::new();
@@ -290,13 +411,19 @@ fn node_sysctls(node: &Node) -> Vec<(String, String)> {
     sysctls
 }
 
-/// `ip -batch` input that brings a node's interfaces up with addresses and routes.
+/// `ip -batch` input that brings a node's interfaces outside its VRFs up, with addresses
+/// and routes.
 fn node_ip_batch(node: &Node) -> String {
     let mut b = String::from("link set lo up\n");
-    for i in &node.interfaces {
+    // A VRF's interfaces are configured in its own namespace (configure_vrfs).
+    for i in node.interfaces.iter().filter(|i| node.vrf_of(i).is_none()) {
         b.push_str(&format!("link set {i} up\n"));
     }
-    for (i, addrs) in &node.addresses {
+    for (i, addrs) in node
+        .addresses
+        .iter()
+        .filter(|(i, _)| node.vrf_of(i).is_none())
+    {
         for a in addrs {
             b.push_str(&format!("addr replace {a} dev {i}\n"));
         }
@@ -321,13 +448,17 @@ pub fn node_init(topo: &Topology, node: &str) -> Result<()> {
     set.add(Signal::SIGTERM);
     set.add(Signal::SIGINT);
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)?;
-    // containerlab creates the links after the container has started.
+    // containerlab creates the links after the container has started. A VRF's interface
+    // may already be in the VRF's namespace (node-init restarted).
+    let missing = |i: &String| {
+        crate::wan::ifindex(i).is_none()
+            && !n.vrf_of(i).is_some_and(|v| {
+                ns::is_ns_mount(&Path::new("/run/netns").join(v))
+                    && node_links(Some(v)).is_ok_and(|l| l.contains(i))
+            })
+    };
     let t0 = Instant::now();
-    while n
-        .interfaces
-        .iter()
-        .any(|i| crate::wan::ifindex(i).is_none())
-    {
+    while n.interfaces.iter().any(missing) {
         if t0.elapsed() > Duration::from_secs(300) {
             bail!("interfaces {} did not appear", n.interfaces.join(", "));
         }
@@ -337,6 +468,19 @@ pub fn node_init(topo: &Topology, node: &str) -> Result<()> {
         write_sysctl(&k, &v)?;
     }
     run_ip(&["-batch", "-"], Some(&node_ip_batch(n)))?;
+    // The container's own /run/netns: VRFs are network namespaces here too, named as the
+    // VRF, so the node's daemons (zebra -n) see the same thing as under lab.
+    for vrf in n.vrfs.keys() {
+        ns::create_netns(vrf)?;
+        ns::in_netns(&Path::new("/run/netns").join(vrf), || {
+            for (k, v) in VRF_SYSCTLS {
+                write_sysctl(k, v)?;
+            }
+            Ok(())
+        })
+        .with_context(|| format!("sysctls of VRF {vrf}"))?;
+    }
+    configure_vrfs(n, None, &|v| v.to_string())?;
     let sup = Supervisor::start_here(&topo.name, n)?;
     eprintln!("lab node-init: node {node} of {} configured", topo.name);
     let _ = set.wait();
@@ -546,6 +690,20 @@ pub fn status(topo: &Topology) -> Result<(String, bool)> {
         {
             for l in br.lines().filter(|l| !l.starts_with("lo ")) {
                 out.push_str(&format!("    {l}\n"));
+            }
+        }
+        for vrf in node.vrfs.keys() {
+            let vns = ns::vrf_netns_name(lab, &node.name, vrf);
+            let present = ns::is_ns_mount(&ns::vrf_netns_path(lab, &node.name, vrf));
+            ok &= present;
+            out.push_str(&format!(
+                "  vrf {vrf}: netns {}\n",
+                if present { "ok" } else { "MISSING" }
+            ));
+            if present && let Ok(br) = run_ip(&["-n", &vns, "-br", "addr"], None) {
+                for l in br.lines().filter(|l| !l.starts_with("lo ")) {
+                    out.push_str(&format!("    {l}\n"));
+                }
             }
         }
     }

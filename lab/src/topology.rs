@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 
 use ipnet::IpNet;
@@ -101,6 +101,53 @@ pub struct Node {
     pub run: BTreeMap<String, String>,
     /// Interfaces this node gets from links, in file order.
     pub interfaces: Vec<String>,
+    /// Tenant VRFs (`lab.vrf.*` labels), by name.
+    #[serde(default)]
+    pub vrfs: BTreeMap<String, Vrf>,
+}
+
+impl Node {
+    /// The VRF that interface `ifname` belongs to, if any.
+    pub fn vrf_of(&self, ifname: &str) -> Option<&str> {
+        self.vrfs
+            .values()
+            .find(|v| v.interfaces.iter().any(|i| i == ifname))
+            .map(|v| v.name.as_str())
+    }
+}
+
+/// A tenant VRF of a node. `lab` realizes it as a network namespace of its own (the
+/// kernels it runs on may lack the VRF module); see docs/lab.md.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Vrf {
+    pub name: String,
+    /// Interfaces of the node (from links) that belong to the VRF.
+    pub interfaces: Vec<String>,
+    /// The VRF's EVPN layer-3 VNI, if it has one.
+    pub l3vni: Option<L3Vni>,
+}
+
+/// What an EVPN leaf needs in the kernel for a VRF's L3 VNI: a VXLAN device whose UDP
+/// socket lives in the node's underlay, enslaved to a bridge that carries the Router's MAC.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct L3Vni {
+    pub vni: u32,
+    /// Local VXLAN tunnel endpoint: an IPv4 address of the node's underlay.
+    pub vtep: Ipv4Addr,
+    /// The Router's MAC (the bridge's address), lower-case `aa:bb:cc:dd:ee:ff`.
+    pub rmac: String,
+}
+
+impl L3Vni {
+    /// Name of the VXLAN device (unique per node because VNIs are).
+    pub fn vxlan_dev(&self) -> String {
+        format!("vx{}", self.vni)
+    }
+
+    /// Name of the bridge device.
+    pub fn bridge_dev(&self) -> String {
+        format!("br{}", self.vni)
+    }
 }
 
 /// One veth pair.
@@ -359,6 +406,7 @@ impl Topology {
                 sysctls: BTreeMap::new(),
                 run: BTreeMap::new(),
                 interfaces: interfaces.clone(),
+                vrfs: BTreeMap::new(),
             };
             for (k, v) in &env {
                 if k.is_empty() || k.contains('=') || k.contains('\0') || v.value.contains('\0') {
@@ -489,6 +537,9 @@ fn parse_labels(
     let mut wan_impair: Option<(u64, String)> = None;
     let mut is_wan = false;
     let mut kind_line = 0;
+    // VRFs first: routes and sysctls that name a VRF's interface are refused on their own
+    // line below.
+    let vteps = parse_vrfs(cx, pk, labels, node)?;
     for (k, v) in labels {
         let Some(rest) = k.strip_prefix(LABEL_PREFIX) else {
             // Plain labels are the user's, as in containerlab.
@@ -497,7 +548,9 @@ fn parse_labels(
         let line = v.referenced.line();
         let key = format!("{pk}.labels.{k}");
         let val = v.value.trim();
-        if let Some(ifn) = rest.strip_prefix("addr.") {
+        if rest.starts_with("vrf.") {
+            continue;
+        } else if let Some(ifn) = rest.strip_prefix("addr.") {
             if ifn != "lo" && !node.interfaces.iter().any(|i| i == ifn) {
                 return Err(cx.err(
                     line,
@@ -532,6 +585,16 @@ fn parse_labels(
             if val.is_empty() || val.contains('\n') {
                 return Err(cx.err(line, key, "empty or multi-line value"));
             }
+            // `net.ipv4.conf.IF.*`: a VRF's interface is not in the node's namespace here.
+            if let Some(vrf) = sk.split('.').nth(3).and_then(|i| node.vrf_of(i))
+                && sk.split('.').nth(2) == Some("conf")
+            {
+                return Err(cx.err(
+                    line,
+                    key,
+                    format!("the interface is in VRF `{vrf}`, whose sysctls lab sets itself (forwarding on)"),
+                ));
+            }
             node.sysctls.insert(sk.to_string(), val.to_string());
         } else if let Some(rn) = rest.strip_prefix("run.") {
             if !valid_name(rn, 32) {
@@ -563,9 +626,31 @@ fn parse_labels(
             return Err(cx.err(
                 line,
                 key,
-                "unknown lab label (known: lab.addr.IF, lab.route.ID, lab.sysctl.KEY, lab.run.NAME, lab.kind, lab.wan.ports, lab.wan.impair)",
+                "unknown lab label (known: lab.addr.IF, lab.route.ID, lab.sysctl.KEY, lab.run.NAME, lab.vrf.NAME, lab.vrf.NAME.interfaces, lab.kind, lab.wan.ports, lab.wan.impair)",
             ));
         }
+    }
+    for (line, key, vtep) in vteps {
+        let underlay = node
+            .addresses
+            .iter()
+            .filter(|(i, _)| node.vrf_of(i).is_none())
+            .flat_map(|(_, nets)| nets.iter())
+            .any(|n| n.addr() == IpAddr::V4(vtep));
+        if !underlay {
+            return Err(cx.err(
+                line,
+                key,
+                format!("vtep {vtep} is not an address of the node outside its VRFs (give it with lab.addr.lo or lab.addr.IF)"),
+            ));
+        }
+    }
+    if is_wan && !node.vrfs.is_empty() {
+        return Err(cx.err(
+            kind_line,
+            format!("{pk}.labels.lab.kind"),
+            "a WAN emulator cannot have VRFs",
+        ));
     }
     if !is_wan {
         if let Some((line, _)) = wan_ports.or(wan_impair) {
@@ -620,6 +705,192 @@ fn parse_labels(
     Ok(())
 }
 
+/// A VTEP to find among the node's underlay addresses: line, key, address.
+type VtepCheck = (u64, String, Ipv4Addr);
+
+/// Parses the `lab.vrf.NAME` and `lab.vrf.NAME.interfaces` labels into `node.vrfs`.
+/// Returns the VTEPs to check against the node's addresses once those are parsed.
+fn parse_vrfs(
+    cx: &Ctx,
+    pk: &str,
+    labels: &BTreeMap<String, Spanned<String>>,
+    node: &mut Node,
+) -> Result<Vec<VtepCheck>, TopologyError> {
+    let mut decls: BTreeMap<&str, (u64, &str)> = BTreeMap::new();
+    let mut ifaces: BTreeMap<&str, (u64, &str)> = BTreeMap::new();
+    for (k, v) in labels {
+        let Some(rest) = k.strip_prefix("lab.vrf.") else {
+            continue;
+        };
+        let line = v.referenced.line();
+        let key = format!("{pk}.labels.{k}");
+        let (name, sub) = match rest.split_once('.') {
+            Some((n, s)) => (n, Some(s)),
+            None => (rest, None),
+        };
+        // 15 characters: under containerlab the same name may be a kernel VRF device.
+        if !valid_name(name, 15) || name == "default" {
+            return Err(cx.err(
+                line,
+                key,
+                "VRF names must be 1-15 characters of [A-Za-z0-9_-] and not `default` (FRR's main VRF)",
+            ));
+        }
+        match sub {
+            None => decls.insert(name, (line, v.value.trim())),
+            Some("interfaces") => ifaces.insert(name, (line, v.value.trim())),
+            Some(other) => {
+                return Err(cx.err(
+                    line,
+                    key,
+                    format!(
+                        "unknown VRF label `{other}` (known: lab.vrf.NAME, lab.vrf.NAME.interfaces)"
+                    ),
+                ));
+            }
+        };
+    }
+    if let Some((name, (line, _))) = ifaces.iter().find(|(n, _)| !decls.contains_key(*n)) {
+        return Err(cx.err(
+            *line,
+            format!("{pk}.labels.lab.vrf.{name}.interfaces"),
+            format!("no VRF `{name}` (declare it with a `lab.vrf.{name}` label)"),
+        ));
+    }
+    let mut vteps = Vec::new();
+    let mut vnis: BTreeMap<u32, &str> = BTreeMap::new();
+    for (name, (line, val)) in decls {
+        let key = format!("{pk}.labels.lab.vrf.{name}");
+        let l3vni = parse_l3vni(cx, line, &key, val)?;
+        if let Some(l) = &l3vni {
+            if let Some(other) = vnis.insert(l.vni, name) {
+                return Err(cx.err(
+                    line,
+                    key,
+                    format!("VNI {} is also the L3 VNI of VRF `{other}`", l.vni),
+                ));
+            }
+            for dev in [l.vxlan_dev(), l.bridge_dev()] {
+                if node.interfaces.contains(&dev) {
+                    return Err(cx.err(
+                        line,
+                        key,
+                        format!("lab creates device `{dev}` for this VRF, but a link already gives the node an interface of that name"),
+                    ));
+                }
+            }
+            vteps.push((line, key.clone(), l.vtep));
+        }
+        let mut interfaces: Vec<String> = Vec::new();
+        if let Some((iline, ival)) = ifaces.get(name) {
+            let ikey = format!("{key}.interfaces");
+            for i in ival.split([',', ' ']).filter(|s| !s.is_empty()) {
+                if !node.interfaces.iter().any(|x| x == i) {
+                    return Err(cx.err(
+                        *iline,
+                        ikey,
+                        format!("node has no interface `{i}` (interfaces come from links)"),
+                    ));
+                }
+                if let Some(other) = node.vrf_of(i) {
+                    return Err(cx.err(
+                        *iline,
+                        ikey,
+                        format!("interface `{i}` is already in VRF `{other}`"),
+                    ));
+                }
+                if interfaces.iter().any(|x| x == i) {
+                    return Err(cx.err(*iline, ikey, format!("interface `{i}` is listed twice")));
+                }
+                interfaces.push(i.to_string());
+            }
+            if interfaces.is_empty() {
+                return Err(cx.err(*iline, ikey, "no interfaces"));
+            }
+        }
+        node.vrfs.insert(
+            name.to_string(),
+            Vrf {
+                name: name.to_string(),
+                interfaces,
+                l3vni,
+            },
+        );
+    }
+    Ok(vteps)
+}
+
+/// The value of `lab.vrf.NAME`: empty (a VRF without EVPN), or
+/// `vni=N vtep=IPV4 rmac=MAC` in any order.
+fn parse_l3vni(cx: &Ctx, line: u64, key: &str, val: &str) -> Result<Option<L3Vni>, TopologyError> {
+    if val.is_empty() {
+        return Ok(None);
+    }
+    let bad = |m: String| {
+        cx.err(
+            line,
+            key,
+            format!("`{val}`: {m} (expected `vni=N vtep=IPV4 rmac=MAC`, or an empty value for a VRF without L3 VNI)"),
+        )
+    };
+    let (mut vni, mut vtep, mut rmac) = (None, None, None);
+    for w in val.split_whitespace() {
+        let Some((k, v)) = w.split_once('=') else {
+            return Err(bad(format!("`{w}` is not key=value")));
+        };
+        let dup = match k {
+            "vni" => {
+                let n: u32 = v
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=0xff_ffff).contains(n))
+                    .ok_or_else(|| bad(format!("vni `{v}` is not in 1-16777215")))?;
+                vni.replace(n).is_some()
+            }
+            "vtep" => {
+                // FRR 8.4's EVPN only handles IPv4 VTEPs.
+                let a: Ipv4Addr = v
+                    .parse()
+                    .map_err(|_| bad(format!("vtep `{v}` is not an IPv4 address")))?;
+                vtep.replace(a).is_some()
+            }
+            "rmac" => rmac
+                .replace(parse_unicast_mac(v).ok_or_else(|| {
+                    bad(format!(
+                        "rmac `{v}` is not a unicast MAC address like 02:00:00:00:00:01"
+                    ))
+                })?)
+                .is_some(),
+            _ => return Err(bad(format!("unknown key `{k}`"))),
+        };
+        if dup {
+            return Err(bad(format!("`{k}` given twice")));
+        }
+    }
+    match (vni, vtep, rmac) {
+        (Some(vni), Some(vtep), Some(rmac)) => Ok(Some(L3Vni { vni, vtep, rmac })),
+        _ => Err(bad("needs all of vni, vtep and rmac".into())),
+    }
+}
+
+/// `aa:bb:cc:dd:ee:ff`, lower-cased, if it is a unicast address other than all zeros.
+fn parse_unicast_mac(s: &str) -> Option<String> {
+    let octets: Vec<u8> = s
+        .split(':')
+        .map(|o| {
+            if o.len() == 2 {
+                u8::from_str_radix(o, 16).ok()
+            } else {
+                None
+            }
+        })
+        .collect::<Option<_>>()?;
+    if octets.len() != 6 || octets[0] & 1 == 1 || octets.iter().all(|o| *o == 0) {
+        return None;
+    }
+    Some(s.to_ascii_lowercase())
+}
+
 fn parse_route(
     cx: &Ctx,
     line: u64,
@@ -660,6 +931,11 @@ fn parse_route(
             "dev" => {
                 if !node.interfaces.iter().any(|x| x == arg) {
                     return Err(bad("unknown interface"));
+                }
+                if let Some(vrf) = node.vrf_of(arg) {
+                    return Err(bad(&format!(
+                        "interface `{arg}` is in VRF `{vrf}`; lab.route.* routes are the node's own (its VRFs are routed by their daemons)"
+                    )));
                 }
                 r.dev = Some(arg.to_string());
             }

@@ -35,6 +35,7 @@ fn accepts_a_minimal_file_and_the_shipped_topologies() {
     for f in [
         "topologies/two-dc.clab.yml",
         "topologies/three-dc.clab.yml",
+        "topologies/evpn-leaf.clab.yml",
         "tests/fixtures/small.clab.yml",
     ] {
         Topology::load(&common::fixture(f)).unwrap_or_else(|e| panic!("{f}: {e}"));
@@ -140,6 +141,204 @@ fn bad_values_are_named_with_their_line() {
         assert!(
             e.key.contains(key) || e.message.contains(key),
             "key `{key}` not named:\n{text}\n{e}"
+        );
+    }
+}
+
+/// A leaf `l` (VTEP 10.0.0.1 on lo) with a tenant host `h` on eth2 and an underlay
+/// neighbour `u` on eth1; `labels` start on line 7, one per line.
+fn vrf_file(labels: &[&str]) -> String {
+    format!(
+        "name: x
+topology:
+  nodes:
+    l:
+      kind: linux
+      labels:
+        {}
+        lab.addr.lo: 10.0.0.1/32
+        lab.addr.eth1: 10.1.0.0/31
+    h: {{kind: linux}}
+    u: {{kind: linux}}
+  links:
+    - endpoints: [l:eth2, h:eth1]
+    - endpoints: [l:eth1, u:eth1]
+",
+        labels.join("\n        ")
+    )
+}
+
+#[test]
+fn vrf_labels_are_parsed() {
+    let t = parse(&vrf_file(&[
+        "lab.vrf.tenant: \"vni=10100 vtep=10.0.0.1 rmac=02:AA:00:00:00:01\"",
+        "lab.vrf.tenant.interfaces: eth2",
+        "lab.addr.eth2: 172.16.1.1/24",
+        "lab.vrf.plain: \"\"",
+    ]))
+    .expect("VRF labels");
+    let l = &t.nodes["l"];
+    let v = &l.vrfs["tenant"];
+    assert_eq!(v.interfaces, ["eth2"]);
+    let l3 = v.l3vni.as_ref().expect("L3 VNI");
+    assert_eq!(
+        (l3.vni, l3.vtep.to_string(), l3.rmac.as_str()),
+        (10100, "10.0.0.1".into(), "02:aa:00:00:00:01")
+    );
+    assert_eq!(
+        (l3.vxlan_dev().as_str(), l3.bridge_dev().as_str()),
+        ("vx10100", "br10100")
+    );
+    assert_eq!(l.vrf_of("eth2"), Some("tenant"));
+    assert_eq!(l.vrf_of("eth1"), None);
+    assert!(l.vrfs["plain"].l3vni.is_none() && l.vrfs["plain"].interfaces.is_empty());
+}
+
+#[test]
+fn bad_vrf_labels_are_named_with_their_line() {
+    const L3: &str = "lab.vrf.t: \"vni=10 vtep=10.0.0.1 rmac=02:00:00:00:00:01\"";
+    // (labels, line of the bad one, its key, words of the message)
+    let cases: &[(&[&str], u64, &str, &str)] = &[
+        (
+            &["lab.vrf.t: \"vni=0 vtep=10.0.0.1 rmac=02:00:00:00:00:01\""],
+            7,
+            "lab.vrf.t",
+            "vni `0`",
+        ),
+        (
+            &["lab.vrf.t: \"vni=16777216 vtep=10.0.0.1 rmac=02:00:00:00:00:01\""],
+            7,
+            "lab.vrf.t",
+            "1-16777215",
+        ),
+        (
+            &["lab.vrf.t: \"vni=10 vtep=2001:db8::1 rmac=02:00:00:00:00:01\""],
+            7,
+            "lab.vrf.t",
+            "IPv4",
+        ),
+        (
+            &["lab.vrf.t: \"vni=10 vtep=10.0.0.1 rmac=01:00:00:00:00:01\""],
+            7,
+            "lab.vrf.t",
+            "unicast",
+        ),
+        (
+            &["lab.vrf.t: \"vni=10 vtep=10.0.0.1\""],
+            7,
+            "lab.vrf.t",
+            "needs all",
+        ),
+        (
+            &["lab.vrf.t: \"vni=10 vni=11 vtep=10.0.0.1 rmac=02:00:00:00:00:01\""],
+            7,
+            "lab.vrf.t",
+            "twice",
+        ),
+        (
+            &["lab.vrf.t: \"vni=10 colour=red\""],
+            7,
+            "lab.vrf.t",
+            "unknown key `colour`",
+        ),
+        (
+            &["lab.vrf.t: \"vni=10 vtep=10.9.9.9 rmac=02:00:00:00:00:01\""],
+            7,
+            "lab.vrf.t",
+            "not an address of the node",
+        ),
+        (
+            &["lab.vrf.default: \"\""],
+            7,
+            "lab.vrf.default",
+            "not `default`",
+        ),
+        (
+            &["lab.vrf.a-very-long-vrf-name: \"\""],
+            7,
+            "lab.vrf.a-very-long-vrf-name",
+            "1-15",
+        ),
+        (
+            &["lab.vrf.t.ports: eth2"],
+            7,
+            "lab.vrf.t.ports",
+            "unknown VRF label",
+        ),
+        (
+            &["lab.vrf.t.interfaces: eth2"],
+            7,
+            "lab.vrf.t.interfaces",
+            "no VRF `t`",
+        ),
+        (
+            &[L3, "lab.vrf.t.interfaces: eth9"],
+            8,
+            "lab.vrf.t.interfaces",
+            "no interface `eth9`",
+        ),
+        (
+            &[
+                L3,
+                "lab.vrf.t.interfaces: eth1",
+                "lab.vrf.u: \"\"",
+                "lab.vrf.u.interfaces: eth1",
+            ],
+            10,
+            "lab.vrf.u.interfaces",
+            "already in VRF `t`",
+        ),
+        (
+            &[
+                L3,
+                "lab.vrf.u: \"vni=10 vtep=10.0.0.1 rmac=02:00:00:00:00:02\"",
+            ],
+            8,
+            "lab.vrf.u",
+            "also the L3 VNI of VRF `t`",
+        ),
+        // The VTEP is an underlay address, not one of the VRF's.
+        (
+            &[
+                "lab.vrf.t: \"vni=10 vtep=172.16.1.1 rmac=02:00:00:00:00:01\"",
+                "lab.vrf.t.interfaces: eth2",
+                "lab.addr.eth2: 172.16.1.1/24",
+            ],
+            7,
+            "lab.vrf.t",
+            "not an address of the node",
+        ),
+        (
+            &[
+                L3,
+                "lab.vrf.t.interfaces: eth2",
+                "lab.route.x: 10.9.0.0/16 dev eth2",
+            ],
+            9,
+            "lab.route.x",
+            "in VRF `t`",
+        ),
+        (
+            &[
+                L3,
+                "lab.vrf.t.interfaces: eth2",
+                "lab.sysctl.net.ipv4.conf.eth2.rp_filter: \"0\"",
+            ],
+            9,
+            "lab.sysctl.net.ipv4.conf.eth2.rp_filter",
+            "in VRF `t`",
+        ),
+    ];
+    for (labels, line, key, msg) in cases {
+        let e = err(&vrf_file(labels));
+        assert_eq!(e.line, *line, "wrong line for {labels:?}: {e}");
+        assert!(
+            e.key.ends_with(&format!("labels.{key}")),
+            "key `{key}` not named for {labels:?}: {e}"
+        );
+        assert!(
+            e.message.contains(msg),
+            "`{msg}` not in the message for {labels:?}: {e}"
         );
     }
 }
