@@ -4,8 +4,9 @@
 //! One lab for several checks, in order (bringing the lab up costs more than each check):
 //! - tunnels come up; latency and jitter measured by the probes against what the WAN
 //!   emulator applies (the kernel has no netem here);
-//! - the fabrics' prefixes, announced by gobgpd on each fabric node, reach the mesh through
-//!   bgpctl and come back to the other fabric as type-5 routes over the chosen tunnels;
+//! - the fabrics' prefixes, originated by each datacenter's FRR leaf, reach the mesh through
+//!   bgpctl and come back to the other fabric as type-5 routes over the chosen tunnels, and
+//!   the other leaf installs them in its tenant VRF;
 //! - the two bgpctls of a datacenter advertise the same routes, and kill -9 of one changes
 //!   nothing the fabric holds;
 //! - the controller moves the routes off a transit that fails, within two probe intervals.
@@ -289,6 +290,7 @@ fn two_datacenters_tunnels_routes_and_failover() {
     if !require_root(name)
         || !require_program(name, "wireguard-go")
         || !require_program(name, "gobgpd")
+        || !require_program(name, "vtysh")
     {
         return;
     }
@@ -399,7 +401,7 @@ fn two_datacenters_tunnels_routes_and_failover() {
         "jitter {jitter:.3} ms, the emulator applied {applied_jitter:.3} ms"
     );
 
-    // Routes: each fabric's tenant prefixes, originated by its gobgpd, reach the other
+    // Routes: each fabric's tenant prefixes, originated by its FRR leaf, reach the other
     // fabric through the mesh, next hop a gatewan's VTEP, Router's MAC a tunnel's MAC.
     for (fabric, local_gatewans, vteps, remote_prefixes, rt, vni) in [
         (
@@ -456,49 +458,71 @@ fn two_datacenters_tunnels_routes_and_failover() {
     check_routingctl_on_bgpctl(&lab);
     check_two_bgpctls(&lab);
 
-    // A prefix the par1 fabric withdraws leaves the mesh and the sg1 fabric.
+    // The leaves are FRR: each installs the other datacenter's prefixes in its tenant VRF
+    // through its own datacenter's gatewans (next hop a gatewan VTEP, on the bridge).
+    for (leaf, prefix, vteps) in [
+        ("leaf-sg1", "172.16.2.0/24", ["10.1.255.11", "10.1.255.12"]),
+        ("leaf-par1", "172.16.1.0/24", ["10.2.255.11", "10.2.255.12"]),
+    ] {
+        let mut shown = String::new();
+        let installed = wait_until(Duration::from_secs(15), || {
+            shown = lab
+                .exec(
+                    leaf,
+                    &[
+                        "ip", "netns", "exec", "tenant", "ip", "route", "show", prefix,
+                    ],
+                )
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            vteps
+                .iter()
+                .any(|v| shown.contains(&format!("via {v} dev br")))
+        });
+        assert!(
+            installed,
+            "{leaf} did not install {prefix} via a gatewan VTEP: {shown}"
+        );
+        println!(
+            "{leaf}: {prefix} installed in the tenant VRF via {}",
+            shown.trim().replace('\n', " ")
+        );
+    }
+
+    // A prefix the par1 leaf stops originating (its tenant address is removed) leaves the
+    // mesh and the sg1 fabric.
     let v6 = "2001:db8:a2::/48";
     let del = lab
         .exec(
-            "fabric-par1",
+            "leaf-par1",
             &[
-                "gobgp",
-                "global",
-                "rib",
-                "-a",
-                "evpn",
+                "ip",
+                "netns",
+                "exec",
+                "tenant",
+                "ip",
+                "addr",
                 "del",
-                "prefix",
-                v6,
-                "esi",
-                "0",
-                "etag",
-                "0",
-                "rd",
-                "10.2.255.1:1",
-                "rt",
-                "65002:100",
-                "gw",
-                "::",
-                "label",
-                "10200",
+                "2001:db8:a2::1/48",
+                "dev",
+                "eth6",
             ],
         )
-        .expect("gobgp del");
+        .expect("ip addr del");
     assert!(
         del.status.success(),
-        "gobgp del: {}",
+        "ip addr del: {}",
         String::from_utf8_lossy(&del.stderr)
     );
     let gone = wait_until(Duration::from_secs(10), || {
         fabric_routes(&lab, "fabric-sg1", v6).is_empty()
     });
-    assert!(gone, "{v6} still at fabric-sg1 after par1 withdrew it");
+    assert!(gone, "{v6} still at fabric-sg1 after leaf-par1 withdrew it");
     assert!(
         !fabric_routes(&lab, "fabric-sg1", "172.16.2.0/24").is_empty(),
         "the other prefix went too"
     );
-    println!("{v6} withdrawn at fabric-par1 is gone from fabric-sg1");
+    println!("{v6} withdrawn by leaf-par1 is gone from fabric-sg1");
 
     // Failover: sg1 needs 1.5 Gbps toward par1 (lumen 2 × 1 Gbps, cogent 2 × 500 Mbps), so
     // its controller chose tunnels of both transits. Lumen fails: within two probe
