@@ -83,6 +83,20 @@ struct Step {
     change: Option<Change>,
 }
 
+/// How an operator knows a tunnel, as `routingctl tunnels` names it on its gatewan:
+/// `gatewan01-sg1/sdwan12 to gatewan01-par1 via lumen→cogent`.
+fn label(s: &Snapshot, tunnel: u32) -> String {
+    let e = &s.tunnels[tunnel as usize];
+    format!(
+        "{}/{} to {} via {}→{}",
+        s.gatewans[e.gatewan as usize].name,
+        e.interface,
+        s.gatewans[e.peer as usize].name,
+        s.transits[e.local_transit as usize],
+        s.transits[e.peer_transit as usize]
+    )
+}
+
 fn ms_text(d_ms: u64) -> String {
     if d_ms.is_multiple_of(1000) {
         format!("{}s", d_ms / 1000)
@@ -390,6 +404,7 @@ impl RemoteState {
             let (v, note) = verdict(c);
             candidates.push(Candidate {
                 tunnel: cand.id,
+                interface: e.interface.clone(),
                 gatewan: s.gatewans[e.gatewan as usize].name.clone(),
                 peer: s.gatewans[e.peer as usize].name.clone(),
                 local_transit: s.transits[e.local_transit as usize].clone(),
@@ -476,11 +491,30 @@ impl RemoteState {
                 Rate(chosen_bps)
             )
         };
+        let named = |ids: &mut dyn Iterator<Item = TunnelId>| {
+            ids.filter_map(|id| r.position(id))
+                .map(|c| label(s, r.cands[c as usize].tunnel))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if !set.is_empty() {
+            summary.push_str(": ");
+            summary.push_str(&named(&mut set.iter().map(|&c| r.cands[c as usize].id)));
+        }
         if let Some(pc) = &pending_change {
             summary.push_str(&format!(
                 "; a better set holds since {} ms and applies at {} ms",
                 pc.since_ms, pc.applies_at_ms
             ));
+            if !pc.add.is_empty() {
+                summary.push_str(&format!(", adding {}", named(&mut pc.add.iter().copied())));
+            }
+            if !pc.remove.is_empty() {
+                summary.push_str(&format!(
+                    ", removing {}",
+                    named(&mut pc.remove.iter().copied())
+                ));
+            }
         }
 
         let new_ids: Vec<TunnelId> = set.iter().map(|&c| r.cands[c as usize].id).collect();
@@ -499,6 +533,9 @@ impl RemoteState {
                 causes.push("first decision".to_string());
             }
             for (id, why) in &lost {
+                let id = r
+                    .position(*id)
+                    .map_or_else(|| id.to_string(), |c| label(s, r.cands[c as usize].tunnel));
                 causes.push(format!(
                     "{id} left the healthy set ({})",
                     why.map_or("no longer reported", Verdict::describe)
@@ -512,15 +549,15 @@ impl RemoteState {
                 ));
             } else {
                 for &(c, why) in &immediate.picks {
-                    let id = r.cands[c as usize].id;
-                    if added.contains(&id) && self.decided {
+                    let cand = &r.cands[c as usize];
+                    if added.contains(&cand.id) && self.decided {
                         let reason = match why {
                             Why::Capacity => "capacity short",
                             Why::MinTunnels => "min_tunnels short",
                             Why::Diversity => "diversity",
                             Why::Kept => continue,
                         };
-                        causes.push(format!("{id} added: {reason}"));
+                        causes.push(format!("{} added: {reason}", label(s, cand.tunnel)));
                     }
                 }
                 let dropped = removed.iter().filter(|id| !lost.iter().any(|l| l.0 == **id)).count();

@@ -86,6 +86,7 @@ fn all_tunnels(
                         peer: p.id,
                         local_transit: lt.name.clone(),
                         peer_transit: pt.name.clone(),
+                        interface: format!("sdwan{rd}"),
                         router_mac: [0x02, 0x5d, 0, 0, 0, rd as u8],
                         rd_index: rd,
                         measurements: meas,
@@ -664,7 +665,9 @@ fn adopted_set_is_held_like_an_own_choice() {
         (vec![a], vec![b])
     );
     assert!(
-        h[0].cause.contains(&format!("{b} left the healthy set")),
+        h[0].cause.contains(
+            "gatewan01-sg1/sdwan4 to gatewan01-par1 via cogent→cogent left the healthy set"
+        ),
         "{}",
         h[0].cause
     );
@@ -754,11 +757,11 @@ fn the_first_decision_chooses_no_tunnel_the_need_does_not_ask_for() {
     // tunnel lumen→cogent adds nothing once both are chosen.
     assert_eq!(chosen_ids(&d, "par1"), BTreeSet::from([ll, cc]));
     let x = e.remote("par1").unwrap();
-    assert!(
-        x.summary
-            .starts_with("2 tunnel(s) give 2.0 Gbps for 1.5 Gbps required"),
-        "{}",
-        x.summary
+    assert_eq!(
+        x.summary,
+        "2 tunnel(s) give 2.0 Gbps for 1.5 Gbps required: \
+         gatewan01-sg1/sdwan1 to gatewan01-par1 via lumen→lumen, \
+         gatewan01-sg1/sdwan4 to gatewan01-par1 via cogent→cogent"
     );
 }
 
@@ -786,6 +789,14 @@ fn a_redundant_chosen_tunnel_is_dropped_after_hold_down_while_jitter_reorders_th
                 (pending.since_ms, pending.remove),
                 (0, vec![lc]),
                 "tick {tick}"
+            );
+            let summary = &e.remote("par1").unwrap().summary;
+            assert!(
+                summary.ends_with(
+                    "a better set holds since 0 ms and applies at 30000 ms, \
+                     removing gatewan01-sg1/sdwan2 to gatewan01-par1 via lumen→cogent"
+                ),
+                "{summary}"
             );
         } else {
             assert_eq!(ids, BTreeSet::from([ll, cc]), "tick {tick}");
@@ -897,6 +908,7 @@ fn explanation_serialises() {
     assert_eq!(v["remotes"][0]["datacenter"], "par1");
     assert_eq!(cand["verdict"], "chosen_for_capacity");
     assert_eq!(cand["gatewan"], "gatewan01-sg1");
+    assert_eq!(cand["interface"], "sdwan1");
     assert_eq!(cand["metrics"]["state"], "Established");
     assert!(cand["tunnel"].as_str().unwrap().len() == 36);
     let terms = &cand["terms"];
@@ -1018,6 +1030,12 @@ mod store {
                 wireguard_public_key: vec![slot as u8; 32].into(),
                 vtep: format!("10.0.0.{slot}"),
                 tunnel_slot: Some(slot),
+                // A configured interface prefix names the tunnels' interfaces.
+                tunnel_interface_prefix: if slot == 3 {
+                    "gw".into()
+                } else {
+                    String::new()
+                },
                 ..Default::default()
             })),
         }
@@ -1073,6 +1091,7 @@ mod store {
             .collect();
         let own = PlanSettings {
             pool_v4: "100.0.0.0/8".parse().unwrap(),
+            interface_prefix: "gw".into(),
             ..PlanSettings::default()
         };
         let (planned, problems) = plan(&views[0], &views, &own);
@@ -1138,6 +1157,8 @@ mod store {
             let got = s.tunnel(TunnelId::parse(&t.id).unwrap()).expect("matched");
             assert_eq!(got.router_mac, t.mac);
             assert_eq!(got.rd_index, t.rd_index);
+            assert_eq!(got.interface, t.interface);
+            assert!(got.interface.starts_with("gw"), "{}", got.interface);
             assert_eq!(
                 (got.local_transit.as_str(), got.peer_transit.as_str()),
                 (t.local.transit.as_str(), t.peer.transit.as_str())
