@@ -18,9 +18,12 @@
 //! diverse tunnel is chosen; only max_tunnels stops it (`max_tunnels: 1` runs a single
 //! tunnel).
 //!
-//! Then a prune pass makes the set *minimal*: the greedy picks above can leave a tunnel
-//! that later picks made redundant (a first pick on lumen→cogent, then lumen→lumen and
-//! cogent→cogent for diversity: the first no longer carries anything the need asks for).
+//! Before each step, a prune pass keeps the set *minimal*: the greedy picks above can
+//! leave a tunnel that later picks made redundant (a first pick on lumen→cogent, then
+//! lumen→lumen and cogent→cogent for diversity: the first no longer carries anything the
+//! need asks for). Pruning before each step rather than once at the end lets a slot that
+//! a redundant pick held below max_tunnels go to the next pick.
+//!
 //! Let `S` be the set, `target = min(required capacity, capacity(S))` and `shared(S)` the
 //! failure domains that every tunnel of `S` uses while some healthy candidate avoids them.
 //! `S` is **minimal** when no tunnel `t` of `S` can be removed keeping all of
@@ -31,7 +34,8 @@
 //! The pass tries the tunnels lowest-ranked first and removes each that can go. One pass is
 //! enough: removing tunnels only lowers capacity and count and only adds shared domains,
 //! so a tunnel that could not go from a set cannot go from any subset of it. The order is
-//! the rank (score, then tunnel id), so every bgpctl prunes the same way.
+//! the selection's (the rank, recovering tunnels last), ties by tunnel id, so every bgpctl
+//! prunes the same way.
 //!
 //! Sets are compared by [`Quality`]: less shortfall, then fewer missing for min_tunnels,
 //! then fewer shared failure domains, then fewer tunnels; equal in all that, by the scores
