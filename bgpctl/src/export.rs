@@ -306,6 +306,7 @@ mod tests {
                 peer: p.id,
                 local_transit: "lumen".into(),
                 peer_transit: "lumen".into(),
+                interface: format!("sdwan{n}"),
                 router_mac: [0x02, 0x5d, 0, 0, 0, n],
                 rd_index: u32::from(n),
                 measurements: Measurements::default(),

@@ -93,6 +93,11 @@ async fn run(plan: gatewan::config::GatewanPlan) -> anyhow::Result<()> {
                 .collect(),
             wireguard_public_key: public_key.clone().into(),
             tunnel_slot: plan.tunnels.as_ref().map(|t| t.slot),
+            tunnel_interface_prefix: plan
+                .tunnels
+                .as_ref()
+                .map(|t| t.plan.interface_prefix.clone())
+                .unwrap_or_default(),
             vtep: plan.vtep.map(|v| v.to_string()).unwrap_or_default(),
             ..Default::default()
         },

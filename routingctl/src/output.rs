@@ -612,7 +612,8 @@ pub fn routes(list: &[v1::BgpRoute], f: Format) -> anyhow::Result<String> {
 }
 
 /// `routingctl explain`: the controller's explanation (JSON from bgpctl) as YAML, JSON or
-/// a table of candidates per remote datacenter.
+/// a table of candidates per remote datacenter. The table names tunnels as `routingctl
+/// tunnels` does (interface, peer, transits); YAML and JSON also carry the tunnel id.
 pub fn explain(explanation_json: &str, history_json: &str, f: Format) -> anyhow::Result<String> {
     let explanation: serde_json::Value = serde_json::from_str(explanation_json)?;
     let history: serde_json::Value = serde_json::from_str(history_json)?;
@@ -637,6 +638,9 @@ pub fn explain(explanation_json: &str, history_json: &str, f: Format) -> anyhow:
                 _ => String::new(),
             }
         ));
+        if let Some(summary) = r["summary"].as_str() {
+            out.push_str(&format!("  {summary}\n"));
+        }
         let rows = r["candidates"]
             .as_array()
             .into_iter()
@@ -649,8 +653,9 @@ pub fn explain(explanation_json: &str, history_json: &str, f: Format) -> anyhow:
                     } else {
                         "no".into()
                     },
-                    s(&c["tunnel"]),
+                    s(&c["interface"]),
                     s(&c["gatewan"]),
+                    s(&c["peer"]),
                     format!("{}→{}", s(&c["local_transit"]), s(&c["peer_transit"])),
                     c["score"]
                         .as_f64()
@@ -661,7 +666,14 @@ pub fn explain(explanation_json: &str, history_json: &str, f: Format) -> anyhow:
             .collect();
         out.push_str(&table(
             &[
-                "RANK", "CHOSEN", "TUNNEL", "GATEWAN", "TRANSITS", "SCORE", "WHY",
+                "RANK",
+                "CHOSEN",
+                "INTERFACE",
+                "GATEWAN",
+                "PEER",
+                "TRANSITS",
+                "SCORE",
+                "WHY",
             ],
             rows,
         ));
@@ -672,4 +684,76 @@ pub fn explain(explanation_json: &str, history_json: &str, f: Format) -> anyhow:
         "{changes} decision changes in history (-o yaml shows them)\n"
     ));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn explain_table_names_tunnels_by_interface_peer_and_transits() {
+        let explanation = serde_json::json!({
+            "datacenter": "sg1",
+            "remotes": [{
+                "datacenter": "par1",
+                "required_bps": 1_500_000_000u64,
+                "chosen_bps": 2_000_000_000u64,
+                "shortfall_bps": 0,
+                "summary": "2 tunnel(s) give 2.0 Gbps for 1.5 Gbps required: \
+                            gatewan01-sg1/sdwan1 to gatewan01-par1 via lumen→lumen, \
+                            gatewan01-sg1/sdwan4 to gatewan01-par1 via cogent→cogent",
+                "candidates": [{
+                    "tunnel": "01016c02-016c-0505-0000-000000000000",
+                    "interface": "sdwan1",
+                    "gatewan": "gatewan01-sg1",
+                    "peer": "gatewan01-par1",
+                    "local_transit": "lumen",
+                    "peer_transit": "lumen",
+                    "score": 0.0012,
+                    "rank": 1,
+                    "chosen": true,
+                    "verdict": "chosen_for_capacity"
+                }]
+            }]
+        });
+        let out = explain(&explanation.to_string(), "[]", Format::Table).unwrap();
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(
+            lines[0],
+            "datacenter par1: required 1.5 Gbps, chosen 2.0 Gbps"
+        );
+        assert!(lines[1].contains("gatewan01-sg1/sdwan1 to gatewan01-par1 via lumen→lumen"));
+        let header: Vec<&str> = lines[2].split_whitespace().collect();
+        assert_eq!(
+            header,
+            [
+                "RANK",
+                "CHOSEN",
+                "INTERFACE",
+                "GATEWAN",
+                "PEER",
+                "TRANSITS",
+                "SCORE",
+                "WHY"
+            ]
+        );
+        let row: Vec<&str> = lines[3].split_whitespace().collect();
+        assert_eq!(
+            row,
+            [
+                "1",
+                "yes",
+                "sdwan1",
+                "gatewan01-sg1",
+                "gatewan01-par1",
+                "lumen→lumen",
+                "0.001",
+                "chosen_for_capacity"
+            ]
+        );
+        assert!(
+            !out.contains("01016c02"),
+            "no tunnel id in the table:\n{out}"
+        );
+    }
 }

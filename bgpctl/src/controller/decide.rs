@@ -6,10 +6,16 @@
 //! - A chosen tunnel that leaves the healthy set is dropped at once, and tunnels are added
 //!   at once (in rank order) when the remaining ones no longer meet capacity, min_tunnels
 //!   or diversity.
-//! - Otherwise the chosen set changes only for the *best set*, selected from scratch with
-//!   every chosen tunnel's score improved by the margin (so a newcomer must beat it by the
-//!   margin), once the best set has differed from the chosen one continuously for
-//!   hold_down. That covers replacements and giving back tunnels no longer needed.
+//! - Otherwise the chosen set changes only for a *better set*: the chosen set without its
+//!   redundant tunnels (it is then not minimal, see `select`), or the set a controller
+//!   without history would choose (selected from scratch), when it is strictly better by
+//!   the margin (`select::beats`: better capacity, min_tunnels or diversity, fewer
+//!   tunnels, or else a score sum lower by the margin than what it replaces). The
+//!   hold-down measures how long *a* better set has existed: it starts at the first
+//!   evaluation that finds one and restarts only at an evaluation that finds none, so
+//!   jitter swapping between equally good better sets does not restart it. After
+//!   hold_down, the best set of that moment applies. Changes other than failures are
+//!   therefore at least hold_down apart.
 //! - A tunnel healthy again after being unhealthy is "recovering" for hold_down: it is
 //!   only chosen if the settled tunnels cannot meet the need, so a tunnel whose metrics
 //!   oscillate around max_loss or max_latency does not flap in and out.
@@ -30,7 +36,7 @@ use super::explain::{
 };
 use super::policy::Policy;
 use super::rank::{Ranking, Scales, rank_remote};
-use super::select::{Need, Selection, Stop, Why, max_flow, select};
+use super::select::{Need, Seeds, Selection, Stop, Why, beats, max_flow, roles, select};
 use super::snapshot::{Snapshot, TunnelId, state_name};
 
 /// Changes kept in the history.
@@ -54,7 +60,7 @@ struct RemoteState {
     /// The current choice, in rank order.
     chosen: Vec<TunnelId>,
     decided: bool,
-    /// Since when the best set has differed from the chosen one.
+    /// Since when a better set than the chosen one has existed, at every evaluation.
     pending_since: Option<u64>,
     unhealthy: BTreeSet<TunnelId>,
     /// Recovering tunnels: healthy again since.
@@ -75,6 +81,20 @@ struct Step {
     decision: DatacenterDecision,
     explanation: RemoteExplanation,
     change: Option<Change>,
+}
+
+/// How an operator knows a tunnel, as `routingctl tunnels` names it on its gatewan:
+/// `gatewan01-sg1/sdwan12 to gatewan01-par1 via lumen→cogent`.
+fn label(s: &Snapshot, tunnel: u32) -> String {
+    let e = &s.tunnels[tunnel as usize];
+    format!(
+        "{}/{} to {} via {}→{}",
+        s.gatewans[e.gatewan as usize].name,
+        e.interface,
+        s.gatewans[e.peer as usize].name,
+        s.transits[e.local_transit as usize],
+        s.transits[e.peer_transit as usize]
+    )
 }
 
 fn ms_text(d_ms: u64) -> String {
@@ -269,36 +289,45 @@ impl RemoteState {
             min: p.min_tunnels as usize,
             max: p.max_tunnels as usize,
         };
-        let immediate = select(r, &settled_first, &kept, &need);
-        // The best set, with every chosen tunnel's score improved by the margin.
-        let effective = |c: u32| {
-            let score = r.cands[c as usize].score;
-            if kept.contains(&c) {
-                score * (1.0 - p.margin)
-            } else {
-                score
-            }
+        // What the chosen tunnels become at once: the healthy ones kept, completed when they
+        // no longer meet the need.
+        let immediate = select(r, &settled_first, &kept, &need, Seeds::Keep);
+        let current: Vec<u32> = immediate.picks.iter().map(|p| p.0).collect();
+        // The better set, if any: the current one made minimal (without its redundant
+        // tunnels, completed where that frees a slot below max_tunnels), or the choice from
+        // scratch when that beats it by the margin.
+        let trimmed = select(r, &settled_first, &current, &need, Seeds::Prune);
+        let fresh = select(r, &settled_first, &[], &need, Seeds::Prune);
+        let set_of = |sel: &Selection| sel.picks.iter().map(|p| p.0).collect::<Vec<u32>>();
+        let best: &Selection = if beats(
+            r,
+            &set_of(&fresh),
+            &set_of(&trimmed),
+            &current,
+            p.margin,
+            &settled_first,
+            &need,
+        ) {
+            &fresh
+        } else {
+            &trimmed
         };
-        let mut biased = r.order.clone();
-        biased.sort_by(|&a, &b| {
-            recovering(a)
-                .cmp(&recovering(b))
-                .then(effective(a).total_cmp(&effective(b)))
-                .then(r.cands[a as usize].id.cmp(&r.cands[b as usize].id))
-        });
-        let best = select(r, &biased, &[], &need);
+        let better_exists = best.ids(r) != immediate.ids(r);
 
+        // The hold-down measures how long *a* better set has existed, not one set: jitter
+        // that swaps between equally good better sets must not restart it. When it has
+        // held for hold_down, the best set of that moment applies.
         let mut applied = false;
         let mut pending = None;
-        let chosen_sel: &Selection = if immediate.ids(r) == best.ids(r) {
+        let chosen_sel: &Selection = if !better_exists {
             self.pending_since = None;
-            &best
+            &immediate
         } else {
             let since = *self.pending_since.get_or_insert(now);
             if now.saturating_sub(since) >= hold {
                 self.pending_since = None;
                 applied = true;
-                &best
+                best
             } else {
                 pending = Some(since);
                 &immediate
@@ -308,6 +337,7 @@ impl RemoteState {
         let mut set: Vec<u32> = chosen_sel.picks.iter().map(|p| p.0).collect();
         set.sort_unstable_by_key(|&c| r.rank[c as usize]);
         let chosen_bps = max_flow(r, &set).total;
+        let roles = roles(r, &set, &need);
         let shortfall_bps = need.required_bps.saturating_sub(chosen_bps);
 
         let applies_at = |since: u64| since.saturating_add(hold);
@@ -323,19 +353,19 @@ impl RemoteState {
                 Why::Kept => Verdict::KeptByHoldDown,
             };
             if set.contains(&c) {
-                return match (best.why(c), immediate.why(c)) {
-                    (Some(w), _) => (why_to_verdict(w), None),
-                    (None, Some(Why::Kept)) | (None, None) => (
+                if let Some(since) = pending
+                    && best.why(c).is_none()
+                {
+                    return (
                         Verdict::KeptByHoldDown,
-                        pending.map(|since| {
-                            format!(
-                                "a better set without it holds since {since} ms; it applies at {} ms",
-                                applies_at(since)
-                            )
-                        }),
-                    ),
-                    (None, Some(w)) => (why_to_verdict(w), None),
-                };
+                        Some(format!(
+                            "a better set without it holds since {since} ms; it applies at {} ms",
+                            applies_at(since)
+                        )),
+                    );
+                }
+                let why = roles.iter().find(|x| x.0 == c).map_or(Why::Kept, |x| x.1);
+                return (why_to_verdict(why), None);
             }
             if let Some(since) = pending
                 && best.why(c).is_some()
@@ -374,6 +404,7 @@ impl RemoteState {
             let (v, note) = verdict(c);
             candidates.push(Candidate {
                 tunnel: cand.id,
+                interface: e.interface.clone(),
                 gatewan: s.gatewans[e.gatewan as usize].name.clone(),
                 peer: s.gatewans[e.peer as usize].name.clone(),
                 local_transit: s.transits[e.local_transit as usize].clone(),
@@ -460,11 +491,30 @@ impl RemoteState {
                 Rate(chosen_bps)
             )
         };
+        let named = |ids: &mut dyn Iterator<Item = TunnelId>| {
+            ids.filter_map(|id| r.position(id))
+                .map(|c| label(s, r.cands[c as usize].tunnel))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        if !set.is_empty() {
+            summary.push_str(": ");
+            summary.push_str(&named(&mut set.iter().map(|&c| r.cands[c as usize].id)));
+        }
         if let Some(pc) = &pending_change {
             summary.push_str(&format!(
                 "; a better set holds since {} ms and applies at {} ms",
                 pc.since_ms, pc.applies_at_ms
             ));
+            if !pc.add.is_empty() {
+                summary.push_str(&format!(", adding {}", named(&mut pc.add.iter().copied())));
+            }
+            if !pc.remove.is_empty() {
+                summary.push_str(&format!(
+                    ", removing {}",
+                    named(&mut pc.remove.iter().copied())
+                ));
+            }
         }
 
         let new_ids: Vec<TunnelId> = set.iter().map(|&c| r.cands[c as usize].id).collect();
@@ -483,6 +533,9 @@ impl RemoteState {
                 causes.push("first decision".to_string());
             }
             for (id, why) in &lost {
+                let id = r
+                    .position(*id)
+                    .map_or_else(|| id.to_string(), |c| label(s, r.cands[c as usize].tunnel));
                 causes.push(format!(
                     "{id} left the healthy set ({})",
                     why.map_or("no longer reported", Verdict::describe)
@@ -490,21 +543,21 @@ impl RemoteState {
             }
             if applied {
                 causes.push(format!(
-                    "the best set (better by the margin of {} %, or fewer tunnels meeting the need) held for hold_down ({})",
+                    "a better set (better by the margin of {} %, or fewer tunnels meeting the need) existed for hold_down ({}): the best set of this moment applies",
                     (p.margin * 1000.0).round() / 10.0,
                     ms_text(hold)
                 ));
             } else {
                 for &(c, why) in &immediate.picks {
-                    let id = r.cands[c as usize].id;
-                    if added.contains(&id) && self.decided {
+                    let cand = &r.cands[c as usize];
+                    if added.contains(&cand.id) && self.decided {
                         let reason = match why {
                             Why::Capacity => "capacity short",
                             Why::MinTunnels => "min_tunnels short",
                             Why::Diversity => "diversity",
                             Why::Kept => continue,
                         };
-                        causes.push(format!("{id} added: {reason}"));
+                        causes.push(format!("{} added: {reason}", label(s, cand.tunnel)));
                     }
                 }
                 let dropped = removed.iter().filter(|id| !lost.iter().any(|l| l.0 == **id)).count();

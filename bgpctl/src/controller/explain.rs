@@ -126,6 +126,8 @@ pub struct CandidateMetrics {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Candidate {
     pub tunnel: TunnelId,
+    /// Its interface on the local gatewan, as `routingctl tunnels` names it.
+    pub interface: Arc<str>,
     /// The local gatewan that owns the tunnel.
     pub gatewan: Arc<str>,
     pub peer: Arc<str>,

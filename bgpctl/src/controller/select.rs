@@ -17,6 +17,29 @@
 //! This holds even when capacity and min_tunnels are met by one tunnel: then a second,
 //! diverse tunnel is chosen; only max_tunnels stops it (`max_tunnels: 1` runs a single
 //! tunnel).
+//!
+//! Before each step, a prune pass keeps the set *minimal*: the greedy picks above can
+//! leave a tunnel that later picks made redundant (a first pick on lumen→cogent, then
+//! lumen→lumen and cogent→cogent for diversity: the first no longer carries anything the
+//! need asks for). Pruning before each step rather than once at the end lets a slot that
+//! a redundant pick held below max_tunnels go to the next pick.
+//!
+//! Let `S` be the set, `target = min(required capacity, capacity(S))` and `shared(S)` the
+//! failure domains that every tunnel of `S` uses while some healthy candidate avoids them.
+//! `S` is **minimal** when no tunnel `t` of `S` can be removed keeping all of
+//! - `capacity(S − t) ≥ target` (the need, or what the set gives when it cannot be met),
+//! - `|S − t| ≥ min_tunnels`,
+//! - `shared(S − t) = shared(S)` (no diversity the candidates allow is lost).
+//!
+//! The pass tries the tunnels lowest-ranked first and removes each that can go. One pass is
+//! enough: removing tunnels only lowers capacity and count and only adds shared domains,
+//! so a tunnel that could not go from a set cannot go from any subset of it. The order is
+//! the selection's (the rank, recovering tunnels last), ties by tunnel id, so every bgpctl
+//! prunes the same way.
+//!
+//! Sets are compared by [`Quality`]: less shortfall, then fewer missing for min_tunnels,
+//! then fewer shared failure domains, then fewer tunnels; equal in all that, by the scores
+//! of the tunnels in which they differ (see [`beats`]).
 
 use super::rank::Ranking;
 use super::snapshot::TunnelId;
@@ -264,9 +287,31 @@ fn avoided(r: &Ranking, c: u32, shared: &[Shared]) -> usize {
         .count()
 }
 
+/// Whether the seeds of a selection may be pruned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Seeds {
+    /// Tunnels chosen before stay: dropping one that became redundant is a change, which
+    /// waits for hold-down.
+    Keep,
+    /// Redundant seeds go too: the chosen set made minimal.
+    Prune,
+}
+
 /// Selects from `order` (healthy candidates, most preferred first), starting from `seed`
-/// (candidates chosen before, kept while healthy and within max_tunnels).
-pub(crate) fn select(r: &Ranking, order: &[u32], seed: &[u32], need: &Need) -> Selection {
+/// (candidates chosen before, kept while healthy and within max_tunnels). The picks are
+/// pruned before each step, so a slot that a redundant pick held below max_tunnels is
+/// available to the next pick, and the result is minimal (but for kept seeds).
+///
+/// It ends: each pick strictly raises (capacity up to the need, − shared domains, tunnels
+/// up to min_tunnels) in that order, which a prune leaves as it is, and that triple takes
+/// finitely many values.
+pub(crate) fn select(
+    r: &Ranking,
+    order: &[u32],
+    seed: &[u32],
+    need: &Need,
+    seeds: Seeds,
+) -> Selection {
     let rank = |c: u32| r.rank[c as usize];
     let mut set: Vec<u32> = seed
         .iter()
@@ -281,7 +326,22 @@ pub(crate) fn select(r: &Ranking, order: &[u32], seed: &[u32], need: &Need) -> S
     for &c in &set {
         in_set[c as usize] = true;
     }
+    let mut pos = vec![u32::MAX; r.cands.len()];
+    for (i, &c) in order.iter().enumerate() {
+        pos[c as usize] = i as u32;
+    }
+    // The argument above bounds the loop; this only keeps a mistake from hanging bgpctl.
+    let mut steps = 4 * r.cands.len() + 16;
     let stop = loop {
+        let kept = prune(r, order, &pos, &set, &picks, need, seeds);
+        if kept.len() < set.len() {
+            for &c in &set {
+                in_set[c as usize] = kept.contains(&c);
+            }
+            picks.retain(|p| kept.contains(&p.0));
+            set = kept;
+        }
+        steps = steps.saturating_sub(1);
         let flow = max_flow(r, &set);
         let capacity_short = flow.total < need.required_bps;
         let min_short = set.len() < need.min;
@@ -291,6 +351,9 @@ pub(crate) fn select(r: &Ranking, order: &[u32], seed: &[u32], need: &Need) -> S
         }
         if set.len() >= need.max {
             break Stop::MaxTunnels;
+        }
+        if steps == 0 {
+            break Stop::Exhausted;
         }
         let adds = |c: u32| flow.grows_with(r, c);
         let first_adding = || {
@@ -364,4 +427,126 @@ pub(crate) fn select(r: &Ranking, order: &[u32], seed: &[u32], need: &Need) -> S
         picks.push((c, why));
     };
     Selection { picks, stop }
+}
+
+/// `set` without its redundant tunnels (see the module doc), tried lowest-ranked in
+/// `order` first (`pos`: position in `order`); with [`Seeds::Keep`], never a seed. Never
+/// empties the set.
+fn prune(
+    r: &Ranking,
+    order: &[u32],
+    pos: &[u32],
+    set: &[u32],
+    picks: &[(u32, Why)],
+    need: &Need,
+    seeds: Seeds,
+) -> Vec<u32> {
+    let mut set = set.to_vec();
+    if set.len() <= need.min.max(1) {
+        return set;
+    }
+    let target = need.required_bps.min(max_flow(r, &set).total);
+    let shared = shared_domains(r, &set, order).len();
+    let mut tries: Vec<u32> = picks
+        .iter()
+        .filter(|p| !(seeds == Seeds::Keep && p.1 == Why::Kept))
+        .map(|p| p.0)
+        .collect();
+    // Lowest-ranked first; the candidate index breaks ties the same way everywhere.
+    tries.sort_unstable_by_key(|&c| std::cmp::Reverse((pos[c as usize], c)));
+    for c in tries {
+        let without: Vec<u32> = set.iter().copied().filter(|&s| s != c).collect();
+        // Removing only ever adds shared domains: an equal count is the same domains.
+        let redundant = !without.is_empty()
+            && without.len() >= need.min
+            && max_flow(r, &without).total >= target
+            && shared_domains(r, &without, order).len() == shared;
+        if redundant {
+            set = without;
+        }
+    }
+    set
+}
+
+/// What a set gives for the need, compared field by field: the smaller the better.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Quality {
+    pub shortfall_bps: u64,
+    /// Tunnels missing for min_tunnels.
+    pub min_short: usize,
+    /// Failure domains every tunnel of the set uses while a healthy candidate avoids them.
+    pub shared: usize,
+    pub tunnels: usize,
+}
+
+pub(crate) fn quality(r: &Ranking, set: &[u32], healthy: &[u32], need: &Need) -> Quality {
+    Quality {
+        shortfall_bps: need.required_bps.saturating_sub(max_flow(r, set).total),
+        min_short: need.min.saturating_sub(set.len()),
+        shared: shared_domains(r, set, healthy).len(),
+        tunnels: set.len(),
+    }
+}
+
+/// Whether set `a` is strictly better than set `b` by the margin: a better [`Quality`];
+/// or the same quality, and the tunnels only `a` has score less in sum than the tunnels
+/// only `b` has, a tunnel of `chosen` counting `(1 − margin) ×` its score. Against the
+/// chosen set, a set of as many tunnels must therefore beat what it replaces by the
+/// margin, while a set that meets the need with fewer tunnels is better whatever the
+/// scores.
+pub(crate) fn beats(
+    r: &Ranking,
+    a: &[u32],
+    b: &[u32],
+    chosen: &[u32],
+    margin: f64,
+    healthy: &[u32],
+    need: &Need,
+) -> bool {
+    match quality(r, a, healthy, need).cmp(&quality(r, b, healthy, need)) {
+        std::cmp::Ordering::Less => true,
+        std::cmp::Ordering::Greater => false,
+        std::cmp::Ordering::Equal => {
+            let only = |x: &[u32], y: &[u32]| {
+                let mut v: Vec<u32> = x.iter().copied().filter(|c| !y.contains(c)).collect();
+                // Summed in a fixed order: the same bits on every bgpctl.
+                v.sort_unstable();
+                let mut sum = 0.0;
+                for c in v {
+                    let score = r.cands[c as usize].score;
+                    sum += if chosen.contains(&c) {
+                        score * (1.0 - margin)
+                    } else {
+                        score
+                    };
+                }
+                sum
+            };
+            only(a, b) < only(b, a)
+        }
+    }
+}
+
+/// Why each tunnel of `set` is in it, walking the set in the given order: for capacity
+/// when it raises the capacity of the tunnels before it while those fall short, else for
+/// min_tunnels while those are fewer, else for diversity (in a minimal set, removing it
+/// would leave a failure domain shared).
+pub(crate) fn roles(r: &Ranking, set: &[u32], need: &Need) -> Vec<(u32, Why)> {
+    let mut out = Vec::with_capacity(set.len());
+    let mut before: Vec<u32> = Vec::with_capacity(set.len());
+    let mut flow = 0;
+    for &c in set {
+        before.push(c);
+        let with = max_flow(r, &before).total;
+        let why = if flow < need.required_bps && with > flow {
+            Why::Capacity
+        } else if before.len() <= need.min {
+            Why::MinTunnels
+        } else {
+            Why::Diversity
+        };
+        flow = with;
+        out.push((c, why));
+    }
+    out
 }

@@ -171,6 +171,9 @@ pub struct Tunnel {
     pub peer: NodeId,
     pub local_transit: String,
     pub peer_transit: String,
+    /// Its interface on the local gatewan (e.g. `sdwan12`), as `routingctl tunnels` names
+    /// it: what an operator knows a tunnel by.
+    pub interface: String,
     /// Tunnel MAC: the Router's MAC of its type-5 routes.
     pub router_mac: [u8; 6],
     /// Assigned number of the tunnel's route distinguisher.
@@ -227,6 +230,8 @@ pub(crate) struct TunnelEntry {
     pub peer_transit: u32,
     pub local_iface: u32,
     pub remote_iface: u32,
+    /// `t.interface`, shared by every explanation that names the tunnel.
+    pub interface: Arc<str>,
 }
 
 /// The controller's input. Build it with [`Snapshot::from_store`] in the daemon or
@@ -269,6 +274,16 @@ fn widest_plan_settings() -> PlanSettings {
     }
 }
 
+/// The interface prefix a gatewan announces, when it is one the gatewan could have been
+/// configured with (the record comes from the network); else the default.
+fn interface_prefix(announced: &str) -> Option<String> {
+    let valid = (1..=7).contains(&announced.len())
+        && announced
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    valid.then(|| announced.to_string())
+}
+
 impl Snapshot {
     /// Builds a snapshot from plain values, in any order. Tunnels that are not between a
     /// local gatewan and a known gatewan of another datacenter are listed in
@@ -291,6 +306,7 @@ impl Snapshot {
     ) -> Snapshot {
         let mut gatewans = Vec::new();
         let mut views = Vec::new();
+        let mut prefixes: HashMap<NodeId, String> = HashMap::new();
         for r in store.iter() {
             let Some(Body::Node(n)) = &r.record.body else {
                 continue;
@@ -316,12 +332,19 @@ impl Snapshot {
                 alive: alive(id),
             });
             views.extend(GatewanView::from_record(id, n));
+            if let Some(p) = interface_prefix(&n.tunnel_interface_prefix) {
+                prefixes.insert(id, p);
+            }
         }
-        let settings = widest_plan_settings();
-        // Per local gatewan: tunnel id → (peer, local transit, peer transit, MAC, RD index).
-        type Planned = (NodeId, String, String, [u8; 6], u32);
+        // Per local gatewan: tunnel id → (peer, local transit, peer transit, MAC, RD index,
+        // interface).
+        type Planned = (NodeId, String, String, [u8; 6], u32, String);
         let mut planned: BTreeMap<NodeId, HashMap<TunnelId, Planned>> = BTreeMap::new();
         for v in views.iter().filter(|v| v.datacenter == local_datacenter) {
+            let mut settings = widest_plan_settings();
+            if let Some(p) = prefixes.get(&v.id) {
+                settings.interface_prefix = p.clone();
+            }
             let (tunnels, _problems) = plan(v, &views, &settings);
             let map = tunnels
                 .into_iter()
@@ -335,6 +358,7 @@ impl Snapshot {
                             t.peer.transit,
                             t.mac,
                             t.rd_index,
+                            t.interface,
                         ),
                     ))
                 })
@@ -369,13 +393,14 @@ impl Snapshot {
                     continue;
                 };
                 match plan_of_origin.and_then(|p| p.get(&id)) {
-                    Some((planned_peer, lt, pt, mac, rd)) if *planned_peer == peer => {
+                    Some((planned_peer, lt, pt, mac, rd, interface)) if *planned_peer == peer => {
                         tunnels.push(Tunnel {
                             id,
                             gatewan: origin,
                             peer,
                             local_transit: lt.clone(),
                             peer_transit: pt.clone(),
+                            interface: interface.clone(),
                             router_mac: *mac,
                             rd_index: *rd,
                             measurements: Measurements::from_proto(tm),
@@ -501,6 +526,7 @@ impl Snapshot {
                 (remote_ifaces.len() - 1) as u32
             });
             entries.push(TunnelEntry {
+                interface: Arc::from(t.interface.as_str()),
                 remote: ri as u32,
                 gatewan: gi as u32,
                 peer: pi as u32,

@@ -86,6 +86,7 @@ fn all_tunnels(
                         peer: p.id,
                         local_transit: lt.name.clone(),
                         peer_transit: pt.name.clone(),
+                        interface: format!("sdwan{rd}"),
                         router_mac: [0x02, 0x5d, 0, 0, 0, rd as u8],
                         rd_index: rd,
                         measurements: meas,
@@ -664,7 +665,9 @@ fn adopted_set_is_held_like_an_own_choice() {
         (vec![a], vec![b])
     );
     assert!(
-        h[0].cause.contains(&format!("{b} left the healthy set")),
+        h[0].cause.contains(
+            "gatewan01-sg1/sdwan4 to gatewan01-par1 via cogent→cogent left the healthy set"
+        ),
         "{}",
         h[0].cause
     );
@@ -697,6 +700,155 @@ fn adopted_set_beyond_the_margin_waits_for_hold_down() {
         }
     }
     assert_eq!(switched_at, Some(30));
+    assert_eq!(c.history().len(), 1);
+}
+
+/// The two-datacenter setup of issue 12: one gatewan per datacenter, lumen and cogent at
+/// 1 Gbps each, pairing `all` (four tunnels), 1.5 Gbps required, min_tunnels 2.
+fn issue_12() -> (Vec<Gatewan>, Policy) {
+    let t = [("lumen", G, 0), ("cogent", G, 0)];
+    let gws = vec![gatewan(1, 1, "sg1", &t), gatewan(2, 1, "par1", &t)];
+    let p = Policy {
+        required_capacity: RequiredCapacity {
+            default_bps: 3 * G / 2,
+            datacenters: BTreeMap::new(),
+        },
+        min_tunnels: 2,
+        hold_down: Duration::from_secs(30),
+        ..Policy::default()
+    };
+    (gws, p)
+}
+
+/// Near-equal tunnels, about 1 ms, ranked in the order `order` names them (local→peer).
+fn near_equal(gws: &[Gatewan], order: [(&str, &str); 4]) -> Snapshot {
+    snapshot_with(gws, |lt, pt| {
+        let i = order.iter().position(|&o| o == (lt, pt)).unwrap_or(4) as u32;
+        Measurements {
+            latency_us: 1_000 + 100 * i,
+            ..healthy(1, 0)
+        }
+    })
+}
+
+/// Rank order in which plain rank-order selection first takes a cross tunnel
+/// (lumen→cogent), then lumen→lumen and cogent→cogent for diversity: three tunnels.
+const CROSS_FIRST: [(&str, &str); 4] = [
+    ("lumen", "cogent"),
+    ("cogent", "lumen"),
+    ("lumen", "lumen"),
+    ("cogent", "cogent"),
+];
+/// A jittered variant of it in which lumen→lumen ranks first.
+const STRAIGHT_FIRST: [(&str, &str); 4] = [
+    ("lumen", "lumen"),
+    ("cogent", "cogent"),
+    ("lumen", "cogent"),
+    ("cogent", "lumen"),
+];
+
+#[test]
+fn the_first_decision_chooses_no_tunnel_the_need_does_not_ask_for() {
+    let (gws, p) = issue_12();
+    let (d, e) = decide_once(&near_equal(&gws, CROSS_FIRST), &p);
+    let ll = tunnel_id(&gws[0], "lumen", &gws[1], "lumen");
+    let cc = tunnel_id(&gws[0], "cogent", &gws[1], "cogent");
+    // One tunnel per local transit meets 1.5 Gbps, min_tunnels and diversity; the cross
+    // tunnel lumen→cogent adds nothing once both are chosen.
+    assert_eq!(chosen_ids(&d, "par1"), BTreeSet::from([ll, cc]));
+    let x = e.remote("par1").unwrap();
+    assert_eq!(
+        x.summary,
+        "2 tunnel(s) give 2.0 Gbps for 1.5 Gbps required: \
+         gatewan01-sg1/sdwan1 to gatewan01-par1 via lumen→lumen, \
+         gatewan01-sg1/sdwan4 to gatewan01-par1 via cogent→cogent"
+    );
+}
+
+#[test]
+fn a_redundant_chosen_tunnel_is_dropped_after_hold_down_while_jitter_reorders_the_ranks() {
+    let (gws, p) = issue_12();
+    let lc = tunnel_id(&gws[0], "lumen", &gws[1], "cogent");
+    let ll = tunnel_id(&gws[0], "lumen", &gws[1], "lumen");
+    let cc = tunnel_id(&gws[0], "cogent", &gws[1], "cogent");
+    // The three tunnels of the issue, e.g. adopted from a bgpctl of an earlier version.
+    let mut c = Controller::new(p);
+    c.adopt(&adopted("par1", &[lc, ll, cc]));
+    for tick in 0..150u64 {
+        let order = if tick % 2 == 0 {
+            CROSS_FIRST
+        } else {
+            STRAIGHT_FIRST
+        };
+        let (d, e) = c.decide(&near_equal(&gws, order), tick * 1000);
+        let ids = chosen_ids(&d, "par1");
+        if tick < 30 {
+            assert_eq!(ids.len(), 3, "tick {tick}: dropped before hold_down");
+            let pending = e.remote("par1").unwrap().pending.clone().unwrap();
+            assert_eq!(
+                (pending.since_ms, pending.remove),
+                (0, vec![lc]),
+                "tick {tick}"
+            );
+            let summary = &e.remote("par1").unwrap().summary;
+            assert!(
+                summary.ends_with(
+                    "a better set holds since 0 ms and applies at 30000 ms, \
+                     removing gatewan01-sg1/sdwan2 to gatewan01-par1 via lumen→cogent"
+                ),
+                "{summary}"
+            );
+        } else {
+            assert_eq!(ids, BTreeSet::from([ll, cc]), "tick {tick}");
+        }
+    }
+    let h: Vec<&Change> = c.history().collect();
+    assert_eq!(h.len(), 1, "{h:?}");
+    assert_eq!((h[0].at_ms, h[0].removed.clone()), (30_000, vec![lc]));
+}
+
+#[test]
+fn jitter_between_equally_good_better_sets_does_not_restart_the_hold_down() {
+    // One local gatewan, three remote gatewans: three tunnels of equal quality (each shares
+    // only its peer), so only their scores tell them apart.
+    let local = vec![gatewan(1, 1, "sg1", &[("lumen", 10 * G, 0)])];
+    let peers: Vec<Gatewan> = (1..=3)
+        .map(|i| gatewan(2, i, "par1", &[("lumen", G, 0)]))
+        .collect();
+    let gws: Vec<Gatewan> = local.iter().chain(&peers).cloned().collect();
+    let [a, b, x] = [0, 1, 2].map(|i| tunnel_id(&local[0], "lumen", &peers[i], "lumen"));
+    let mut c = Controller::new(latency_only());
+    c.adopt(&adopted("par1", &[a]));
+    let mut sets = Vec::new();
+    for tick in 0..60u64 {
+        // b and x take turns being the best, each far better than a and within the margin
+        // of each other.
+        let tunnels = all_tunnels(&local, &peers, |_, _, p, _| {
+            healthy(
+                match (p.id.0[1], tick % 2) {
+                    (1, _) => 100,
+                    (2, 0) | (3, 1) => 60,
+                    _ => 62,
+                },
+                0,
+            )
+        });
+        let (d, e) = c.decide(&Snapshot::new("sg1", gws.clone(), tunnels), tick * 1000);
+        if tick < 30 {
+            let pending = e.remote("par1").unwrap().pending.clone();
+            let better = if tick % 2 == 0 { b } else { x };
+            assert_eq!(
+                pending.map(|p| (p.since_ms, p.add)),
+                Some((0, vec![better])),
+                "tick {tick}"
+            );
+        }
+        sets.push(chosen_ids(&d, "par1"));
+    }
+    assert!(sets[..30].iter().all(|s| *s == BTreeSet::from([a])));
+    // At 30 s the best of that moment applies: b (ticks 30, 32, … are even), then stays
+    // while x is better by less than the margin.
+    assert!(sets[30..].iter().all(|s| *s == BTreeSet::from([b])));
     assert_eq!(c.history().len(), 1);
 }
 
@@ -756,6 +908,7 @@ fn explanation_serialises() {
     assert_eq!(v["remotes"][0]["datacenter"], "par1");
     assert_eq!(cand["verdict"], "chosen_for_capacity");
     assert_eq!(cand["gatewan"], "gatewan01-sg1");
+    assert_eq!(cand["interface"], "sdwan1");
     assert_eq!(cand["metrics"]["state"], "Established");
     assert!(cand["tunnel"].as_str().unwrap().len() == 36);
     let terms = &cand["terms"];
@@ -877,6 +1030,12 @@ mod store {
                 wireguard_public_key: vec![slot as u8; 32].into(),
                 vtep: format!("10.0.0.{slot}"),
                 tunnel_slot: Some(slot),
+                // A configured interface prefix names the tunnels' interfaces.
+                tunnel_interface_prefix: if slot == 3 {
+                    "gw".into()
+                } else {
+                    String::new()
+                },
                 ..Default::default()
             })),
         }
@@ -932,6 +1091,7 @@ mod store {
             .collect();
         let own = PlanSettings {
             pool_v4: "100.0.0.0/8".parse().unwrap(),
+            interface_prefix: "gw".into(),
             ..PlanSettings::default()
         };
         let (planned, problems) = plan(&views[0], &views, &own);
@@ -997,6 +1157,8 @@ mod store {
             let got = s.tunnel(TunnelId::parse(&t.id).unwrap()).expect("matched");
             assert_eq!(got.router_mac, t.mac);
             assert_eq!(got.rd_index, t.rd_index);
+            assert_eq!(got.interface, t.interface);
+            assert!(got.interface.starts_with("gw"), "{}", got.interface);
             assert_eq!(
                 (got.local_transit.as_str(), got.peer_transit.as_str()),
                 (t.local.transit.as_str(), t.peer.transit.as_str())
@@ -1353,5 +1515,292 @@ proptest! {
             prop_assert_eq!(serde_json::to_string(&ea).unwrap(), serde_json::to_string(&eb).unwrap());
         }
         prop_assert_eq!(a.history().collect::<Vec<_>>(), b.history().collect::<Vec<_>>());
+    }
+}
+
+// ---- Minimal sets and the hold-down of a better set ----
+
+/// Failure domains that every tunnel of `set` uses while a tunnel of `healthy` avoids
+/// them, by the documented rule and written independently of `select`.
+fn independent_shared(s: &Snapshot, set: &[TunnelId], healthy: &[TunnelId]) -> BTreeSet<String> {
+    let domains = |id: TunnelId| -> BTreeSet<String> {
+        let t = s.tunnel(id).unwrap();
+        BTreeSet::from([
+            format!("gatewan {}", t.gatewan),
+            format!("peer {}", t.peer),
+            format!("transit {}", t.local_transit),
+            format!("transit {}", t.peer_transit),
+        ])
+    };
+    let Some(&first) = set.first() else {
+        return BTreeSet::new();
+    };
+    domains(first)
+        .into_iter()
+        .filter(|d| set.iter().all(|&id| domains(id).contains(d)))
+        .filter(|d| healthy.iter().any(|&h| !domains(h).contains(d)))
+        .collect()
+}
+
+/// A chosen tunnel that could go keeping capacity (up to the need), min_tunnels and
+/// diversity; None when `chosen` is minimal. Meshes without usage only.
+fn redundant_tunnel(
+    s: &Snapshot,
+    required_bps: u64,
+    min_tunnels: u32,
+    chosen: &[TunnelId],
+    healthy: &[TunnelId],
+) -> Option<TunnelId> {
+    let target = required_bps.min(independent_capacity(s, chosen));
+    let shared = independent_shared(s, chosen, healthy);
+    chosen.iter().copied().find(|&t| {
+        let without: Vec<TunnelId> = chosen.iter().copied().filter(|&x| x != t).collect();
+        without.len() >= min_tunnels as usize
+            && independent_capacity(s, &without) >= target
+            && independent_shared(s, &without, healthy) == shared
+    })
+}
+
+/// The healthy candidates and the chosen ones toward `dc`, from an explanation.
+fn healthy_and_chosen(e: &Explanation, dc: &str) -> (Vec<TunnelId>, Vec<TunnelId>) {
+    let x = e.remote(dc).unwrap();
+    let healthy = x.candidates.iter().filter(|c| c.rank.is_some());
+    let chosen = healthy
+        .clone()
+        .filter(|c| c.chosen)
+        .map(|c| c.tunnel)
+        .collect();
+    (healthy.map(|c| c.tunnel).collect(), chosen)
+}
+
+/// Whether set `a` is strictly better than `b` by the margin, by the documented rule and
+/// written independently of `select::beats`: less shortfall, then fewer missing for
+/// min_tunnels, fewer shared failure domains, fewer tunnels; else the scores of the tunnels
+/// only `a` has sum below those only `b` has, the tunnels of `chosen` at (1 − margin).
+#[allow(clippy::too_many_arguments)]
+fn independent_beats(
+    s: &Snapshot,
+    scores: &BTreeMap<TunnelId, f64>,
+    need: (u64, u32),
+    margin: f64,
+    healthy: &[TunnelId],
+    a: &[TunnelId],
+    b: &[TunnelId],
+    chosen: &[TunnelId],
+) -> bool {
+    let key = |x: &[TunnelId]| {
+        (
+            need.0.saturating_sub(independent_capacity(s, x)),
+            (need.1 as usize).saturating_sub(x.len()),
+            independent_shared(s, x, healthy).len(),
+            x.len(),
+        )
+    };
+    let (ka, kb) = (key(a), key(b));
+    if ka != kb {
+        return ka < kb;
+    }
+    let sum = |x: &[TunnelId], y: &[TunnelId]| {
+        let only: BTreeSet<TunnelId> = x.iter().copied().filter(|t| !y.contains(t)).collect();
+        only.iter()
+            .map(|t| {
+                scores[t]
+                    * if chosen.contains(t) {
+                        1.0 - margin
+                    } else {
+                        1.0
+                    }
+            })
+            .sum::<f64>()
+    };
+    sum(a, b) < sum(b, a)
+}
+
+/// A near-equal tunnel's measurements at one probe interval: its mean RTT wanders around
+/// `base_us` (a mean over the probe window moves slowly, so one tunnel can stay ahead for
+/// tens of seconds), jitter of a few hundred µs, now and then a little loss; rounded to
+/// 100 µs as the gatewans gossip them.
+fn jittered(r: &mut Rng, base_us: f64, rtt_us: &mut f64) -> Measurements {
+    *rtt_us = base_us + 0.9 * (*rtt_us - base_us) + r.below(121) as f64 - 60.0;
+    Measurements {
+        latency_us: (rtt_us.max(100.0) as u32) / 100 * 100,
+        jitter_us: (50 + r.below(300) as u32) / 100 * 100,
+        loss_ppm: if r.below(50) == 0 { 500 } else { 0 },
+        ..healthy(1, 0)
+    }
+}
+
+/// Ten minutes of decisions, one per probe interval (1 s), over near-equal tunnels from
+/// `local` to `remote` with jittered metrics. Asserts that the chosen set is minimal from
+/// hold_down + one probe interval on and that changes are at least hold_down apart;
+/// returns the number of changes after the first decision. With `route_changes`, every
+/// 100 s one tunnel's RTT moves by ±400 µs for good (a WAN path change), so that better
+/// sets do come up.
+fn simulate(local: &[Gatewan], remote: &[Gatewan], seed: u64, route_changes: bool) -> usize {
+    const PROBE_MS: u64 = 1_000;
+    let p = Policy {
+        required_capacity: RequiredCapacity {
+            default_bps: 3 * G / 2,
+            datacenters: BTreeMap::new(),
+        },
+        min_tunnels: 2,
+        hold_down: Duration::from_secs(30),
+        ..Policy::default()
+    };
+    let hold = p.hold_down.as_millis() as u64;
+    let mut r = Rng(seed);
+    let mut tunnels = all_tunnels(local, remote, |_, _, _, _| healthy(1, 0));
+    // Near-equal: each tunnel's own base within 100 µs of the others.
+    let mut bases: Vec<f64> = tunnels
+        .iter()
+        .map(|_| 950.0 + r.below(100) as f64)
+        .collect();
+    let mut rtts = bases.clone();
+    let gws: Vec<Gatewan> = local.iter().chain(remote).cloned().collect();
+    let mut s = Snapshot::new("sg1", gws, tunnels.clone());
+    let mut c = Controller::new(p.clone());
+    for tick in 0..600u64 {
+        if route_changes && tick % 100 == 50 {
+            let i = r.below(bases.len() as u64) as usize;
+            let step = if r.below(2) == 0 { -400.0 } else { 400.0 };
+            bases[i] = (bases[i] + step).clamp(600.0, 1_800.0);
+        }
+        for ((t, &base), rtt) in tunnels.iter_mut().zip(&bases).zip(&mut rtts) {
+            let mut m = jittered(&mut r, base, rtt);
+            m.capacity_bps = t.measurements.capacity_bps;
+            t.measurements = m;
+            assert!(s.set_measurements(t.id, m));
+        }
+        let now = tick * PROBE_MS;
+        let (_, e) = c.decide(&s, now);
+        if now >= hold + PROBE_MS {
+            let (healthy, chosen) = healthy_and_chosen(&e, "par1");
+            let extra =
+                redundant_tunnel(&s, p.required_bps("par1"), p.min_tunnels, &chosen, &healthy);
+            assert_eq!(
+                extra,
+                None,
+                "{} s: {:?}",
+                tick,
+                e.remote("par1").unwrap().summary
+            );
+        }
+    }
+    let at: Vec<u64> = c.history().map(|h| h.at_ms).collect();
+    for w in at.windows(2) {
+        assert!(w[1] - w[0] >= hold, "changes at {} and {} ms", w[0], w[1]);
+    }
+    at.len() - 1
+}
+
+#[test]
+fn ten_minutes_of_jitter_over_near_equal_tunnels_keep_a_minimal_set_changed_at_most_once_per_hold_down()
+ {
+    // Two gatewans × two transits in each datacenter: 16 tunnels; and the issue's lab, one
+    // gatewan per datacenter: four tunnels.
+    let (local, remote_gws) = two_by_two();
+    let (lab, _) = issue_12();
+    let mut counts = Vec::new();
+    for route_changes in [false, true] {
+        counts.push((
+            "2×2",
+            route_changes,
+            simulate(&local, &remote_gws, 1, route_changes),
+        ));
+        counts.push((
+            "1×2",
+            route_changes,
+            simulate(&lab[..1], &lab[1..], 1, route_changes),
+        ));
+    }
+    // At most 19 in 10 min with hold_down 30 s.
+    eprintln!(
+        "changes after the first decision in 10 min, (gatewans × transits per datacenter, \
+         route changes, changes): {counts:?}"
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(200))]
+
+    #[test]
+    fn every_chosen_set_is_minimal(seed: u64) {
+        let m = random_mesh(seed, false, false);
+        let s = Snapshot::new("sg1", m.gatewans.clone(), m.tunnels.clone());
+        let (d, e) = decide_once(&s, &m.policy);
+        for r in &d.remotes {
+            let (healthy, chosen) = healthy_and_chosen(&e, &r.datacenter);
+            let extra = redundant_tunnel(&s, r.required_bps, m.policy.min_tunnels, &chosen, &healthy);
+            prop_assert_eq!(extra, None, "{}: {}", r.datacenter, e.remote(&r.datacenter).unwrap().summary);
+        }
+    }
+}
+
+proptest! {
+    // Each case runs a controller over many ticks: fewer cases.
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    #[test]
+    fn a_set_better_by_the_margin_for_longer_than_hold_down_is_applied(seed: u64, walk: u64) {
+        // All tunnels healthy, no usage: only scores move, in steps that hold for a while,
+        // so better sets come and go and some last longer than hold_down.
+        let m = random_mesh(seed, false, true);
+        let hold_ticks = m.policy.hold_down.as_secs();
+        let mut s = Snapshot::new("sg1", m.gatewans.clone(), m.tunnels.clone());
+        let mut c = Controller::new(m.policy.clone());
+        let mut r = Rng(walk);
+        let dcs: Vec<String> = s.remote_datacenters().map(str::to_string).collect();
+        // Per datacenter and tick: whether a better set existed before the decision, and
+        // whether the decision changed the chosen set.
+        let mut better: BTreeMap<&str, Vec<bool>> = BTreeMap::new();
+        let mut changed: BTreeMap<&str, Vec<bool>> = BTreeMap::new();
+        let mut previous: Option<Decision> = None;
+        for tick in 0..90u64 {
+            for t in &m.tunnels {
+                if r.below(12) == 0 {
+                    let mut meas = random_measurements(&mut r, false, true);
+                    meas.capacity_bps = t.measurements.capacity_bps;
+                    s.set_measurements(t.id, meas);
+                }
+            }
+            let (_, fe) = decide_once(&s, &m.policy);
+            let (d, _) = c.decide(&s, tick * 1000);
+            for dc in &dcs {
+                let (healthy, best) = healthy_and_chosen(&fe, dc);
+                let scores: BTreeMap<TunnelId, f64> = fe
+                    .remote(dc)
+                    .unwrap()
+                    .candidates
+                    .iter()
+                    .map(|c| (c.tunnel, c.score))
+                    .collect();
+                let now: Vec<TunnelId> = chosen_ids(&d, dc).into_iter().collect();
+                let (b, ch) = match &previous {
+                    None => (false, true),
+                    Some(p) => {
+                        let before: Vec<TunnelId> = chosen_ids(p, dc).into_iter().collect();
+                        let need = (m.policy.required_bps(dc), m.policy.min_tunnels);
+                        let b = independent_beats(&s, &scores, need, m.policy.margin, &healthy, &best, &before, &before);
+                        (b, before != now)
+                    }
+                };
+                better.entry(dc.as_str()).or_default().push(b);
+                changed.entry(dc.as_str()).or_default().push(ch);
+            }
+            previous = Some(d);
+        }
+        for dc in &dcs {
+            let (b, ch) = (&better[dc.as_str()], &changed[dc.as_str()]);
+            let window = hold_ticks as usize + 1;
+            for t0 in 0..b.len().saturating_sub(window - 1) {
+                if b[t0..t0 + window].iter().all(|&x| x) {
+                    prop_assert!(
+                        ch[t0..t0 + window].iter().any(|&x| x),
+                        "{}: a better set from {} s to {} s, never applied",
+                        dc, t0, t0 + window - 1
+                    );
+                }
+            }
+        }
     }
 }
