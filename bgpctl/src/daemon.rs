@@ -1,8 +1,9 @@
 //! The bgpctl daemon: joins the mesh with role `bgpctl`, runs the controller on every mesh
 //! change, advertises its decision as type-5 routes, and publishes the fabric's routes as
 //! the datacenter's networks. This task owns the controller; the API reads what it
-//! publishes. Before its first decision it adopts the choice the other bgpctl of the
-//! datacenter advertises, as the fabric holds it (ADR 0002).
+//! publishes, and its choice toward each remote datacenter (`Choice` records) in the mesh.
+//! Before its first decision it adopts the choice of the other bgpctl of the datacenter,
+//! from the mesh, else as the fabric holds it (ADR 0002, ADR 0006).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -73,7 +74,8 @@ async fn decide_loop(
         link_bandwidth: plan.link_bandwidth,
     };
     let mut controller = Controller::new(plan.policy.clone());
-    adopt_fabric_choice(&plan.datacenter, &mesh, &speaker, &mut controller).await;
+    adopt_choice(&plan.datacenter, &mesh, &speaker, &mut controller).await;
+    let mut choices: BTreeMap<String, Vec<bytes::Bytes>> = BTreeMap::new();
     let mut mesh_rx = mesh.subscribe();
     let mut received_rx = speaker.subscribe_received();
     // The hold-down timers run on the clock even when the mesh is quiet.
@@ -115,6 +117,7 @@ async fn decide_loop(
             speaker.set_advertised(routes.clone());
             advertised = Some(routes);
         }
+        publish_choices(&plan.datacenter, &mesh, &decision, &mut choices).await;
         view_tx.send_replace(Arc::new(ControllerView {
             explanation: Some(explanation),
             history: controller.history().cloned().collect(),
@@ -131,10 +134,15 @@ fn snapshot_of(datacenter: &str, view: &MeshView) -> Snapshot {
     Snapshot::from_store(datacenter, &view.store, alive)
 }
 
-/// Before the first decision: takes the choice the other bgpctl of the datacenter
-/// advertises, as the fabric holds it, so that both advertise the same tunnels instead of
-/// this one picking its own for a hold-down. A lone bgpctl finds nothing to adopt.
-async fn adopt_fabric_choice(
+/// Before the first decision: takes the choice of the other bgpctl of the datacenter, so
+/// that both advertise the same tunnels instead of this one picking its own for a
+/// hold-down. First from the mesh (its `Choice` records), which holds it whatever the
+/// fabric does: a route reflector reflects one path per route, and while this bgpctl's
+/// own routes are kept stale through its restart they may be that path, so the other's
+/// never reach it. Else from the routes the fabric holds. A lone bgpctl finds nothing.
+/// The wait for the fabric's End-of-RIB happens either way: it holds back the initial
+/// table of a graceful restart.
+async fn adopt_choice(
     datacenter: &str,
     mesh: &MeshHandle,
     speaker: &SpeakerHandle,
@@ -148,7 +156,14 @@ async fn adopt_fabric_choice(
             "fabric peers without End-of-RIB after {FABRIC_SETTLE:?}: deciding with the routes received so far"
         );
     }
-    let held = export::fabric_decision(&received, &snapshot_of(datacenter, &mesh.view()));
+    let view = mesh.view();
+    let (held, from) = match mesh_choice(datacenter, &view) {
+        Some(d) => (d, "the other bgpctl of the datacenter (mesh)"),
+        None => (
+            export::fabric_decision(&received, &snapshot_of(datacenter, &view)),
+            "the fabric",
+        ),
+    };
     if held.remotes.is_empty() {
         return;
     }
@@ -161,10 +176,99 @@ async fn adopt_fabric_choice(
     info!(
         tunnels,
         datacenters = held.remotes.len(),
-        "adopting the choice the fabric holds: {tunnels} tunnels toward {}",
+        "adopting the choice of {from}: {tunnels} tunnels toward {}",
         toward.join(", ")
     );
     controller.adopt(&held);
+}
+
+/// The newest choice, per remote datacenter, of the live bgpctls of `datacenter` other
+/// than us, as a decision to adopt; None when there is none.
+fn mesh_choice(datacenter: &str, view: &MeshView) -> Option<v1::Decision> {
+    let alive = |id: NodeId| {
+        view.members
+            .iter()
+            .any(|m| m.id.node == id && !m.local && m.state == MemberState::Alive)
+    };
+    let mut newest: BTreeMap<&str, (u64, &v1::Choice)> = BTreeMap::new();
+    for r in view.store.iter() {
+        let Some(Body::Choice(c)) = &r.record.body else {
+            continue;
+        };
+        if c.datacenter != datacenter || !alive(r.key.origin) {
+            continue;
+        }
+        let slot = newest.entry(c.remote.as_str()).or_insert((r.version, c));
+        if r.version > slot.0 {
+            *slot = (r.version, c);
+        }
+    }
+    if newest.is_empty() {
+        return None;
+    }
+    Some(v1::Decision {
+        datacenter: datacenter.to_string(),
+        remotes: newest
+            .into_iter()
+            .map(|(remote, (_, c))| v1::DatacenterDecision {
+                datacenter: remote.to_string(),
+                tunnels: c
+                    .tunnels
+                    .iter()
+                    .map(|id| v1::ChosenTunnel {
+                        id: id.clone(),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            })
+            .collect(),
+    })
+}
+
+/// Publishes our choice toward each remote datacenter in the mesh when it changed, and
+/// withdraws those toward datacenters no longer in the decision.
+async fn publish_choices(
+    datacenter: &str,
+    mesh: &MeshHandle,
+    decision: &v1::Decision,
+    published: &mut BTreeMap<String, Vec<bytes::Bytes>>,
+) {
+    let mut now: BTreeMap<String, Vec<bytes::Bytes>> = BTreeMap::new();
+    for r in &decision.remotes {
+        let mut ids: Vec<bytes::Bytes> = r.tunnels.iter().map(|t| t.id.clone()).collect();
+        ids.sort();
+        now.insert(r.datacenter.clone(), ids);
+    }
+    for (remote, ids) in &now {
+        if published.get(remote) == Some(ids) {
+            continue;
+        }
+        let body = Body::Choice(v1::Choice {
+            datacenter: datacenter.to_string(),
+            remote: remote.clone(),
+            tunnels: ids.clone(),
+        });
+        match mesh.publish(body).await {
+            Ok(_) => {
+                published.insert(remote.clone(), ids.clone());
+            }
+            Err(e) => warn!(error = %e, %remote, "cannot publish our choice"),
+        }
+    }
+    let gone: Vec<String> = published
+        .keys()
+        .filter(|r| !now.contains_key(*r))
+        .cloned()
+        .collect();
+    for remote in gone {
+        match mesh.withdraw(v1::RecordKind::Choice, remote.clone()).await {
+            Ok(_) => {
+                published.remove(&remote);
+            }
+            Err(e) => warn!(error = %e, %remote, "cannot withdraw our choice"),
+        }
+    }
 }
 
 /// The routes received from the fabric once every peer in `peers` has sent End-of-RIB,

@@ -82,6 +82,8 @@ pub enum RecordError {
     BadTombstone,
     #[error("tunnel metrics: bad peer id, tunnel id or more than 16 tunnels")]
     BadTunnelMetrics,
+    #[error("choice: bad datacenter name or tunnel id")]
+    BadChoice,
 }
 
 fn fingerprint(bytes: &[u8]) -> u64 {
@@ -122,6 +124,16 @@ pub fn decode_record(bytes: &[u8]) -> Result<StoredRecord, RecordError> {
                 return Err(RecordError::BadTunnelMetrics);
             }
             (RecordKind::TunnelMetrics as i32, peer.to_string())
+        }
+        Body::Choice(c) => {
+            let bad = c.datacenter.len() > MAX_NAME_LEN
+                || c.remote.is_empty()
+                || c.remote.len() > MAX_NAME_LEN
+                || c.tunnels.iter().any(|t| t.len() != 16);
+            if bad {
+                return Err(RecordError::BadChoice);
+            }
+            (RecordKind::Choice as i32, c.remote.clone())
         }
         Body::Tombstone(t) => {
             let known = RecordKind::try_from(t.kind).is_ok_and(|k| k != RecordKind::Unspecified);
