@@ -18,11 +18,11 @@
 //! diverse tunnel is chosen; only max_tunnels stops it (`max_tunnels: 1` runs a single
 //! tunnel).
 //!
-//! Before each step, a prune pass keeps the set *minimal*: the greedy picks above can
-//! leave a tunnel that later picks made redundant (a first pick on lumen→cogent, then
-//! lumen→lumen and cogent→cogent for diversity: the first no longer carries anything the
-//! need asks for). Pruning before each step rather than once at the end lets a slot that
-//! a redundant pick held below max_tunnels go to the next pick.
+//! A prune pass makes the set *minimal*: the greedy picks above can leave a tunnel that
+//! later picks made redundant (a first pick on lumen→cogent, then lumen→lumen and
+//! cogent→cogent for diversity: the first no longer carries anything the need asks for).
+//! It runs at the end, and whenever max_tunnels is reached, so that a slot a redundant
+//! pick held goes to the next pick.
 //!
 //! Let `S` be the set, `target = min(required capacity, capacity(S))` and `shared(S)` the
 //! failure domains that every tunnel of `S` uses while some healthy candidate avoids them.
