@@ -296,18 +296,27 @@ impl RemoteState {
         // The better set, if any: the current one made minimal (without its redundant
         // tunnels, completed where that frees a slot below max_tunnels), or the choice from
         // scratch when that beats it by the margin.
-        let trimmed = select(r, &settled_first, &current, &need, Seeds::Prune);
-        let fresh = select(r, &settled_first, &[], &need, Seeds::Prune);
+        // With nothing kept, `immediate` is already both (the first decision, and every
+        // datacenter of a restarted controller): skip the work.
+        let (trimmed, fresh) = if kept.is_empty() {
+            (immediate.clone(), immediate.clone())
+        } else {
+            (
+                select(r, &settled_first, &current, &need, Seeds::Prune),
+                select(r, &settled_first, &[], &need, Seeds::Prune),
+            )
+        };
         let set_of = |sel: &Selection| sel.picks.iter().map(|p| p.0).collect::<Vec<u32>>();
-        let best: &Selection = if beats(
-            r,
-            &set_of(&fresh),
-            &set_of(&trimmed),
-            &current,
-            p.margin,
-            &settled_first,
-            &need,
-        ) {
+        let best: &Selection = if fresh.ids(r) != trimmed.ids(r)
+            && beats(
+                r,
+                &set_of(&fresh),
+                &set_of(&trimmed),
+                &current,
+                p.margin,
+                &settled_first,
+                &need,
+            ) {
             &fresh
         } else {
             &trimmed

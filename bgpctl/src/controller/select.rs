@@ -18,11 +18,11 @@
 //! diverse tunnel is chosen; only max_tunnels stops it (`max_tunnels: 1` runs a single
 //! tunnel).
 //!
-//! Before each step, a prune pass keeps the set *minimal*: the greedy picks above can
-//! leave a tunnel that later picks made redundant (a first pick on lumen→cogent, then
-//! lumen→lumen and cogent→cogent for diversity: the first no longer carries anything the
-//! need asks for). Pruning before each step rather than once at the end lets a slot that
-//! a redundant pick held below max_tunnels go to the next pick.
+//! A prune pass makes the set *minimal*: the greedy picks above can leave a tunnel that
+//! later picks made redundant (a first pick on lumen→cogent, then lumen→lumen and
+//! cogent→cogent for diversity: the first no longer carries anything the need asks for).
+//! It runs at the end, and whenever max_tunnels is reached, so that a slot a redundant
+//! pick held goes to the next pick.
 //!
 //! Let `S` be the set, `target = min(required capacity, capacity(S))` and `shared(S)` the
 //! failure domains that every tunnel of `S` uses while some healthy candidate avoids them.
@@ -298,9 +298,11 @@ pub(crate) enum Seeds {
 }
 
 /// Selects from `order` (healthy candidates, most preferred first), starting from `seed`
-/// (candidates chosen before, kept while healthy and within max_tunnels). The picks are
-/// pruned before each step, so a slot that a redundant pick held below max_tunnels is
-/// available to the next pick, and the result is minimal (but for kept seeds).
+/// (candidates chosen before, kept while healthy and within max_tunnels). The result is
+/// minimal (but for kept seeds): pruned at the end, and whenever max_tunnels is reached,
+/// so that a slot a redundant pick held goes to the next pick. Pruning in between would
+/// change no stopping condition (a prune keeps capacity up to the need, the shared
+/// domains and min_tunnels as they are) and costs max flows.
 ///
 /// It ends: each pick strictly raises (capacity up to the need, − shared domains, tunnels
 /// up to min_tunnels) in that order, which a prune leaves as it is, and that triple takes
@@ -332,15 +334,20 @@ pub(crate) fn select(
     }
     // The argument above bounds the loop; this only keeps a mistake from hanging bgpctl.
     let mut steps = 4 * r.cands.len() + 16;
-    let stop = loop {
-        let kept = prune(r, order, &pos, &set, &picks, need, seeds);
-        if kept.len() < set.len() {
-            for &c in &set {
-                in_set[c as usize] = kept.contains(&c);
-            }
-            picks.retain(|p| kept.contains(&p.0));
-            set = kept;
+    // Prunes the set; whether that removed anything.
+    let prune_now = |set: &mut Vec<u32>, picks: &mut Vec<(u32, Why)>, in_set: &mut [bool]| {
+        let kept = prune(r, order, &pos, set, picks, need, seeds);
+        if kept.len() == set.len() {
+            return false;
         }
+        for &c in set.iter() {
+            in_set[c as usize] = kept.contains(&c);
+        }
+        picks.retain(|p| kept.contains(&p.0));
+        *set = kept;
+        true
+    };
+    let stop = loop {
         steps = steps.saturating_sub(1);
         let flow = max_flow(r, &set);
         let capacity_short = flow.total < need.required_bps;
@@ -350,6 +357,9 @@ pub(crate) fn select(
             break Stop::Met;
         }
         if set.len() >= need.max {
+            if steps > 0 && prune_now(&mut set, &mut picks, &mut in_set) {
+                continue;
+            }
             break Stop::MaxTunnels;
         }
         if steps == 0 {
@@ -426,6 +436,10 @@ pub(crate) fn select(
         set.insert(at, c);
         picks.push((c, why));
     };
+    if stop != Stop::MaxTunnels {
+        // Nothing added to a subset adds capacity the whole did not: the stop still holds.
+        prune_now(&mut set, &mut picks, &mut in_set);
+    }
     Selection { picks, stop }
 }
 
@@ -456,11 +470,12 @@ fn prune(
     tries.sort_unstable_by_key(|&c| std::cmp::Reverse((pos[c as usize], c)));
     for c in tries {
         let without: Vec<u32> = set.iter().copied().filter(|&s| s != c).collect();
-        // Removing only ever adds shared domains: an equal count is the same domains.
+        // Removing only ever adds shared domains: an equal count is the same domains. The
+        // max flow, the dearest test, comes last.
         let redundant = !without.is_empty()
             && without.len() >= need.min
-            && max_flow(r, &without).total >= target
-            && shared_domains(r, &without, order).len() == shared;
+            && shared_domains(r, &without, order).len() == shared
+            && max_flow(r, &without).total >= target;
         if redundant {
             set = without;
         }
