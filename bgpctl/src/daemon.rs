@@ -76,6 +76,7 @@ async fn decide_loop(
     let mut controller = Controller::new(plan.policy.clone());
     adopt_choice(&plan.datacenter, &mesh, &speaker, &mut controller).await;
     let mut choices: BTreeMap<String, Vec<bytes::Bytes>> = BTreeMap::new();
+    let mut last: Option<v1::Decision> = None;
     let mut mesh_rx = mesh.subscribe();
     let mut received_rx = speaker.subscribe_received();
     // The hold-down timers run on the clock even when the mesh is quiet.
@@ -103,6 +104,9 @@ async fn decide_loop(
         }
         let view = mesh.view();
         let snapshot = snapshot_of(&plan.datacenter, &view);
+        if let Some(lead) = leader_choice(&plan.datacenter, &view, &snapshot, last.as_ref()) {
+            controller.adopt(&lead);
+        }
         let (decision, explanation) = controller.decide(&snapshot, unix_ms());
         let routes = export::routes(
             &decision,
@@ -118,6 +122,7 @@ async fn decide_loop(
             advertised = Some(routes);
         }
         publish_choices(&plan.datacenter, &mesh, &decision, &mut choices).await;
+        last = Some(decision);
         view_tx.send_replace(Arc::new(ControllerView {
             explanation: Some(explanation),
             history: controller.history().cloned().collect(),
@@ -223,6 +228,76 @@ fn mesh_choice(datacenter: &str, view: &MeshView) -> Option<v1::Decision> {
                 ..Default::default()
             })
             .collect(),
+    })
+}
+
+/// Two bgpctls decide alike from the same snapshot only with the same history: started
+/// together, each picks its own first set, and two sets equally good stay apart, since
+/// neither is better by the margin. So a bgpctl follows the live bgpctl of its datacenter
+/// with the lowest node id: toward each remote datacenter where that one's choice differs
+/// from ours and all its tunnels are Established here, we take it (a decision of our own
+/// follows at once whenever one of them is not, as on a failure). No election: the rule
+/// is the same everywhere and needs no message but the choices already in the mesh.
+fn leader_choice(
+    datacenter: &str,
+    view: &MeshView,
+    snapshot: &Snapshot,
+    ours: Option<&v1::Decision>,
+) -> Option<v1::Decision> {
+    let me = view.members.iter().find(|m| m.local)?.id.node;
+    let leader = view
+        .members
+        .iter()
+        .filter(|m| !m.local && m.state == MemberState::Alive && m.id.node < me)
+        .map(|m| m.id.node)
+        .filter(|id| {
+            view.store
+                .node(*id)
+                .is_some_and(|n| n.role == v1::Role::Bgpctl as i32 && n.datacenter == datacenter)
+        })
+        .min()?;
+    let held = |remote: &str| -> Vec<bytes::Bytes> {
+        let mut ids: Vec<bytes::Bytes> = ours
+            .and_then(|d| d.remotes.iter().find(|r| r.datacenter == remote))
+            .map(|r| r.tunnels.iter().map(|t| t.id.clone()).collect())
+            .unwrap_or_default();
+        ids.sort();
+        ids
+    };
+    let established = |id: &bytes::Bytes| {
+        crate::controller::TunnelId::from_slice(id)
+            .and_then(|t| snapshot.tunnel(t))
+            .is_some_and(|t| t.measurements.state == v1::TunnelState::Established)
+    };
+    let remotes: Vec<v1::DatacenterDecision> = view
+        .store
+        .iter()
+        .filter(|r| r.key.origin == leader)
+        .filter_map(|r| match &r.record.body {
+            Some(Body::Choice(c)) if c.datacenter == datacenter => Some(c),
+            _ => None,
+        })
+        .filter(|c| {
+            !c.tunnels.is_empty()
+                && c.tunnels.iter().all(established)
+                && held(&c.remote) != c.tunnels
+        })
+        .map(|c| v1::DatacenterDecision {
+            datacenter: c.remote.clone(),
+            tunnels: c
+                .tunnels
+                .iter()
+                .map(|id| v1::ChosenTunnel {
+                    id: id.clone(),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
+        })
+        .collect();
+    (!remotes.is_empty()).then(|| v1::Decision {
+        datacenter: datacenter.to_string(),
+        remotes,
     })
 }
 

@@ -4,6 +4,7 @@ pub mod daemon;
 pub mod dataplane;
 pub mod mesh;
 pub mod metrics;
+pub mod netlink;
 pub mod probe;
 pub mod state_dir;
 pub mod transit;

@@ -21,6 +21,8 @@ use futures_util::TryStreamExt as _;
 use netlink_packet_route::route::{RouteAddress, RouteAttribute};
 use rtnetlink::Handle;
 
+use crate::netlink::io_err;
+
 use crate::config::Transit;
 
 /// Routing of one transit: both address families share the mark, table and priority
@@ -154,10 +156,6 @@ pub fn plan_routing(
     }
 }
 
-fn io_err(e: impl std::fmt::Display) -> io::Error {
-    io::Error::other(e.to_string())
-}
-
 /// The routes of the main table that have a next hop, both families.
 pub async fn main_table(handle: &Handle) -> io::Result<Vec<MainRoute>> {
     let mut names = BTreeMap::new();
@@ -219,7 +217,7 @@ pub async fn main_table(handle: &Handle) -> io::Result<Vec<MainRoute>> {
 /// Idempotent.
 pub async fn ensure(handle: &Handle, r: &TransitRouting) -> io::Result<()> {
     use netlink_packet_route::rule::{RuleAction, RuleAttribute};
-    let index = interface_index(handle, &r.interface)
+    let index = crate::netlink::link_index(handle, &r.interface)
         .await?
         .ok_or_else(|| {
             io::Error::new(
@@ -294,19 +292,6 @@ pub async fn ensure(handle: &Handle, r: &TransitRouting) -> io::Result<()> {
             .map_err(io_err)?;
     }
     Ok(())
-}
-
-async fn interface_index(handle: &Handle, name: &str) -> io::Result<Option<u32>> {
-    let mut links = handle.link().get().match_name(name.to_string()).execute();
-    match links.try_next().await {
-        Ok(l) => Ok(l.map(|l| l.header.index)),
-        Err(rtnetlink::Error::NetlinkError(m))
-            if m.code.is_some_and(|c| -c.get() == nix::libc::ENODEV) =>
-        {
-            Ok(None)
-        }
-        Err(e) => Err(io_err(e)),
-    }
 }
 
 #[cfg(test)]

@@ -29,37 +29,6 @@ fn sh(ns: &Netns, script: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-static VETHS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-
-fn veth(a: &Netns, a_if: &str, b: &Netns, b_if: &str) {
-    let tmp = format!(
-        "v{}-{}",
-        std::process::id() % 100_000,
-        VETHS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    );
-    run_ok(Command::new("ip").args([
-        "link",
-        "add",
-        &format!("{tmp}a"),
-        "type",
-        "veth",
-        "peer",
-        "name",
-        &format!("{tmp}b"),
-    ]));
-    for (t, ns, name) in [("a", a, a_if), ("b", b, b_if)] {
-        run_ok(Command::new("ip").args([
-            "link",
-            "set",
-            &format!("{tmp}{t}"),
-            "netns",
-            &ns.name,
-            "name",
-            name,
-        ]));
-    }
-}
-
 /// Packets counted by the named nftables counter of table `inet dp`.
 fn nft_counter(ns: &Netns, name: &str) -> u64 {
     sh(ns, &format!("nft list counter inet dp {name}"))
@@ -195,9 +164,9 @@ fn topology() -> Topology {
     let dir = std::env::temp_dir().join(format!("gwdp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
-    veth(&leaf, "fab0", &gw, "fab0");
-    veth(&gw, "wan0", &rem, "wan0");
-    veth(&gw, "transit0", &inet, "transit0");
+    link(&leaf, "fab0", &gw, "fab0");
+    link(&gw, "wan0", &rem, "wan0");
+    link(&gw, "transit0", &inet, "transit0");
     sh(
         &leaf,
         &format!(
@@ -487,7 +456,7 @@ fn reconciling_100_tunnels_is_fast() {
     }
     let gw = Netns::new();
     let peer = Netns::new();
-    veth(&gw, "fab0", &peer, "fab0");
+    link(&gw, "fab0", &peer, "fab0");
     sh(
         &gw,
         "ip addr add 10.9.0.2/30 dev fab0 && ip link set fab0 up && ip addr add 10.9.255.2/32 dev lo",

@@ -127,9 +127,10 @@ impl Controller {
         self.clear_cache();
     }
 
-    /// Takes `previous` as the current choice, e.g. after a restart, from the routes the
-    /// other bgpctl of the datacenter advertises: the hold-down then protects it as if
-    /// this controller had made it.
+    /// Takes `previous` as the current choice, e.g. after a restart, or the choice of the
+    /// other bgpctl of the datacenter it follows: the hold-down then protects it as if
+    /// this controller had just made it (a better set must exist for a whole hold-down
+    /// from now on before it changes on its own).
     pub fn adopt(&mut self, previous: &Decision) {
         for r in &previous.remotes {
             let st = self
@@ -142,6 +143,7 @@ impl Controller {
                 .filter_map(|t| TunnelId::from_slice(&t.id))
                 .collect();
             st.decided = true;
+            st.pending_since = None;
             st.settled = false;
             st.cache = None;
         }

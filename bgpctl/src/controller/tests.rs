@@ -620,6 +620,37 @@ fn adopted(dc: &str, ids: &[TunnelId]) -> Decision {
     }
 }
 
+/// A follower adopts its leader's set while its own clock for a better set runs: the
+/// adopted set gets a whole hold-down of its own, so the follower does not switch on its
+/// own a moment before the leader does (and flap between both).
+#[test]
+fn an_adopted_set_restarts_the_hold_down() {
+    let (gws, _) = single_choice();
+    let a = tunnel_id(&gws[0], "lumen", &gws[1], "lumen");
+    let b = tunnel_id(&gws[0], "cogent", &gws[1], "cogent");
+    // a is better than b by more than the margin: a held b has a better set at once.
+    let s = snapshot_with(&gws, |lt, pt| match (lt, pt) {
+        ("lumen", "lumen") => healthy(100, 0),
+        ("cogent", "cogent") => healthy(200, 0),
+        _ => healthy(250, 0),
+    });
+    let mut c = Controller::new(latency_only());
+    c.adopt(&adopted("par1", &[b]));
+    // 20 s into the 30 s hold-down of the better set a, b is adopted again.
+    for tick in 0..20u64 {
+        let (d, _) = c.decide(&s, tick * 1000);
+        assert_eq!(chosen_ids(&d, "par1"), BTreeSet::from([b]), "tick {tick}");
+    }
+    c.adopt(&adopted("par1", &[b]));
+    // The first clock would have run out at 30 s; the adopted set holds until 50 s.
+    for tick in 20..49u64 {
+        let (d, _) = c.decide(&s, tick * 1000);
+        assert_eq!(chosen_ids(&d, "par1"), BTreeSet::from([b]), "tick {tick}");
+    }
+    let (d, _) = c.decide(&s, 51_000);
+    assert_eq!(chosen_ids(&d, "par1"), BTreeSet::from([a]));
+}
+
 #[test]
 fn adopted_set_is_held_like_an_own_choice() {
     let (gws, _) = single_choice();

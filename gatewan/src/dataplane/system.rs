@@ -30,6 +30,7 @@ use super::plan::{
     VXLAN_DEVICE, VxlanSpec,
 };
 use super::reconcile::{Observed, SeenMacvlan, SeenVxlan, Step};
+use crate::netlink::netlink_err;
 
 /// A VXLAN device's identity as dumped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,18 +120,6 @@ impl Snapshot {
             fdb: self.fdb.clone(),
             sysctls,
         }
-    }
-}
-
-fn io_err(e: impl std::fmt::Display) -> io::Error {
-    io::Error::other(e.to_string())
-}
-
-/// Keeps the kernel's errno of a netlink NACK.
-fn netlink_err(e: rtnetlink::Error) -> io::Error {
-    match &e {
-        rtnetlink::Error::NetlinkError(m) if m.code.is_some() => m.to_io(),
-        _ => io_err(e),
     }
 }
 
@@ -449,21 +438,7 @@ impl System {
     }
 
     pub async fn link_index(&self, name: &str) -> io::Result<Option<u32>> {
-        let mut links = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_string())
-            .execute();
-        match links.try_next().await {
-            Ok(l) => Ok(l.map(|l| l.header.index)),
-            Err(rtnetlink::Error::NetlinkError(m))
-                if m.code.is_some_and(|c| -c.get() == libc_enodev()) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(netlink_err(e)),
-        }
+        crate::netlink::link_index(&self.handle, name).await
     }
 
     async fn require(&self, name: &str) -> io::Result<u32> {
@@ -502,10 +477,6 @@ impl System {
         }
         Ok(writes)
     }
-}
-
-fn libc_enodev() -> i32 {
-    nix::libc::ENODEV
 }
 
 fn parse_rule(r: &RuleMessage, v6: bool) -> Option<Rule> {

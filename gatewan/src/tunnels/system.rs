@@ -16,6 +16,7 @@ use wireguard_control::{
 };
 
 use super::reconcile::{SeenTunnel, Step, WantedTunnel};
+use crate::netlink::{io_err, netlink_err};
 
 /// Which WireGuard implementation to drive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,18 +77,6 @@ fn quiet_ipv6(interface: &str) {
             tracing::debug!(path, error = %e, "cannot set IPv6 sysctl on tunnel interface");
         }
     }
-}
-
-/// Keeps the kernel's errno of a netlink NACK (callers retry on some).
-fn netlink_err(e: rtnetlink::Error) -> io::Error {
-    match &e {
-        rtnetlink::Error::NetlinkError(m) if m.code.is_some() => m.to_io(),
-        _ => io_err(e),
-    }
-}
-
-fn io_err(e: impl std::fmt::Display) -> io::Error {
-    io::Error::other(e.to_string())
 }
 
 impl System {
@@ -156,24 +145,8 @@ impl System {
         Ok(out)
     }
 
-    /// A request for one link, not a dump: a netlink socket runs one dump at a time and
-    /// answers EBUSY to another, and tunnels are configured side by side.
     pub async fn link_index(&self, name: &str) -> io::Result<Option<u32>> {
-        let mut links = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_string())
-            .execute();
-        match links.try_next().await {
-            Ok(l) => Ok(l.map(|l| l.header.index)),
-            Err(rtnetlink::Error::NetlinkError(m))
-                if m.code.is_some_and(|c| -c.get() == nix::libc::ENODEV) =>
-            {
-                Ok(None)
-            }
-            Err(e) => Err(netlink_err(e)),
-        }
+        crate::netlink::link_index(&self.handle, name).await
     }
 
     async fn addresses(&self, index: u32) -> io::Result<BTreeSet<IpNet>> {
