@@ -69,6 +69,7 @@ fn metric(id: &[u8; 16], i: u64) -> v1::TunnelMetric {
             0
         },
         capacity_bps: 10 * G,
+        vtep: String::new(),
     }
 }
 

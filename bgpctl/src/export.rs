@@ -43,17 +43,25 @@ pub fn networks_by_datacenter(store: &StateStore) -> BTreeMap<String, BTreeSet<I
     out
 }
 
-/// The VTEPs of every gatewan in the mesh.
+/// The VTEPs of every gatewan in the mesh, and of every tunnel that has its own.
 pub fn gatewan_vteps(store: &StateStore) -> BTreeSet<IpAddr> {
-    store
-        .iter()
-        .filter_map(|r| match &r.record.body {
+    let mut out = BTreeSet::new();
+    for r in store.iter() {
+        match &r.record.body {
             Some(v1::record::Body::Node(n)) if n.role == v1::Role::Gatewan as i32 => {
-                n.vtep.parse().ok()
+                out.extend(n.vtep.parse::<IpAddr>().ok());
             }
-            _ => None,
-        })
-        .collect()
+            Some(v1::record::Body::TunnelMetrics(m)) => {
+                out.extend(
+                    m.tunnels
+                        .iter()
+                        .filter_map(|t| t.vtep.parse::<IpAddr>().ok()),
+                );
+            }
+            _ => {}
+        }
+    }
+    out
 }
 
 /// The RD of a tunnel's routes (ADR 0002): type 0, the administrator a hash of the
@@ -154,8 +162,9 @@ pub fn fabric_decision(received: &ReceivedRoutes, snapshot: &Snapshot) -> v1::De
     let mut by_rd: HashMap<RouteDistinguisher, (IpAddr, &Tunnel)> = HashMap::new();
     let mut by_mac: HashMap<(IpAddr, [u8; 6]), &Tunnel> = HashMap::new();
     for t in snapshot.tunnels() {
-        // Without a VTEP a gatewan's tunnels have no routes (see `routes`).
-        let Some(&(vtep, _)) = vteps.get(&t.gatewan) else {
+        // Its own VTEP, else its gatewan's; without either it has no routes (`routes`).
+        let own = t.vtep.parse::<IpAddr>().ok().map(|v| v.to_canonical());
+        let Some(vtep) = own.or_else(|| vteps.get(&t.gatewan).map(|v| v.0)) else {
             continue;
         };
         by_rd.insert(tunnel_rd(t.id, t.rd_index), (vtep, t));
@@ -173,8 +182,7 @@ pub fn fabric_decision(received: &ReceivedRoutes, snapshot: &Snapshot) -> v1::De
         let Some(t) = tunnel else {
             continue;
         };
-        let (Some(dc), Some(&(_, vtep))) = (snapshot.datacenter_of(t.id), vteps.get(&t.gatewan))
-        else {
+        let Some(dc) = snapshot.datacenter_of(t.id) else {
             continue;
         };
         let weight = r.route.link_bandwidth.unwrap_or(0);
@@ -189,7 +197,8 @@ pub fn fabric_decision(received: &ReceivedRoutes, snapshot: &Snapshot) -> v1::De
                 peer: t.peer.0.to_vec().into(),
                 local_transit: t.local_transit.clone(),
                 peer_transit: t.peer_transit.clone(),
-                vtep: vtep.to_string(),
+                // The tunnel's VTEP (its own, or its gatewan's), as the route carries it.
+                vtep: next_hop.to_string(),
                 router_mac: t.router_mac.to_vec().into(),
                 rd_index: t.rd_index,
                 weight_bps: weight,
@@ -309,6 +318,7 @@ mod tests {
                 interface: format!("sdwan{n}"),
                 router_mac: [0x02, 0x5d, 0, 0, 0, n],
                 rd_index: u32::from(n),
+                vtep: String::new(),
                 measurements: Measurements::default(),
             }
         }

@@ -840,6 +840,11 @@ pub struct FabricConfig {
     /// VXLAN UDP port, 4789 by default.
     #[serde(default)]
     pub port: Option<Spanned<u32>>,
+    /// An IPv4 prefix the fabric routes to this gatewan: each tunnel gets its own VTEP
+    /// address from it, the next hop of its type-5 routes, so leaves that keep one Router's
+    /// MAC per next hop (Linux, FRR) tell the tunnels apart (ADR 0007).
+    #[serde(default)]
+    pub tunnel_vteps: Option<Spanned<String>>,
 }
 
 /// A static network of this datacenter (`networks[]`), for a datacenter without EVPN.
@@ -856,6 +861,8 @@ pub struct NetworkConfig {
 pub struct DataplanePlan {
     pub fabric: crate::dataplane::plan::FabricSettings,
     pub static_networks: Vec<crate::dataplane::plan::LocalNetwork>,
+    /// `fabric.tunnel_vteps`: the pool of per-tunnel VTEP addresses.
+    pub tunnel_vteps: Option<ipnet::Ipv4Net>,
 }
 
 /// Linux interface names: 1 to 15 bytes, no '/', no whitespace, not "." or "..".
@@ -1015,6 +1022,44 @@ impl GatewanConfig {
             }
             None => None,
         };
+        let tunnel_vteps = f.and_then(|f| f.tunnel_vteps.as_ref()).and_then(|t| match t
+            .value
+            .parse::<ipnet::Ipv4Net>(
+        ) {
+            Ok(n) if n.trunc() != n => {
+                c.error(
+                    Some(t),
+                    "fabric.tunnel_vteps",
+                    format!("{n} has host bits set: write {}", n.trunc()),
+                );
+                None
+            }
+            Ok(n) if n.prefix_len() > 30 => {
+                c.error(
+                    Some(t),
+                    "fabric.tunnel_vteps",
+                    "give at least a /30: one address per tunnel of this gatewan",
+                );
+                None
+            }
+            Ok(n) if vtep.is_some_and(|v| n.contains(&v)) => {
+                c.error(
+                    Some(t),
+                    "fabric.tunnel_vteps",
+                    "must not hold fabric.vtep: the pool is for the tunnels' own VTEPs",
+                );
+                None
+            }
+            Ok(n) => Some(n),
+            Err(_) => {
+                c.error(
+                    Some(t),
+                    "fabric.tunnel_vteps",
+                    format!("{:?} is not an IPv4 prefix, e.g. 10.1.254.0/26", t.value),
+                );
+                None
+            }
+        });
         if c.errors.len() > before {
             return None;
         }
@@ -1026,6 +1071,7 @@ impl GatewanConfig {
                 port,
             },
             static_networks,
+            tunnel_vteps,
         })
     }
 }
@@ -1346,6 +1392,33 @@ transits:
         ))
         .unwrap();
         assert!(p.dataplane.is_none() && p.vtep.is_some());
+    }
+
+    #[test]
+    fn tunnel_vteps_is_a_pool_apart_from_the_vtep() {
+        let with = |pool: &str| {
+            format!("{GOOD}{DATAPLANE}").replace(
+                "  interface: eth0\n",
+                &format!("  interface: eth0\n  tunnel_vteps: {pool}\n"),
+            )
+        };
+        let p = load(&with("10.1.254.0/27")).unwrap();
+        assert_eq!(
+            p.dataplane.unwrap().tunnel_vteps,
+            Some("10.1.254.0/27".parse().unwrap())
+        );
+        for (pool, says) in [
+            ("10.1.254.1/27", "host bits"),
+            ("10.1.254.0/31", "at least a /30"),
+            ("10.1.255.0/24", "must not hold fabric.vtep"),
+            ("fd00::/64", "not an IPv4 prefix"),
+        ] {
+            let e = one_error(&with(pool));
+            assert!(
+                e.contains(":19: fabric.tunnel_vteps") && e.contains(says),
+                "{pool}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -181,6 +181,11 @@ fn start_tunnels(
         },
         resync: std::time::Duration::from_secs(10),
         routing: routing.into_iter().collect(),
+        tunnel_vteps: plan
+            .dataplane
+            .as_ref()
+            .and_then(|d| d.tunnel_vteps)
+            .map(|pool| (pool, plan.state_dir.join("tunnel-vteps"))),
     };
     Ok(manager::spawn(cfg, member.mesh.clone())?)
 }
@@ -253,6 +258,7 @@ async fn start_dataplane(
             datacenter: plan.datacenter.clone(),
             static_networks: d.static_networks.clone(),
             resync: std::time::Duration::from_secs(2),
+            tunnel_vteps: d.tunnel_vteps,
         },
         member.mesh.clone(),
         tunnels.table.clone(),

@@ -273,6 +273,9 @@ struct TunnelView<N, U, P> {
     target_datacenter: String,
     interface: String,
     router_mac: String,
+    /// The tunnel's own VTEP (`fabric.tunnel_vteps`); absent when it uses the gatewan's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vtep: Option<String>,
     rd: String,
     started_at: String,
     local_info: EndInfo,
@@ -291,6 +294,7 @@ fn view<N, U, P>(t: &v1::TunnelInfo, networks: N, usage: U, probe: P) -> TunnelV
         target_datacenter: t.target_datacenter.clone(),
         interface: t.interface.clone(),
         router_mac: t.router_mac.clone(),
+        vtep: (!t.vtep.is_empty()).then(|| t.vtep.clone()),
         rd: t.rd.clone(),
         started_at: rfc3339(t.started_at_unix_ms).unwrap_or_default(),
         local_info: end(&t.local_info),

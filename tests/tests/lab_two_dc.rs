@@ -120,16 +120,23 @@ fn fabric_routes(lab: &RunningLab, fabric: &str, prefix: &str) -> Vec<(String, S
 
 /// Router's MAC → local transit of every tunnel of the datacenter's gatewans.
 fn tunnel_macs(lab: &RunningLab, gatewans: &[&str]) -> Vec<(String, String)> {
+    tunnel_ends(lab, gatewans)
+        .into_iter()
+        .map(|(mac, transit, _)| (mac, transit))
+        .collect()
+}
+
+/// (Router's MAC, local transit, own VTEP) of every tunnel of the datacenter's gatewans.
+fn tunnel_ends(lab: &RunningLab, gatewans: &[&str]) -> Vec<(String, String, String)> {
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
     gatewans
         .iter()
         .flat_map(|g| tunnels(lab, g))
         .map(|t| {
             (
-                t["router_mac"].as_str().unwrap_or_default().to_string(),
-                t["meta"]["local_transit"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .to_string(),
+                text(&t["router_mac"]),
+                text(&t["meta"]["local_transit"]),
+                text(&t["vtep"]),
             )
         })
         .collect()
@@ -182,8 +189,10 @@ fn check_routingctl_on_bgpctl(lab: &RunningLab) {
     for r in &advertised {
         assert_eq!(r["direction"], "advertised", "{r}");
         assert!(
-            ["10.1.255.11", "10.1.255.12"].contains(&r["next_hop"].as_str().unwrap_or("")),
-            "next hop of an advertised route is a local gatewan's VTEP: {r}"
+            r["next_hop"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("10.1.254.")),
+            "next hop of an advertised route is a tunnel's own VTEP (fabric.tunnel_vteps): {r}"
         );
         assert_eq!(r["route_targets"], serde_json::json!(["65001:100"]), "{r}");
     }
@@ -194,7 +203,7 @@ fn check_routingctl_on_bgpctl(lab: &RunningLab) {
     for l in lines {
         assert!(
             l.starts_with("*> [type:Prefix][rd:")
-                && l.contains("][prefix:172.16.2.0/24] [10100] 10.1.255.1")
+                && l.contains("][prefix:172.16.2.0/24] [10100] 10.1.254.")
                 && l.contains("router's mac: ")
                 && l.contains("encap: VXLAN")
                 && l.contains("rt: 65001:100"),
@@ -469,12 +478,12 @@ fn two_datacenters_tunnels_routes_and_failover() {
     );
 
     // Routes: each fabric's tenant prefixes, originated by its FRR leaf, reach the other
-    // fabric through the mesh, next hop a gatewan's VTEP, Router's MAC a tunnel's MAC.
-    for (fabric, local_gatewans, vteps, remote_prefixes, rt, vni) in [
+    // fabric through the mesh, next hop the tunnel's own VTEP (fabric.tunnel_vteps),
+    // Router's MAC the tunnel's MAC.
+    for (fabric, local_gatewans, remote_prefixes, rt, vni) in [
         (
             "fabric-sg1",
             ["gatewan01-sg1", "gatewan02-sg1"],
-            ["10.1.255.11", "10.1.255.12"],
             ["172.16.2.0/24", "2001:db8:a2::/48"],
             "65001:100",
             "[10100]",
@@ -482,13 +491,12 @@ fn two_datacenters_tunnels_routes_and_failover() {
         (
             "fabric-par1",
             ["gatewan01-par1", "gatewan02-par1"],
-            ["10.2.255.11", "10.2.255.12"],
             ["172.16.1.0/24", "2001:db8:a1::/48"],
             "65002:100",
             "[10200]",
         ),
     ] {
-        let macs = tunnel_macs(&lab, &local_gatewans);
+        let ends = tunnel_ends(&lab, &local_gatewans);
         for prefix in remote_prefixes {
             let mut routes = Vec::new();
             let there = wait_until(Duration::from_secs(15), || {
@@ -497,10 +505,9 @@ fn two_datacenters_tunnels_routes_and_failover() {
             });
             assert!(there, "{fabric} has no route for {prefix}");
             for (next_hop, mac, line) in &routes {
-                assert!(vteps.contains(&next_hop.as_str()), "next hop: {line}");
                 assert!(
-                    macs.iter().any(|(m, _)| m == mac),
-                    "Router's MAC not a tunnel's: {line}"
+                    ends.iter().any(|(m, _, v)| m == mac && v == next_hop),
+                    "not a tunnel's MAC with its own VTEP as next hop: {line}\n{ends:?}"
                 );
                 assert!(
                     line.contains(rt) && line.contains("[VXLAN]") && line.contains(vni),
@@ -528,8 +535,8 @@ fn two_datacenters_tunnels_routes_and_failover() {
     // The leaves are FRR: each installs the other datacenter's prefixes in its tenant VRF
     // through its own datacenter's gatewans (next hop a gatewan VTEP, on the bridge).
     for (leaf, prefix, vteps) in [
-        ("leaf-sg1", "172.16.2.0/24", ["10.1.255.11", "10.1.255.12"]),
-        ("leaf-par1", "172.16.1.0/24", ["10.2.255.11", "10.2.255.12"]),
+        ("leaf-sg1", "172.16.2.0/24", ["10.1.254."]),
+        ("leaf-par1", "172.16.1.0/24", ["10.2.254."]),
     ] {
         let mut shown = String::new();
         let installed = wait_until(Duration::from_secs(15), || {
@@ -542,9 +549,7 @@ fn two_datacenters_tunnels_routes_and_failover() {
                 )
                 .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
                 .unwrap_or_default();
-            vteps
-                .iter()
-                .any(|v| shown.contains(&format!("via {v} dev br")))
+            vteps.iter().any(|v| shown.contains(&format!("via {v}"))) && shown.contains("dev br")
         });
         assert!(
             installed,
@@ -553,6 +558,40 @@ fn two_datacenters_tunnels_routes_and_failover() {
         println!(
             "{leaf}: {prefix} installed in the tenant VRF via {}",
             shown.trim().replace('\n', " ")
+        );
+    }
+
+    // The journey of the packets: host → leaf → VXLAN → gatewan → WireGuard tunnel →
+    // gatewan → VXLAN → leaf → host, IPv4 and IPv6, both ways.
+    for (from, to) in [
+        ("host-sg1", "172.16.2.10"),
+        ("host-sg1", "2001:db8:a2::10"),
+        ("host-par1", "172.16.1.10"),
+        ("host-par1", "2001:db8:a1::10"),
+    ] {
+        let mut last = String::new();
+        let answered = wait_until(Duration::from_secs(20), || {
+            match lab.exec(from, &["ping", "-n", "-c", "3", "-i", "0.2", "-W", "1", to]) {
+                Ok(o) => {
+                    last = String::from_utf8_lossy(&o.stdout).into_owned();
+                    o.status.success()
+                }
+                Err(e) => {
+                    last = e.to_string();
+                    false
+                }
+            }
+        });
+        assert!(
+            answered,
+            "{from} cannot reach {to} across the SD-WAN:\n{last}"
+        );
+        println!(
+            "{from} -> {to}: {}",
+            last.lines()
+                .rev()
+                .find(|l| l.contains("packets transmitted"))
+                .unwrap_or("")
         );
     }
 

@@ -452,7 +452,12 @@ impl RemoteState {
                     peer: e.t.peer.0.to_vec().into(),
                     local_transit: e.t.local_transit.clone(),
                     peer_transit: e.t.peer_transit.clone(),
-                    vtep: g.vtep.clone(),
+                    // Its own VTEP when its gatewan gives one (and it is an address).
+                    vtep: if e.t.vtep.parse::<std::net::IpAddr>().is_ok() {
+                        e.t.vtep.clone()
+                    } else {
+                        g.vtep.clone()
+                    },
                     router_mac: e.t.router_mac.to_vec().into(),
                     rd_index: e.t.rd_index,
                     // What the tunnel could carry alone: tunnels sharing an interface then

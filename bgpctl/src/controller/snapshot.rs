@@ -178,6 +178,9 @@ pub struct Tunnel {
     pub router_mac: [u8; 6],
     /// Assigned number of the tunnel's route distinguisher.
     pub rd_index: u32,
+    /// The tunnel's own VTEP (`fabric.tunnel_vteps` of its gatewan), as its gatewan
+    /// reports it; empty when its routes use the gatewan's VTEP.
+    pub vtep: String,
     pub measurements: Measurements,
 }
 
@@ -403,6 +406,7 @@ impl Snapshot {
                             interface: interface.clone(),
                             router_mac: *mac,
                             rd_index: *rd,
+                            vtep: tm.vtep.clone(),
                             measurements: Measurements::from_proto(tm),
                         });
                     }

@@ -89,6 +89,7 @@ fn all_tunnels(
                         interface: format!("sdwan{rd}"),
                         router_mac: [0x02, 0x5d, 0, 0, 0, rd as u8],
                         rd_index: rd,
+                        vtep: String::new(),
                         measurements: meas,
                     });
                 }
@@ -1833,5 +1834,33 @@ proptest! {
                 }
             }
         }
+    }
+}
+
+/// A tunnel with its own VTEP (`fabric.tunnel_vteps`) is chosen with it, so its routes
+/// carry it as next hop; one without, or with a VTEP that is no address, with its
+/// gatewan's (ADR 0007).
+#[test]
+fn a_tunnel_with_its_own_vtep_is_chosen_with_it() {
+    let local = vec![gatewan(1, 1, "sg1", &[("lumen", G, 0)])];
+    let remote_gws: Vec<Gatewan> = (1..=3)
+        .map(|i| gatewan(2, i, "par1", &[("lumen", 100 * M, 0)]))
+        .collect();
+    let mut tunnels = all_tunnels(&local, &remote_gws, |_, _, _, _| healthy(10, 0));
+    tunnels[0].vtep = "10.1.254.1".into();
+    tunnels[1].vtep = "not an address".into();
+    let own = tunnels[0].id;
+    let gws: Vec<Gatewan> = local.iter().chain(&remote_gws).cloned().collect();
+    let gatewan_vtep = gws[0].vtep.clone();
+    let (d, _) = decide_once(&Snapshot::new("sg1", gws, tunnels), &policy());
+    let r = remote(&d, "par1");
+    assert_eq!(r.tunnels.len(), 3);
+    for t in &r.tunnels {
+        let want = if t.id.as_ref() == own.0 {
+            "10.1.254.1"
+        } else {
+            gatewan_vtep.as_str()
+        };
+        assert_eq!(t.vtep, want);
     }
 }

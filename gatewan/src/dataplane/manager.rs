@@ -24,6 +24,9 @@ pub struct DataplaneConfig {
     /// `networks[]` of the config.
     pub static_networks: Vec<LocalNetwork>,
     pub resync: Duration,
+    /// `fabric.tunnel_vteps`: made local (any address of it), so VXLAN sent to a tunnel's
+    /// own VTEP is received (ADR 0007).
+    pub tunnel_vteps: Option<ipnet::Ipv4Net>,
 }
 
 /// What `/metrics` shows.
@@ -220,6 +223,11 @@ async fn run(
             if reported.insert(p.to_string()) {
                 warn!(problem = %p, "network not used by the data plane");
             }
+        }
+        if let Some(pool) = cfg.tunnel_vteps
+            && let Err(e) = system.ensure_local_pool(pool).await
+        {
+            warn!(error = %e, %pool, "cannot make fabric.tunnel_vteps local; retried");
         }
         match reconcile_with(&system, &inputs, started.elapsed() >= STARTUP_HOLD).await {
             Ok(report) => {

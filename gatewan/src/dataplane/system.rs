@@ -437,6 +437,26 @@ impl System {
         }
     }
 
+    /// Makes every address of `pool` local (`ip route replace local POOL dev lo table
+    /// local`): the tunnels' own VTEPs, without an address per tunnel. Idempotent.
+    pub async fn ensure_local_pool(&self, pool: ipnet::Ipv4Net) -> io::Result<()> {
+        let lo = self.require("lo").await?;
+        let route = rtnetlink::RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(pool.network(), pool.prefix_len())
+            .table_id(255) // the kernel's local table
+            .kind(RouteType::Local)
+            .scope(RouteScope::Host)
+            .output_interface(lo)
+            .build();
+        self.handle
+            .route()
+            .add(route)
+            .replace()
+            .execute()
+            .await
+            .map_err(netlink_err)
+    }
+
     pub async fn link_index(&self, name: &str) -> io::Result<Option<u32>> {
         crate::netlink::link_index(&self.handle, name).await
     }

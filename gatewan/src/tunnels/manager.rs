@@ -55,6 +55,8 @@ pub struct ManagerConfig {
     pub resync: Duration,
     /// Source routing per local transit name (transits with a gateway).
     pub routing: HashMap<String, crate::transit::TransitRouting>,
+    /// `fabric.tunnel_vteps` and the file in state_dir that keeps the assignment.
+    pub tunnel_vteps: Option<(ipnet::Ipv4Net, std::path::PathBuf)>,
 }
 
 /// What the API shows.
@@ -194,6 +196,7 @@ fn info_row(
     report: Option<&ProbeReport>,
     cfg: &ManagerConfig,
     view: &MeshView,
+    vtep: Option<std::net::Ipv4Addr>,
 ) -> v1::TunnelInfo {
     let t = &row.tunnel;
     let end = |e: &super::plan::TunnelEnd| v1::TunnelEndInfo {
@@ -249,6 +252,7 @@ fn info_row(
         local_info: Some(end(&t.local)),
         peer_info: Some(end(&t.peer)),
         index: t.index,
+        vtep: vtep.map(|v| v.to_string()).unwrap_or_default(),
     }
 }
 
@@ -279,6 +283,7 @@ fn metrics_record(peer: NodeId, rows: &[v1::TunnelInfo]) -> Body {
                 rx_bps: r.rx_bps / 100_000 * 100_000,
                 tx_bps: r.tx_bps / 100_000 * 100_000,
                 capacity_bps: r.capacity_bps,
+                vtep: r.vtep.clone(),
             })
             .collect(),
     })
@@ -302,6 +307,11 @@ async fn run(
     let mut rows: BTreeMap<String, Row> = BTreeMap::new();
     let mut reported_problems: HashSet<String> = HashSet::new();
     let mut published: HashMap<NodeId, Vec<v1::TunnelMetric>> = HashMap::new();
+    let mut vteps = cfg
+        .tunnel_vteps
+        .as_ref()
+        .map(|(_, path)| super::vtep::load(path))
+        .unwrap_or_default();
     let reports = probes.reports();
     let mut reports_rx = probes.reports();
     loop {
@@ -428,6 +438,20 @@ async fn run(
                 }
                 Err(e) => warn!(error = %e, "cannot observe tunnel interfaces"),
             }
+            if let Some((pool, path)) = &cfg.tunnel_vteps {
+                let mut ids: Vec<&str> = planned.iter().map(|t| t.id.as_str()).collect();
+                ids.sort_unstable();
+                let next = super::vtep::assign(&vteps, &ids, *pool);
+                if next != vteps {
+                    if next.by_tunnel.len() < ids.len() {
+                        warn!(%pool, tunnels = ids.len(), "fabric.tunnel_vteps has too few addresses: some tunnels use the gatewan's VTEP");
+                    }
+                    if let Err(e) = super::vtep::save(path, &next) {
+                        warn!(error = %e, path = %path.display(), "cannot save the tunnels' VTEP addresses");
+                    }
+                    vteps = next;
+                }
+            }
             let now = SystemTime::now();
             let keep: HashSet<&str> = planned.iter().map(|t| t.id.as_str()).collect();
             rows.retain(|id, _| keep.contains(id.as_str()));
@@ -481,7 +505,10 @@ async fn run(
         let reports_now = reports.borrow().clone();
         let table: Vec<v1::TunnelInfo> = rows
             .values()
-            .map(|r| info_row(r, reports_now.get(&r.tunnel.id), &cfg, &view))
+            .map(|r| {
+                let vtep = vteps.by_tunnel.get(&r.tunnel.id).copied();
+                info_row(r, reports_now.get(&r.tunnel.id), &cfg, &view, vtep)
+            })
             .collect();
         // Gossip: one record per peer gatewan, only when it changed.
         let mut by_peer: BTreeMap<NodeId, Vec<v1::TunnelInfo>> = BTreeMap::new();

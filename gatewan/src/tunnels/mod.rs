@@ -6,3 +6,4 @@ pub mod manager;
 pub mod plan;
 pub mod reconcile;
 pub mod system;
+pub mod vtep;
