@@ -75,7 +75,7 @@ async fn decide_loop(
     };
     let mut controller = Controller::new(plan.policy.clone());
     adopt_choice(&plan.datacenter, &mesh, &speaker, &mut controller).await;
-    let mut choices: BTreeMap<String, Vec<bytes::Bytes>> = BTreeMap::new();
+    let mut choices: BTreeMap<String, v1::Choice> = BTreeMap::new();
     let mut last: Option<v1::Decision> = None;
     let mut mesh_rx = mesh.subscribe();
     let mut received_rx = speaker.subscribe_received();
@@ -307,41 +307,61 @@ async fn publish_choices(
     datacenter: &str,
     mesh: &MeshHandle,
     decision: &v1::Decision,
-    published: &mut BTreeMap<String, Vec<bytes::Bytes>>,
+    published: &mut BTreeMap<String, v1::Choice>,
 ) {
-    let mut now: BTreeMap<String, Vec<bytes::Bytes>> = BTreeMap::new();
-    for r in &decision.remotes {
-        let mut ids: Vec<bytes::Bytes> = r.tunnels.iter().map(|t| t.id.clone()).collect();
-        ids.sort();
-        now.insert(r.datacenter.clone(), ids);
-    }
-    for (remote, ids) in &now {
-        if published.get(remote) == Some(ids) {
+    let now: BTreeMap<String, v1::Choice> = decision
+        .remotes
+        .iter()
+        .map(|r| {
+            let mut tunnels: Vec<bytes::Bytes> = r.tunnels.iter().map(|t| t.id.clone()).collect();
+            tunnels.sort();
+            let choice = v1::Choice {
+                datacenter: datacenter.to_string(),
+                remote: r.datacenter.clone(),
+                tunnels,
+            };
+            (r.datacenter.clone(), choice)
+        })
+        .collect();
+    sync_records(mesh, v1::RecordKind::Choice, &now, published, |c| {
+        Body::Choice(c.clone())
+    })
+    .await;
+}
+
+/// Publishes the records of `desired` that differ from what `published` holds, and
+/// withdraws those of names no longer desired: what bgpctl keeps in the mesh.
+async fn sync_records<V: Clone + PartialEq>(
+    mesh: &MeshHandle,
+    kind: v1::RecordKind,
+    desired: &BTreeMap<String, V>,
+    published: &mut BTreeMap<String, V>,
+    body: impl Fn(&V) -> Body,
+) {
+    for (name, v) in desired {
+        if published.get(name) == Some(v) {
             continue;
         }
-        let body = Body::Choice(v1::Choice {
-            datacenter: datacenter.to_string(),
-            remote: remote.clone(),
-            tunnels: ids.clone(),
-        });
-        match mesh.publish(body).await {
+        match mesh.publish(body(v)).await {
             Ok(_) => {
-                published.insert(remote.clone(), ids.clone());
+                info!(?kind, %name, "published");
+                published.insert(name.clone(), v.clone());
             }
-            Err(e) => warn!(error = %e, %remote, "cannot publish our choice"),
+            Err(e) => warn!(error = %e, ?kind, %name, "cannot publish"),
         }
     }
     let gone: Vec<String> = published
         .keys()
-        .filter(|r| !now.contains_key(*r))
+        .filter(|n| !desired.contains_key(*n))
         .cloned()
         .collect();
-    for remote in gone {
-        match mesh.withdraw(v1::RecordKind::Choice, remote.clone()).await {
+    for name in gone {
+        match mesh.withdraw(kind, name.clone()).await {
             Ok(_) => {
-                published.remove(&remote);
+                info!(?kind, %name, "withdrawn");
+                published.remove(&name);
             }
-            Err(e) => warn!(error = %e, %remote, "cannot withdraw our choice"),
+            Err(e) => warn!(error = %e, ?kind, %name, "cannot withdraw"),
         }
     }
 }
@@ -375,29 +395,8 @@ async fn sync_networks(
     learned: &BTreeMap<String, v1::Network>,
     published: &mut BTreeMap<String, v1::Network>,
 ) {
-    for (prefix, n) in learned {
-        if published.get(prefix) != Some(n) {
-            match mesh.publish(Body::Network(n.clone())).await {
-                Ok(_) => {
-                    info!(%prefix, vtep = %n.vtep, "network learned from the fabric");
-                    published.insert(prefix.clone(), n.clone());
-                }
-                Err(e) => warn!(error = %e, %prefix, "cannot publish network"),
-            }
-        }
-    }
-    let gone: Vec<String> = published
-        .keys()
-        .filter(|p| !learned.contains_key(*p))
-        .cloned()
-        .collect();
-    for prefix in gone {
-        match mesh.withdraw(v1::RecordKind::Network, prefix.clone()).await {
-            Ok(_) => {
-                info!(%prefix, "network withdrawn by the fabric");
-                published.remove(&prefix);
-            }
-            Err(e) => warn!(error = %e, %prefix, "cannot withdraw network"),
-        }
-    }
+    sync_records(mesh, v1::RecordKind::Network, learned, published, |n| {
+        Body::Network(n.clone())
+    })
+    .await;
 }
