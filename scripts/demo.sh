@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The demo: two datacenters (sg1, par1) on one host with `lab` (lab/topologies/two-dc.clab.yml):
-# per datacenter a fabric route reflector (gobgpd) announcing the tenant prefixes, two
-# gatewans on two IP transits (lumen, cogent) behind WAN emulators, and a bgpctl.
+# per datacenter a fabric route reflector (gobgpd), an FRR EVPN leaf originating the tenant
+# prefixes with a tenant host behind it, two gatewans on two IP transits (lumen, cogent)
+# behind WAN emulators, routed by one default route each, and two bgpctls.
 # It shows the tunnels and their measurements, the type-5 routes the fabric receives and
 # why the controller chose them; then fails the lumen transit and shows the routes move.
 # The lab is torn down at the end (or stays with KEEP=1: `lab down` it yourself).
@@ -19,7 +20,7 @@ say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 on() { local node=$1; shift; lab exec -t "$TOPO" "$node" -- "$@"; }
 bgpctl() { on "$1" routingctl --socket /run/bgpctl/bgpctl.sock "${@:2}"; }
 
-say "lab up: 16 nodes, gatewans, bgpctls and gobgpd start by themselves"
+say "lab up: 20 nodes; gatewans, bgpctls, gobgpd and FRR start by themselves"
 lab down "$TOPO" >/dev/null 2>&1 || true
 lab up "$TOPO"
 
