@@ -215,18 +215,7 @@ fn mesh_choice(datacenter: &str, view: &MeshView) -> Option<v1::Decision> {
         datacenter: datacenter.to_string(),
         remotes: newest
             .into_iter()
-            .map(|(remote, (_, c))| v1::DatacenterDecision {
-                datacenter: remote.to_string(),
-                tunnels: c
-                    .tunnels
-                    .iter()
-                    .map(|id| v1::ChosenTunnel {
-                        id: id.clone(),
-                        ..Default::default()
-                    })
-                    .collect(),
-                ..Default::default()
-            })
+            .map(|(_, (_, c))| remote_decision(c))
             .collect(),
     })
 }
@@ -282,23 +271,29 @@ fn leader_choice(
                 && c.tunnels.iter().all(established)
                 && held(&c.remote) != c.tunnels
         })
-        .map(|c| v1::DatacenterDecision {
-            datacenter: c.remote.clone(),
-            tunnels: c
-                .tunnels
-                .iter()
-                .map(|id| v1::ChosenTunnel {
-                    id: id.clone(),
-                    ..Default::default()
-                })
-                .collect(),
-            ..Default::default()
-        })
+        .map(remote_decision)
         .collect();
     (!remotes.is_empty()).then(|| v1::Decision {
         datacenter: datacenter.to_string(),
         remotes,
     })
+}
+
+/// Another bgpctl's choice toward one remote datacenter, as a decision to adopt (only the
+/// tunnel ids matter to `Controller::adopt`).
+fn remote_decision(c: &v1::Choice) -> v1::DatacenterDecision {
+    v1::DatacenterDecision {
+        datacenter: c.remote.clone(),
+        tunnels: c
+            .tunnels
+            .iter()
+            .map(|id| v1::ChosenTunnel {
+                id: id.clone(),
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
 }
 
 /// Publishes our choice toward each remote datacenter in the mesh when it changed, and
