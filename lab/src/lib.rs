@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod graph;
 pub mod harness;
+pub mod leaf;
 pub mod ns;
 pub mod realize;
 pub mod supervisor;

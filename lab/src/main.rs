@@ -98,6 +98,43 @@ enum Cmd {
         ports: String,
         settings: Vec<String>,
     },
+    /// Stand in for a hardware EVPN leaf inside a node (next to a gobgpd peering with the
+    /// fabric): install the VRF's received type-5 routes, one Router's MAC per route (or per
+    /// next hop, as Linux does), and originate its connected prefixes. See docs/lab.md.
+    Leaf {
+        /// The VRF (its network namespace as the node sees it, `lab.vrf.NAME`).
+        #[arg(long)]
+        vrf: String,
+        /// L3 VNI of the VRF (its devices are vxVNI and brVNI).
+        #[arg(long)]
+        vni: u32,
+        /// This leaf's VTEP (IPv4).
+        #[arg(long)]
+        vtep: std::net::Ipv4Addr,
+        /// This leaf's Router's MAC (brVNI's MAC).
+        #[arg(long = "router-mac", value_parser = parse_router_mac)]
+        router_mac: lab::leaf::Mac,
+        /// Route target imported and exported, ASN:N.
+        #[arg(long = "route-target")]
+        route_target: String,
+        /// Route distinguisher of the originated routes [default: VTEP:1].
+        #[arg(long)]
+        rd: Option<String>,
+        /// Interfaces of the VRF whose prefixes are originated (repeat or comma separate).
+        #[arg(long = "interface", value_delimiter = ',', required = true)]
+        interfaces: Vec<String>,
+        /// `route`: one Router's MAC per route (a hardware leaf); `next-hop`: one per VTEP
+        /// (a Linux leaf).
+        #[arg(long = "mac-per", default_value = "route")]
+        mac_per: lab::leaf::MacPer,
+        /// Arguments that reach the gobgpd, passed to every `gobgp` call.
+        #[arg(
+            long = "gobgp-args",
+            default_value = "-p 50051",
+            allow_hyphen_values = true
+        )]
+        gobgp_args: String,
+    },
     /// Configure the node this runs in (inside a containerlab container).
     ///
     /// Applies the node's lab.* labels from the topology file and supervises its
@@ -127,6 +164,12 @@ enum BenchCmd {
         #[arg(long, default_value_t = 5)]
         seconds: u32,
     },
+}
+
+fn parse_router_mac(s: &str) -> Result<lab::leaf::Mac, String> {
+    lab::leaf::parse_mac(s)
+        .filter(|m| m[0] & 1 == 0)
+        .ok_or_else(|| format!("`{s}` is not a unicast MAC address like 02:00:00:00:00:01"))
 }
 
 /// An error that should exit with code 2.
@@ -313,6 +356,43 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 return Err(Usage(format!("no node `{node}` in {}", file.display())).into());
             }
             realize::node_init(&t, &node)?;
+        }
+        Cmd::Leaf {
+            vrf,
+            vni,
+            vtep,
+            router_mac,
+            route_target,
+            rd,
+            interfaces,
+            mac_per,
+            gobgp_args,
+        } => {
+            let (asn, n) = route_target.split_once(':').ok_or_else(|| {
+                Usage(format!(
+                    "--route-target `{route_target}`: expected ASN:N, e.g. 65001:100"
+                ))
+            })?;
+            if asn.parse::<u32>().is_err() || n.parse::<u32>().is_err() {
+                bail!(Usage(format!(
+                    "--route-target `{route_target}`: expected ASN:N, e.g. 65001:100"
+                )));
+            }
+            if vni == 0 || vni >= 1 << 24 {
+                bail!(Usage(format!("--vni {vni}: a VNI is 1 to 16777215")));
+            }
+            let settings = lab::leaf::LeafSettings {
+                rd: rd.unwrap_or_else(|| format!("{vtep}:1")),
+                vrf,
+                vni,
+                vtep,
+                router_mac,
+                route_target,
+                interfaces,
+                mac_per,
+            };
+            let args: Vec<String> = gobgp_args.split_whitespace().map(str::to_string).collect();
+            lab::leaf::run(&settings, &args)?;
         }
         Cmd::Supervise { lab } => realize::supervise_main(&lab)?,
     }
