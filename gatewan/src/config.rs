@@ -1616,4 +1616,29 @@ transits:
             "{GOOD}tunnels:\n  slot: 1\nprobe:\n  window: 1s\n  down:\n    consecutive: 10\n"
         ));
     }
+
+    #[test]
+    fn the_fast_probe_setting_of_the_operator_guide_is_accepted() {
+        let guide = include_str!("../../docs/operators.md");
+        let snippet = guide
+            .split("```yaml\n")
+            .filter_map(|b| b.split("```").next())
+            .find(|b| b.contains("interval: 100ms"))
+            .expect("the fast setting in docs/operators.md");
+        let p = tunnels_plan(&format!("{GOOD}tunnels:\n  slot: 1\n{snippet}"));
+        assert_eq!(
+            p.probe_interval / p.probe_count,
+            std::time::Duration::from_millis(20)
+        );
+        assert_eq!(p.probe_timeout, std::time::Duration::from_millis(60));
+        assert_eq!(p.probe_window, std::time::Duration::from_millis(500));
+        assert_eq!(
+            p.thresholds.degraded_latency,
+            std::time::Duration::from_millis(50)
+        );
+        assert_eq!(p.thresholds.down_consecutive, 3);
+        let detection = (p.probe_interval / p.probe_count) * (p.thresholds.down_consecutive - 1)
+            + p.probe_timeout;
+        assert_eq!(detection, std::time::Duration::from_millis(100));
+    }
 }
