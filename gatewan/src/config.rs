@@ -619,6 +619,9 @@ pub struct DegradedConfig {
 pub struct DownConfig {
     #[serde(default)]
     pub loss: Option<Percent>,
+    /// Lost probes in a row that make a tunnel Down (BFD's detect multiplier).
+    #[serde(default)]
+    pub consecutive: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -757,6 +760,28 @@ impl TunnelsConfig {
                 "probe.window",
                 "must be at least one probe.interval",
             );
+        }
+        if let Some(n) = &probe.down.consecutive {
+            t.down_consecutive = n.value;
+            // A run is counted within the window, so a longer one would never be seen.
+            let per_window =
+                window.as_micros() * u128::from(count.max(1)) / interval.as_micros().max(1);
+            if n.value == 0 {
+                c.error(
+                    Some(n),
+                    "probe.down.consecutive",
+                    "must be at least 1: the lost probes in a row that make a tunnel Down",
+                );
+            } else if u128::from(n.value) > per_window {
+                c.error(
+                    Some(n),
+                    "probe.down.consecutive",
+                    format!(
+                        "{} is more than the {per_window} probes of one probe.window",
+                        n.value
+                    ),
+                );
+            }
         }
         let timeout = probe.timeout.as_ref().map_or(
             crate::probe::engine::ProbeSettings::default().timeout,
@@ -1550,5 +1575,70 @@ transits:
         );
         let e = one_error(&GOOD.replace("mesh:\n", "mesh:\n  probe_interval: fast\n"));
         assert!(e.contains("fast") && e.contains("duration"), "{e}");
+    }
+
+    fn tunnels_plan(yaml: &str) -> TunnelsPlan {
+        load(yaml)
+            .unwrap_or_else(|e| panic!("{e:?}"))
+            .tunnels
+            .expect("a tunnels section")
+    }
+
+    #[test]
+    fn a_tunnel_is_down_after_3_lost_probes_in_a_row_unless_configured() {
+        let p = tunnels_plan(&format!("{GOOD}tunnels:\n  slot: 1\n"));
+        assert_eq!(p.thresholds.down_consecutive, 3);
+        let p = tunnels_plan(&format!(
+            "{GOOD}tunnels:\n  slot: 1\nprobe:\n  down:\n    consecutive: 5\n"
+        ));
+        assert_eq!(p.thresholds.down_consecutive, 5);
+        assert_eq!(p.thresholds.down_loss, 0.9, "the loss rule stays");
+    }
+
+    #[test]
+    fn probe_down_consecutive_of_0_or_beyond_the_window_is_refused() {
+        let e = one_error(&format!(
+            "{GOOD}tunnels:\n  slot: 1\nprobe:\n  down:\n    consecutive: 0\n"
+        ));
+        assert!(
+            e.contains(":17: probe.down.consecutive: must be at least 1"),
+            "{e}"
+        );
+        // 1 s window, a probe every 100 ms: 10 probes.
+        let e = one_error(&format!(
+            "{GOOD}tunnels:\n  slot: 1\nprobe:\n  window: 1s\n  down:\n    consecutive: 11\n"
+        ));
+        assert!(
+            e.contains(":18: probe.down.consecutive: 11 is more than the 10 probes"),
+            "{e}"
+        );
+        tunnels_plan(&format!(
+            "{GOOD}tunnels:\n  slot: 1\nprobe:\n  window: 1s\n  down:\n    consecutive: 10\n"
+        ));
+    }
+
+    #[test]
+    fn the_fast_probe_setting_of_the_operator_guide_is_accepted() {
+        let guide = include_str!("../../docs/operators.md");
+        let snippet = guide
+            .split("```yaml\n")
+            .filter_map(|b| b.split("```").next())
+            .find(|b| b.contains("interval: 100ms"))
+            .expect("the fast setting in docs/operators.md");
+        let p = tunnels_plan(&format!("{GOOD}tunnels:\n  slot: 1\n{snippet}"));
+        assert_eq!(
+            p.probe_interval / p.probe_count,
+            std::time::Duration::from_millis(20)
+        );
+        assert_eq!(p.probe_timeout, std::time::Duration::from_millis(60));
+        assert_eq!(p.probe_window, std::time::Duration::from_millis(500));
+        assert_eq!(
+            p.thresholds.degraded_latency,
+            std::time::Duration::from_millis(50)
+        );
+        assert_eq!(p.thresholds.down_consecutive, 3);
+        let detection = (p.probe_interval / p.probe_count) * (p.thresholds.down_consecutive - 1)
+            + p.probe_timeout;
+        assert_eq!(detection, std::time::Duration::from_millis(100));
     }
 }

@@ -1,6 +1,15 @@
 //! Probe statistics of one tunnel, pure: a sliding window of probes answered or lost, and
 //! the tunnel state (Established, Degraded, Down) with hysteresis so a tunnel measured at
 //! the edge of a threshold does not flap.
+//!
+//! A tunnel goes Down by either of two rules, checked at every probe (ADR 0008):
+//! - BFD's: its newest `down.consecutive` settled probes are all lost. This one decides
+//!   failover time: (consecutive − 1) × spacing + timeout after the first lost probe,
+//!   whatever the evaluation interval. It speaks only for tunnels that do not lose probes
+//!   by themselves (the window's loss, the run aside, below `degraded.loss`): on a tunnel
+//!   losing 30 %, three in a row happen by chance several times a minute.
+//! - the loss rule: at least `down.loss` of the last interval's settled probes are lost,
+//!   which catches a lossy tunnel dying, an interval and a timeout after it does.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -27,6 +36,18 @@ pub enum ReplyVerdict {
     Duplicate,
     /// For a probe sent before the window restarted (see `ProbeWindow::restart`).
     Stale,
+}
+
+/// What the newest settled probes say, for Down between evaluations.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Recent {
+    /// Loss of the settled probes of the last interval (`ProbeWindow::recent_loss`).
+    pub loss: Option<f64>,
+    /// The newest settled probes, in a row, that are lost (`ProbeWindow::consecutive_lost`).
+    pub lost_in_a_row: u32,
+    /// Loss of the window's settled probes sent before that run: how likely a run is by
+    /// chance alone.
+    pub loss_before_run: f64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -137,13 +158,10 @@ impl ProbeWindow {
     /// Measurements over the probes sent in the last `window` whose fate is known.
     pub fn measure(&mut self, now_us: u64) -> Measurements {
         self.expire(now_us);
-        let Some(first) = self.first_answered_us else {
+        let Some(from) = self.measured_from(now_us) else {
             // Never answered: nothing measured, and the tunnel is Down.
             return Measurements::default();
         };
-        let from = now_us
-            .saturating_sub(self.window_us + self.timeout_us)
-            .max(first);
         // Loss counts only the probes whose timeout has passed (all answered or lost).
         // Counting the recent answered ones as well, but not the recent lost ones (still
         // pending), biased loss low: 30 % measured as 26 % with a 5 s window and 1 s timeout.
@@ -223,6 +241,69 @@ impl ProbeWindow {
         }
         (n > 0).then(|| f64::from(lost) / f64::from(n))
     }
+
+    /// How many of the newest settled probes (sent at least `timeout` ago) are lost in a
+    /// row: BFD's detection counter. Like `measure`, it looks no further back than the
+    /// window nor before the first probe answered since the last restart (earlier probes
+    /// went into a tunnel not up yet), so a tunnel never answered has no run, and one that
+    /// came back has a run only of probes lost since it did.
+    pub fn consecutive_lost(&self, now_us: u64) -> u32 {
+        let Some(from) = self.measured_from(now_us) else {
+            return 0;
+        };
+        let settled_to = now_us.saturating_sub(self.timeout_us);
+        let run = self
+            .probes
+            .iter()
+            .rev()
+            .skip_while(|p| p.sent_us > settled_to)
+            .take_while(|p| p.sent_us >= from && p.rtt_us.is_none())
+            .count();
+        u32::try_from(run).unwrap_or(u32::MAX)
+    }
+
+    /// The recent past the Down rules look at: `recent_loss` over `span`, the run of
+    /// `consecutive_lost` and the loss before it.
+    pub fn recent(&self, span: Duration, now_us: u64) -> Recent {
+        let run = self.consecutive_lost(now_us);
+        let mut settled = 0u32;
+        let mut lost = 0u32;
+        if let Some(from) = self.measured_from(now_us) {
+            let settled_to = now_us.saturating_sub(self.timeout_us);
+            for p in self
+                .probes
+                .iter()
+                .filter(|p| p.sent_us >= from && p.sent_us <= settled_to)
+            {
+                settled += 1;
+                if p.rtt_us.is_none() {
+                    lost += 1;
+                }
+            }
+        }
+        // The run is the newest of these settled probes, all lost.
+        let before = settled.saturating_sub(run);
+        Recent {
+            loss: self.recent_loss(span, now_us),
+            lost_in_a_row: run,
+            loss_before_run: if before > 0 {
+                f64::from(lost.saturating_sub(run)) / f64::from(before)
+            } else {
+                0.0
+            },
+        }
+    }
+
+    /// Where the measured probes start: the window's start, or the first probe answered
+    /// since the last restart if later; None while none is.
+    fn measured_from(&self, now_us: u64) -> Option<u64> {
+        let first = self.first_answered_us?;
+        Some(
+            now_us
+                .saturating_sub(self.window_us + self.timeout_us)
+                .max(first),
+        )
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -247,6 +328,9 @@ pub struct Thresholds {
     pub degraded_loss: f64,
     pub degraded_latency: Duration,
     pub down_loss: f64,
+    /// Lost probes in a row that make a tunnel Down (BFD's detect multiplier); 0 is taken
+    /// as 1.
+    pub down_consecutive: u32,
     /// Intervals a better state must hold before the tunnel moves to it.
     pub recover_intervals: u32,
     /// A measure must fall this far below a threshold (fraction of it) to count as better.
@@ -259,6 +343,14 @@ impl Default for Thresholds {
             degraded_loss: 0.05,
             degraded_latency: Duration::from_millis(400),
             down_loss: 0.9,
+            // Failover must cost at most 1 s. With the default probes (one every 100 ms,
+            // timeout 500 ms) a dead tunnel is Down (3 − 1) × 100 + 500 = 700 ms after its
+            // first lost probe, which is sent within 100 ms of the failure, and the check
+            // runs at the next probe: 0.7–0.9 s. A fourth probe would make it 1.0 s and
+            // leave nothing for the data plane. Three in a row by chance: 1e-6 per probe
+            // at 1 % random loss, one false Down per tunnel in about 28 h at 10 probes/s
+            // (see ADR 0008).
+            down_consecutive: 3,
             recover_intervals: 3,
             margin: 0.2,
         }
@@ -267,8 +359,8 @@ impl Default for Thresholds {
 
 /// The state of a tunnel from its measurements, evaluated once per probe interval and,
 /// for worse states only, at every probe. Worse states are entered at once (the controller
-/// must react within a fraction of an interval); better ones only after `recover_intervals` consecutive intervals clear of the
-/// threshold by `margin`.
+/// must react within a fraction of an interval); better ones only after `recover_intervals`
+/// consecutive intervals clear of the threshold by `margin`.
 #[derive(Debug, Clone)]
 pub struct Health {
     state: TunnelState,
@@ -296,19 +388,14 @@ impl Health {
         self.state
     }
 
-    /// Called once per interval. `recent_loss` is the loss of the last interval (fast
-    /// Down); `m` the window's.
-    pub fn update(
-        &mut self,
-        m: &Measurements,
-        recent_loss: Option<f64>,
-        t: &Thresholds,
-    ) -> TunnelState {
-        let entering = Self::entering(m, recent_loss, t);
+    /// Called once per interval. `r` is the recent past (fast Down); `m` the window's.
+    pub fn update(&mut self, m: &Measurements, r: &Recent, t: &Thresholds) -> TunnelState {
+        let entering = Self::entering(m, r, t);
         // The state the measurements are clearly in, thresholds lowered by the margin.
         let keep = 1.0 - t.margin;
-        let recent = recent_loss.unwrap_or(m.loss);
-        let clear = if m.measured == 0 || recent >= t.down_loss * keep {
+        let recent = r.loss.unwrap_or(m.loss);
+        // A run of losses has no margin: it is there or not.
+        let clear = if m.measured == 0 || recent >= t.down_loss * keep || Self::run_is_down(r, t) {
             TunnelState::Down
         } else if m.loss >= t.degraded_loss * keep
             || m.latency.as_secs_f64() >= t.degraded_latency.as_secs_f64() * keep
@@ -333,8 +420,8 @@ impl Health {
     /// Called between intervals, at every probe: enters a worse state at once (the
     /// controller must not wait up to an interval for a failure) and never a better one,
     /// so the hysteresis still counts whole intervals. Returns whether the state changed.
-    pub fn worsen(&mut self, m: &Measurements, recent_loss: Option<f64>, t: &Thresholds) -> bool {
-        let entering = Self::entering(m, recent_loss, t);
+    pub fn worsen(&mut self, m: &Measurements, r: &Recent, t: &Thresholds) -> bool {
+        let entering = Self::entering(m, r, t);
         if entering > self.state {
             self.set(entering);
             return true;
@@ -342,15 +429,22 @@ impl Health {
         false
     }
 
-    fn entering(m: &Measurements, recent_loss: Option<f64>, t: &Thresholds) -> TunnelState {
-        let recent = recent_loss.unwrap_or(m.loss);
-        if m.measured == 0 || recent >= t.down_loss {
+    fn entering(m: &Measurements, r: &Recent, t: &Thresholds) -> TunnelState {
+        let recent = r.loss.unwrap_or(m.loss);
+        if m.measured == 0 || recent >= t.down_loss || Self::run_is_down(r, t) {
             TunnelState::Down
         } else if m.loss >= t.degraded_loss || m.latency >= t.degraded_latency {
             TunnelState::Degraded
         } else {
             TunnelState::Established
         }
+    }
+
+    /// BFD's rule. A tunnel that loses probes by itself has runs by chance: at 30 % loss
+    /// three in a row come about every 50 probes (5 s at the default rate), and such a
+    /// tunnel is Degraded, not Down, until the loss rule says otherwise.
+    fn run_is_down(r: &Recent, t: &Thresholds) -> bool {
+        r.lost_in_a_row >= t.down_consecutive.max(1) && r.loss_before_run < t.degraded_loss
     }
 
     fn set(&mut self, s: TunnelState) {
@@ -547,6 +641,14 @@ mod tests {
         }
     }
 
+    /// The recent past of a tunnel losing `loss` of its probes, none of them in a run.
+    fn recent(loss: f64) -> Recent {
+        Recent {
+            loss: Some(loss),
+            ..Recent::default()
+        }
+    }
+
     #[test]
     fn health_hysteresis() {
         let t = Thresholds::default();
@@ -554,36 +656,36 @@ mod tests {
         assert_eq!(h.state(), TunnelState::Down);
         // A new tunnel that answers cleanly is Established at once.
         assert_eq!(
-            h.update(&m(0.0, 20), Some(0.0), &t),
+            h.update(&m(0.0, 20), &recent(0.0), &t),
             TunnelState::Established
         );
         // Worse: at once.
         assert_eq!(
-            h.update(&m(0.06, 20), Some(0.06), &t),
+            h.update(&m(0.06, 20), &recent(0.06), &t),
             TunnelState::Degraded
         );
         // Oscillating around the threshold (5 % ± 1) never goes back to Established.
         for i in 0..20 {
             let loss = if i % 2 == 0 { 0.045 } else { 0.055 };
             assert_eq!(
-                h.update(&m(loss, 20), Some(loss), &t),
+                h.update(&m(loss, 20), &recent(loss), &t),
                 TunnelState::Degraded
             );
         }
         assert_eq!(h.transitions.get(&TunnelState::Established), Some(&1));
         // Total loss in the last interval: Down at once.
-        assert_eq!(h.update(&m(0.2, 20), Some(1.0), &t), TunnelState::Down);
+        assert_eq!(h.update(&m(0.2, 20), &recent(1.0), &t), TunnelState::Down);
         // Recovering from Down takes 3 clear intervals.
-        assert_eq!(h.update(&m(0.0, 20), Some(0.0), &t), TunnelState::Down);
-        assert_eq!(h.update(&m(0.0, 20), Some(0.0), &t), TunnelState::Down);
+        assert_eq!(h.update(&m(0.0, 20), &recent(0.0), &t), TunnelState::Down);
+        assert_eq!(h.update(&m(0.0, 20), &recent(0.0), &t), TunnelState::Down);
         assert_eq!(
-            h.update(&m(0.0, 20), Some(0.0), &t),
+            h.update(&m(0.0, 20), &recent(0.0), &t),
             TunnelState::Established
         );
         // High latency alone degrades.
         let mut h = Health::default();
         for _ in 0..3 {
-            h.update(&m(0.0, 500), Some(0.0), &t);
+            h.update(&m(0.0, 500), &recent(0.0), &t);
         }
         assert_eq!(h.state(), TunnelState::Degraded);
     }
@@ -592,17 +694,307 @@ mod tests {
     fn between_intervals_only_worse() {
         let t = Thresholds::default();
         let mut h = Health::default();
-        h.update(&m(0.0, 20), Some(0.0), &t);
-        assert!(!h.worsen(&m(0.0, 20), Some(0.0), &t));
-        assert!(h.worsen(&m(0.06, 20), Some(0.06), &t));
+        h.update(&m(0.0, 20), &recent(0.0), &t);
+        assert!(!h.worsen(&m(0.0, 20), &recent(0.0), &t));
+        assert!(h.worsen(&m(0.06, 20), &recent(0.06), &t));
         assert_eq!(h.state(), TunnelState::Degraded);
         // Clean again between intervals: no recovery, and it does not count toward one.
         for _ in 0..10 {
-            assert!(!h.worsen(&m(0.0, 20), Some(0.0), &t));
+            assert!(!h.worsen(&m(0.0, 20), &recent(0.0), &t));
         }
         assert_eq!(h.state(), TunnelState::Degraded);
-        assert!(h.worsen(&m(0.2, 20), Some(0.95), &t));
+        assert!(h.worsen(&m(0.2, 20), &recent(0.95), &t));
         assert_eq!(h.state(), TunnelState::Down);
-        assert_eq!(h.update(&m(0.0, 20), Some(0.0), &t), TunnelState::Down);
+        assert_eq!(h.update(&m(0.0, 20), &recent(0.0), &t), TunnelState::Down);
+    }
+
+    #[test]
+    fn a_run_counts_the_newest_settled_probes_lost_back_to_the_last_answer() {
+        let mut w = window();
+        // Answered, lost, answered, then four lost: 100 ms apart, timeout 1 s.
+        for seq in 0..7u64 {
+            w.sent(seq, seq * 100 * MS);
+        }
+        w.reply(0, 10 * MS);
+        w.reply(2, 210 * MS);
+        assert_eq!(w.consecutive_lost(1600 * MS), 4, "probes 3 to 6");
+        assert_eq!(w.consecutive_lost(1400 * MS), 2, "probes 5 and 6 pending");
+        let r = w.recent(Duration::from_secs(1), 1600 * MS);
+        assert_eq!(r.lost_in_a_row, 4);
+        assert!((r.loss_before_run - 1.0 / 3.0).abs() < 1e-9, "{r:?}");
+    }
+
+    #[test]
+    fn a_late_reply_leaves_its_probe_in_the_run() {
+        let mut w = window();
+        for seq in 0..3u64 {
+            w.sent(seq, seq * 100 * MS);
+        }
+        w.reply(0, 10 * MS);
+        assert_eq!(w.reply(1, 1150 * MS), ReplyVerdict::Late);
+        assert_eq!(w.consecutive_lost(1300 * MS), 2);
+    }
+
+    #[test]
+    fn a_tunnel_never_answered_has_no_run() {
+        let mut w = window();
+        for seq in 0..30u64 {
+            w.sent(seq, seq * 100 * MS);
+        }
+        assert_eq!(w.consecutive_lost(5000 * MS), 0);
+        assert_eq!(w.recent(Duration::from_secs(1), 5000 * MS).lost_in_a_row, 0);
+    }
+
+    #[test]
+    fn a_run_holds_no_probe_from_before_the_tunnel_came_back() {
+        let mut w = window();
+        // Up, then 2 s of outage, then the path answers again from 5 s on.
+        for seq in 0..10u64 {
+            w.sent(seq, seq * 100 * MS);
+            w.reply(seq, seq * 100 * MS + 5 * MS);
+        }
+        for seq in 10..50u64 {
+            w.sent(seq, seq * 100 * MS);
+        }
+        assert_eq!(w.consecutive_lost(5000 * MS), 31, "probes 10 to 40 settled");
+        assert!(w.resume(5005 * MS));
+        w.sent(50, 5010 * MS);
+        w.reply(50, 5015 * MS);
+        w.sent(51, 5110 * MS);
+        w.sent(52, 5210 * MS);
+        assert_eq!(
+            w.consecutive_lost(6300 * MS),
+            2,
+            "the outage's probes are not counted again"
+        );
+    }
+
+    #[test]
+    fn a_run_looks_no_further_back_than_the_window() {
+        let mut w = window();
+        w.sent(0, 0);
+        w.reply(0, 5 * MS);
+        // 10 s dead: the window is 5 s, and only its settled probes make the run.
+        for seq in 1..100u64 {
+            w.sent(seq, seq * 100 * MS);
+        }
+        let now = 10_000 * MS;
+        let m = w.measure(now);
+        let r = w.recent(Duration::from_secs(1), now);
+        assert_eq!(r.lost_in_a_row, m.measured, "{r:?} {m:?}");
+        assert_eq!(r.loss_before_run, 0.0);
+    }
+
+    /// The recent past of a tunnel whose newest `run` probes are lost, `before` of the
+    /// others.
+    fn run(run: u32, before: f64) -> Recent {
+        Recent {
+            loss: Some(0.3),
+            lost_in_a_row: run,
+            loss_before_run: before,
+        }
+    }
+
+    #[test]
+    fn a_clean_tunnel_is_down_at_its_third_lost_probe_in_a_row() {
+        let t = Thresholds::default();
+        let mut h = Health::default();
+        h.update(&m(0.0, 20), &recent(0.0), &t);
+        assert!(!h.worsen(&m(0.04, 20), &run(2, 0.0), &t));
+        assert_eq!(h.state(), TunnelState::Established);
+        assert!(h.worsen(&m(0.06, 20), &run(3, 0.0), &t));
+        assert_eq!(h.state(), TunnelState::Down);
+        // Recovery keeps its hysteresis, and a run at an evaluation is no clear interval.
+        assert_eq!(h.update(&m(0.0, 20), &recent(0.0), &t), TunnelState::Down);
+        assert_eq!(h.update(&m(0.0, 20), &run(3, 0.0), &t), TunnelState::Down);
+        for _ in 0..2 {
+            assert_eq!(h.update(&m(0.0, 20), &recent(0.0), &t), TunnelState::Down);
+        }
+        assert_eq!(
+            h.update(&m(0.0, 20), &recent(0.0), &t),
+            TunnelState::Established
+        );
+    }
+
+    #[test]
+    fn a_tunnel_that_loses_probes_by_itself_is_not_down_for_a_run_of_them() {
+        let t = Thresholds::default();
+        let mut h = Health::default();
+        assert_eq!(
+            h.update(&m(0.3, 20), &run(3, 0.28), &t),
+            TunnelState::Degraded
+        );
+        assert!(!h.worsen(&m(0.3, 20), &run(5, 0.28), &t));
+        assert_eq!(
+            h.update(&m(0.3, 20), &run(4, 0.28), &t),
+            TunnelState::Degraded
+        );
+        // Its loss rule still holds.
+        assert!(h.worsen(
+            &m(0.4, 20),
+            &Recent {
+                loss: Some(0.9),
+                ..run(12, 0.28)
+            },
+            &t
+        ));
+        assert_eq!(h.state(), TunnelState::Down);
+    }
+
+    #[test]
+    fn a_zero_run_length_is_taken_as_one() {
+        let t = Thresholds {
+            down_consecutive: 0,
+            ..Thresholds::default()
+        };
+        let mut h = Health::default();
+        h.update(&m(0.0, 20), &recent(0.0), &t);
+        assert!(!h.worsen(&m(0.0, 20), &recent(0.0), &t), "no run, no Down");
+        assert!(h.worsen(&m(0.02, 20), &run(1, 0.0), &t));
+    }
+
+    /// One tunnel as the engine drives it, in virtual time: every `spacing` a check then
+    /// a probe, every `interval` an evaluation first; the peer answers after `rtt` until
+    /// `dead_from`, after which nothing comes back (a probe whose reply would arrive later
+    /// is lost). Returns when the tunnel went Down, and when its first lost probe was sent.
+    struct Run {
+        spacing: u64,
+        interval: u64,
+        window: u64,
+        timeout: u64,
+        consecutive: u32,
+        rtt: u64,
+        dead_from: u64,
+    }
+
+    impl Run {
+        fn down_at(&self) -> (u64, u64) {
+            let t = Thresholds {
+                down_consecutive: self.consecutive,
+                ..Thresholds::default()
+            };
+            let mut w = ProbeWindow::new(
+                Duration::from_micros(self.window),
+                Duration::from_micros(self.timeout),
+            );
+            let mut h = Health::default();
+            let mut replies = VecDeque::new();
+            let mut first_lost = None;
+            let mut up = false;
+            let mut seq = 0;
+            let mut now = 0;
+            while now < self.dead_from + 10 * self.interval {
+                while let Some(&(at, q)) = replies.front().filter(|(at, _)| *at <= now) {
+                    replies.pop_front();
+                    if h.state() == TunnelState::Down {
+                        w.resume(at);
+                    }
+                    w.reply(q, at);
+                }
+                let span = Duration::from_micros(self.interval);
+                if now % self.interval == 0 {
+                    let m = w.measure(now);
+                    h.update(&m, &w.recent(span, now), &t);
+                }
+                let m = w.measure(now);
+                h.worsen(&m, &w.recent(span, now), &t);
+                up |= h.state() != TunnelState::Down;
+                if up && h.state() == TunnelState::Down {
+                    assert!(now >= self.dead_from, "Down at {now} µs before the failure");
+                    return (now, first_lost.expect("a probe lost"));
+                }
+                w.sent(seq, now);
+                if now + self.rtt < self.dead_from {
+                    replies.push_back((now + self.rtt, seq));
+                } else {
+                    first_lost.get_or_insert(now);
+                }
+                seq += 1;
+                now += self.spacing;
+            }
+            panic!("never Down");
+        }
+    }
+
+    #[test]
+    fn with_the_fast_setting_a_dead_tunnel_is_down_100ms_after_its_first_lost_probe() {
+        // probe: {interval: 100ms, count: 5, timeout: 60ms, down: {consecutive: 3}}
+        let (spacing, timeout) = (20 * MS, 60 * MS);
+        let detection = 2 * spacing + timeout;
+        assert_eq!(detection, 100 * MS);
+        // Every phase of the failure against the probes, a millisecond apart.
+        for phase in 0..20 {
+            let dead_from = 3000 * MS + phase * MS;
+            let (down, first_lost) = Run {
+                spacing,
+                interval: 100 * MS,
+                window: 500 * MS,
+                timeout,
+                consecutive: 3,
+                rtt: 5 * MS,
+                dead_from,
+            }
+            .down_at();
+            assert_eq!(down - first_lost, detection, "failure at {dead_from} µs");
+            // The first lost probe is the one in flight or the next: within a spacing.
+            assert!(
+                down - dead_from <= detection + spacing,
+                "failure at {dead_from} µs, Down at {down} µs"
+            );
+        }
+    }
+
+    #[test]
+    fn with_the_defaults_a_dead_tunnel_is_down_within_900ms_between_evaluations() {
+        let s = Thresholds::default();
+        let (spacing, timeout) = (100 * MS, 500 * MS);
+        let detection = u64::from(s.down_consecutive - 1) * spacing + timeout;
+        assert_eq!(detection, 700 * MS);
+        for phase in (0..100).step_by(7) {
+            let dead_from = 5000 * MS + phase * MS;
+            let (down, first_lost) = Run {
+                spacing,
+                interval: 1000 * MS,
+                window: 5000 * MS,
+                timeout,
+                consecutive: s.down_consecutive,
+                rtt: 20 * MS,
+                dead_from,
+            }
+            .down_at();
+            assert_eq!(down - first_lost, detection, "failure at {dead_from} µs");
+            // The loss rule alone takes about 1.5 s: an interval of settled probes.
+            assert!(
+                down - dead_from <= detection + spacing,
+                "failure at {dead_from} µs, Down at {down} µs"
+            );
+        }
+    }
+
+    #[test]
+    fn a_tunnel_losing_30_percent_in_runs_of_three_stays_degraded() {
+        let t = Thresholds::default();
+        let mut w = window();
+        let mut h = Health::default();
+        // 10 probes a second; of every 10, the first three are lost. Its first run, before
+        // any loss was seen, is a Down (nothing tells it from a failure); once its loss is
+        // known, its runs are its loss, not a failure.
+        for seq in 0..200u64 {
+            let now = seq * 100 * MS;
+            if seq % 10 == 0 {
+                let m = w.measure(now);
+                h.update(&m, &w.recent(Duration::from_secs(1), now), &t);
+            }
+            let m = w.measure(now);
+            h.worsen(&m, &w.recent(Duration::from_secs(1), now), &t);
+            if seq > 60 {
+                assert_eq!(h.state(), TunnelState::Degraded, "at {seq}");
+            }
+            w.sent(seq, now);
+            if seq % 10 >= 3 {
+                w.reply(seq, now + 10 * MS);
+            }
+        }
+        assert_eq!(h.transitions.get(&TunnelState::Down), Some(&1));
     }
 }
