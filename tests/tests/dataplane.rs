@@ -324,6 +324,7 @@ fn tenant_traffic_follows_the_router_mac_into_its_tunnel_and_never_leaves_in_cle
             })
             .collect(),
         present: Default::default(),
+        installed: Default::default(),
     };
 
     let first = reconcile(&t.gw, &inputs);
@@ -503,6 +504,7 @@ fn reconciling_100_tunnels_is_fast() {
             })
             .collect(),
         present: Default::default(),
+        installed: Default::default(),
     };
     let t0 = Instant::now();
     let first = reconcile(&gw, &inputs);

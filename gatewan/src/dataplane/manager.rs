@@ -89,6 +89,15 @@ pub async fn reconcile_with(
     let snapshot = system.snapshot().await?;
     let mut inputs = inputs.clone();
     inputs.present = snapshot.present();
+    inputs.installed = snapshot
+        .observed(BTreeMap::new())
+        .routes
+        .into_iter()
+        .filter_map(|(k, a)| match a {
+            plan::RouteAction::Dev(i) => Some((k, i)),
+            _ => None,
+        })
+        .collect();
     let (want, problems) = plan::plan(&inputs);
     let ours: BTreeSet<String> = want
         .macvlans
@@ -170,6 +179,7 @@ async fn run(
         local_networks: Vec::new(),
         remote_networks: Vec::new(),
         present: BTreeSet::new(),
+        installed: BTreeMap::new(),
     };
     let mut reported: BTreeSet<String> = BTreeSet::new();
     let started = Instant::now();

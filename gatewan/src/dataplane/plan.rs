@@ -153,6 +153,10 @@ pub struct Inputs {
     /// Links on the host: a tunnel whose interface is missing cannot carry anything, and
     /// the kernel refuses routes into it.
     pub present: BTreeSet<String>,
+    /// The tunnel each of our forwarding routes points at on the host now, so a choice
+    /// among near-equal tunnels sticks (see [`best_healthy`]); filled from the host like
+    /// `present`, so it survives a restart.
+    pub installed: BTreeMap<RouteKey, String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -317,23 +321,40 @@ fn both_families(priority: u32, iif: &str, table: Option<u32>, out: &mut BTreeSe
     }
 }
 
+/// A tunnel already carrying a repaired table's traffic keeps it against a sibling faster
+/// by less than this (or a fifth of the sibling's latency, if more): probes of near-equal
+/// tunnels with jitter swap ranks every few seconds, and moving live flows on each swap
+/// reorders them for nothing.
+pub const STICKY_LATENCY_NS: u64 = 5_000_000;
+
 /// The healthy tunnel that carries traffic for `target_datacenter`: Established before
-/// Degraded, then the lowest latency, then the interface name (so the choice is stable).
+/// Degraded, then the lowest latency, then the interface name; but `current`, the one the
+/// route uses now, while it is as healthy and not clearly slower ([`STICKY_LATENCY_NS`]).
 fn best_healthy<'a>(
     tunnels: &'a [TunnelInput],
     present: &BTreeSet<String>,
     target_datacenter: &str,
+    current: Option<&String>,
 ) -> Option<&'a TunnelInput> {
-    tunnels
-        .iter()
-        .filter(|t| {
+    let healthy = || {
+        tunnels.iter().filter(|t| {
             t.target_datacenter == target_datacenter
                 && matches!(t.health, Health::Established | Health::Degraded)
                 && present.contains(&t.interface)
         })
-        .min_by(|a, b| {
-            (a.health, a.latency_ns, &a.interface).cmp(&(b.health, b.latency_ns, &b.interface))
+    };
+    let best = healthy().min_by(|a, b| {
+        (a.health, a.latency_ns, &a.interface).cmp(&(b.health, b.latency_ns, &b.interface))
+    })?;
+    let margin = STICKY_LATENCY_NS.max(best.latency_ns / 5);
+    let kept = current.and_then(|c| {
+        healthy().find(|t| {
+            &t.interface == c
+                && t.health == best.health
+                && t.latency_ns <= best.latency_ns.saturating_add(margin)
         })
+    });
+    Some(kept.unwrap_or(best))
 }
 
 /// Where a tunnel's table sends its traffic. A Down (or missing) tunnel's traffic goes to
@@ -341,12 +362,17 @@ fn best_healthy<'a>(
 /// that is still there keeps its own route: Down is a loss threshold, not proof that
 /// nothing gets through, the traffic stays encrypted, and every tunnel reads Down for a
 /// moment after a restart. A missing tunnel with no sibling gets nothing (unreachable).
-fn tunnel_target(t: &TunnelInput, all: &[TunnelInput], present: &BTreeSet<String>) -> RouteAction {
+fn tunnel_target(
+    t: &TunnelInput,
+    all: &[TunnelInput],
+    present: &BTreeSet<String>,
+    current: Option<&String>,
+) -> RouteAction {
     let there = present.contains(&t.interface);
     if there && t.health != Health::Down {
         return RouteAction::Dev(t.interface.clone());
     }
-    match best_healthy(all, present, &t.target_datacenter) {
+    match best_healthy(all, present, &t.target_datacenter, current) {
         Some(b) => RouteAction::Dev(b.interface.clone()),
         None if there => RouteAction::Dev(t.interface.clone()),
         None => RouteAction::Unreachable,
@@ -382,9 +408,14 @@ pub fn plan(inputs: &Inputs) -> (Desired, Vec<Problem>) {
         macvlans.insert(mv.clone(), t.router_mac);
         both_families(PRIORITY_INGRESS, &mv, Some(table), &mut rules);
         both_families(PRIORITY_INGRESS_END, &mv, None, &mut rules);
+        let current = inputs.installed.get(&RouteKey {
+            table,
+            prefix: IpNet::V4(Ipv4Net::default()),
+            metric: FORWARD_METRIC,
+        });
         defaults(
             table,
-            tunnel_target(t, &tunnels, &inputs.present),
+            tunnel_target(t, &tunnels, &inputs.present, current),
             &mut routes,
         );
         both_families(
@@ -487,23 +518,28 @@ pub fn plan(inputs: &Inputs) -> (Desired, Vec<Problem>) {
         if local_routes.contains_key(&prefix) {
             continue;
         }
-        let action = best_healthy(&tunnels, &inputs.present, &r.datacenter)
+        let key = RouteKey {
+            table: REPLIES_TABLE,
+            prefix,
+            metric: FORWARD_METRIC,
+        };
+        let current = inputs.installed.get(&key);
+        let usable = |t: &&TunnelInput| {
+            t.target_datacenter == r.datacenter && inputs.present.contains(&t.interface)
+        };
+        // Without a healthy tunnel (a restart, before any probe) the one in use stays.
+        let action = best_healthy(&tunnels, &inputs.present, &r.datacenter, current)
             .or_else(|| {
-                tunnels.iter().find(|t| {
-                    t.target_datacenter == r.datacenter && inputs.present.contains(&t.interface)
-                })
+                tunnels
+                    .iter()
+                    .filter(usable)
+                    .find(|t| Some(&t.interface) == current)
             })
+            .or_else(|| tunnels.iter().find(usable))
             .map_or(RouteAction::Unreachable, |t| {
                 RouteAction::Dev(t.interface.clone())
             });
-        routes.insert(
-            RouteKey {
-                table: REPLIES_TABLE,
-                prefix,
-                metric: FORWARD_METRIC,
-            },
-            action,
-        );
+        routes.insert(key, action);
     }
 
     sysctls.insert("net/ipv4/ip_forward".into(), "1".into());
@@ -674,6 +710,7 @@ mod tests {
                 datacenter: "par1".into(),
             }],
             present,
+            installed: BTreeMap::new(),
         }
     }
 
@@ -797,6 +834,64 @@ mod tests {
         assert_eq!(
             default_of(&d, TUNNEL_TABLE_BASE + 1, false),
             Some(&RouteAction::Dev("sdwan1".into()))
+        );
+    }
+
+    #[test]
+    fn a_repaired_table_keeps_its_sibling_while_a_near_equal_one_measures_faster() {
+        // Tunnel 1 is Down; 2 and 3 are near-equal (jitter swaps them); 2 carries 1's
+        // traffic now.
+        let mut i = inputs(vec![
+            tunnel(1, "par1", Health::Down, 10),
+            tunnel(2, "par1", Health::Established, 12),
+            tunnel(3, "par1", Health::Established, 10),
+        ]);
+        let key = |table: u32, prefix: &str| RouteKey {
+            table,
+            prefix: prefix.parse().unwrap(),
+            metric: FORWARD_METRIC,
+        };
+        i.installed
+            .insert(key(TUNNEL_TABLE_BASE + 1, "0.0.0.0/0"), "sdwan2".into());
+        i.installed
+            .insert(key(REPLIES_TABLE, "172.31.2.0/24"), "sdwan2".into());
+        let (d, _) = plan(&i);
+        assert_eq!(
+            default_of(&d, TUNNEL_TABLE_BASE + 1, false),
+            Some(&RouteAction::Dev("sdwan2".into()))
+        );
+        assert_eq!(
+            default_of(&d, TUNNEL_TABLE_BASE + 1, true),
+            Some(&RouteAction::Dev("sdwan2".into())),
+            "both families follow the IPv4 route's choice"
+        );
+        assert_eq!(
+            d.routes.get(&key(REPLIES_TABLE, "172.31.2.0/24")),
+            Some(&RouteAction::Dev("sdwan2".into()))
+        );
+        // Clearly slower (more than 5 ms and a fifth): it moves to the faster one.
+        i.tunnels[1].latency_ns = 16_000_000;
+        let (d, _) = plan(&i);
+        assert_eq!(
+            default_of(&d, TUNNEL_TABLE_BASE + 1, false),
+            Some(&RouteAction::Dev("sdwan3".into()))
+        );
+        // Less healthy: it moves whatever the latency.
+        i.tunnels[1].latency_ns = 9_000_000;
+        i.tunnels[1].health = Health::Degraded;
+        let (d, _) = plan(&i);
+        assert_eq!(
+            default_of(&d, TUNNEL_TABLE_BASE + 1, false),
+            Some(&RouteAction::Dev("sdwan3".into()))
+        );
+        // With nothing installed, the fastest.
+        i.tunnels[1].health = Health::Established;
+        i.tunnels[1].latency_ns = 12_000_000;
+        i.installed.clear();
+        let (d, _) = plan(&i);
+        assert_eq!(
+            default_of(&d, TUNNEL_TABLE_BASE + 1, false),
+            Some(&RouteAction::Dev("sdwan3".into()))
         );
     }
 

@@ -307,6 +307,7 @@ mod tests {
                 port: 4789,
             },
             present: tunnels.iter().map(|t| t.interface.clone()).collect(),
+            installed: BTreeMap::new(),
             tunnels,
             local_networks: vec![LocalNetwork {
                 prefix: "172.30.1.0/24".parse().unwrap(),
