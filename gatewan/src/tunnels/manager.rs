@@ -307,6 +307,7 @@ async fn run(
     let mut rows: BTreeMap<String, Row> = BTreeMap::new();
     let mut reported_problems: HashSet<String> = HashSet::new();
     let mut published: HashMap<NodeId, Vec<v1::TunnelMetric>> = HashMap::new();
+    let started = std::time::Instant::now();
     let mut vteps = cfg
         .tunnel_vteps
         .as_ref()
@@ -440,7 +441,14 @@ async fn run(
             }
             if let Some((pool, path)) = &cfg.tunnel_vteps {
                 let mut ids: Vec<&str> = planned.iter().map(|t| t.id.as_str()).collect();
+                // Just after a start the plan comes from a mesh still filling up: a tunnel
+                // not planned yet keeps its address for the grace period (the kernel and
+                // the fabric still use it), or a restart would move every next hop.
+                if started.elapsed() < cfg.grace {
+                    ids.extend(vteps.by_tunnel.keys().map(String::as_str));
+                }
                 ids.sort_unstable();
+                ids.dedup();
                 let next = super::vtep::assign(&vteps, &ids, *pool);
                 if next != vteps {
                     if next.by_tunnel.len() < ids.len() {
@@ -533,6 +541,16 @@ async fn run(
             }
         }
         for (peer, infos) in by_peer {
+            // A restarted gatewan has measured nothing yet: every tunnel would read Down
+            // and bgpctl would withdraw routes that carry traffic through tunnels which
+            // never stopped (the kernel kept them). What this gatewan published before
+            // the restart stays in the mesh until the probes have spoken, or a window.
+            if !published.contains_key(&peer)
+                && started.elapsed() < cfg.probe.window
+                && infos.iter().any(|i| i.measurements == 0)
+            {
+                continue;
+            }
             let body = metrics_record(peer, &infos);
             let Body::TunnelMetrics(m) = &body else {
                 continue;
