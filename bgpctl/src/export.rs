@@ -43,16 +43,33 @@ pub fn networks_by_datacenter(store: &StateStore) -> BTreeMap<String, BTreeSet<I
     out
 }
 
+/// The VTEPs of the gatewans: each gatewan's own, each tunnel's, and the pools tunnels
+/// take theirs from (`fabric.tunnel_vteps`), which also cover a tunnel's address from
+/// before a restart that the fabric may still hold.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GatewanVteps {
+    pub addresses: BTreeSet<IpAddr>,
+    pub pools: BTreeSet<IpNet>,
+}
+
+impl GatewanVteps {
+    pub fn contains(&self, a: &IpAddr) -> bool {
+        let a = a.to_canonical();
+        self.addresses.contains(&a) || self.pools.iter().any(|p| p.contains(&a))
+    }
+}
+
 /// The VTEPs of every gatewan in the mesh, and of every tunnel that has its own.
-pub fn gatewan_vteps(store: &StateStore) -> BTreeSet<IpAddr> {
-    let mut out = BTreeSet::new();
+pub fn gatewan_vteps(store: &StateStore) -> GatewanVteps {
+    let mut out = GatewanVteps::default();
     for r in store.iter() {
         match &r.record.body {
             Some(v1::record::Body::Node(n)) if n.role == v1::Role::Gatewan as i32 => {
-                out.extend(n.vtep.parse::<IpAddr>().ok());
+                out.addresses.extend(n.vtep.parse::<IpAddr>().ok());
+                out.pools.extend(n.tunnel_vteps.parse::<IpNet>().ok());
             }
             Some(v1::record::Body::TunnelMetrics(m)) => {
-                out.extend(
+                out.addresses.extend(
                     m.tunnels
                         .iter()
                         .filter_map(|t| t.vtep.parse::<IpAddr>().ok()),
@@ -120,7 +137,7 @@ pub fn routes(
 /// reflector), not networks of this datacenter: [`fabric_decision`] reads those.
 pub fn learned_networks(
     received: &ReceivedRoutes,
-    gatewan_vteps: &BTreeSet<IpAddr>,
+    gatewan_vteps: &GatewanVteps,
 ) -> BTreeMap<String, v1::Network> {
     let mut out = BTreeMap::new();
     for r in received
@@ -534,6 +551,43 @@ mod tests {
             rx.routes.reverse();
             assert_eq!(fabric_decision(&rx, &s), got);
         }
+    }
+
+    #[test]
+    fn routes_toward_gatewan_vteps_or_their_tunnel_pools_are_not_fabric_networks() {
+        let received = |nh: &str, i: u32| crate::bgp::ReceivedRoute {
+            peer: "10.1.255.2".parse().unwrap(),
+            route: crate::bgp::codec::tests::route(i, nh),
+            ethernet_tag: 0,
+            gateway: "0.0.0.0".parse().unwrap(),
+            stale: false,
+        };
+        let routes = crate::bgp::ReceivedRoutes {
+            routes: vec![
+                received("10.1.255.1", 1),  // the leaf: a network of the fabric
+                received("10.1.255.11", 2), // a gatewan's own VTEP
+                received("10.1.254.3", 3),  // a tunnel's VTEP the mesh names
+                // An address of a gatewan's pool no tunnel has now (the tunnel's before a
+                // restart, still in the fabric for a moment).
+                received("10.1.254.42", 4),
+            ],
+            end_of_rib: Default::default(),
+        };
+        let vteps = GatewanVteps {
+            addresses: ["10.1.255.11", "10.1.254.3"]
+                .iter()
+                .map(|a| a.parse().unwrap())
+                .collect(),
+            pools: ["10.1.254.32/27".parse().unwrap()].into_iter().collect(),
+        };
+        let nets = learned_networks(&routes, &vteps);
+        assert_eq!(nets.keys().collect::<Vec<_>>(), vec!["10.0.1.0/24"]);
+        // Without the pool, the stale tunnel VTEP would pass for a fabric network.
+        let no_pool = GatewanVteps {
+            pools: Default::default(),
+            ..vteps
+        };
+        assert_eq!(learned_networks(&routes, &no_pool).len(), 2);
     }
 
     #[test]

@@ -99,6 +99,12 @@ async fn run(plan: gatewan::config::GatewanPlan) -> anyhow::Result<()> {
                 .map(|t| t.plan.interface_prefix.clone())
                 .unwrap_or_default(),
             vtep: plan.vtep.map(|v| v.to_string()).unwrap_or_default(),
+            tunnel_vteps: plan
+                .dataplane
+                .as_ref()
+                .and_then(|d| d.tunnel_vteps)
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
             ..Default::default()
         },
     )

@@ -276,7 +276,7 @@ pub fn read_communities(communities: &[ExtendedCommunity]) -> ReceivedCommunitie
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use rustbgpd_wire::decode_message;
 
