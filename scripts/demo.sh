@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The demo: two datacenters (sg1, par1) on one host with `lab` (lab/topologies/two-dc.clab.yml):
-# per datacenter a fabric route reflector (gobgpd), an FRR EVPN leaf originating the tenant
-# prefixes with a tenant host behind it, two gatewans on two IP transits (lumen, cogent)
-# behind WAN emulators, routed by one default route each, and two bgpctls.
+# per datacenter a fabric route reflector (gobgpd), an EVPN leaf originating the tenant
+# prefixes with a tenant host behind it (`lab leaf`: one Router's MAC per route in sg1, as
+# hardware; per next hop in par1, as Linux), two gatewans on two IP transits (lumen,
+# cogent) behind WAN emulators, routed by one default route each, and two bgpctls.
 # It shows the tunnels and their measurements, the type-5 routes the fabric receives and
-# why the controller chose them; then fails the lumen transit and shows the routes move.
+# why the controller chose them; a host in sg1 pinging a host in par1 and the tunnels that
+# carry it (WireGuard counters), iperf3 across; then fails the lumen transit under a ping
+# stream, shows the packets lost and the routes move.
 # The lab is torn down at the end (or stays with KEEP=1: `lab down` it yourself).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,7 +23,7 @@ say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 on() { local node=$1; shift; lab exec -t "$TOPO" "$node" -- "$@"; }
 bgpctl() { on "$1" routingctl --socket /run/bgpctl/bgpctl.sock "${@:2}"; }
 
-say "lab up: 20 nodes; gatewans, bgpctls, gobgpd and FRR start by themselves"
+say "lab up: 20 nodes; gatewans, bgpctls, gobgpd and the leaves start by themselves"
 lab down "$TOPO" >/dev/null 2>&1 || true
 lab up "$TOPO"
 
@@ -53,13 +56,36 @@ bgpctl bgpctl-sg1 explain
 say "the sg1 fabric's route reflector (gobgpd) holds par1's prefixes via the gatewans"
 on fabric-sg1 gobgp global rib -a evpn
 
-say "lab impair wan-lumen loss=100%: the lumen transit fails"
+transfer() { for g in gatewan01-sg1 gatewan02-sg1; do on $g wg show all transfer | sed "s/^/$g /"; done; }
+say "host-sg1 pings host-par1 (IPv4 and IPv6): host -> leaf -> VXLAN -> gatewan -> WireGuard -> gatewan -> VXLAN -> leaf -> host"
+for _ in $(seq 1 40); do on host-sg1 ping -c 1 -W 1 172.16.2.10 >/dev/null 2>&1 && break; sleep 0.5; done
+on host-sg1 ping -c 3 172.16.2.10
+on host-sg1 ping -c 3 2001:db8:a2::10
+
+say "iperf3 host-sg1 -> host-par1, 8 flows; the bytes each sg1 tunnel sends"
+transfer > /tmp/gatewan-demo-before
+on host-par1 iperf3 -s -D -1
+sleep 0.5
+on host-sg1 iperf3 -c 172.16.2.10 -P 8 -t 3 | tail -4
+transfer > /tmp/gatewan-demo-after
+echo "bytes sent per sg1 tunnel during the transfer (the chosen ones carry it; the others only probes):"
+paste /tmp/gatewan-demo-before /tmp/gatewan-demo-after | awk '{printf "  %-14s %-10s %12d\n", $1, $2, $10 - $5}'
+on gatewan01-sg1 routingctl tunnels
+
+say "lab impair wan-lumen loss=100% under a ping stream host-sg1 -> host-par1 (every 5 ms): the lumen transit fails"
+on host-sg1 ping -q -i 0.005 -W 1 -c 1400 172.16.2.10 > /tmp/gatewan-demo-stream &
+stream=$!
+sleep 2
 lab impair wan-lumen loss=100%
 sleep 2
 on gatewan01-sg1 routingctl tunnels
 say "gobgpd on fabric-sg1 two seconds later: only cogent tunnels' Router's MACs"
 on fabric-sg1 gobgp global rib -a evpn
 bgpctl bgpctl-sg1 explain
+
+wait $stream || true
+say "the ping stream across the failure (the gatewans moved the traffic at once: the loss is the probes' detection time)"
+grep -A1 "packets transmitted" /tmp/gatewan-demo-stream
 
 say "restore lumen"
 lab impair wan-lumen reset

@@ -116,3 +116,271 @@ pub fn wan(exe: &Path, secs: u32) -> Result<(f64, f64)> {
     d?;
     Ok(v)
 }
+
+/// One failover under a ping stream: packets sent and lost, and the outage they make.
+#[derive(Debug, Clone, Copy)]
+pub struct Failover {
+    pub sent: u64,
+    pub lost: u64,
+    pub outage: Duration,
+}
+
+/// The probe settings of the operator guide's fast failover (docs/operators.md).
+pub const FAST_PROBE: &str = "probe:\n  interval: 100ms\n  count: 5\n  timeout: 60ms\n  degraded: {latency: 50ms}\n  down: {consecutive: 3}\n";
+
+/// Copies the topology's directory to a temporary one, with every gatewan's `probe:`
+/// section replaced by [`FAST_PROBE`]; returns the copied topology file.
+fn with_fast_probes(file: &Path) -> Result<(tempfile_dir::TempDir, PathBuf)> {
+    let src = file
+        .parent()
+        .ok_or_else(|| anyhow!("{} has no directory", file.display()))?;
+    let dir = tempfile_dir::TempDir::new()?;
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", src.display()))
+        .arg(dir.path())
+        .status()?;
+    if !status.success() {
+        return Err(anyhow!("cp -a {} failed", src.display()));
+    }
+    let name = file.file_name().ok_or_else(|| anyhow!("no file name"))?;
+    let stem = name
+        .to_string_lossy()
+        .trim_end_matches(".clab.yml")
+        .to_string();
+    let configs = dir.path().join(&stem);
+    let mut changed = 0;
+    for e in std::fs::read_dir(&configs).with_context(|| format!("read {}", configs.display()))? {
+        let p = e?.path();
+        let n = p
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if !(n.starts_with("gatewan") && n.ends_with(".yaml")) {
+            continue;
+        }
+        let text = std::fs::read_to_string(&p)?;
+        // The section runs from `probe:` to the next top-level key.
+        let mut out = String::new();
+        let mut skipping = false;
+        for line in text.lines() {
+            if line.starts_with("probe:") {
+                skipping = true;
+                out.push_str(FAST_PROBE);
+                continue;
+            }
+            if skipping && (line.starts_with(' ') || line.is_empty()) {
+                continue;
+            }
+            skipping = false;
+            out.push_str(line);
+            out.push('\n');
+        }
+        if !out.contains(FAST_PROBE) {
+            out.push_str(FAST_PROBE);
+        }
+        std::fs::write(&p, out)?;
+        changed += 1;
+    }
+    if changed == 0 {
+        return Err(anyhow!("no gatewan*.yaml in {}", configs.display()));
+    }
+    let copied = dir.path().join(name);
+    Ok((dir, copied))
+}
+
+/// A temporary directory removed on drop (the lab crate has no tempfile dependency outside
+/// its tests).
+mod tempfile_dir {
+    use std::path::{Path, PathBuf};
+
+    pub struct TempDir(PathBuf);
+
+    impl TempDir {
+        pub fn new() -> std::io::Result<TempDir> {
+            let base = std::env::temp_dir();
+            for i in 0..1000u32 {
+                let p = base.join(format!("lab-bench-{}-{i}", std::process::id()));
+                if std::fs::create_dir(&p).is_ok() {
+                    // Nodes read the bound directory as user frr too (FRR leaves).
+                    let _ = std::fs::set_permissions(
+                        &p,
+                        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+                    );
+                    return Ok(TempDir(p));
+                }
+            }
+            Err(std::io::Error::other("no free temporary directory name"))
+        }
+
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+fn ping_summary(text: &str) -> Option<(u64, u64, u64)> {
+    let line = text.lines().find(|l| l.contains("packets transmitted"))?;
+    let num = |word: &str| {
+        line.split(',')
+            .find(|p| p.contains(word))
+            .and_then(|p| p.split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok())
+    };
+    let ms = line
+        .split("time ")
+        .nth(1)?
+        .trim_end_matches("ms")
+        .trim()
+        .parse()
+        .ok()?;
+    Some((num("transmitted")?, num("received")?, ms))
+}
+
+/// Tunnels of `node` in `state`, from `routingctl -o json tunnels` in the node.
+fn tunnels_in(lab: &crate::RunningLab, node: &str, transit: &str, state: &str) -> usize {
+    let Ok(out) = lab.exec(node, &["routingctl", "-o", "json", "tunnels"]) else {
+        return 0;
+    };
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["meta"]["local_transit"] == transit && t["state"] == state)
+        .count()
+}
+
+/// Bytes sent by each WireGuard interface of `node`.
+fn wg_sent(lab: &crate::RunningLab, node: &str) -> Vec<(String, u64)> {
+    let Ok(out) = lab.exec(node, &["wg", "show", "all", "transfer"]) else {
+        return Vec::new();
+    };
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let c: Vec<&str> = l.split_whitespace().collect();
+            Some((c.first()?.to_string(), c.get(3)?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// `runs` failovers in the two-dc lab (gatewan, bgpctl and routingctl from PATH): a ping
+/// stream host-sg1 → host-par1 every 5 ms; the transit whose tunnel carries it (found by
+/// the WireGuard counters) fails (100 % loss at its WAN emulator) 2 s in; the packets lost
+/// make the outage. Then the transit comes back and its tunnels come up before the next
+/// run. `fast`: the gatewans run with [`FAST_PROBE`].
+pub fn failover(file: &Path, fast: bool, runs: usize) -> Result<Vec<Failover>> {
+    let (_dir, file) = if fast {
+        let (d, f) = with_fast_probes(file)?;
+        (Some(d), f)
+    } else {
+        (None, file.to_path_buf())
+    };
+    let mut topo = Topology::load(&file)?;
+    topo.name = "bench-fo".into();
+    let lab = crate::Harness::up_topology(topo)?;
+    let gatewans = [
+        "gatewan01-sg1",
+        "gatewan02-sg1",
+        "gatewan01-par1",
+        "gatewan02-par1",
+    ];
+    let ready = |lab: &crate::RunningLab, secs: u64| {
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(secs) {
+            let up = gatewans.iter().all(|g| {
+                tunnels_in(lab, g, "lumen", "Established") == 2
+                    && tunnels_in(lab, g, "cogent", "Established") == 2
+            });
+            let ping = lab
+                .exec("host-sg1", &["ping", "-c", "1", "-W", "1", "172.16.2.10"])
+                .is_ok_and(|o| o.status.success());
+            if up && ping {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        false
+    };
+    if !ready(&lab, 120) {
+        return Err(anyhow!(
+            "the lab did not come up: tunnels or tenant traffic missing"
+        ));
+    }
+    let mut out = Vec::new();
+    for run in 0..runs {
+        let sg1 = ["gatewan01-sg1", "gatewan02-sg1"];
+        let before: Vec<(String, u64)> = sg1.iter().flat_map(|g| wg_sent(&lab, g)).collect();
+        let stream = lab
+            .command(
+                "host-sg1",
+                &[
+                    "ping",
+                    "-q",
+                    "-i",
+                    "0.005",
+                    "-W",
+                    "1",
+                    "-w",
+                    "7",
+                    "172.16.2.10",
+                ],
+            )?
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        std::thread::sleep(Duration::from_secs(2));
+        // The stream's tunnel: the one whose counter grew most in these 2 s.
+        let after: Vec<(String, u64)> = sg1.iter().flat_map(|g| wg_sent(&lab, g)).collect();
+        let carrier = after
+            .iter()
+            .map(|(i, n)| {
+                let b = before.iter().find(|(j, _)| j == i).map_or(0, |x| x.1);
+                (n.saturating_sub(b), i.clone())
+            })
+            .max()
+            .map(|x| x.1);
+        let transit = carrier
+            .and_then(|iface| {
+                sg1.iter().find_map(|g| {
+                    let out = lab.exec(g, &["routingctl", "-o", "json", "tunnels"]).ok()?;
+                    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+                    v.as_array()?
+                        .iter()
+                        .find(|t| t["interface"] == iface.as_str())
+                        .and_then(|t| t["meta"]["local_transit"].as_str().map(str::to_string))
+                })
+            })
+            .unwrap_or_else(|| "lumen".into());
+        let emulator = format!("wan-{transit}");
+        lab.impair(&emulator, &["loss=100%"])?;
+        let done = stream.wait_with_output()?;
+        lab.impair(&emulator, &["loss=0%"])?;
+        let (sent, received, ms) = ping_summary(&String::from_utf8_lossy(&done.stdout))
+            .ok_or_else(|| anyhow!("no ping summary"))?;
+        let lost = sent.saturating_sub(received);
+        let outage = Duration::from_millis(lost * ms / sent.max(1));
+        println!(
+            "run {}: {transit} failed, {lost} of {sent} lost: outage {} ms",
+            run + 1,
+            outage.as_millis()
+        );
+        out.push(Failover { sent, lost, outage });
+        if !ready(&lab, 60) {
+            return Err(anyhow!(
+                "the tunnels did not come back after run {}",
+                run + 1
+            ));
+        }
+        // Past the probes' recovery hysteresis and the controller's reaction.
+        std::thread::sleep(Duration::from_secs(3));
+    }
+    lab.down()?;
+    Ok(out)
+}
