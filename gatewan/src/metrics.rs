@@ -168,6 +168,16 @@ impl Collector for DataplaneCollector {
             ConstCounter::new(*packets)
                 .encode(fam.encode_family(&[("interface", interface.as_str())])?)?;
         }
+        let mut fam = enc.encode_descriptor(
+            "gatewan_dataplane_spoofed_packets",
+            "Packets a tunnel brought in from outside its datacenter's networks, dropped by the source filter",
+            None,
+            proto.metric_type(),
+        )?;
+        for (interface, packets) in &s.spoofed_packets {
+            ConstCounter::new(*packets)
+                .encode(fam.encode_family(&[("interface", interface.as_str())])?)?;
+        }
         Ok(())
     }
 }

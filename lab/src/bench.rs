@@ -384,3 +384,135 @@ pub fn failover(file: &Path, fast: bool, runs: usize) -> Result<Vec<Failover>> {
     lab.down()?;
     Ok(out)
 }
+
+/// What [`dataplane`] measures.
+#[derive(Debug, Clone, Copy)]
+pub struct DataplaneFigures {
+    /// TCP bit/s host-sg1 → host-par1 through leaves, gatewans and a tunnel.
+    pub full_bps: f64,
+    /// TCP bit/s between bare wireguard-go devices on gatewan01-sg1 and gatewan01-par1 over
+    /// lumen, the same emulated transit.
+    pub bare_bps: f64,
+    /// Mean ping RTT, ms, of each path.
+    pub full_rtt_ms: f64,
+    pub bare_rtt_ms: f64,
+}
+
+fn exec_ok(lab: &crate::RunningLab, node: &str, shell: &str) -> Result<String> {
+    let out = lab.exec(node, &["sh", "-c", shell])?;
+    if !out.status.success() {
+        return Err(anyhow!(
+            "{node}: `{shell}`: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Mean RTT in ms of `count` pings from `node` to `to`.
+fn mean_rtt(lab: &crate::RunningLab, node: &str, to: &str, count: u32) -> Result<f64> {
+    let out = exec_ok(lab, node, &format!("ping -q -c {count} -i 0.05 {to}"))?;
+    // rtt min/avg/max/mdev = 10.4/11.1/19.5/0.6 ms
+    out.lines()
+        .find(|l| l.contains("min/avg/max"))
+        .and_then(|l| l.split('=').nth(1))
+        .and_then(|v| v.trim().split('/').nth(1))
+        .and_then(|a| a.parse().ok())
+        .ok_or_else(|| anyhow!("no RTT from ping {to} on {node}: {out}"))
+}
+
+/// TCP bit/s from `client` to `address` (iperf3 server on `server`), one flow.
+fn iperf_once(
+    lab: &crate::RunningLab,
+    client: &str,
+    server: &str,
+    address: &str,
+    secs: u32,
+) -> Result<f64> {
+    exec_ok(lab, server, "iperf3 -s -D -1")?;
+    let t0 = Instant::now();
+    loop {
+        let out = lab.exec(
+            client,
+            &["iperf3", "-c", address, "-t", &secs.to_string(), "-J"],
+        )?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        if let Some(bps) = v["end"]["sum_received"]["bits_per_second"].as_f64() {
+            return Ok(bps);
+        }
+        if t0.elapsed() > Duration::from_secs(10) {
+            return Err(anyhow!("iperf3 {client} -> {address}: {}", v["error"]));
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The data plane against bare wireguard-go in the two-dc lab (binaries from PATH): TCP
+/// throughput (one flow, `secs`) and ping RTT host-sg1 → host-par1 through the whole path,
+/// and between two bare wireguard-go devices that the bench adds on gatewan01-sg1 and
+/// gatewan01-par1 over lumen, the transit the path's tunnel takes (lumen tunnels only:
+/// cogent fails for the run). Both runs see the same WAN emulator.
+pub fn dataplane(file: &Path, secs: u32) -> Result<DataplaneFigures> {
+    let mut topo = Topology::load(file)?;
+    topo.name = "bench-dp".into();
+    let lab = crate::Harness::up_topology(topo)?;
+    let t0 = Instant::now();
+    let ready = loop {
+        let ok = lab
+            .exec("host-sg1", &["ping", "-c", "1", "-W", "1", "172.16.2.10"])
+            .is_ok_and(|o| o.status.success());
+        if ok || t0.elapsed() > Duration::from_secs(120) {
+            break ok;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    if !ready {
+        return Err(anyhow!("no tenant traffic in the lab after 120 s"));
+    }
+    // Tenant traffic over lumen tunnels only, as the bare tunnel: cogent fails, and the
+    // gatewans move the traffic at once (local repair).
+    lab.impair("wan-cogent", &["loss=100%"])?;
+    std::thread::sleep(Duration::from_secs(5));
+    // The bare tunnel: wireguard-go on the gatewans' lumen addresses, its own keys and
+    // port, 192.168.255.0/30 inside.
+    let ends = [
+        ("gatewan01-sg1", "192.168.255.1/30", "198.51.100.1"),
+        ("gatewan01-par1", "192.168.255.2/30", "198.51.100.17"),
+    ];
+    let mut keys = Vec::new();
+    for (node, _, _) in ends {
+        keys.push(exec_ok(
+            &lab,
+            node,
+            "umask 077; wg genkey > /tmp/bench.key; wg pubkey < /tmp/bench.key",
+        )?);
+    }
+    for (i, (node, inner, _)) in ends.iter().enumerate() {
+        let (_, _, peer_addr) = ends[1 - i];
+        exec_ok(
+            &lab,
+            node,
+            &format!(
+                "wireguard-go wgbench >/dev/null 2>&1 && wg set wgbench listen-port 51999 private-key /tmp/bench.key peer {} allowed-ips 192.168.255.0/30 endpoint {peer_addr}:51999 && ip addr add {inner} dev wgbench && ip link set wgbench up",
+                keys[1 - i]
+            ),
+        )?;
+    }
+    let full_rtt_ms = mean_rtt(&lab, "host-sg1", "172.16.2.10", 100)?;
+    let bare_rtt_ms = mean_rtt(&lab, "gatewan01-sg1", "192.168.255.2", 100)?;
+    let full_bps = iperf_once(&lab, "host-sg1", "host-par1", "172.16.2.10", secs)?;
+    let bare_bps = iperf_once(
+        &lab,
+        "gatewan01-sg1",
+        "gatewan01-par1",
+        "192.168.255.2",
+        secs,
+    )?;
+    lab.down()?;
+    Ok(DataplaneFigures {
+        full_bps,
+        bare_bps,
+        full_rtt_ms,
+        bare_rtt_ms,
+    })
+}

@@ -173,11 +173,49 @@ enum BenchCmd {
         #[arg(long)]
         fast: bool,
     },
+    /// Tenant TCP throughput and RTT host-sg1 → host-par1 through the whole path (leaves,
+    /// gatewans, a lumen tunnel) against bare wireguard-go over lumen in the same lab.
+    /// gatewan, bgpctl, routingctl and lab must be in PATH.
+    Dataplane {
+        /// Topology file [default: topologies/two-dc.clab.yml].
+        file: Option<PathBuf>,
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+    },
     /// TCP throughput through a WAN emulator at zero impairment vs a plain veth.
     Wan {
         #[arg(long, default_value_t = 5)]
         seconds: u32,
     },
+}
+
+fn two_dc() -> PathBuf {
+    PathBuf::from(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/topologies/two-dc.clab.yml"
+    ))
+}
+
+/// The benches that run two-dc's daemons find them in PATH, as `lab up` does.
+fn needs_gatewan_in_path() -> Result<()> {
+    for prog in [
+        "gatewan",
+        "bgpctl",
+        "routingctl",
+        "lab",
+        "gobgpd",
+        "wireguard-go",
+        "iperf3",
+    ] {
+        let found = std::env::var_os("PATH")
+            .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()));
+        if !found {
+            bail!(Usage(format!(
+                "`{prog}` is not in PATH: build the workspace and run with PATH=$PWD/target/release:$PATH (scripts/bootstrap.sh installs gobgpd, wireguard-go and iperf3)"
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn parse_router_mac(s: &str) -> Result<lab::leaf::Mac, String> {
@@ -329,29 +367,28 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     downs[downs.len() / 2]
                 );
             }
+            BenchCmd::Dataplane { file, seconds } => {
+                needs_gatewan_in_path()?;
+                let r = lab::bench::dataplane(&file.unwrap_or_else(two_dc), seconds.max(1))?;
+                println!(
+                    "whole path (host -> leaf -> gatewan -> tunnel -> gatewan -> leaf -> host): {:.1} Mbit/s, RTT {:.3} ms",
+                    r.full_bps / 1e6,
+                    r.full_rtt_ms
+                );
+                println!(
+                    "bare wireguard-go over the same transit: {:.1} Mbit/s, RTT {:.3} ms",
+                    r.bare_bps / 1e6,
+                    r.bare_rtt_ms
+                );
+                println!(
+                    "ratio {:.2} (target >= 0.9), added RTT {:.3} ms (target <= 0.1 ms)",
+                    r.full_bps / r.bare_bps,
+                    r.full_rtt_ms - r.bare_rtt_ms
+                );
+            }
             BenchCmd::Failover { file, runs, fast } => {
-                for prog in [
-                    "gatewan",
-                    "bgpctl",
-                    "routingctl",
-                    "lab",
-                    "gobgpd",
-                    "wireguard-go",
-                ] {
-                    let found = std::env::var_os("PATH")
-                        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()));
-                    if !found {
-                        bail!(Usage(format!(
-                            "`{prog}` is not in PATH: build the workspace and run with PATH=$PWD/target/release:$PATH (scripts/bootstrap.sh installs gobgpd and wireguard-go)"
-                        )));
-                    }
-                }
-                let f = file.unwrap_or_else(|| {
-                    PathBuf::from(concat!(
-                        env!("CARGO_MANIFEST_DIR"),
-                        "/topologies/two-dc.clab.yml"
-                    ))
-                });
+                needs_gatewan_in_path()?;
+                let f = file.unwrap_or_else(two_dc);
                 let r = lab::bench::failover(&f, fast, runs.max(1))?;
                 let mut ms: Vec<u128> = r.iter().map(|x| x.outage.as_millis()).collect();
                 ms.sort_unstable();

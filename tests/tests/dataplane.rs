@@ -96,6 +96,7 @@ fn tunnel(interface: &str, index: u64, mac: [u8; 6], health: Health) -> TunnelIn
         target_datacenter: "par1".into(),
         health,
         latency_ns: index * 1_000_000,
+        peer_addresses: Vec::new(),
     }
 }
 

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use super::filter;
 use super::plan::{
     self, FabricSettings, Inputs, LocalNetwork, Problem, RemoteNetwork, TunnelInput, VXLAN_DEVICE,
 };
@@ -40,6 +41,9 @@ pub struct DataplaneStats {
     pub ingress_packets: BTreeMap<String, u64>,
     /// Packets sent to the fabric (the VXLAN device's tx).
     pub egress_packets: u64,
+    /// Tunnel interface → packets it brought in from outside its datacenter's networks,
+    /// dropped by the source filter.
+    pub spoofed_packets: BTreeMap<String, u64>,
 }
 
 #[derive(Clone)]
@@ -137,6 +141,71 @@ pub async fn reconcile_with(
     })
 }
 
+/// What the source filter has applied, and the counts of tables it replaced (an applied
+/// table starts its counters from zero).
+#[derive(Default)]
+struct FilterState {
+    script: Option<String>,
+    carried: BTreeMap<String, u64>,
+    last_error: Option<String>,
+}
+
+/// Applies the source filter when what it allows changed, or when its table is gone or
+/// not ours (repaired by hand-deletion); reads its counters. During the startup hold it
+/// only reads: the networks of the other datacenters are still arriving, and a filter made
+/// of half of them would drop live traffic; the table of the previous run stays meanwhile.
+async fn source_filter(
+    inputs: &Inputs,
+    settled: bool,
+    state: &mut FilterState,
+    stats: &mut DataplaneStats,
+) {
+    let allowed = filter::allowed(inputs);
+    let counters = System::filter_counters()
+        .await
+        .ok()
+        .and_then(|j| filter::parse_counters(&j, &allowed));
+    let script = filter::script(&allowed);
+    let stale = counters.is_none() || state.script.as_deref() != Some(script.as_str());
+    if settled && stale {
+        for (i, n) in counters.iter().flatten() {
+            *state.carried.entry(i.clone()).or_default() += n;
+        }
+        match System::apply_filter(&script).await {
+            Ok(()) => {
+                if state.script.is_none() {
+                    info!(
+                        tunnels = allowed.len(),
+                        "source filter applied (nftables table inet gatewan)"
+                    );
+                }
+                state.script = Some(script);
+                state.last_error = None;
+            }
+            Err(e) => {
+                let m = e.to_string();
+                if state.last_error.as_ref() != Some(&m) {
+                    warn!(error = %m, "cannot apply the source filter; retried at the next reconcile");
+                    state.last_error = Some(m);
+                }
+                state.script = None;
+            }
+        }
+    }
+    let now = if settled && stale {
+        BTreeMap::new()
+    } else {
+        counters.unwrap_or_default()
+    };
+    stats.spoofed_packets = allowed
+        .keys()
+        .map(|i| {
+            let n = now.get(i).copied().unwrap_or(0) + state.carried.get(i).copied().unwrap_or(0);
+            (i.clone(), n)
+        })
+        .collect();
+}
+
 /// The networks of our datacenter and of the others, from the mesh.
 fn mesh_networks(
     view: &MeshView,
@@ -182,6 +251,7 @@ async fn run(
         installed: BTreeMap::new(),
     };
     let mut reported: BTreeSet<String> = BTreeSet::new();
+    let mut filter = FilterState::default();
     let started = Instant::now();
     // Nothing is done before the tunnel manager's first table: an empty table would make
     // every tunnel's ingress look stale.
@@ -239,7 +309,9 @@ async fn run(
         {
             warn!(error = %e, %pool, "cannot make fabric.tunnel_vteps local; retried");
         }
-        match reconcile_with(&system, &inputs, started.elapsed() >= STARTUP_HOLD).await {
+        let settled = started.elapsed() >= STARTUP_HOLD;
+        source_filter(&inputs, settled, &mut filter, &mut stats).await;
+        match reconcile_with(&system, &inputs, settled).await {
             Ok(report) => {
                 stats.reconciles += 1;
                 stats.steps += report.steps.len() as u64;

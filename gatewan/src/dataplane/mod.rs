@@ -11,12 +11,15 @@
 //!   sibling); the egress table toward the local fabric; the replies table for what the
 //!   gatewan itself sends to tenants (ICMP errors);
 //! - neighbour and FDB entries on the VXLAN device (VTEP → Router's MAC → VTEP);
-//! - the sysctls forwarding and reverse-path filtering need (see [`plan::rp_filter_writes`]).
+//! - the sysctls forwarding and reverse-path filtering need (see [`plan::rp_filter_writes`]);
+//! - the source filter: an nftables table that drops, and counts per tunnel, what a tunnel
+//!   brings in from outside its datacenter's networks ([`filter`]).
 //!
 //! Tunnel interfaces belong to `tunnels`; this module only routes into and out of them.
 //! `plan` is pure, `reconcile` the pure diff, `system` the netlink adapter, `manager` the
 //! owning task.
 
+pub mod filter;
 pub mod manager;
 pub mod plan;
 pub mod reconcile;

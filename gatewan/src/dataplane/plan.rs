@@ -100,6 +100,8 @@ pub struct TunnelInput {
     pub target_datacenter: String,
     pub health: Health,
     pub latency_ns: u64,
+    /// The peer gatewan's addresses on the tunnel (the source of its ICMP errors).
+    pub peer_addresses: Vec<IpAddr>,
 }
 
 impl TunnelInput {
@@ -118,6 +120,12 @@ impl TunnelInput {
             target_datacenter: t.target_datacenter.clone(),
             health,
             latency_ns: t.latency_ns,
+            peer_addresses: t
+                .peer_info
+                .iter()
+                .flat_map(|p| [&p.local_address_v4, &p.local_address_v6])
+                .filter_map(|a| a.parse().ok())
+                .collect(),
         })
     }
 }
@@ -661,7 +669,7 @@ pub fn networks_from_mesh<'a>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub(crate) fn fabric() -> FabricSettings {
@@ -681,6 +689,7 @@ mod tests {
             target_datacenter: dc.into(),
             health,
             latency_ns: latency_ms * 1_000_000,
+            peer_addresses: Vec::new(),
         }
     }
 

@@ -295,6 +295,7 @@ mod tests {
             target_datacenter: dc.into(),
             health,
             latency_ns: i * 1000,
+            peer_addresses: Vec::new(),
         }
     }
 

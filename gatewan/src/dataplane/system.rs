@@ -143,6 +143,45 @@ pub struct System {
 }
 
 impl System {
+    /// Replaces the source filter's nftables table with `script` (one transaction).
+    pub async fn apply_filter(script: &str) -> io::Result<()> {
+        use tokio::io::AsyncWriteExt;
+        let mut child = tokio::process::Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()?;
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(script.as_bytes()).await?;
+        }
+        let out = child.wait_with_output().await?;
+        if !out.status.success() {
+            return Err(io::Error::other(format!(
+                "nft -f: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        Ok(())
+    }
+
+    /// The source filter's counters as `nft -j` prints them (empty when the table is gone).
+    pub async fn filter_counters() -> io::Result<String> {
+        let out = tokio::process::Command::new("nft")
+            .args([
+                "-j",
+                "list",
+                "counters",
+                "table",
+                "inet",
+                super::filter::TABLE,
+            ])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .await?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// Opens a netlink connection in the caller's network namespace (the socket stays
     /// there). Needs a tokio runtime.
     pub fn new() -> io::Result<System> {
