@@ -16,7 +16,7 @@
 //! so the choice does not depend on arrival order), as Linux does.
 //!
 //! The plan is pure ([`plan`], [`changes`]); [`run`] polls and applies with `ip`, `bridge`
-//! and `gobgp`. Polling (every 250 ms) is what this stand-in can afford: it is not on the
+//! and `gobgp`. Polling (every 500 ms) is what this stand-in can afford: it is not on the
 //! failover path, which the gatewans repair locally.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -492,7 +492,7 @@ impl Leaf<'_> {
 
 /// Polls and applies until killed. Errors are logged once per change of message.
 pub fn run(s: &LeafSettings, gobgp: &[String]) -> Result<()> {
-    const POLL: Duration = Duration::from_millis(250);
+    const POLL: Duration = Duration::from_millis(500);
     eprintln!(
         "lab leaf: VRF {} (L3 VNI {}, VTEP {}, Router's MAC {}), one Router's MAC per {}",
         s.vrf,

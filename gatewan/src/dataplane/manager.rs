@@ -148,7 +148,10 @@ struct FilterState {
     script: Option<String>,
     carried: BTreeMap<String, u64>,
     last_error: Option<String>,
+    last_read: Option<Instant>,
 }
+
+const FILTER_READ_EVERY: Duration = Duration::from_secs(5);
 
 /// Applies the source filter when what it allows changed, or when its table is gone or
 /// not ours (repaired by hand-deletion); reads its counters. During the startup hold it
@@ -161,11 +164,21 @@ async fn source_filter(
     stats: &mut DataplaneStats,
 ) {
     let allowed = filter::allowed(inputs);
+    let script = filter::script(&allowed);
+    // Reading the counters spawns `nft`: every few seconds is enough for /metrics and to
+    // notice a table deleted by hand, and keeps a busy gatewan's reconciles cheap.
+    if state.script.as_deref() == Some(script.as_str())
+        && state
+            .last_read
+            .is_some_and(|t| t.elapsed() < FILTER_READ_EVERY)
+    {
+        return;
+    }
+    state.last_read = Some(Instant::now());
     let counters = System::filter_counters()
         .await
         .ok()
         .and_then(|j| filter::parse_counters(&j, &allowed));
-    let script = filter::script(&allowed);
     let stale = counters.is_none() || state.script.as_deref() != Some(script.as_str());
     if settled && stale {
         for (i, n) in counters.iter().flatten() {
