@@ -327,8 +327,10 @@ pub fn failover(file: &Path, fast: bool, runs: usize) -> Result<Vec<Failover>> {
                     "0.005",
                     "-W",
                     "1",
-                    "-w",
-                    "7",
+                    // A count, not a deadline: at a deadline ping counts the requests
+                    // still in flight as lost.
+                    "-c",
+                    "1200",
                     "172.16.2.10",
                 ],
             )?
