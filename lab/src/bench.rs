@@ -225,7 +225,8 @@ mod tempfile_dir {
     }
 }
 
-fn ping_summary(text: &str) -> Option<(u64, u64, u64)> {
+/// (sent, received, milliseconds) from the summary line of `ping`'s output.
+pub fn ping_summary(text: &str) -> Option<(u64, u64, u64)> {
     let line = text.lines().find(|l| l.contains("packets transmitted"))?;
     let num = |word: &str| {
         line.split(',')

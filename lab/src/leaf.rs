@@ -30,6 +30,9 @@ use serde_json::Value;
 
 pub type Mac = [u8; 6];
 
+// The same two helpers as gatewan's data plane (`gatewan::dataplane::plan`): the lab stays
+// free of the gatewan crate and its runtime, and these are six lines each.
+
 pub fn parse_mac(s: &str) -> Option<Mac> {
     let mut out = [0u8; 6];
     let mut parts = s.split(':');

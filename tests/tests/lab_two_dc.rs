@@ -408,23 +408,7 @@ fn stream_result(child: std::process::Child) -> (u64, u64) {
 fn stream_figures(child: std::process::Child) -> (u64, u64, u64) {
     let out = child.wait_with_output().expect("ping stream");
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find(|l| l.contains("packets transmitted"))
-        .unwrap_or_else(|| panic!("no ping summary: {text}"));
-    let num = |word: &str| {
-        line.split(',')
-            .find(|p| p.contains(word))
-            .and_then(|p| p.split_whitespace().next())
-            .and_then(|n| n.parse::<u64>().ok())
-            .unwrap_or_else(|| panic!("ping summary: {line}"))
-    };
-    let ms = line
-        .split("time ")
-        .nth(1)
-        .and_then(|t| t.trim_end_matches("ms").trim().parse::<u64>().ok())
-        .unwrap_or_else(|| panic!("ping summary: {line}"));
-    (num("transmitted"), num("received"), ms)
+    lab::bench::ping_summary(&text).unwrap_or_else(|| panic!("no ping summary: {text}"))
 }
 
 /// The MTU budget (docs/operators.md): the tunnels carry 1420-byte packets; a DF packet of
