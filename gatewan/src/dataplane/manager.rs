@@ -93,15 +93,7 @@ pub async fn reconcile_with(
     let snapshot = system.snapshot().await?;
     let mut inputs = inputs.clone();
     inputs.present = snapshot.present();
-    inputs.installed = snapshot
-        .observed(BTreeMap::new())
-        .routes
-        .into_iter()
-        .filter_map(|(k, a)| match a {
-            plan::RouteAction::Dev(i) => Some((k, i)),
-            _ => None,
-        })
-        .collect();
+    inputs.installed = snapshot.installed();
     let (want, problems) = plan::plan(&inputs);
     let ours: BTreeSet<String> = want
         .macvlans

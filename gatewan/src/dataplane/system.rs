@@ -71,6 +71,17 @@ impl Snapshot {
         self.links.keys().cloned().collect()
     }
 
+    /// Our routes that go into an interface (a tunnel), by key: what a repair uses now.
+    pub fn installed(&self) -> BTreeMap<RouteKey, String> {
+        self.routes
+            .iter()
+            .filter_map(|(k, a)| match a {
+                RouteAction::Dev(i) => Some((*k, i.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
     fn name_of(&self, index: u32) -> Option<&str> {
         self.links
             .iter()
