@@ -251,31 +251,52 @@ fn mapped(a: Ipv4Addr) -> Ipv6Addr {
     a.to_ipv6_mapped()
 }
 
-/// `ip -batch` and `bridge -batch` lines that turn `old` into `new` (everything of `new`
-/// when `old` is None: a full re-apply, which repairs what was changed by hand).
-pub fn changes(old: Option<&Fib>, new: &Fib, s: &LeafSettings) -> (Vec<String>, Vec<String>) {
+/// The program a batch of lines is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Tool {
+    Ip,
+    Bridge,
+}
+
+impl Tool {
+    fn program(self) -> &'static str {
+        match self {
+            Tool::Ip => "ip",
+            Tool::Bridge => "bridge",
+        }
+    }
+}
+
+/// The `ip -batch` and `bridge -batch` runs, in the order they must run, that turn `old`
+/// into `new` (everything of `new` when `old` is None: a full re-apply, which repairs what
+/// was changed by hand). The order is the point: new FDB entries, then neighbours and
+/// routes, then what is no longer used. A neighbour or route that pointed at a MAC without
+/// its FDB entry for the few milliseconds between two batches sent a packet to nowhere
+/// (the bridge floods it to a VXLAN device without a default destination); one packet of
+/// a 200/s stream was lost that way when routes moved.
+pub fn changes(old: Option<&Fib>, new: &Fib, s: &LeafSettings) -> Vec<(Tool, Vec<String>)> {
     let empty = Fib::default();
     let full = old.is_none();
     let old = old.unwrap_or(&empty);
     let (br, vx) = (s.bridge(), s.vxlan());
-    let mut ip = Vec::new();
-    let mut bridge = Vec::new();
-    // Neighbours and FDB first, so a new route never points at an unresolved next hop.
-    for (nh, mac) in &new.neighbours {
-        if full || old.neighbours.get(nh) != Some(mac) {
-            let m = mac_string(mac);
-            ip.push(format!("neigh replace {nh} lladdr {m} dev {br} nud noarp"));
-            ip.push(format!(
-                "neigh replace {} lladdr {m} dev {br} nud noarp",
-                mapped(*nh)
-            ));
-        }
-    }
+    let mut fdb = Vec::new();
     for (mac, vtep) in &new.fdb {
         if full || old.fdb.get(mac) != Some(vtep) {
             let m = mac_string(mac);
-            bridge.push(format!("fdb replace {m} dev {vx} dst {vtep} self static"));
-            bridge.push(format!("fdb replace {m} dev {vx} master static"));
+            fdb.push(format!("fdb replace {m} dev {vx} dst {vtep} self static"));
+            fdb.push(format!("fdb replace {m} dev {vx} master static"));
+        }
+    }
+    // Neighbours first, so a new route never points at an unresolved next hop.
+    let mut routes = Vec::new();
+    for (nh, mac) in &new.neighbours {
+        if full || old.neighbours.get(nh) != Some(mac) {
+            let m = mac_string(mac);
+            routes.push(format!("neigh replace {nh} lladdr {m} dev {br} nud noarp"));
+            routes.push(format!(
+                "neigh replace {} lladdr {m} dev {br} nud noarp",
+                mapped(*nh)
+            ));
         }
     }
     for (prefix, nhs) in &new.routes {
@@ -288,29 +309,37 @@ pub fn changes(old: Option<&Fib>, new: &Fib, s: &LeafSettings) -> (Vec<String>, 
                 })
                 .collect();
             // The family follows from the prefix (batch lines take no `-6`).
-            ip.push(format!(
+            routes.push(format!(
                 "route replace {prefix} proto bgp {}",
                 hops.join(" ")
             ));
         }
     }
     for prefix in old.routes.keys().filter(|p| !new.routes.contains_key(p)) {
-        ip.push(format!("route del {prefix} proto bgp"));
+        routes.push(format!("route del {prefix} proto bgp"));
     }
     for nh in old
         .neighbours
         .keys()
         .filter(|n| !new.neighbours.contains_key(n))
     {
-        ip.push(format!("neigh del {nh} dev {br}"));
-        ip.push(format!("neigh del {} dev {br}", mapped(*nh)));
+        routes.push(format!("neigh del {nh} dev {br}"));
+        routes.push(format!("neigh del {} dev {br}", mapped(*nh)));
     }
+    let mut unused_fdb = Vec::new();
     for mac in old.fdb.keys().filter(|m| !new.fdb.contains_key(*m)) {
         let m = mac_string(mac);
-        bridge.push(format!("fdb del {m} dev {vx} self"));
-        bridge.push(format!("fdb del {m} dev {vx} master"));
+        unused_fdb.push(format!("fdb del {m} dev {vx} self"));
+        unused_fdb.push(format!("fdb del {m} dev {vx} master"));
     }
-    (ip, bridge)
+    [
+        (Tool::Bridge, fdb),
+        (Tool::Ip, routes),
+        (Tool::Bridge, unused_fdb),
+    ]
+    .into_iter()
+    .filter(|(_, lines)| !lines.is_empty())
+    .collect()
 }
 
 /// Prefixes of global addresses in `ip -j addr show` output, on `interfaces`.
@@ -389,9 +418,6 @@ fn output(cmd: &mut Command) -> Result<String> {
 }
 
 fn batch(program: &str, vrf: &str, lines: &[String]) -> Result<()> {
-    if lines.is_empty() {
-        return Ok(());
-    }
     use std::io::Write;
     let mut child = Command::new(program)
         // -force: one refused line (a neighbour already gone) must not stop the rest.
@@ -441,7 +467,7 @@ impl Leaf<'_> {
         let full = self.last_full.elapsed() >= Self::REAPPLY;
         if full || self.applied.as_ref() != Some(&fib) {
             let old = if full { None } else { self.applied.as_ref() };
-            let (ip, bridge) = changes(old, &fib, s);
+            let runs = changes(old, &fib, s);
             if self.applied.as_ref() != Some(&fib) {
                 eprintln!(
                     "lab leaf: {} routes ({} prefixes, {} next hops), {} unusable paths",
@@ -453,8 +479,9 @@ impl Leaf<'_> {
             }
             // Forgotten until applied: a failed batch is redone in full.
             self.applied = None;
-            batch("ip", &s.vrf, &ip)?;
-            batch("bridge", &s.vrf, &bridge)?;
+            for (tool, lines) in &runs {
+                batch(tool.program(), &s.vrf, lines)?;
+            }
             self.applied = Some(fib);
             if full {
                 self.last_full = Instant::now();
@@ -653,7 +680,8 @@ mod tests {
                 .0
         };
         assert_eq!(nh_b(&before), nh_b(&after));
-        let (ip, bridge) = changes(Some(&before), &after, &s);
+        let runs = changes(Some(&before), &after, &s);
+        let (ip, bridge) = (lines(&runs, Tool::Ip), lines(&runs, Tool::Bridge));
         // The neighbour of b is not rewritten; a's goes, with its FDB entry.
         assert!(
             !ip.iter()
@@ -671,7 +699,46 @@ mod tests {
                 .any(|l| l.starts_with("route replace 172.16.2.0/24"))
         );
         // Nothing changed: nothing to do.
-        assert_eq!(changes(Some(&after), &after, &s), (vec![], vec![]));
+        assert_eq!(changes(Some(&after), &after, &s), vec![]);
+    }
+
+    /// All lines of one tool, in order.
+    fn lines(runs: &[(Tool, Vec<String>)], tool: Tool) -> Vec<String> {
+        runs.iter()
+            .filter(|(t, _)| *t == tool)
+            .flat_map(|(_, l)| l.clone())
+            .collect()
+    }
+
+    #[test]
+    fn a_route_or_neighbour_moves_only_once_its_new_mac_has_an_fdb_entry() {
+        // Per route, the adjacency of a withdrawn route may be reused with another MAC;
+        // per next hop, the route moves to another next hop.
+        for mac_per in [MacPer::Route, MacPer::NextHop] {
+            let s = settings(mac_per);
+            let mut adj = Adjacencies::default();
+            let a = route("1:1", "172.16.2.0/24", "10.1.254.1", 1);
+            let b = route("1:2", "172.16.2.0/24", "10.1.254.2", 2);
+            let before = plan(std::slice::from_ref(&a), &s, &mut adj);
+            let after = plan(std::slice::from_ref(&b), &s, &mut adj);
+            let runs = changes(Some(&before), &after, &s);
+            let flat: Vec<String> = runs.iter().flat_map(|(_, l)| l.clone()).collect();
+            let at = |p: &str| flat.iter().position(|l| l.starts_with(p));
+            let fdb_new = at("fdb replace 02:5d:00:00:00:02").expect("new FDB entry");
+            let uses: Vec<usize> = ["neigh replace", "route replace"]
+                .iter()
+                .filter_map(|p| at(p))
+                .collect();
+            assert!(!uses.is_empty(), "{mac_per:?}: {runs:?}");
+            assert!(uses.iter().all(|&u| fdb_new < u), "{mac_per:?}: {runs:?}");
+            // What the old route used goes only once nothing points at it.
+            let last_use = *uses.iter().max().unwrap();
+            let fdb_old = at("fdb del 02:5d:00:00:00:01").expect("old FDB entry deleted");
+            assert!(last_use < fdb_old, "{mac_per:?}: {runs:?}");
+            if let Some(del) = at("neigh del") {
+                assert!(last_use < del, "{mac_per:?}: {runs:?}");
+            }
+        }
     }
 
     #[test]
@@ -682,7 +749,7 @@ mod tests {
             &s,
             &mut Adjacencies::default(),
         );
-        let (ip, _) = changes(None, &fib, &s);
+        let ip = lines(&changes(None, &fib, &s), Tool::Ip);
         assert!(
             ip.contains(&"route replace 2001:db8:a2::/48 proto bgp nexthop via ::ffff:169.254.0.1 dev br10100 onlink".to_string()),
             "{ip:?}"
