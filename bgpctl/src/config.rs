@@ -111,6 +111,9 @@ pub struct ControllerConfig {
     pub max_tunnels: Option<u32>,
     #[serde(default)]
     pub hold_down: Option<Spanned<Dur>>,
+    /// How long chosen tunnels stay advertised when none to their datacenter is healthy.
+    #[serde(default)]
+    pub hold_when_none_healthy: Option<Spanned<Dur>>,
     /// Improvement a tunnel needs over a chosen one to replace it, e.g. `10%`.
     #[serde(default)]
     pub margin: Option<Spanned<Percent>>,
@@ -377,6 +380,9 @@ impl BgpctlConfig {
         if let Some(v) = &k.hold_down {
             p.hold_down = v.value.0;
         }
+        if let Some(v) = &k.hold_when_none_healthy {
+            p.hold_when_none_healthy = v.value.0;
+        }
         if let Some(v) = &k.margin {
             p.margin = v.value.0;
         }
@@ -392,6 +398,7 @@ impl BgpctlConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     fn load(text: &str) -> Result<BgpctlPlan, Vec<ConfigError>> {
         let dir = tempfile::tempdir().unwrap();
@@ -467,6 +474,26 @@ controller:
                 .any(|t| t.contains(":29: api.tls:") && t.contains("mutual TLS")),
             "{text:?}"
         );
+    }
+
+    #[test]
+    fn hold_when_none_healthy_is_10s_unless_set() {
+        let p = load(GOOD).expect("valid");
+        assert_eq!(p.policy.hold_when_none_healthy, Duration::from_secs(10));
+        let p = load(&GOOD.replace(
+            "controller:\n",
+            "controller:\n  hold_when_none_healthy: 0s\n",
+        ))
+        .expect("valid");
+        assert_eq!(p.policy.hold_when_none_healthy, Duration::ZERO);
+    }
+
+    #[test]
+    fn the_documented_example_loads() {
+        let example = include_str!("../../docs/examples/bgpctl.yaml");
+        let p = load(example).unwrap_or_else(|e| panic!("docs/examples/bgpctl.yaml: {e:?}"));
+        assert_eq!(p.policy.hold_when_none_healthy, Duration::from_secs(10));
+        assert_eq!(p.policy.hold_down, Duration::from_secs(30));
     }
 
     #[test]

@@ -19,6 +19,10 @@
 //! - A tunnel healthy again after being unhealthy is "recovering" for hold_down: it is
 //!   only chosen if the settled tunnels cannot meet the need, so a tunnel whose metrics
 //!   oscillate around max_loss or max_latency does not flap in and out.
+//! - When no tunnel to the datacenter is healthy, the chosen ones (those still known) stay
+//!   chosen for hold_when_none_healthy, then go: with nothing to move to, withdrawing
+//!   only helps a fabric that has another path, and it turns a moment the probes cannot
+//!   see through (a gatewan restarting, the kernel still forwarding) into an outage.
 //!
 //! Incremental work: a datacenter is recomputed only when its inputs (its tunnels, the
 //! gatewans, the headroom of the local interfaces it uses) changed, a hold-down timer
@@ -65,6 +69,8 @@ struct RemoteState {
     unhealthy: BTreeSet<TunnelId>,
     /// Recovering tunnels: healthy again since.
     healthy_since: BTreeMap<TunnelId, u64>,
+    /// Since when no tunnel to the datacenter has been healthy.
+    none_healthy_since: Option<u64>,
     /// The last step changed nothing and runs no timer: same inputs, same output.
     settled: bool,
     cache: Option<Cached>,
@@ -242,7 +248,9 @@ impl Controller {
 
 impl RemoteState {
     fn timed(&self) -> bool {
-        self.pending_since.is_some() || !self.healthy_since.is_empty()
+        self.pending_since.is_some()
+            || !self.healthy_since.is_empty()
+            || (self.none_healthy_since.is_some() && !self.chosen.is_empty())
     }
 
     fn step(
@@ -346,7 +354,29 @@ impl RemoteState {
         };
 
         let mut set: Vec<u32> = chosen_sel.picks.iter().map(|p| p.0).collect();
-        set.sort_unstable_by_key(|&c| r.rank[c as usize]);
+        // Nothing healthy: the chosen tunnels still known stay for hold_when_none_healthy.
+        let none_hold = u64::try_from(p.hold_when_none_healthy.as_millis()).unwrap_or(u64::MAX);
+        let mut held_until = None;
+        let mut hold_expired = false;
+        if r.order.is_empty() {
+            let since = *self.none_healthy_since.get_or_insert(now);
+            let known: Vec<u32> = self
+                .chosen
+                .iter()
+                .filter_map(|id| r.position(*id))
+                .collect();
+            if !known.is_empty() {
+                if now.saturating_sub(since) < none_hold {
+                    held_until = Some(since.saturating_add(none_hold));
+                    set = known;
+                } else {
+                    hold_expired = true;
+                }
+            }
+        } else {
+            self.none_healthy_since = None;
+        }
+        set.sort_unstable_by_key(|&c| (r.rank[c as usize], c));
         let chosen_bps = max_flow(r, &set).total;
         let roles = roles(r, &set, &need);
         let shortfall_bps = need.required_bps.saturating_sub(chosen_bps);
@@ -355,7 +385,12 @@ impl RemoteState {
         let verdict = |c: u32| -> (Verdict, Option<String>) {
             let cand = &r.cands[c as usize];
             if let Some(v) = cand.rejected {
-                return (v, None);
+                let held = held_until.filter(|_| set.contains(&c)).map(|until| {
+                    format!(
+                        "still advertised: no tunnel to {name} is healthy; withdrawn at {until} ms unless one is"
+                    )
+                });
+                return (v, held);
             }
             let why_to_verdict = |w| match w {
                 Why::Capacity => Verdict::ChosenForCapacity,
@@ -413,6 +448,7 @@ impl RemoteState {
             let e = &s.tunnels[cand.tunnel as usize];
             let m = &e.t.measurements;
             let (v, note) = verdict(c);
+            let held = held_until.is_some() && set.contains(&c);
             candidates.push(Candidate {
                 tunnel: cand.id,
                 interface: e.interface.clone(),
@@ -434,7 +470,7 @@ impl RemoteState {
                 terms: cand.score_terms(sc),
                 score: cand.score,
                 rank: (r.rank[c as usize] != u32::MAX).then(|| r.rank[c as usize] + 1),
-                chosen: v.is_chosen(),
+                chosen: v.is_chosen() || held,
                 verdict: v,
                 note,
             });
@@ -484,7 +520,12 @@ impl RemoteState {
         });
 
         let required = Rate(need.required_bps);
-        let mut summary = if r.order.is_empty() {
+        let mut summary = if let Some(until) = held_until {
+            format!(
+                "no healthy tunnel: the chosen tunnel(s) stay advertised until {until} ms (hold_when_none_healthy {})",
+                ms_text(none_hold)
+            )
+        } else if r.order.is_empty() {
             format!(
                 "no healthy tunnel: routes withdrawn, {} short",
                 Rate(shortfall_bps)
@@ -555,6 +596,12 @@ impl RemoteState {
                 causes.push(format!(
                     "{id} left the healthy set ({})",
                     why.map_or("no longer reported", Verdict::describe)
+                ));
+            }
+            if hold_expired {
+                causes.push(format!(
+                    "no tunnel was healthy for hold_when_none_healthy ({})",
+                    ms_text(none_hold)
                 ));
             }
             if applied {

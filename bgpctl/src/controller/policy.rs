@@ -79,6 +79,12 @@ pub struct Policy {
     /// long a tunnel that was unhealthy must stay healthy before it is chosen again when
     /// it is not needed.
     pub hold_down: Duration,
+    /// How long the chosen tunnels to a datacenter stay advertised when none of its
+    /// tunnels is healthy (0: withdrawn at once). A restarting gatewan stops answering
+    /// probes while the kernel and WireGuard still carry its traffic; withdrawing would
+    /// turn that blind moment into an outage. A failure that lasts longer is withdrawn,
+    /// so a fabric with another path to that datacenter can use it.
+    pub hold_when_none_healthy: Duration,
     /// Relative score improvement a tunnel needs to replace a chosen one (0.1 = 10 %).
     pub margin: f64,
     /// Give each chosen tunnel a weight for the link-bandwidth extended community; when
@@ -96,6 +102,7 @@ impl Default for Policy {
             min_tunnels: 2,
             max_tunnels: 8,
             hold_down: Duration::from_secs(30),
+            hold_when_none_healthy: Duration::from_secs(10),
             margin: 0.1,
             link_bandwidth: false,
         }

@@ -310,6 +310,126 @@ fn no_healthy_tunnel_withdraws_and_reports() {
     );
 }
 
+/// sg1's tunnels to par1 as `ordered_latency` makes them, all in `state`.
+fn all_in_state(state: TunnelState) -> Snapshot {
+    let (local, remote_gws) = two_by_two();
+    let gws: Vec<Gatewan> = local.iter().chain(&remote_gws).cloned().collect();
+    let tunnels = all_tunnels(&local, &remote_gws, |g, lt, p, pt| Measurements {
+        state,
+        ..ordered_latency(g, lt, p, pt)
+    });
+    Snapshot::new("sg1", gws, tunnels)
+}
+
+#[test]
+fn when_no_tunnel_is_healthy_the_chosen_ones_stay_for_hold_when_none_healthy_then_go() {
+    let (up, down) = (
+        all_in_state(TunnelState::Established),
+        all_in_state(TunnelState::Down),
+    );
+    let p = Policy {
+        hold_when_none_healthy: Duration::from_secs(10),
+        ..policy()
+    };
+    let mut c = Controller::new(p);
+    let (d0, _) = c.decide(&up, 0);
+    let chosen = chosen_ids(&d0, "par1");
+    assert!(!chosen.is_empty());
+    // Down from 1 s on: held until 11 s.
+    for at in [1_000, 5_000, 10_999] {
+        let (d, e) = c.decide(&down, at);
+        assert_eq!(chosen_ids(&d, "par1"), chosen, "at {at} ms");
+        let x = e.remote("par1").unwrap();
+        assert!(
+            x.summary.contains("stay advertised until 11000 ms"),
+            "{}",
+            x.summary
+        );
+        for cand in &x.candidates {
+            assert_eq!(cand.chosen, chosen.contains(&cand.tunnel), "{cand:?}");
+            assert_eq!(cand.verdict, Verdict::NotEstablished);
+            if cand.chosen {
+                assert!(
+                    cand.note
+                        .as_deref()
+                        .is_some_and(|n| n.contains("no tunnel to par1 is healthy")),
+                    "{cand:?}"
+                );
+            }
+        }
+    }
+    assert_eq!(c.history().count(), 1, "only the first decision");
+    let (d, e) = c.decide(&down, 11_000);
+    assert!(chosen_ids(&d, "par1").is_empty());
+    let x = e.remote("par1").unwrap();
+    assert!(
+        x.summary.contains("no healthy tunnel: routes withdrawn"),
+        "{}",
+        x.summary
+    );
+    let last = c.history().last().unwrap();
+    assert_eq!(
+        last.removed.iter().copied().collect::<BTreeSet<_>>(),
+        chosen
+    );
+    assert!(
+        last.cause
+            .contains("no tunnel was healthy for hold_when_none_healthy (10s)"),
+        "{}",
+        last.cause
+    );
+    // Withdrawn stays withdrawn: nothing is chosen again from unhealthy tunnels.
+    let (d, _) = c.decide(&down, 30_000);
+    assert!(chosen_ids(&d, "par1").is_empty());
+}
+
+#[test]
+fn tunnels_healthy_again_within_hold_when_none_healthy_leave_the_routes_unchanged() {
+    let (up, down) = (
+        all_in_state(TunnelState::Established),
+        all_in_state(TunnelState::Down),
+    );
+    let mut c = Controller::new(policy());
+    let (d0, _) = c.decide(&up, 0);
+    let chosen = chosen_ids(&d0, "par1");
+    // A gatewan restart as its peers see it: a few seconds without an answer.
+    for at in [1_000, 2_000, 3_000] {
+        assert_eq!(chosen_ids(&c.decide(&down, at).0, "par1"), chosen);
+    }
+    for at in (4_000..60_000).step_by(1_000) {
+        assert_eq!(chosen_ids(&c.decide(&up, at).0, "par1"), chosen, "at {at}");
+    }
+    assert_eq!(
+        c.history().count(),
+        1,
+        "{:?}",
+        c.history().collect::<Vec<_>>()
+    );
+    // The next outage has a hold of its own.
+    for at in [60_000, 69_999] {
+        assert_eq!(chosen_ids(&c.decide(&down, at).0, "par1"), chosen);
+    }
+    assert!(chosen_ids(&c.decide(&down, 70_000).0, "par1").is_empty());
+}
+
+#[test]
+fn with_hold_when_none_healthy_of_0_the_routes_are_withdrawn_at_once() {
+    let p = Policy {
+        hold_when_none_healthy: Duration::ZERO,
+        ..policy()
+    };
+    let mut c = Controller::new(p);
+    assert!(
+        !chosen_ids(
+            &c.decide(&all_in_state(TunnelState::Established), 0).0,
+            "par1"
+        )
+        .is_empty()
+    );
+    let (d, _) = c.decide(&all_in_state(TunnelState::Down), 1_000);
+    assert!(chosen_ids(&d, "par1").is_empty());
+}
+
 #[test]
 fn unhealthy_reasons() {
     let local = vec![
