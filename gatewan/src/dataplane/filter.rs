@@ -9,6 +9,12 @@
 //! change of a datacenter's networks a change of every peer. Policy routing (`from` rules)
 //! has no counters at all. One nftables table, replaced whole in one transaction
 //! (`nft -f`), has a named counter per tunnel that `/metrics` reads.
+//!
+//! The same table clamps the MSS of TCP SYNs going into a tunnel to the tunnel's route MTU
+//! (ADR 0012): a tenant host behind a firewall that drops ICMP fragmentation-needed /
+//! packet-too-big would otherwise black-hole every TCP connection whose segments do not fit
+//! the tunnel. Each gatewan clamps what enters its tunnels, so a connection's SYN is
+//! clamped at one end and its SYN-ACK at the other.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
@@ -74,6 +80,20 @@ pub fn script(allowed: &Allowed) -> String {
         s,
         "    type filter hook forward priority filter - 10; policy accept;"
     );
+    let tunnels: Vec<String> = allowed
+        .keys()
+        .filter(|i| safe(i))
+        .map(|i| format!("\"{i}\""))
+        .collect();
+    if !tunnels.is_empty() {
+        // `rt mtu` is the MSS the route's MTU allows (minus IPv4 or IPv6 and TCP headers);
+        // the kernel only ever lowers an MSS option with it.
+        let _ = writeln!(
+            s,
+            "    oifname {{ {} }} tcp flags & (syn | rst) == syn tcp option maxseg size set rt mtu",
+            tunnels.join(", ")
+        );
+    }
     for (iface, nets) in allowed.iter().filter(|(i, _)| safe(i)) {
         let counter = counter_name(iface);
         for v6 in [false, true] {
@@ -199,6 +219,18 @@ mod tests {
             "iifname \"sdwan1\" ip6 saddr != { 2001:db8:a2::/48, fd5d:3a00::1/128 } counter name \"spoofed_sdwan1\" drop"
         ), "{s}");
         assert!(s.contains("hook forward"), "{s}");
+    }
+
+    #[test]
+    fn syns_into_a_tunnel_get_their_mss_clamped_to_the_route_mtu() {
+        let s = script(&allowed(&inputs()));
+        assert!(
+            s.contains(
+                "oifname { \"sdwan1\", \"sdwan2\" } tcp flags & (syn | rst) == syn tcp option maxseg size set rt mtu"
+            ),
+            "{s}"
+        );
+        assert!(!script(&Allowed::new()).contains("maxseg"));
     }
 
     #[test]
