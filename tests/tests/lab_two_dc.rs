@@ -16,7 +16,8 @@
 //!   nothing the fabric holds;
 //! - a tunnel's traffic from outside its datacenter's networks is dropped and counted;
 //! - kill -9 of both gatewans of a datacenter under traffic: nothing recreated, nothing
-//!   withdrawn, (next to) no packet lost;
+//!   withdrawn at either fabric, no packet lost;
+//! - TCP crosses for a host that drops ICMP errors (MSS clamped into the tunnels);
 //! - the MTU budget: 1420 bytes with DF cross, 1421 get the gatewan's ICMP error;
 //! - the controller moves the routes off a transit that fails, within two probe intervals,
 //!   and traffic moves at once (local repair): the packets lost under a ping stream; none
@@ -284,6 +285,21 @@ fn check_minimal_and_stable(lab: &RunningLab, started: Instant) {
     println!("both fabrics held the same routes for 5 minutes ({samples} samples): {first:?}");
 }
 
+/// Runs `checks` while `check_minimal_and_stable` watches the fabrics' routes for five
+/// minutes: checks that must leave those routes as they are (traffic, a bgpctl killed,
+/// filters) make the watch stricter, and the lab test shorter.
+fn while_stable(lab: &RunningLab, started: Instant, checks: impl FnOnce()) {
+    std::thread::scope(|scope| {
+        let watch = scope.spawn(|| check_minimal_and_stable(lab, started));
+        // The minimal-set check comes first (60 s after start); then the checks run.
+        std::thread::sleep(Duration::from_secs(61).saturating_sub(started.elapsed()));
+        checks();
+        if let Err(panic) = watch.join() {
+            std::panic::resume_unwind(panic);
+        }
+    });
+}
+
 /// (RD, prefix, next hop, Router's MAC) of every route a bgpctl advertises, sorted.
 fn advertised(lab: &RunningLab, bgpctl: &str) -> Vec<(String, String, String, String)> {
     let routingctl = format!("{NODE_BIN}/routingctl");
@@ -414,6 +430,54 @@ fn stream_figures(child: std::process::Child) -> (u64, u64, u64) {
 /// The MTU budget (docs/operators.md): the tunnels carry 1420-byte packets; a DF packet of
 /// that size crosses, one byte more gets ICMP "fragmentation needed" / "packet too big"
 /// from the gatewan back to the host.
+/// TCP crosses for a host that drops ICMP errors (no path MTU discovery): the gatewans
+/// clamp the MSS of SYNs entering a tunnel (ADR 0012). The destinations are addresses
+/// added for this check, so no earlier packet taught host-sg1 their path MTU; without the
+/// clamp, its 1460-byte segments die at the tunnel and the transfer hangs.
+fn check_tcp_without_icmp(lab: &RunningLab) {
+    let run = |node: &str, argv: &[&str]| {
+        let out = lab.exec(node, argv).expect("exec");
+        assert!(
+            out.status.success(),
+            "{node}: {argv:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    for a in ["172.16.2.11/24", "2001:db8:a2::11/48"] {
+        run(
+            "host-par1",
+            &["ip", "addr", "add", a, "dev", "eth1", "nodad"],
+        );
+    }
+    let rules = "table inet noicmp {
+  chain input {
+    type filter hook input priority filter; policy accept;
+    icmp type destination-unreachable drop
+    icmpv6 type packet-too-big drop
+  }
+}
+";
+    run(
+        "host-sg1",
+        &["sh", "-c", &format!("echo '{rules}' | nft -f -")],
+    );
+    for to in ["172.16.2.11", "2001:db8:a2::11"] {
+        let bytes = iperf3(lab, "host-sg1", "host-par1", to, 1, 2);
+        println!(
+            "TCP host-sg1 -> {to}, ICMP errors dropped at host-sg1: {:.1} MB in 2 s",
+            bytes as f64 / 1e6
+        );
+        assert!(
+            bytes >= 1_000_000,
+            "TCP to {to} black-holed without ICMP: {bytes} bytes in 2 s"
+        );
+    }
+    run("host-sg1", &["nft", "delete", "table", "inet", "noicmp"]);
+    for a in ["172.16.2.11/24", "2001:db8:a2::11/48"] {
+        run("host-par1", &["ip", "addr", "del", a, "dev", "eth1"]);
+    }
+}
+
 fn check_mtu(lab: &RunningLab) {
     for (to, fits, header) in [
         ("172.16.2.10", 1420 - 28, "IPv4"),
@@ -482,16 +546,21 @@ fn gatewan_fixtures(lab: &RunningLab, node: &str) -> (Vec<String>, Vec<String>) 
 /// kill -9 of both gatewans of sg1 while a ping stream crosses (their supervisor restarts
 /// them): the kernel keeps the data plane and wireguard-go its tunnels, the restarted
 /// daemons adopt them (no link, tunnel or VTEP recreated) and hold back their tunnels'
-/// metrics until the probes have measured, so bgpctl withdraws nothing.
+/// metrics until the probes have measured, so sg1's bgpctls withdraw nothing; par1's see
+/// every tunnel to sg1 Down for a moment and keep their routes (ADR 0011).
 fn check_gatewan_restart(lab: &RunningLab) {
     let sg1 = ["gatewan01-sg1", "gatewan02-sg1"];
     let before: Vec<_> = sg1.iter().map(|g| gatewan_fixtures(lab, g)).collect();
-    // (next hop, Router's MAC): the route lines also hold their age.
+    // (next hop, Router's MAC) at both fabrics: the route lines also hold their age.
     let held = || -> Vec<(String, String)> {
-        fabric_routes(lab, "fabric-sg1", "172.16.2.0/24")
-            .into_iter()
-            .map(|(nh, mac, _)| (nh, mac))
-            .collect()
+        [
+            ("fabric-sg1", "172.16.2.0/24"),
+            ("fabric-par1", "172.16.1.0/24"),
+        ]
+        .iter()
+        .flat_map(|(f, p)| fabric_routes(lab, f, p))
+        .map(|(nh, mac, _)| (nh, mac))
+        .collect()
     };
     let routes_before = held();
     let stream = ping_stream(lab, "host-sg1", "172.16.2.10", 15);
@@ -518,14 +587,16 @@ fn check_gatewan_restart(lab: &RunningLab) {
     assert_eq!(
         routes_before,
         held(),
-        "the fabric's routes changed across the restart"
+        "the fabrics' routes changed across the restart"
     );
     println!(
-        "kill -9 of both sg1 gatewans under a ping stream host-sg1 -> host-par1: {lost} of {sent} lost (goal 0); links, wireguard-go processes and the fabric's routes unchanged"
+        "kill -9 of both sg1 gatewans under a ping stream host-sg1 -> host-par1: {lost} of {sent} lost (goal 0); links, wireguard-go processes and both fabrics' routes unchanged"
     );
-    // Goal 0; the issue's bound is the probe window (5 s of the stream's 15).
+    // Goal 0, met: the kernel and wireguard-go forward on while the daemons restart, and
+    // the other datacenter's bgpctls keep their routes while no tunnel answers probes
+    // (ADR 0011). 1 % is room for a busy machine; withdrawn routes lost 10 %.
     assert!(
-        lost * 3 <= sent,
+        lost * 100 <= sent,
         "{lost} of {sent} lost across a gatewan restart"
     );
 }
@@ -729,6 +800,192 @@ fn check_tenant_traffic(lab: &RunningLab) {
     println!("transit routers saw no tenant packet: {seen:?}");
 }
 
+/// The probes measure what the WAN emulator applies (the kernel has no netem here):
+/// latency and jitter of the lumen tunnels against its counters.
+fn check_probe_measurements(lab: &RunningLab, window: Duration, settle: Duration) {
+    // Baseline: what wireguard-go, the probes and the emulator add to the delay it
+    // applies, measured at the same 20 ms without jitter (on this small machine what a
+    // round trip costs beyond the emulator's delay depends on the delay itself).
+    let base_delay = 40.0;
+    lab.impair("wan-lumen", &["reset"]).expect("impair reset");
+    lab.impair("wan-lumen", &["delay=20ms"])
+        .expect("impair 20 ms");
+    std::thread::sleep(settle);
+    let mut baseline = lumen_readings(lab);
+    std::thread::sleep(window);
+    baseline.extend(lumen_readings(lab));
+    lab.impair("wan-lumen", &["delay=20ms", "jitter=5ms"])
+        .expect("impair");
+    std::thread::sleep(settle - window);
+    let applied_from = applied_delays(lab, "wan-lumen");
+    std::thread::sleep(window);
+    // Four disjoint windows, both ends of each tunnel: eight windows a tunnel, so the
+    // test is about the measurement, not the sampling noise of one 50-probe window
+    // (σ ≈ 0.6 ms for the mean RTT of one window at ±5 ms uniform in each direction).
+    let mut readings = Vec::new();
+    for i in 0..4 {
+        if i > 0 {
+            std::thread::sleep(window);
+        }
+        readings.extend(lumen_readings(lab));
+    }
+    // The emulator delays each direction by 20 ms ± 5 ms (uniform), a frame never before
+    // the previous one of its flow: what it applied, per direction, from its counters.
+    // Consecutive round trips differ by the sum of four independent uniform ±5 ms terms,
+    // whose mean absolute value is 14/15 × 5 ms ≈ 4.67 ms.
+    let applied_to = applied_delays(lab, "wan-lumen");
+    let applied_rtt: f64 = applied_from
+        .iter()
+        .zip(&applied_to)
+        .map(|((n0, s0), (n1, s1))| (s1 - s0) / (n1 - n0) / 1000.0)
+        .sum();
+    println!("the emulator applied {applied_rtt:.3} ms per round trip (20 ms ± 5 ms each way)");
+    assert!(
+        (applied_rtt - 40.0).abs() < 2.0,
+        "emulator applied {applied_rtt} ms"
+    );
+    let applied_jitter = 14.0 / 15.0 * 5.0;
+    let mut ids: Vec<&String> = readings.iter().map(|r| &r.0).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 4, "four lumen tunnels: {readings:?}");
+    let mut per_tunnel = Vec::new();
+    for id in ids {
+        let mine = || readings.iter().filter(move |r| &r.0 == id);
+        let base = mean(baseline.iter().filter(|r| &r.0 == id).map(|r| r.1)) - base_delay;
+        let latency = mean(mine().map(|r| r.1)) - base;
+        let jitter = mean(mine().map(|r| r.2));
+        println!(
+            "tunnel {id}: latency {latency:.3} ms over its {base:.3} ms overhead (applied {applied_rtt:.3} ms), jitter {jitter:.3} ms (applied {applied_jitter:.3} ms)"
+        );
+        // The counters average every frame of the link; a tunnel whose requests and
+        // replies to its peer's probes happen to interleave closely is held back by
+        // per-flow ordering more often (up to ~1 ms more): 0.5 ms of room per tunnel.
+        assert!(
+            (latency - applied_rtt).abs() <= 1.5 && (jitter - applied_jitter).abs() <= 1.5,
+            "tunnel {id}: latency {latency:.3} ms, jitter {jitter:.3} ms; the emulator applied {applied_rtt:.3} ms, {applied_jitter:.3} ms"
+        );
+        per_tunnel.push((latency, jitter));
+    }
+    let latency = mean(per_tunnel.iter().map(|t| t.0));
+    let jitter = mean(per_tunnel.iter().map(|t| t.1));
+    println!("lumen tunnels: latency {latency:.3} ms, jitter {jitter:.3} ms");
+    assert!(
+        (latency - applied_rtt).abs() <= 1.0,
+        "latency {latency:.3} ms, the emulator applied {applied_rtt:.3} ms"
+    );
+    assert!(
+        (jitter - applied_jitter).abs() <= 1.0,
+        "jitter {jitter:.3} ms, the emulator applied {applied_jitter:.3} ms"
+    );
+}
+
+/// What runs during the five-minute watch of the fabrics' routes (`while_stable`): all
+/// of it leaves those routes as they are.
+fn check_routes_and_traffic(lab: &RunningLab) {
+    // Routes: each fabric's tenant prefixes, originated by its leaf, reach the other
+    // fabric through the mesh, next hop the tunnel's own VTEP (fabric.tunnel_vteps),
+    // Router's MAC the tunnel's MAC.
+    for (fabric, local_gatewans, remote_prefixes, rt, vni) in [
+        (
+            "fabric-sg1",
+            ["gatewan01-sg1", "gatewan02-sg1"],
+            ["172.16.2.0/24", "2001:db8:a2::/48"],
+            "65001:100",
+            "[10100]",
+        ),
+        (
+            "fabric-par1",
+            ["gatewan01-par1", "gatewan02-par1"],
+            ["172.16.1.0/24", "2001:db8:a1::/48"],
+            "65002:100",
+            "[10200]",
+        ),
+    ] {
+        let ends = tunnel_ends(lab, &local_gatewans);
+        for prefix in remote_prefixes {
+            let mut routes = Vec::new();
+            let there = wait_until(Duration::from_secs(15), || {
+                routes = fabric_routes(lab, fabric, prefix);
+                !routes.is_empty()
+            });
+            assert!(there, "{fabric} has no route for {prefix}");
+            for (next_hop, mac, line) in &routes {
+                assert!(
+                    ends.iter().any(|(m, _, v)| m == mac && v == next_hop),
+                    "not a tunnel's MAC with its own VTEP as next hop: {line}\n{ends:?}"
+                );
+                assert!(
+                    line.contains(rt) && line.contains("[VXLAN]") && line.contains(vni),
+                    "{line}"
+                );
+            }
+            println!("{fabric}: {prefix} via {} tunnels", routes.len());
+        }
+        // The prefixes are the peer datacenter's networks in the mesh, as gatewans show.
+        let shown = tunnels(lab, local_gatewans[0]);
+        assert!(
+            shown
+                .iter()
+                .all(|t| remote_prefixes.iter().all(|p| t["networks"]
+                    .as_array()
+                    .is_some_and(|n| n.iter().any(|x| x == p)))),
+            "tunnel networks of {}: {shown:#?}",
+            local_gatewans[0]
+        );
+    }
+
+    check_routingctl_on_bgpctl(lab);
+    check_two_bgpctls(lab);
+
+    // Each leaf installs the other datacenter's prefixes in its tenant VRF through its own
+    // datacenter's gatewans: sg1's (one Router's MAC per route) via an adjacency of its
+    // own per route, whose MAC's FDB entry is a tunnel's VTEP; par1's (one per next hop)
+    // via the tunnels' VTEPs themselves.
+    for (leaf, prefix, vteps) in [
+        ("leaf-sg1", "172.16.2.0/24", ["169.254."]),
+        ("leaf-par1", "172.16.1.0/24", ["10.2.254."]),
+    ] {
+        let mut shown = String::new();
+        let installed = wait_until(Duration::from_secs(15), || {
+            shown = lab
+                .exec(
+                    leaf,
+                    &[
+                        "ip", "netns", "exec", "tenant", "ip", "route", "show", prefix,
+                    ],
+                )
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            vteps.iter().any(|v| shown.contains(&format!("via {v}"))) && shown.contains("dev br")
+        });
+        assert!(
+            installed,
+            "{leaf} did not install {prefix} via a gatewan VTEP: {shown}"
+        );
+        println!(
+            "{leaf}: {prefix} installed in the tenant VRF via {}",
+            shown.trim().replace('\n', " ")
+        );
+    }
+    let fdb = lab
+        .exec(
+            "leaf-sg1",
+            &["bridge", "-n", "tenant", "fdb", "show", "dev", "vx10100"],
+        )
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    assert!(
+        fdb.contains("dst 10.1.254."),
+        "leaf-sg1's FDB holds no tunnel VTEP: {fdb}"
+    );
+
+    check_tenant_traffic(lab);
+    check_source_filter(lab);
+    check_tcp_without_icmp(lab);
+    check_mtu(lab);
+}
+
 /// Two bgpctls per datacenter, as production runs them (redundancy without a leader): both
 /// advertise the same routes, and kill -9 of one (its supervisor restarts it) leaves what
 /// the fabric holds for the other datacenter unchanged.
@@ -823,187 +1080,11 @@ fn two_datacenters_tunnels_routes_and_failover() {
         println!("MISSED TARGET: tunnels took {took:?} to come up (target 10 s)");
     }
 
-    check_minimal_and_stable(&lab, start);
-
-    // Baseline: what wireguard-go, the probes and the emulator add to the delay it
-    // applies, measured at the same 20 ms without jitter (on this small machine what a
-    // round trip costs beyond the emulator's delay depends on the delay itself).
+    while_stable(&lab, start, || check_routes_and_traffic(&lab));
     let window = Duration::from_secs(5); // probe.window default: 5 × 1 s
     let settle = window + Duration::from_secs(1);
-    let base_delay = 40.0;
-    lab.impair("wan-lumen", &["reset"]).expect("impair reset");
-    lab.impair("wan-lumen", &["delay=20ms"])
-        .expect("impair 20 ms");
-    std::thread::sleep(settle);
-    let mut baseline = lumen_readings(&lab);
-    std::thread::sleep(window);
-    baseline.extend(lumen_readings(&lab));
-    lab.impair("wan-lumen", &["delay=20ms", "jitter=5ms"])
-        .expect("impair");
-    std::thread::sleep(settle - window);
-    let applied_from = applied_delays(&lab, "wan-lumen");
-    std::thread::sleep(window);
-    // Four disjoint windows, both ends of each tunnel: eight windows a tunnel, so the
-    // test is about the measurement, not the sampling noise of one 50-probe window
-    // (σ ≈ 0.6 ms for the mean RTT of one window at ±5 ms uniform in each direction).
-    let mut readings = Vec::new();
-    for i in 0..4 {
-        if i > 0 {
-            std::thread::sleep(window);
-        }
-        readings.extend(lumen_readings(&lab));
-    }
-    // The emulator delays each direction by 20 ms ± 5 ms (uniform), a frame never before
-    // the previous one of its flow: what it applied, per direction, from its counters.
-    // Consecutive round trips differ by the sum of four independent uniform ±5 ms terms,
-    // whose mean absolute value is 14/15 × 5 ms ≈ 4.67 ms.
-    let applied_to = applied_delays(&lab, "wan-lumen");
-    let applied_rtt: f64 = applied_from
-        .iter()
-        .zip(&applied_to)
-        .map(|((n0, s0), (n1, s1))| (s1 - s0) / (n1 - n0) / 1000.0)
-        .sum();
-    println!("the emulator applied {applied_rtt:.3} ms per round trip (20 ms ± 5 ms each way)");
-    assert!(
-        (applied_rtt - 40.0).abs() < 2.0,
-        "emulator applied {applied_rtt} ms"
-    );
-    let applied_jitter = 14.0 / 15.0 * 5.0;
-    let mut ids: Vec<&String> = readings.iter().map(|r| &r.0).collect();
-    ids.sort();
-    ids.dedup();
-    assert_eq!(ids.len(), 4, "four lumen tunnels: {readings:?}");
-    let mut per_tunnel = Vec::new();
-    for id in ids {
-        let mine = || readings.iter().filter(move |r| &r.0 == id);
-        let base = mean(baseline.iter().filter(|r| &r.0 == id).map(|r| r.1)) - base_delay;
-        let latency = mean(mine().map(|r| r.1)) - base;
-        let jitter = mean(mine().map(|r| r.2));
-        println!(
-            "tunnel {id}: latency {latency:.3} ms over its {base:.3} ms overhead (applied {applied_rtt:.3} ms), jitter {jitter:.3} ms (applied {applied_jitter:.3} ms)"
-        );
-        // The counters average every frame of the link; a tunnel whose requests and
-        // replies to its peer's probes happen to interleave closely is held back by
-        // per-flow ordering more often (up to ~1 ms more): 0.5 ms of room per tunnel.
-        assert!(
-            (latency - applied_rtt).abs() <= 1.5 && (jitter - applied_jitter).abs() <= 1.5,
-            "tunnel {id}: latency {latency:.3} ms, jitter {jitter:.3} ms; the emulator applied {applied_rtt:.3} ms, {applied_jitter:.3} ms"
-        );
-        per_tunnel.push((latency, jitter));
-    }
-    let latency = mean(per_tunnel.iter().map(|t| t.0));
-    let jitter = mean(per_tunnel.iter().map(|t| t.1));
-    println!("lumen tunnels: latency {latency:.3} ms, jitter {jitter:.3} ms");
-    assert!(
-        (latency - applied_rtt).abs() <= 1.0,
-        "latency {latency:.3} ms, the emulator applied {applied_rtt:.3} ms"
-    );
-    assert!(
-        (jitter - applied_jitter).abs() <= 1.0,
-        "jitter {jitter:.3} ms, the emulator applied {applied_jitter:.3} ms"
-    );
-
-    // Routes: each fabric's tenant prefixes, originated by its leaf, reach the other
-    // fabric through the mesh, next hop the tunnel's own VTEP (fabric.tunnel_vteps),
-    // Router's MAC the tunnel's MAC.
-    for (fabric, local_gatewans, remote_prefixes, rt, vni) in [
-        (
-            "fabric-sg1",
-            ["gatewan01-sg1", "gatewan02-sg1"],
-            ["172.16.2.0/24", "2001:db8:a2::/48"],
-            "65001:100",
-            "[10100]",
-        ),
-        (
-            "fabric-par1",
-            ["gatewan01-par1", "gatewan02-par1"],
-            ["172.16.1.0/24", "2001:db8:a1::/48"],
-            "65002:100",
-            "[10200]",
-        ),
-    ] {
-        let ends = tunnel_ends(&lab, &local_gatewans);
-        for prefix in remote_prefixes {
-            let mut routes = Vec::new();
-            let there = wait_until(Duration::from_secs(15), || {
-                routes = fabric_routes(&lab, fabric, prefix);
-                !routes.is_empty()
-            });
-            assert!(there, "{fabric} has no route for {prefix}");
-            for (next_hop, mac, line) in &routes {
-                assert!(
-                    ends.iter().any(|(m, _, v)| m == mac && v == next_hop),
-                    "not a tunnel's MAC with its own VTEP as next hop: {line}\n{ends:?}"
-                );
-                assert!(
-                    line.contains(rt) && line.contains("[VXLAN]") && line.contains(vni),
-                    "{line}"
-                );
-            }
-            println!("{fabric}: {prefix} via {} tunnels", routes.len());
-        }
-        // The prefixes are the peer datacenter's networks in the mesh, as gatewans show.
-        let shown = tunnels(&lab, local_gatewans[0]);
-        assert!(
-            shown
-                .iter()
-                .all(|t| remote_prefixes.iter().all(|p| t["networks"]
-                    .as_array()
-                    .is_some_and(|n| n.iter().any(|x| x == p)))),
-            "tunnel networks of {}: {shown:#?}",
-            local_gatewans[0]
-        );
-    }
-
-    check_routingctl_on_bgpctl(&lab);
-    check_two_bgpctls(&lab);
+    check_probe_measurements(&lab, window, settle);
     check_gatewan_restart(&lab);
-
-    // Each leaf installs the other datacenter's prefixes in its tenant VRF through its own
-    // datacenter's gatewans: sg1's (one Router's MAC per route) via an adjacency of its
-    // own per route, whose MAC's FDB entry is a tunnel's VTEP; par1's (one per next hop)
-    // via the tunnels' VTEPs themselves.
-    for (leaf, prefix, vteps) in [
-        ("leaf-sg1", "172.16.2.0/24", ["169.254."]),
-        ("leaf-par1", "172.16.1.0/24", ["10.2.254."]),
-    ] {
-        let mut shown = String::new();
-        let installed = wait_until(Duration::from_secs(15), || {
-            shown = lab
-                .exec(
-                    leaf,
-                    &[
-                        "ip", "netns", "exec", "tenant", "ip", "route", "show", prefix,
-                    ],
-                )
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default();
-            vteps.iter().any(|v| shown.contains(&format!("via {v}"))) && shown.contains("dev br")
-        });
-        assert!(
-            installed,
-            "{leaf} did not install {prefix} via a gatewan VTEP: {shown}"
-        );
-        println!(
-            "{leaf}: {prefix} installed in the tenant VRF via {}",
-            shown.trim().replace('\n', " ")
-        );
-    }
-    let fdb = lab
-        .exec(
-            "leaf-sg1",
-            &["bridge", "-n", "tenant", "fdb", "show", "dev", "vx10100"],
-        )
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    assert!(
-        fdb.contains("dst 10.1.254."),
-        "leaf-sg1's FDB holds no tunnel VTEP: {fdb}"
-    );
-
-    check_tenant_traffic(&lab);
-    check_source_filter(&lab);
-    check_mtu(&lab);
 
     // A prefix the par1 leaf stops originating (its tenant address is removed) leaves the
     // mesh and the sg1 fabric.
