@@ -390,6 +390,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 needs_gatewan_in_path()?;
                 let f = file.unwrap_or_else(two_dc);
                 let r = lab::bench::failover(&f, fast, runs.max(1))?;
+                if r.is_empty() {
+                    bail!("no run's stream crossed the failed transit");
+                }
                 let mut ms: Vec<u128> = r.iter().map(|x| x.outage.as_millis()).collect();
                 ms.sort_unstable();
                 let target = if fast { 300 } else { 1000 };
