@@ -128,13 +128,14 @@ pub struct Failover {
 /// The probe settings of the operator guide's fast failover (docs/operators.md).
 pub const FAST_PROBE: &str = "probe:\n  interval: 100ms\n  count: 5\n  timeout: 60ms\n  degraded: {latency: 50ms}\n  down: {consecutive: 3}\n";
 
-/// Copies the topology's directory to a temporary one, with every gatewan's `probe:`
-/// section replaced by [`FAST_PROBE`]; returns the copied topology file.
-fn with_fast_probes(file: &Path) -> Result<(tempfile_dir::TempDir, PathBuf)> {
+/// Copies the topology's directory to a temporary one (removed when the returned
+/// [`TempDir`] drops); returns the copied topology file. A lab brought up from the copy
+/// sees its files through its binds, so its configs can be changed while it runs.
+pub fn copy_topology(file: &Path) -> Result<(TempDir, PathBuf)> {
     let src = file
         .parent()
         .ok_or_else(|| anyhow!("{} has no directory", file.display()))?;
-    let dir = tempfile_dir::TempDir::new()?;
+    let dir = TempDir::new()?;
     let status = std::process::Command::new("cp")
         .arg("-a")
         .arg(format!("{}/.", src.display()))
@@ -144,11 +145,29 @@ fn with_fast_probes(file: &Path) -> Result<(tempfile_dir::TempDir, PathBuf)> {
         return Err(anyhow!("cp -a {} failed", src.display()));
     }
     let name = file.file_name().ok_or_else(|| anyhow!("no file name"))?;
+    let copied = dir.path().join(name);
+    Ok((dir, copied))
+}
+
+/// A copy of the topology's directory whose gatewans have the fast probe settings.
+fn with_fast_probes(file: &Path) -> Result<(TempDir, PathBuf)> {
+    let (dir, copied) = copy_topology(file)?;
+    use_fast_probes(&copied)?;
+    Ok((dir, copied))
+}
+
+/// Replaces the `probe:` section of every `gatewan*.yaml` beside the topology `file` (in
+/// its `NAME/` directory) with [`FAST_PROBE`]; the gatewans take it when they restart.
+pub fn use_fast_probes(file: &Path) -> Result<()> {
+    let name = file.file_name().ok_or_else(|| anyhow!("no file name"))?;
     let stem = name
         .to_string_lossy()
         .trim_end_matches(".clab.yml")
         .to_string();
-    let configs = dir.path().join(&stem);
+    let configs = file
+        .parent()
+        .ok_or_else(|| anyhow!("{} has no directory", file.display()))?
+        .join(&stem);
     let mut changed = 0;
     for e in std::fs::read_dir(&configs).with_context(|| format!("read {}", configs.display()))? {
         let p = e?.path();
@@ -185,9 +204,10 @@ fn with_fast_probes(file: &Path) -> Result<(tempfile_dir::TempDir, PathBuf)> {
     if changed == 0 {
         return Err(anyhow!("no gatewan*.yaml in {}", configs.display()));
     }
-    let copied = dir.path().join(name);
-    Ok((dir, copied))
+    Ok(())
 }
+
+pub use tempfile_dir::TempDir;
 
 /// A temporary directory removed on drop (the lab crate has no tempfile dependency outside
 /// its tests).

@@ -190,6 +190,10 @@ impl Supervisor {
                     }
                 }
             }
+        }
+        // Every transit forwards before the first daemon sends (node order is by name, and
+        // `gatewan…` comes before `wan-…`).
+        for node in topo.nodes.values() {
             sup.spawn_processes(&topo.name, node, true)?;
         }
         Ok(sup)
