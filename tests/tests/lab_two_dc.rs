@@ -572,7 +572,7 @@ fn check_gatewan_restart(lab: &RunningLab) {
     };
     let routes_before = held("fabric-sg1", "172.16.2.0/24");
     let par1_before = held("fabric-par1", "172.16.1.0/24");
-    let stream = ping_stream(lab, "host-sg1", "172.16.2.10", 15);
+    let stream = ping_stream(lab, "host-sg1", "172.16.2.10", 10);
     std::thread::sleep(Duration::from_secs(2));
     let kill = "for p in $(pgrep -x gatewan); do [ \"$(readlink /proc/$p/ns/net)\" = \"$(readlink /proc/self/ns/net)\" ] && kill -9 $p; done; true";
     for g in sg1 {
@@ -1274,7 +1274,7 @@ fn two_datacenters_tunnels_routes_and_failover() {
 
     // The transit comes back: its tunnels come up again and the routes may return to them;
     // no packet is lost on the way.
-    let stream = ping_stream(&lab, "host-sg1", "172.16.2.10", 10);
+    let stream = ping_stream(&lab, "host-sg1", "172.16.2.10", 7);
     std::thread::sleep(Duration::from_secs(1));
     lab.impair(&emulator, &["reset"]).expect("impair reset");
     let (sent, received) = stream_result(stream);
