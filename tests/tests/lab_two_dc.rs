@@ -3,25 +3,27 @@
 //!
 //! One lab for several checks, in order (bringing the lab up costs more than each check):
 //! - tunnels come up; 60 s later every bgpctl holds a minimal set, both of a datacenter
-//!   the same, and the fabrics' routes then stay the same for five minutes;
-//! - latency and jitter measured by the probes against what the WAN
-//!   emulator applies (the kernel has no netem here);
-//! - the fabrics' prefixes, originated by each datacenter's leaf, reach the mesh through
-//!   bgpctl and come back to the other fabric as type-5 routes over the chosen tunnels, and
-//!   the other leaf installs them in its tenant VRF (sg1's leaf stands in for hardware, one
-//!   Router's MAC per route; par1's for Linux, one per next hop: `lab leaf`);
+//!   the same, and the fabrics' routes then stay the same for five minutes, while these
+//!   checks run (none of them may move a route):
+//!   - the fabrics' prefixes, originated by each datacenter's leaf, reach the mesh through
+//!     bgpctl and come back to the other fabric as type-5 routes over the chosen tunnels,
+//!     and the other leaf installs them in its tenant VRF (sg1's leaf stands in for
+//!     hardware, one Router's MAC per route; par1's for Linux, one per next hop: `lab leaf`);
+//!   - the two bgpctls of a datacenter advertise the same routes, and kill -9 of one
+//!     changes nothing the fabric holds;
+//!   - a tunnel's traffic from outside its datacenter's networks is dropped and counted;
+//!   - the MTU budget: 1420 bytes with DF cross, 1421 get the gatewan's ICMP error;
+//! - latency and jitter measured by the probes against what the WAN emulator applies (the
+//!   kernel has no netem here);
 //! - tenant traffic: hosts ping each other over IPv4 and IPv6, TCP both ways, through
 //!   exactly the chosen tunnels (their WireGuard counters), never in clear on a transit;
-//! - the two bgpctls of a datacenter advertise the same routes, and kill -9 of one changes
-//!   nothing the fabric holds;
-//! - a tunnel's traffic from outside its datacenter's networks is dropped and counted;
+//! - TCP crosses for a host that drops ICMP errors (MSS clamped into the tunnels);
 //! - kill -9 of both gatewans of a datacenter under traffic: nothing recreated, nothing
 //!   withdrawn, no packet lost;
-//! - TCP crosses for a host that drops ICMP errors (MSS clamped into the tunnels);
-//! - the MTU budget: 1420 bytes with DF cross, 1421 get the gatewan's ICMP error;
-//! - the controller moves the routes off a transit that fails, within two probe intervals,
-//!   and traffic moves at once (local repair): the packets lost under a ping stream; none
-//!   lost when it comes back;
+//! - a prefix the leaf stops originating leaves the other fabric;
+//! - the controller moves the routes off the transit that carries a ping stream when it
+//!   fails, within two probe intervals, and traffic moves at once (local repair): the
+//!   packets lost; none lost when it comes back;
 //! - the same failover with the operator guide's fast probe setting (the gatewans restart
 //!   with it): its outage.
 
