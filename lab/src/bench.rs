@@ -277,18 +277,48 @@ fn tunnels_in(lab: &crate::RunningLab, node: &str, transit: &str, state: &str) -
         .count()
 }
 
-/// Bytes sent by each WireGuard interface of `node`.
-fn wg_sent(lab: &crate::RunningLab, node: &str) -> Vec<(String, u64)> {
-    let Ok(out) = lab.exec(node, &["wg", "show", "all", "transfer"]) else {
-        return Vec::new();
-    };
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| {
-            let c: Vec<&str> = l.split_whitespace().collect();
-            Some((c.first()?.to_string(), c.get(3)?.parse().ok()?))
+/// Bytes sent by each WireGuard interface of `nodes`.
+pub fn wg_sent(lab: &crate::RunningLab, nodes: &[&str]) -> Vec<(String, u64)> {
+    nodes
+        .iter()
+        .flat_map(|node| {
+            let text = lab
+                .exec(node, &["wg", "show", "all", "transfer"])
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            text.lines()
+                .filter_map(|l| {
+                    let c: Vec<&str> = l.split_whitespace().collect();
+                    Some((c.first()?.to_string(), c.get(3)?.parse().ok()?))
+                })
+                .collect::<Vec<_>>()
         })
         .collect()
+}
+
+/// The tunnel of `nodes` whose sent bytes grew most since `before` (from [`wg_sent`]),
+/// with its local transit: the one carrying a stream started in between.
+pub fn busiest_tunnel(
+    lab: &crate::RunningLab,
+    nodes: &[&str],
+    before: &[(String, u64)],
+) -> Option<(String, String)> {
+    let (_, iface) = wg_sent(lab, nodes)
+        .into_iter()
+        .map(|(i, n)| {
+            let b = before.iter().find(|(j, _)| *j == i).map_or(0, |x| x.1);
+            (n.saturating_sub(b), i)
+        })
+        .max()?;
+    let transit = nodes.iter().find_map(|g| {
+        let out = lab.exec(g, &["routingctl", "-o", "json", "tunnels"]).ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        v.as_array()?
+            .iter()
+            .find(|t| t["interface"] == iface.as_str())
+            .and_then(|t| t["meta"]["local_transit"].as_str().map(str::to_string))
+    })?;
+    Some((iface, transit))
 }
 
 /// `runs` failovers in the two-dc lab (gatewan, bgpctl and routingctl from PATH): a ping
@@ -344,7 +374,7 @@ pub fn failover(file: &Path, fast: bool, runs: usize) -> Result<Vec<Failover>> {
             break;
         }
         let sg1 = ["gatewan01-sg1", "gatewan02-sg1"];
-        let before: Vec<(String, u64)> = sg1.iter().flat_map(|g| wg_sent(&lab, g)).collect();
+        let before = wg_sent(&lab, &sg1);
         let stream = lab
             .command(
                 "host-sg1",
@@ -367,27 +397,7 @@ pub fn failover(file: &Path, fast: bool, runs: usize) -> Result<Vec<Failover>> {
             .spawn()?;
         std::thread::sleep(Duration::from_secs(2));
         // The stream's tunnel: the one whose counter grew most in these 2 s.
-        let after: Vec<(String, u64)> = sg1.iter().flat_map(|g| wg_sent(&lab, g)).collect();
-        let carrier = after
-            .iter()
-            .map(|(i, n)| {
-                let b = before.iter().find(|(j, _)| j == i).map_or(0, |x| x.1);
-                (n.saturating_sub(b), i.clone())
-            })
-            .max()
-            .map(|x| x.1);
-        let transit = carrier
-            .and_then(|iface| {
-                sg1.iter().find_map(|g| {
-                    let out = lab.exec(g, &["routingctl", "-o", "json", "tunnels"]).ok()?;
-                    let v: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
-                    v.as_array()?
-                        .iter()
-                        .find(|t| t["interface"] == iface.as_str())
-                        .and_then(|t| t["meta"]["local_transit"].as_str().map(str::to_string))
-                })
-            })
-            .unwrap_or_else(|| "lumen".into());
+        let transit = busiest_tunnel(&lab, &sg1, &before).map_or_else(|| "lumen".into(), |t| t.1);
         let emulator = format!("wan-{transit}");
         lab.impair(&emulator, &["loss=100%"])?;
         let done = stream.wait_with_output()?;

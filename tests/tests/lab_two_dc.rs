@@ -340,19 +340,7 @@ fn advertised(lab: &RunningLab, bgpctl: &str) -> Vec<(String, String, String, St
 
 /// Bytes sent (tx) by every WireGuard tunnel of `gatewans`, by interface.
 fn wg_tx(lab: &RunningLab, gatewans: &[&str]) -> std::collections::BTreeMap<String, u64> {
-    let mut m = std::collections::BTreeMap::new();
-    for g in gatewans {
-        let Ok(out) = lab.exec(g, &["wg", "show", "all", "transfer"]) else {
-            continue;
-        };
-        for l in String::from_utf8_lossy(&out.stdout).lines() {
-            let cols: Vec<&str> = l.split_whitespace().collect();
-            if let [iface, _, _rx, tx] = cols.as_slice() {
-                m.insert(iface.to_string(), tx.parse().unwrap_or(0));
-            }
-        }
-    }
-    m
+    lab::bench::wg_sent(lab, gatewans).into_iter().collect()
 }
 
 /// `ping` from `node` to `to`; true when every one of `count` echo requests is answered.
@@ -576,10 +564,8 @@ fn check_gatewan_restart(lab: &RunningLab) {
     let par1_before = held("fabric-par1", "172.16.1.0/24");
     let stream = ping_stream(lab, "host-sg1", "172.16.2.10", 10);
     std::thread::sleep(Duration::from_secs(2));
-    let kill = "for p in $(pgrep -x gatewan); do [ \"$(readlink /proc/$p/ns/net)\" = \"$(readlink /proc/self/ns/net)\" ] && kill -9 $p; done; true";
     for g in sg1 {
-        let out = lab.exec(g, &["sh", "-c", kill]).expect("kill");
-        assert!(out.status.success());
+        kill_9(lab, g, "gatewan");
     }
     let (sent, received) = stream_result(stream);
     let lost = sent - received;
@@ -622,23 +608,22 @@ fn check_gatewan_restart(lab: &RunningLab) {
 /// carrying it (the one whose WireGuard counter grew most) and that tunnel's transit.
 fn stream_and_its_transit(lab: &RunningLab, seconds: u32) -> (std::process::Child, String, String) {
     let sg1 = ["gatewan01-sg1", "gatewan02-sg1"];
-    let before = wg_tx(lab, &sg1);
+    let before = lab::bench::wg_sent(lab, &sg1);
     let stream = ping_stream(lab, "host-sg1", "172.16.2.10", seconds);
     std::thread::sleep(Duration::from_secs(2));
-    let after = wg_tx(lab, &sg1);
-    let carrier = after
-        .iter()
-        .map(|(i, tx)| (tx.saturating_sub(before.get(i).copied().unwrap_or(0)), i))
-        .max()
-        .map(|(_, i)| i.clone())
-        .expect("sg1 has tunnels");
-    let transit = sg1
-        .iter()
-        .flat_map(|g| tunnels(lab, g))
-        .find(|t| t["interface"] == carrier.as_str())
-        .and_then(|t| t["meta"]["local_transit"].as_str().map(str::to_string))
-        .unwrap_or_else(|| panic!("no transit for {carrier}"));
+    let (carrier, transit) =
+        lab::bench::busiest_tunnel(lab, &sg1, &before).expect("the stream's tunnel and transit");
     (stream, carrier, transit)
+}
+
+/// kill -9 of `program` in `node` (its supervisor restarts it). Nodes share the host's
+/// process table: only the process in the node's own network namespace is killed.
+fn kill_9(lab: &RunningLab, node: &str, program: &str) {
+    let script = format!(
+        "for p in $(pgrep -x {program}); do [ \"$(readlink /proc/$p/ns/net)\" = \"$(readlink /proc/self/ns/net)\" ] && kill -9 $p; done; true"
+    );
+    let out = lab.exec(node, &["sh", "-c", &script]).expect("kill");
+    assert!(out.status.success(), "kill -9 {program} in {node}");
 }
 
 /// The operator guide's fast probe setting: every gatewan restarts with it (a restart
@@ -646,10 +631,8 @@ fn stream_and_its_transit(lab: &RunningLab, seconds: u32) -> (std::process::Chil
 /// Target 300 ms of outage; the bound is three times that, so a busy machine does not flake.
 fn check_fast_failover(lab: &RunningLab, topology: &Path) {
     lab::bench::use_fast_probes(topology).expect("fast probe settings");
-    let kill = "for p in $(pgrep -x gatewan); do [ \"$(readlink /proc/$p/ns/net)\" = \"$(readlink /proc/self/ns/net)\" ] && kill -9 $p; done; true";
     for g in GATEWANS {
-        let out = lab.exec(g, &["sh", "-c", kill]).expect("kill");
-        assert!(out.status.success());
+        kill_9(lab, g, "gatewan");
     }
     // Back, and past the fast probes' window (0.5 s) and their first reports.
     std::thread::sleep(Duration::from_secs(3));
@@ -1090,12 +1073,10 @@ fn check_two_bgpctls(lab: &RunningLab) {
     };
     let before = held("172.16.2.0/24");
     assert!(!before.is_empty());
-    let kill = "for p in $(pgrep -x bgpctl); do [ \"$(readlink /proc/$p/ns/net)\" = \"$(readlink /proc/self/ns/net)\" ] && kill -9 $p; done; true";
     // Tenant traffic meanwhile: not a packet lost.
     let stream = ping_stream(lab, "host-sg1", "172.16.2.10", 16);
     std::thread::sleep(Duration::from_millis(500));
-    let out = lab.exec("bgpctl-sg1", &["sh", "-c", kill]).expect("kill");
-    assert!(out.status.success());
+    kill_9(lab, "bgpctl-sg1", "bgpctl");
     let killed_at = Instant::now();
     let mut changes = Vec::new();
     while killed_at.elapsed() < Duration::from_secs(15) {
