@@ -562,7 +562,7 @@ fn check_gatewan_restart(lab: &RunningLab) {
     };
     let routes_before = held("fabric-sg1", "172.16.2.0/24");
     let par1_before = held("fabric-par1", "172.16.1.0/24");
-    let stream = ping_stream(lab, "host-sg1", "172.16.2.10", 10);
+    let stream = ping_stream(lab, "host-sg1", "172.16.2.10", 15);
     std::thread::sleep(Duration::from_secs(2));
     for g in sg1 {
         kill_9(lab, g, "gatewan");
