@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 
 use bgpctl::controller::{Controller, Measurements, Policy, RequiredCapacity, Snapshot, TunnelId};
 use criterion::{BatchSize, Criterion};
-use gatewan::mesh::NodeId;
-use gatewan::mesh::store::{StateStore, encode_record};
-use gatewan::tunnels::plan::{GatewanView, PlanSettings, TransitView, plan};
+use gatewan_mesh::NodeId;
+use gatewan_mesh::store::{StateStore, encode_record};
 use gatewan_proto::v1::{self, TunnelState, record::Body};
+use gatewan_tunnel_plan::{GatewanView, PlanSettings, TransitView, plan};
 
 const DATACENTERS: u32 = 50;
 const GATEWANS: u32 = 4;

@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use gatewan::config::{
+use gatewan_kit::config::{
     ApiConfig, ApiPlan, Checker, ConfigError, LogConfig, LogFormat, MeshConfig, MeshPlan,
     MetricsConfig, check_name, parse_file,
 };
-use gatewan::units::{Dur, Percent, Rate};
+use gatewan_kit::units::{Dur, Percent, Rate};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 

@@ -10,8 +10,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use gatewan::mesh::driver::{MeshHandle, MeshView, unix_ms};
-use gatewan::mesh::{MemberState, NodeId};
+use gatewan_mesh::driver::{MeshHandle, MeshView, unix_ms};
+use gatewan_mesh::{MemberState, NodeId};
 use gatewan_proto::v1::{self, record::Body};
 use tokio::sync::watch;
 use tracing::{info, warn};

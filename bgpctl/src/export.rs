@@ -10,10 +10,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
-use gatewan::mesh::NodeId;
-use gatewan::mesh::store::StateStore;
-use gatewan::tunnels::plan::route_distinguisher;
+use gatewan_mesh::NodeId;
+use gatewan_mesh::store::StateStore;
 use gatewan_proto::v1;
+use gatewan_tunnel_plan::route_distinguisher;
 use ipnet::IpNet;
 
 use crate::bgp::{ReceivedRoutes, RouteDistinguisher, RouteTarget, Type5Route};

@@ -7,7 +7,7 @@
 //! - `export`: decision → type-5 routes, fabric routes → the datacenter's networks (pure).
 //! - `config` (`bgpctl.yaml`), `daemon` (the decision loop), `api` (gRPC for routingctl).
 //!
-//! bgpctl joins the gatewans' mesh with role `bgpctl` through `gatewan::mesh`.
+//! bgpctl joins the gatewans' mesh with role `bgpctl` through the `gatewan-mesh` crate.
 
 pub mod api;
 pub mod bgp;

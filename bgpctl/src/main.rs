@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use bgpctl::config::{BgpctlConfig, BgpctlPlan};
 use clap::Parser;
-use gatewan::{api, daemon};
+use gatewan_kit::{api, daemon};
 use gatewan_proto::v1;
 
 #[derive(Parser)]
@@ -56,7 +56,7 @@ async fn run(plan: BgpctlPlan) -> anyhow::Result<()> {
     if let Some(listen) = plan.metrics_listen {
         let mesh = member.mesh.clone();
         tokio::spawn(async move {
-            if let Err(e) = gatewan::metrics::serve(listen, mesh).await {
+            if let Err(e) = gatewan_kit::metrics::serve(listen, mesh, Vec::new()).await {
                 tracing::error!(error = %e, %listen, "metrics endpoint failed");
             }
         });

@@ -1,12 +1,17 @@
+//! The gatewan daemon's library: everything that touches the host's network. It builds the
+//! WireGuard tunnels to every remote gatewan (`tunnels`: pure planner, pure diff, netlink
+//! and WireGuard adapter), probes them (`probe`), carries tenant traffic between the
+//! fabric and the tunnels (`dataplane`), keeps the mesh reachable over every transit
+//! (`transit`), and reads its config (`config`).
+//!
+//! The mesh is the `gatewan-mesh` crate and the daemon kit (shared config sections, API,
+//! metrics, state directory) is `gatewan-kit`; bgpctl uses those two and not this crate.
+
 pub mod api;
 pub mod config;
-pub mod daemon;
 pub mod dataplane;
-pub mod mesh;
 pub mod metrics;
 pub mod netlink;
 pub mod probe;
-pub mod state_dir;
 pub mod transit;
 pub mod tunnels;
-pub mod units;

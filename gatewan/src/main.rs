@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use gatewan::config::GatewanConfig;
 use gatewan::transit::TransitRouting;
-use gatewan::{api, daemon, metrics};
+use gatewan::{api, metrics};
+use gatewan_kit::daemon;
 use gatewan_proto::v1;
 
 #[derive(Parser)]
@@ -39,7 +40,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Some(Command::Keygen) = cli.command {
-        println!("{}", gatewan::mesh::MeshKey::generate().to_base64());
+        println!("{}", gatewan_mesh::MeshKey::generate().to_base64());
         return ExitCode::SUCCESS;
     }
     daemon::start_daemon(
@@ -67,7 +68,7 @@ async fn run(plan: gatewan::config::GatewanPlan) -> anyhow::Result<()> {
         .collect();
     let member = daemon::join_mesh(&plan.state_dir, &plan.mesh, &gossip_paths).await?;
     let wireguard_key = match &plan.tunnels {
-        Some(_) => Some(member.state_dir.wireguard_key()?),
+        Some(_) => Some(gatewan::tunnels::key::wireguard_key(&member.state_dir)?),
         None => None,
     };
     let public_key = wireguard_key
@@ -121,15 +122,18 @@ async fn run(plan: gatewan::config::GatewanPlan) -> anyhow::Result<()> {
     };
     if let Some(listen) = plan.metrics_listen {
         let mesh = member.mesh.clone();
-        let stats = dataplane.map(|d| d.stats);
+        let extra = dataplane
+            .map(|d| metrics::dataplane_collector(d.stats))
+            .into_iter()
+            .collect();
         tokio::spawn(async move {
-            if let Err(e) = metrics::serve_with(listen, mesh, stats).await {
+            if let Err(e) = gatewan_kit::metrics::serve(listen, mesh, extra).await {
                 tracing::error!(error = %e, %listen, "metrics endpoint failed");
             }
         });
     }
     let mut routes = tonic::service::Routes::builder();
-    routes.add_service(api::MeshApi::new(member.mesh.clone()).into_server());
+    routes.add_service(gatewan_kit::api::MeshApi::new(member.mesh.clone()).into_server());
     if let Some(t) = tunnels {
         routes.add_service(api::TunnelsApi::new(t, member.state_dir.clone()).into_server());
     }
@@ -204,8 +208,8 @@ fn start_tunnels(
 async fn transit_routing(
     plan: &gatewan::config::GatewanPlan,
 ) -> anyhow::Result<std::collections::BTreeMap<String, TransitRouting>> {
-    use gatewan::config::{ConfigError, ConfigErrors};
     use gatewan::transit;
+    use gatewan_kit::config::{ConfigError, ConfigErrors};
     let (conn, handle, _) = rtnetlink::new_connection()?;
     tokio::spawn(conn);
     let routes = transit::main_table(&handle).await?;

@@ -297,7 +297,7 @@ pub async fn ensure(handle: &Handle, r: &TransitRouting) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::units::Rate;
+    use gatewan_kit::units::Rate;
 
     fn transit(
         name: &str,

@@ -22,14 +22,14 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use gatewan::mesh::driver;
-use gatewan::mesh::{Keyring, MemberId, MeshCore, MeshKey, MeshSettings, NodeId};
 use gatewan::probe::engine::{self, ProbeHandle, ProbeSettings, ProbeTarget};
 use gatewan::probe::stats::TunnelState;
-use gatewan::tunnels::plan::{GatewanView, Pairing, PlanSettings, TransitView, plan};
 use gatewan::tunnels::reconcile::{self, WantedTunnel};
+use gatewan_mesh::driver;
+use gatewan_mesh::{Keyring, MemberId, MeshCore, MeshKey, MeshSettings, NodeId};
 use gatewan_proto::v1::{self, record::Body};
 use gatewan_tests::{Netns, bin, wait_until};
+use gatewan_tunnel_plan::{GatewanView, Pairing, PlanSettings, TransitView, plan};
 
 const REMOTES: u32 = 50;
 const TARGET_RECONCILE: Duration = Duration::from_secs(3);
@@ -246,7 +246,7 @@ fn daemon_with_100_tunnels(sample: Duration) {
     let dir = tempfile::tempdir().expect("tempdir");
     let key = MeshKey::generate();
     let keyring = dir.path().join("keyring");
-    gatewan::mesh::keyring_file::save(&keyring, std::slice::from_ref(&key)).expect("keyring");
+    gatewan_mesh::keyring_file::save(&keyring, std::slice::from_ref(&key)).expect("keyring");
     let config = dir.path().join("gatewan.yaml");
     std::fs::write(
         &config,

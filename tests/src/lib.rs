@@ -193,7 +193,7 @@ impl Cluster {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("test dir");
         let keyring = dir.join("keyring");
-        write_keyring(&keyring, &[&gatewan::mesh::MeshKey::generate().to_base64()]);
+        write_keyring(&keyring, &[&gatewan_mesh::MeshKey::generate().to_base64()]);
         Cluster {
             ns,
             dir,

@@ -123,7 +123,7 @@ fn keygen_makes_distinct_valid_keys() {
         String::from_utf8_lossy(&b.stdout),
     );
     assert_ne!(a, b);
-    assert!(gatewan::mesh::MeshKey::from_base64(a.trim()).is_ok());
+    assert!(gatewan_mesh::MeshKey::from_base64(a.trim()).is_ok());
 }
 
 /// Certificates for the TCP API, as PEM files in a directory: a CA, the daemon's

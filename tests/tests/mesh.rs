@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gatewan::mesh::{Keyring, MeshKey};
+use gatewan_mesh::{Keyring, MeshKey};
 use gatewan_tests::*;
 
 const DROPPED: &str = "gatewan_mesh_datagrams_dropped_total";
@@ -393,7 +393,7 @@ fn hostile_datagrams_change_nothing_and_are_counted() {
             let real = &replays[n % replays.len()];
             let cut = rng.random_range(0..real.len());
             let _ = socks[1].send_to(&real[..cut], gw1);
-            let now_ms = gatewan::mesh::driver::unix_ms();
+            let now_ms = gatewan_mesh::driver::unix_ms();
             let forged = wrong_key.seal(&random, now_ms, rng.random());
             let _ = socks[2].send_to(&forged, gw1);
             let _ = socks[3].send_to(real, gw1);

@@ -84,7 +84,7 @@ impl World {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let keyring = dir.join("keyring");
-        write_keyring(&keyring, &[&gatewan::mesh::MeshKey::generate().to_base64()]);
+        write_keyring(&keyring, &[&gatewan_mesh::MeshKey::generate().to_base64()]);
         let mut w = World {
             internet,
             a,

@@ -93,7 +93,7 @@ fn two_datacenters_four_tunnels_probed_and_restart_safe() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let keyring = dir.join("keyring");
-    write_keyring(&keyring, &[&gatewan::mesh::MeshKey::generate().to_base64()]);
+    write_keyring(&keyring, &[&gatewan_mesh::MeshKey::generate().to_base64()]);
     a.config = write_config(
         &dir,
         "gatewan01-sg1",

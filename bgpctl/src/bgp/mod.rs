@@ -9,6 +9,7 @@
 //! - [`rib_in`]: the Adj-RIB-In with the import route-target filter and stale marking.
 //!
 //! Thin adapters, tested against gobgpd and FRR in network namespaces (`bgpctl/tests`):
+//! - [`settings`]: what the daemon tells the speaker (plain data);
 //! - [`transport`]: sockets, listener, TCP-MD5;
 //! - [`session`]: one connection driven by `rustbgpd_fsm`;
 //! - [`peer`]: connection attempts, backoff, collisions, graceful restart (receiving side);
@@ -24,15 +25,14 @@ pub mod peer;
 pub mod rib_in;
 pub mod rib_out;
 mod session;
+pub mod settings;
 mod speaker;
 pub mod status;
 pub mod transport;
 pub mod types;
 
 pub use rib_in::{ReceivedRoute, ReceivedRoutes};
-pub use speaker::{
-    DEFAULT_HOLD_TIME, GracefulRestart, PeerSettings, SpeakerError, SpeakerHandle, SpeakerSettings,
-    spawn,
-};
+pub use settings::{DEFAULT_HOLD_TIME, GracefulRestart, PeerSettings, SpeakerSettings};
+pub use speaker::{SpeakerError, SpeakerHandle, spawn};
 pub use status::{InputCounters, PeerState, PeerStatus};
 pub use types::{ParseError, RouteDistinguisher, RouteKey, RouteTarget, Type5Route};

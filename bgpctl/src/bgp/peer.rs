@@ -15,8 +15,10 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use super::rib_in::RibInCmd;
+use super::rib_out::Desired;
 use super::session::{self, ConnCmd, ConnSetup, Direction, PeerGracefulRestart, Report, Verdict};
-use super::speaker::{Desired, PeerSettings, RibInCmd};
+use super::settings::PeerSettings;
 use super::status::{PeerState, SharedStatus};
 
 /// BGP's TCP port (RFC 4271 §8.2.1).

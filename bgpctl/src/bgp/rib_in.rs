@@ -8,6 +8,21 @@ use std::net::IpAddr;
 use super::inbound::{ReceivedKey, ReceivedType5};
 use super::types::{RouteTarget, Type5Route};
 
+/// Commands to the Adj-RIB-In task.
+#[derive(Debug)]
+pub(crate) enum RibInCmd {
+    Update {
+        peer: IpAddr,
+        announced: Vec<ReceivedType5>,
+        withdrawn: Vec<ReceivedKey>,
+    },
+    MarkStale(IpAddr),
+    FlushStale(IpAddr),
+    /// The peer's current session sent End-of-RIB (after its UPDATEs were handed over).
+    EndOfRib(IpAddr),
+    Clear(IpAddr),
+}
+
 /// A received type-5 route with the peer it came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReceivedRoute {

@@ -10,6 +10,13 @@ use bytes::Bytes;
 
 use super::codec::{self, ExportContext};
 use super::types::{RouteKey, Type5Route};
+use std::sync::Arc;
+
+/// The desired Adj-RIB-Out; None until the owner first sets it. Sessions hold back their
+/// initial table and its End-of-RIB until then (RFC 4724 §4.1: a restarting speaker
+/// defers its advertisement until its route selection is done): an empty table followed by
+/// End-of-RIB would make a peer that kept our routes across a restart flush them.
+pub(crate) type Desired = Option<Arc<AdjRibOut>>;
 
 /// A set of type-5 routes keyed by (RD, prefix); the unit of `set_advertised`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -28,8 +28,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use super::codec::{self, ExportContext};
 use super::inbound::{self, ReceiveContext};
-use super::rib_out::{self, AdjRibOut};
-use super::speaker::{Desired, RibInCmd};
+use super::rib_in::RibInCmd;
+use super::rib_out::{self, AdjRibOut, Desired};
 use super::status::{PeerState, SharedStatus};
 
 /// Output handed to TCP before more is generated (keeps KEEPALIVE latency low).

@@ -1,8 +1,8 @@
-//! The speaker: settings, `spawn`, the handle the daemon holds, the passive listener task
+//! The speaker: `spawn`, the handle the daemon holds, the passive listener task
 //! and the Adj-RIB-In task (single owner of received routes, publishing snapshots).
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -10,70 +10,16 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use super::inbound::{ReceivedKey, ReceivedType5};
 use super::peer::{PeerCmd, PeerContext, PeerTask};
-use super::rib_in::{AdjRibIn, ReceivedRoutes};
-use super::rib_out::AdjRibOut;
+use super::rib_in::{AdjRibIn, ReceivedRoutes, RibInCmd};
+use super::rib_out::{AdjRibOut, Desired};
+use super::settings::{PeerSettings, SpeakerSettings};
 use super::status::{PeerStatus, SharedStatus};
 use super::transport;
-use super::types::{RouteTarget, Type5Route};
+use super::types::Type5Route;
 
-/// Hold time proposed when a peer's is not configured (RFC 4271 §10).
-pub const DEFAULT_HOLD_TIME: Duration = Duration::from_secs(90);
 /// Snapshots of received routes are published at most this often (coalescing bursts).
 const PUBLISH_INTERVAL: Duration = Duration::from_millis(100);
-
-/// Graceful restart (RFC 4724) as restarting and as receiving speaker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GracefulRestart {
-    /// Announced restart time (at most 4095 s): how long peers keep our routes when the
-    /// session drops. Peers keep them also after our Cease on `shutdown` when they support
-    /// RFC 8538 (notification N bit), which this speaker announces.
-    pub restart_time: Duration,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SpeakerSettings {
-    pub asn: u32,
-    pub router_id: Ipv4Addr,
-    /// Passive listener, e.g. `[::]:179` (dual-stack); None: outgoing connections only.
-    pub listen: Option<SocketAddr>,
-    pub peers: Vec<PeerSettings>,
-    pub graceful_restart: Option<GracefulRestart>,
-    /// Received type-5 routes are kept only if they carry one of these route targets;
-    /// empty accepts all.
-    pub import_route_targets: Vec<RouteTarget>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerSettings {
-    pub address: IpAddr,
-    /// Equal to the speaker's ASN: iBGP (LOCAL_PREF, empty AS_PATH); else eBGP.
-    pub asn: u32,
-    /// TCP-MD5 password (RFC 2385), at most 80 octets.
-    pub password: Option<String>,
-    /// Only accept the peer's connections, never connect.
-    pub passive: bool,
-    /// Proposed hold time: 0 or at least 3 s (whole seconds); keepalive is a third of the
-    /// negotiated one.
-    pub hold_time: Duration,
-    /// Source address of outgoing connections.
-    pub local_address: Option<IpAddr>,
-}
-
-impl PeerSettings {
-    /// An active peer with the default hold time, no password, any source address.
-    pub fn new(address: IpAddr, asn: u32) -> PeerSettings {
-        PeerSettings {
-            address,
-            asn,
-            password: None,
-            passive: false,
-            hold_time: DEFAULT_HOLD_TIME,
-            local_address: None,
-        }
-    }
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SpeakerError {
@@ -87,27 +33,6 @@ pub enum SpeakerError {
     #[error("the BGP speaker must be spawned from within a Tokio runtime")]
     NoRuntime,
 }
-
-/// Commands to the Adj-RIB-In task.
-#[derive(Debug)]
-pub(crate) enum RibInCmd {
-    Update {
-        peer: IpAddr,
-        announced: Vec<ReceivedType5>,
-        withdrawn: Vec<ReceivedKey>,
-    },
-    MarkStale(IpAddr),
-    FlushStale(IpAddr),
-    /// The peer's current session sent End-of-RIB (after its UPDATEs were handed over).
-    EndOfRib(IpAddr),
-    Clear(IpAddr),
-}
-
-/// The desired Adj-RIB-Out; None until the owner first sets it. Sessions hold back their
-/// initial table and its End-of-RIB until then (RFC 4724 §4.1: a restarting speaker
-/// defers its advertisement until its route selection is done): an empty table followed by
-/// End-of-RIB would make a peer that kept our routes across a restart flush them.
-pub(crate) type Desired = Option<Arc<AdjRibOut>>;
 
 struct PeerEntry {
     settings: PeerSettings,

@@ -32,7 +32,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 
-use gatewan::units::Rate;
+use gatewan_kit::units::Rate;
 use gatewan_proto::v1::{ChosenTunnel, DatacenterDecision, Decision};
 
 use super::explain::{

@@ -16,10 +16,10 @@ use std::hash::{DefaultHasher, Hash, Hasher};
 use std::ops::Range;
 use std::sync::Arc;
 
-use gatewan::mesh::NodeId;
-use gatewan::mesh::store::StateStore;
-use gatewan::tunnels::plan::{GatewanView, Pairing, PlanSettings, plan};
+use gatewan_mesh::NodeId;
+use gatewan_mesh::store::StateStore;
 use gatewan_proto::v1::{self, Role, TunnelState, record::Body};
+use gatewan_tunnel_plan::{GatewanView, Pairing, PlanSettings, plan};
 use serde::{Serialize, Serializer};
 
 /// The 16-byte id of a tunnel (a UUID), the same at both ends.

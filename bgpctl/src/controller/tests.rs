@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use gatewan::mesh::NodeId;
+use gatewan_mesh::NodeId;
 use gatewan_proto::v1::{self, DatacenterDecision, Decision, TunnelState};
 use proptest::prelude::*;
 
@@ -1155,9 +1155,9 @@ fn tunnel_id_text() {
 
 mod store {
     use super::*;
-    use gatewan::mesh::store::{StateStore, encode_record};
-    use gatewan::tunnels::plan::{GatewanView, PlanSettings, TransitView, plan};
+    use gatewan_mesh::store::{StateStore, encode_record};
     use gatewan_proto::v1::{self, record::Body};
+    use gatewan_tunnel_plan::{GatewanView, PlanSettings, TransitView, plan};
 
     fn node_record(id: NodeId, name: &str, dc: &str, slot: u32, transits: &[&str]) -> v1::Record {
         v1::Record {

@@ -16,8 +16,8 @@ use super::plan::{
 };
 use super::reconcile::{self, Step};
 use super::system::{self, Snapshot, System};
-use crate::mesh::driver::{MeshHandle, MeshView};
 use crate::tunnels::manager::TunnelTable;
+use gatewan_mesh::driver::{MeshHandle, MeshView};
 
 pub struct DataplaneConfig {
     pub fabric: FabricSettings,

@@ -37,10 +37,10 @@ use futures_util::StreamExt as _;
 use super::plan::{GatewanView, PlanSettings, PlannedTunnel, plan};
 use super::reconcile::{Step, WantedTunnel, steps};
 use super::system::{System, WireguardMode};
-use crate::mesh::driver::{MeshHandle, MeshView};
-use crate::mesh::{MemberState, NodeId};
 use crate::probe::engine::{self, ProbeHandle, ProbeReport, ProbeSettings, ProbeTarget};
 use crate::probe::stats::TunnelState;
+use gatewan_mesh::driver::{MeshHandle, MeshView};
+use gatewan_mesh::{MemberState, NodeId};
 
 pub struct ManagerConfig {
     pub local: GatewanView,
@@ -109,7 +109,7 @@ async fn announce_public_key(mesh: &MeshHandle, local: NodeId, public_key: &[u8]
 }
 
 fn unix_ms() -> u64 {
-    crate::mesh::driver::unix_ms()
+    gatewan_mesh::driver::unix_ms()
 }
 
 /// The gatewans the planner considers: ourselves and every gatewan of the mesh that has

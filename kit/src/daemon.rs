@@ -11,9 +11,9 @@ use tonic::transport::server::TcpIncoming;
 use tracing::{error, info};
 
 use crate::config::{ApiPlan, LogFormat, MeshPlan};
-use crate::mesh::driver::{self, MeshHandle};
-use crate::mesh::{MemberId, MeshCore, keyring_file};
 use crate::state_dir::StateDir;
+use gatewan_mesh::driver::{self, MeshHandle};
+use gatewan_mesh::{MemberId, MeshCore, keyring_file};
 
 pub fn init_tracing(format: LogFormat, level: Option<&str>) {
     use tracing_subscriber::EnvFilter;
@@ -169,7 +169,7 @@ pub async fn serve_api(
     let tcp = match &api.tcp {
         None => None,
         Some(t) => {
-            let tls = crate::api::server_tls(&t.tls)?;
+            let tls = crate::tls::server_tls(&t.tls)?;
             let listener = tokio::net::TcpListener::bind(t.listen)
                 .await
                 .with_context(|| format!("api.listen {}", t.listen))?;

@@ -18,7 +18,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ipnet::{Ipv4Net, Ipv6Net};
 
-use crate::mesh::NodeId;
+use gatewan_mesh::NodeId;
 
 /// Most transits a gatewan may have: fixes the stride of the tunnel index.
 pub const MAX_TRANSITS: usize = 4;

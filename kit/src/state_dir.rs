@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::mesh::NodeId;
+use gatewan_mesh::NodeId;
 
 #[derive(Debug, Clone)]
 pub struct StateDir {
@@ -58,43 +58,6 @@ impl StateDir {
         Ok(next)
     }
 
-    /// The WireGuard private key, generated on first start, kept 0600, never logged.
-    pub fn wireguard_key(&self) -> std::io::Result<[u8; 32]> {
-        let f = self.path.join("wireguard.key");
-        match std::fs::read_to_string(&f) {
-            Ok(s) => wireguard_control::Key::from_base64(s.trim())
-                .map(|k| k.0)
-                .map_err(|_| {
-                    std::io::Error::other(format!(
-                        "{}: not a WireGuard key (base64 of 32 bytes)",
-                        f.display()
-                    ))
-                }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => self.new_wireguard_key(),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Replaces the WireGuard private key with a new one (kept before it is used, so a
-    /// crash in between restarts with the key the peers are told about).
-    pub fn new_wireguard_key(&self) -> std::io::Result<[u8; 32]> {
-        use std::io::Write as _;
-        use std::os::unix::fs::OpenOptionsExt as _;
-        let f = self.path.join("wireguard.key");
-        let key = wireguard_control::Key::generate_private();
-        let tmp = f.with_extension("tmp");
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        writeln!(file, "{}", key.to_base64())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, &f)?;
-        Ok(key.0)
-    }
-
     /// Records a generation raised at runtime (rejoin after being declared down).
     pub fn store_generation(&self, g: u32) -> std::io::Result<()> {
         write_atomic(&self.path.join("generation"), &format!("{g}\n"))
@@ -122,13 +85,5 @@ mod tests {
         let s2 = StateDir::open(&d.path().join("state")).unwrap();
         assert_eq!(s2.node_id().unwrap(), id);
         assert_eq!(s2.next_generation().unwrap(), 3);
-        let k = s.wireguard_key().unwrap();
-        assert_eq!(s2.wireguard_key().unwrap(), k);
-        use std::os::unix::fs::PermissionsExt as _;
-        let mode = std::fs::metadata(s.path().join("wireguard.key"))
-            .unwrap()
-            .permissions()
-            .mode();
-        assert_eq!(mode & 0o777, 0o600);
     }
 }

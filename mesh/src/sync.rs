@@ -164,7 +164,7 @@ pub fn batches<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::mesh::store::encode_record;
+    use crate::store::encode_record;
     use gatewan_proto::v1::{self, record::Body};
 
     fn net(origin: u8, i: u32, version: u64) -> StoredRecord {
@@ -245,7 +245,7 @@ mod tests {
 
     fn member(n: u8, generation: u32) -> MemberId {
         MemberId {
-            node: super::super::identity::NodeId([n; 16]),
+            node: crate::identity::NodeId([n; 16]),
             generation,
             addrs: vec![format!("192.0.2.{n}:7946").parse().unwrap()],
         }
@@ -267,7 +267,7 @@ mod tests {
     fn member_lists_fit_datagrams_and_only_the_first_wants_a_reply() {
         let entries: Vec<MemberEntry> = (1..=200)
             .map(|n| MemberEntry {
-                identity: Some(crate::mesh::core::identity_to_proto(&member(n, 1))),
+                identity: Some(crate::core::identity_to_proto(&member(n, 1))),
                 incarnation: 3,
                 suspect: n % 7 == 0,
             })

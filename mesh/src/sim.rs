@@ -952,7 +952,7 @@ mod tests {
         let since = sim.now_ms();
         sim.set_loss(0.15);
         sim.run_for(Duration::from_secs(120));
-        let total = |f: fn(&super::super::core::Counters) -> u64| -> u64 {
+        let total = |f: fn(&crate::core::Counters) -> u64| -> u64 {
             sim.live_nodes()
                 .iter()
                 .map(|&i| f(&sim.core(i).counters()))
@@ -1102,7 +1102,7 @@ mod tests {
     /// not yet declared down is reported as not having answered.
     #[test]
     fn keyring_changes_reach_the_whole_mesh() {
-        use crate::mesh::MeshKey;
+        use crate::MeshKey;
         let mut sim = converged_cluster(9, 6);
         let fingerprints = |sim: &Sim, i: usize| -> Vec<String> {
             sim.core(i)

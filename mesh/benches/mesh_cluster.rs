@@ -1,7 +1,7 @@
 //! Benchmark of issue 2: how the gossip mesh behaves at 50 and 200 members, measured in
-//! the deterministic simulator (`gatewan::mesh::sim`) over a simulated WAN.
+//! the deterministic simulator (`gatewan_mesh::sim`) over a simulated WAN.
 //!
-//! Run: `cargo bench -p gatewan --bench mesh_cluster`. It prints a table; nothing here
+//! Run: `cargo bench -p gatewan-mesh --bench mesh_cluster`. It prints a table; nothing here
 //! is wall-clock timing, every figure is virtual time or bytes, so results do not depend
 //! on the machine and a given seed always gives the same numbers.
 //!
@@ -13,8 +13,8 @@
 
 use std::time::{Duration, Instant};
 
-use gatewan::mesh::sim::{Latency, Sim, SimConfig};
-use gatewan::mesh::{MemberState, MeshSettings};
+use gatewan_mesh::sim::{Latency, Sim, SimConfig};
+use gatewan_mesh::{MemberState, MeshSettings};
 
 const SIZES: [usize; 2] = [50, 200];
 /// Several samples of each timing per seed: a member joins, then members are killed one

@@ -2,7 +2,8 @@
 //! disseminated by piggybacked broadcasts and repaired by push-pull anti-entropy.
 //!
 //! Pure parts (`seal`, `guard`, `store`, `sync`, `core`) hold all the logic; `driver` is
-//! the thin tokio adapter around a UDP socket. bgpctl joins the same mesh with this module.
+//! the thin tokio adapter around a UDP socket. gatewan and bgpctl both join the mesh with
+//! this crate, which links neither WireGuard nor netlink.
 
 pub mod core;
 pub mod driver;
@@ -11,7 +12,9 @@ pub mod guard;
 pub mod identity;
 pub mod keyring_file;
 pub mod seal;
-/// Deterministic virtual-time simulator of a whole mesh, for tests and benchmarks.
+/// Deterministic virtual-time simulator of a whole mesh, for tests and benchmarks (feature
+/// `sim`; never in the daemons).
+#[cfg(any(test, feature = "sim"))]
 pub mod sim;
 pub mod store;
 pub mod sync;

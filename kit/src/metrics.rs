@@ -1,0 +1,153 @@
+//! Prometheus metrics (`metrics.listen`) of every mesh member: read from the mesh view at
+//! scrape time.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use gatewan_mesh::driver::MeshHandle;
+use gatewan_mesh::{DropReason, MemberState};
+
+#[derive(Clone)]
+struct MeshCollector(MeshHandle);
+
+impl std::fmt::Debug for MeshCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MeshCollector")
+    }
+}
+
+/// Encodes one counter without labels.
+pub fn counter(enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64) -> std::fmt::Result {
+    let c = ConstCounter::new(v);
+    c.encode(enc.encode_descriptor(name, help, None, c.metric_type())?)
+}
+
+impl Collector for MeshCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let view = self.0.view();
+        let c = &view.counters;
+        counter(
+            &mut enc,
+            "gatewan_mesh_datagrams_received",
+            "Gossip datagrams received",
+            c.datagrams_in,
+        )?;
+        counter(
+            &mut enc,
+            "gatewan_mesh_received_bytes",
+            "Gossip bytes received",
+            c.bytes_in,
+        )?;
+        counter(
+            &mut enc,
+            "gatewan_mesh_datagrams_sent",
+            "Gossip datagrams sent",
+            c.datagrams_out,
+        )?;
+        counter(
+            &mut enc,
+            "gatewan_mesh_sent_bytes",
+            "Gossip bytes sent",
+            c.bytes_out,
+        )?;
+        counter(
+            &mut enc,
+            "gatewan_mesh_records_invalid",
+            "Gossiped records refused by validation",
+            c.records_invalid,
+        )?;
+        counter(
+            &mut enc,
+            "gatewan_mesh_suspicions_raised",
+            "Members whose probe by us failed (each then told directly that it is suspected)",
+            c.suspicions_raised,
+        )?;
+        counter(
+            &mut enc,
+            "gatewan_mesh_suspicions_of_us_refuted",
+            "Suspicions of this member refuted in answer to a suspicion notice",
+            c.suspicions_of_us_refuted,
+        )?;
+        counter(
+            &mut enc,
+            "gatewan_mesh_refutations_received",
+            "Suspicions we raised that the suspect refuted directly",
+            c.refutations_received,
+        )?;
+        {
+            let proto = ConstCounter::new(0u64);
+            let mut fam = enc.encode_descriptor(
+                "gatewan_mesh_datagrams_dropped",
+                "Gossip datagrams dropped before use, by reason",
+                None,
+                proto.metric_type(),
+            )?;
+            for r in DropReason::ALL {
+                ConstCounter::new(c.dropped(r))
+                    .encode(fam.encode_family(&[("reason", r.as_str())])?)?;
+            }
+        }
+        let proto = ConstGauge::new(0i64);
+        let mut fam = enc.encode_descriptor(
+            "gatewan_mesh_members",
+            "Mesh members by state (ourselves included)",
+            None,
+            proto.metric_type(),
+        )?;
+        for (state, label) in [
+            (MemberState::Alive, "alive"),
+            (MemberState::Suspect, "suspect"),
+            (MemberState::Down, "down"),
+        ] {
+            let n = view.members.iter().filter(|m| m.state == state).count() as i64;
+            ConstGauge::new(n).encode(fam.encode_family(&[("state", label)])?)?;
+        }
+        Ok(())
+    }
+}
+
+/// The data plane's counters, read from the kernel at each reconcile.
+/// Serves `/metrics` until the task is dropped: the mesh's counters and whatever `extra`
+/// collectors the daemon adds (the gatewan's data plane).
+pub async fn serve(
+    listen: SocketAddr,
+    mesh: MeshHandle,
+    extra: Vec<Box<dyn Collector>>,
+) -> std::io::Result<()> {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(MeshCollector(mesh)));
+    for c in extra {
+        registry.register_collector(c);
+    }
+    let registry = Arc::new(registry);
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let registry = registry.clone();
+            async move {
+                let mut body = String::new();
+                match prometheus_client::encoding::text::encode(&mut body, &registry) {
+                    Ok(()) => (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        body,
+                    ),
+                    Err(_) => (
+                        [(axum::http::header::CONTENT_TYPE, "text/plain")],
+                        "encoding error".to_string(),
+                    ),
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    axum::serve(listener, app).await
+}
