@@ -62,20 +62,17 @@ impl GatewanVteps {
 /// The VTEPs of every gatewan in the mesh, and of every tunnel that has its own.
 pub fn gatewan_vteps(store: &StateStore) -> GatewanVteps {
     let mut out = GatewanVteps::default();
+    for g in store.gatewans() {
+        out.addresses.extend(g.vtep_address);
+        out.pools.extend(g.tunnel_vteps);
+    }
     for r in store.iter() {
-        match &r.record.body {
-            Some(v1::record::Body::Node(n)) if n.role == v1::Role::Gatewan as i32 => {
-                out.addresses.extend(n.vtep.parse::<IpAddr>().ok());
-                out.pools.extend(n.tunnel_vteps.parse::<IpNet>().ok());
-            }
-            Some(v1::record::Body::TunnelMetrics(m)) => {
-                out.addresses.extend(
-                    m.tunnels
-                        .iter()
-                        .filter_map(|t| t.vtep.parse::<IpAddr>().ok()),
-                );
-            }
-            _ => {}
+        if let Some(v1::record::Body::TunnelMetrics(m)) = &r.record.body {
+            out.addresses.extend(
+                m.tunnels
+                    .iter()
+                    .filter_map(|t| t.vtep.parse::<IpAddr>().ok()),
+            );
         }
     }
     out

@@ -8,6 +8,7 @@
 pub mod core;
 pub mod driver;
 pub mod egress;
+pub mod gatewans;
 pub mod guard;
 pub mod identity;
 pub mod keyring_file;
@@ -20,5 +21,6 @@ pub mod store;
 pub mod sync;
 
 pub use self::core::{Counters, DropReason, MemberInfo, MemberState, MeshCore, MeshSettings};
+pub use gatewans::{GatewanRecord, GatewanTransit};
 pub use identity::{MemberId, NodeId};
 pub use seal::{Keyring, MeshKey};

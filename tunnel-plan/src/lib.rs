@@ -18,7 +18,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ipnet::{Ipv4Net, Ipv6Net};
 
-use gatewan_mesh::NodeId;
+use gatewan_mesh::{GatewanRecord, NodeId};
 
 /// Most transits a gatewan may have: fixes the stride of the tunnel index.
 pub const MAX_TRANSITS: usize = 4;
@@ -139,26 +139,22 @@ pub struct GatewanView {
 }
 
 impl GatewanView {
-    /// The planner's view of a gatewan's NodeRecord; None for a member that is not a
-    /// gatewan or has announced no tunnel slot.
-    pub fn from_record(id: NodeId, n: &gatewan_proto::v1::NodeRecord) -> Option<GatewanView> {
-        if n.role != gatewan_proto::v1::Role::Gatewan as i32 {
-            return None;
-        }
+    /// The planner's view of a gatewan; None until it has announced its tunnel slot.
+    pub fn from_gatewan(g: &GatewanRecord) -> Option<GatewanView> {
         Some(GatewanView {
-            id,
-            name: n.name.clone(),
-            datacenter: n.datacenter.clone(),
-            slot: n.tunnel_slot?,
-            transits: n
+            id: g.id,
+            name: g.name.clone(),
+            datacenter: g.datacenter.clone(),
+            slot: g.tunnel_slot?,
+            transits: g
                 .transits
                 .iter()
                 .map(|t| TransitView {
                     name: t.name.clone(),
-                    addresses: t.addresses.iter().filter_map(|a| a.parse().ok()).collect(),
+                    addresses: t.addresses.clone(),
                 })
                 .collect(),
-            public_key: n.wireguard_public_key.to_vec(),
+            public_key: g.wireguard_key.map(|k| k.to_vec()).unwrap_or_default(),
         })
     }
 }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 
 use gatewan_mesh::NodeId;
 use gatewan_mesh::store::StateStore;
-use gatewan_proto::v1::{self, Role, TunnelState, record::Body};
+use gatewan_proto::v1::{self, TunnelState, record::Body};
 use gatewan_tunnel_plan::{GatewanView, Pairing, PlanSettings, plan};
 use serde::{Serialize, Serializer};
 
@@ -310,20 +310,13 @@ impl Snapshot {
         let mut gatewans = Vec::new();
         let mut views = Vec::new();
         let mut prefixes: HashMap<NodeId, String> = HashMap::new();
-        for r in store.iter() {
-            let Some(Body::Node(n)) = &r.record.body else {
-                continue;
-            };
-            if n.role != Role::Gatewan as i32 {
-                continue;
-            }
-            let id = r.key.origin;
+        for g in store.gatewans() {
             gatewans.push(Gatewan {
-                id,
-                name: n.name.clone(),
-                datacenter: n.datacenter.clone(),
-                vtep: n.vtep.clone(),
-                transits: n
+                id: g.id,
+                name: g.name.clone(),
+                datacenter: g.datacenter.clone(),
+                vtep: g.vtep.clone(),
+                transits: g
                     .transits
                     .iter()
                     .map(|t| Transit {
@@ -332,11 +325,11 @@ impl Snapshot {
                         cost: t.cost,
                     })
                     .collect(),
-                alive: alive(id),
+                alive: alive(g.id),
             });
-            views.extend(GatewanView::from_record(id, n));
-            if let Some(p) = interface_prefix(&n.tunnel_interface_prefix) {
-                prefixes.insert(id, p);
+            views.extend(GatewanView::from_gatewan(&g));
+            if let Some(p) = interface_prefix(&g.tunnel_interface_prefix) {
+                prefixes.insert(g.id, p);
             }
         }
         // Per local gatewan: tunnel id → (peer, local transit, peer transit, MAC, RD index,

@@ -129,10 +129,12 @@ fn gatewans(view: &MeshView, local: &GatewanView, answering: &HashSet<NodeId>) -
         if !seen.insert(m.id.node) {
             continue;
         }
-        let Some(n) = view.store.node(m.id.node) else {
-            continue;
-        };
-        if let Some(g) = GatewanView::from_record(m.id.node, n).filter(|g| g.public_key.len() == 32)
+        if let Some(g) = view
+            .store
+            .gatewan(m.id.node)
+            .filter(|g| g.wireguard_key.is_some())
+            .as_ref()
+            .and_then(GatewanView::from_gatewan)
         {
             out.push(g);
         }
