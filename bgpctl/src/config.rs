@@ -6,8 +6,8 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use gatewan_kit::config::{
-    ApiConfig, ApiPlan, Checker, ConfigError, LogConfig, LogFormat, MeshConfig, MeshPlan,
-    MetricsConfig, check_name, parse_file,
+    ApiConfig, ApiSettings, Checker, ConfigError, LogConfig, LogFormat, MeshConfig,
+    MeshMemberSettings, MetricsConfig, check_name, parse_file,
 };
 use gatewan_kit::units::{Dur, Percent, Rate};
 use serde::Deserialize;
@@ -145,17 +145,17 @@ pub struct RequiredCapacityConfig {
 
 /// Everything the daemon needs, validated.
 #[derive(Debug, Clone)]
-pub struct BgpctlPlan {
+pub struct BgpctlSettings {
     pub name: String,
     pub datacenter: String,
     pub state_dir: PathBuf,
-    pub mesh: MeshPlan,
+    pub mesh: MeshMemberSettings,
     pub speaker: SpeakerSettings,
     pub vni: u32,
     pub export_route_targets: Vec<RouteTarget>,
     pub link_bandwidth: bool,
     pub policy: Policy,
-    pub api: ApiPlan,
+    pub api: ApiSettings,
     pub metrics_listen: Option<SocketAddr>,
     pub log_format: LogFormat,
     pub log_level: Option<String>,
@@ -177,12 +177,12 @@ fn route_targets(c: &mut Checker, list: &[Spanned<String>], field: &str) -> Vec<
 }
 
 impl BgpctlConfig {
-    pub fn load(path: &Path) -> Result<BgpctlPlan, Vec<ConfigError>> {
+    pub fn load(path: &Path) -> Result<BgpctlSettings, Vec<ConfigError>> {
         let cfg: BgpctlConfig = parse_file(path)?;
-        cfg.plan(path)
+        cfg.validate(path)
     }
 
-    pub fn plan(&self, path: &Path) -> Result<BgpctlPlan, Vec<ConfigError>> {
+    pub fn validate(&self, path: &Path) -> Result<BgpctlSettings, Vec<ConfigError>> {
         let mut c = Checker::new(path);
         check_name(&mut c, &self.name, "name");
         check_name(&mut c, &self.datacenter, "datacenter");
@@ -311,15 +311,15 @@ impl BgpctlConfig {
         }
         let policy = self.policy(&mut c, e.link_bandwidth);
         // Passive: see `MeshConfig::passive`.
-        let mesh = self.mesh.plan(&mut c, &[], true);
-        let api = self.api.plan(&mut c, DEFAULT_API_SOCKET);
-        let metrics_listen = self.metrics.plan(&mut c);
+        let mesh = self.mesh.validate(&mut c, &[], true);
+        let api = self.api.validate(&mut c, DEFAULT_API_SOCKET);
+        let metrics_listen = self.metrics.validate(&mut c);
         c.finish()?;
-        Ok(BgpctlPlan {
+        Ok(BgpctlSettings {
             name: self.name.value.clone(),
             datacenter: self.datacenter.value.clone(),
             state_dir: self.state_dir.clone(),
-            mesh: mesh.expect("mesh plan exists when there is no error"),
+            mesh: mesh.expect("mesh settings exist when there is no error"),
             speaker: SpeakerSettings {
                 asn: b.asn.value,
                 router_id,
@@ -400,7 +400,7 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    fn load(text: &str) -> Result<BgpctlPlan, Vec<ConfigError>> {
+    fn load(text: &str) -> Result<BgpctlSettings, Vec<ConfigError>> {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("bgpctl.yaml");
         std::fs::write(&p, text).unwrap();

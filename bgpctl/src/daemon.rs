@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::bgp::{self, ReceivedRoutes, SpeakerHandle, Type5Route};
-use crate::config::BgpctlPlan;
+use crate::config::BgpctlSettings;
 use crate::controller::{Change, Controller, Explanation, Snapshot};
 use crate::export::{self, ExportSettings};
 
@@ -45,17 +45,17 @@ pub struct Running {
 }
 
 /// Starts the speaker (once the mesh has settled) and the decision loop.
-pub async fn start(plan: &BgpctlPlan, mesh: MeshHandle) -> anyhow::Result<Running> {
+pub async fn start(config: &BgpctlSettings, mesh: MeshHandle) -> anyhow::Result<Running> {
     // The first decision must see the whole mesh: wait for the push-pull of the join.
     let started = std::time::Instant::now();
     let mut rx = mesh.subscribe();
     while started.elapsed() < MESH_SETTLE {
         let _ = tokio::time::timeout(MESH_SETTLE - started.elapsed(), rx.changed()).await;
     }
-    let speaker = Arc::new(bgp::spawn(plan.speaker.clone())?);
-    info!(asn = plan.speaker.asn, router_id = %plan.speaker.router_id, peers = plan.speaker.peers.len(), "BGP speaker started");
+    let speaker = Arc::new(bgp::spawn(config.speaker.clone())?);
+    info!(asn = config.speaker.asn, router_id = %config.speaker.router_id, peers = config.speaker.peers.len(), "BGP speaker started");
     let (tx, controller) = watch::channel(Arc::new(ControllerView::default()));
-    tokio::spawn(decide_loop(plan.clone(), mesh, speaker.clone(), tx));
+    tokio::spawn(decide_loop(config.clone(), mesh, speaker.clone(), tx));
     Ok(Running {
         speaker,
         controller,
@@ -63,18 +63,18 @@ pub async fn start(plan: &BgpctlPlan, mesh: MeshHandle) -> anyhow::Result<Runnin
 }
 
 async fn decide_loop(
-    plan: BgpctlPlan,
+    config: BgpctlSettings,
     mesh: MeshHandle,
     speaker: Arc<SpeakerHandle>,
     view_tx: watch::Sender<Arc<ControllerView>>,
 ) {
-    let settings = ExportSettings {
-        vni: plan.vni,
-        route_targets: plan.export_route_targets.clone(),
-        link_bandwidth: plan.link_bandwidth,
+    let export = ExportSettings {
+        vni: config.vni,
+        route_targets: config.export_route_targets.clone(),
+        link_bandwidth: config.link_bandwidth,
     };
-    let mut controller = Controller::new(plan.policy.clone());
-    adopt_choice(&plan.datacenter, &mesh, &speaker, &mut controller).await;
+    let mut controller = Controller::new(config.policy.clone());
+    adopt_choice(&config.datacenter, &mesh, &speaker, &mut controller).await;
     let mut choices: BTreeMap<String, v1::Choice> = BTreeMap::new();
     let mut last: Option<v1::Decision> = None;
     let mut mesh_rx = mesh.subscribe();
@@ -103,15 +103,15 @@ async fn decide_loop(
             _ = tick.tick() => {}
         }
         let view = mesh.view();
-        let snapshot = snapshot_of(&plan.datacenter, &view);
-        if let Some(lead) = leader_choice(&plan.datacenter, &view, &snapshot, last.as_ref()) {
+        let snapshot = snapshot_of(&config.datacenter, &view);
+        if let Some(lead) = leader_choice(&config.datacenter, &view, &snapshot, last.as_ref()) {
             controller.adopt(&lead);
         }
         let (decision, explanation) = controller.decide(&snapshot, unix_ms());
         let routes = export::routes(
             &decision,
             &export::networks_by_datacenter(&view.store),
-            &settings,
+            &export,
         );
         if advertised.as_ref() != Some(&routes) {
             info!(
@@ -121,7 +121,7 @@ async fn decide_loop(
             speaker.set_advertised(routes.clone());
             advertised = Some(routes);
         }
-        publish_choices(&plan.datacenter, &mesh, &decision, &mut choices).await;
+        publish_choices(&config.datacenter, &mesh, &decision, &mut choices).await;
         last = Some(decision);
         view_tx.send_replace(Arc::new(ControllerView {
             explanation: Some(explanation),

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use bgpctl::config::{BgpctlConfig, BgpctlPlan};
+use bgpctl::config::{BgpctlConfig, BgpctlSettings};
 use clap::Parser;
 use gatewan_kit::{api, daemon};
 use gatewan_proto::v1;
@@ -39,21 +39,21 @@ fn main() -> ExitCode {
     )
 }
 
-async fn run(plan: BgpctlPlan) -> anyhow::Result<()> {
-    let member = daemon::join_mesh(&plan.state_dir, &plan.mesh, &[]).await?;
+async fn run(settings: BgpctlSettings) -> anyhow::Result<()> {
+    let member = daemon::join_mesh(&settings.state_dir, &settings.mesh, &[]).await?;
     daemon::announce(
         &member,
         v1::NodeRecord {
-            name: plan.name.clone(),
-            datacenter: plan.datacenter.clone(),
+            name: settings.name.clone(),
+            datacenter: settings.datacenter.clone(),
             role: v1::Role::Bgpctl as i32,
-            api_address: plan.api.socket.display().to_string(),
+            api_address: settings.api.socket.display().to_string(),
             ..Default::default()
         },
     )
     .await?;
-    tracing::info!(name = %plan.name, datacenter = %plan.datacenter, id = %member.identity.node, "bgpctl started");
-    if let Some(listen) = plan.metrics_listen {
+    tracing::info!(name = %settings.name, datacenter = %settings.datacenter, id = %member.identity.node, "bgpctl started");
+    if let Some(listen) = settings.metrics_listen {
         let mesh = member.mesh.clone();
         tokio::spawn(async move {
             if let Err(e) = gatewan_kit::metrics::serve(listen, mesh, Vec::new()).await {
@@ -61,13 +61,13 @@ async fn run(plan: BgpctlPlan) -> anyhow::Result<()> {
             }
         });
     }
-    let running = bgpctl::daemon::start(&plan, member.mesh.clone()).await?;
+    let running = bgpctl::daemon::start(&settings, member.mesh.clone()).await?;
     let routes = tonic::service::Routes::new(api::MeshApi::new(member.mesh.clone()).into_server())
         .add_service(
             bgpctl::api::BgpApi::new(running.speaker.clone(), running.controller.clone())
                 .into_server(),
         );
-    let Some(api) = daemon::serve_api_until_signal(plan.api.clone(), routes).await? else {
+    let Some(api) = daemon::serve_api_until_signal(settings.api.clone(), routes).await? else {
         return Ok(());
     };
     tracing::info!("shutting down: Cease to the BGP peers, leaving the mesh");

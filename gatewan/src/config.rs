@@ -134,7 +134,7 @@ pub struct ProbeConfig {
 
 /// Tunnels and probes once validated.
 #[derive(Debug, Clone)]
-pub struct TunnelsPlan {
+pub struct TunnelsSettings {
     pub slot: u32,
     pub plan: PlanSettings,
     pub wireguard: WireguardMode,
@@ -147,7 +147,7 @@ pub struct TunnelsPlan {
 }
 
 impl TunnelsConfig {
-    fn plan(&self, probe: &ProbeConfig, c: &mut Checker) -> Option<TunnelsPlan> {
+    fn validate(&self, probe: &ProbeConfig, c: &mut Checker) -> Option<TunnelsSettings> {
         let before = c.errors.len();
         let mut plan = PlanSettings {
             pairing: match self.pairing {
@@ -289,7 +289,7 @@ impl TunnelsConfig {
         if c.errors.len() > before {
             return None;
         }
-        Some(TunnelsPlan {
+        Some(TunnelsSettings {
             slot: self.slot.value,
             plan,
             wireguard: match self.wireguard {
@@ -371,7 +371,7 @@ pub struct NetworkConfig {
 
 /// The data plane's settings once validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct DataplanePlan {
+pub struct DataplaneSettings {
     pub fabric: crate::dataplane::plan::FabricSettings,
     pub static_networks: Vec<crate::dataplane::plan::LocalNetwork>,
     /// `fabric.tunnel_vteps`: the pool of per-tunnel VTEP addresses.
@@ -396,7 +396,7 @@ impl GatewanConfig {
         c: &mut Checker,
         vtep: Option<IpAddr>,
         has_tunnels: bool,
-    ) -> Option<DataplanePlan> {
+    ) -> Option<DataplaneSettings> {
         use crate::dataplane::plan::{DEFAULT_VXLAN_PORT, FabricSettings, LocalNetwork, NextHop};
         let before = c.errors.len();
         let mut static_networks = Vec::new();
@@ -576,7 +576,7 @@ impl GatewanConfig {
         if c.errors.len() > before {
             return None;
         }
-        Some(DataplanePlan {
+        Some(DataplaneSettings {
             fabric: FabricSettings {
                 vtep: vtep?,
                 vni: vni.value,
@@ -603,32 +603,32 @@ pub struct Transit {
 
 /// Everything the daemon needs, validated.
 #[derive(Debug, Clone)]
-pub struct GatewanPlan {
-    /// The file the plan was read from, for errors found at run time.
+pub struct GatewanSettings {
+    /// The file the settings were read from, for errors found at run time.
     pub config_file: PathBuf,
     pub name: String,
     pub datacenter: String,
     pub state_dir: PathBuf,
-    pub mesh: MeshPlan,
+    pub mesh: MeshMemberSettings,
     pub transits: Vec<Transit>,
-    pub tunnels: Option<TunnelsPlan>,
-    pub api: ApiPlan,
+    pub tunnels: Option<TunnelsSettings>,
+    pub api: ApiSettings,
     pub metrics_listen: Option<SocketAddr>,
     /// The VTEP announced in the NodeRecord (`fabric.vtep`).
     pub vtep: Option<IpAddr>,
     /// Set when `fabric.vni` and `fabric.interface` are.
-    pub dataplane: Option<DataplanePlan>,
+    pub dataplane: Option<DataplaneSettings>,
     pub log_format: LogFormat,
     pub log_level: Option<String>,
 }
 
 impl GatewanConfig {
-    pub fn load(path: &Path) -> Result<GatewanPlan, Vec<ConfigError>> {
+    pub fn load(path: &Path) -> Result<GatewanSettings, Vec<ConfigError>> {
         let cfg: GatewanConfig = parse_file(path)?;
-        cfg.plan(path)
+        cfg.validate(path)
     }
 
-    pub fn plan(&self, path: &Path) -> Result<GatewanPlan, Vec<ConfigError>> {
+    pub fn validate(&self, path: &Path) -> Result<GatewanSettings, Vec<ConfigError>> {
         let mut c = Checker::new(path);
         check_name(&mut c, &self.name, "name");
         check_name(&mut c, &self.datacenter, "datacenter");
@@ -706,12 +706,12 @@ impl GatewanConfig {
         let tunnels = self
             .tunnels
             .as_ref()
-            .and_then(|t| t.plan(&self.probe, &mut c));
+            .and_then(|t| t.validate(&self.probe, &mut c));
         let transit_addrs: Vec<IpAddr> =
             transits.iter().flat_map(|t| t.addresses.clone()).collect();
-        let mesh = self.mesh.plan(&mut c, &transit_addrs, false);
-        let api = self.api.plan(&mut c, DEFAULT_API_SOCKET);
-        let metrics_listen = self.metrics.plan(&mut c);
+        let mesh = self.mesh.validate(&mut c, &transit_addrs, false);
+        let api = self.api.validate(&mut c, DEFAULT_API_SOCKET);
+        let metrics_listen = self.metrics.validate(&mut c);
         let vtep = self
             .fabric
             .as_ref()
@@ -731,8 +731,8 @@ impl GatewanConfig {
             });
         let dataplane = self.plan_dataplane(&mut c, vtep, tunnels.is_some());
         c.finish()?;
-        let mesh = mesh.expect("mesh plan exists when there is no error");
-        Ok(GatewanPlan {
+        let mesh = mesh.expect("mesh settings exist when there is no error");
+        Ok(GatewanSettings {
             config_file: path.to_path_buf(),
             name: self.name.value.clone(),
             datacenter: self.datacenter.value.clone(),
@@ -754,7 +754,7 @@ impl GatewanConfig {
 mod tests {
     use super::*;
 
-    fn load(yaml: &str) -> Result<GatewanPlan, Vec<ConfigError>> {
+    fn load(yaml: &str) -> Result<GatewanSettings, Vec<ConfigError>> {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("gatewan.yaml");
         std::fs::write(&p, yaml).unwrap();
@@ -1065,7 +1065,7 @@ transits:
         assert!(e.contains("fast") && e.contains("duration"), "{e}");
     }
 
-    fn tunnels_plan(yaml: &str) -> TunnelsPlan {
+    fn tunnels_plan(yaml: &str) -> TunnelsSettings {
         load(yaml)
             .unwrap_or_else(|e| panic!("{e:?}"))
             .tunnels

@@ -53,10 +53,10 @@ fn main() -> ExitCode {
     )
 }
 
-async fn run(plan: gatewan::config::GatewanPlan) -> anyhow::Result<()> {
-    let routing = transit_routing(&plan).await?;
+async fn run(settings: gatewan::config::GatewanSettings) -> anyhow::Result<()> {
+    let routing = transit_routing(&settings).await?;
     // Gossip leaves by every transit, each from its own address with its own routing.
-    let gossip_paths: Vec<(std::net::IpAddr, Option<u32>)> = plan
+    let gossip_paths: Vec<(std::net::IpAddr, Option<u32>)> = settings
         .transits
         .iter()
         .flat_map(|t| {
@@ -66,8 +66,8 @@ async fn run(plan: gatewan::config::GatewanPlan) -> anyhow::Result<()> {
                 .map(move |&a| (a, r.filter(|r| r.routes_family_of(a)).map(|r| r.mark)))
         })
         .collect();
-    let member = daemon::join_mesh(&plan.state_dir, &plan.mesh, &gossip_paths).await?;
-    let wireguard_key = match &plan.tunnels {
+    let member = daemon::join_mesh(&settings.state_dir, &settings.mesh, &gossip_paths).await?;
+    let wireguard_key = match &settings.tunnels {
         Some(_) => Some(gatewan::tunnels::key::wireguard_key(&member.state_dir)?),
         None => None,
     };
@@ -77,11 +77,11 @@ async fn run(plan: gatewan::config::GatewanPlan) -> anyhow::Result<()> {
     daemon::announce(
         &member,
         v1::NodeRecord {
-            name: plan.name.clone(),
-            datacenter: plan.datacenter.clone(),
+            name: settings.name.clone(),
+            datacenter: settings.datacenter.clone(),
             role: v1::Role::Gatewan as i32,
-            api_address: plan.api.socket.display().to_string(),
-            transits: plan
+            api_address: settings.api.socket.display().to_string(),
+            transits: settings
                 .transits
                 .iter()
                 .map(|t| v1::Transit {
@@ -93,14 +93,14 @@ async fn run(plan: gatewan::config::GatewanPlan) -> anyhow::Result<()> {
                 })
                 .collect(),
             wireguard_public_key: public_key.clone().into(),
-            tunnel_slot: plan.tunnels.as_ref().map(|t| t.slot),
-            tunnel_interface_prefix: plan
+            tunnel_slot: settings.tunnels.as_ref().map(|t| t.slot),
+            tunnel_interface_prefix: settings
                 .tunnels
                 .as_ref()
                 .map(|t| t.plan.interface_prefix.clone())
                 .unwrap_or_default(),
-            vtep: plan.vtep.map(|v| v.to_string()).unwrap_or_default(),
-            tunnel_vteps: plan
+            vtep: settings.vtep.map(|v| v.to_string()).unwrap_or_default(),
+            tunnel_vteps: settings
                 .dataplane
                 .as_ref()
                 .and_then(|d| d.tunnel_vteps)
@@ -110,17 +110,19 @@ async fn run(plan: gatewan::config::GatewanPlan) -> anyhow::Result<()> {
         },
     )
     .await?;
-    tracing::info!(name = %plan.name, datacenter = %plan.datacenter, id = %member.identity.node, "gatewan started");
+    tracing::info!(name = %settings.name, datacenter = %settings.datacenter, id = %member.identity.node, "gatewan started");
 
-    let tunnels = match (&plan.tunnels, wireguard_key) {
-        (Some(t), Some(key)) => Some(start_tunnels(&plan, t, key, public_key, &member, routing)?),
+    let tunnels = match (&settings.tunnels, wireguard_key) {
+        (Some(t), Some(key)) => Some(start_tunnels(
+            &settings, t, key, public_key, &member, routing,
+        )?),
         _ => None,
     };
-    let dataplane = match (&plan.dataplane, &tunnels) {
-        (Some(d), Some(t)) => Some(start_dataplane(&plan, d, t, &member).await?),
+    let dataplane = match (&settings.dataplane, &tunnels) {
+        (Some(d), Some(t)) => Some(start_dataplane(&settings, d, t, &member).await?),
         _ => None,
     };
-    if let Some(listen) = plan.metrics_listen {
+    if let Some(listen) = settings.metrics_listen {
         let mesh = member.mesh.clone();
         let extra = dataplane
             .map(|d| metrics::dataplane_collector(d.stats))
@@ -137,7 +139,8 @@ async fn run(plan: gatewan::config::GatewanPlan) -> anyhow::Result<()> {
     if let Some(t) = tunnels {
         routes.add_service(api::TunnelsApi::new(t, member.state_dir.clone()).into_server());
     }
-    let Some(api) = daemon::serve_api_until_signal(plan.api.clone(), routes.routes()).await? else {
+    let Some(api) = daemon::serve_api_until_signal(settings.api.clone(), routes.routes()).await?
+    else {
         return Ok(());
     };
     tracing::info!("shutting down: leaving the mesh");
@@ -147,8 +150,8 @@ async fn run(plan: gatewan::config::GatewanPlan) -> anyhow::Result<()> {
 }
 
 fn start_tunnels(
-    plan: &gatewan::config::GatewanPlan,
-    t: &gatewan::config::TunnelsPlan,
+    settings: &gatewan::config::GatewanSettings,
+    t: &gatewan::config::TunnelsSettings,
     private_key: [u8; 32],
     public_key: Vec<u8>,
     member: &daemon::Member,
@@ -160,10 +163,10 @@ fn start_tunnels(
     let cfg = ManagerConfig {
         local: GatewanView {
             id: member.identity.node,
-            name: plan.name.clone(),
-            datacenter: plan.datacenter.clone(),
+            name: settings.name.clone(),
+            datacenter: settings.datacenter.clone(),
             slot: t.slot,
-            transits: plan
+            transits: settings
                 .transits
                 .iter()
                 .map(|x| TransitView {
@@ -173,7 +176,7 @@ fn start_tunnels(
                 .collect(),
             public_key,
         },
-        capacities: plan
+        capacities: settings
             .transits
             .iter()
             .map(|x| (x.name.clone(), x.capacity.0))
@@ -191,11 +194,11 @@ fn start_tunnels(
         },
         resync: std::time::Duration::from_secs(10),
         routing: routing.into_iter().collect(),
-        tunnel_vteps: plan
+        tunnel_vteps: settings
             .dataplane
             .as_ref()
             .and_then(|d| d.tunnel_vteps)
-            .map(|pool| (pool, plan.state_dir.join("tunnel-vteps"))),
+            .map(|pool| (pool, settings.state_dir.join("tunnel-vteps"))),
     };
     Ok(manager::spawn(cfg, member.mesh.clone())?)
 }
@@ -206,19 +209,19 @@ fn start_tunnels(
 /// table's default route into one transit, and that transit failing would silence the
 /// whole gatewan.
 async fn transit_routing(
-    plan: &gatewan::config::GatewanPlan,
+    settings: &gatewan::config::GatewanSettings,
 ) -> anyhow::Result<std::collections::BTreeMap<String, TransitRouting>> {
     use gatewan::transit;
     use gatewan_kit::config::{ConfigError, ConfigErrors};
     let (conn, handle, _) = rtnetlink::new_connection()?;
     tokio::spawn(conn);
     let routes = transit::main_table(&handle).await?;
-    let routing = transit::plan_routing(&plan.transits, &routes).map_err(|problems| {
+    let routing = transit::plan_routing(&settings.transits, &routes).map_err(|problems| {
         ConfigErrors(
             problems
                 .into_iter()
                 .map(|(field, message)| ConfigError {
-                    file: plan.config_file.clone(),
+                    file: settings.config_file.clone(),
                     line: None,
                     field,
                     message,
@@ -239,8 +242,8 @@ async fn transit_routing(
 /// mesh, as bgpctl announces those it learns from a fabric: the other datacenters then
 /// learn them the same way.
 async fn start_dataplane(
-    plan: &gatewan::config::GatewanPlan,
-    d: &gatewan::config::DataplanePlan,
+    settings: &gatewan::config::GatewanSettings,
+    d: &gatewan::config::DataplaneSettings,
     tunnels: &gatewan::tunnels::manager::TunnelsHandle,
     member: &daemon::Member,
 ) -> anyhow::Result<gatewan::dataplane::manager::DataplaneHandle> {
@@ -265,7 +268,7 @@ async fn start_dataplane(
     let handle = manager::spawn(
         DataplaneConfig {
             fabric: d.fabric.clone(),
-            datacenter: plan.datacenter.clone(),
+            datacenter: settings.datacenter.clone(),
             static_networks: d.static_networks.clone(),
             resync: std::time::Duration::from_secs(2),
             tunnel_vteps: d.tunnel_vteps,

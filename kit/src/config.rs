@@ -239,7 +239,7 @@ pub struct MeshConfig {
 
 /// The mesh section once validated.
 #[derive(Debug, Clone)]
-pub struct MeshPlan {
+pub struct MeshMemberSettings {
     pub bind: SocketAddr,
     pub advertise: Vec<SocketAddr>,
     pub seeds: Vec<SocketAddr>,
@@ -250,12 +250,12 @@ pub struct MeshPlan {
 impl MeshConfig {
     /// Validates the section. `transit_addrs` are the default advertise addresses;
     /// `passive` the default of `mesh.passive`.
-    pub fn plan(
+    pub fn validate(
         &self,
         c: &mut Checker,
         transit_addrs: &[IpAddr],
         passive: bool,
-    ) -> Option<MeshPlan> {
+    ) -> Option<MeshMemberSettings> {
         let errors_before = c.errors.len();
         let bind = match &self.bind {
             None => SocketAddr::from(([0u16; 8], DEFAULT_MESH_PORT)),
@@ -334,7 +334,7 @@ impl MeshConfig {
         if c.errors.len() > errors_before {
             return None;
         }
-        Some(MeshPlan {
+        Some(MeshMemberSettings {
             bind,
             advertise,
             seeds,
@@ -397,21 +397,21 @@ pub struct ApiTlsConfig {
 
 /// The API section once validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ApiPlan {
+pub struct ApiSettings {
     pub socket: PathBuf,
     /// `api.listen` with its `api.tls`.
-    pub tcp: Option<TcpApiPlan>,
+    pub tcp: Option<TcpApiSettings>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TcpApiPlan {
+pub struct TcpApiSettings {
     pub listen: SocketAddr,
     pub tls: ApiTlsFiles,
 }
 
 impl ApiConfig {
     /// Validates the section, reading the TLS files; `default_socket` is the daemon's.
-    pub fn plan(&self, c: &mut Checker, default_socket: &str) -> ApiPlan {
+    pub fn validate(&self, c: &mut Checker, default_socket: &str) -> ApiSettings {
         let socket = self
             .socket
             .clone()
@@ -467,10 +467,10 @@ impl ApiConfig {
                     };
                     c.error(Some(at), e.field, e.message);
                 }
-                listen.map(|listen| TcpApiPlan { listen, tls: files })
+                listen.map(|listen| TcpApiSettings { listen, tls: files })
             }
         };
-        ApiPlan { socket, tcp }
+        ApiSettings { socket, tcp }
     }
 }
 
@@ -483,7 +483,7 @@ pub struct MetricsConfig {
 }
 
 impl MetricsConfig {
-    pub fn plan(&self, c: &mut Checker) -> Option<SocketAddr> {
+    pub fn validate(&self, c: &mut Checker) -> Option<SocketAddr> {
         let l = self.listen.as_ref()?;
         match l.value.parse() {
             Ok(a) => Some(a),

@@ -10,7 +10,7 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tracing::{error, info};
 
-use crate::config::{ApiPlan, LogFormat, MeshPlan};
+use crate::config::{ApiSettings, LogFormat, MeshMemberSettings};
 use crate::state_dir::StateDir;
 use gatewan_mesh::driver::{self, MeshHandle};
 use gatewan_mesh::{MemberId, MeshCore, keyring_file};
@@ -29,14 +29,14 @@ pub fn init_tracing(format: LogFormat, level: Option<&str>) {
     }
 }
 
-/// What every daemon's `main` does with its validated plan: config errors exit 2 naming
+/// What every daemon's `main` does with its validated settings: config errors exit 2 naming
 /// file, line and field; the keyring is checked too; `--check` stops there; otherwise
 /// logging starts and `run` runs on a tokio runtime (a runtime error exits 1).
 pub fn start_daemon<P, F>(
     config: &Path,
     check: bool,
-    plan: Result<P, Vec<crate::config::ConfigError>>,
-    mesh: impl Fn(&P) -> &MeshPlan,
+    settings: Result<P, Vec<crate::config::ConfigError>>,
+    mesh: impl Fn(&P) -> &MeshMemberSettings,
     log: impl Fn(&P) -> (LogFormat, Option<&str>),
     run: impl FnOnce(P) -> F,
 ) -> std::process::ExitCode
@@ -44,7 +44,7 @@ where
     F: std::future::Future<Output = anyhow::Result<()>>,
 {
     use std::process::ExitCode;
-    let plan = match plan {
+    let settings = match settings {
         Ok(p) => p,
         Err(errors) => {
             for e in errors {
@@ -53,7 +53,7 @@ where
             return ExitCode::from(2);
         }
     };
-    if let Err(e) = keyring_file::load(&mesh(&plan).keyring_file) {
+    if let Err(e) = keyring_file::load(&mesh(&settings).keyring_file) {
         eprintln!("error: {}: mesh.keyring: {e}", config.display());
         return ExitCode::from(2);
     }
@@ -61,7 +61,7 @@ where
         println!("{}: configuration is valid", config.display());
         return ExitCode::SUCCESS;
     }
-    let (format, level) = log(&plan);
+    let (format, level) = log(&settings);
     init_tracing(format, level);
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -70,7 +70,7 @@ where
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(run(plan)) {
+    match rt.block_on(run(settings)) {
         Ok(()) => ExitCode::SUCCESS,
         // What only the host can tell (a transit's gateway) is still the config's fault.
         Err(e) if e.downcast_ref::<crate::config::ConfigErrors>().is_some() => {
@@ -99,7 +99,7 @@ pub struct Member {
 /// are runtime errors (exit 1).
 pub async fn join_mesh(
     state_dir: &Path,
-    plan: &MeshPlan,
+    mesh: &MeshMemberSettings,
     transits: &[(std::net::IpAddr, Option<u32>)],
 ) -> anyhow::Result<Member> {
     use anyhow::Context as _;
@@ -107,34 +107,34 @@ pub async fn join_mesh(
         StateDir::open(state_dir).with_context(|| format!("state_dir {}", state_dir.display()))?;
     let node = state_dir.node_id().context("node id")?;
     let generation = state_dir.next_generation().context("generation")?;
-    let keyring = keyring_file::load(&plan.keyring_file).map_err(anyhow::Error::msg)?;
+    let keyring = keyring_file::load(&mesh.keyring_file).map_err(anyhow::Error::msg)?;
     let identity = MemberId {
         node,
         generation,
-        addrs: plan.advertise.clone(),
+        addrs: mesh.advertise.clone(),
     };
     let mut seed = [0u8; 32];
     rand::fill(&mut seed);
     let core = MeshCore::new(
         identity.clone(),
         keyring,
-        plan.settings.clone(),
-        plan.seeds.clone(),
+        mesh.settings.clone(),
+        mesh.seeds.clone(),
         seed,
     )
     .map_err(anyhow::Error::msg)?;
-    let main = driver::bind_socket(plan.bind, !transits.is_empty())
-        .with_context(|| format!("mesh.bind {}", plan.bind))?;
+    let main = driver::bind_socket(mesh.bind, !transits.is_empty())
+        .with_context(|| format!("mesh.bind {}", mesh.bind))?;
     let mut sockets = driver::MeshSockets::single(main);
     for &(ip, mark) in transits {
-        let addr = std::net::SocketAddr::new(ip, plan.bind.port());
+        let addr = std::net::SocketAddr::new(ip, mesh.bind.port());
         sockets.transits.push(
             driver::bind_transit_socket(addr, mark)
                 .with_context(|| format!("gossip socket of transit address {addr}"))?,
         );
     }
-    info!(id = %node, generation, bind = %plan.bind, advertise = ?plan.advertise, seeds = ?plan.seeds, transits = ?transits, "joining the mesh");
-    let mesh = driver::spawn(core, sockets, Some(plan.keyring_file.clone()));
+    info!(id = %node, generation, bind = %mesh.bind, advertise = ?mesh.advertise, seeds = ?mesh.seeds, transits = ?transits, "joining the mesh");
+    let mesh = driver::spawn(core, sockets, Some(mesh.keyring_file.clone()));
     Ok(Member {
         mesh,
         identity,
@@ -159,7 +159,7 @@ pub async fn announce(member: &Member, mut record: v1::NodeRecord) -> anyhow::Re
 /// Serves the gRPC services on the API socket and, with `api.listen`, on TCP with mutual
 /// TLS, until `shutdown` resolves. Both serve the same `routes`.
 pub async fn serve_api(
-    api: ApiPlan,
+    api: ApiSettings,
     routes: Routes,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
@@ -209,7 +209,7 @@ pub async fn serve_api(
 /// API up while the caller shuts down (routingctl still answers) and stops it when
 /// dropped; `None` if the API stopped on its own without error.
 pub async fn serve_api_until_signal(
-    api: ApiPlan,
+    api: ApiSettings,
     routes: Routes,
 ) -> anyhow::Result<Option<tokio::sync::oneshot::Sender<()>>> {
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
