@@ -1,0 +1,176 @@
+//! The `mesh` section: how this member joins the gossip mesh.
+
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+use super::{Checker, DEFAULT_MESH_PORT};
+use crate::units::Dur;
+use gatewan_mesh::MeshSettings;
+use gatewan_mesh::identity::MAX_MESH_ADDRESSES;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshConfig {
+    /// Address the gossip socket binds; `[::]:7946` takes IPv4 and IPv6.
+    #[serde(default)]
+    pub bind: Option<Spanned<String>>,
+    /// Addresses announced to the mesh, one per transit; default: every transit address
+    /// with the bind port.
+    #[serde(default)]
+    pub advertise: Vec<Spanned<String>>,
+    #[serde(default)]
+    pub seeds: Vec<Spanned<String>>,
+    /// File of base64 keys, one per line, the first is primary (`gatewan keygen` makes one).
+    pub keyring: Spanned<PathBuf>,
+    #[serde(default)]
+    pub probe_interval: Option<Spanned<Dur>>,
+    #[serde(default)]
+    pub probe_timeout: Option<Spanned<Dur>>,
+    #[serde(default)]
+    pub suspicion_timeout: Option<Spanned<Dur>>,
+    #[serde(default)]
+    pub gossip_interval: Option<Spanned<Dur>>,
+    #[serde(default)]
+    pub sync_interval: Option<Spanned<Dur>>,
+    /// Probe no one (never suspect nor declare anyone down); others still probe us.
+    /// Default: false for a gatewan, true for a bgpctl (on its fabric it reaches only its
+    /// own datacenter's gatewans).
+    #[serde(default)]
+    pub passive: Option<bool>,
+}
+
+/// The mesh section once validated.
+#[derive(Debug, Clone)]
+pub struct MeshMemberSettings {
+    pub bind: SocketAddr,
+    pub advertise: Vec<SocketAddr>,
+    pub seeds: Vec<SocketAddr>,
+    pub keyring_file: PathBuf,
+    pub settings: MeshSettings,
+}
+
+impl MeshConfig {
+    /// Validates the section. `transit_addrs` are the default advertise addresses;
+    /// `passive` the default of `mesh.passive`.
+    pub fn validate(
+        &self,
+        c: &mut Checker,
+        transit_addrs: &[IpAddr],
+        passive: bool,
+    ) -> Option<MeshMemberSettings> {
+        let errors_before = c.errors.len();
+        let bind = match &self.bind {
+            None => SocketAddr::from(([0u16; 8], DEFAULT_MESH_PORT)),
+            Some(b) => match b.value.parse::<SocketAddr>() {
+                Ok(a) => a,
+                Err(_) => {
+                    c.error(
+                        Some(b),
+                        "mesh.bind",
+                        format!("{:?} is not ip:port, e.g. \"[::]:7946\"", b.value),
+                    );
+                    SocketAddr::from(([0u16; 8], DEFAULT_MESH_PORT))
+                }
+            },
+        };
+        let mut advertise = Vec::new();
+        for (i, a) in self.advertise.iter().enumerate() {
+            match parse_addr(&a.value, bind.port()) {
+                Some(sa) if !sa.ip().is_unspecified() => advertise.push(sa),
+                _ => c.error(
+                    Some(a),
+                    format!("mesh.advertise[{i}]"),
+                    format!("{:?} is not a routable ip or ip:port", a.value),
+                ),
+            }
+        }
+        if self.advertise.is_empty() {
+            advertise = transit_addrs
+                .iter()
+                .map(|ip| SocketAddr::new(*ip, bind.port()))
+                .collect();
+            if advertise.is_empty() {
+                if bind.ip().is_unspecified() {
+                    c.error(None::<&Spanned<()>>, "mesh.advertise", "no transit address to announce: list the gossip addresses in mesh.advertise or give transits addresses");
+                } else {
+                    advertise.push(bind);
+                }
+            }
+        }
+        if advertise.len() > MAX_MESH_ADDRESSES {
+            c.error(
+                self.advertise.first(),
+                "mesh.advertise",
+                format!("at most {MAX_MESH_ADDRESSES} addresses"),
+            );
+        }
+        let mut seeds = Vec::new();
+        for (i, s) in self.seeds.iter().enumerate() {
+            match resolve(&s.value, DEFAULT_MESH_PORT) {
+                Ok(mut a) => seeds.append(&mut a),
+                Err(e) => c.error(Some(s), format!("mesh.seeds[{i}]"), e),
+            }
+        }
+        let mut settings = MeshSettings::default();
+        let set = |v: &Option<Spanned<Dur>>, slot: &mut std::time::Duration| {
+            if let Some(d) = v {
+                *slot = d.value.0;
+            }
+        };
+        set(&self.probe_interval, &mut settings.probe_interval);
+        set(&self.probe_timeout, &mut settings.probe_timeout);
+        set(&self.suspicion_timeout, &mut settings.suspicion_timeout);
+        set(&self.gossip_interval, &mut settings.gossip_interval);
+        set(&self.sync_interval, &mut settings.sync_interval);
+        settings.passive = self.passive.unwrap_or(passive);
+        if settings.sync_interval.is_zero() {
+            c.error(
+                self.sync_interval.as_ref(),
+                "mesh.sync_interval",
+                "must be greater than zero",
+            );
+        }
+        if let Err(e) = gatewan_mesh::MeshCore::check_settings(&settings) {
+            c.error(self.probe_interval.as_ref(), "mesh", e);
+        }
+        if c.errors.len() > errors_before {
+            return None;
+        }
+        Some(MeshMemberSettings {
+            bind,
+            advertise,
+            seeds,
+            keyring_file: self.keyring.value.clone(),
+            settings,
+        })
+    }
+}
+
+fn parse_addr(s: &str, default_port: u16) -> Option<SocketAddr> {
+    s.parse::<SocketAddr>().ok().or_else(|| {
+        s.parse::<IpAddr>()
+            .ok()
+            .map(|ip| SocketAddr::new(ip, default_port))
+    })
+}
+
+fn resolve(s: &str, default_port: u16) -> Result<Vec<SocketAddr>, String> {
+    if let Some(a) = parse_addr(s, default_port) {
+        return Ok(vec![a]);
+    }
+    let with_port = if s
+        .rsplit_once(':')
+        .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
+    {
+        s.to_string()
+    } else {
+        format!("{s}:{default_port}")
+    };
+    with_port
+        .to_socket_addrs()
+        .map(|a| a.collect())
+        .map_err(|e| format!("{s:?} is neither ip:port nor a resolvable host: {e}"))
+}
