@@ -9,6 +9,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("cargo:rerun-if-changed={f}");
     }
     let fds = protox::compile(files, ["."])?;
-    tonic_prost_build::configure().bytes(".").compile_fds(fds)?;
+    // The explanation is rendered as YAML and JSON by routingctl as it is on the wire.
+    let serialize = [
+        "ExplainResponse",
+        "Explanation",
+        "RemoteExplanation",
+        "PendingChange",
+        "Candidate",
+        "CandidateMetrics",
+        "ScoreTerm",
+        "ScoreTerms",
+        "IgnoredTunnel",
+        "DecisionChange",
+    ];
+    let mut config = tonic_prost_build::configure().bytes(".");
+    for m in serialize {
+        config = config.type_attribute(format!(".gatewan.v1.{m}"), "#[derive(serde::Serialize)]");
+    }
+    config.compile_fds(fds)?;
     Ok(())
 }

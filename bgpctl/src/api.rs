@@ -150,10 +150,9 @@ impl Bgp for BgpApi {
                 )));
             }
         }
-        let json = |r: serde_json::Result<String>| r.map_err(|e| Status::internal(e.to_string()));
         Ok(Response::new(v1::ExplainResponse {
-            explanation_json: json(serde_json::to_string(&explanation))?,
-            history_json: json(serde_json::to_string(&history))?,
+            explanation: Some(explanation.to_proto()),
+            history: history.iter().map(|c| c.to_proto()).collect(),
         }))
     }
 }

@@ -418,7 +418,7 @@ async fn run(cli: Cli, target: Target) -> anyhow::Result<()> {
                 .await
                 .map_err(not_bgpctl)?
                 .into_inner();
-            output::explain(&r.explanation_json, &r.history_json, cli.output)
+            output::explain(&r, cli.output)
         }
         Command::Keyring(k) => {
             let r = match k {

@@ -615,56 +615,56 @@ pub fn routes(list: &[v1::BgpRoute], f: Format) -> anyhow::Result<String> {
     Ok(out)
 }
 
-/// `routingctl explain`: the controller's explanation (JSON from bgpctl) as YAML, JSON or
-/// a table of candidates per remote datacenter. The table names tunnels as `routingctl
-/// tunnels` does (interface, peer, transits); YAML and JSON also carry the tunnel id.
-pub fn explain(explanation_json: &str, history_json: &str, f: Format) -> anyhow::Result<String> {
-    let explanation: serde_json::Value = serde_json::from_str(explanation_json)?;
-    let history: serde_json::Value = serde_json::from_str(history_json)?;
-    if !matches!(f, Format::Table) {
-        let both = serde_json::json!({ "explanation": explanation, "history": history });
-        return render(&both, f);
-    }
-    let s = |v: &serde_json::Value| match v {
-        serde_json::Value::String(s) => s.clone(),
-        serde_json::Value::Null => "-".into(),
-        other => other.to_string(),
+/// `routingctl explain`: the controller's explanation as YAML, JSON or a table of
+/// candidates per remote datacenter. The table names tunnels as `routingctl tunnels` does
+/// (interface, peer, transits); YAML and JSON also carry the tunnel id.
+pub fn explain(r: &v1::ExplainResponse, f: Format) -> anyhow::Result<String> {
+    let Some(explanation) = &r.explanation else {
+        anyhow::bail!("bgpctl sent no explanation");
     };
+    if !matches!(f, Format::Table) {
+        #[derive(Serialize)]
+        struct Both<'a> {
+            explanation: &'a v1::Explanation,
+            history: &'a [v1::DecisionChange],
+        }
+        return render(
+            &Both {
+                explanation,
+                history: &r.history,
+            },
+            f,
+        );
+    }
     let mut out = String::new();
-    for r in explanation["remotes"].as_array().into_iter().flatten() {
+    for r in &explanation.remotes {
         out.push_str(&format!(
             "datacenter {}: required {}, chosen {}{}\n",
-            s(&r["datacenter"]),
-            rate(r["required_bps"].as_u64().unwrap_or(0)),
-            rate(r["chosen_bps"].as_u64().unwrap_or(0)),
-            match r["shortfall_bps"].as_u64() {
-                Some(x) if x > 0 => format!(", SHORT by {}", rate(x)),
-                _ => String::new(),
+            r.datacenter,
+            rate(r.required_bps),
+            rate(r.chosen_bps),
+            if r.shortfall_bps > 0 {
+                format!(", SHORT by {}", rate(r.shortfall_bps))
+            } else {
+                String::new()
             }
         ));
-        if let Some(summary) = r["summary"].as_str() {
-            out.push_str(&format!("  {summary}\n"));
+        if !r.summary.is_empty() {
+            out.push_str(&format!("  {}\n", r.summary));
         }
-        let rows = r["candidates"]
-            .as_array()
-            .into_iter()
-            .flatten()
+        let rows = r
+            .candidates
+            .iter()
             .map(|c| {
                 vec![
-                    s(&c["rank"]),
-                    if c["chosen"].as_bool() == Some(true) {
-                        "yes".into()
-                    } else {
-                        "no".into()
-                    },
-                    s(&c["interface"]),
-                    s(&c["gatewan"]),
-                    s(&c["peer"]),
-                    format!("{}→{}", s(&c["local_transit"]), s(&c["peer_transit"])),
-                    c["score"]
-                        .as_f64()
-                        .map_or("-".into(), |x| format!("{x:.3}")),
-                    s(&c["verdict"]),
+                    c.rank.map_or("-".into(), |r| r.to_string()),
+                    if c.chosen { "yes" } else { "no" }.into(),
+                    c.interface.clone(),
+                    c.gatewan.clone(),
+                    c.peer.clone(),
+                    format!("{}→{}", c.local_transit, c.peer_transit),
+                    format!("{:.3}", c.score),
+                    c.verdict.clone(),
                 ]
             })
             .collect();
@@ -683,9 +683,9 @@ pub fn explain(explanation_json: &str, history_json: &str, f: Format) -> anyhow:
         ));
         out.push('\n');
     }
-    let changes = history.as_array().map_or(0, Vec::len);
     out.push_str(&format!(
-        "{changes} decision changes in history (-o yaml shows them)\n"
+        "{} decision changes in history (-o yaml shows them)\n",
+        r.history.len()
     ));
     Ok(out)
 }
@@ -696,31 +696,38 @@ mod tests {
 
     #[test]
     fn explain_table_names_tunnels_by_interface_peer_and_transits() {
-        let explanation = serde_json::json!({
-            "datacenter": "sg1",
-            "remotes": [{
-                "datacenter": "par1",
-                "required_bps": 1_500_000_000u64,
-                "chosen_bps": 2_000_000_000u64,
-                "shortfall_bps": 0,
-                "summary": "2 tunnel(s) give 2.0 Gbps for 1.5 Gbps required: \
-                            gatewan01-sg1/sdwan1 to gatewan01-par1 via lumen→lumen, \
-                            gatewan01-sg1/sdwan4 to gatewan01-par1 via cogent→cogent",
-                "candidates": [{
-                    "tunnel": "01016c02-016c-0505-0000-000000000000",
-                    "interface": "sdwan1",
-                    "gatewan": "gatewan01-sg1",
-                    "peer": "gatewan01-par1",
-                    "local_transit": "lumen",
-                    "peer_transit": "lumen",
-                    "score": 0.0012,
-                    "rank": 1,
-                    "chosen": true,
-                    "verdict": "chosen_for_capacity"
-                }]
-            }]
-        });
-        let out = explain(&explanation.to_string(), "[]", Format::Table).unwrap();
+        let response = v1::ExplainResponse {
+            explanation: Some(v1::Explanation {
+                datacenter: "sg1".into(),
+                remotes: vec![v1::RemoteExplanation {
+                    datacenter: "par1".into(),
+                    required_bps: 1_500_000_000,
+                    chosen_bps: 2_000_000_000,
+                    shortfall_bps: 0,
+                    summary: "2 tunnel(s) give 2.0 Gbps for 1.5 Gbps required: \
+                              gatewan01-sg1/sdwan1 to gatewan01-par1 via lumen→lumen, \
+                              gatewan01-sg1/sdwan4 to gatewan01-par1 via cogent→cogent"
+                        .into(),
+                    candidates: vec![v1::Candidate {
+                        tunnel: "01016c02-016c-0505-0000-000000000000".into(),
+                        interface: "sdwan1".into(),
+                        gatewan: "gatewan01-sg1".into(),
+                        peer: "gatewan01-par1".into(),
+                        local_transit: "lumen".into(),
+                        peer_transit: "lumen".into(),
+                        score: 0.0012,
+                        rank: Some(1),
+                        chosen: true,
+                        verdict: "chosen_for_capacity".into(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+            history: Vec::new(),
+        };
+        let out = explain(&response, Format::Table).unwrap();
         let lines: Vec<&str> = out.lines().collect();
         assert_eq!(
             lines[0],

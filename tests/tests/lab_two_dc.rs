@@ -224,7 +224,36 @@ fn check_routingctl_on_bgpctl(lab: &RunningLab) {
             "{l}"
         );
     }
-    println!("routingctl on bgpctl-sg1: peers, routes --received/--advertised as expected");
+
+    // The controller's explanation crosses the API as typed messages: both renderings.
+    let text = run(&["-o", "json", "explain", "--datacenter", "par1"]);
+    let e: serde_json::Value =
+        serde_json::from_str(&text).unwrap_or_else(|err| panic!("explain: {err}: {text}"));
+    let remote = &e["explanation"]["remotes"][0];
+    assert_eq!(remote["datacenter"], "par1", "{e:#}");
+    let candidates = remote["candidates"].as_array().expect("candidates");
+    assert!(
+        candidates.iter().any(|c| c["chosen"] == true),
+        "no chosen candidate: {e:#}"
+    );
+    for c in candidates {
+        assert!(
+            c["interface"]
+                .as_str()
+                .is_some_and(|i| i.starts_with("sdwan"))
+                && c["verdict"].as_str().is_some_and(|v| !v.is_empty())
+                && c["tunnel"].as_str().is_some_and(|t| t.len() == 36),
+            "{c:#}"
+        );
+    }
+    let table = run(&["explain", "--datacenter", "par1"]);
+    assert!(
+        table.starts_with("datacenter par1: required ") && table.contains("RANK"),
+        "{table}"
+    );
+    println!(
+        "routingctl on bgpctl-sg1: peers, routes --received/--advertised, explain as expected"
+    );
 }
 
 /// Issue 12 in the lab: 60 s after start every bgpctl holds a minimal set (here two

@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use gatewan_proto::v1;
+
 use super::snapshot::{IgnoredTunnel, TunnelId};
 
 /// The outcome for one candidate tunnel.
@@ -32,6 +34,46 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// Every verdict, for tests and documentation.
+    pub const ALL: [Verdict; 15] = [
+        Verdict::ChosenForCapacity,
+        Verdict::ChosenForMinTunnels,
+        Verdict::ChosenForDiversity,
+        Verdict::KeptByHoldDown,
+        Verdict::NotNeeded,
+        Verdict::NoCapacityLeft,
+        Verdict::MaxTunnelsReached,
+        Verdict::WaitingForHoldDown,
+        Verdict::Recovering,
+        Verdict::GatewanDown,
+        Verdict::PeerDown,
+        Verdict::NoVtep,
+        Verdict::NotEstablished,
+        Verdict::LossAboveMax,
+        Verdict::LatencyAboveMax,
+    ];
+
+    /// The verdict's name as the API and `routingctl explain` show it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::ChosenForCapacity => "chosen_for_capacity",
+            Verdict::ChosenForMinTunnels => "chosen_for_min_tunnels",
+            Verdict::ChosenForDiversity => "chosen_for_diversity",
+            Verdict::KeptByHoldDown => "kept_by_hold_down",
+            Verdict::NotNeeded => "not_needed",
+            Verdict::NoCapacityLeft => "no_capacity_left",
+            Verdict::MaxTunnelsReached => "max_tunnels_reached",
+            Verdict::WaitingForHoldDown => "waiting_for_hold_down",
+            Verdict::Recovering => "recovering",
+            Verdict::GatewanDown => "gatewan_down",
+            Verdict::PeerDown => "peer_down",
+            Verdict::NoVtep => "no_vtep",
+            Verdict::NotEstablished => "not_established",
+            Verdict::LossAboveMax => "loss_above_max",
+            Verdict::LatencyAboveMax => "latency_above_max",
+        }
+    }
+
     pub fn is_chosen(self) -> bool {
         matches!(
             self,
@@ -200,4 +242,97 @@ pub struct Change {
     pub added: Vec<TunnelId>,
     pub removed: Vec<TunnelId>,
     pub cause: String,
+}
+
+/// The explanation as the API carries it (`routingctl explain` renders these fields).
+impl Explanation {
+    pub fn to_proto(&self) -> v1::Explanation {
+        v1::Explanation {
+            datacenter: self.datacenter.clone(),
+            at_ms: self.at_ms,
+            remotes: self.remotes.iter().map(|r| r.to_proto()).collect(),
+            ignored: self
+                .ignored
+                .iter()
+                .map(|i| v1::IgnoredTunnel {
+                    tunnel: i.tunnel.to_string(),
+                    gatewan: i.gatewan.clone(),
+                    reason: i.reason.to_string(),
+                })
+                .collect(),
+        }
+    }
+}
+
+impl RemoteExplanation {
+    fn to_proto(&self) -> v1::RemoteExplanation {
+        let ids = |v: &[TunnelId]| v.iter().map(ToString::to_string).collect();
+        v1::RemoteExplanation {
+            datacenter: self.datacenter.to_string(),
+            required_bps: self.required_bps,
+            chosen_bps: self.chosen_bps,
+            shortfall_bps: self.shortfall_bps,
+            summary: self.summary.clone(),
+            pending: self.pending.as_ref().map(|p| v1::PendingChange {
+                since_ms: p.since_ms,
+                applies_at_ms: p.applies_at_ms,
+                add: ids(&p.add),
+                remove: ids(&p.remove),
+            }),
+            candidates: self.candidates.iter().map(Candidate::to_proto).collect(),
+        }
+    }
+}
+
+impl Candidate {
+    fn to_proto(&self) -> v1::Candidate {
+        let term = |t: Term| v1::ScoreTerm {
+            value: t.value,
+            weighted: t.weighted,
+        };
+        let m = &self.metrics;
+        v1::Candidate {
+            tunnel: self.tunnel.to_string(),
+            interface: self.interface.to_string(),
+            gatewan: self.gatewan.to_string(),
+            peer: self.peer.to_string(),
+            local_transit: self.local_transit.to_string(),
+            peer_transit: self.peer_transit.to_string(),
+            metrics: Some(v1::CandidateMetrics {
+                state: m.state.to_string(),
+                loss_ppm: m.loss_ppm,
+                latency_us: m.latency_us,
+                jitter_us: m.jitter_us,
+                reorder_ppm: m.reorder_ppm,
+                rx_bps: m.rx_bps,
+                tx_bps: m.tx_bps,
+                capacity_bps: m.capacity_bps,
+            }),
+            available_bps: self.available_bps,
+            terms: Some(v1::ScoreTerms {
+                latency: Some(term(self.terms.latency)),
+                jitter: Some(term(self.terms.jitter)),
+                loss: Some(term(self.terms.loss)),
+                usage: Some(term(self.terms.usage)),
+                cost: Some(term(self.terms.cost)),
+            }),
+            score: self.score,
+            rank: self.rank,
+            chosen: self.chosen,
+            verdict: self.verdict.as_str().to_string(),
+            note: self.note.clone(),
+        }
+    }
+}
+
+impl Change {
+    pub fn to_proto(&self) -> v1::DecisionChange {
+        v1::DecisionChange {
+            at_ms: self.at_ms,
+            datacenter: self.datacenter.clone(),
+            added: self.added.iter().map(ToString::to_string).collect(),
+            removed: self.removed.iter().map(ToString::to_string).collect(),
+            cause: self.cause.clone(),
+        }
+    }
 }

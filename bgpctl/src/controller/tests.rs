@@ -1074,6 +1074,39 @@ fn explanation_serialises() {
 }
 
 #[test]
+fn the_api_carries_the_explanation_and_its_history_field_for_field() {
+    let (local, remote_gws) = two_by_two();
+    let gws: Vec<Gatewan> = local.iter().chain(&remote_gws).cloned().collect();
+    let mut tunnels = all_tunnels(&local, &remote_gws, ordered_latency);
+    // One unhealthy candidate, so that a rank is absent.
+    tunnels[0].measurements.loss_ppm = 900_000;
+    let s = Snapshot::new("sg1", gws, tunnels);
+    let mut c = Controller::new(policy());
+    let (_, e) = c.decide(&s, 0);
+    assert!(e.remotes[0].candidates.iter().any(|c| c.rank.is_none()));
+    // routingctl renders the wire message as YAML and JSON: it must read as the
+    // controller's own serialisation did when the API carried that as text.
+    assert_eq!(
+        serde_json::to_value(e.to_proto()).unwrap(),
+        serde_json::to_value(&e).unwrap()
+    );
+    let h: Vec<_> = c.history().cloned().collect();
+    assert!(!h.is_empty());
+    let wire: Vec<_> = h.iter().map(|c| c.to_proto()).collect();
+    assert_eq!(
+        serde_json::to_value(wire).unwrap(),
+        serde_json::to_value(&h).unwrap()
+    );
+}
+
+#[test]
+fn every_verdict_has_the_same_name_on_the_api_as_in_json() {
+    for v in Verdict::ALL {
+        assert_eq!(serde_json::to_value(v).unwrap(), v.as_str());
+    }
+}
+
+#[test]
 fn history_is_bounded_and_datacenter_leaving_is_recorded() {
     let (gws, _) = single_choice();
     let p = Policy {
