@@ -3,7 +3,7 @@
 //! the datacenter's networks. This task owns the controller; the API reads what it
 //! publishes, and its choice toward each remote datacenter (`Choice` records) in the mesh.
 //! Before its first decision it adopts the choice of the other bgpctl of the datacenter,
-//! from the mesh, else as the fabric holds it (ADR 0002, ADR 0006).
+//! from the mesh, else as the fabric holds it (ADR 0027, ADR 0006).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;

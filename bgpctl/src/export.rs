@@ -78,7 +78,7 @@ pub fn gatewan_vteps(store: &StateStore) -> GatewanVteps {
     out
 }
 
-/// The RD of a tunnel's routes (ADR 0002): type 0, the administrator a hash of the
+/// The RD of a tunnel's routes (ADR 0022): type 0, the administrator a hash of the
 /// tunnel id's text form, the assigned number its RD index; what `routingctl tunnels`
 /// shows for the tunnel.
 pub fn tunnel_rd(tunnel: TunnelId, rd_index: u32) -> RouteDistinguisher {
