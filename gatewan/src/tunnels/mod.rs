@@ -7,5 +7,6 @@ pub mod key;
 pub mod manager;
 pub use gatewan_tunnel_plan as plan;
 pub mod reconcile;
+pub mod state;
 pub mod system;
 pub mod vtep;
