@@ -9,7 +9,7 @@ use hyper_util::rt::TokioIo;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity, Uri};
 
 /// Where the daemon's API is.
-pub enum Target {
+pub(crate) enum Target {
     Socket(PathBuf),
     /// `--server`, its TLS settings made from `--ca`, `--cert` and `--key`.
     Server {
@@ -19,7 +19,7 @@ pub enum Target {
 }
 
 /// The PEM files of `--ca`, `--cert` and `--key`, read and checked.
-pub struct ClientPem {
+pub(crate) struct ClientPem {
     pub ca: Vec<u8>,
     pub cert: Vec<u8>,
     pub key: Vec<u8>,
@@ -35,7 +35,7 @@ impl fmt::Display for Target {
 }
 
 /// Dials the daemon; failures name the socket or the server.
-pub async fn connect(target: &Target) -> anyhow::Result<Channel> {
+pub(crate) async fn connect(target: &Target) -> anyhow::Result<Channel> {
     match target {
         Target::Socket(socket) => connect_unix(socket).await,
         Target::Server { url, endpoint } => connect_tls(url, endpoint).await,
@@ -64,7 +64,7 @@ async fn connect_unix(socket: &Path) -> anyhow::Result<Channel> {
 }
 
 /// `https://host:port`, as the operator wrote it (a `Uri` prints a trailing `/`).
-pub fn server_name(url: &Uri) -> String {
+pub(crate) fn server_name(url: &Uri) -> String {
     match url.authority() {
         Some(a) => format!("https://{a}"),
         None => url.to_string(),
@@ -74,7 +74,7 @@ pub fn server_name(url: &Uri) -> String {
 /// The endpoint of `--server` with mutual TLS: the daemon must present a certificate signed
 /// by `--ca`, and we present `--cert`. Errors (e.g. a key that is not the certificate's)
 /// are the operator's to fix.
-pub fn tls_endpoint(url: &Uri, pem: &ClientPem) -> Result<Endpoint, String> {
+pub(crate) fn tls_endpoint(url: &Uri, pem: &ClientPem) -> Result<Endpoint, String> {
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(&pem.ca))
         .identity(Identity::from_pem(&pem.cert, &pem.key));
@@ -105,7 +105,7 @@ async fn connect_tls(url: &Uri, endpoint: &Endpoint) -> anyhow::Result<Channel> 
 }
 
 /// An error with its sources, `a: b: c`, without the repeats tonic's errors carry.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -121,7 +121,7 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// Checks that `--ca`, `--cert` and `--key` hold what they should: the message names the
 /// flag and the file.
-pub fn read_pem(flag: &str, path: &Path, want: Pem) -> Result<Vec<u8>, String> {
+pub(crate) fn read_pem(flag: &str, path: &Path, want: Pem) -> Result<Vec<u8>, String> {
     use rustls_pki_types::pem::PemObject as _;
     use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let bytes = std::fs::read(path).map_err(|e| format!("{flag} {}: {e}", path.display()))?;
@@ -151,13 +151,13 @@ pub fn read_pem(flag: &str, path: &Path, want: Pem) -> Result<Vec<u8>, String> {
 }
 
 #[derive(Clone, Copy)]
-pub enum Pem {
+pub(crate) enum Pem {
     Certificates,
     PrivateKey,
 }
 
 /// `--server`'s value: `https://host:port`.
-pub fn parse_server(s: &str) -> Result<Uri, String> {
+pub(crate) fn parse_server(s: &str) -> Result<Uri, String> {
     let uri: Uri = s
         .parse()
         .map_err(|e| format!("{s:?} is not a URL ({e}): write https://HOST:PORT"))?;

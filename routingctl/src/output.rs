@@ -78,7 +78,7 @@ fn table(header: &[&str], rows: Vec<Vec<String>>) -> String {
     out
 }
 
-pub fn members(members: &[v1::Member], f: Format) -> anyhow::Result<String> {
+pub(crate) fn members(members: &[v1::Member], f: Format) -> anyhow::Result<String> {
     let list: Vec<Member> = members
         .iter()
         .map(|m| Member {
@@ -134,7 +134,7 @@ struct Key {
     primary: bool,
 }
 
-pub fn keys(keys: &[v1::KeyInfo], f: Format) -> anyhow::Result<String> {
+pub(crate) fn keys(keys: &[v1::KeyInfo], f: Format) -> anyhow::Result<String> {
     let list: Vec<Key> = keys
         .iter()
         .map(|k| Key {
@@ -163,7 +163,7 @@ pub fn keys(keys: &[v1::KeyInfo], f: Format) -> anyhow::Result<String> {
 
 /// A mesh-wide keyring change: the keys of the member asked, then how many other members
 /// applied it and which did not.
-pub fn keyring_change(r: &v1::KeyringResponse, f: Format) -> anyhow::Result<String> {
+pub(crate) fn keyring_change(r: &v1::KeyringResponse, f: Format) -> anyhow::Result<String> {
     #[derive(Serialize)]
     struct Failure<'a> {
         member_id: &'a str,
@@ -227,7 +227,7 @@ pub fn keyring_change(r: &v1::KeyringResponse, f: Format) -> anyhow::Result<Stri
 }
 
 /// The public key after `tunnels rotate-key`.
-pub fn rotated_key(public_key: &str, f: Format) -> anyhow::Result<String> {
+pub(crate) fn rotated_key(public_key: &str, f: Format) -> anyhow::Result<String> {
     #[derive(Serialize)]
     struct Rotated<'a> {
         public_key: &'a str,
@@ -381,7 +381,7 @@ fn meta(t: &v1::TunnelInfo) -> Meta {
     }
 }
 
-pub fn tunnels(list: &[v1::TunnelInfo], f: Format) -> anyhow::Result<String> {
+pub(crate) fn tunnels(list: &[v1::TunnelInfo], f: Format) -> anyhow::Result<String> {
     match f {
         Format::Yaml => render(
             &list
@@ -501,7 +501,7 @@ fn uptime(s: u64) -> String {
 }
 
 /// `routingctl peers`: the BGP sessions of a bgpctl.
-pub fn peers(list: &[v1::BgpPeer], f: Format) -> anyhow::Result<String> {
+pub(crate) fn peers(list: &[v1::BgpPeer], f: Format) -> anyhow::Result<String> {
     let view: Vec<Peer> = list
         .iter()
         .map(|p| Peer {
@@ -566,7 +566,7 @@ struct Route {
 }
 
 /// `routingctl routes`: type-5 routes, in GoBGP's notation as the Criteo talk showed them.
-pub fn routes(list: &[v1::BgpRoute], f: Format) -> anyhow::Result<String> {
+pub(crate) fn routes(list: &[v1::BgpRoute], f: Format) -> anyhow::Result<String> {
     let view: Vec<Route> = list
         .iter()
         .map(|r| Route {
@@ -618,7 +618,7 @@ pub fn routes(list: &[v1::BgpRoute], f: Format) -> anyhow::Result<String> {
 /// `routingctl explain`: the controller's explanation as YAML, JSON or a table of
 /// candidates per remote datacenter. The table names tunnels as `routingctl tunnels` does
 /// (interface, peer, transits); YAML and JSON also carry the tunnel id.
-pub fn explain(r: &v1::ExplainResponse, f: Format) -> anyhow::Result<String> {
+pub(crate) fn explain(r: &v1::ExplainResponse, f: Format) -> anyhow::Result<String> {
     let Some(explanation) = &r.explanation else {
         anyhow::bail!("bgpctl sent no explanation");
     };

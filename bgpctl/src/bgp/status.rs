@@ -108,7 +108,7 @@ pub(crate) struct StatusCell {
 pub(crate) struct SharedStatus(Arc<Mutex<StatusCell>>);
 
 impl SharedStatus {
-    pub fn new(address: IpAddr, asn: u32) -> SharedStatus {
+    pub(crate) fn new(address: IpAddr, asn: u32) -> SharedStatus {
         SharedStatus(Arc::new(Mutex::new(StatusCell {
             status: PeerStatus {
                 address,
@@ -132,15 +132,15 @@ impl SharedStatus {
     }
 
     /// Locks the cell; a poisoned lock (a panicking writer) still holds usable counters.
-    pub fn lock(&self) -> MutexGuard<'_, StatusCell> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, StatusCell> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    pub fn update(&self, f: impl FnOnce(&mut PeerStatus)) {
+    pub(crate) fn update(&self, f: impl FnOnce(&mut PeerStatus)) {
         f(&mut self.lock().status);
     }
 
-    pub fn snapshot(&self) -> PeerStatus {
+    pub(crate) fn snapshot(&self) -> PeerStatus {
         let cell = self.lock();
         let mut s = cell.status.clone();
         s.uptime = cell.established_at.map(|t| t.elapsed());

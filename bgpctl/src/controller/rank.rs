@@ -21,7 +21,7 @@ pub(crate) struct Scales {
 }
 
 impl Scales {
-    pub fn new(p: &Policy) -> Self {
+    pub(crate) fn new(p: &Policy) -> Self {
         Scales {
             weights: p.weights.normalised(),
             max_latency_us: (p.max_latency.as_secs_f64() * 1e6).max(1.0),
@@ -54,15 +54,15 @@ pub(crate) struct Cand {
 }
 
 impl Cand {
-    pub fn healthy(&self) -> bool {
+    pub(crate) fn healthy(&self) -> bool {
         self.rejected.is_none()
     }
 
-    pub fn uses_transit(&self, t: u32) -> bool {
+    pub(crate) fn uses_transit(&self, t: u32) -> bool {
         self.local_transit == t || self.peer_transit == t
     }
 
-    pub fn score_terms(&self, s: &Scales) -> ScoreTerms {
+    pub(crate) fn score_terms(&self, s: &Scales) -> ScoreTerms {
         let t = |i: usize| Term {
             value: self.terms[i],
             weighted: self.terms[i] * s.weights[i],
@@ -89,7 +89,7 @@ pub(crate) struct Ranking {
 }
 
 impl Ranking {
-    pub fn position(&self, id: TunnelId) -> Option<u32> {
+    pub(crate) fn position(&self, id: TunnelId) -> Option<u32> {
         self.cands
             .binary_search_by_key(&id, |c| c.id)
             .ok()

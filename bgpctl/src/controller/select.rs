@@ -79,11 +79,11 @@ pub(crate) struct Selection {
 }
 
 impl Selection {
-    pub fn why(&self, c: u32) -> Option<Why> {
+    pub(crate) fn why(&self, c: u32) -> Option<Why> {
         self.picks.iter().find(|p| p.0 == c).map(|p| p.1)
     }
 
-    pub fn ids(&self, r: &Ranking) -> Vec<TunnelId> {
+    pub(crate) fn ids(&self, r: &Ranking) -> Vec<TunnelId> {
         let mut ids: Vec<TunnelId> = self
             .picks
             .iter()
@@ -113,7 +113,7 @@ impl Flow {
     /// Whether adding candidate `c` to the set raises the capacity: it does exactly when
     /// the residual network has a path source → its local interface → its remote
     /// interface → sink.
-    pub fn grows_with(&self, r: &Ranking, c: u32) -> bool {
+    pub(crate) fn grows_with(&self, r: &Ranking, c: u32) -> bool {
         let cand = &r.cands[c as usize];
         let local_ok = match self.local.iter().find(|l| l.0 == cand.local_iface) {
             Some(l) => l.1,

@@ -8,28 +8,28 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use bgpctl::bgp::{self, SpeakerHandle, SpeakerSettings, Type5Route};
-pub use gatewan_tests::{Netns, require_program, require_root, wait_until};
+pub(crate) use gatewan_tests::{Netns, require_program, require_root, wait_until};
 
 /// Root and programs present, or (outside CI) skip.
-pub fn ready(test: &str, programs: &[&str]) -> bool {
+pub(crate) fn ready(test: &str, programs: &[&str]) -> bool {
     require_root(test) && programs.iter().all(|p| require_program(test, p))
 }
 
 /// Speaker side `a` (10.0.0.1, fd00::1) and peer side `b` (10.0.0.2, fd00::2) on one veth.
-pub struct Pair {
+pub(crate) struct Pair {
     pub a: Netns,
     pub b: Netns,
     pub dir: PathBuf,
 }
 
-pub const A4: &str = "10.0.0.1";
-pub const B4: &str = "10.0.0.2";
-pub const A6: &str = "fd00::1";
-pub const B6: &str = "fd00::2";
+pub(crate) const A4: &str = "10.0.0.1";
+pub(crate) const B4: &str = "10.0.0.2";
+pub(crate) const A6: &str = "fd00::1";
+pub(crate) const B6: &str = "fd00::2";
 
 /// The speaker under test: AS 65000, router id A4, one peer, outgoing connections only,
 /// no graceful restart, every route target imported. Tests override what they exercise.
-pub fn speaker_settings(peer: bgp::PeerSettings) -> SpeakerSettings {
+pub(crate) fn speaker_settings(peer: bgp::PeerSettings) -> SpeakerSettings {
     SpeakerSettings {
         asn: 65000,
         router_id: A4.parse().expect("A4 is an IPv4 address"),
@@ -41,7 +41,7 @@ pub fn speaker_settings(peer: bgp::PeerSettings) -> SpeakerSettings {
 }
 
 impl Pair {
-    pub fn new(test: &str) -> Pair {
+    pub(crate) fn new(test: &str) -> Pair {
         let a = Netns::new();
         let b = Netns::new();
         a.exec_ok(&[
@@ -78,13 +78,13 @@ impl Drop for Pair {
 }
 
 /// The speaker on its own runtime, inside a namespace.
-pub struct Speaker {
+pub(crate) struct Speaker {
     rt: Option<tokio::runtime::Runtime>,
     handle: Option<SpeakerHandle>,
 }
 
 impl Speaker {
-    pub fn start(ns: &Netns, settings: SpeakerSettings) -> Speaker {
+    pub(crate) fn start(ns: &Netns, settings: SpeakerSettings) -> Speaker {
         let path = format!("/run/netns/{}", ns.name);
         let (rt, handle) = std::thread::spawn(move || {
             let f = std::fs::File::open(&path).expect("netns file");
@@ -109,15 +109,15 @@ impl Speaker {
         }
     }
 
-    pub fn handle(&self) -> &SpeakerHandle {
+    pub(crate) fn handle(&self) -> &SpeakerHandle {
         self.handle.as_ref().expect("running")
     }
 
-    pub fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
+    pub(crate) fn block_on<F: std::future::Future>(&self, f: F) -> F::Output {
         self.rt.as_ref().expect("runtime").block_on(f)
     }
 
-    pub fn state(&self, peer: &str) -> bgp::PeerState {
+    pub(crate) fn state(&self, peer: &str) -> bgp::PeerState {
         let peer: IpAddr = peer.parse().unwrap();
         self.handle()
             .peers()
@@ -127,7 +127,7 @@ impl Speaker {
             .state
     }
 
-    pub fn status(&self, peer: &str) -> bgp::PeerStatus {
+    pub(crate) fn status(&self, peer: &str) -> bgp::PeerStatus {
         let peer: IpAddr = peer.parse().unwrap();
         self.handle()
             .peers()
@@ -136,7 +136,7 @@ impl Speaker {
             .expect("peer")
     }
 
-    pub fn wait_established(&self, peer: &str, timeout: Duration) {
+    pub(crate) fn wait_established(&self, peer: &str, timeout: Duration) {
         let ok = wait_until(timeout, || self.state(peer) == bgp::PeerState::Established);
         assert!(
             ok,
@@ -145,11 +145,11 @@ impl Speaker {
         );
     }
 
-    pub fn received(&self) -> std::sync::Arc<bgp::ReceivedRoutes> {
+    pub(crate) fn received(&self) -> std::sync::Arc<bgp::ReceivedRoutes> {
         self.handle().subscribe_received().borrow().clone()
     }
 
-    pub fn shutdown(mut self) {
+    pub(crate) fn shutdown(mut self) {
         if let (Some(rt), Some(h)) = (self.rt.as_ref(), self.handle.take()) {
             rt.block_on(h.shutdown());
         }
@@ -169,14 +169,14 @@ impl Drop for Speaker {
 }
 
 /// A gobgpd in a namespace, driven through the gobgp CLI.
-pub struct Gobgpd {
+pub(crate) struct Gobgpd {
     pub ns_name: String,
     child: Child,
     pub log: PathBuf,
 }
 
 impl Gobgpd {
-    pub fn start(ns: &Netns, dir: &std::path::Path, name: &str, toml: &str) -> Gobgpd {
+    pub(crate) fn start(ns: &Netns, dir: &std::path::Path, name: &str, toml: &str) -> Gobgpd {
         let cfg = dir.join(format!("{name}.toml"));
         std::fs::write(&cfg, toml).expect("gobgpd config");
         let log = dir.join(format!("{name}.log"));
@@ -203,7 +203,7 @@ impl Gobgpd {
         g
     }
 
-    pub fn cli(&self, args: &[&str]) -> Output {
+    pub(crate) fn cli(&self, args: &[&str]) -> Output {
         Command::new("ip")
             .args(["netns", "exec", &self.ns_name, "gobgp"])
             .args(args)
@@ -211,7 +211,7 @@ impl Gobgpd {
             .expect("gobgp")
     }
 
-    pub fn cli_ok(&self, args: &[&str]) -> String {
+    pub(crate) fn cli_ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);
         assert!(
             out.status.success(),
@@ -222,14 +222,14 @@ impl Gobgpd {
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
-    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+    pub(crate) fn json(&self, args: &[&str]) -> serde_json::Value {
         let mut a = args.to_vec();
         a.push("-j");
         let text = self.cli_ok(&a);
         serde_json::from_str(&text).unwrap_or_else(|e| panic!("gobgp {args:?}: {e}: {text}"))
     }
 
-    pub fn neighbor_state(&self, addr: &str) -> String {
+    pub(crate) fn neighbor_state(&self, addr: &str) -> String {
         let v = self.json(&["neighbor", addr]);
         let s = &v["state"]["session_state"];
         // gobgp prints the gRPC enum: 1 idle … 6 established.
@@ -245,32 +245,32 @@ impl Gobgpd {
     }
 
     /// UPDATEs gobgpd received from `addr`.
-    pub fn updates_received(&self, addr: &str) -> u64 {
+    pub(crate) fn updates_received(&self, addr: &str) -> u64 {
         let v = self.json(&["neighbor", addr]);
         v["state"]["messages"]["received"]["update"]
             .as_u64()
             .unwrap_or(0)
     }
 
-    pub fn adj_in(&self, addr: &str) -> Vec<GobgpRoute> {
+    pub(crate) fn adj_in(&self, addr: &str) -> Vec<GobgpRoute> {
         parse_rib(&self.json(&["neighbor", addr, "adj-in", "-a", "evpn"]))
     }
 
-    pub fn global_rib(&self) -> Vec<GobgpRoute> {
+    pub(crate) fn global_rib(&self) -> Vec<GobgpRoute> {
         parse_rib(&self.json(&["global", "rib", "-a", "evpn"]))
     }
 
-    pub fn log_tail(&self) -> String {
+    pub(crate) fn log_tail(&self) -> String {
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = log.lines().collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
 
-    pub fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 
-    pub fn kill(&mut self) {
+    pub(crate) fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -287,7 +287,7 @@ impl Drop for Gobgpd {
 
 /// A type-5 path as gobgp shows it, normalized for comparison.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-pub struct GobgpRoute {
+pub(crate) struct GobgpRoute {
     pub rd: String,
     pub prefix: String,
     pub label: u64,
@@ -375,7 +375,7 @@ fn community(c: &serde_json::Value) -> String {
 }
 
 /// What gobgp must show for a route the speaker advertised.
-pub fn expected(r: &Type5Route, ibgp: bool, local_asn: u64) -> GobgpRoute {
+pub(crate) fn expected(r: &Type5Route, ibgp: bool, local_asn: u64) -> GobgpRoute {
     let mut communities: Vec<String> = r
         .route_targets
         .iter()
@@ -406,12 +406,12 @@ pub fn expected(r: &Type5Route, ibgp: bool, local_asn: u64) -> GobgpRoute {
     }
 }
 
-pub fn sorted(mut v: Vec<GobgpRoute>) -> Vec<GobgpRoute> {
+pub(crate) fn sorted(mut v: Vec<GobgpRoute>) -> Vec<GobgpRoute> {
     v.sort();
     v
 }
 
-pub fn route(rd: &str, prefix: &str, vni: u32, next_hop: &str, mac: u8) -> Type5Route {
+pub(crate) fn route(rd: &str, prefix: &str, vni: u32, next_hop: &str, mac: u8) -> Type5Route {
     Type5Route {
         rd: rd.parse().unwrap(),
         prefix: prefix.parse().unwrap(),
@@ -424,7 +424,7 @@ pub fn route(rd: &str, prefix: &str, vni: u32, next_hop: &str, mac: u8) -> Type5
 }
 
 /// `command -v` for a program under a path not on PATH (FRR's daemons).
-pub fn have_file(test: &str, path: &str) -> bool {
+pub(crate) fn have_file(test: &str, path: &str) -> bool {
     if std::path::Path::new(path).exists() {
         return true;
     }
@@ -436,12 +436,12 @@ pub fn have_file(test: &str, path: &str) -> bool {
     false
 }
 
-pub fn null() -> Stdio {
+pub(crate) fn null() -> Stdio {
     Stdio::null()
 }
 
 /// Routes as one line for a child process: `rd,prefix,vni,next_hop,mac,rt+rt,lbw;…`.
-pub fn route_spec(routes: &[Type5Route]) -> String {
+pub(crate) fn route_spec(routes: &[Type5Route]) -> String {
     routes
         .iter()
         .map(|r| {
@@ -467,7 +467,7 @@ pub fn route_spec(routes: &[Type5Route]) -> String {
         .join(";")
 }
 
-pub fn parse_route_spec(s: &str) -> Vec<Type5Route> {
+pub(crate) fn parse_route_spec(s: &str) -> Vec<Type5Route> {
     s.split(';')
         .filter(|x| !x.is_empty())
         .map(|r| {

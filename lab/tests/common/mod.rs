@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 /// True if the test may run. Without root the test is skipped, except in CI
 /// (`CI=true`) where a skipped namespace test would hide a broken setup.
-pub fn root_or_skip(test: &str) -> bool {
+pub(crate) fn root_or_skip(test: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
         return true;
     }
@@ -21,12 +21,12 @@ pub fn root_or_skip(test: &str) -> bool {
     false
 }
 
-pub fn fixture(name: &str) -> PathBuf {
+pub(crate) fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join(name)
 }
 
 /// Writes a copy of `src` with its `name:` replaced, so tests can run in parallel.
-pub fn renamed(src: &str, name: &str, dir: &Path) -> PathBuf {
+pub(crate) fn renamed(src: &str, name: &str, dir: &Path) -> PathBuf {
     let text = std::fs::read_to_string(fixture(src)).expect("read fixture");
     let out: String = text
         .lines()
@@ -46,7 +46,7 @@ pub fn renamed(src: &str, name: &str, dir: &Path) -> PathBuf {
 /// What a lab can leave on the host, restricted to what names `lab` (so that tests
 /// running in parallel do not disturb each other), plus the host's interfaces.
 #[derive(Debug, PartialEq, Eq)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     pub netns: BTreeSet<String>,
     pub host_links: BTreeSet<String>,
     pub mounts: BTreeSet<String>,
@@ -55,7 +55,7 @@ pub struct Snapshot {
     pub state_dir: bool,
 }
 
-pub fn snapshot(lab: &str) -> Snapshot {
+pub(crate) fn snapshot(lab: &str) -> Snapshot {
     let netns_tag = format!("lab.{lab}.");
     let dir_tag = format!("/run/lab/{lab}");
     let netns = std::fs::read_dir("/run/netns")
@@ -110,7 +110,7 @@ pub fn snapshot(lab: &str) -> Snapshot {
 }
 
 /// PIDs living in any namespace of the lab (read while it is up).
-pub fn lab_pids(lab: &str, nodes: &[&str]) -> Vec<i32> {
+pub(crate) fn lab_pids(lab: &str, nodes: &[&str]) -> Vec<i32> {
     let mut inodes = Vec::new();
     for n in nodes {
         inodes.extend(lab::ns::ns_inode(&lab::ns::netns_path(lab, n)));
@@ -119,12 +119,12 @@ pub fn lab_pids(lab: &str, nodes: &[&str]) -> Vec<i32> {
     lab::ns::pids_in(&inodes)
 }
 
-pub fn pid_alive(pid: i32) -> bool {
+pub(crate) fn pid_alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|s| !s.contains(") Z "))
         .unwrap_or(false)
 }
 
-pub fn stdout(o: &std::process::Output) -> String {
+pub(crate) fn stdout(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
