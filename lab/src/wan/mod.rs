@@ -15,8 +15,6 @@
 //! Parameters are changed at runtime over an abstract unix socket (`@lab-wan`), which is
 //! scoped to the emulator's network namespace.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::fmt;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -30,17 +28,14 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
+mod shaper;
+
+use shaper::{Shaper, VNET_HDR_LEN};
+
 /// Name of the abstract control socket inside the emulator's network namespace.
 pub const CONTROL_SOCKET: &str = "lab-wan";
 /// Time before a due frame during which the scheduler spins instead of sleeping.
 const SPIN: Duration = Duration::from_micros(50);
-/// A rate-limited direction drops frames that would wait longer than this in its queue.
-const RATE_QUEUE_LIMIT_NS: u64 = 100_000_000;
-/// Delayed frames held at most, per direction (like netem's `limit`)...
-const HEAP_LIMIT: usize = 200_000;
-/// ...and bytes: GSO super-frames are up to 64 KiB each.
-const HEAP_BYTES_LIMIT: usize = 64 << 20;
-const VNET_HDR_LEN: usize = 10;
 /// Largest frame accepted (BIG TCP may exceed 64 KiB); larger ones are dropped.
 const MAX_FRAME: usize = 256 * 1024;
 
@@ -291,101 +286,10 @@ fn packet_socket(ifname: &str) -> Result<OwnedFd> {
     Ok(fd)
 }
 
-/// Flows whose frames keep their order under jitter; flows hashed to one bucket share it.
-const FLOW_BUCKETS: usize = 1024;
-
-/// The flow of an Ethernet frame: IP addresses, protocol and UDP/TCP ports, hashed.
-///
-/// Jitter keeps the order within a flow, as a real WAN does (ECMP hashes a flow onto one
-/// path), but not across flows: one FIFO for the whole link would delay every frame to the
-/// latest due time of any frame before it, so with many flows the delay would be biased up
-/// and the jitter down (seen in the lab: 8 probe flows at 10/s through ±5 ms measured
-/// +0.9 ms and −0.6 ms).
-fn flow_bucket(frame: &[u8]) -> usize {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut mix = |bytes: &[u8]| {
-        for b in bytes {
-            h = (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3);
-        }
-    };
-    let Some(ethertype) = frame.get(12..14) else {
-        return 0;
-    };
-    match ethertype {
-        [0x08, 0x00] => {
-            let Some(ip) = frame.get(14..) else { return 0 };
-            let (Some(&vihl), Some(&proto), Some(addrs)) = (ip.first(), ip.get(9), ip.get(12..20))
-            else {
-                return 0;
-            };
-            mix(&[proto]);
-            mix(addrs);
-            let fragment = ip.get(6..8).is_some_and(|f| f[0] & 0x3f != 0 || f[1] != 0);
-            if matches!(proto, 6 | 17) && !fragment {
-                mix(l4_ports(ip.get(usize::from(vihl & 0x0f) * 4..)));
-            }
-        }
-        [0x86, 0xdd] => {
-            let Some(ip) = frame.get(14..) else { return 0 };
-            let (Some(&next), Some(addrs)) = (ip.get(6), ip.get(8..40)) else {
-                return 0;
-            };
-            mix(&[next]);
-            mix(addrs);
-            if matches!(next, 6 | 17) {
-                mix(l4_ports(ip.get(40..)));
-            }
-        }
-        other => mix(other),
-    }
-    (h % FLOW_BUCKETS as u64) as usize
-}
-
-fn l4_ports(l4: Option<&[u8]>) -> &[u8] {
-    l4.and_then(|t| t.get(0..4)).unwrap_or_default()
-}
-
 fn mono_ns() -> u64 {
     let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .unwrap_or_else(|_| nix::sys::time::TimeSpec::new(0, 0));
     t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
-}
-
-/// SplitMix64: a fast, good-enough generator for drop/duplicate/jitter decisions.
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn chance_ppm(&mut self, ppm: u32) -> bool {
-        ppm > 0 && (self.next() % 1_000_000) < ppm as u64
-    }
-}
-
-struct Pending {
-    due: u64,
-    seq: u64,
-    frame: Vec<u8>,
-}
-impl PartialEq for Pending {
-    fn eq(&self, o: &Self) -> bool {
-        (self.due, self.seq) == (o.due, o.seq)
-    }
-}
-impl Eq for Pending {}
-impl PartialOrd for Pending {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Pending {
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        (self.due, self.seq).cmp(&(o.due, o.seq))
-    }
 }
 
 fn send_frame(fd: RawFd, frame: &[u8], c: &Counters) {
@@ -411,29 +315,19 @@ fn forward(shared: Arc<Shared>, dir: usize, rx: OwnedFd, tx: Arc<OwnedFd>) {
     let c = &shared.counters[dir];
     let rxfd = rx.as_raw_fd();
     let txfd = tx.as_raw_fd();
-    let mut rng = Rng(mono_ns() ^ ((dir as u64 + 1) << 40));
+    let mut shaper = Shaper::new(mono_ns() ^ ((dir as u64 + 1) << 40));
     let mut gen_seen = u64::MAX;
-    let mut p = Impairment::default();
-    let mut heap: BinaryHeap<Reverse<Pending>> = BinaryHeap::new();
-    let mut heap_bytes = 0usize;
-    let mut seq = 0u64;
-    let mut last_due = [0u64; FLOW_BUCKETS];
-    let mut rate_free = 0u64;
     let mut buf = vec![0u8; VNET_HDR_LEN + MAX_FRAME];
     while !shared.stop.load(Ordering::Relaxed) {
         let g = shared.generation.load(Ordering::Acquire);
         if g != gen_seen {
             gen_seen = g;
             if let Ok(params) = shared.params.lock() {
-                p = params[dir];
+                shaper.set_params(params[dir]);
             }
         }
-        let mut now = mono_ns();
-        while heap.peek().is_some_and(|Reverse(x)| x.due <= now) {
-            if let Some(Reverse(x)) = heap.pop() {
-                heap_bytes -= x.frame.len();
-                send_frame(txfd, &x.frame, c);
-            }
+        while let Some(frame) = shaper.pop_due(mono_ns()) {
+            send_frame(txfd, &frame, c);
         }
         let mut got = 0;
         while got < 64 {
@@ -456,74 +350,25 @@ fn forward(shared: Arc<Shared>, dir: usize, rx: OwnedFd, tx: Arc<OwnedFd>) {
             }
             let frame = &buf[..n as usize];
             c.rx.fetch_add(1, Ordering::Relaxed);
-            if rng.chance_ppm(p.loss_ppm) {
-                c.lost.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            let copies = if rng.chance_ppm(p.duplicate_ppm) {
-                c.duplicated.fetch_add(1, Ordering::Relaxed);
-                2
-            } else {
-                1
-            };
-            if p.is_passthrough() && heap.is_empty() {
-                for _ in 0..copies {
-                    send_frame(txfd, frame, c);
-                }
-                continue;
-            }
-            now = mono_ns();
-            for _ in 0..copies {
-                // The rate limiter is a FIFO link of the given speed ahead of the delay line.
-                let mut depart = now;
-                let wire = (frame.len() - VNET_HDR_LEN.min(frame.len())) as u64;
-                if let Some(ser) = (wire * 8 * 1_000_000_000).checked_div(p.rate_bps) {
-                    let start = rate_free.max(now);
-                    if start - now > RATE_QUEUE_LIMIT_NS {
-                        c.queue_drops.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                    rate_free = start + ser;
-                    depart = rate_free;
-                }
-                let reorder = rng.chance_ppm(p.reorder_ppm);
-                let due = if reorder {
-                    // As in netem: a reordered frame skips the delay and overtakes.
-                    depart
-                } else {
-                    let mut d = depart + p.delay_us * 1000;
-                    if p.jitter_us > 0 {
-                        let span = 2 * p.jitter_us * 1000 + 1;
-                        d = d + rng.next() % span - p.jitter_us * 1000;
-                    }
-                    // Jitter alone does not reorder a flow: FIFO per flow.
-                    let flow = &mut last_due[flow_bucket(&frame[VNET_HDR_LEN.min(frame.len())..])];
-                    let d = d.max(*flow);
-                    *flow = d;
-                    c.delayed.fetch_add(1, Ordering::Relaxed);
-                    c.delay_sum_us
-                        .fetch_add(d.saturating_sub(now) / 1000, Ordering::Relaxed);
-                    d
-                };
-                if heap.len() >= HEAP_LIMIT || heap_bytes + frame.len() > HEAP_BYTES_LIMIT {
-                    c.queue_drops.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                seq += 1;
-                heap_bytes += frame.len();
-                heap.push(Reverse(Pending {
-                    due,
-                    seq,
-                    frame: frame.to_vec(),
-                }));
+            let fate = shaper.receive(frame, mono_ns());
+            c.lost.fetch_add(u64::from(fate.lost), Ordering::Relaxed);
+            c.duplicated
+                .fetch_add(u64::from(fate.duplicated), Ordering::Relaxed);
+            c.queue_drops
+                .fetch_add(u64::from(fate.queue_drops), Ordering::Relaxed);
+            c.delayed
+                .fetch_add(u64::from(fate.delayed), Ordering::Relaxed);
+            c.delay_sum_us
+                .fetch_add(fate.delay_sum_us, Ordering::Relaxed);
+            for _ in 0..fate.send_now {
+                send_frame(txfd, frame, c);
             }
         }
         if got > 0 {
             continue;
         }
-        now = mono_ns();
-        let wait_ns = match heap.peek() {
-            Some(Reverse(x)) => x.due.saturating_sub(now),
+        let wait_ns = match shaper.next_due() {
+            Some(due) => due.saturating_sub(mono_ns()),
             None => 100_000_000,
         };
         if wait_ns <= SPIN.as_nanos() as u64 {
@@ -709,26 +554,6 @@ pub fn wait_for_ports(ports: &[String; 2], timeout: Duration) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn flows_are_told_apart_and_short_frames_are_safe() {
-        // Ethernet + IPv4 + UDP, ports 20064 -> 40080.
-        let mut f = vec![0u8; 14 + 20 + 8];
-        f[12] = 0x08;
-        f[14] = 0x45;
-        f[23] = 17;
-        f[26..30].copy_from_slice(&[198, 51, 100, 1]);
-        f[30..34].copy_from_slice(&[198, 51, 100, 17]);
-        f[34..38].copy_from_slice(&[0x4e, 0x60, 0x9c, 0x90]);
-        let a = flow_bucket(&f);
-        assert_eq!(a, flow_bucket(&f), "one flow, one bucket");
-        let mut g = f.clone();
-        g[35] ^= 1; // another source port
-        assert_ne!(a, flow_bucket(&g));
-        for n in 0..f.len() {
-            let _ = flow_bucket(&f[..n]);
-        }
-    }
 
     #[test]
     fn parses_impairments() {
