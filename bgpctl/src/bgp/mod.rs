@@ -6,12 +6,17 @@
 //! - [`codec`]: type-5 routes ↔ EVPN NLRI, path attributes and packed UPDATEs;
 //! - [`rib_out`]: the desired Adj-RIB-Out and the minimal diff to what a session sent;
 //! - [`inbound`]: RFC 7606 handling of received UPDATEs;
-//! - [`rib_in`]: the Adj-RIB-In with the import route-target filter and stale marking.
+//! - [`rib_in`]: the Adj-RIB-In with the import route-target filter and stale marking;
+//! - [`session_core`]: one connection's decisions, sans-I/O (`handle(input, now)`): the
+//!   `rustbgpd_fsm` session, framing and malformed input, hold and keepalive deadlines,
+//!   the Adj-RIB-Out sent (initial table held back until the desired table is first set,
+//!   End-of-RIB, diffs, route refresh), received routes and End-of-RIB, the close's facts.
 //!
 //! Thin adapters, tested against gobgpd and FRR in network namespaces (`bgpctl/tests`):
 //! - [`settings`]: what the daemon tells the speaker (plain data);
 //! - [`transport`]: sockets, listener, TCP-MD5;
-//! - [`session`]: one connection driven by `rustbgpd_fsm`;
+//! - [`session`]: one TCP connection: feeds the bytes read to its `session_core`, writes
+//!   what it outputs, sleeps until its next deadline, carries its reports;
 //! - [`peer`]: connection attempts, backoff, collisions, graceful restart (receiving side);
 //! - [`speaker`]: `spawn`, the handle, the listener and Adj-RIB-In tasks.
 //!
@@ -25,6 +30,7 @@ pub mod peer;
 pub mod rib_in;
 pub mod rib_out;
 mod session;
+mod session_core;
 pub mod settings;
 mod speaker;
 pub mod status;

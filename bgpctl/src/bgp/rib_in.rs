@@ -9,7 +9,7 @@ use super::inbound::{ReceivedKey, ReceivedType5};
 use super::types::{RouteTarget, Type5Route};
 
 /// Commands to the Adj-RIB-In task.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub(crate) enum RibInCmd {
     Update {
         peer: IpAddr,
