@@ -238,3 +238,227 @@ impl MeshCore {
         self.resize_transmissions();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use gatewan_proto::v1::{self, mesh_control::Kind};
+
+    use super::super::testkit::{Drained, EPOCH_MS, Forger, Net, addr, core, keyring, member};
+    use super::super::{DropReason, MeshCore, MeshSettings, identity_to_proto};
+
+    fn entry(i: usize, incarnation: u32) -> v1::MemberEntry {
+        v1::MemberEntry {
+            identity: Some(identity_to_proto(&member(i))),
+            incarnation,
+            suspect: false,
+        }
+    }
+
+    fn alone(i: usize) -> MeshCore {
+        let mut c = core(i, keyring(1), MeshSettings::default(), Vec::new());
+        c.start(EPOCH_MS);
+        c.drain_outputs().for_each(drop);
+        c
+    }
+
+    #[test]
+    fn a_member_sealed_with_an_unknown_key_is_not_admitted_and_the_drop_is_counted() {
+        let settings = MeshSettings::default();
+        let cores = vec![
+            core(0, keyring(1), settings.clone(), Vec::new()),
+            core(1, keyring(2), settings.clone(), vec![addr(0)]),
+            core(2, keyring(1), settings, vec![addr(0)]),
+        ];
+        let mut net = Net::with_cores(cores);
+        net.run_for(Duration::from_secs(5));
+
+        let stranger = member(1).node;
+        assert!(net.cores[0].members().iter().all(|m| m.id.node != stranger));
+        assert_eq!(
+            net.cores[1].alive_members(),
+            0,
+            "the stranger joined no one"
+        );
+        let c = net.cores[0].counters();
+        // One join request every seed retry (2 s), at 0, 2 and 4 s.
+        assert_eq!(c.dropped(DropReason::Unauthenticated), 3);
+        // The member with the mesh key, seeded the same way, is in.
+        assert_eq!(net.cores[0].alive_members(), 1);
+        assert_eq!(net.cores[2].alive_members(), 1);
+    }
+
+    #[test]
+    fn a_joiner_learns_every_member_and_the_seeds_records_through_one_seed() {
+        let mut cores: Vec<MeshCore> = (0..4)
+            .map(|i| {
+                let seeds = if i == 0 { vec![] } else { vec![addr(0)] };
+                core(i, keyring(1), MeshSettings::default(), seeds)
+            })
+            .collect();
+        for (i, c) in cores.iter_mut().enumerate() {
+            c.publish(super::super::testkit::node_record(i, "dc"), EPOCH_MS)
+                .expect("valid record");
+        }
+        let mut net = Net::with_cores(cores);
+        net.run_for(Duration::from_secs(3));
+        for i in 0..4 {
+            assert_eq!(net.cores[i].alive_members(), 3, "member {i}");
+            for j in (0..4).filter(|&j| j != i) {
+                assert!(net.holds_node_record(i, j), "member {i} lacks {j}'s record");
+            }
+        }
+    }
+
+    #[test]
+    fn seeds_are_asked_again_until_one_answers_and_then_no_more() {
+        let mut net = Net::new(2, MeshSettings::default());
+        net.cut(0, 1, true);
+        net.run_for(Duration::from_secs(7));
+        let join_requests = |net: &Net, since: usize| {
+            net.sent_since(since, |p| {
+                p.from == 1 && p.to == addr(0) && matches!(p.control, Some(Kind::JoinRequest(_)))
+            })
+            .len()
+        };
+        // At 0, 2, 4 and 6 s; each retry re-arms the timer.
+        assert_eq!(join_requests(&net, 0), 4);
+        assert_eq!(net.cores[1].alive_members(), 0);
+
+        net.cut(0, 1, false);
+        net.run_for(Duration::from_secs(2));
+        assert_eq!(
+            net.cores[1].alive_members(),
+            1,
+            "joined once the seed answers"
+        );
+        let since = net.log.len();
+        net.run_for(Duration::from_secs(10));
+        assert_eq!(
+            join_requests(&net, since),
+            0,
+            "a member with members asks no seed"
+        );
+        let retries = net
+            .scheduled
+            .iter()
+            .filter(|(_, i, t)| *i == 1 && matches!(t, super::super::CoreTimer::SeedRetry))
+            .count();
+        assert!(retries >= 10, "the seed retry keeps re-arming: {retries}");
+    }
+
+    #[test]
+    fn datagrams_too_large_garbled_replayed_or_repeated_are_dropped_and_counted() {
+        let mut c = alone(0);
+        let mut forger = Forger::new(keyring(1));
+        let now = EPOCH_MS + 60_000;
+        let from = addr(5);
+
+        c.handle_datagram(from, &vec![0u8; 1401], now);
+        assert_eq!(c.counters().dropped(DropReason::Malformed), 1, "too large");
+        c.handle_datagram(from, &[1, 2, 3], now);
+        assert_eq!(c.counters().dropped(DropReason::Malformed), 2, "too short");
+
+        let stale = forger.sealed(&[2], now - 31_000);
+        c.handle_datagram(from, &stale, now);
+        assert_eq!(
+            c.counters().dropped(DropReason::Replay),
+            1,
+            "stamped too long ago"
+        );
+
+        let hello = forger.control(Kind::JoinRequest(identity_to_proto(&member(5))), now);
+        c.handle_datagram(from, &hello, now);
+        c.handle_datagram(from, &hello, now + 10);
+        assert_eq!(c.counters().dropped(DropReason::Duplicate), 1);
+        let replies = Drained::of(&mut c).controls(&keyring(1));
+        assert_eq!(replies.len(), 1, "answered once");
+        assert!(matches!(replies[0], (to, Kind::JoinReply(_)) if to == from));
+
+        let unknown_tag = forger.sealed(&[9, 1, 2], now);
+        c.handle_datagram(from, &unknown_tag, now);
+        let empty = forger.sealed(&[], now);
+        c.handle_datagram(from, &empty, now);
+        assert_eq!(c.counters().dropped(DropReason::Invalid), 2);
+        assert_eq!(c.counters().datagrams_in, 7);
+    }
+
+    #[test]
+    fn a_member_list_adds_the_members_it_names_and_answers_when_asked() {
+        let mut c = alone(0);
+        let mut forger = Forger::new(keyring(1));
+        let list = v1::SyncMembers {
+            reply_wanted: true,
+            members: vec![entry(3, 2), entry(4, 0)],
+        };
+        c.handle_datagram(
+            addr(3),
+            &forger.control(Kind::Members(list), EPOCH_MS),
+            EPOCH_MS,
+        );
+
+        let held: Vec<_> = c
+            .members()
+            .iter()
+            .filter(|m| !m.local)
+            .map(|m| m.id.node)
+            .collect();
+        assert_eq!(held.len(), 2);
+        assert!(held.contains(&member(3).node) && held.contains(&member(4).node));
+        let answers = Drained::of(&mut c).controls(&keyring(1));
+        let back: Vec<_> = answers
+            .iter()
+            .filter_map(|(to, k)| match k {
+                Kind::Members(m) if *to == addr(3) => Some(m),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(back.len(), 1, "{} answers", answers.len());
+        assert!(!back[0].reply_wanted, "an answer asks for none");
+        assert_eq!(back[0].members.len(), 3, "the two it learned and itself");
+    }
+
+    #[test]
+    fn a_member_list_naming_an_impossible_member_is_dropped_whole_and_counted() {
+        let mut c = alone(0);
+        let mut forger = Forger::new(keyring(1));
+        // An incarnation beyond foca's 16 bits, after a valid entry.
+        let list = v1::SyncMembers {
+            reply_wanted: true,
+            members: vec![entry(3, 0), entry(4, 70_000)],
+        };
+        c.handle_datagram(
+            addr(3),
+            &forger.control(Kind::Members(list), EPOCH_MS),
+            EPOCH_MS,
+        );
+        assert_eq!(c.counters().dropped(DropReason::Invalid), 1);
+        assert_eq!(c.alive_members(), 0, "nothing of it applied");
+        assert!(Drained::of(&mut c).sends.is_empty(), "and nothing answered");
+    }
+
+    #[test]
+    fn a_hello_with_another_members_hash_gets_our_member_list() {
+        let mut c = alone(0);
+        let mut forger = Forger::new(keyring(1));
+        let hello = |hash: Vec<u8>| {
+            let mut h = c.with_store(|s| crate::sync::hello(s, [0; 16]));
+            h.members_hash = hash.into();
+            h
+        };
+        let ours = c.members_hash().to_vec();
+        let (same, other, silent) = (hello(ours), hello(vec![7; 16]), hello(Vec::new()));
+        let mut lists_after = |c: &mut MeshCore, h: v1::SyncHello| {
+            c.handle_datagram(addr(3), &forger.control(Kind::Hello(h), EPOCH_MS), EPOCH_MS);
+            Drained::of(c)
+                .controls(&keyring(1))
+                .iter()
+                .filter(|(_, k)| matches!(k, Kind::Members(m) if m.reply_wanted))
+                .count()
+        };
+        assert_eq!(lists_after(&mut c, same), 0);
+        assert_eq!(lists_after(&mut c, other), 1);
+        assert_eq!(lists_after(&mut c, silent), 0, "an empty hash says nothing");
+    }
+}

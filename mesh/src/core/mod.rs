@@ -24,6 +24,8 @@ mod anti_entropy;
 mod keyring;
 mod suspicion;
 mod swim;
+#[cfg(test)]
+mod testkit;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
