@@ -316,3 +316,145 @@ impl MeshCore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use foca::Codec as _;
+
+    use super::super::testkit::{Drained, EPOCH_MS, Forger, Net, addr, core, keyring, member};
+    use super::super::{CoreTimer, DropReason, MemberState, MeshSettings, TAG_SWIM};
+    use super::*;
+
+    fn probes_scheduled(net: &Net, i: usize) -> usize {
+        net.scheduled
+            .iter()
+            .filter(|(_, c, t)| {
+                *c == i && matches!(t, CoreTimer::Swim(Timer::ProbeRandomMember(_)))
+            })
+            .count()
+    }
+
+    #[test]
+    fn an_active_member_probes_every_interval_and_a_passive_one_never() {
+        let settings = MeshSettings::default();
+        let passive = MeshSettings {
+            passive: true,
+            ..settings.clone()
+        };
+        let cores = vec![
+            core(0, keyring(1), settings, Vec::new()),
+            core(1, keyring(1), passive, vec![addr(0)]),
+        ];
+        let mut net = Net::with_cores(cores);
+        net.run_for(Duration::from_secs(2));
+        let before = probes_scheduled(&net, 0);
+        net.run_for(Duration::from_secs(10));
+        // Each probe round re-arms the next one, a probe interval (1 s) later.
+        assert_eq!(probes_scheduled(&net, 0) - before, 10);
+        assert_eq!(
+            probes_scheduled(&net, 1),
+            0,
+            "a passive member probes no one"
+        );
+        let swim_from = |i: usize| {
+            net.log
+                .iter()
+                .filter(|p| p.from == i && p.tag == Some(TAG_SWIM))
+                .count()
+        };
+        assert!(
+            swim_from(0) >= 10 && swim_from(1) >= 10,
+            "probed and answered"
+        );
+        assert_eq!(net.cores[0].members()[0].state, MemberState::Alive);
+        assert_eq!(net.cores[1].alive_members(), 1);
+    }
+
+    #[test]
+    fn updates_are_sent_more_times_as_the_mesh_grows() {
+        let settings = MeshSettings::default();
+        let mut alone = core(0, keyring(1), settings.clone(), Vec::new());
+        alone.start(EPOCH_MS);
+        alone.leave(EPOCH_MS);
+        assert_eq!(alone.max_transmissions, 4);
+
+        let net = Net::joined(6, settings.clone());
+        let wanted = settings.max_transmissions(6);
+        assert!(wanted > 4);
+        for c in &net.cores {
+            assert_eq!(c.max_transmissions, wanted);
+        }
+    }
+
+    #[test]
+    fn a_member_that_leaves_is_down_at_the_others_at_once() {
+        let mut net = Net::joined(3, MeshSettings::default());
+        let now = net.unix_ms();
+        net.cores[2].leave(now);
+        net.collect(2);
+        net.deliver_all();
+        for i in [0, 1] {
+            let m = net.cores[i].members();
+            let left = m.iter().find(|m| m.id.node == member(2).node);
+            assert_eq!(
+                left.map(|m| m.state),
+                Some(MemberState::Down),
+                "at member {i}"
+            );
+            assert_eq!(
+                net.cores[i].counters().suspicions_raised,
+                0,
+                "without suspicion"
+            );
+        }
+    }
+
+    #[test]
+    fn swim_messages_mark_their_sender_heard_and_refused_ones_are_counted() {
+        let mut net = Net::joined(2, MeshSettings::default());
+        let heard_at = net.cores[0].heard.get(&member(1).node).copied();
+        assert!(
+            heard_at.is_some_and(|t| t >= EPOCH_MS + 4_000),
+            "{heard_at:?}"
+        );
+
+        let mut forger = Forger::new(keyring(1));
+        let garbage = forger.sealed(&[TAG_SWIM, 0xff, 0xff, 0xff], net.unix_ms());
+        let now = net.unix_ms();
+        net.cores[0].handle_datagram(addr(7), &garbage, now);
+        assert_eq!(net.cores[0].counters().dropped(DropReason::Invalid), 1);
+        assert!(Drained::of(&mut net.cores[0]).sends.is_empty());
+        assert_eq!(net.cores[0].heard.len(), 1);
+    }
+
+    #[test]
+    fn the_codec_refuses_identities_no_member_would_announce() {
+        let mut codec = IdentityCodec {
+            own_incarnation: Arc::new(AtomicU32::new(0)),
+            last_src: Arc::new(Mutex::new(None)),
+        };
+        let header = |src: MemberId| foca::Header {
+            src,
+            src_incarnation: 3,
+            dst: member(0),
+            message: foca::Message::Ping(1),
+        };
+        let mut sane = Vec::new();
+        codec.encode_header(&header(member(1)), &mut sane).unwrap();
+        assert_eq!(codec.own_incarnation.load(Ordering::Relaxed), 3);
+        assert!(codec.decode_header(&sane[..]).is_ok());
+        assert_eq!(*lock(&codec.last_src), Some(member(1).node));
+
+        for addrs in [Vec::new(), vec![addr(1); MAX_MESH_ADDRESSES + 1]] {
+            let bad = MemberId { addrs, ..member(2) };
+            let mut buf = Vec::new();
+            PostcardCodec.encode_header(&header(bad), &mut buf).unwrap();
+            assert!(matches!(
+                codec.decode_header(&buf[..]),
+                Err(CodecError::BadIdentity)
+            ));
+        }
+    }
+}
