@@ -133,3 +133,180 @@ impl MeshCore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use gatewan_proto::v1::{self, mesh_control::Kind};
+
+    use super::super::testkit::{
+        Drained, EPOCH_MS, Forger, Net, Packet, addr, core, keyring, member, node_record,
+    };
+    use super::super::{CoreTimer, DropReason, MemberState, MeshCore, MeshSettings, TAG_SWIM};
+    use crate::sync;
+
+    fn hellos(d: &Drained) -> Vec<std::net::SocketAddr> {
+        d.controls(&keyring(1))
+            .into_iter()
+            .filter(|(_, k)| matches!(k, Kind::Hello(_)))
+            .map(|(to, _)| to)
+            .collect()
+    }
+
+    #[test]
+    fn anti_entropy_repairs_a_record_that_gossip_missed() {
+        // No periodic round in this test: the one that repairs is fired by hand.
+        let settings = MeshSettings {
+            sync_interval: Duration::from_secs(3600),
+            ..MeshSettings::default()
+        };
+        let mut net = Net::joined(2, settings);
+        const MARK: &[u8] = b"only-by-anti-entropy";
+        net.lose = Some(Box::new(|p: &Packet| {
+            p.tag == Some(TAG_SWIM) && p.payload.windows(MARK.len()).any(|w| w == MARK)
+        }));
+        let since = net.log.len();
+        let now = net.unix_ms();
+        let body = node_record(1, std::str::from_utf8(MARK).unwrap());
+        net.cores[1].publish(body, now).expect("valid record");
+        net.run_for(Duration::from_secs(5));
+        let lost = net.sent_since(since, |p| p.lost).len();
+        assert!(lost >= 4, "the record rode on SWIM {lost} times, all lost");
+        assert!(!net.holds_node_record(0, 1), "gossip missed it");
+
+        net.fire(0, CoreTimer::AntiEntropy);
+        assert!(net.holds_node_record(0, 1), "one push-pull repairs it");
+    }
+
+    #[test]
+    fn a_round_says_hello_to_one_member_and_rearms_with_jitter() {
+        let mut net = Net::joined(3, MeshSettings::default());
+        let mut afters = Vec::new();
+        for _ in 0..20 {
+            let now = net.unix_ms();
+            net.cores[0].handle_timer(CoreTimer::AntiEntropy, now);
+            let d = Drained::of(&mut net.cores[0]);
+            let to = hellos(&d);
+            assert_eq!(to.len(), 1);
+            assert!(to[0] == addr(1) || to[0] == addr(2));
+            let rearmed: Vec<Duration> = d
+                .timers
+                .iter()
+                .filter(|(_, t)| matches!(t, CoreTimer::AntiEntropy))
+                .map(|(after, _)| *after)
+                .collect();
+            assert_eq!(rearmed.len(), 1);
+            assert!(
+                (Duration::from_secs(9)..=Duration::from_secs(11)).contains(&rearmed[0]),
+                "{rearmed:?}"
+            );
+            afters.push(rearmed[0]);
+        }
+        afters.sort();
+        afters.dedup();
+        assert!(afters.len() > 5, "jittered: {afters:?}");
+    }
+
+    #[test]
+    fn rounds_go_to_members_heard_from_lately() {
+        let mut net = Net::joined(3, MeshSettings::default());
+        // Member 0 no longer hears member 2, which stays alive through member 1.
+        net.cut(0, 2, true);
+        net.run_for(Duration::from_secs(40));
+        let about_2 = net.cores[0]
+            .members()
+            .into_iter()
+            .find(|m| m.id.node == member(2).node)
+            .map(|m| m.state);
+        assert!(
+            matches!(about_2, Some(MemberState::Alive | MemberState::Suspect)),
+            "{about_2:?}"
+        );
+        for _ in 0..20 {
+            let now = net.unix_ms();
+            net.cores[0].handle_timer(CoreTimer::AntiEntropy, now);
+            assert_eq!(hellos(&Drained::of(&mut net.cores[0])), [addr(1)]);
+        }
+    }
+
+    fn alone_with_a_record() -> MeshCore {
+        let mut c = core(0, keyring(1), MeshSettings::default(), Vec::new());
+        c.publish(node_record(0, "dc"), EPOCH_MS)
+            .expect("valid record");
+        c.start(EPOCH_MS);
+        c.drain_outputs().for_each(drop);
+        c
+    }
+
+    #[test]
+    fn a_hello_gets_a_digest_only_when_the_states_differ() {
+        let mut c = alone_with_a_record();
+        let mut forger = Forger::new(keyring(1));
+        let same = c.with_store(|s| sync::hello(s, [0; 16]));
+        let empty = sync::hello(&crate::store::StateStore::default(), [0; 16]);
+        let mut digests_after = |c: &mut MeshCore, h: v1::SyncHello| -> Vec<v1::SyncDigest> {
+            let mut h = h;
+            h.members_hash = Default::default();
+            c.handle_datagram(addr(3), &forger.control(Kind::Hello(h), EPOCH_MS), EPOCH_MS);
+            Drained::of(c)
+                .controls(&keyring(1))
+                .into_iter()
+                .filter_map(|(to, k)| match k {
+                    Kind::Digest(d) if to == addr(3) => Some(d),
+                    _ => None,
+                })
+                .collect()
+        };
+        assert!(digests_after(&mut c, same).is_empty());
+        let d = digests_after(&mut c, empty);
+        assert_eq!(d.len(), 1);
+        assert!(d[0].reply_wanted && d[0].entries.len() == 1);
+    }
+
+    #[test]
+    fn a_digest_gets_the_records_it_lacks_and_an_invalid_one_is_dropped_and_counted() {
+        let mut c = alone_with_a_record();
+        let mut forger = Forger::new(keyring(1));
+        let empty = v1::SyncDigest {
+            reply_wanted: true,
+            ..Default::default()
+        };
+        c.handle_datagram(
+            addr(3),
+            &forger.control(Kind::Digest(empty), EPOCH_MS),
+            EPOCH_MS,
+        );
+        let sent = Drained::of(&mut c).controls(&keyring(1));
+        let records: usize = sent
+            .iter()
+            .map(|(_, k)| match k {
+                Kind::Records(r) => r.records.len(),
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(records, 1);
+        assert!(
+            sent.iter()
+                .any(|(_, k)| matches!(k, Kind::Digest(d) if !d.reply_wanted))
+        );
+
+        let bad = v1::SyncDigest {
+            entries: vec![v1::DigestEntry {
+                key: Some(v1::RecordKey {
+                    origin: vec![1, 2, 3].into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        c.handle_datagram(
+            addr(3),
+            &forger.control(Kind::Digest(bad), EPOCH_MS),
+            EPOCH_MS,
+        );
+        assert_eq!(c.counters().dropped(DropReason::Invalid), 1);
+        assert!(Drained::of(&mut c).sends.is_empty());
+    }
+}

@@ -149,6 +149,8 @@ pub struct Packet {
     pub dst: Option<usize>,
     /// First byte of the opened payload, if the receiver's keyring opens it.
     pub tag: Option<u8>,
+    /// The opened payload (empty if it does not open).
+    pub payload: Vec<u8>,
     pub control: Option<Kind>,
     pub datagram: Bytes,
     pub lost: bool,
@@ -252,15 +254,18 @@ impl Net {
                 match o {
                     Output::Send { to, datagram } => {
                         let dst = (0..self.cores.len()).find(|&j| addr(j) == to);
-                        let opened = dst.and_then(|j| self.cores[j].keyring().open(&datagram).ok());
-                        let tag = opened.as_ref().and_then(|o| o.payload.first().copied());
-                        let control =
-                            dst.and_then(|j| control_in(self.cores[j].keyring(), &datagram));
+                        // Opened as the receiver would, or as the sender can when no
+                        // member is there.
+                        let ring = self.cores[dst.unwrap_or(i)].keyring();
+                        let payload = ring.open(&datagram).map(|o| o.payload).unwrap_or_default();
+                        let tag = payload.first().copied();
+                        let control = control_in(ring, &datagram);
                         self.in_flight.push_back(Packet {
                             from: i,
                             to,
                             dst,
                             tag,
+                            payload,
                             control,
                             datagram,
                             lost: false,
