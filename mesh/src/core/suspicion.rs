@@ -215,3 +215,206 @@ impl MeshCore {
         self.flush_swim(now_ms);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+    use std::rc::Rc;
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    use gatewan_proto::v1::{self, mesh_control::Kind};
+
+    use super::super::testkit::{
+        Drained, EPOCH_MS, Forger, Net, Packet, addr, core, keyring, member, node_record,
+    };
+    use super::super::{
+        DropReason, MemberState, MeshCore, MeshSettings, TAG_SWIM, identity_to_proto,
+    };
+
+    fn notice(i: usize, incarnation: u32) -> v1::SuspicionNotice {
+        v1::SuspicionNotice {
+            identity: Some(identity_to_proto(&member(i))),
+            incarnation,
+        }
+    }
+
+    fn state_at(net: &Net, observer: usize, subject: usize) -> Option<MemberState> {
+        net.cores[observer]
+            .members()
+            .into_iter()
+            .find(|m| m.id.node == member(subject).node)
+            .map(|m| m.state)
+    }
+
+    /// Member 0 (datacenter a) cannot reach member 1 (datacenter b, with 2 and 3); for a
+    /// while nothing member 1 says over SWIM arrives anywhere, so member 0's probe fails.
+    #[test]
+    fn a_suspect_is_told_and_its_datacenter_relays_bring_its_refutation_back() {
+        let mut cores: Vec<MeshCore> = (0..4)
+            .map(|i| {
+                let seeds = if i == 0 { vec![] } else { vec![addr(0)] };
+                core(i, keyring(1), MeshSettings::default(), seeds)
+            })
+            .collect();
+        for (i, c) in cores.iter_mut().enumerate() {
+            let dc = if i == 0 { "a" } else { "b" };
+            c.publish(node_record(i, dc), EPOCH_MS)
+                .expect("valid record");
+        }
+        let mut net = Net::with_cores(cores);
+        net.run_for(Duration::from_secs(5));
+        assert!((1..4).all(|j| net.holds_node_record(0, j)));
+
+        net.cut(0, 1, true);
+        let silent = Rc::new(Cell::new(true));
+        let s = silent.clone();
+        net.lose = Some(Box::new(move |p: &Packet| {
+            s.get() && p.from == 1 && p.tag == Some(TAG_SWIM)
+        }));
+        let since = net.log.len();
+        for _ in 0..150 {
+            if net.cores[0].counters().suspicions_raised > 0 {
+                break;
+            }
+            net.run_for(Duration::from_millis(100));
+        }
+        assert_eq!(net.cores[0].counters().suspicions_raised, 1);
+        silent.set(false);
+        net.run_for(Duration::from_secs(5));
+
+        let from_0 = |kind: fn(&Kind) -> bool| -> Vec<std::net::SocketAddr> {
+            let mut to: Vec<_> = net
+                .sent_since(since, |p| {
+                    p.from == 0 && p.control.as_ref().is_some_and(kind)
+                })
+                .iter()
+                .map(|p| p.to)
+                .collect();
+            to.sort();
+            to.dedup();
+            to
+        };
+        assert_eq!(from_0(|k| matches!(k, Kind::Suspected(_))), [addr(1)]);
+        assert_eq!(
+            from_0(|k| matches!(k, Kind::RelaySuspicion(_))),
+            [addr(2), addr(3)],
+            "the suspect's datacenter, not the suspect"
+        );
+        let passed_on = net.sent_since(since, |p| {
+            (p.from == 2 || p.from == 3)
+                && p.to == addr(1)
+                && matches!(p.control, Some(Kind::Suspected(_)))
+        });
+        assert!(!passed_on.is_empty(), "a relay passed the notice on");
+        let brought_back = net.sent_since(since, |p| {
+            (p.from == 2 || p.from == 3)
+                && p.to == addr(0)
+                && matches!(p.control, Some(Kind::Refutation(_)))
+        });
+        assert!(
+            !brought_back.is_empty(),
+            "a relay brought the refutation back"
+        );
+        assert!(net.cores[0].counters().refutations_received >= 1);
+        assert!(net.cores[0].suspicions.is_empty());
+        // foca's suspicion timer fired meanwhile and did nothing: member 1 is alive at
+        // member 0 under its first generation (no TurnUndead made it rejoin).
+        assert_eq!(state_at(&net, 0, 1), Some(MemberState::Alive));
+        assert_eq!(net.cores[1].local().generation, 1);
+    }
+
+    #[test]
+    fn a_notice_about_us_is_refuted_at_once_with_a_higher_incarnation() {
+        // foca refutes by gossiping its new incarnation, so the member knows another.
+        let mut net = Net::joined(2, MeshSettings::default());
+        let mut forger = Forger::new(keyring(1));
+        let asker = addr(4);
+        let mut send = |net: &mut Net, n: v1::SuspicionNotice| {
+            let now = net.unix_ms();
+            let c = &mut net.cores[0];
+            c.handle_datagram(asker, &forger.control(Kind::Suspected(n), now), now);
+            Drained::of(c).controls(&keyring(1))
+        };
+        let before = net.cores[0].own_incarnation.load(Ordering::Relaxed);
+
+        let sent = send(&mut net, notice(0, before));
+        let refutations: Vec<_> = sent
+            .iter()
+            .filter_map(|(to, k)| match k {
+                Kind::Refutation(e) if *to == asker => Some(e),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(refutations.len(), 1);
+        assert_eq!(refutations[0].incarnation, before + 1);
+        assert!(!refutations[0].suspect);
+        assert_eq!(net.cores[0].counters().suspicions_of_us_refuted, 1);
+
+        assert!(
+            send(&mut net, notice(1, 0)).is_empty(),
+            "about someone else"
+        );
+        assert!(
+            send(&mut net, notice(0, 70_000)).is_empty(),
+            "beyond 16 bits"
+        );
+        assert_eq!(net.cores[0].counters().dropped(DropReason::Invalid), 1);
+        assert_eq!(net.cores[0].counters().suspicions_of_us_refuted, 1);
+    }
+
+    #[test]
+    fn a_relay_passes_a_notice_on_only_about_a_member_it_holds_alive() {
+        let mut net = Net::joined(2, MeshSettings::default());
+        let mut forger = Forger::new(keyring(1));
+        let asker = addr(9);
+        let since = net.log.len();
+        for subject in [5, 1] {
+            let now = net.unix_ms();
+            let relay = forger.control(Kind::RelaySuspicion(notice(subject, 0)), now);
+            net.cores[0].handle_datagram(asker, &relay, now);
+            net.collect(0);
+            net.deliver_all();
+        }
+        let passed: Vec<_> = net
+            .sent_since(since, |p| {
+                p.from == 0 && matches!(p.control, Some(Kind::Suspected(_)))
+            })
+            .iter()
+            .map(|p| p.to)
+            .collect();
+        assert_eq!(passed, [addr(1)], "nothing about a member it does not know");
+        let back = net.sent_since(since, |p| {
+            p.from == 0 && p.to == asker && matches!(p.control, Some(Kind::Refutation(_)))
+        });
+        assert_eq!(
+            back.len(),
+            1,
+            "the suspect's refutation goes back to the asker"
+        );
+    }
+
+    #[test]
+    fn a_refutation_that_is_not_one_is_dropped_and_counted() {
+        let mut c = core(0, keyring(1), MeshSettings::default(), Vec::new());
+        let mut forger = Forger::new(keyring(1));
+        let entry = |i: usize, suspect: bool| v1::MemberEntry {
+            identity: Some(identity_to_proto(&member(i))),
+            incarnation: 1,
+            suspect,
+        };
+        for e in [entry(0, false), entry(3, true)] {
+            c.handle_datagram(
+                addr(3),
+                &forger.control(Kind::Refutation(e), EPOCH_MS),
+                EPOCH_MS,
+            );
+        }
+        assert_eq!(
+            c.counters().dropped(DropReason::Invalid),
+            2,
+            "of us; a suspicion"
+        );
+        assert_eq!(c.alive_members(), 0);
+    }
+}
