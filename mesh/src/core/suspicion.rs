@@ -247,24 +247,51 @@ mod tests {
             .map(|m| m.state)
     }
 
-    /// Member 0 (datacenter a) cannot reach member 1 (datacenter b, with 2 and 3); for a
-    /// while nothing member 1 says over SWIM arrives anywhere, so member 0's probe fails.
-    #[test]
-    fn a_suspect_is_told_and_its_datacenter_relays_bring_its_refutation_back() {
-        let mut cores: Vec<MeshCore> = (0..4)
+    /// Member `i` in `datacenters[i]`, joined, each holding the others' NodeRecords.
+    fn mesh_in(datacenters: &[&str]) -> Net {
+        let n = datacenters.len();
+        let mut cores: Vec<MeshCore> = (0..n)
             .map(|i| {
                 let seeds = if i == 0 { vec![] } else { vec![addr(0)] };
                 core(i, keyring(1), MeshSettings::default(), seeds)
             })
             .collect();
         for (i, c) in cores.iter_mut().enumerate() {
-            let dc = if i == 0 { "a" } else { "b" };
-            c.publish(node_record(i, dc), EPOCH_MS)
+            c.publish(node_record(i, datacenters[i]), EPOCH_MS)
                 .expect("valid record");
         }
         let mut net = Net::with_cores(cores);
         net.run_for(Duration::from_secs(5));
-        assert!((1..4).all(|j| net.holds_node_record(0, j)));
+        assert!((1..n).all(|j| net.holds_node_record(0, j)));
+        net
+    }
+
+    #[test]
+    fn the_relays_are_two_live_members_of_the_suspects_datacenter_other_than_it() {
+        let mut net = mesh_in(&["a", "b", "b", "b", "c"]);
+        let mut picked = std::collections::BTreeSet::new();
+        for _ in 0..30 {
+            let relays = net.cores[0].datacenter_relays(&member(1).node);
+            assert_eq!(relays.len(), 2, "{relays:?}");
+            for r in relays {
+                assert!(r == [addr(2)] || r == [addr(3)], "{r:?}");
+                picked.insert(r);
+            }
+        }
+        assert_eq!(picked.len(), 2);
+        // Member 4 alone in its datacenter: no one to relay through.
+        assert!(net.cores[0].datacenter_relays(&member(4).node).is_empty());
+        assert!(
+            net.cores[0].datacenter_relays(&member(7).node).is_empty(),
+            "unknown"
+        );
+    }
+
+    /// Member 0 (datacenter a) cannot reach member 1 (datacenter b, with 2 and 3); for a
+    /// while nothing member 1 says over SWIM arrives anywhere, so member 0's probe fails.
+    #[test]
+    fn a_suspect_is_told_and_its_datacenter_relays_bring_its_refutation_back() {
+        let mut net = mesh_in(&["a", "b", "b", "b"]);
 
         net.cut(0, 1, true);
         let silent = Rc::new(Cell::new(true));
