@@ -10,11 +10,11 @@
 //! the dispatch of datagrams, control messages and timers. Each protocol is an `impl
 //! MeshCore` block of its own, with its private types:
 //!
-//! - [`admission`]: the datagram gate, joining through seeds, member lists;
-//! - [`swim`]: the foca glue (codec, runtime, broadcasts, SWIM timers);
-//! - [`anti_entropy`]: push-pull sync of the state store;
-//! - [`suspicion`]: suspicion notices, their relays and refutations;
-//! - [`keyring`]: cluster-wide keyring changes.
+//! - `admission`: the datagram gate, joining through seeds, member lists;
+//! - `swim`: the foca glue (codec, runtime, broadcasts, SWIM timers);
+//! - `anti_entropy`: push-pull sync of the state store;
+//! - `suspicion`: suspicion notices, their relays and refutations;
+//! - `keyring`: cluster-wide keyring changes.
 //!
 //! The protocol files use this file's items and call each other's methods on `MeshCore`,
 //! but never import from each other.
