@@ -1,0 +1,464 @@
+//! Who and what gets in. Every datagram passes the gate here (size, per-source rate,
+//! keyring, replay filter) before any protocol sees it, and what fails is dropped and
+//! counted. A new member joins through its seeds (join request and reply, then SWIM's
+//! announce and a push-pull with the seed); members whose hellos show they disagree on
+//! who is in the mesh exchange member lists. `refresh_members` mirrors foca's membership
+//! into the `members` view every other part reads.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use gatewan_proto::v1::{self, MeshIdentity, mesh_control::Kind};
+use tracing::debug;
+
+use super::{
+    CoreTimer, DropReason, MemberInfo, MemberState, MeshCore, identity_from_proto,
+    identity_to_proto, member_at,
+};
+use crate::guard::Freshness;
+use crate::identity::NodeId;
+use crate::seal::{OpenError, Opened};
+use crate::sync;
+
+/// Bounds what one member-list datagram can make us apply.
+const MAX_MEMBERS_PER_SLICE: usize = 64;
+
+/// When a joiner syncs again after its first push-pull.
+const JOIN_RESYNC: Duration = Duration::from_secs(2);
+
+impl MeshCore {
+    /// Counts a datagram and opens it if it passes the gate; drops (and counts) it if not.
+    pub(super) fn admit(&mut self, from: SocketAddr, data: &[u8], now_ms: u64) -> Option<Opened> {
+        self.counters.datagrams_in += 1;
+        self.counters.bytes_in += data.len() as u64;
+        if data.len() > self.settings.max_datagram {
+            self.drop_datagram(DropReason::Malformed, from, now_ms);
+            return None;
+        }
+        if !self.rate.admit(from.ip(), now_ms) {
+            self.drop_datagram(DropReason::RateLimited, from, now_ms);
+            return None;
+        }
+        let opened = match self.keyring.open(data) {
+            Ok(o) => o,
+            Err(OpenError::Malformed) => {
+                self.drop_datagram(DropReason::Malformed, from, now_ms);
+                return None;
+            }
+            Err(OpenError::Unauthenticated) => {
+                self.drop_datagram(DropReason::Unauthenticated, from, now_ms);
+                return None;
+            }
+        };
+        match self
+            .replay
+            .check(opened.nonce_id, opened.timestamp_ms, now_ms)
+        {
+            Freshness::Fresh => Some(opened),
+            // Expected whenever a peer has several addresses: not worth a log line.
+            Freshness::Duplicate => {
+                self.counters.dropped[DropReason::Duplicate as usize] += 1;
+                None
+            }
+            Freshness::Replay => {
+                self.drop_datagram(DropReason::Replay, from, now_ms);
+                None
+            }
+        }
+    }
+
+    /// Asks the seeds for their identity until foca knows some member.
+    pub(super) fn retry_seeds(&mut self, now_ms: u64) {
+        if self.swim.num_members() == 0 && !self.seeds.is_empty() {
+            let me = identity_to_proto(self.local());
+            let seeds = self.seeds.clone();
+            self.send_control(&seeds, Kind::JoinRequest(me), now_ms);
+        }
+        self.schedule(self.settings.seed_retry, CoreTimer::SeedRetry);
+    }
+
+    pub(super) fn on_join_request(&mut self, from: SocketAddr, ident: &MeshIdentity, now_ms: u64) {
+        let Some(joiner) = identity_from_proto(ident) else {
+            return self.drop_datagram(DropReason::Invalid, from, now_ms);
+        };
+        if joiner.node == self.local().node {
+            return; // our own address is among the seeds
+        }
+        let me = identity_to_proto(self.local());
+        self.send_control(&[from], Kind::JoinReply(me), now_ms);
+    }
+
+    pub(super) fn on_join_reply(&mut self, from: SocketAddr, ident: &MeshIdentity, now_ms: u64) {
+        let Some(seed) = identity_from_proto(ident) else {
+            return self.drop_datagram(DropReason::Invalid, from, now_ms);
+        };
+        if seed.node == self.local().node {
+            return;
+        }
+        let seed_addrs = seed.addrs.clone();
+        if let Err(e) = self.with_swim(|swim, rt| swim.announce(seed, rt)) {
+            debug!(error = %e, "announce");
+        }
+        self.flush_swim(now_ms);
+        // Push-pull with the seed whatever members we happen to sync with on
+        // joining: it holds the mesh's state, and it gets ours (records published
+        // before we had anyone to gossip them to) at once. And once more a little
+        // later: a lost datagram of this first exchange would otherwise leave us
+        // without some records until the next anti-entropy round.
+        self.send_hello(&seed_addrs, now_ms);
+        self.schedule(JOIN_RESYNC, CoreTimer::JoinSync);
+    }
+
+    /// The membership half of a hello: our member list when the sender holds other
+    /// members than we do (an empty hash is a sender that does not say).
+    pub(super) fn compare_members(&mut self, from: SocketAddr, hash: &[u8], now_ms: u64) {
+        if !hash.is_empty() && hash != self.members_hash().as_slice() {
+            self.send_members(from, true, now_ms);
+        }
+    }
+
+    pub(super) fn on_members(&mut self, from: SocketAddr, m: &v1::SyncMembers, now_ms: u64) {
+        let local = self.local().node;
+        let mut updates = Vec::new();
+        for e in m.members.iter().take(MAX_MEMBERS_PER_SLICE) {
+            let Some((id, incarnation)) = member_at(&e.identity, e.incarnation) else {
+                return self.drop_datagram(DropReason::Invalid, from, now_ms);
+            };
+            // What others think of us is foca's to refute, through SWIM.
+            if id.node != local {
+                let state = if e.suspect {
+                    foca::State::Suspect
+                } else {
+                    foca::State::Alive
+                };
+                updates.push(foca::Member::new(id, incarnation, state));
+            }
+        }
+        // Not broadcast: the sender's view is what the mesh already knows.
+        if let Err(e) = self.with_swim(|swim, rt| swim.apply_many(updates.into_iter(), false, rt)) {
+            debug!(error = %e, "member list refused");
+        }
+        self.flush_swim(now_ms);
+        if m.reply_wanted {
+            self.send_members(from, false, now_ms);
+        }
+    }
+
+    pub(super) fn members_hash(&self) -> [u8; 16] {
+        sync::members_hash(
+            self.members
+                .values()
+                .filter(|m| m.state != MemberState::Down)
+                .map(|m| &m.id)
+                .chain(std::iter::once(self.local())),
+        )
+    }
+
+    fn send_members(&mut self, to: SocketAddr, reply_wanted: bool, now_ms: u64) {
+        let mut entries: Vec<v1::MemberEntry> = self
+            .members
+            .values()
+            .filter(|m| m.state != MemberState::Down)
+            .map(|m| v1::MemberEntry {
+                identity: Some(identity_to_proto(&m.id)),
+                incarnation: u32::from(m.incarnation),
+                suspect: m.state == MemberState::Suspect,
+            })
+            .collect();
+        entries.push(v1::MemberEntry {
+            identity: Some(identity_to_proto(self.local())),
+            incarnation: self.own_incarnation.load(Ordering::Relaxed),
+            suspect: false,
+        });
+        // `members` is a HashMap: a fixed order keeps runs reproducible (the simulator).
+        entries.sort_by(|a, b| {
+            let key = |e: &v1::MemberEntry| e.identity.as_ref().map(|i| i.id.clone());
+            key(a).cmp(&key(b))
+        });
+        let budget = self.settings.control_budget();
+        for slice in sync::member_slices(entries, reply_wanted, budget) {
+            self.send_control(&[to], Kind::Members(slice), now_ms);
+        }
+    }
+
+    pub(super) fn refresh_members(&mut self, now_ms: u64) {
+        let local = self.local().node;
+        let mut seen = 0;
+        // foca keeps our previous lives (same node id, older generation) as down members
+        // when it hears of them after a restart; they are not members to show or sync.
+        for m in self
+            .swim
+            .iter_membership_state()
+            .filter(|m| m.id().node != local)
+        {
+            seen += 1;
+            let state = match m.state() {
+                foca::State::Alive => MemberState::Alive,
+                foca::State::Suspect => MemberState::Suspect,
+                foca::State::Down => MemberState::Down,
+            };
+            let id = m.id();
+            match self.members.get_mut(&id.node) {
+                Some(e) if e.state == state && e.id == *id && e.incarnation == m.incarnation() => {}
+                Some(e) => {
+                    if e.state != state || e.id.generation != id.generation {
+                        e.last_change_ms = now_ms;
+                    }
+                    e.state = state;
+                    e.id = id.clone();
+                    e.incarnation = m.incarnation();
+                    self.members_changed = true;
+                }
+                None => {
+                    self.members.insert(
+                        id.node,
+                        MemberInfo {
+                            id: id.clone(),
+                            state,
+                            incarnation: m.incarnation(),
+                            last_change_ms: now_ms,
+                            local: false,
+                        },
+                    );
+                    self.members_changed = true;
+                }
+            }
+        }
+        if seen != self.members.len() {
+            let live: std::collections::HashSet<NodeId> = self
+                .swim
+                .iter_membership_state()
+                .map(|m| m.id().node)
+                .filter(|n| *n != local)
+                .collect();
+            self.members.retain(|k, _| live.contains(k));
+            self.members_changed = true;
+        }
+        self.resize_transmissions();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use gatewan_proto::v1::{self, mesh_control::Kind};
+
+    use super::super::testkit::{Drained, EPOCH_MS, Forger, Net, addr, core, keyring, member};
+    use super::super::{DropReason, MeshCore, MeshSettings, identity_to_proto};
+
+    fn entry(i: usize, incarnation: u32) -> v1::MemberEntry {
+        v1::MemberEntry {
+            identity: Some(identity_to_proto(&member(i))),
+            incarnation,
+            suspect: false,
+        }
+    }
+
+    fn alone(i: usize) -> MeshCore {
+        let mut c = core(i, keyring(1), MeshSettings::default(), Vec::new());
+        c.start(EPOCH_MS);
+        c.drain_outputs().for_each(drop);
+        c
+    }
+
+    #[test]
+    fn a_member_sealed_with_an_unknown_key_is_not_admitted_and_the_drop_is_counted() {
+        let settings = MeshSettings::default();
+        let cores = vec![
+            core(0, keyring(1), settings.clone(), Vec::new()),
+            core(1, keyring(2), settings.clone(), vec![addr(0)]),
+            core(2, keyring(1), settings, vec![addr(0)]),
+        ];
+        let mut net = Net::with_cores(cores);
+        net.run_for(Duration::from_secs(5));
+
+        let stranger = member(1).node;
+        assert!(net.cores[0].members().iter().all(|m| m.id.node != stranger));
+        assert_eq!(
+            net.cores[1].alive_members(),
+            0,
+            "the stranger joined no one"
+        );
+        let c = net.cores[0].counters();
+        // One join request every seed retry (2 s), at 0, 2 and 4 s.
+        assert_eq!(c.dropped(DropReason::Unauthenticated), 3);
+        // The member with the mesh key, seeded the same way, is in.
+        assert_eq!(net.cores[0].alive_members(), 1);
+        assert_eq!(net.cores[2].alive_members(), 1);
+    }
+
+    #[test]
+    fn a_joiner_learns_every_member_and_the_seeds_records_through_one_seed() {
+        let mut cores: Vec<MeshCore> = (0..4)
+            .map(|i| {
+                let seeds = if i == 0 { vec![] } else { vec![addr(0)] };
+                core(i, keyring(1), MeshSettings::default(), seeds)
+            })
+            .collect();
+        for (i, c) in cores.iter_mut().enumerate() {
+            c.publish(super::super::testkit::node_record(i, "dc"), EPOCH_MS)
+                .expect("valid record");
+        }
+        let mut net = Net::with_cores(cores);
+        net.run_for(Duration::from_secs(3));
+        for i in 0..4 {
+            assert_eq!(net.cores[i].alive_members(), 3, "member {i}");
+            for j in (0..4).filter(|&j| j != i) {
+                assert!(net.holds_node_record(i, j), "member {i} lacks {j}'s record");
+            }
+        }
+    }
+
+    #[test]
+    fn seeds_are_asked_again_until_one_answers_and_then_no_more() {
+        let mut net = Net::new(2, MeshSettings::default());
+        net.cut(0, 1, true);
+        net.run_for(Duration::from_secs(7));
+        let join_requests = |net: &Net, since: usize| {
+            net.sent_since(since, |p| {
+                p.from == 1 && p.to == addr(0) && matches!(p.control, Some(Kind::JoinRequest(_)))
+            })
+            .len()
+        };
+        // At 0, 2, 4 and 6 s; each retry re-arms the timer.
+        assert_eq!(join_requests(&net, 0), 4);
+        assert_eq!(net.cores[1].alive_members(), 0);
+
+        net.cut(0, 1, false);
+        net.run_for(Duration::from_secs(2));
+        assert_eq!(
+            net.cores[1].alive_members(),
+            1,
+            "joined once the seed answers"
+        );
+        let since = net.log.len();
+        net.run_for(Duration::from_secs(10));
+        assert_eq!(
+            join_requests(&net, since),
+            0,
+            "a member with members asks no seed"
+        );
+        let retries = net
+            .scheduled
+            .iter()
+            .filter(|(_, i, t)| *i == 1 && matches!(t, super::super::CoreTimer::SeedRetry))
+            .count();
+        assert!(retries >= 10, "the seed retry keeps re-arming: {retries}");
+    }
+
+    #[test]
+    fn datagrams_too_large_garbled_replayed_or_repeated_are_dropped_and_counted() {
+        let mut c = alone(0);
+        let mut forger = Forger::new(keyring(1));
+        let now = EPOCH_MS + 60_000;
+        let from = addr(5);
+
+        c.handle_datagram(from, &vec![0u8; 1401], now);
+        assert_eq!(c.counters().dropped(DropReason::Malformed), 1, "too large");
+        c.handle_datagram(from, &[1, 2, 3], now);
+        assert_eq!(c.counters().dropped(DropReason::Malformed), 2, "too short");
+
+        let stale = forger.sealed(&[2], now - 31_000);
+        c.handle_datagram(from, &stale, now);
+        assert_eq!(
+            c.counters().dropped(DropReason::Replay),
+            1,
+            "stamped too long ago"
+        );
+
+        let hello = forger.control(Kind::JoinRequest(identity_to_proto(&member(5))), now);
+        c.handle_datagram(from, &hello, now);
+        c.handle_datagram(from, &hello, now + 10);
+        assert_eq!(c.counters().dropped(DropReason::Duplicate), 1);
+        let replies = Drained::of(&mut c).controls(&keyring(1));
+        assert_eq!(replies.len(), 1, "answered once");
+        assert!(matches!(replies[0], (to, Kind::JoinReply(_)) if to == from));
+
+        let unknown_tag = forger.sealed(&[9, 1, 2], now);
+        c.handle_datagram(from, &unknown_tag, now);
+        let empty = forger.sealed(&[], now);
+        c.handle_datagram(from, &empty, now);
+        assert_eq!(c.counters().dropped(DropReason::Invalid), 2);
+        assert_eq!(c.counters().datagrams_in, 7);
+    }
+
+    #[test]
+    fn a_member_list_adds_the_members_it_names_and_answers_when_asked() {
+        let mut c = alone(0);
+        let mut forger = Forger::new(keyring(1));
+        let list = v1::SyncMembers {
+            reply_wanted: true,
+            members: vec![entry(3, 2), entry(4, 0)],
+        };
+        c.handle_datagram(
+            addr(3),
+            &forger.control(Kind::Members(list), EPOCH_MS),
+            EPOCH_MS,
+        );
+
+        let held: Vec<_> = c
+            .members()
+            .iter()
+            .filter(|m| !m.local)
+            .map(|m| m.id.node)
+            .collect();
+        assert_eq!(held.len(), 2);
+        assert!(held.contains(&member(3).node) && held.contains(&member(4).node));
+        let answers = Drained::of(&mut c).controls(&keyring(1));
+        let back: Vec<_> = answers
+            .iter()
+            .filter_map(|(to, k)| match k {
+                Kind::Members(m) if *to == addr(3) => Some(m),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(back.len(), 1, "{} answers", answers.len());
+        assert!(!back[0].reply_wanted, "an answer asks for none");
+        assert_eq!(back[0].members.len(), 3, "the two it learned and itself");
+    }
+
+    #[test]
+    fn a_member_list_naming_an_impossible_member_is_dropped_whole_and_counted() {
+        let mut c = alone(0);
+        let mut forger = Forger::new(keyring(1));
+        // An incarnation beyond foca's 16 bits, after a valid entry.
+        let list = v1::SyncMembers {
+            reply_wanted: true,
+            members: vec![entry(3, 0), entry(4, 70_000)],
+        };
+        c.handle_datagram(
+            addr(3),
+            &forger.control(Kind::Members(list), EPOCH_MS),
+            EPOCH_MS,
+        );
+        assert_eq!(c.counters().dropped(DropReason::Invalid), 1);
+        assert_eq!(c.alive_members(), 0, "nothing of it applied");
+        assert!(Drained::of(&mut c).sends.is_empty(), "and nothing answered");
+    }
+
+    #[test]
+    fn a_hello_with_another_members_hash_gets_our_member_list() {
+        let mut c = alone(0);
+        let mut forger = Forger::new(keyring(1));
+        let hello = |hash: Vec<u8>| {
+            let mut h = c.with_store(|s| crate::sync::hello(s, [0; 16]));
+            h.members_hash = hash.into();
+            h
+        };
+        let ours = c.members_hash().to_vec();
+        let (same, other, silent) = (hello(ours), hello(vec![7; 16]), hello(Vec::new()));
+        let mut lists_after = |c: &mut MeshCore, h: v1::SyncHello| {
+            c.handle_datagram(addr(3), &forger.control(Kind::Hello(h), EPOCH_MS), EPOCH_MS);
+            Drained::of(c)
+                .controls(&keyring(1))
+                .iter()
+                .filter(|(_, k)| matches!(k, Kind::Members(m) if m.reply_wanted))
+                .count()
+        };
+        assert_eq!(lists_after(&mut c, same), 0);
+        assert_eq!(lists_after(&mut c, other), 1);
+        assert_eq!(lists_after(&mut c, silent), 0, "an empty hash says nothing");
+    }
+}

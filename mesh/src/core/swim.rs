@@ -1,0 +1,460 @@
+//! The foca glue. SWIM itself (probes, suspicion timers, membership gossip) runs in foca;
+//! this file owns what foca needs from the core and what it asks of it: the codec that
+//! refuses identities no member would announce, the broadcast handler that merges
+//! gossiped records into the shared store, the runtime that collects foca's sends,
+//! timers and notifications during one call, and `flush_swim`, which turns them into
+//! sealed datagrams, scheduled timers and member-state bookkeeping. Gossip is resized to
+//! the membership here too (`resize_transmissions`).
+
+use std::net::SocketAddr;
+use std::num::NonZeroU8;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use foca::{BroadcastHandler, Foca, Invalidates, Notification, PostcardCodec, Timer};
+use rand::RngExt as _;
+use rand::rngs::StdRng;
+use tracing::debug;
+
+use super::{CoreTimer, DropReason, MemberState, MeshCore, Shared, TAG_SWIM, lock};
+use crate::identity::{MAX_MESH_ADDRESSES, MemberId, NodeId};
+use crate::store::{RecordKey, decode_record};
+
+/// Members that sync with a joiner, mesh-wide (see `flush_swim`).
+const HELLO_FANOUT: usize = 3;
+/// Bounds the `heard` map (one entry per member).
+const MAX_HEARD: usize = 8192;
+
+#[derive(Debug)]
+pub(super) struct RecordGossip(Arc<Mutex<Shared>>);
+
+#[derive(Debug, Clone)]
+pub(super) struct BroadcastKey {
+    key: RecordKey,
+    rank: (u64, u64),
+}
+
+impl Invalidates for BroadcastKey {
+    fn invalidates(&self, other: &Self) -> bool {
+        self.key == other.key && self.rank >= other.rank
+    }
+}
+
+impl BroadcastHandler<MemberId> for RecordGossip {
+    type Key = BroadcastKey;
+    type Error = std::convert::Infallible;
+
+    fn receive_item(
+        &mut self,
+        data: &[u8],
+        sender: Option<&MemberId>,
+    ) -> Result<Option<BroadcastKey>, Self::Error> {
+        let mut shared = lock(&self.0);
+        if sender.is_none() {
+            // Our own publication, already merged by `publish`.
+            return Ok(decode_record(data).ok().map(|r| BroadcastKey {
+                rank: (r.version, r.fingerprint),
+                key: r.key,
+            }));
+        }
+        Ok(shared
+            .merge_remote(data)
+            .map(|(key, rank)| BroadcastKey { key, rank }))
+    }
+}
+
+/// Postcard codec that refuses identities no member would announce, and notes the
+/// incarnation foca puts in our outgoing headers (foca keeps its own private).
+pub(super) struct IdentityCodec {
+    own_incarnation: Arc<AtomicU32>,
+    /// The sender of the last SWIM message decoded (see `MeshCore::heard`).
+    last_src: Arc<Mutex<Option<NodeId>>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(super) enum CodecError {
+    #[error(transparent)]
+    Postcard(#[from] postcard::Error),
+    #[error("identity with no address or more than {MAX_MESH_ADDRESSES}")]
+    BadIdentity,
+}
+
+impl foca::Codec<MemberId> for IdentityCodec {
+    type Error = CodecError;
+
+    fn encode_header(
+        &mut self,
+        header: &foca::Header<MemberId>,
+        buf: impl bytes::BufMut,
+    ) -> Result<(), CodecError> {
+        self.own_incarnation
+            .store(u32::from(header.src_incarnation), Ordering::Relaxed);
+        Ok(PostcardCodec.encode_header(header, buf)?)
+    }
+
+    fn decode_header(
+        &mut self,
+        buf: impl bytes::Buf,
+    ) -> Result<foca::Header<MemberId>, CodecError> {
+        let h: foca::Header<MemberId> = PostcardCodec.decode_header(buf)?;
+        if h.src.is_sane() && h.dst.is_sane() {
+            *lock(&self.last_src) = Some(h.src.node);
+            Ok(h)
+        } else {
+            Err(CodecError::BadIdentity)
+        }
+    }
+
+    fn encode_member(
+        &mut self,
+        member: &foca::Member<MemberId>,
+        buf: impl bytes::BufMut,
+    ) -> Result<(), CodecError> {
+        Ok(PostcardCodec.encode_member(member, buf)?)
+    }
+
+    fn decode_member(
+        &mut self,
+        buf: impl bytes::Buf,
+    ) -> Result<foca::Member<MemberId>, CodecError> {
+        let m: foca::Member<MemberId> = PostcardCodec.decode_member(buf)?;
+        if m.id().is_sane() {
+            Ok(m)
+        } else {
+            Err(CodecError::BadIdentity)
+        }
+    }
+}
+
+/// Collects what foca asks for during one call.
+#[derive(Default)]
+pub(super) struct SwimRuntime {
+    sends: Vec<(MemberId, Vec<u8>)>,
+    timers: Vec<(Duration, Timer<MemberId>)>,
+    notifications: Vec<foca::OwnedNotification<MemberId>>,
+}
+
+impl foca::Runtime<MemberId> for SwimRuntime {
+    fn notify(&mut self, n: Notification<'_, MemberId>) {
+        self.notifications.push(n.to_owned());
+    }
+    fn send_to(&mut self, to: MemberId, data: &[u8]) {
+        self.sends.push((to, data.to_vec()));
+    }
+    fn submit_after(&mut self, event: Timer<MemberId>, after: Duration) {
+        self.timers.push((after, event));
+    }
+}
+
+pub(super) type Swim = Foca<MemberId, IdentityCodec, StdRng, RecordGossip>;
+
+/// foca with our codec and broadcast handler; `own_incarnation` and `last_src` are shared
+/// with the core, which reads what the codec notes in them.
+pub(super) fn new_swim(
+    local: MemberId,
+    config: foca::Config,
+    rng: StdRng,
+    own_incarnation: Arc<AtomicU32>,
+    last_src: Arc<Mutex<Option<NodeId>>>,
+    shared: Arc<Mutex<Shared>>,
+) -> Swim {
+    Foca::with_custom_broadcast(
+        local,
+        config,
+        rng,
+        IdentityCodec {
+            own_incarnation,
+            last_src,
+        },
+        RecordGossip(shared),
+    )
+}
+
+impl MeshCore {
+    /// Runs one call into foca with the runtime that collects what it asks for; the
+    /// caller then hands that to `flush_swim`.
+    pub(super) fn with_swim(
+        &mut self,
+        f: impl FnOnce(&mut Swim, &mut SwimRuntime) -> Result<(), foca::Error>,
+    ) -> Result<(), foca::Error> {
+        let mut rt = std::mem::take(&mut self.rt);
+        let res = f(&mut self.swim, &mut rt);
+        self.rt = rt;
+        res
+    }
+
+    /// Leaves the mesh gracefully (others mark us down at once instead of suspecting).
+    pub fn leave(&mut self, now_ms: u64) {
+        if let Err(e) = self.with_swim(|swim, rt| swim.leave_cluster(rt)) {
+            debug!(error = %e, "leave");
+        }
+        self.flush_swim(now_ms);
+    }
+
+    /// A SWIM message, authenticated and fresh.
+    pub(super) fn handle_swim(&mut self, from: SocketAddr, body: &[u8], now_ms: u64) {
+        let res = self.with_swim(|swim, rt| swim.handle_data(body, rt));
+        // Authenticated, fresh and accepted by SWIM: this member reaches us.
+        if let (Ok(()), Some(src)) = (&res, lock(&self.last_src).take())
+            && (self.heard.len() < MAX_HEARD || self.heard.contains_key(&src))
+        {
+            self.heard.insert(src, now_ms);
+        }
+        if let Err(e) = res {
+            debug!(error = %e, %from, "SWIM message refused");
+            self.drop_datagram(DropReason::Invalid, from, now_ms);
+        }
+        self.flush_swim(now_ms);
+    }
+
+    pub(super) fn handle_swim_timer(&mut self, timer: Timer<MemberId>, now_ms: u64) {
+        if let Timer::ChangeSuspectToDown {
+            ref member_id,
+            incarnation,
+            ..
+        } = timer
+            && !self.still_suspect(member_id, incarnation)
+        {
+            // Refuted (or already down): nothing for foca to do. foca 2.0 would still
+            // send the member a TurnUndead, and a live member told so rejoins under a
+            // new generation: a false down in all but name, after every refuted
+            // suspicion whose TurnUndead arrives.
+            return;
+        }
+        if let Err(e) = self.with_swim(|swim, rt| swim.handle_timer(timer, rt)) {
+            debug!(error = %e, "SWIM timer");
+        }
+        self.flush_swim(now_ms);
+    }
+
+    /// Turns what foca asked for into outputs and member-state bookkeeping.
+    pub(super) fn flush_swim(&mut self, now_ms: u64) {
+        let mut rt = std::mem::take(&mut self.rt);
+        for (to, data) in rt.sends.drain(..) {
+            self.send_sealed(&to.addrs, TAG_SWIM, &data, now_ms);
+        }
+        let mut suspected = Vec::new();
+        for (after, t) in rt.timers.drain(..) {
+            if self.settings.passive && matches!(t, Timer::ProbeRandomMember(_)) {
+                continue;
+            }
+            if let Timer::ChangeSuspectToDown {
+                member_id,
+                incarnation,
+                ..
+            } = &t
+            {
+                suspected.push((
+                    member_id.clone(),
+                    *incarnation,
+                    now_ms + after.as_millis() as u64,
+                ));
+            }
+            self.schedule(after, CoreTimer::Swim(t));
+        }
+        let mut joined = Vec::new();
+        for n in rt.notifications.drain(..) {
+            match n {
+                foca::OwnedNotification::MemberUp(m) => {
+                    debug!(member = ?m, "member up");
+                    joined.push(m);
+                }
+                foca::OwnedNotification::MemberDown(m) => debug!(member = ?m, "member down"),
+                foca::OwnedNotification::Rename(a, b) => {
+                    debug!(from = ?a, to = ?b, "member renamed")
+                }
+                other => debug!(notification = ?other, "mesh"),
+            }
+        }
+        self.rt = rt;
+        self.refresh_members(now_ms);
+        for (id, incarnation, until_ms) in suspected {
+            self.suspect(id, incarnation, until_ms, now_ms);
+        }
+        // Push-pull with members that (re)appear, so a joiner gets the whole state at once;
+        // but about HELLO_FANOUT of them mesh-wide per join. Every member learns of a
+        // joiner, and all of them syncing with it cost ~4 MB per join at 200 members; a
+        // joiner that learns the whole membership at once would do the same the other way.
+        let known = self.members.len().max(1);
+        if joined.len() * 2 >= known {
+            // We are the one catching up: a few of them.
+            for _ in 0..HELLO_FANOUT.min(joined.len()) {
+                let m = joined.swap_remove(self.rng.random_range(0..joined.len()));
+                self.send_hello(&m.addrs, now_ms);
+            }
+        } else {
+            let p = (HELLO_FANOUT as f64 / known as f64).min(1.0);
+            for m in joined {
+                if self.rng.random_bool(p) {
+                    self.send_hello(&m.addrs, now_ms);
+                }
+            }
+        }
+    }
+
+    pub(super) fn resize_transmissions(&mut self) {
+        let alive = self
+            .members
+            .values()
+            .filter(|m| m.state != MemberState::Down)
+            .count();
+        let wanted = self.settings.max_transmissions(alive + 1);
+        if wanted == self.max_transmissions {
+            return;
+        }
+        if let Ok(mut c) = self.settings.foca_config() {
+            c.max_transmissions = NonZeroU8::new(wanted).unwrap_or(NonZeroU8::MIN);
+            if self.swim.set_config(c).is_ok() {
+                debug!(
+                    max_transmissions = wanted,
+                    members = alive + 1,
+                    "gossip resized"
+                );
+                self.max_transmissions = wanted;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use foca::Codec as _;
+
+    use super::super::testkit::{Drained, EPOCH_MS, Forger, Net, addr, core, keyring, member};
+    use super::super::{CoreTimer, DropReason, MemberState, MeshSettings, TAG_SWIM};
+    use super::*;
+
+    fn probes_scheduled(net: &Net, i: usize) -> usize {
+        net.scheduled
+            .iter()
+            .filter(|(_, c, t)| {
+                *c == i && matches!(t, CoreTimer::Swim(Timer::ProbeRandomMember(_)))
+            })
+            .count()
+    }
+
+    #[test]
+    fn an_active_member_probes_every_interval_and_a_passive_one_never() {
+        let settings = MeshSettings::default();
+        let passive = MeshSettings {
+            passive: true,
+            ..settings.clone()
+        };
+        let cores = vec![
+            core(0, keyring(1), settings, Vec::new()),
+            core(1, keyring(1), passive, vec![addr(0)]),
+        ];
+        let mut net = Net::with_cores(cores);
+        net.run_for(Duration::from_secs(2));
+        let before = probes_scheduled(&net, 0);
+        net.run_for(Duration::from_secs(10));
+        // Each probe round re-arms the next one, a probe interval (1 s) later.
+        assert_eq!(probes_scheduled(&net, 0) - before, 10);
+        assert_eq!(
+            probes_scheduled(&net, 1),
+            0,
+            "a passive member probes no one"
+        );
+        let swim_from = |i: usize| {
+            net.log
+                .iter()
+                .filter(|p| p.from == i && p.tag == Some(TAG_SWIM))
+                .count()
+        };
+        assert!(
+            swim_from(0) >= 10 && swim_from(1) >= 10,
+            "probed and answered"
+        );
+        assert_eq!(net.cores[0].members()[0].state, MemberState::Alive);
+        assert_eq!(net.cores[1].alive_members(), 1);
+    }
+
+    #[test]
+    fn updates_are_sent_more_times_as_the_mesh_grows() {
+        let settings = MeshSettings::default();
+        let mut alone = core(0, keyring(1), settings.clone(), Vec::new());
+        alone.start(EPOCH_MS);
+        alone.leave(EPOCH_MS);
+        assert_eq!(alone.max_transmissions, 4);
+
+        let net = Net::joined(6, settings.clone());
+        let wanted = settings.max_transmissions(6);
+        assert!(wanted > 4);
+        for c in &net.cores {
+            assert_eq!(c.max_transmissions, wanted);
+        }
+    }
+
+    #[test]
+    fn a_member_that_leaves_is_down_at_the_others_at_once() {
+        let mut net = Net::joined(3, MeshSettings::default());
+        let now = net.unix_ms();
+        net.cores[2].leave(now);
+        net.collect(2);
+        net.deliver_all();
+        for i in [0, 1] {
+            let m = net.cores[i].members();
+            let left = m.iter().find(|m| m.id.node == member(2).node);
+            assert_eq!(
+                left.map(|m| m.state),
+                Some(MemberState::Down),
+                "at member {i}"
+            );
+            assert_eq!(
+                net.cores[i].counters().suspicions_raised,
+                0,
+                "without suspicion"
+            );
+        }
+    }
+
+    #[test]
+    fn swim_messages_mark_their_sender_heard_and_refused_ones_are_counted() {
+        let mut net = Net::joined(2, MeshSettings::default());
+        let heard_at = net.cores[0].heard.get(&member(1).node).copied();
+        assert!(
+            heard_at.is_some_and(|t| t >= EPOCH_MS + 4_000),
+            "{heard_at:?}"
+        );
+
+        let mut forger = Forger::new(keyring(1));
+        let garbage = forger.sealed(&[TAG_SWIM, 0xff, 0xff, 0xff], net.unix_ms());
+        let now = net.unix_ms();
+        net.cores[0].handle_datagram(addr(7), &garbage, now);
+        assert_eq!(net.cores[0].counters().dropped(DropReason::Invalid), 1);
+        assert!(Drained::of(&mut net.cores[0]).sends.is_empty());
+        assert_eq!(net.cores[0].heard.len(), 1);
+    }
+
+    #[test]
+    fn the_codec_refuses_identities_no_member_would_announce() {
+        let mut codec = IdentityCodec {
+            own_incarnation: Arc::new(AtomicU32::new(0)),
+            last_src: Arc::new(Mutex::new(None)),
+        };
+        let header = |src: MemberId| foca::Header {
+            src,
+            src_incarnation: 3,
+            dst: member(0),
+            message: foca::Message::Ping(1),
+        };
+        let mut sane = Vec::new();
+        codec.encode_header(&header(member(1)), &mut sane).unwrap();
+        assert_eq!(codec.own_incarnation.load(Ordering::Relaxed), 3);
+        assert!(codec.decode_header(&sane[..]).is_ok());
+        assert_eq!(*lock(&codec.last_src), Some(member(1).node));
+
+        for addrs in [Vec::new(), vec![addr(1); MAX_MESH_ADDRESSES + 1]] {
+            let bad = MemberId { addrs, ..member(2) };
+            let mut buf = Vec::new();
+            PostcardCodec.encode_header(&header(bad), &mut buf).unwrap();
+            assert!(matches!(
+                codec.decode_header(&buf[..]),
+                Err(CodecError::BadIdentity)
+            ));
+        }
+    }
+}
