@@ -20,26 +20,26 @@ use crate::identity::{MemberId, NodeId};
 use crate::seal::{Keyring, KeyringOp, MeshKey};
 
 /// Virtual time zero, as Unix milliseconds: sealed datagrams carry plausible stamps.
-pub const EPOCH_MS: u64 = 1_750_000_000_000;
+pub(crate) const EPOCH_MS: u64 = 1_750_000_000_000;
 
 /// Member `i`'s only address: 10.0.0.(i+1):7946.
-pub fn addr(i: usize) -> SocketAddr {
+pub(crate) fn addr(i: usize) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, i as u8 + 1)), 7946)
 }
 
-pub fn key(b: u8) -> MeshKey {
+pub(crate) fn key(b: u8) -> MeshKey {
     MeshKey::from_bytes(&[b; 32]).expect("32 bytes")
 }
 
-pub fn keyring(b: u8) -> Keyring {
+pub(crate) fn keyring(b: u8) -> Keyring {
     Keyring::new(key(b))
 }
 
-pub fn node(i: usize) -> NodeId {
+pub(crate) fn node(i: usize) -> NodeId {
     NodeId([i as u8 + 1; 16])
 }
 
-pub fn member(i: usize) -> MemberId {
+pub(crate) fn member(i: usize) -> MemberId {
     MemberId {
         node: node(i),
         generation: 1,
@@ -48,7 +48,7 @@ pub fn member(i: usize) -> MemberId {
 }
 
 /// Member `i` of a mesh sealed with `keyring`, its RNG seeded with `i`; not started.
-pub fn core(
+pub(crate) fn core(
     i: usize,
     keyring: Keyring,
     settings: MeshSettings,
@@ -58,7 +58,7 @@ pub fn core(
 }
 
 /// A NodeRecord placing member `i` in `datacenter`.
-pub fn node_record(i: usize, datacenter: &str) -> Body {
+pub(crate) fn node_record(i: usize, datacenter: &str) -> Body {
     Body::Node(v1::NodeRecord {
         id: Bytes::copy_from_slice(&node(i).0),
         name: format!("m{i}"),
@@ -70,7 +70,7 @@ pub fn node_record(i: usize, datacenter: &str) -> Body {
 }
 
 /// The control message inside a datagram, if `keyring` opens it and it is one.
-pub fn control_in(keyring: &Keyring, datagram: &[u8]) -> Option<Kind> {
+pub(crate) fn control_in(keyring: &Keyring, datagram: &[u8]) -> Option<Kind> {
     let opened = keyring.open(datagram).ok()?;
     let (&tag, body) = opened.payload.split_first()?;
     if tag != TAG_CONTROL {
@@ -80,23 +80,23 @@ pub fn control_in(keyring: &Keyring, datagram: &[u8]) -> Option<Kind> {
 }
 
 /// Seals control messages as a member of the mesh would, each with a fresh nonce.
-pub struct Forger {
+pub(crate) struct Forger {
     keyring: Keyring,
     nonces: u64,
 }
 
 impl Forger {
-    pub fn new(keyring: Keyring) -> Self {
+    pub(crate) fn new(keyring: Keyring) -> Self {
         Forger { keyring, nonces: 0 }
     }
 
-    pub fn control(&mut self, kind: Kind, now_ms: u64) -> Vec<u8> {
+    pub(crate) fn control(&mut self, kind: Kind, now_ms: u64) -> Vec<u8> {
         let mut payload = vec![TAG_CONTROL];
         payload.extend(MeshControl { kind: Some(kind) }.encode_to_vec());
         self.sealed(&payload, now_ms)
     }
 
-    pub fn sealed(&mut self, payload: &[u8], stamp_ms: u64) -> Vec<u8> {
+    pub(crate) fn sealed(&mut self, payload: &[u8], stamp_ms: u64) -> Vec<u8> {
         self.nonces += 1;
         let mut nonce = [0u8; 24];
         nonce[..8].copy_from_slice(&self.nonces.to_be_bytes());
@@ -106,7 +106,7 @@ impl Forger {
 
 /// What one core's drained outputs hold, sorted by kind.
 #[derive(Default)]
-pub struct Drained {
+pub(crate) struct Drained {
     pub sends: Vec<(SocketAddr, Bytes)>,
     pub timers: Vec<(Duration, CoreTimer)>,
     pub keyring_requests: Vec<(SocketAddr, u64, KeyringOp)>,
@@ -114,7 +114,7 @@ pub struct Drained {
 }
 
 impl Drained {
-    pub fn of(core: &mut MeshCore) -> Drained {
+    pub(crate) fn of(core: &mut MeshCore) -> Drained {
         let mut d = Drained::default();
         for o in core.drain_outputs() {
             match o {
@@ -132,7 +132,7 @@ impl Drained {
     }
 
     /// The control messages sent, opened with `keyring`, with where they went.
-    pub fn controls(&self, keyring: &Keyring) -> Vec<(SocketAddr, Kind)> {
+    pub(crate) fn controls(&self, keyring: &Keyring) -> Vec<(SocketAddr, Kind)> {
         self.sends
             .iter()
             .filter_map(|(to, d)| Some((*to, control_in(keyring, d)?)))
@@ -142,7 +142,7 @@ impl Drained {
 
 /// A datagram one core sent, as the network saw it.
 #[derive(Clone)]
-pub struct Packet {
+pub(crate) struct Packet {
     pub from: usize,
     pub to: SocketAddr,
     /// The member at `to`, if any.
@@ -157,10 +157,10 @@ pub struct Packet {
 }
 
 /// Decides whether the network loses a packet (`true`: lost).
-pub type LossRule = Box<dyn FnMut(&Packet) -> bool>;
+pub(crate) type LossRule = Box<dyn FnMut(&Packet) -> bool>;
 
 /// Cores `0..n` on an instant network in virtual time.
-pub struct Net {
+pub(crate) struct Net {
     pub cores: Vec<MeshCore>,
     /// Virtual milliseconds since the start.
     pub now_ms: u64,
@@ -183,7 +183,7 @@ pub struct Net {
 impl Net {
     /// `n` members sealed with key 1, each seeded with member 0; started, nothing
     /// delivered yet.
-    pub fn new(n: usize, settings: MeshSettings) -> Net {
+    pub(crate) fn new(n: usize, settings: MeshSettings) -> Net {
         let cores = (0..n)
             .map(|i| {
                 let seeds = if i == 0 { Vec::new() } else { vec![addr(0)] };
@@ -194,7 +194,7 @@ impl Net {
     }
 
     /// Starts the given cores (member `i` must be at `addr(i)`).
-    pub fn with_cores(cores: Vec<MeshCore>) -> Net {
+    pub(crate) fn with_cores(cores: Vec<MeshCore>) -> Net {
         let mut net = Net {
             cores,
             now_ms: 0,
@@ -216,7 +216,7 @@ impl Net {
     }
 
     /// `n` members that have joined and agree on who is in the mesh.
-    pub fn joined(n: usize, settings: MeshSettings) -> Net {
+    pub(crate) fn joined(n: usize, settings: MeshSettings) -> Net {
         let mut net = Net::new(n, settings);
         net.run_for(Duration::from_secs(5));
         for i in 0..n {
@@ -229,11 +229,11 @@ impl Net {
         net
     }
 
-    pub fn unix_ms(&self) -> u64 {
+    pub(crate) fn unix_ms(&self) -> u64 {
         EPOCH_MS + self.now_ms
     }
 
-    pub fn cut(&mut self, a: usize, b: usize, on: bool) {
+    pub(crate) fn cut(&mut self, a: usize, b: usize, on: bool) {
         let pair = (a.min(b), a.max(b));
         if on {
             self.cut.insert(pair);
@@ -244,7 +244,7 @@ impl Net {
 
     /// Routes what core `i` produced. A keyring change asked of it is applied as the
     /// driver would, and answered.
-    pub fn collect(&mut self, i: usize) {
+    pub(crate) fn collect(&mut self, i: usize) {
         loop {
             let outputs: Vec<Output> = self.cores[i].drain_outputs().collect();
             if outputs.is_empty() {
@@ -296,7 +296,7 @@ impl Net {
     }
 
     /// Delivers every datagram in flight, and what they cause, until the network is quiet.
-    pub fn deliver_all(&mut self) {
+    pub(crate) fn deliver_all(&mut self) {
         let mut budget = 1_000_000;
         while let Some(mut p) = self.in_flight.pop_front() {
             budget -= 1;
@@ -317,7 +317,7 @@ impl Net {
     }
 
     /// Fires core `i`'s timer now, as if it were due, and delivers what follows.
-    pub fn fire(&mut self, i: usize, timer: CoreTimer) {
+    pub(crate) fn fire(&mut self, i: usize, timer: CoreTimer) {
         let now = self.unix_ms();
         self.cores[i].handle_timer(timer, now);
         self.collect(i);
@@ -325,7 +325,7 @@ impl Net {
     }
 
     /// Runs every timer due within the next `d`, delivering datagrams as they are sent.
-    pub fn run_for(&mut self, d: Duration) {
+    pub(crate) fn run_for(&mut self, d: Duration) {
         let until = self.now_ms + d.as_millis() as u64;
         self.deliver_all();
         loop {
@@ -345,12 +345,12 @@ impl Net {
     }
 
     /// The packets sent since log index `since` that match.
-    pub fn sent_since(&self, since: usize, f: impl Fn(&Packet) -> bool) -> Vec<&Packet> {
+    pub(crate) fn sent_since(&self, since: usize, f: impl Fn(&Packet) -> bool) -> Vec<&Packet> {
         self.log[since..].iter().filter(|p| f(p)).collect()
     }
 
     /// Whether core `i` holds member `origin`'s NodeRecord.
-    pub fn holds_node_record(&self, i: usize, origin: usize) -> bool {
+    pub(crate) fn holds_node_record(&self, i: usize, origin: usize) -> bool {
         self.cores[i].with_store(|s| s.node(node(origin)).is_some())
     }
 }
