@@ -36,7 +36,7 @@ pub fn require_root(test: &str) -> bool {
         std::env::var("CI").as_deref() != Ok("true"),
         "{test}: needs root, and CI=true forbids skipping"
     );
-    eprintln!("SKIP {test}: needs root (network namespaces)");
+    skip(&format!("{test}: needs root (network namespaces)"));
     false
 }
 
@@ -54,8 +54,18 @@ pub fn require_program(test: &str, program: &str) -> bool {
         std::env::var("CI").as_deref() != Ok("true"),
         "{test}: {program} is missing (scripts/bootstrap.sh installs it)"
     );
-    eprintln!("SKIP {test}: {program} is missing (run scripts/bootstrap.sh)");
+    skip(&format!(
+        "{test}: {program} is missing (run scripts/bootstrap.sh)"
+    ));
     false
+}
+
+/// Says that a test is skipped on the process's real stderr: libtest captures `eprintln!`
+/// and shows captured output only for failures, so a skipped test that "passes" would
+/// otherwise say nothing to the person running it.
+pub fn skip(why: &str) {
+    use std::io::Write as _;
+    let _ = writeln!(std::io::stderr(), "SKIP {why}");
 }
 
 pub fn wait_until(timeout: Duration, mut cond: impl FnMut() -> bool) -> bool {

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
 use bgpctl::bgp::{self, SpeakerHandle, SpeakerSettings, Type5Route};
-pub(crate) use gatewan_tests::{Netns, require_program, require_root, wait_until};
+pub(crate) use gatewan_tests::{Netns, require_program, require_root, skip, wait_until};
 
 /// Root and programs present, or (outside CI) skip.
 pub(crate) fn ready(test: &str, programs: &[&str]) -> bool {
@@ -432,7 +432,7 @@ pub(crate) fn have_file(test: &str, path: &str) -> bool {
         std::env::var("CI").as_deref() != Ok("true"),
         "{test}: {path} is missing (scripts/bootstrap.sh installs FRR)"
     );
-    eprintln!("SKIP {test}: {path} is missing");
+    skip(&format!("{test}: {path} is missing"));
     false
 }
 
