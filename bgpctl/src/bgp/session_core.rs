@@ -164,6 +164,9 @@ struct Established {
     sent: Option<Arc<AdjRibOut>>,
     /// UPDATEs generated and not yet handed to the adapter.
     queue: VecDeque<Bytes>,
+    /// The peer asked for a route refresh: the whole of `sent` goes out again once `queue`
+    /// drains. A flag, not a queued copy, so repeated requests coalesce.
+    refresh_pending: bool,
     peer_gr: Option<PeerGracefulRestart>,
     /// Both sides support RFC 8538: a NOTIFICATION other than Hard Reset keeps routes.
     notification_gr: bool,
@@ -278,10 +281,9 @@ impl SessionCore {
     /// UPDATEs are queued or due (a new desired table): the adapter should offer room.
     pub(crate) fn wants_to_send(&self) -> bool {
         self.closing.is_none()
-            && self
-                .established
-                .as_ref()
-                .is_some_and(|e| !e.queue.is_empty() || e.behind(&self.params.desired))
+            && self.established.as_ref().is_some_and(|e| {
+                !e.queue.is_empty() || e.refresh_pending || e.behind(&self.params.desired)
+            })
     }
 
     /// The connection is closed: resets the session's status and says how it ended.
@@ -412,13 +414,14 @@ impl SessionCore {
                     && evpn
                     && rr.subtype() == RouteRefreshSubtype::Normal
                 {
-                    // RFC 2918: re-advertise the whole Adj-RIB-Out for the family.
-                    let all: Vec<_> = est.sent.iter().flat_map(|s| s.iter()).collect();
-                    let msgs = codec::announce_updates(&all, &est.export);
-                    let n = msgs.len() as u64;
-                    est.queue.extend(msgs);
-                    self.status
-                        .update(|s| s.updates_sent = s.updates_sent.saturating_add(n));
+                    // RFC 2918: re-advertise the whole Adj-RIB-Out for the family. Only
+                    // noted here and generated once the queue drains, so a peer that asks
+                    // again and again gets one copy, not one queued copy per request.
+                    // Before the initial table went out there is nothing to do: that table
+                    // is the whole Adj-RIB-Out.
+                    if est.sent.is_some() {
+                        est.refresh_pending = true;
+                    }
                 }
                 let (Some(afi), Some(safi)) = (rr.afi(), rr.safi()) else {
                     return;
@@ -448,6 +451,15 @@ impl SessionCore {
             }
             if given >= room || !est.queue.is_empty() {
                 return;
+            }
+            if std::mem::take(&mut est.refresh_pending) {
+                let all: Vec<_> = est.sent.iter().flat_map(|s| s.iter()).collect();
+                let msgs = codec::announce_updates(&all, &est.export);
+                let n = msgs.len() as u64;
+                est.queue.extend(msgs);
+                self.status
+                    .update(|s| s.updates_sent = s.updates_sent.saturating_add(n));
+                continue;
             }
             if !generate_updates(est, &self.params.desired, &self.status) {
                 return;
@@ -578,6 +590,7 @@ impl SessionCore {
             },
             sent: None,
             queue: VecDeque::new(),
+            refresh_pending: false,
             peer_gr,
             notification_gr: neg.peer_notification_gr,
         });
@@ -1119,6 +1132,28 @@ mod tests {
         // The same announcements, without End-of-RIB.
         assert_eq!(again, initial[..initial.len() - 1]);
         assert_eq!(h.status.snapshot().updates_sent, 4);
+    }
+
+    #[test]
+    fn repeated_route_refreshes_before_the_queue_drains_send_one_copy() {
+        let mut h = Harness::established(params(90, false, table(routes(3))), peer_open(30, None));
+        let initial = h.drain(Duration::ZERO);
+        let evpn = encode(&Message::RouteRefresh(RouteRefreshMessage::new(
+            Afi::L2Vpn,
+            Safi::Evpn,
+        )));
+        for i in 0..1000 {
+            h.at(
+                secs(1.0 + f64::from(i) / 1000.0),
+                Input::Received(evpn.clone()),
+            );
+        }
+        let again = h.drain(secs(2.0));
+        assert_eq!(again, initial[..initial.len() - 1]);
+        assert!(!h.core.wants_to_send());
+        // Another request after the copy went out gets another copy.
+        h.at(secs(3.0), Input::Received(evpn));
+        assert_eq!(h.drain(secs(3.0)), initial[..initial.len() - 1]);
     }
 
     #[test]
