@@ -57,6 +57,37 @@ fn peer(p: &PeerStatus) -> v1::BgpPeer {
     }
 }
 
+/// Routes per `ListRoutes` page unless the client asks otherwise, and at most: 10,000
+/// routes of about 200 octets stay well inside tonic's 4 MB message limit.
+const DEFAULT_PAGE_SIZE: usize = 1000;
+const MAX_PAGE_SIZE: usize = 10_000;
+
+/// The position of a route in `ListRoutes`'s order, and the page token that names it.
+fn route_key(r: &v1::BgpRoute) -> String {
+    format!(
+        "{}|{}|{}|{}|{}|{}|{}",
+        r.direction, r.peer, r.rd, r.prefix, r.next_hop, r.router_mac, r.vni
+    )
+}
+
+/// The `size` routes after `after` (a route key; empty: from the start) and the token of
+/// the next page (empty when none follows).
+fn page(routes: Vec<v1::BgpRoute>, after: &str, size: usize) -> (Vec<v1::BgpRoute>, String) {
+    let mut keyed: Vec<(String, v1::BgpRoute)> = routes
+        .into_iter()
+        .map(|r| (route_key(&r), r))
+        .filter(|(k, _)| after.is_empty() || k.as_str() > after)
+        .collect();
+    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    let more = keyed.len() > size;
+    keyed.truncate(size);
+    let next = match keyed.last() {
+        Some((k, _)) if more => k.clone(),
+        _ => String::new(),
+    };
+    (keyed.into_iter().map(|(_, r)| r).collect(), next)
+}
+
 fn route(direction: &str, r: &Type5Route, peer: String, stale: bool) -> v1::BgpRoute {
     v1::BgpRoute {
         direction: direction.into(),
@@ -126,7 +157,15 @@ impl Bgp for BgpApi {
                     .map(|r| route("received", &r.route, r.peer.to_string(), r.stale)),
             );
         }
-        Ok(Response::new(v1::ListRoutesResponse { routes }))
+        let size = match req.page_size {
+            0 => DEFAULT_PAGE_SIZE,
+            n => (n as usize).min(MAX_PAGE_SIZE),
+        };
+        let (routes, next_page_token) = page(routes, &req.page_token, size);
+        Ok(Response::new(v1::ListRoutesResponse {
+            routes,
+            next_page_token,
+        }))
     }
 
     async fn explain(
@@ -154,5 +193,76 @@ impl Bgp for BgpApi {
             explanation: Some(explanation.to_proto()),
             history: history.iter().map(|c| c.to_proto()).collect(),
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(direction: &str, prefix: &str) -> v1::BgpRoute {
+        v1::BgpRoute {
+            direction: direction.into(),
+            prefix: prefix.into(),
+            ..Default::default()
+        }
+    }
+
+    fn prefixes(routes: &[v1::BgpRoute]) -> Vec<String> {
+        routes
+            .iter()
+            .map(|r| format!("{} {}", r.direction, r.prefix))
+            .collect()
+    }
+
+    #[test]
+    fn pages_cover_every_route_once_in_order() {
+        let all: Vec<_> = (0..25)
+            .rev()
+            .map(|i| {
+                r(
+                    if i % 2 == 0 { "advertised" } else { "received" },
+                    &format!("10.{i}.0.0/16"),
+                )
+            })
+            .collect();
+        let mut got = Vec::new();
+        let mut token = String::new();
+        let mut pages = 0;
+        loop {
+            let (routes, next) = page(all.clone(), &token, 10);
+            assert!(routes.len() <= 10);
+            got.extend(routes);
+            pages += 1;
+            if next.is_empty() {
+                break;
+            }
+            token = next;
+        }
+        assert_eq!(pages, 3);
+        let mut want = all.clone();
+        want.sort_by_key(route_key);
+        assert_eq!(prefixes(&got), prefixes(&want));
+    }
+
+    #[test]
+    fn a_table_that_changes_between_pages_repeats_or_loses_no_route_that_stayed() {
+        let first: Vec<_> = (0..6)
+            .map(|i| r("received", &format!("10.{i}.0.0/16")))
+            .collect();
+        let (p1, token) = page(first.clone(), "", 3);
+        assert_eq!(prefixes(&p1).len(), 3);
+        // 10.0/16 withdrawn and 10.9/16 learned before the second page.
+        let mut second: Vec<_> = first[1..].to_vec();
+        second.push(r("received", "10.9.0.0/16"));
+        let (p2, next) = page(second.clone(), &token, 3);
+        let (p3, last) = page(second, &next, 3);
+        assert!(last.is_empty());
+        let rest: Vec<_> = prefixes(&p2).into_iter().chain(prefixes(&p3)).collect();
+        assert_eq!(
+            rest,
+            ["10.3.0.0/16", "10.4.0.0/16", "10.5.0.0/16", "10.9.0.0/16"]
+                .map(|p| format!("received {p}"))
+        );
     }
 }

@@ -400,15 +400,28 @@ async fn run(cli: Cli, target: Target) -> anyhow::Result<()> {
                 (_, true) => v1::RouteDirection::Received,
                 _ => v1::RouteDirection::Unspecified,
             };
-            let r = bgp(&mesh_channel)
-                .list_routes(v1::ListRoutesRequest {
-                    direction: direction as i32,
-                    prefix: prefix.unwrap_or_default(),
-                })
-                .await
-                .map_err(not_bgpctl)?
-                .into_inner();
-            output::routes(&r.routes, cli.output)
+            // Page by page: a full table does not fit in one gRPC message.
+            let mut client = bgp(&mesh_channel);
+            let mut routes = Vec::new();
+            let mut page_token = String::new();
+            loop {
+                let r = client
+                    .list_routes(v1::ListRoutesRequest {
+                        direction: direction as i32,
+                        prefix: prefix.clone().unwrap_or_default(),
+                        page_size: 0,
+                        page_token,
+                    })
+                    .await
+                    .map_err(not_bgpctl)?
+                    .into_inner();
+                routes.extend(r.routes);
+                if r.next_page_token.is_empty() {
+                    break;
+                }
+                page_token = r.next_page_token;
+            }
+            output::routes(&routes, cli.output)
         }
         Command::Explain { datacenter } => {
             let r = bgp(&mesh_channel)
