@@ -15,3 +15,4 @@ pub mod config;
 pub mod controller;
 pub mod daemon;
 pub mod export;
+pub mod metrics;

@@ -127,6 +127,11 @@ async fn run(settings: gatewan::config::GatewanSettings) -> anyhow::Result<()> {
         let extra = dataplane
             .map(|d| metrics::dataplane_collector(d.stats))
             .into_iter()
+            .chain(
+                tunnels
+                    .as_ref()
+                    .map(|t| metrics::probe_collector(t.table.clone())),
+            )
             .collect();
         tokio::spawn(async move {
             if let Err(e) = gatewan_kit::metrics::serve(listen, mesh, extra).await {

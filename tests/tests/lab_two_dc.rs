@@ -191,6 +191,25 @@ fn check_routingctl_on_bgpctl(lab: &RunningLab) {
         "{fabric:#?}"
     );
     assert!(fabric["prefixes_sent"].as_u64() >= Some(2), "{fabric:#?}");
+    // The same session in /metrics, with the input drop counters by reason.
+    let metrics = lab
+        .exec(
+            "bgpctl-sg1",
+            &["curl", "-sf", "http://127.0.0.1:9101/metrics"],
+        )
+        .expect("curl on bgpctl-sg1");
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    for sample in [
+        "bgpctl_bgp_peer_established{peer=\"10.1.255.2\"} 1",
+        "bgpctl_bgp_input_dropped_total{peer=\"10.1.255.2\",reason=\"nlri_ignored\"} ",
+        "bgpctl_bgp_input_dropped_total{peer=\"10.1.255.2\",reason=\"as_path_loops\"} ",
+        "gatewan_mesh_datagrams_dropped_total{reason=",
+    ] {
+        assert!(
+            metrics.contains(sample),
+            "{sample} missing from:\n{metrics}"
+        );
+    }
 
     let received = json(&["routes", "--received", "--prefix", "172.16.1.0/24"]);
     assert_eq!(received.len(), 1, "{received:#?}");

@@ -27,7 +27,7 @@ fn write_config(
     std::fs::write(
         &cfg,
         format!(
-            "name: {name}\ndatacenter: {dc}\nstate_dir: {state}\nmesh:\n  bind: \"0.0.0.0:7946\"\n  seeds: [\"{seed}:7946\"]\n  keyring: {kr}\ntransits:\n  - name: lumen\n    interface: lumen0\n    addresses: [{lumen}]\n    gateway: {glumen}\n    capacity: 1Gbps\n  - name: cogent\n    interface: cogent0\n    addresses: [{cogent}]\n    gateway: {gcogent}\n    capacity: 500Mbps\ntunnels:\n  slot: {slot}\n  wireguard: userspace\nprobe:\n  interval: 1s\n  count: 50\n  window: 3s\napi:\n  socket: {sock}\n",
+            "name: {name}\ndatacenter: {dc}\nstate_dir: {state}\nmesh:\n  bind: \"0.0.0.0:7946\"\n  seeds: [\"{seed}:7946\"]\n  keyring: {kr}\ntransits:\n  - name: lumen\n    interface: lumen0\n    addresses: [{lumen}]\n    gateway: {glumen}\n    capacity: 1Gbps\n  - name: cogent\n    interface: cogent0\n    addresses: [{cogent}]\n    gateway: {gcogent}\n    capacity: 500Mbps\ntunnels:\n  slot: {slot}\n  wireguard: userspace\nprobe:\n  interval: 1s\n  count: 50\n  window: 3s\napi:\n  socket: {sock}\nmetrics:\n  listen: \"127.0.0.1:9100\"\n",
             state = dir.join(format!("{name}.state")).display(),
             kr = keyring.display(),
             glumen = gw(lumen),
@@ -172,6 +172,50 @@ fn two_datacenters_four_tunnels_probed_and_restart_safe() {
     ] {
         assert!(yaml.contains(field), "{field} missing from:\n{yaml}");
     }
+
+    // The probe engine's counters reach /metrics, drops included: garbage sent to the
+    // peer's echo port through one tunnel is counted as malformed by the peer.
+    let t = &a.tunnels()[0];
+    let (id, v4, port) = (
+        t["id"].as_str().unwrap().to_string(),
+        t["peer_info"]["local_address_v4"]
+            .as_str()
+            .unwrap()
+            .to_string(),
+        t["peer_info"]["echo_port"].as_u64().unwrap(),
+    );
+    for _ in 0..3 {
+        a.sh(&format!("bash -c 'printf garbage > /dev/udp/{v4}/{port}'"));
+    }
+    let metrics_of = |h: &Host| {
+        h.ns.run(|| http_get("127.0.0.1:9100".parse().unwrap(), "/metrics"))
+            .unwrap_or_default()
+    };
+    let sample = |body: &str, name: &str| -> f64 {
+        body.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or(-1.0)
+    };
+    let malformed =
+        format!("gatewan_probe_datagrams_dropped_total{{tunnel=\"{id}\",reason=\"malformed\"}}");
+    let counted = wait_until(Duration::from_secs(5), || {
+        sample(&metrics_of(&b), &malformed) >= 3.0
+    });
+    let body = metrics_of(&b);
+    assert!(counted, "{malformed} not 3 in:\n{body}");
+    assert!(
+        sample(
+            &body,
+            &format!("gatewan_probe_replies_total{{tunnel=\"{id}\"}}")
+        ) > 0.0
+    );
+    assert_eq!(
+        body.lines()
+            .filter(|l| l.starts_with("gatewan_probe_sent_total{"))
+            .count(),
+        4,
+        "{body}"
+    );
 
     // 30 % random loss on A's lumen transit: A's two lumen tunnels report it within 5 s
     // (each probe crosses the drop once, on its way in), the cogent ones stay clean.

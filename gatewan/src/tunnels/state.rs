@@ -16,7 +16,7 @@ use super::plan::{GatewanView, PlannedTunnel};
 use super::reconcile::{SeenTunnel, Step, WantedTunnel, steps};
 use super::system::LinkInfo;
 use super::vtep;
-use crate::probe::engine::{ProbeReport, ProbeTarget};
+use crate::probe::engine::{ProbeCounters, ProbeReport, ProbeTarget};
 use crate::probe::stats::TunnelState;
 
 /// What the state needs to know of the local gatewan.
@@ -443,6 +443,22 @@ fn info_row(
         peer_info: Some(end(&t.peer)),
         index: t.index,
         vtep: vtep.map(|v| v.to_string()).unwrap_or_default(),
+        probe_counters: report.map(|r| probe_counters(&r.counters)),
+    }
+}
+
+fn probe_counters(c: &ProbeCounters) -> v1::ProbeCounters {
+    v1::ProbeCounters {
+        sent: c.sent,
+        unsent: c.unsent,
+        replies: c.replies,
+        requests_answered: c.requests_answered,
+        malformed: c.malformed,
+        foreign: c.foreign,
+        unknown_seq: c.unknown_seq,
+        duplicate: c.duplicate,
+        late: c.late,
+        stale: c.stale,
     }
 }
 

@@ -1,0 +1,122 @@
+//! bgpctl's own Prometheus metrics, served with the mesh's by `gatewan_kit::metrics::serve`:
+//! each BGP peer's session state, route and UPDATE counts, and the input the speaker
+//! dropped or repaired instead of trusting it, read at scrape time.
+
+use std::sync::{Arc, Weak};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+
+use crate::bgp::{PeerState, PeerStatus, SpeakerHandle};
+
+/// The BGP speaker's per-peer metrics. Holds the speaker weakly so that shutdown can still
+/// take it back (and send Cease) while the metrics endpoint runs.
+pub fn bgp_collector(speaker: &Arc<SpeakerHandle>) -> Box<dyn Collector> {
+    Box::new(BgpCollector(Arc::downgrade(speaker)))
+}
+
+#[derive(Clone)]
+struct BgpCollector(Weak<SpeakerHandle>);
+
+impl std::fmt::Debug for BgpCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BgpCollector")
+    }
+}
+
+type Field = fn(&PeerStatus) -> u64;
+
+impl Collector for BgpCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(speaker) = self.0.upgrade() else {
+            return Ok(());
+        };
+        let peers = speaker.peers();
+        let addresses: Vec<String> = peers.iter().map(|p| p.address.to_string()).collect();
+        let gauge = ConstGauge::new(0i64);
+        let mut fam = enc.encode_descriptor(
+            "bgpctl_bgp_peer_established",
+            "1 when the BGP session with the peer is Established",
+            None,
+            gauge.metric_type(),
+        )?;
+        for (p, a) in peers.iter().zip(&addresses) {
+            ConstGauge::new(i64::from(p.state == PeerState::Established))
+                .encode(fam.encode_family(&[("peer", a.as_str())])?)?;
+        }
+        let gauges: [(&str, &str, Field); 3] = [
+            (
+                "bgpctl_bgp_prefixes_received",
+                "Type-5 routes from the peer in the Adj-RIB-In (after the import filters)",
+                |p| p.prefixes_received,
+            ),
+            (
+                "bgpctl_bgp_prefixes_stale",
+                "Routes of the peer kept stale while it restarts (RFC 4724)",
+                |p| p.prefixes_stale,
+            ),
+            (
+                "bgpctl_bgp_prefixes_sent",
+                "Type-5 routes advertised to the peer on the current session",
+                |p| p.prefixes_sent,
+            ),
+        ];
+        for (name, help, field) in gauges {
+            let mut fam = enc.encode_descriptor(name, help, None, gauge.metric_type())?;
+            for (p, a) in peers.iter().zip(&addresses) {
+                ConstGauge::new(i64::try_from(field(p)).unwrap_or(i64::MAX))
+                    .encode(fam.encode_family(&[("peer", a.as_str())])?)?;
+            }
+        }
+        let counter = ConstCounter::new(0u64);
+        let counters: [(&str, &str, Field); 3] = [
+            (
+                "bgpctl_bgp_updates_received",
+                "UPDATE messages received from the peer",
+                |p| p.updates_received,
+            ),
+            (
+                "bgpctl_bgp_updates_sent",
+                "UPDATE messages sent to the peer",
+                |p| p.updates_sent,
+            ),
+            (
+                "bgpctl_bgp_established_transitions",
+                "Times the session with the peer reached Established",
+                |p| p.established_count,
+            ),
+        ];
+        for (name, help, field) in counters {
+            let mut fam = enc.encode_descriptor(name, help, None, counter.metric_type())?;
+            for (p, a) in peers.iter().zip(&addresses) {
+                ConstCounter::new(field(p)).encode(fam.encode_family(&[("peer", a.as_str())])?)?;
+            }
+        }
+        // RFC 7606 repairs and the filters: what the speaker did not take as sent.
+        let input: [(&str, Field); 6] = [
+            ("treat_as_withdraw", |p| p.input.treat_as_withdraw),
+            ("attributes_discarded", |p| p.input.attributes_discarded),
+            ("malformed_resets", |p| p.input.malformed_resets),
+            ("routes_filtered", |p| p.input.routes_filtered),
+            ("nlri_ignored", |p| p.input.nlri_ignored),
+            ("as_path_loops", |p| p.input.as_path_loops),
+        ];
+        let mut fam = enc.encode_descriptor(
+            "bgpctl_bgp_input_dropped",
+            "Input from the peer dropped or repaired instead of trusted, by reason: \
+             treat_as_withdraw, attributes_discarded, malformed_resets (RFC 7606); \
+             routes_filtered (import filters), nlri_ignored (not EVPN type 5), as_path_loops",
+            None,
+            counter.metric_type(),
+        )?;
+        for (p, a) in peers.iter().zip(&addresses) {
+            for (reason, field) in input {
+                ConstCounter::new(field(p))
+                    .encode(fam.encode_family(&[("peer", a.as_str()), ("reason", reason)])?)?;
+            }
+        }
+        Ok(())
+    }
+}
