@@ -141,42 +141,89 @@ enum KeyringCommand {
     /// List the daemon's installed keys by fingerprint; the primary one seals.
     List,
     /// Install a key (base64, from `gatewan keygen`) for opening datagrams, mesh-wide.
+    /// The key is read from a file or standard input, never from the command line, where
+    /// `ps` and the shell history would show it.
     Install {
-        /// The key, base64.
-        #[arg(id = "keyring_key", value_name = "KEY")]
+        /// File holding the key (one line, base64); `-` reads it from standard input.
+        #[arg(long = "key-file", value_name = "FILE")]
+        key_file: PathBuf,
+        /// Read from `--key-file` before the call.
+        #[arg(skip)]
         key: String,
         /// Only on the daemon asked (e.g. a member that missed a mesh-wide change).
         #[arg(long)]
         local: bool,
     },
-    /// Make an installed key primary (key or fingerprint), mesh-wide: once every member
-    /// has it installed.
+    /// Make an installed key primary, mesh-wide: once every member has it installed.
     Use {
-        /// Key (base64) or fingerprint.
-        #[arg(id = "keyring_key", value_name = "KEY")]
-        key: String,
+        /// The key's fingerprint, as `keyring list` shows it.
+        #[arg(value_name = "FINGERPRINT", value_parser = fingerprint)]
+        fingerprint: String,
         /// Only on the daemon asked.
         #[arg(long)]
         local: bool,
     },
-    /// Remove an installed key that is not primary (key or fingerprint), mesh-wide: once
-    /// every member uses another key.
+    /// Remove an installed key that is not primary, mesh-wide: once every member uses
+    /// another key.
     Remove {
-        /// Key (base64) or fingerprint.
-        #[arg(id = "keyring_key", value_name = "KEY")]
-        key: String,
+        /// The key's fingerprint, as `keyring list` shows it.
+        #[arg(value_name = "FINGERPRINT", value_parser = fingerprint)]
+        fingerprint: String,
         /// Only on the daemon asked.
         #[arg(long)]
         local: bool,
     },
 }
 
+/// A key fingerprint: 16 hex digits. A key is refused here, not passed on: it would have
+/// been on the command line.
+fn fingerprint(s: &str) -> Result<String, String> {
+    if s.len() == 16 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Ok(s.to_ascii_lowercase());
+    }
+    Err(
+        "expected a key fingerprint (16 hex digits, as `routingctl keyring list` shows it); \
+         keys never go on the command line: install one with `keyring install --key-file FILE`"
+            .into(),
+    )
+}
+
+/// The one key in `path` (`-`: standard input): its only non-empty line, trimmed.
+fn read_key(path: &std::path::Path) -> Result<String, String> {
+    let text = if path.as_os_str() == "-" {
+        std::io::read_to_string(std::io::stdin())
+            .map_err(|e| format!("--key-file -: cannot read standard input: {e}"))?
+    } else {
+        std::fs::read_to_string(path).map_err(|e| format!("--key-file {}: {e}", path.display()))?
+    };
+    let mut lines = text.lines().map(str::trim).filter(|l| !l.is_empty());
+    match (lines.next(), lines.next()) {
+        (Some(key), None) => Ok(key.to_string()),
+        (None, _) => Err(format!(
+            "--key-file {}: no key in it (expected one line, base64, from `gatewan keygen`)",
+            path.display()
+        )),
+        (Some(_), Some(_)) => Err(format!(
+            "--key-file {}: more than one line; put the one key to install in it",
+            path.display()
+        )),
+    }
+}
+
 fn main() -> ExitCode {
     let matches = Cli::command().get_matches();
-    let cli = match Cli::from_arg_matches(&matches) {
+    let mut cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    if let Command::Keyring(KeyringCommand::Install { key_file, key, .. }) = &mut cli.command {
+        match read_key(key_file) {
+            Ok(k) => *key = k,
+            Err(message) => Cli::command()
+                .error(ErrorKind::ValueValidation, message)
+                .exit(),
+        }
+    }
     let target = match target(&cli, &matches) {
         Ok(t) => t,
         Err((kind, message)) => Cli::command().error(kind, message).exit(),
@@ -436,23 +483,23 @@ async fn run(cli: Cli, target: Target) -> anyhow::Result<()> {
         Command::Keyring(k) => {
             let r = match k {
                 KeyringCommand::List => mesh.list_keys(v1::ListKeysRequest {}).await,
-                KeyringCommand::Install { key, local } => {
+                KeyringCommand::Install { key, local, .. } => {
                     mesh.install_key(v1::InstallKeyRequest {
                         key,
                         local_only: local,
                     })
                     .await
                 }
-                KeyringCommand::Use { key, local } => {
+                KeyringCommand::Use { fingerprint, local } => {
                     mesh.use_key(v1::UseKeyRequest {
-                        key,
+                        key: fingerprint,
                         local_only: local,
                     })
                     .await
                 }
-                KeyringCommand::Remove { key, local } => {
+                KeyringCommand::Remove { fingerprint, local } => {
                     mesh.remove_key(v1::RemoveKeyRequest {
-                        key,
+                        key: fingerprint,
                         local_only: local,
                     })
                     .await

@@ -115,6 +115,66 @@ fn bad_cli_input_exits_2() {
 }
 
 #[test]
+fn keys_never_go_on_the_command_line() {
+    let key = Command::new(bin("gatewan")).arg("keygen").output().unwrap();
+    let key = String::from_utf8_lossy(&key.stdout).trim().to_string();
+    // A key where a fingerprint goes: refused before anything is asked, exit 2.
+    for verb in ["use", "remove"] {
+        let out = routingctl(&["--socket", "/nonexistent.sock", "keyring", verb, &key]);
+        assert_eq!(out.status.code(), Some(2), "keyring {verb} KEY");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("--key-file"), "{err}");
+        assert!(!err.contains("nonexistent.sock"), "asked the daemon: {err}");
+    }
+    // `install` takes no key argument, only a file or standard input.
+    let out = routingctl(&["--socket", "/nonexistent.sock", "keyring", "install", &key]);
+    assert_eq!(out.status.code(), Some(2));
+    let dir = tempfile_dir();
+    for (content, why) in [("", "no key in it"), ("a\nb\n", "more than one line")] {
+        let f = dir.join("key");
+        std::fs::write(&f, content).unwrap();
+        let f = f.display().to_string();
+        let out = routingctl(&[
+            "--socket",
+            "/nonexistent.sock",
+            "keyring",
+            "install",
+            "--key-file",
+            &f,
+        ]);
+        assert_eq!(out.status.code(), Some(2));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(&format!("--key-file {f}: {why}")), "{err}");
+    }
+    // A readable key goes on to the daemon (absent here: exit 1 naming the socket).
+    let out = Command::new(bin("routingctl"))
+        .args([
+            "--socket",
+            "/nonexistent.sock",
+            "keyring",
+            "install",
+            "--key-file",
+            "-",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write as _;
+            c.stdin
+                .take()
+                .unwrap()
+                .write_all(format!("{key}\n").as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nonexistent.sock"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn keygen_makes_distinct_valid_keys() {
     let a = Command::new(bin("gatewan")).arg("keygen").output().unwrap();
     let b = Command::new(bin("gatewan")).arg("keygen").output().unwrap();

@@ -227,9 +227,12 @@ fn key_rotation_across_five_nodes_never_marks_a_member_down() {
     let new_b64 = new.to_base64();
     let new_fp = new.fingerprint();
     let old_fp = MeshKey::from_base64(&old).unwrap().fingerprint();
+    let new_file = c.dir.join("new.key");
+    std::fs::write(&new_file, format!("{new_b64}\n")).unwrap();
+    let new_file = new_file.display().to_string();
     step(
         0,
-        &["keyring", "install", &new_b64],
+        &["keyring", "install", "--key-file", &new_file],
         &[(&old_fp, true), (&new_fp, false)],
     );
     step(
