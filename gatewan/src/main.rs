@@ -130,7 +130,7 @@ async fn run(settings: gatewan::config::GatewanSettings) -> anyhow::Result<()> {
             .chain(
                 tunnels
                     .as_ref()
-                    .map(|t| metrics::probe_collector(t.table.clone())),
+                    .map(|t| metrics::tunnel_collector(t.table.clone())),
             )
             .collect();
         tokio::spawn(async move {

@@ -87,26 +87,112 @@ impl Collector for DataplaneCollector {
     }
 }
 
-/// The probe engine's per-tunnel counters, for `gatewan_kit::metrics::serve`.
-pub fn probe_collector(table: watch::Receiver<TunnelTable>) -> Box<dyn Collector> {
-    Box::new(ProbeCollector(table))
+/// Every tunnel's state, measurements, rates and probe counters, for
+/// `gatewan_kit::metrics::serve`. Series are labelled by `interface` (unique on a gatewan,
+/// as `routingctl tunnels` and the data plane metrics name tunnels);
+/// `gatewan_tunnel_info` joins it to the tunnel id, peer and transits.
+pub fn tunnel_collector(table: watch::Receiver<TunnelTable>) -> Box<dyn Collector> {
+    Box::new(TunnelCollector(table))
 }
 
 #[derive(Clone)]
-struct ProbeCollector(watch::Receiver<TunnelTable>);
+struct TunnelCollector(watch::Receiver<TunnelTable>);
 
-impl std::fmt::Debug for ProbeCollector {
+impl std::fmt::Debug for TunnelCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ProbeCollector")
+        f.write_str("TunnelCollector")
     }
 }
 
-impl Collector for ProbeCollector {
+type Counter = fn(&v1::ProbeCounters) -> u64;
+type Reading = fn(&v1::TunnelInfo) -> f64;
+
+/// The tunnel states `routingctl tunnels` shows.
+const STATES: [&str; 3] = ["Established", "Degraded", "Down"];
+
+impl Collector for TunnelCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let table = self.0.borrow().clone();
+        let gauge = ConstGauge::new(0f64);
+        let end = |e: &Option<v1::TunnelEndInfo>| {
+            e.as_ref().map(|e| e.transit.clone()).unwrap_or_default()
+        };
+        let mut fam = enc.encode_descriptor(
+            "gatewan_tunnel_info",
+            "One series per tunnel: its id, peer gatewan, datacenter and transits",
+            None,
+            ConstGauge::new(0i64).metric_type(),
+        )?;
+        for t in table.iter() {
+            let (lt, pt) = (end(&t.local_info), end(&t.peer_info));
+            ConstGauge::new(1i64).encode(fam.encode_family(&[
+                ("interface", t.interface.as_str()),
+                ("tunnel", t.id.as_str()),
+                ("peer", t.peer.as_str()),
+                ("target_datacenter", t.target_datacenter.as_str()),
+                ("local_transit", lt.as_str()),
+                ("peer_transit", pt.as_str()),
+            ])?)?;
+        }
+        let mut fam = enc.encode_descriptor(
+            "gatewan_tunnel_state",
+            "1 for the tunnel's current state (Established, Degraded, Down), 0 for the others",
+            None,
+            ConstGauge::new(0i64).metric_type(),
+        )?;
+        for t in table.iter() {
+            for state in STATES {
+                ConstGauge::new(i64::from(t.state == state)).encode(
+                    fam.encode_family(&[("interface", t.interface.as_str()), ("state", state)])?,
+                )?;
+            }
+        }
+        let readings: [(&str, &str, Reading); 7] = [
+            (
+                "gatewan_tunnel_loss_ratio",
+                "Probe loss over the probe window (0 to 1)",
+                |t| t.loss,
+            ),
+            (
+                "gatewan_tunnel_latency_seconds",
+                "Probe round-trip time over the window",
+                |t| t.latency_ns as f64 / 1e9,
+            ),
+            (
+                "gatewan_tunnel_jitter_seconds",
+                "Probe jitter over the window",
+                |t| t.jitter_ns as f64 / 1e9,
+            ),
+            (
+                "gatewan_tunnel_reorder_ratio",
+                "Probe replies out of order over the window (0 to 1)",
+                |t| t.reorder,
+            ),
+            (
+                "gatewan_tunnel_capacity_bytes_per_second",
+                "Capacity of the tunnel: the smaller of its two transits' capacities",
+                |t| t.capacity_bps as f64 / 8.0,
+            ),
+            (
+                "gatewan_tunnel_receive_bytes_per_second",
+                "Rate received on the tunnel, last reading",
+                |t| t.rx_bps as f64 / 8.0,
+            ),
+            (
+                "gatewan_tunnel_transmit_bytes_per_second",
+                "Rate sent on the tunnel, last reading",
+                |t| t.tx_bps as f64 / 8.0,
+            ),
+        ];
+        for (name, help, reading) in readings {
+            let mut fam = enc.encode_descriptor(name, help, None, gauge.metric_type())?;
+            for t in table.iter() {
+                ConstGauge::new(reading(t))
+                    .encode(fam.encode_family(&[("interface", t.interface.as_str())])?)?;
+            }
+        }
         let proto = ConstCounter::new(0u64);
-        type Field = fn(&v1::ProbeCounters) -> u64;
-        let plain: [(&str, &str, Field); 4] = [
+        let plain: [(&str, &str, Counter); 4] = [
             (
                 "gatewan_probe_sent",
                 "Probe requests sent, by tunnel",
@@ -133,10 +219,10 @@ impl Collector for ProbeCollector {
             for t in table.iter() {
                 let c = t.probe_counters.unwrap_or_default();
                 ConstCounter::new(field(&c))
-                    .encode(fam.encode_family(&[("tunnel", t.id.as_str())])?)?;
+                    .encode(fam.encode_family(&[("interface", t.interface.as_str())])?)?;
             }
         }
-        let dropped: [(&str, Field); 6] = [
+        let dropped: [(&str, Counter); 6] = [
             ("malformed", |c| c.malformed),
             ("foreign", |c| c.foreign),
             ("unknown_seq", |c| c.unknown_seq),
@@ -153,8 +239,9 @@ impl Collector for ProbeCollector {
         for t in table.iter() {
             let c = t.probe_counters.unwrap_or_default();
             for (reason, field) in dropped {
-                ConstCounter::new(field(&c))
-                    .encode(fam.encode_family(&[("tunnel", t.id.as_str()), ("reason", reason)])?)?;
+                ConstCounter::new(field(&c)).encode(
+                    fam.encode_family(&[("interface", t.interface.as_str()), ("reason", reason)])?,
+                )?;
             }
         }
         Ok(())

@@ -173,11 +173,11 @@ fn two_datacenters_four_tunnels_probed_and_restart_safe() {
         assert!(yaml.contains(field), "{field} missing from:\n{yaml}");
     }
 
-    // The probe engine's counters reach /metrics, drops included: garbage sent to the
-    // peer's echo port through one tunnel is counted as malformed by the peer.
+    // The tunnels and their probe counters reach /metrics, drops included: garbage sent to
+    // the peer's echo port through one tunnel is counted as malformed by the peer.
     let t = &a.tunnels()[0];
-    let (id, v4, port) = (
-        t["id"].as_str().unwrap().to_string(),
+    let (ifname, v4, port) = (
+        t["interface"].as_str().unwrap().to_string(),
         t["peer_info"]["local_address_v4"]
             .as_str()
             .unwrap()
@@ -196,26 +196,41 @@ fn two_datacenters_four_tunnels_probed_and_restart_safe() {
             .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
             .unwrap_or(-1.0)
     };
-    let malformed =
-        format!("gatewan_probe_datagrams_dropped_total{{tunnel=\"{id}\",reason=\"malformed\"}}");
+    // The peer names the tunnel by its own interface: the one whose peer end is ours.
+    let local_v4 = t["local_info"]["local_address_v4"].as_str().unwrap();
+    let peer_if = b
+        .tunnels()
+        .iter()
+        .find(|bt| bt["peer_info"]["local_address_v4"] == local_v4)
+        .map(|bt| bt["interface"].as_str().unwrap().to_string())
+        .expect("the same tunnel at the peer");
+    let malformed = format!(
+        "gatewan_probe_datagrams_dropped_total{{interface=\"{peer_if}\",reason=\"malformed\"}}"
+    );
     let counted = wait_until(Duration::from_secs(5), || {
         sample(&metrics_of(&b), &malformed) >= 3.0
     });
     let body = metrics_of(&b);
     assert!(counted, "{malformed} not 3 in:\n{body}");
-    assert!(
-        sample(
-            &body,
-            &format!("gatewan_probe_replies_total{{tunnel=\"{id}\"}}")
-        ) > 0.0
-    );
-    assert_eq!(
-        body.lines()
-            .filter(|l| l.starts_with("gatewan_probe_sent_total{"))
-            .count(),
-        4,
-        "{body}"
-    );
+    let replies = format!("gatewan_probe_replies_total{{interface=\"{peer_if}\"}}");
+    assert!(sample(&body, &replies) > 0.0, "{replies}: {body}");
+    // Each tunnel's state, measurements and identity, as `routingctl tunnels` shows them.
+    let body = metrics_of(&a);
+    for prefix in [
+        "gatewan_probe_sent_total{",
+        "gatewan_tunnel_info{",
+        "gatewan_tunnel_latency_seconds{",
+        "gatewan_tunnel_loss_ratio{",
+        "gatewan_tunnel_capacity_bytes_per_second{",
+    ] {
+        let n = body.lines().filter(|l| l.starts_with(prefix)).count();
+        assert_eq!(n, 4, "{prefix}: {n} series in:\n{body}");
+    }
+    let state = format!("gatewan_tunnel_state{{interface=\"{ifname}\",state=\"Established\"}}");
+    assert_eq!(sample(&body, &state), 1.0, "{body}");
+    let latency = format!("gatewan_tunnel_latency_seconds{{interface=\"{ifname}\"}}");
+    let latency = sample(&body, &latency);
+    assert!(latency > 0.0 && latency < 0.1, "latency {latency}");
 
     // 30 % random loss on A's lumen transit: A's two lumen tunnels report it within 5 s
     // (each probe crosses the drop once, on its way in), the cogent ones stay clean.
