@@ -1,6 +1,7 @@
 //! bgpctl's own Prometheus metrics, served with the mesh's by `gatewan_kit::metrics::serve`:
-//! each BGP peer's session state, route and UPDATE counts, and the input the speaker
-//! dropped or repaired instead of trusting it, read at scrape time.
+//! each BGP peer's session state, route and UPDATE counts, the input the speaker dropped
+//! or repaired instead of trusting it, and the controller's last decision per remote
+//! datacenter, read at scrape time.
 
 use std::sync::{Arc, Weak};
 
@@ -9,7 +10,10 @@ use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
+use tokio::sync::watch;
+
 use crate::bgp::{PeerState, PeerStatus, SpeakerHandle};
+use crate::daemon::ControllerView;
 
 /// The BGP speaker's per-peer metrics. Holds the speaker weakly so that shutdown can still
 /// take it back (and send Cease) while the metrics endpoint runs.
@@ -115,6 +119,67 @@ impl Collector for BgpCollector {
             for (reason, field) in input {
                 ConstCounter::new(field(p))
                     .encode(fam.encode_family(&[("peer", a.as_str()), ("reason", reason)])?)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The controller's last decision, per remote datacenter.
+pub fn controller_collector(view: watch::Receiver<Arc<ControllerView>>) -> Box<dyn Collector> {
+    Box::new(ControllerCollector(view))
+}
+
+#[derive(Clone)]
+struct ControllerCollector(watch::Receiver<Arc<ControllerView>>);
+
+impl std::fmt::Debug for ControllerCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ControllerCollector")
+    }
+}
+
+type Remote = fn(&crate::controller::RemoteExplanation) -> f64;
+
+impl Collector for ControllerCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let view = self.0.borrow().clone();
+        let Some(explanation) = &view.explanation else {
+            return Ok(());
+        };
+        let gauge = ConstGauge::new(0f64);
+        let readings: [(&str, &str, Remote); 4] = [
+            (
+                "bgpctl_controller_required_capacity_bytes_per_second",
+                "Capacity the policy requires toward the remote datacenter",
+                |r| r.required_bps as f64 / 8.0,
+            ),
+            (
+                "bgpctl_controller_chosen_capacity_bytes_per_second",
+                "Capacity of the tunnels chosen toward the remote datacenter",
+                |r| r.chosen_bps as f64 / 8.0,
+            ),
+            (
+                "bgpctl_controller_shortfall_bytes_per_second",
+                "Required capacity the chosen tunnels do not cover",
+                |r| r.shortfall_bps as f64 / 8.0,
+            ),
+            (
+                "bgpctl_controller_chosen_tunnels",
+                "Tunnels chosen toward the remote datacenter",
+                |r| {
+                    r.candidates
+                        .iter()
+                        .filter(|c| c.verdict.is_chosen())
+                        .count() as f64
+                },
+            ),
+        ];
+        for (name, help, reading) in readings {
+            let mut fam = enc.encode_descriptor(name, help, None, gauge.metric_type())?;
+            for r in &explanation.remotes {
+                ConstGauge::new(reading(r))
+                    .encode(fam.encode_family(&[("datacenter", &*r.datacenter)])?)?;
             }
         }
         Ok(())

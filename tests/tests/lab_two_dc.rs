@@ -204,6 +204,8 @@ fn check_routingctl_on_bgpctl(lab: &RunningLab) {
         "bgpctl_bgp_input_dropped_total{peer=\"10.1.255.2\",reason=\"nlri_ignored\"} ",
         "bgpctl_bgp_input_dropped_total{peer=\"10.1.255.2\",reason=\"as_path_loops\"} ",
         "gatewan_mesh_datagrams_dropped_total{reason=",
+        "bgpctl_controller_required_capacity_bytes_per_second{datacenter=\"par1\"} 187500000",
+        "bgpctl_controller_chosen_tunnels{datacenter=\"par1\"} ",
     ] {
         assert!(
             metrics.contains(sample),
