@@ -53,15 +53,16 @@ async fn run(settings: BgpctlSettings) -> anyhow::Result<()> {
     )
     .await?;
     tracing::info!(name = %settings.name, datacenter = %settings.datacenter, id = %member.identity.node, "bgpctl started");
+    let running = bgpctl::daemon::start(&settings, member.mesh.clone()).await?;
     if let Some(listen) = settings.metrics_listen {
         let mesh = member.mesh.clone();
+        let extra = vec![bgpctl::metrics::bgp_collector(running.speaker.clone())];
         tokio::spawn(async move {
-            if let Err(e) = gatewan_kit::metrics::serve(listen, mesh, Vec::new()).await {
+            if let Err(e) = gatewan_kit::metrics::serve(listen, mesh, extra).await {
                 tracing::error!(error = %e, %listen, "metrics endpoint failed");
             }
         });
     }
-    let running = bgpctl::daemon::start(&settings, member.mesh.clone()).await?;
     let routes = tonic::service::Routes::new(api::MeshApi::new(member.mesh.clone()).into_server())
         .add_service(
             bgpctl::api::BgpApi::new(running.speaker.clone(), running.controller.clone())
