@@ -781,6 +781,44 @@ controller:
     }
 
     #[test]
+    fn mesh_record_bounds_default_and_load() {
+        let p = load(GOOD).expect("valid");
+        assert_eq!(p.mesh.settings.max_records_per_origin, 4096);
+        assert_eq!(
+            p.mesh.settings.departed_record_ttl,
+            Duration::from_secs(86400)
+        );
+        let text = GOOD.replace(
+            "mesh:\n",
+            "mesh:\n  max_records_per_origin: 100\n  departed_record_ttl: 10m\n",
+        );
+        let p = load(&text).expect("valid");
+        assert_eq!(p.mesh.settings.max_records_per_origin, 100);
+        assert_eq!(
+            p.mesh.settings.departed_record_ttl,
+            Duration::from_secs(600)
+        );
+        let bad = GOOD.replace(
+            "mesh:\n",
+            "mesh:\n  max_records_per_origin: 0\n  departed_record_ttl: 0s\n",
+        );
+        let text: Vec<String> = load(&bad)
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(
+            text.iter()
+                .any(|t| t.contains("mesh.max_records_per_origin")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter().any(|t| t.contains("mesh.departed_record_ttl")),
+            "{text:?}"
+        );
+    }
+
+    #[test]
     fn unknown_keys_are_refused() {
         let errors = load(&GOOD.replace(
             "  asn: 65001\n  router_id",

@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use gatewan_mesh::driver::{MeshHandle, MeshView, unix_ms};
@@ -42,6 +43,38 @@ const FABRIC_SETTLE: Duration = Duration::from_secs(4);
 pub struct Running {
     pub speaker: Arc<SpeakerHandle>,
     pub controller: watch::Receiver<Arc<ControllerView>>,
+    pub counters: Arc<DaemonCounters>,
+}
+
+/// What the decision loop counts, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct DaemonCounters {
+    /// Records the mesh refused to publish (the member's cap, `mesh.max_records_per_origin`,
+    /// for networks of a leaked table) or could not.
+    pub publish_refused: AtomicU64,
+    /// Own networks of a previous life withdrawn because the fabric no longer has them.
+    pub stale_networks_withdrawn: AtomicU64,
+}
+
+/// Publishes into the mesh, counting refusals and logging the first of each streak.
+struct Publisher {
+    counters: Arc<DaemonCounters>,
+    /// A refusal was logged and no publish has succeeded since.
+    logged: bool,
+}
+
+impl Publisher {
+    fn refused(&mut self, kind: v1::RecordKind, name: &str, e: &gatewan_mesh::driver::MeshError) {
+        let n = self
+            .counters
+            .publish_refused
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
+        if !self.logged {
+            self.logged = true;
+            warn!(error = %e, ?kind, %name, refused = n, "cannot publish into the mesh (further refusals are counted in bgpctl_mesh_publish_refused, not logged, until a publish succeeds)");
+        }
+    }
 }
 
 /// Starts the speaker (once the mesh has settled) and the decision loop.
@@ -55,10 +88,22 @@ pub async fn start(config: &BgpctlSettings, mesh: MeshHandle) -> anyhow::Result<
     let speaker = Arc::new(bgp::spawn(config.speaker.clone())?);
     info!(asn = config.speaker.asn, router_id = %config.speaker.router_id, peers = config.speaker.peers.len(), "BGP speaker started");
     let (tx, controller) = watch::channel(Arc::new(ControllerView::default()));
-    tokio::spawn(decide_loop(config.clone(), mesh, speaker.clone(), tx));
+    let counters = Arc::new(DaemonCounters::default());
+    let publisher = Publisher {
+        counters: counters.clone(),
+        logged: false,
+    };
+    tokio::spawn(decide_loop(
+        config.clone(),
+        mesh,
+        speaker.clone(),
+        tx,
+        publisher,
+    ));
     Ok(Running {
         speaker,
         controller,
+        counters,
     })
 }
 
@@ -67,6 +112,7 @@ async fn decide_loop(
     mesh: MeshHandle,
     speaker: Arc<SpeakerHandle>,
     view_tx: watch::Sender<Arc<ControllerView>>,
+    mut publisher: Publisher,
 ) {
     let export = ExportSettings {
         vni: config.vni,
@@ -96,8 +142,13 @@ async fn decide_loop(
                 if r.is_err() { return; }
                 let received = received_rx.borrow_and_update().clone();
                 let vteps = export::gatewan_vteps(&mesh.view().store);
-                sync_networks(&mesh, &export::learned_networks(&received, &vteps), &mut published)
-                    .await;
+                sync_networks(
+                    &mesh,
+                    &export::learned_networks(&received, &vteps),
+                    &mut published,
+                    &mut publisher,
+                )
+                .await;
                 continue;
             }
             _ = tick.tick() => {}
@@ -110,7 +161,7 @@ async fn decide_loop(
         let (decision, explanation) = controller.decide(&snapshot, unix_ms());
         let routes = export::routes(
             &decision,
-            &export::networks_by_datacenter(&view.store),
+            &export::networks_by_datacenter(&view.store, |id| is_alive(&view, id)),
             &export,
         );
         if advertised.as_ref() != Some(&routes) {
@@ -121,7 +172,14 @@ async fn decide_loop(
             speaker.set_advertised(routes.clone());
             advertised = Some(routes);
         }
-        publish_choices(&config.datacenter, &mesh, &decision, &mut choices).await;
+        publish_choices(
+            &config.datacenter,
+            &mesh,
+            &decision,
+            &mut choices,
+            &mut publisher,
+        )
+        .await;
         last = Some(decision);
         view_tx.send_replace(Arc::new(ControllerView {
             explanation: Some(explanation),
@@ -130,13 +188,15 @@ async fn decide_loop(
     }
 }
 
+/// A member of the mesh not declared down (ourselves included).
+fn is_alive(view: &MeshView, id: NodeId) -> bool {
+    view.members
+        .iter()
+        .any(|m| m.id.node == id && m.state != MemberState::Down)
+}
+
 fn snapshot_of(datacenter: &str, view: &MeshView) -> Snapshot {
-    let alive = |id: NodeId| {
-        view.members
-            .iter()
-            .any(|m| m.id.node == id && m.state != MemberState::Down)
-    };
-    Snapshot::from_store(datacenter, &view.store, alive)
+    Snapshot::from_store(datacenter, &view.store, |id| is_alive(view, id))
 }
 
 /// Before the first decision: takes the choice of the other bgpctl of the datacenter, so
@@ -303,6 +363,7 @@ async fn publish_choices(
     mesh: &MeshHandle,
     decision: &v1::Decision,
     published: &mut BTreeMap<String, v1::Choice>,
+    publisher: &mut Publisher,
 ) {
     let now: BTreeMap<String, v1::Choice> = decision
         .remotes
@@ -318,9 +379,14 @@ async fn publish_choices(
             (r.datacenter.clone(), choice)
         })
         .collect();
-    sync_records(mesh, v1::RecordKind::Choice, &now, published, |c| {
-        Body::Choice(c.clone())
-    })
+    sync_records(
+        mesh,
+        v1::RecordKind::Choice,
+        &now,
+        published,
+        publisher,
+        |c| Body::Choice(c.clone()),
+    )
     .await;
 }
 
@@ -331,6 +397,7 @@ async fn sync_records<V: Clone + PartialEq>(
     kind: v1::RecordKind,
     desired: &BTreeMap<String, V>,
     published: &mut BTreeMap<String, V>,
+    publisher: &mut Publisher,
     body: impl Fn(&V) -> Body,
 ) {
     for (name, v) in desired {
@@ -341,8 +408,9 @@ async fn sync_records<V: Clone + PartialEq>(
             Ok(_) => {
                 info!(?kind, %name, "published");
                 published.insert(name.clone(), v.clone());
+                publisher.logged = false;
             }
-            Err(e) => warn!(error = %e, ?kind, %name, "cannot publish"),
+            Err(e) => publisher.refused(kind, name, &e),
         }
     }
     let gone: Vec<String> = published
@@ -389,9 +457,15 @@ async fn sync_networks(
     mesh: &MeshHandle,
     learned: &BTreeMap<String, v1::Network>,
     published: &mut BTreeMap<String, v1::Network>,
+    publisher: &mut Publisher,
 ) {
-    sync_records(mesh, v1::RecordKind::Network, learned, published, |n| {
-        Body::Network(n.clone())
-    })
+    sync_records(
+        mesh,
+        v1::RecordKind::Network,
+        learned,
+        published,
+        publisher,
+        |n| Body::Network(n.clone()),
+    )
     .await;
 }

@@ -56,7 +56,10 @@ async fn run(settings: BgpctlSettings) -> anyhow::Result<()> {
     let running = bgpctl::daemon::start(&settings, member.mesh.clone()).await?;
     if let Some(listen) = settings.metrics_listen {
         let mesh = member.mesh.clone();
-        let extra = vec![bgpctl::metrics::bgp_collector(running.speaker.clone())];
+        let extra = vec![bgpctl::metrics::bgp_collector(
+            running.speaker.clone(),
+            running.counters.clone(),
+        )];
         tokio::spawn(async move {
             if let Err(e) = gatewan_kit::metrics::serve(listen, mesh, extra).await {
                 tracing::error!(error = %e, %listen, "metrics endpoint failed");

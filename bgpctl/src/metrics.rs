@@ -2,6 +2,7 @@
 //! each BGP peer's state, routes and the input it refused, read at scrape time.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -9,13 +10,17 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 
 use crate::bgp::{PeerState, PeerStatus, SpeakerHandle};
+use crate::daemon::DaemonCounters;
 
-/// The speaker's counters, for `gatewan_kit::metrics::serve`.
-pub fn bgp_collector(speaker: Arc<SpeakerHandle>) -> Box<dyn Collector> {
-    Box::new(BgpCollector(speaker))
+/// The speaker's and the decision loop's counters, for `gatewan_kit::metrics::serve`.
+pub fn bgp_collector(
+    speaker: Arc<SpeakerHandle>,
+    daemon: Arc<DaemonCounters>,
+) -> Box<dyn Collector> {
+    Box::new(BgpCollector(speaker, daemon))
 }
 
-struct BgpCollector(Arc<SpeakerHandle>);
+struct BgpCollector(Arc<SpeakerHandle>, Arc<DaemonCounters>);
 
 impl std::fmt::Debug for BgpCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -97,6 +102,19 @@ impl Collector for BgpCollector {
             let up = i64::from(p.state == PeerState::Established);
             ConstGauge::new(up).encode(fam.encode_family(&[("peer", peer.as_str())])?)?;
         }
+        drop(fam);
+        gatewan_kit::metrics::counter(
+            &mut enc,
+            "bgpctl_mesh_publish_refused",
+            "Records the mesh refused to publish (mesh.max_records_per_origin reached) or could not",
+            self.1.publish_refused.load(Ordering::Relaxed),
+        )?;
+        gatewan_kit::metrics::counter(
+            &mut enc,
+            "bgpctl_stale_networks_withdrawn",
+            "Networks of a previous life of this bgpctl withdrawn from the mesh because the fabric no longer announced them",
+            self.1.stale_networks_withdrawn.load(Ordering::Relaxed),
+        )?;
         Ok(())
     }
 }
