@@ -40,6 +40,13 @@ const MESH_SETTLE: Duration = Duration::from_secs(3);
 /// negotiated) or be down; the speaker holds back our own table meanwhile.
 const FABRIC_SETTLE: Duration = Duration::from_secs(4);
 
+/// How long after its start a bgpctl waits for End-of-RIB from every fabric peer before
+/// it withdraws the networks of its previous life the fabric has not announced again
+/// (a peer may never send End-of-RIB: no graceful restart, or down). Long enough for a
+/// session to come up after a connect retry, so that a slow fabric does not make the
+/// datacenter's networks flap in the whole mesh.
+const STALE_NETWORKS_GRACE: Duration = Duration::from_secs(60);
+
 pub struct Running {
     pub speaker: Arc<SpeakerHandle>,
     pub controller: watch::Receiver<Arc<ControllerView>>,
@@ -130,7 +137,21 @@ async fn decide_loop(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut published: BTreeMap<String, v1::Network> = BTreeMap::new();
     let mut advertised: Option<Vec<Type5Route>> = None;
+    let started = tokio::time::Instant::now();
+    let peers: BTreeSet<IpAddr> = speaker.peer_settings().iter().map(|p| p.address).collect();
     loop {
+        {
+            let view = mesh.view();
+            if !view.previous_life.is_empty() {
+                let received = received_rx.borrow().clone();
+                let complete = peers.is_subset(&received.end_of_rib)
+                    || started.elapsed() >= STALE_NETWORKS_GRACE;
+                let vteps = export::gatewan_vteps(&view.store);
+                let learned = export::learned_networks(&received, &vteps);
+                let stale = export::stale_networks(&view.previous_life, &learned, complete);
+                withdraw_stale(&mesh, &stale, &publisher.counters).await;
+            }
+        }
         tokio::select! {
             r = mesh_rx.changed() => {
                 if r.is_err() { return; }
@@ -448,6 +469,23 @@ async fn fabric_table(
             );
         if done {
             return (received, waiting);
+        }
+    }
+}
+
+/// Withdraws our networks of a previous life that the fabric no longer announces.
+async fn withdraw_stale(mesh: &MeshHandle, stale: &[String], counters: &DaemonCounters) {
+    for name in stale {
+        match mesh.withdraw(v1::RecordKind::Network, name.clone()).await {
+            Ok(_) => {
+                counters
+                    .stale_networks_withdrawn
+                    .fetch_add(1, Ordering::Relaxed);
+                info!(network = %name, "withdrawn: published before this bgpctl restarted, no longer announced by the fabric");
+            }
+            Err(e) => {
+                warn!(error = %e, network = %name, "cannot withdraw a network of a previous life")
+            }
         }
     }
 }

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use gatewan_mesh::NodeId;
-use gatewan_mesh::store::StateStore;
+use gatewan_mesh::store::{RecordKey, StateStore};
 use gatewan_proto::v1;
 use gatewan_tunnel_plan::route_distinguisher;
 use ipnet::IpNet;
@@ -157,6 +157,26 @@ pub fn learned_networks(
         });
     }
     out
+}
+
+/// Our own networks from a previous life of this bgpctl (same node id, before a restart)
+/// that the mesh still holds and the fabric no longer announces: to withdraw, but only
+/// once the fabric's table is complete (End-of-RIB from every peer, or the grace for it
+/// is over), since until then a network missing from `learned` may still be on its way.
+pub fn stale_networks(
+    previous_life: &[RecordKey],
+    learned: &BTreeMap<String, v1::Network>,
+    fabric_complete: bool,
+) -> Vec<String> {
+    if !fabric_complete {
+        return Vec::new();
+    }
+    previous_life
+        .iter()
+        .filter(|k| k.kind == v1::RecordKind::Network as i32)
+        .filter(|k| !learned.contains_key(&k.name))
+        .map(|k| k.name.clone())
+        .collect()
 }
 
 /// The decision the fabric holds, the mirror image of [`routes`]: a received route whose
@@ -644,6 +664,34 @@ mod tests {
         assert_eq!(text("iad1"), ["10.3.0.0/16"]);
         let all = networks_by_datacenter(&store, |_| true);
         assert_eq!(all["par1"].len(), 2, "with every member alive, both");
+    }
+
+    #[test]
+    fn networks_of_a_previous_life_the_fabric_dropped_are_withdrawn_once_its_table_is_complete() {
+        let key = |kind: v1::RecordKind, name: &str| RecordKey {
+            origin: NodeId([1; 16]),
+            kind: kind as i32,
+            name: name.into(),
+        };
+        let previous = vec![
+            key(v1::RecordKind::Network, "10.1.0.0/16"),
+            key(v1::RecordKind::Network, "10.2.0.0/16"),
+            key(v1::RecordKind::Choice, "par1"),
+        ];
+        let mut learned = BTreeMap::new();
+        learned.insert(
+            "10.1.0.0/16".to_string(),
+            v1::Network {
+                prefix: "10.1.0.0/16".into(),
+                ..Default::default()
+            },
+        );
+        assert!(
+            stale_networks(&previous, &learned, false).is_empty(),
+            "the fabric's table is still arriving"
+        );
+        assert_eq!(stale_networks(&previous, &learned, true), ["10.2.0.0/16"]);
+        assert!(stale_networks(&[], &learned, true).is_empty());
     }
 
     #[test]
