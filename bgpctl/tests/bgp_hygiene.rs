@@ -259,3 +259,207 @@ fn teardown_closes_the_session_with_cease_max_prefixes_and_holds_it_idle() {
     let ok = wait_until(T, || speaker.status(B4).max_prefix_teardowns == 2);
     assert!(ok, "{:?}", speaker.status(B4));
 }
+
+/// Networks of `origin` as a mesh member holds them, sorted.
+fn networks_of(view: &gatewan_mesh::driver::MeshView, origin: gatewan_mesh::NodeId) -> Vec<String> {
+    let mut v: Vec<String> = view
+        .store
+        .networks()
+        .filter(|(o, _)| *o == origin)
+        .map(|(_, n)| n.prefix.clone())
+        .collect();
+    v.sort();
+    v
+}
+
+fn gobgpd_gr_toml() -> String {
+    format!(
+        r#"[global.config]
+  as = 65000
+  router-id = "{B4}"
+
+[[neighbors]]
+  [neighbors.config]
+    neighbor-address = "{A4}"
+    peer-as = 65000
+  [neighbors.transport.config]
+    passive-mode = true
+  [neighbors.timers.config]
+    connect-retry = 1
+    hold-time = 9
+    keepalive-interval = 3
+  [neighbors.graceful-restart.config]
+    enabled = true
+    restart-time = 120
+  [[neighbors.afi-safis]]
+    [neighbors.afi-safis.config]
+      afi-safi-name = "l2vpn-evpn"
+    [neighbors.afi-safis.mp-graceful-restart.config]
+      enabled = true
+"#
+    )
+}
+
+fn gobgp_route(g: &Gobgpd, op: &str, prefix: &str) {
+    let mut args = vec![
+        "global", "rib", "-a", "evpn", op, "prefix", prefix, "esi", "0", "etag", "0", "rd",
+        "65000:9",
+    ];
+    if op == "add" {
+        args.extend([
+            "rt",
+            "65000:100",
+            "gw",
+            "0.0.0.0",
+            "label",
+            "10100",
+            "encap",
+            "vxlan",
+            "router-mac",
+            "02:00:00:00:00:09",
+            "nexthop",
+            "192.0.2.9",
+        ]);
+    }
+    g.cli_ok(&args);
+}
+
+/// The bgpctl daemon (the real binary) in a namespace, its output in a log file.
+struct Daemon {
+    child: std::process::Child,
+}
+
+impl Daemon {
+    fn start(ns: &Netns, config: &std::path::Path, log: &std::path::Path) -> Daemon {
+        let out = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .expect("log");
+        let child = ns
+            .cmd(env!("CARGO_BIN_EXE_bgpctl"))
+            .arg("-c")
+            .arg(config)
+            .env("RUST_LOG", "bgpctl=debug,gatewan_mesh=info")
+            .stdout(out.try_clone().expect("log"))
+            .stderr(out)
+            .spawn()
+            .expect("spawn bgpctl");
+        Daemon { child }
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+#[test]
+fn networks_the_fabric_withdrew_while_bgpctl_was_down_leave_the_mesh_after_its_restart() {
+    const TEST: &str =
+        "networks_the_fabric_withdrew_while_bgpctl_was_down_leave_the_mesh_after_its_restart";
+    if !ready(TEST, &["gobgpd", "gobgp"]) {
+        return;
+    }
+    let pair = Pair::new("hygiene-restart");
+    let g = Gobgpd::start(&pair.b, &pair.dir, "gobgpd", &gobgpd_gr_toml());
+    gobgp_route(&g, "add", "10.1.0.0/16");
+    gobgp_route(&g, "add", "10.2.0.0/16");
+
+    // Another member of the mesh, in-process, next to bgpctl: what the mesh holds.
+    let keyring = pair.dir.join("keyring");
+    gatewan_tests::write_keyring(&keyring, &[&gatewan_mesh::MeshKey::generate().to_base64()]);
+    let observer_addr: std::net::SocketAddr = format!("{A4}:7947").parse().unwrap();
+    let bgpctl_addr: std::net::SocketAddr = format!("{A4}:7946").parse().unwrap();
+    let settings = gatewan_kit::config::MeshMemberSettings {
+        bind: observer_addr,
+        advertise: vec![observer_addr],
+        seeds: vec![bgpctl_addr],
+        keyring_file: keyring.clone(),
+        settings: gatewan_mesh::MeshSettings::default(),
+    };
+    let state = pair.dir.join("observer.state");
+    let path = format!("/run/netns/{}", pair.a.name);
+    let (rt, observer) = std::thread::spawn(move || {
+        let f = std::fs::File::open(&path).expect("netns file");
+        nix::sched::setns(f, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let member = rt
+            .block_on(gatewan_kit::daemon::join_mesh(&state, &settings, &[]))
+            .expect("join the mesh");
+        (rt, member)
+    })
+    .join()
+    .expect("observer thread");
+
+    let config = pair.dir.join("bgpctl.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "name: bgpctl-dc1\ndatacenter: dc1\nstate_dir: {state}\nmesh:\n  bind: \"{bgpctl_addr}\"\n  seeds: [\"{observer_addr}\"]\n  keyring: {keyring}\nbgp:\n  asn: 65000\n  router_id: {A4}\n  peers:\n    - address: {B4}\n      asn: 65000\n      hold_time: 9s\n  graceful_restart:\n    restart_time: 120s\nevpn:\n  vni: 10100\n  route_targets:\n    export: [\"65000:100\"]\napi:\n  socket: {socket}\n",
+            state = pair.dir.join("bgpctl.state").display(),
+            keyring = keyring.display(),
+            socket = pair.dir.join("bgpctl.sock").display(),
+        ),
+    )
+    .expect("config");
+    let log = pair.dir.join("bgpctl.log");
+    let mut daemon = Daemon::start(&pair.a, &config, &log);
+    let log_tail = || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().rev().take(30).collect();
+        lines.into_iter().rev().collect::<Vec<_>>().join("\n")
+    };
+
+    // The bgpctl's node id, once its NodeRecord reaches the observer.
+    let mut origin = None;
+    let ok = wait_until(T, || {
+        let view = observer.mesh.view();
+        origin = view.store.iter().find_map(|r| match &r.record.body {
+            Some(gatewan_proto::v1::record::Body::Node(n)) if n.name == "bgpctl-dc1" => {
+                Some(r.key.origin)
+            }
+            _ => None,
+        });
+        origin.is_some_and(|o| networks_of(&view, o) == ["10.1.0.0/16", "10.2.0.0/16"])
+    });
+    assert!(
+        ok,
+        "the fabric's networks never reached the mesh:\n{}",
+        log_tail()
+    );
+    let origin = origin.expect("bgpctl's node id");
+
+    // bgpctl dies; meanwhile the fabric withdraws 10.2.0.0/16.
+    daemon.kill9();
+    gobgp_route(&g, "del", "10.2.0.0/16");
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(
+        networks_of(&observer.mesh.view(), origin),
+        ["10.1.0.0/16", "10.2.0.0/16"],
+        "nobody withdraws it while bgpctl is down"
+    );
+
+    let mut daemon = Daemon::start(&pair.a, &config, &log);
+    let ok = wait_until(Duration::from_secs(90), || {
+        networks_of(&observer.mesh.view(), origin) == ["10.1.0.0/16"]
+    });
+    assert!(
+        ok,
+        "the mesh still holds {:?}:\n{}",
+        networks_of(&observer.mesh.view(), origin),
+        log_tail()
+    );
+    daemon.kill9();
+    rt.block_on(observer.mesh.leave());
+}
