@@ -102,7 +102,6 @@ impl Collector for BgpCollector {
             let up = i64::from(p.state == PeerState::Established);
             ConstGauge::new(up).encode(fam.encode_family(&[("peer", peer.as_str())])?)?;
         }
-        drop(fam);
         gatewan_kit::metrics::counter(
             &mut enc,
             "bgpctl_mesh_publish_refused",

@@ -406,7 +406,7 @@ fn networks_the_fabric_withdrew_while_bgpctl_was_down_leave_the_mesh_after_its_r
     std::fs::write(
         &config,
         format!(
-            "name: bgpctl-dc1\ndatacenter: dc1\nstate_dir: {state}\nmesh:\n  bind: \"{bgpctl_addr}\"\n  seeds: [\"{observer_addr}\"]\n  keyring: {keyring}\nbgp:\n  asn: 65000\n  router_id: {A4}\n  peers:\n    - address: {B4}\n      asn: 65000\n      hold_time: 9s\n  graceful_restart:\n    restart_time: 120s\nevpn:\n  vni: 10100\n  route_targets:\n    export: [\"65000:100\"]\napi:\n  socket: {socket}\n",
+            "name: bgpctl-dc1\ndatacenter: dc1\nstate_dir: {state}\nmesh:\n  bind: \"{bgpctl_addr}\"\n  seeds: [\"{observer_addr}\"]\n  keyring: {keyring}\nbgp:\n  asn: 65000\n  router_id: {A4}\n  peers:\n    - address: {B4}\n      asn: 65000\n      hold_time: 9s\n  graceful_restart:\n    restart_time: 120s\nevpn:\n  vni: 10100\n  route_targets:\n    export: [\"65000:100\"]\napi:\n  socket: {socket}\nmetrics:\n  listen: \"{A4}:9100\"\n",
             state = pair.dir.join("bgpctl.state").display(),
             keyring = keyring.display(),
             socket = pair.dir.join("bgpctl.sock").display(),
@@ -459,6 +459,23 @@ fn networks_the_fabric_withdrew_while_bgpctl_was_down_leave_the_mesh_after_its_r
         "the mesh still holds {:?}:\n{}",
         networks_of(&observer.mesh.view(), origin),
         log_tail()
+    );
+    // The withdrawal and the BGP counters reach /metrics.
+    let addr: std::net::SocketAddr = format!("{A4}:9100").parse().unwrap();
+    let mut body = String::new();
+    let ok = wait_until(T, || {
+        body = pair
+            .a
+            .run(move || gatewan_tests::http_get(addr, "/metrics"))
+            .unwrap_or_default();
+        body.lines()
+            .any(|l| l == "bgpctl_stale_networks_withdrawn_total 1")
+    });
+    assert!(ok, "/metrics:\n{body}");
+    assert!(
+        body.lines()
+            .any(|l| l == format!("bgpctl_bgp_routes_filtered_total{{peer=\"{B4}\"}} 0")),
+        "/metrics:\n{body}"
     );
     daemon.kill9();
     rt.block_on(observer.mesh.leave());
