@@ -480,3 +480,99 @@ fn networks_the_fabric_withdrew_while_bgpctl_was_down_leave_the_mesh_after_its_r
     daemon.kill9();
     rt.block_on(observer.mesh.leave());
 }
+
+/// gobgpd as the fabric's route reflector: it learns a default route and 20,000 leaked
+/// prefixes from a source in its fabric (a speaker at 10.0.0.3, AS 65009, standing in for
+/// a misconfigured leaf) and announces them to the speaker under test, which keeps only
+/// the allowed prefix.
+#[test]
+fn a_gobgpd_fabric_announcing_a_default_route_and_20000_prefixes_gets_neither_in() {
+    const TEST: &str =
+        "a_gobgpd_fabric_announcing_a_default_route_and_20000_prefixes_gets_neither_in";
+    if !ready(TEST, &["gobgpd", "gobgp"]) {
+        return;
+    }
+    const LEAF: &str = "10.0.0.3";
+    let pair = Pair::new("hygiene-gobgpd-leak");
+    pair.b
+        .exec_ok(&["ip", "addr", "add", &format!("{LEAF}/24"), "dev", "eth0"]);
+    let neighbor = |addr: &str, asn: u32| {
+        format!(
+            r#"
+[[neighbors]]
+  [neighbors.config]
+    neighbor-address = "{addr}"
+    peer-as = {asn}
+  [neighbors.transport.config]
+    passive-mode = true
+  [neighbors.timers.config]
+    connect-retry = 1
+    hold-time = 9
+    keepalive-interval = 3
+  [[neighbors.afi-safis]]
+    [neighbors.afi-safis.config]
+      afi-safi-name = "l2vpn-evpn"
+"#
+        )
+    };
+    let toml = format!(
+        "[global.config]\n  as = 65001\n  router-id = \"{B4}\"\n{}{}",
+        neighbor(A4, 65000),
+        neighbor(LEAF, 65009)
+    );
+    let g = Gobgpd::start(&pair.b, &pair.dir, "gobgpd", &toml);
+
+    let mut routes = leak(20_000);
+    routes.push(route("65001:1", "10.1.0.0/16", 10100, B4, 1));
+    let mut up = PeerSettings::new(B4.parse().unwrap(), 65001);
+    up.local_address = Some(LEAF.parse().unwrap());
+    let leaf = Speaker::start(
+        &pair.b,
+        SpeakerSettings {
+            asn: 65009,
+            router_id: LEAF.parse().unwrap(),
+            listen: None,
+            peers: vec![up],
+            graceful_restart: None,
+            import_route_targets: vec![],
+            import_prefixes: Default::default(),
+        },
+    );
+    leaf.handle().set_advertised(routes);
+    leaf.wait_established(B4, T);
+
+    let mut peer = PeerSettings::new(B4.parse().unwrap(), 65001);
+    peer.hold_time = Duration::from_secs(9);
+    let speaker = Speaker::start(
+        &pair.a,
+        SpeakerSettings {
+            import_prefixes: ImportPrefixes {
+                allow: vec![PrefixRule {
+                    prefix: "10.0.0.0/8".parse().unwrap(),
+                    ge: 16,
+                    le: 24,
+                }],
+                ..Default::default()
+            },
+            ..speaker_settings(peer)
+        },
+    );
+    speaker.handle().set_advertised(vec![]);
+    speaker.wait_established(B4, T);
+    let ok = wait_until(Duration::from_secs(120), || {
+        speaker.status(B4).input.routes_filtered >= 20_001
+    });
+    assert!(
+        ok,
+        "{:?}\ngobgpd holds {} routes",
+        speaker.status(B4),
+        g.global_rib().len()
+    );
+    let got: Vec<String> = speaker
+        .received()
+        .iter()
+        .map(|r| r.route.prefix.to_string())
+        .collect();
+    assert_eq!(got, ["10.1.0.0/16"]);
+    assert_eq!(speaker.status(B4).input.routes_filtered, 20_001);
+}
