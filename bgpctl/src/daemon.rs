@@ -56,9 +56,11 @@ pub struct Running {
 /// What the decision loop counts, for `/metrics`.
 #[derive(Debug, Default)]
 pub struct DaemonCounters {
-    /// Records the mesh refused to publish (the member's cap, `mesh.max_records_per_origin`,
-    /// for networks of a leaked table) or could not.
+    /// Publishes the mesh refused (the member's cap, `mesh.max_records_per_origin`, for
+    /// networks of a leaked table) or could not; at most one per pass over the records.
     pub publish_refused: AtomicU64,
+    /// Networks learned from the fabric and not in the mesh (after the last pass).
+    pub networks_unpublished: AtomicU64,
     /// Own networks of a previous life withdrawn because the fabric no longer has them.
     pub stale_networks_withdrawn: AtomicU64,
 }
@@ -431,7 +433,12 @@ async fn sync_records<V: Clone + PartialEq>(
                 published.insert(name.clone(), v.clone());
                 publisher.logged = false;
             }
-            Err(e) => publisher.refused(kind, name, &e),
+            Err(e) => {
+                // The rest would be refused alike (a cap does not free up within a pass):
+                // they wait for the next pass instead of costing a refusal each.
+                publisher.refused(kind, name, &e);
+                break;
+            }
         }
     }
     let gone: Vec<String> = published
@@ -506,4 +513,12 @@ async fn sync_networks(
         |n| Body::Network(n.clone()),
     )
     .await;
+    let unpublished = learned
+        .iter()
+        .filter(|(name, n)| published.get(*name) != Some(*n))
+        .count();
+    publisher
+        .counters
+        .networks_unpublished
+        .store(unpublished as u64, Ordering::Relaxed);
 }

@@ -105,9 +105,18 @@ impl Collector for BgpCollector {
         gatewan_kit::metrics::counter(
             &mut enc,
             "bgpctl_mesh_publish_refused",
-            "Records the mesh refused to publish (mesh.max_records_per_origin reached) or could not",
+            "Publishes the mesh refused (mesh.max_records_per_origin reached) or could not, at most one per pass",
             self.1.publish_refused.load(Ordering::Relaxed),
         )?;
+        let g = ConstGauge::new(
+            i64::try_from(self.1.networks_unpublished.load(Ordering::Relaxed)).unwrap_or(i64::MAX),
+        );
+        g.encode(enc.encode_descriptor(
+            "bgpctl_networks_unpublished",
+            "Networks learned from the fabric that are not in the mesh (mesh.max_records_per_origin reached)",
+            None,
+            g.metric_type(),
+        )?)?;
         gatewan_kit::metrics::counter(
             &mut enc,
             "bgpctl_stale_networks_withdrawn",
