@@ -127,6 +127,7 @@ fn child(spec: &str) {
             peers,
             graceful_restart: None,
             import_route_targets: vec![],
+            import_prefixes: Default::default(),
         })
         .expect("spawn");
         h.set_advertised(generate(n, base));

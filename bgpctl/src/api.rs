@@ -54,6 +54,9 @@ fn peer(p: &PeerStatus) -> v1::BgpPeer {
         treat_as_withdraw: p.input.treat_as_withdraw,
         attributes_discarded: p.input.attributes_discarded,
         malformed_resets: p.input.malformed_resets,
+        routes_filtered: p.input.routes_filtered,
+        routes_over_limit: p.input.routes_over_limit,
+        max_prefix_teardowns: p.max_prefix_teardowns,
     }
 }
 

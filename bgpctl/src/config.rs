@@ -13,7 +13,10 @@ use gatewan_kit::units::{Dur, Percent, Rate};
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use crate::bgp::{GracefulRestart, PeerSettings, RouteTarget, SpeakerSettings};
+use crate::bgp::{
+    GracefulRestart, ImportPrefixes, MaxPrefixAction, MaxPrefixes, PeerSettings, PrefixRule,
+    RouteTarget, SpeakerSettings,
+};
 use crate::controller::{Policy, RequiredCapacity, Weights};
 
 /// Where routingctl finds bgpctl: `routingctl --socket /run/bgpctl/bgpctl.sock …`.
@@ -65,6 +68,43 @@ pub struct PeerConfig {
     /// Source address of the session (active side).
     #[serde(default)]
     pub local_address: Option<Spanned<String>>,
+    /// How many routes the peer may send (FRR's `neighbor maximum-prefix`).
+    #[serde(default)]
+    pub max_prefixes: Option<MaxPrefixesConfig>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaxPrefixesConfig {
+    pub limit: Spanned<u32>,
+    /// `warn`, `stop-learning` or `teardown`.
+    pub action: Spanned<String>,
+    /// Default 75.
+    #[serde(default)]
+    pub warning_threshold_percent: Option<Spanned<u32>>,
+    /// Teardown only: how long the session stays Idle (default: until bgpctl restarts).
+    #[serde(default)]
+    pub restart_after: Option<Spanned<Dur>>,
+}
+
+/// One `evpn.import_prefixes` entry (FRR prefix-list semantics).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PrefixRuleConfig {
+    pub prefix: Spanned<String>,
+    #[serde(default)]
+    pub ge: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub le: Option<Spanned<u32>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MinPrefixLengthConfig {
+    #[serde(default)]
+    pub ipv4: Option<Spanned<u32>>,
+    #[serde(default)]
+    pub ipv6: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -82,6 +122,13 @@ pub struct EvpnConfig {
     /// Add the link-bandwidth extended community (weighted ECMP by tunnel headroom).
     #[serde(default)]
     pub link_bandwidth: bool,
+    /// Allow-list of received prefixes; absent: any but default routes and prefixes
+    /// shorter than `min_prefix_length`.
+    #[serde(default)]
+    pub import_prefixes: Option<Vec<PrefixRuleConfig>>,
+    /// Shortest prefixes imported without `import_prefixes` (default IPv4 /8, IPv6 /16).
+    #[serde(default)]
+    pub min_prefix_length: Option<MinPrefixLengthConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -172,6 +219,148 @@ fn route_targets(c: &mut Checker, list: &[Spanned<String>], field: &str) -> Vec<
                 format!("{e} (write ASN:NN or IP:NN, e.g. 65000:100)"),
             ),
         }
+    }
+    out
+}
+
+fn max_prefixes(c: &mut Checker, m: &MaxPrefixesConfig, field: &str) -> Option<MaxPrefixes> {
+    let errors = c.errors.len();
+    if m.limit.value == 0 {
+        c.error(
+            Some(&m.limit),
+            format!("{field}.limit"),
+            "must be at least 1",
+        );
+    }
+    let threshold = m.warning_threshold_percent.as_ref().map_or(75, |t| t.value);
+    if !(1..=100).contains(&threshold) {
+        c.error(
+            m.warning_threshold_percent.as_ref(),
+            format!("{field}.warning_threshold_percent"),
+            "a percentage of the limit, 1 to 100",
+        );
+    }
+    let restart_after = m.restart_after.as_ref().map(|r| r.value.0);
+    let action = match m.action.value.as_str() {
+        "warn" => MaxPrefixAction::Warn,
+        "stop-learning" => MaxPrefixAction::StopLearning,
+        "teardown" => MaxPrefixAction::Teardown { restart_after },
+        other => {
+            c.error(
+                Some(&m.action),
+                format!("{field}.action"),
+                format!("{other:?} is not warn, stop-learning or teardown"),
+            );
+            MaxPrefixAction::Warn
+        }
+    };
+    if let Some(r) = &m.restart_after {
+        if !matches!(action, MaxPrefixAction::Teardown { .. }) {
+            c.error(
+                Some(r),
+                format!("{field}.restart_after"),
+                "only with action: teardown",
+            );
+        } else if r.value.0.is_zero() {
+            c.error(
+                Some(r),
+                format!("{field}.restart_after"),
+                "must be greater than zero (leave it out to stay Idle until bgpctl restarts)",
+            );
+        }
+    }
+    (c.errors.len() == errors).then_some(MaxPrefixes {
+        limit: m.limit.value,
+        action,
+        warning_threshold_percent: threshold as u8,
+    })
+}
+
+fn import_prefixes(c: &mut Checker, e: &EvpnConfig) -> ImportPrefixes {
+    let mut out = ImportPrefixes::default();
+    if let Some(m) = &e.min_prefix_length {
+        for (v, max, slot, name) in [
+            (&m.ipv4, 32, &mut out.min_length.ipv4, "ipv4"),
+            (&m.ipv6, 128, &mut out.min_length.ipv6, "ipv6"),
+        ] {
+            if let Some(v) = v {
+                match u8::try_from(v.value).ok().filter(|&l| u32::from(l) <= max) {
+                    Some(l) => *slot = l,
+                    None => c.error(
+                        Some(v),
+                        format!("evpn.min_prefix_length.{name}"),
+                        format!("a prefix length, 0 to {max}"),
+                    ),
+                }
+            }
+        }
+    }
+    let Some(list) = &e.import_prefixes else {
+        return out;
+    };
+    if list.is_empty() {
+        c.error(
+            None::<&Spanned<()>>,
+            "evpn.import_prefixes",
+            "an empty list would import nothing: list prefixes, or leave the key out to import \
+             any prefix at least evpn.min_prefix_length long",
+        );
+    }
+    for (i, r) in list.iter().enumerate() {
+        let field = |f: &str| format!("evpn.import_prefixes[{i}].{f}");
+        let prefix = match r.prefix.value.parse::<ipnet::IpNet>() {
+            Ok(p) if p.trunc() == p => p,
+            Ok(p) => {
+                c.error(
+                    Some(&r.prefix),
+                    field("prefix"),
+                    format!(
+                        "{:?} has host bits set: write {}",
+                        r.prefix.value,
+                        p.trunc()
+                    ),
+                );
+                continue;
+            }
+            Err(_) => {
+                c.error(
+                    Some(&r.prefix),
+                    field("prefix"),
+                    format!("{:?} is not a prefix, e.g. 10.0.0.0/8", r.prefix.value),
+                );
+                continue;
+            }
+        };
+        let max = u32::from(prefix.max_prefix_len());
+        let len = u32::from(prefix.prefix_len());
+        let mut bound = |v: &Option<Spanned<u32>>, name: &str| -> u8 {
+            let Some(v) = v else {
+                return prefix.prefix_len();
+            };
+            if !(len..=max).contains(&v.value) {
+                c.error(
+                    Some(v),
+                    field(name),
+                    format!("{} is outside {len} to {max} (the prefix's length to the family's longest)", v.value),
+                );
+                return prefix.prefix_len();
+            }
+            v.value as u8
+        };
+        let ge = bound(&r.ge, "ge");
+        // Only ge given: up to the family's longest, as in FRR.
+        let le = match (&r.ge, &r.le) {
+            (Some(_), None) => prefix.max_prefix_len(),
+            _ => bound(&r.le, "le"),
+        };
+        if ge > le {
+            c.error(
+                r.ge.as_ref(),
+                field("ge"),
+                format!("ge {ge} is greater than le {le}"),
+            );
+        }
+        out.allow.push(PrefixRule { prefix, ge, le });
     }
     out
 }
@@ -276,6 +465,9 @@ impl BgpctlConfig {
                     ),
                 }
             }
+            if let Some(m) = &p.max_prefixes {
+                s.max_prefixes = max_prefixes(&mut c, m, &field("max_prefixes"));
+            }
             if s.passive && listen.is_none() {
                 c.error(
                     Some(&p.address),
@@ -309,6 +501,7 @@ impl BgpctlConfig {
                 "list at least one route target for the advertised routes",
             );
         }
+        let import_prefixes = import_prefixes(&mut c, e);
         let policy = self.policy(&mut c, e.link_bandwidth);
         // Passive: see `MeshConfig::passive`.
         let mesh = self.mesh.validate(&mut c, &[], true);
@@ -327,6 +520,7 @@ impl BgpctlConfig {
                 peers,
                 graceful_restart,
                 import_route_targets: import,
+                import_prefixes,
             },
             vni: e.vni.value,
             export_route_targets: export,
@@ -494,6 +688,134 @@ controller:
         let p = load(example).unwrap_or_else(|e| panic!("docs/examples/bgpctl.yaml: {e:?}"));
         assert_eq!(p.policy.hold_when_none_healthy, Duration::from_secs(10));
         assert_eq!(p.policy.hold_down, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn import_prefixes_and_max_prefixes_load() {
+        let text = GOOD
+            .replace(
+                "      password: s3cret\n",
+                "      password: s3cret\n      max_prefixes:\n        limit: 1000\n        action: teardown\n        restart_after: 5m\n",
+            )
+            .replace(
+                "  vni: 10100\n",
+                "  vni: 10100\n  import_prefixes:\n    - prefix: 10.0.0.0/8\n      le: 24\n    - prefix: 0.0.0.0/0\n    - prefix: 2001:db8::/32\n      ge: 48\n  min_prefix_length:\n    ipv4: 12\n",
+            );
+        let p = load(&text).expect("valid");
+        let rules = &p.speaker.import_prefixes.allow;
+        assert_eq!(rules.len(), 3);
+        assert_eq!((rules[0].ge, rules[0].le), (8, 24));
+        assert_eq!((rules[1].ge, rules[1].le), (0, 0));
+        assert_eq!((rules[2].ge, rules[2].le), (48, 128));
+        assert_eq!(p.speaker.import_prefixes.min_length.ipv4, 12);
+        assert_eq!(p.speaker.import_prefixes.min_length.ipv6, 16);
+        let m = p.speaker.peers[0].max_prefixes.expect("max_prefixes");
+        assert_eq!(m.limit, 1000);
+        assert_eq!(m.warning_threshold_percent, 75);
+        assert_eq!(
+            m.action,
+            MaxPrefixAction::Teardown {
+                restart_after: Some(Duration::from_secs(300))
+            }
+        );
+        // Without the keys: no list, the default minimum lengths, no limit.
+        let p = load(GOOD).expect("valid");
+        assert!(p.speaker.import_prefixes.allow.is_empty());
+        assert_eq!(
+            p.speaker.import_prefixes.min_length,
+            crate::bgp::MinPrefixLength::default()
+        );
+        assert!(p.speaker.peers[0].max_prefixes.is_none());
+    }
+
+    #[test]
+    fn bad_import_prefixes_and_max_prefixes_name_their_field() {
+        let text = GOOD
+            .replace(
+                "      password: s3cret\n",
+                "      password: s3cret\n      max_prefixes:\n        limit: 0\n        action: stop-learning\n        warning_threshold_percent: 150\n        restart_after: 5m\n",
+            )
+            .replace(
+                "  vni: 10100\n",
+                "  vni: 10100\n  import_prefixes:\n    - prefix: 10.0.0.1/8\n    - prefix: 10.0.0.0/8\n      ge: 24\n      le: 16\n    - prefix: 10.0.0.0/16\n      le: 33\n    - prefix: nonsense\n  min_prefix_length:\n    ipv6: 129\n",
+            );
+        let errors = load(&text).unwrap_err();
+        let text: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        let has = |needle: &str| text.iter().any(|t| t.contains(needle));
+        assert!(has("bgp.peers[0].max_prefixes.limit"), "{text:?}");
+        assert!(
+            has("bgp.peers[0].max_prefixes.warning_threshold_percent"),
+            "{text:?}"
+        );
+        assert!(
+            has("bgp.peers[0].max_prefixes.restart_after: only with action: teardown"),
+            "{text:?}"
+        );
+        assert!(
+            has(
+                "evpn.import_prefixes[0].prefix: \"10.0.0.1/8\" has host bits set: write 10.0.0.0/8"
+            ),
+            "{text:?}"
+        );
+        assert!(
+            has("evpn.import_prefixes[1].ge: ge 24 is greater than le 16"),
+            "{text:?}"
+        );
+        assert!(
+            has("evpn.import_prefixes[2].le: 33 is outside 16 to 32"),
+            "{text:?}"
+        );
+        assert!(has("evpn.import_prefixes[3].prefix"), "{text:?}");
+        assert!(has("evpn.min_prefix_length.ipv6"), "{text:?}");
+        let bad_action = GOOD.replace(
+            "      password: s3cret\n",
+            "      password: s3cret\n      max_prefixes:\n        limit: 10\n        action: shutdown\n",
+        );
+        let errors = load(&bad_action).unwrap_err();
+        assert!(
+            errors[0]
+                .to_string()
+                .contains("bgp.peers[0].max_prefixes.action"),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn mesh_record_bounds_default_and_load() {
+        let p = load(GOOD).expect("valid");
+        assert_eq!(p.mesh.settings.max_records_per_origin, 4096);
+        assert_eq!(
+            p.mesh.settings.departed_record_ttl,
+            Duration::from_secs(86400)
+        );
+        let text = GOOD.replace(
+            "mesh:\n",
+            "mesh:\n  max_records_per_origin: 100\n  departed_record_ttl: 10m\n",
+        );
+        let p = load(&text).expect("valid");
+        assert_eq!(p.mesh.settings.max_records_per_origin, 100);
+        assert_eq!(
+            p.mesh.settings.departed_record_ttl,
+            Duration::from_secs(600)
+        );
+        let bad = GOOD.replace(
+            "mesh:\n",
+            "mesh:\n  max_records_per_origin: 0\n  departed_record_ttl: 0s\n",
+        );
+        let text: Vec<String> = load(&bad)
+            .unwrap_err()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert!(
+            text.iter()
+                .any(|t| t.contains("mesh.max_records_per_origin")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter().any(|t| t.contains("mesh.departed_record_ttl")),
+            "{text:?}"
+        );
     }
 
     #[test]

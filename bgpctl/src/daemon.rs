@@ -8,6 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use gatewan_mesh::driver::{MeshHandle, MeshView, unix_ms};
@@ -39,9 +40,50 @@ const MESH_SETTLE: Duration = Duration::from_secs(3);
 /// negotiated) or be down; the speaker holds back our own table meanwhile.
 const FABRIC_SETTLE: Duration = Duration::from_secs(4);
 
+/// How long after its start a bgpctl waits for End-of-RIB from every fabric peer before
+/// it withdraws the networks of its previous life the fabric has not announced again
+/// (a peer may never send End-of-RIB: no graceful restart, or down). Long enough for a
+/// session to come up after a connect retry, so that a slow fabric does not make the
+/// datacenter's networks flap in the whole mesh.
+const STALE_NETWORKS_GRACE: Duration = Duration::from_secs(60);
+
 pub struct Running {
     pub speaker: Arc<SpeakerHandle>,
     pub controller: watch::Receiver<Arc<ControllerView>>,
+    pub counters: Arc<DaemonCounters>,
+}
+
+/// What the decision loop counts, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct DaemonCounters {
+    /// Publishes the mesh refused (the member's cap, `mesh.max_records_per_origin`, for
+    /// networks of a leaked table) or could not; at most one per pass over the records.
+    pub publish_refused: AtomicU64,
+    /// Networks learned from the fabric and not in the mesh (after the last pass).
+    pub networks_unpublished: AtomicU64,
+    /// Own networks of a previous life withdrawn because the fabric no longer has them.
+    pub stale_networks_withdrawn: AtomicU64,
+}
+
+/// Publishes into the mesh, counting refusals and logging the first of each streak.
+struct Publisher {
+    counters: Arc<DaemonCounters>,
+    /// A refusal was logged and no publish has succeeded since.
+    logged: bool,
+}
+
+impl Publisher {
+    fn refused(&mut self, kind: v1::RecordKind, name: &str, e: &gatewan_mesh::driver::MeshError) {
+        let n = self
+            .counters
+            .publish_refused
+            .fetch_add(1, Ordering::Relaxed)
+            + 1;
+        if !self.logged {
+            self.logged = true;
+            warn!(error = %e, ?kind, %name, refused = n, "cannot publish into the mesh (further refusals are counted in bgpctl_mesh_publish_refused, not logged, until a publish succeeds)");
+        }
+    }
 }
 
 /// Starts the speaker (once the mesh has settled) and the decision loop.
@@ -55,10 +97,22 @@ pub async fn start(config: &BgpctlSettings, mesh: MeshHandle) -> anyhow::Result<
     let speaker = Arc::new(bgp::spawn(config.speaker.clone())?);
     info!(asn = config.speaker.asn, router_id = %config.speaker.router_id, peers = config.speaker.peers.len(), "BGP speaker started");
     let (tx, controller) = watch::channel(Arc::new(ControllerView::default()));
-    tokio::spawn(decide_loop(config.clone(), mesh, speaker.clone(), tx));
+    let counters = Arc::new(DaemonCounters::default());
+    let publisher = Publisher {
+        counters: counters.clone(),
+        logged: false,
+    };
+    tokio::spawn(decide_loop(
+        config.clone(),
+        mesh,
+        speaker.clone(),
+        tx,
+        publisher,
+    ));
     Ok(Running {
         speaker,
         controller,
+        counters,
     })
 }
 
@@ -67,6 +121,7 @@ async fn decide_loop(
     mesh: MeshHandle,
     speaker: Arc<SpeakerHandle>,
     view_tx: watch::Sender<Arc<ControllerView>>,
+    mut publisher: Publisher,
 ) {
     let export = ExportSettings {
         vni: config.vni,
@@ -84,7 +139,21 @@ async fn decide_loop(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut published: BTreeMap<String, v1::Network> = BTreeMap::new();
     let mut advertised: Option<Vec<Type5Route>> = None;
+    let started = tokio::time::Instant::now();
+    let peers: BTreeSet<IpAddr> = speaker.peer_settings().iter().map(|p| p.address).collect();
     loop {
+        {
+            let view = mesh.view();
+            if !view.previous_life.is_empty() {
+                let received = received_rx.borrow().clone();
+                let complete = peers.is_subset(&received.end_of_rib)
+                    || started.elapsed() >= STALE_NETWORKS_GRACE;
+                let vteps = export::gatewan_vteps(&view.store);
+                let learned = export::learned_networks(&received, &vteps);
+                let stale = export::stale_networks(&view.previous_life, &learned, complete);
+                withdraw_stale(&mesh, &stale, &publisher.counters).await;
+            }
+        }
         tokio::select! {
             r = mesh_rx.changed() => {
                 if r.is_err() { return; }
@@ -96,8 +165,13 @@ async fn decide_loop(
                 if r.is_err() { return; }
                 let received = received_rx.borrow_and_update().clone();
                 let vteps = export::gatewan_vteps(&mesh.view().store);
-                sync_networks(&mesh, &export::learned_networks(&received, &vteps), &mut published)
-                    .await;
+                sync_networks(
+                    &mesh,
+                    &export::learned_networks(&received, &vteps),
+                    &mut published,
+                    &mut publisher,
+                )
+                .await;
                 continue;
             }
             _ = tick.tick() => {}
@@ -110,7 +184,7 @@ async fn decide_loop(
         let (decision, explanation) = controller.decide(&snapshot, unix_ms());
         let routes = export::routes(
             &decision,
-            &export::networks_by_datacenter(&view.store),
+            &export::networks_by_datacenter(&view.store, |id| is_alive(&view, id)),
             &export,
         );
         if advertised.as_ref() != Some(&routes) {
@@ -121,7 +195,14 @@ async fn decide_loop(
             speaker.set_advertised(routes.clone());
             advertised = Some(routes);
         }
-        publish_choices(&config.datacenter, &mesh, &decision, &mut choices).await;
+        publish_choices(
+            &config.datacenter,
+            &mesh,
+            &decision,
+            &mut choices,
+            &mut publisher,
+        )
+        .await;
         last = Some(decision);
         view_tx.send_replace(Arc::new(ControllerView {
             explanation: Some(explanation),
@@ -130,13 +211,15 @@ async fn decide_loop(
     }
 }
 
+/// A member of the mesh not declared down (ourselves included).
+fn is_alive(view: &MeshView, id: NodeId) -> bool {
+    view.members
+        .iter()
+        .any(|m| m.id.node == id && m.state != MemberState::Down)
+}
+
 fn snapshot_of(datacenter: &str, view: &MeshView) -> Snapshot {
-    let alive = |id: NodeId| {
-        view.members
-            .iter()
-            .any(|m| m.id.node == id && m.state != MemberState::Down)
-    };
-    Snapshot::from_store(datacenter, &view.store, alive)
+    Snapshot::from_store(datacenter, &view.store, |id| is_alive(view, id))
 }
 
 /// Before the first decision: takes the choice of the other bgpctl of the datacenter, so
@@ -303,6 +386,7 @@ async fn publish_choices(
     mesh: &MeshHandle,
     decision: &v1::Decision,
     published: &mut BTreeMap<String, v1::Choice>,
+    publisher: &mut Publisher,
 ) {
     let now: BTreeMap<String, v1::Choice> = decision
         .remotes
@@ -318,9 +402,14 @@ async fn publish_choices(
             (r.datacenter.clone(), choice)
         })
         .collect();
-    sync_records(mesh, v1::RecordKind::Choice, &now, published, |c| {
-        Body::Choice(c.clone())
-    })
+    sync_records(
+        mesh,
+        v1::RecordKind::Choice,
+        &now,
+        published,
+        publisher,
+        |c| Body::Choice(c.clone()),
+    )
     .await;
 }
 
@@ -331,6 +420,7 @@ async fn sync_records<V: Clone + PartialEq>(
     kind: v1::RecordKind,
     desired: &BTreeMap<String, V>,
     published: &mut BTreeMap<String, V>,
+    publisher: &mut Publisher,
     body: impl Fn(&V) -> Body,
 ) {
     for (name, v) in desired {
@@ -341,8 +431,14 @@ async fn sync_records<V: Clone + PartialEq>(
             Ok(_) => {
                 info!(?kind, %name, "published");
                 published.insert(name.clone(), v.clone());
+                publisher.logged = false;
             }
-            Err(e) => warn!(error = %e, ?kind, %name, "cannot publish"),
+            Err(e) => {
+                // The rest would be refused alike (a cap does not free up within a pass):
+                // they wait for the next pass instead of costing a refusal each.
+                publisher.refused(kind, name, &e);
+                break;
+            }
         }
     }
     let gone: Vec<String> = published
@@ -384,14 +480,45 @@ async fn fabric_table(
     }
 }
 
+/// Withdraws our networks of a previous life that the fabric no longer announces.
+async fn withdraw_stale(mesh: &MeshHandle, stale: &[String], counters: &DaemonCounters) {
+    for name in stale {
+        match mesh.withdraw(v1::RecordKind::Network, name.clone()).await {
+            Ok(_) => {
+                counters
+                    .stale_networks_withdrawn
+                    .fetch_add(1, Ordering::Relaxed);
+                info!(network = %name, "withdrawn: published before this bgpctl restarted, no longer announced by the fabric");
+            }
+            Err(e) => {
+                warn!(error = %e, network = %name, "cannot withdraw a network of a previous life")
+            }
+        }
+    }
+}
+
 /// Publishes the networks learned from the fabric, withdraws those that went away.
 async fn sync_networks(
     mesh: &MeshHandle,
     learned: &BTreeMap<String, v1::Network>,
     published: &mut BTreeMap<String, v1::Network>,
+    publisher: &mut Publisher,
 ) {
-    sync_records(mesh, v1::RecordKind::Network, learned, published, |n| {
-        Body::Network(n.clone())
-    })
+    sync_records(
+        mesh,
+        v1::RecordKind::Network,
+        learned,
+        published,
+        publisher,
+        |n| Body::Network(n.clone()),
+    )
     .await;
+    let unpublished = learned
+        .iter()
+        .filter(|(name, n)| published.get(*name) != Some(*n))
+        .count();
+    publisher
+        .counters
+        .networks_unpublished
+        .store(unpublished as u64, Ordering::Relaxed);
 }

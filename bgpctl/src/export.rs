@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use gatewan_mesh::NodeId;
-use gatewan_mesh::store::StateStore;
+use gatewan_mesh::store::{RecordKey, StateStore};
 use gatewan_proto::v1;
 use gatewan_tunnel_plan::route_distinguisher;
 use ipnet::IpNet;
@@ -29,10 +29,16 @@ pub struct ExportSettings {
 }
 
 /// A datacenter's prefixes as the mesh holds them (from its bgpctls, or static on its
-/// gatewans), keyed by datacenter.
-pub fn networks_by_datacenter(store: &StateStore) -> BTreeMap<String, BTreeSet<IpNet>> {
+/// gatewans), keyed by datacenter; only those of members `alive` says are: a bgpctl that
+/// died cannot withdraw what its fabric withdraws meanwhile, and its records linger until
+/// collected (`mesh.departed_record_ttl`); the datacenter's other bgpctl publishes the
+/// same networks while it lives.
+pub fn networks_by_datacenter(
+    store: &StateStore,
+    alive: impl Fn(NodeId) -> bool,
+) -> BTreeMap<String, BTreeSet<IpNet>> {
     let mut out: BTreeMap<String, BTreeSet<IpNet>> = BTreeMap::new();
-    for (origin, n) in store.networks() {
+    for (origin, n) in store.networks().filter(|(o, _)| alive(*o)) {
         let Some(dc) = store.node(origin).map(|r| r.datacenter.clone()) else {
             continue;
         };
@@ -151,6 +157,26 @@ pub fn learned_networks(
         });
     }
     out
+}
+
+/// Our own networks from a previous life of this bgpctl (same node id, before a restart)
+/// that the mesh still holds and the fabric no longer announces: to withdraw, but only
+/// once the fabric's table is complete (End-of-RIB from every peer, or the grace for it
+/// is over), since until then a network missing from `learned` may still be on its way.
+pub fn stale_networks(
+    previous_life: &[RecordKey],
+    learned: &BTreeMap<String, v1::Network>,
+    fabric_complete: bool,
+) -> Vec<String> {
+    if !fabric_complete {
+        return Vec::new();
+    }
+    previous_life
+        .iter()
+        .filter(|k| k.kind == v1::RecordKind::Network as i32)
+        .filter(|k| !learned.contains_key(&k.name))
+        .map(|k| k.name.clone())
+        .collect()
 }
 
 /// The decision the fabric holds, the mirror image of [`routes`]: a received route whose
@@ -585,6 +611,87 @@ mod tests {
             ..vteps
         };
         assert_eq!(learned_networks(&routes, &no_pool).len(), 2);
+    }
+
+    #[test]
+    fn only_networks_of_live_members_are_exported() {
+        use gatewan_mesh::store::encode_record;
+        let record = |origin: u8, version: u64, body: v1::record::Body| {
+            encode_record(&v1::Record {
+                origin: vec![origin; 16].into(),
+                version,
+                body: Some(body),
+            })
+            .unwrap()
+        };
+        let node = |origin: u8, dc: &str| {
+            v1::record::Body::Node(v1::NodeRecord {
+                id: vec![origin; 16].into(),
+                name: format!("bgpctl-{origin}"),
+                datacenter: dc.into(),
+                role: v1::Role::Bgpctl as i32,
+                ..Default::default()
+            })
+        };
+        let net = |p: &str| {
+            v1::record::Body::Network(v1::Network {
+                prefix: p.into(),
+                vni: 1,
+                ..Default::default()
+            })
+        };
+        let mut store = StateStore::default();
+        // Two bgpctls of par1: 1 alive, 2 dead (it still holds a withdrawn prefix).
+        for r in [
+            record(1, 1, node(1, "par1")),
+            record(1, 2, net("10.2.0.0/16")),
+            record(2, 1, node(2, "par1")),
+            record(2, 2, net("10.2.0.0/16")),
+            record(2, 3, net("10.99.0.0/16")),
+            record(3, 1, node(3, "iad1")),
+            record(3, 2, net("10.3.0.0/16")),
+        ] {
+            store.merge(r);
+        }
+        let dead = NodeId([2; 16]);
+        let got = networks_by_datacenter(&store, |id| id != dead);
+        let text = |dc: &str| -> Vec<String> {
+            got.get(dc)
+                .map(|s| s.iter().map(ToString::to_string).collect())
+                .unwrap_or_default()
+        };
+        assert_eq!(text("par1"), ["10.2.0.0/16"]);
+        assert_eq!(text("iad1"), ["10.3.0.0/16"]);
+        let all = networks_by_datacenter(&store, |_| true);
+        assert_eq!(all["par1"].len(), 2, "with every member alive, both");
+    }
+
+    #[test]
+    fn networks_of_a_previous_life_the_fabric_dropped_are_withdrawn_once_its_table_is_complete() {
+        let key = |kind: v1::RecordKind, name: &str| RecordKey {
+            origin: NodeId([1; 16]),
+            kind: kind as i32,
+            name: name.into(),
+        };
+        let previous = vec![
+            key(v1::RecordKind::Network, "10.1.0.0/16"),
+            key(v1::RecordKind::Network, "10.2.0.0/16"),
+            key(v1::RecordKind::Choice, "par1"),
+        ];
+        let mut learned = BTreeMap::new();
+        learned.insert(
+            "10.1.0.0/16".to_string(),
+            v1::Network {
+                prefix: "10.1.0.0/16".into(),
+                ..Default::default()
+            },
+        );
+        assert!(
+            stale_networks(&previous, &learned, false).is_empty(),
+            "the fabric's table is still arriving"
+        );
+        assert_eq!(stale_networks(&previous, &learned, true), ["10.2.0.0/16"]);
+        assert!(stale_networks(&[], &learned, true).is_empty());
     }
 
     #[test]

@@ -57,7 +57,7 @@ async fn run(settings: BgpctlSettings) -> anyhow::Result<()> {
     if let Some(listen) = settings.metrics_listen {
         let mesh = member.mesh.clone();
         let extra = vec![
-            bgpctl::metrics::bgp_collector(&running.speaker),
+            bgpctl::metrics::bgp_collector(&running.speaker, running.counters.clone()),
             bgpctl::metrics::controller_collector(running.controller.clone()),
         ];
         tokio::spawn(async move {

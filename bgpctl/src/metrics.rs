@@ -3,6 +3,7 @@
 //! or repaired instead of trusting it, and the controller's last decision per remote
 //! datacenter, read at scrape time.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 
 use prometheus_client::collector::Collector;
@@ -13,16 +14,20 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use tokio::sync::watch;
 
 use crate::bgp::{PeerState, PeerStatus, SpeakerHandle};
-use crate::daemon::ControllerView;
+use crate::daemon::{ControllerView, DaemonCounters};
 
-/// The BGP speaker's per-peer metrics. Holds the speaker weakly so that shutdown can still
-/// take it back (and send Cease) while the metrics endpoint runs.
-pub fn bgp_collector(speaker: &Arc<SpeakerHandle>) -> Box<dyn Collector> {
-    Box::new(BgpCollector(Arc::downgrade(speaker)))
+/// The BGP speaker's per-peer metrics and the decision loop's counters. Holds the speaker
+/// weakly so that shutdown can still take it back (and send Cease) while the metrics
+/// endpoint runs.
+pub fn bgp_collector(
+    speaker: &Arc<SpeakerHandle>,
+    daemon: Arc<DaemonCounters>,
+) -> Box<dyn Collector> {
+    Box::new(BgpCollector(Arc::downgrade(speaker), daemon))
 }
 
 #[derive(Clone)]
-struct BgpCollector(Weak<SpeakerHandle>);
+struct BgpCollector(Weak<SpeakerHandle>, Arc<DaemonCounters>);
 
 impl std::fmt::Debug for BgpCollector {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -34,6 +39,28 @@ type Field = fn(&PeerStatus) -> u64;
 
 impl Collector for BgpCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let d = &self.1;
+        gatewan_kit::metrics::counter(
+            &mut enc,
+            "bgpctl_mesh_publish_refused",
+            "Publishes the mesh refused (mesh.max_records_per_origin reached) or could not, at most one per pass",
+            d.publish_refused.load(Ordering::Relaxed),
+        )?;
+        let g = ConstGauge::new(
+            i64::try_from(d.networks_unpublished.load(Ordering::Relaxed)).unwrap_or(i64::MAX),
+        );
+        g.encode(enc.encode_descriptor(
+            "bgpctl_networks_unpublished",
+            "Networks learned from the fabric that are not in the mesh (mesh.max_records_per_origin reached)",
+            None,
+            g.metric_type(),
+        )?)?;
+        gatewan_kit::metrics::counter(
+            &mut enc,
+            "bgpctl_stale_networks_withdrawn",
+            "Networks of a previous life of this bgpctl withdrawn from the mesh because the fabric no longer announced them",
+            d.stale_networks_withdrawn.load(Ordering::Relaxed),
+        )?;
         let Some(speaker) = self.0.upgrade() else {
             return Ok(());
         };
@@ -75,7 +102,7 @@ impl Collector for BgpCollector {
             }
         }
         let counter = ConstCounter::new(0u64);
-        let counters: [(&str, &str, Field); 3] = [
+        let counters: [(&str, &str, Field); 4] = [
             (
                 "bgpctl_bgp_updates_received",
                 "UPDATE messages received from the peer",
@@ -91,6 +118,11 @@ impl Collector for BgpCollector {
                 "Times the session with the peer reached Established",
                 |p| p.established_count,
             ),
+            (
+                "bgpctl_bgp_max_prefix_teardowns",
+                "Sessions closed because the peer sent more than its max_prefixes (teardown)",
+                |p| p.max_prefix_teardowns,
+            ),
         ];
         for (name, help, field) in counters {
             let mut fam = enc.encode_descriptor(name, help, None, counter.metric_type())?;
@@ -99,11 +131,12 @@ impl Collector for BgpCollector {
             }
         }
         // RFC 7606 repairs and the filters: what the speaker did not take as sent.
-        let input: [(&str, Field); 6] = [
+        let input: [(&str, Field); 7] = [
             ("treat_as_withdraw", |p| p.input.treat_as_withdraw),
             ("attributes_discarded", |p| p.input.attributes_discarded),
             ("malformed_resets", |p| p.input.malformed_resets),
             ("routes_filtered", |p| p.input.routes_filtered),
+            ("routes_over_max_prefixes", |p| p.input.routes_over_limit),
             ("nlri_ignored", |p| p.input.nlri_ignored),
             ("as_path_loops", |p| p.input.as_path_loops),
         ];
@@ -111,7 +144,8 @@ impl Collector for BgpCollector {
             "bgpctl_bgp_input_dropped",
             "Input from the peer dropped or repaired instead of trusted, by reason: \
              treat_as_withdraw, attributes_discarded, malformed_resets (RFC 7606); \
-             routes_filtered (import filters), nlri_ignored (not EVPN type 5), as_path_loops",
+             routes_filtered (import policy), routes_over_max_prefixes (stop-learning), \
+             nlri_ignored (not EVPN type 5), as_path_loops",
             None,
             counter.metric_type(),
         )?;

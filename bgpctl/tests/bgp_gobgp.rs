@@ -184,6 +184,7 @@ fn ibgp_ipv6_passive_and_import_filter() {
         SpeakerSettings {
             listen: Some("[::]:179".parse().unwrap()),
             import_route_targets: vec!["65000:100".parse().unwrap()],
+            import_prefixes: Default::default(),
             ..speaker_settings(peer)
         },
     );

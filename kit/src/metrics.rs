@@ -83,6 +83,27 @@ impl Collector for MeshCollector {
         {
             let proto = ConstCounter::new(0u64);
             let mut fam = enc.encode_descriptor(
+                "gatewan_mesh_records_dropped",
+                "Gossiped records refused by the store's bounds, by reason: records_over_cap (a new record of a member at mesh.max_records_per_origin), departed (a record of a member collected after mesh.departed_record_ttl)",
+                None,
+                proto.metric_type(),
+            )?;
+            for (reason, v) in [
+                ("records_over_cap", c.store.records_over_cap),
+                ("departed", c.store.records_departed),
+            ] {
+                ConstCounter::new(v).encode(fam.encode_family(&[("reason", reason)])?)?;
+            }
+        }
+        counter(
+            &mut enc,
+            "gatewan_mesh_records_collected",
+            "Records removed because their member was gone for mesh.departed_record_ttl",
+            c.store.records_collected,
+        )?;
+        {
+            let proto = ConstCounter::new(0u64);
+            let mut fam = enc.encode_descriptor(
                 "gatewan_mesh_datagrams_dropped",
                 "Gossip datagrams dropped before use, by reason",
                 None,

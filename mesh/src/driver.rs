@@ -39,6 +39,8 @@ pub struct MeshView {
     pub store: StateStore,
     pub counters: Counters,
     pub keys: Vec<(String, bool)>,
+    /// Our own records others hold from a previous life (`MeshCore::previous_life`).
+    pub previous_life: Vec<crate::store::RecordKey>,
 }
 
 enum Command {
@@ -298,6 +300,7 @@ fn make_view(core: &MeshCore) -> Arc<MeshView> {
         members: core.members(),
         store: core.with_store(Clone::clone),
         counters: core.counters(),
+        previous_life: core.previous_life(),
         keys: core
             .keyring()
             .keys()

@@ -1,8 +1,14 @@
 //! The mesh state store: every record of every member, merged so that the newest version
 //! wins. The merge is a pure function of (store, record): commutative, idempotent and
 //! associative, so members converge whatever order gossip delivers records in.
+//!
+//! Two bounds keep one member from filling everyone's memory and gossip (route hygiene,
+//! ADR 0034): each origin holds at most `max_records_per_origin` records (new keys beyond
+//! it are refused and counted; updates of held records still merge), and the records of
+//! an origin gone for long are collected ([`StateStore::collect_origin`]) and not taken
+//! back from anti-entropy until the origin is alive again or sends newer versions.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use bytes::Bytes;
 use gatewan_proto::v1::{self, RecordKind, record::Body};
@@ -84,6 +90,8 @@ pub enum RecordError {
     BadTunnelMetrics,
     #[error("choice: bad datacenter name or tunnel id")]
     BadChoice,
+    #[error("the origin already holds {0} records, its cap (mesh.max_records_per_origin)")]
+    OverCap(usize),
 }
 
 fn fingerprint(bytes: &[u8]) -> u64 {
@@ -165,6 +173,22 @@ pub enum MergeOutcome {
     Duplicate,
     /// Older than what is held.
     Stale,
+    /// A new key of an origin that already holds its cap of records: refused, counted.
+    OverCap,
+    /// A record of an origin collected as departed, no newer than what was collected:
+    /// refused, counted.
+    Departed,
+}
+
+/// Records refused by the store's bounds.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct StoreCounters {
+    /// New keys of an origin at its cap.
+    pub records_over_cap: u64,
+    /// Records of a departed origin from before it was collected.
+    pub records_departed: u64,
+    /// Records removed because their origin was gone for `departed_record_ttl`.
+    pub records_collected: u64,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -173,6 +197,15 @@ pub struct StateStore {
     /// Order-independent hash of the whole store (sum of per-record hashes), kept up to
     /// date on every change so anti-entropy compares stores in O(1).
     hash: u128,
+    /// Records held per origin (tombstones included: they take room too).
+    per_origin: HashMap<NodeId, usize>,
+    /// At most this many records per origin; None: no cap.
+    cap: Option<usize>,
+    /// Origins collected as departed, with the highest version they held then.
+    departed: HashMap<NodeId, u64>,
+    /// Origins whose refusal was logged (once per origin).
+    logged: HashSet<NodeId>,
+    counters: StoreCounters,
 }
 
 fn entry_hash(r: &StoredRecord) -> u128 {
@@ -188,19 +221,104 @@ fn entry_hash(r: &StoredRecord) -> u128 {
 }
 
 impl StateStore {
+    /// A store that holds at most `cap` records per origin.
+    pub fn with_cap(cap: usize) -> StateStore {
+        StateStore {
+            cap: Some(cap),
+            ..StateStore::default()
+        }
+    }
+
     pub fn merge(&mut self, incoming: StoredRecord) -> MergeOutcome {
+        let origin = incoming.key.origin;
+        if let Some(&collected_at) = self.departed.get(&origin) {
+            if incoming.version <= collected_at {
+                self.counters.records_departed = self.counters.records_departed.saturating_add(1);
+                return MergeOutcome::Departed;
+            }
+            // Newer than anything it held when collected: the origin is back.
+            self.departed.remove(&origin);
+        }
         match self.records.get(&incoming.key) {
             Some(held) if held.rank() == incoming.rank() => MergeOutcome::Duplicate,
             Some(held) if held.rank() > incoming.rank() => MergeOutcome::Stale,
-            held => {
-                if let Some(old) = held {
-                    self.hash = self.hash.wrapping_sub(entry_hash(old));
+            Some(old) => {
+                self.hash = self.hash.wrapping_sub(entry_hash(old));
+                self.hash = self.hash.wrapping_add(entry_hash(&incoming));
+                self.records.insert(incoming.key.clone(), incoming);
+                MergeOutcome::Applied
+            }
+            None => {
+                let held = self.per_origin.get(&origin).copied().unwrap_or(0);
+                if let Some(cap) = self.cap.filter(|&c| held >= c) {
+                    self.counters.records_over_cap =
+                        self.counters.records_over_cap.saturating_add(1);
+                    if self.logged.insert(origin) {
+                        tracing::warn!(
+                            %origin,
+                            cap,
+                            "member holds mesh.max_records_per_origin records: its new records are refused (counted in records_over_cap; logged once per member)"
+                        );
+                    }
+                    return MergeOutcome::OverCap;
                 }
+                *self.per_origin.entry(origin).or_default() += 1;
                 self.hash = self.hash.wrapping_add(entry_hash(&incoming));
                 self.records.insert(incoming.key.clone(), incoming);
                 MergeOutcome::Applied
             }
         }
+    }
+
+    /// Removes every record of `origin` (gone for `departed_record_ttl`) and refuses its
+    /// records up to the highest version it held until it is seen alive again
+    /// ([`StateStore::readmit`]) or sends a newer one. Returns how many were removed.
+    pub fn collect_origin(&mut self, origin: NodeId) -> usize {
+        let keys: Vec<RecordKey> = self
+            .records
+            .keys()
+            .filter(|k| k.origin == origin)
+            .cloned()
+            .collect();
+        let mut max_version = self.departed.get(&origin).copied().unwrap_or(0);
+        for k in &keys {
+            if let Some(r) = self.records.remove(k) {
+                self.hash = self.hash.wrapping_sub(entry_hash(&r));
+                max_version = max_version.max(r.version);
+            }
+        }
+        self.per_origin.remove(&origin);
+        self.logged.remove(&origin);
+        self.departed.insert(origin, max_version);
+        self.counters.records_collected = self
+            .counters
+            .records_collected
+            .saturating_add(keys.len() as u64);
+        keys.len()
+    }
+
+    /// The origin is alive again: its records are accepted again, whatever their version.
+    pub fn readmit(&mut self, origin: NodeId) {
+        self.departed.remove(&origin);
+    }
+
+    /// Whether the origin's records are refused (collected as departed).
+    pub fn is_departed(&self, origin: NodeId) -> bool {
+        self.departed.contains_key(&origin)
+    }
+
+    /// Every origin holding records.
+    pub fn origins(&self) -> impl Iterator<Item = NodeId> + '_ {
+        self.per_origin.keys().copied()
+    }
+
+    /// Records held for `origin`.
+    pub fn records_of(&self, origin: NodeId) -> usize {
+        self.per_origin.get(&origin).copied().unwrap_or(0)
+    }
+
+    pub fn counters(&self) -> StoreCounters {
+        self.counters
     }
 
     pub fn get(&self, key: &RecordKey) -> Option<&StoredRecord> {
@@ -357,6 +475,86 @@ mod tests {
         s.iter()
             .map(|r| (r.key.clone(), r.version, r.fingerprint))
             .collect()
+    }
+
+    #[test]
+    fn an_origin_at_its_cap_gets_no_new_keys_but_its_records_still_update() {
+        let mut s = StateStore::with_cap(2);
+        assert_eq!(
+            s.merge(network(1, "10.1.0.0/16", 1, 1)),
+            MergeOutcome::Applied
+        );
+        assert_eq!(
+            s.merge(network(1, "10.2.0.0/16", 1, 1)),
+            MergeOutcome::Applied
+        );
+        assert_eq!(
+            s.merge(network(1, "10.3.0.0/16", 1, 1)),
+            MergeOutcome::OverCap
+        );
+        assert_eq!(
+            s.merge(network(1, "10.4.0.0/16", 1, 1)),
+            MergeOutcome::OverCap
+        );
+        assert_eq!(s.counters().records_over_cap, 2);
+        // Updates (a tombstone too) of held keys merge.
+        assert_eq!(
+            s.merge(network(1, "10.1.0.0/16", 2, 7)),
+            MergeOutcome::Applied
+        );
+        assert_eq!(s.len(), 2);
+        // Another origin has its own room.
+        assert_eq!(
+            s.merge(network(2, "10.3.0.0/16", 1, 1)),
+            MergeOutcome::Applied
+        );
+        assert_eq!(s.records_of(NodeId([1; 16])), 2);
+        // The hash is that of a store built from the accepted records alone.
+        let mut same = StateStore::default();
+        for r in s.iter() {
+            same.merge(r.clone());
+        }
+        assert_eq!(s.state_hash(), same.state_hash());
+    }
+
+    #[test]
+    fn a_collected_origin_is_refused_until_readmitted_or_newer() {
+        let mut s = StateStore::default();
+        s.merge(network(1, "10.1.0.0/16", 5, 1));
+        s.merge(network(1, "10.2.0.0/16", 6, 1));
+        s.merge(network(2, "10.3.0.0/16", 1, 1));
+        let before_other = s.state_hash();
+        assert_eq!(s.collect_origin(NodeId([1; 16])), 2);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s.counters().records_collected, 2);
+        let mut only_other = StateStore::default();
+        only_other.merge(network(2, "10.3.0.0/16", 1, 1));
+        assert_eq!(s.state_hash(), only_other.state_hash());
+        assert_ne!(s.state_hash(), before_other);
+        // Anti-entropy brings the old records back: refused.
+        assert_eq!(
+            s.merge(network(1, "10.1.0.0/16", 5, 1)),
+            MergeOutcome::Departed
+        );
+        assert_eq!(
+            s.merge(network(1, "10.2.0.0/16", 6, 1)),
+            MergeOutcome::Departed
+        );
+        assert_eq!(s.counters().records_departed, 2);
+        // A newer version: the origin is back.
+        assert_eq!(
+            s.merge(network(1, "10.9.0.0/16", 7, 1)),
+            MergeOutcome::Applied
+        );
+        assert!(!s.is_departed(NodeId([1; 16])));
+        // Collected again, then seen alive: old versions are taken again.
+        s.collect_origin(NodeId([1; 16]));
+        assert!(s.is_departed(NodeId([1; 16])));
+        s.readmit(NodeId([1; 16]));
+        assert_eq!(
+            s.merge(network(1, "10.1.0.0/16", 5, 1)),
+            MergeOutcome::Applied
+        );
     }
 
     proptest! {

@@ -486,6 +486,9 @@ struct Peer {
     treat_as_withdraw: u64,
     attributes_discarded: u64,
     malformed_resets: u64,
+    routes_filtered: u64,
+    routes_over_limit: u64,
+    max_prefix_teardowns: u64,
 }
 
 fn uptime(s: u64) -> String {
@@ -521,6 +524,9 @@ pub(crate) fn peers(list: &[v1::BgpPeer], f: Format) -> anyhow::Result<String> {
             treat_as_withdraw: p.treat_as_withdraw,
             attributes_discarded: p.attributes_discarded,
             malformed_resets: p.malformed_resets,
+            routes_filtered: p.routes_filtered,
+            routes_over_limit: p.routes_over_limit,
+            max_prefix_teardowns: p.max_prefix_teardowns,
         })
         .collect();
     if !matches!(f, Format::Table) {
@@ -535,6 +541,7 @@ pub(crate) fn peers(list: &[v1::BgpPeer], f: Format) -> anyhow::Result<String> {
                 p.state.clone(),
                 uptime(p.uptime_s),
                 format!("{}/{}", p.prefixes_received, p.prefixes_sent),
+                p.routes_filtered.to_string(),
                 if p.last_error.is_empty() {
                     "-".into()
                 } else {
@@ -544,7 +551,15 @@ pub(crate) fn peers(list: &[v1::BgpPeer], f: Format) -> anyhow::Result<String> {
         })
         .collect();
     Ok(table(
-        &["PEER", "AS", "STATE", "UPTIME", "RCVD/SENT", "LAST ERROR"],
+        &[
+            "PEER",
+            "AS",
+            "STATE",
+            "UPTIME",
+            "RCVD/SENT",
+            "FILTERED",
+            "LAST ERROR",
+        ],
         rows,
     ))
 }

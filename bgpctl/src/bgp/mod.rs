@@ -6,7 +6,8 @@
 //! - [`codec`]: type-5 routes ↔ EVPN NLRI, path attributes and packed UPDATEs;
 //! - [`rib_out`]: the desired Adj-RIB-Out and the minimal diff to what a session sent;
 //! - [`inbound`]: RFC 7606 handling of received UPDATEs;
-//! - [`rib_in`]: the Adj-RIB-In with the import route-target filter and stale marking;
+//! - [`import`]: the import policy (route targets, prefix allow-list, max-prefix);
+//! - [`rib_in`]: the Adj-RIB-In with stale marking;
 //! - [`session_core`]: one connection's decisions, sans-I/O (`handle(input, now)`): the
 //!   `rustbgpd_fsm` session, framing and malformed input, hold and keepalive deadlines,
 //!   the Adj-RIB-Out sent (initial table held back until the desired table is first set,
@@ -25,6 +26,7 @@
 //! messages (received; sent UPDATEs stay within 4096 octets).
 
 pub mod codec;
+pub mod import;
 pub mod inbound;
 pub mod peer;
 pub mod rib_in;
@@ -37,6 +39,9 @@ pub mod status;
 pub mod transport;
 pub mod types;
 
+pub use import::{
+    ImportPolicy, ImportPrefixes, MaxPrefixAction, MaxPrefixes, MinPrefixLength, PrefixRule,
+};
 pub use rib_in::{ReceivedRoute, ReceivedRoutes};
 pub use settings::{DEFAULT_HOLD_TIME, GracefulRestart, PeerSettings, SpeakerSettings};
 pub use speaker::{SpeakerError, SpeakerHandle, spawn};

@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use super::import::{ImportPolicy, MaxPrefixAction};
 use super::rib_in::RibInCmd;
 use super::rib_out::Desired;
 use super::session::{self, ConnCmd, ConnSetup, Direction, PeerGracefulRestart, Report, Verdict};
@@ -65,6 +66,7 @@ pub(crate) struct PeerContext {
     pub local_asn: u32,
     pub router_id: Ipv4Addr,
     pub restart_time: Option<Duration>,
+    pub import: Arc<ImportPolicy>,
     pub settings: PeerSettings,
 }
 
@@ -104,6 +106,16 @@ pub(crate) struct PeerTask {
     idle: bool,
     had_session: bool,
     stale: Option<Instant>,
+    /// The session was torn down for exceeding `max_prefixes`: no connection until then.
+    held: Option<Held>,
+}
+
+/// How long a peer torn down for too many prefixes stays Idle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    Until(Instant),
+    /// No `restart_after`: until bgpctl restarts (the operator's action).
+    Forever,
 }
 
 impl PeerTask {
@@ -133,6 +145,7 @@ impl PeerTask {
             idle: false,
             had_session: false,
             stale: None,
+            held: None,
         }
     }
 
@@ -142,11 +155,22 @@ impl PeerTask {
 
     pub(crate) async fn run(mut self) {
         loop {
+            if let Some(Held::Until(t)) = self.held
+                && Instant::now() >= t
+            {
+                tracing::info!(peer = %self.peer(), "max_prefixes restart_after over: connecting again");
+                self.held = None;
+            }
             self.maybe_connect();
             self.publish_state();
-            let retry =
-                (!self.ctx.settings.passive && self.connecting.is_none() && self.slots.is_empty())
-                    .then_some(self.retry_at);
+            let retry = match self.held {
+                Some(Held::Until(t)) => Some(t),
+                Some(Held::Forever) => None,
+                None => (!self.ctx.settings.passive
+                    && self.connecting.is_none()
+                    && self.slots.is_empty())
+                .then_some(self.retry_at),
+            };
             tokio::select! {
                 Some(r) = self.reports.recv() => self.on_report(r).await,
                 res = join_opt(&mut self.connecting) => {
@@ -180,6 +204,7 @@ impl PeerTask {
     fn maybe_connect(&mut self) {
         let s = &self.ctx.settings;
         if s.passive
+            || self.held.is_some()
             || self.connecting.is_some()
             || !self.slots.is_empty()
             || Instant::now() < self.retry_at
@@ -204,6 +229,10 @@ impl PeerTask {
     }
 
     fn on_inbound(&mut self, stream: TcpStream) {
+        if self.held.is_some() {
+            tracing::debug!(peer = %self.peer(), "refusing a connection: held down after max_prefixes");
+            return;
+        }
         if self.slots.len() >= 4 {
             tracing::debug!(peer = %self.peer(), "refusing a further connection");
             return;
@@ -250,6 +279,8 @@ impl PeerTask {
             local_asn: self.ctx.local_asn,
             peer_asn: self.ctx.settings.asn,
             graceful_restart: self.ctx.restart_time.is_some(),
+            import: self.ctx.import.clone(),
+            max_prefixes: self.ctx.settings.max_prefixes,
             rib_in: self.rib_in.clone(),
             desired: self.desired.clone(),
             status: self.status.clone(),
@@ -324,7 +355,13 @@ impl PeerTask {
                 established,
                 retain_stale,
                 error,
-            } => self.on_closed(id, established, retain_stale, error).await,
+                max_prefix_teardown,
+            } => {
+                self.on_closed(id, established, retain_stale, error).await;
+                if max_prefix_teardown {
+                    self.hold_after_max_prefixes();
+                }
+            }
         }
     }
 
@@ -412,6 +449,29 @@ impl PeerTask {
         self.retry_at = Instant::now() + jitter(reconnect_delay(self.failures));
     }
 
+    /// After a max-prefix teardown: Idle until `restart_after`, or until bgpctl restarts.
+    fn hold_after_max_prefixes(&mut self) {
+        let restart_after = match self.ctx.settings.max_prefixes.map(|m| m.action) {
+            Some(MaxPrefixAction::Teardown { restart_after }) => restart_after,
+            _ => None,
+        };
+        self.held = Some(
+            match restart_after.and_then(|d| Instant::now().checked_add(d)) {
+                Some(t) => Held::Until(t),
+                None => Held::Forever,
+            },
+        );
+        self.idle = true;
+        self.status.update(|s| {
+            s.max_prefix_teardowns = s.max_prefix_teardowns.saturating_add(1);
+        });
+        tracing::warn!(
+            peer = %self.peer(),
+            ?restart_after,
+            "session torn down: more prefixes than max_prefixes.limit; Idle until restart_after (without it, until bgpctl restarts)"
+        );
+    }
+
     fn publish_state(&self) {
         let state =
             self.slots
@@ -420,7 +480,7 @@ impl PeerTask {
                 .max()
                 .unwrap_or(if self.connecting.is_some() {
                     PeerState::Connect
-                } else if self.idle && !self.ctx.settings.passive {
+                } else if self.held.is_some() || (self.idle && !self.ctx.settings.passive) {
                     PeerState::Idle
                 } else {
                     PeerState::Active

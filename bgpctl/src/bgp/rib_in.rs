@@ -1,12 +1,12 @@
-//! Adj-RIB-In (pure): the type-5 routes received from every peer that pass the import
-//! route-target filter, with graceful-restart stale marking, and the snapshots published
-//! to subscribers.
+//! Adj-RIB-In (pure): the type-5 routes received from every peer that passed the import
+//! policy (applied by each session, see `session_core`), with graceful-restart stale
+//! marking, and the snapshots published to subscribers.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
 use super::inbound::{ReceivedKey, ReceivedType5};
-use super::types::{RouteTarget, Type5Route};
+use super::types::Type5Route;
 
 /// Commands to the Adj-RIB-In task.
 #[derive(Debug, PartialEq, Eq)]
@@ -77,8 +77,6 @@ pub struct ApplyStats {
     pub added: u32,
     pub replaced: u32,
     pub removed: u32,
-    /// Announcements rejected by the import route-target filter.
-    pub filtered: u32,
 }
 
 /// One peer's routes; the stale count is kept so that status updates stay O(1).
@@ -104,29 +102,16 @@ impl PeerRib {
 
 #[derive(Debug, Default)]
 pub struct AdjRibIn {
-    import: Vec<RouteTarget>,
     peers: BTreeMap<IpAddr, PeerRib>,
 }
 
 impl AdjRibIn {
-    /// `import`: route targets to accept; empty accepts every route.
-    pub fn new(import: Vec<RouteTarget>) -> AdjRibIn {
-        AdjRibIn {
-            import,
-            peers: BTreeMap::new(),
-        }
+    pub fn new() -> AdjRibIn {
+        AdjRibIn::default()
     }
 
-    pub fn accepts(&self, route: &Type5Route) -> bool {
-        self.import.is_empty()
-            || route
-                .route_targets
-                .iter()
-                .any(|rt| self.import.contains(rt))
-    }
-
-    /// Applies withdrawals, then announcements. A filtered announcement also removes an
-    /// earlier accepted version of the route: the new one replaces it (RFC 4271 §3.1).
+    /// Applies withdrawals, then announcements (all accepted by the session's import
+    /// policy; it turns a refused announcement into a withdrawal of the route).
     pub fn apply(
         &mut self,
         peer: IpAddr,
@@ -134,35 +119,24 @@ impl AdjRibIn {
         withdrawn: &[ReceivedKey],
     ) -> ApplyStats {
         let mut stats = ApplyStats::default();
-        let accepted: Vec<(bool, ReceivedType5)> = announced
-            .into_iter()
-            .map(|a| (self.accepts(&a.route), a))
-            .collect();
         let rib = self.peers.entry(peer).or_default();
         for k in withdrawn {
             if rib.remove(k) {
                 stats.removed += 1;
             }
         }
-        for (ok, a) in accepted {
+        for a in announced {
             let key = a.key();
-            if ok {
-                let entry = Entry {
-                    route: a,
-                    stale: false,
-                };
-                match rib.routes.insert(key, entry) {
-                    Some(old) => {
-                        rib.stale -= usize::from(old.stale);
-                        stats.replaced += 1;
-                    }
-                    None => stats.added += 1,
+            let entry = Entry {
+                route: a,
+                stale: false,
+            };
+            match rib.routes.insert(key, entry) {
+                Some(old) => {
+                    rib.stale -= usize::from(old.stale);
+                    stats.replaced += 1;
                 }
-            } else {
-                stats.filtered += 1;
-                if rib.remove(&key) {
-                    stats.removed += 1;
-                }
+                None => stats.added += 1,
             }
         }
         stats
@@ -250,22 +224,13 @@ mod tests {
     }
 
     #[test]
-    fn import_filter_and_graceful_restart() {
+    fn graceful_restart_keeps_routes_stale_until_they_come_again() {
         let p: IpAddr = "10.0.0.2".parse().unwrap();
-        let mut rib = AdjRibIn::new(vec!["65000:100".parse().unwrap()]);
-        let s = rib.apply(
-            p,
-            vec![
-                rx("10.1.0.0/16", "65000:100"),
-                rx("10.2.0.0/16", "65000:200"),
-            ],
-            &[],
-        );
-        assert_eq!((s.added, s.filtered), (1, 1));
-        assert_eq!(rib.count(p), (1, 0));
-        // The accepted route changes to a route target not imported: it goes away.
-        let s = rib.apply(p, vec![rx("10.1.0.0/16", "65000:200")], &[]);
-        assert_eq!((s.removed, s.filtered), (1, 1));
+        let mut rib = AdjRibIn::new();
+        let s = rib.apply(p, vec![rx("10.2.0.0/16", "65000:100")], &[]);
+        assert_eq!((s.added, s.replaced), (1, 0));
+        let key2 = rx("10.2.0.0/16", "65000:100").key();
+        assert_eq!(rib.apply(p, vec![], &[key2]).removed, 1);
         rib.apply(
             p,
             vec![
@@ -292,7 +257,7 @@ mod tests {
     fn end_of_rib_lasts_for_the_session_that_sent_it() {
         let p: IpAddr = "10.0.0.2".parse().unwrap();
         let q: IpAddr = "10.0.0.3".parse().unwrap();
-        let mut rib = AdjRibIn::new(vec![]);
+        let mut rib = AdjRibIn::new();
         rib.apply(p, vec![rx("10.1.0.0/16", "65000:100")], &[]);
         assert!(rib.snapshot().end_of_rib.is_empty(), "table still arriving");
         rib.end_of_rib(p);
@@ -309,11 +274,5 @@ mod tests {
         // Session down without graceful restart: routes and End-of-RIB go.
         rib.clear(q);
         assert_eq!(rib.snapshot().end_of_rib, BTreeSet::from([p]));
-    }
-
-    #[test]
-    fn empty_import_list_accepts_all() {
-        let rib = AdjRibIn::new(vec![]);
-        assert!(rib.accepts(&rx("10.1.0.0/16", "1:1").route));
     }
 }

@@ -11,6 +11,7 @@
 //! ([`Input::SendRoom`]), so a burst of `set_advertised` calls coalesces into one diff.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::BytesMut;
@@ -22,6 +23,7 @@ use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::import::{ImportPolicy, MaxPrefixes};
 use super::rib_in::RibInCmd;
 use super::rib_out::Desired;
 pub(crate) use super::session_core::{Direction, PeerGracefulRestart, Verdict, cease};
@@ -61,6 +63,8 @@ pub(crate) enum Report {
         retain_stale: Option<Duration>,
         /// The session ended by an error (NOTIFICATION or transport), not a request.
         error: bool,
+        /// We closed it because the peer sent more than its `max_prefixes` (teardown).
+        max_prefix_teardown: bool,
     },
 }
 
@@ -83,6 +87,8 @@ pub(crate) struct ConnSetup {
     pub local_asn: u32,
     pub peer_asn: u32,
     pub graceful_restart: bool,
+    pub import: Arc<ImportPolicy>,
+    pub max_prefixes: Option<MaxPrefixes>,
     pub rib_in: mpsc::Sender<RibInCmd>,
     pub desired: watch::Receiver<Desired>,
     pub status: SharedStatus,
@@ -120,6 +126,8 @@ pub(crate) async fn run(setup: ConnSetup) {
         local_asn,
         peer_asn,
         graceful_restart,
+        import,
+        max_prefixes,
         rib_in,
         mut desired,
         status,
@@ -136,6 +144,8 @@ pub(crate) async fn run(setup: ConnSetup) {
         local_asn,
         peer_asn,
         graceful_restart,
+        import,
+        max_prefixes,
         desired: desired.borrow_and_update().clone(),
     };
     let mut c = Conn {
@@ -288,6 +298,7 @@ impl Conn {
                 established: closed.established,
                 retain_stale: closed.retain_stale,
                 error: closed.error,
+                max_prefix_teardown: closed.max_prefix_teardown,
             })
             .await;
     }

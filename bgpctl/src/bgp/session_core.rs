@@ -11,6 +11,10 @@
 //!   (RFC 4724 §4.1), diffs of later tables, the whole table again on ROUTE-REFRESH
 //!   (RFC 2918); UPDATEs are generated only when the adapter has room for them
 //!   ([`Input::SendRoom`]), so a burst of desired tables coalesces into one diff;
+//! - received UPDATEs through the import policy ([`super::import`]: route targets, prefix
+//!   allow-list; a refused announcement withdraws the route it replaces) and the peer's
+//!   `max_prefixes` (warn, stop-learning, or teardown with Cease / Maximum Number of
+//!   Prefixes Reached, RFC 4486), counted;
 //! - received UPDATEs for the Adj-RIB-In, received End-of-RIB, the state changes and the
 //!   facts of the close (graceful restart: keep the peer's routes stale or not) for the
 //!   peer task; the peer's status counters.
@@ -19,7 +23,7 @@
 //! Every number taken from the wire is checked before arithmetic; nothing from the
 //! network can panic the core.
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -34,7 +38,8 @@ use rustbgpd_wire::{
 };
 
 use super::codec::{self, ExportContext};
-use super::inbound::{self, ReceiveContext};
+use super::import::{ImportPolicy, MaxPrefixAction, MaxPrefixes};
+use super::inbound::{self, ReceiveContext, ReceivedKey, ReceivedType5};
 use super::rib_in::RibInCmd;
 use super::rib_out::{self, AdjRibOut, Desired};
 use super::status::{PeerState, SharedStatus};
@@ -75,6 +80,10 @@ pub(crate) struct SessionParams {
     pub peer_asn: u32,
     /// We keep a restarting peer's routes (RFC 4724 receiving side).
     pub graceful_restart: bool,
+    /// Which received routes are kept.
+    pub import: Arc<ImportPolicy>,
+    /// How many routes the peer may send on this session.
+    pub max_prefixes: Option<MaxPrefixes>,
     /// The desired Adj-RIB-Out when the connection starts.
     pub desired: Desired,
 }
@@ -135,6 +144,9 @@ pub(crate) struct Closed {
     pub retain_stale: Option<Duration>,
     /// The session ended by an error (NOTIFICATION or transport), not a request.
     pub error: bool,
+    /// We closed it: the peer sent more than its `max_prefixes` (teardown). Its routes
+    /// are not kept, and the peer task holds the peer Idle.
+    pub max_prefix_teardown: bool,
 }
 
 /// Why the connection is closing.
@@ -197,6 +209,12 @@ pub(crate) struct SessionCore {
     established: Option<Established>,
     closing: Option<Closing>,
     notified: Notified,
+    /// Routes of this session that passed the import policy, counted for `max_prefixes`
+    /// (kept only when a limit is set).
+    accepted: HashSet<ReceivedKey>,
+    /// `max_prefixes` warnings given on this session: (threshold, limit).
+    warned: (bool, bool),
+    max_prefix_teardown: bool,
     out: Vec<Output>,
 }
 
@@ -214,6 +232,9 @@ impl SessionCore {
             established: None,
             closing: None,
             notified: Notified::None,
+            accepted: HashSet::new(),
+            warned: (false, false),
+            max_prefix_teardown: false,
             out: Vec::new(),
         }
     }
@@ -296,7 +317,8 @@ impl SessionCore {
                 Notified::Some => est.notification_gr,
                 Notified::HardReset => false,
             };
-            (self.params.graceful_restart && notification_ok).then_some(gr.restart_time)
+            let keep = self.params.graceful_restart && notification_ok && !self.max_prefix_teardown;
+            keep.then_some(gr.restart_time)
         });
         if established {
             let mut cell = self.status.lock();
@@ -309,6 +331,7 @@ impl SessionCore {
             established,
             retain_stale,
             error: self.closing != Some(Closing::Requested),
+            max_prefix_teardown: self.max_prefix_teardown,
         }
     }
 
@@ -390,11 +413,17 @@ impl SessionCore {
                         if let Some(reason) = &out.reason {
                             tracing::debug!(peer = %self.params.peer, treat_as_withdraw = out.treat_as_withdraw, "UPDATE repaired: {reason}");
                         }
-                        if !out.announced.is_empty() || !out.withdrawn.is_empty() {
+                        let Some((announced, withdrawn)) =
+                            self.import(out.announced, out.withdrawn)
+                        else {
+                            // Torn down: more prefixes than the peer may send.
+                            return;
+                        };
+                        if !announced.is_empty() || !withdrawn.is_empty() {
                             self.out.push(Output::RibIn(RibInCmd::Update {
                                 peer: self.params.peer,
-                                announced: out.announced,
-                                withdrawn: out.withdrawn,
+                                announced,
+                                withdrawn,
                             }));
                         }
                         if out.end_of_rib {
@@ -430,6 +459,103 @@ impl SessionCore {
             }
             _ => {}
         }
+    }
+
+    /// The import policy and `max_prefixes` on one UPDATE's routes: what goes to the
+    /// Adj-RIB-In, or None when the session was torn down for too many prefixes.
+    /// A refused announcement withdraws the route it replaces (RFC 4271 §3.1: the new
+    /// version of a route replaces the old one, which must not stay as it was).
+    fn import(
+        &mut self,
+        announced: Vec<ReceivedType5>,
+        mut withdrawn: Vec<ReceivedKey>,
+    ) -> Option<(Vec<ReceivedType5>, Vec<ReceivedKey>)> {
+        let limit = self.params.max_prefixes;
+        if limit.is_some() {
+            for k in &withdrawn {
+                self.accepted.remove(k);
+            }
+        }
+        let (mut filtered, mut over) = (0u64, 0u64);
+        let mut kept = Vec::with_capacity(announced.len());
+        for a in announced {
+            let key = a.key();
+            if !self.params.import.accepts(&a.route) {
+                filtered += 1;
+                self.accepted.remove(&key);
+                withdrawn.push(key);
+                continue;
+            }
+            if let Some(m) = limit
+                && !self.accepted.contains(&key)
+            {
+                if self.accepted.len() as u64 >= u64::from(m.limit) {
+                    match m.action {
+                        MaxPrefixAction::Warn => self.warn_limit(m),
+                        MaxPrefixAction::StopLearning => {
+                            self.warn_limit(m);
+                            over += 1;
+                            continue;
+                        }
+                        MaxPrefixAction::Teardown { .. } => {
+                            self.count_import(filtered, over);
+                            self.teardown_max_prefixes(m);
+                            return None;
+                        }
+                    }
+                }
+                self.accepted.insert(key);
+                if !self.warned.0 && self.accepted.len() as u64 >= m.warning_at() {
+                    self.warned.0 = true;
+                    tracing::warn!(
+                        peer = %self.params.peer,
+                        routes = self.accepted.len(),
+                        limit = m.limit,
+                        "peer reached {} % of its max_prefixes",
+                        m.warning_threshold_percent
+                    );
+                }
+            }
+            kept.push(a);
+        }
+        self.count_import(filtered, over);
+        Some((kept, withdrawn))
+    }
+
+    fn count_import(&self, filtered: u64, over: u64) {
+        if filtered > 0 || over > 0 {
+            self.status.update(|s| {
+                let i = &mut s.input;
+                i.routes_filtered = i.routes_filtered.saturating_add(filtered);
+                i.routes_over_limit = i.routes_over_limit.saturating_add(over);
+            });
+        }
+    }
+
+    fn warn_limit(&mut self, m: MaxPrefixes) {
+        if !self.warned.1 {
+            self.warned.1 = true;
+            let what = match m.action {
+                MaxPrefixAction::StopLearning => "new routes are ignored (counted)",
+                _ => "routes are still accepted",
+            };
+            tracing::warn!(peer = %self.params.peer, limit = m.limit, "peer exceeds its max_prefixes: {what}");
+        }
+    }
+
+    /// RFC 4486 §4: Cease / Maximum Number of Prefixes Reached, with the family and the
+    /// limit as data.
+    fn teardown_max_prefixes(&mut self, m: MaxPrefixes) {
+        self.max_prefix_teardown = true;
+        let mut data = Vec::with_capacity(7);
+        data.extend_from_slice(&25u16.to_be_bytes()); // AFI L2VPN
+        data.push(70); // SAFI EVPN
+        data.extend_from_slice(&m.limit.to_be_bytes());
+        self.stop(Some(NotificationMessage::new(
+            NotificationCode::Cease,
+            cease_subcode::MAX_PREFIXES,
+            Bytes::from(data),
+        )));
     }
 
     /// Hands queued UPDATEs to the adapter up to `room` octets (the last one may pass
@@ -716,6 +842,8 @@ mod tests {
             local_asn: LOCAL_AS,
             peer_asn: PEER_AS,
             graceful_restart,
+            import: Arc::new(ImportPolicy::default()),
+            max_prefixes: None,
             desired,
         }
     }
@@ -1316,6 +1444,170 @@ mod tests {
             let closed = h.core.finish();
             assert_eq!(closed.retain_stale, want, "case {i}");
             assert!(closed.error && closed.established, "case {i}");
+        }
+    }
+
+    mod import {
+        use super::*;
+        use crate::bgp::import::{ImportPrefixes, PrefixRule};
+
+        /// An UPDATE from the peer announcing `routes` (one message per attribute group).
+        fn announce(routes: &[Type5Route]) -> Bytes {
+            let ctx = ExportContext {
+                local_asn: PEER_AS,
+                ibgp: false,
+                four_octet_as: true,
+            };
+            let refs: Vec<&Type5Route> = routes.iter().collect();
+            let mut all = BytesMut::new();
+            for m in codec::announce_updates(&refs, &ctx) {
+                all.extend_from_slice(&m);
+            }
+            all.freeze()
+        }
+
+        fn with_limit(limit: u32, action: MaxPrefixAction) -> SessionParams {
+            SessionParams {
+                max_prefixes: Some(MaxPrefixes {
+                    limit,
+                    action,
+                    warning_threshold_percent: 75,
+                }),
+                ..params(90, true, None)
+            }
+        }
+
+        /// (announced prefixes, withdrawn prefixes) handed to the Adj-RIB-In.
+        fn to_rib(out: &[Output]) -> (Vec<String>, Vec<String>) {
+            let mut a = Vec::new();
+            let mut w = Vec::new();
+            for o in out {
+                if let Output::RibIn(RibInCmd::Update {
+                    announced,
+                    withdrawn,
+                    ..
+                }) = o
+                {
+                    a.extend(announced.iter().map(|r| r.route.prefix.to_string()));
+                    w.extend(withdrawn.iter().map(|k| k.prefix.to_string()));
+                }
+            }
+            (a, w)
+        }
+
+        fn prefixed(i: u32, prefix: &str) -> Type5Route {
+            let mut r = route(i, "192.0.2.2");
+            r.prefix = prefix.parse().unwrap();
+            r
+        }
+
+        #[test]
+        fn refused_prefixes_never_reach_the_adj_rib_in_and_are_counted() {
+            let mut p = params(90, false, None);
+            p.import = Arc::new(ImportPolicy {
+                route_targets: vec![],
+                prefixes: ImportPrefixes {
+                    allow: vec![PrefixRule {
+                        prefix: "10.0.0.0/8".parse().unwrap(),
+                        ge: 16,
+                        le: 24,
+                    }],
+                    ..Default::default()
+                },
+            });
+            let mut h = Harness::established(p, peer_open(30, None));
+            let out = h.now(Input::Received(announce(&[
+                prefixed(1, "0.0.0.0/0"),
+                prefixed(2, "10.1.0.0/16"),
+                prefixed(3, "192.168.0.0/16"),
+                prefixed(4, "10.1.2.128/25"),
+            ])));
+            let (a, w) = to_rib(&out);
+            assert_eq!(a, ["10.1.0.0/16"]);
+            // A refused announcement replaces (withdraws) an earlier version of the route.
+            assert_eq!(w.len(), 3, "{w:?}");
+            assert_eq!(h.status.snapshot().input.routes_filtered, 3);
+        }
+
+        #[test]
+        fn a_default_route_is_refused_by_the_default_policy() {
+            let mut p = params(90, false, None);
+            p.import = Arc::new(ImportPolicy {
+                route_targets: vec!["65000:100".parse().unwrap()],
+                prefixes: ImportPrefixes::default(),
+            });
+            let mut h = Harness::established(p, peer_open(30, None));
+            let mut other_rt = prefixed(3, "10.3.0.0/16");
+            other_rt.route_targets = vec!["65000:200".parse().unwrap()];
+            let out = h.now(Input::Received(announce(&[
+                prefixed(1, "0.0.0.0/0"),
+                prefixed(2, "10.2.0.0/16"),
+                other_rt,
+            ])));
+            assert_eq!(to_rib(&out).0, ["10.2.0.0/16"]);
+            assert_eq!(h.status.snapshot().input.routes_filtered, 2);
+        }
+
+        #[test]
+        fn stop_learning_keeps_the_first_routes_and_ignores_new_ones_beyond_the_limit() {
+            let mut h = Harness::established(
+                with_limit(4, MaxPrefixAction::StopLearning),
+                peer_open(30, None),
+            );
+            let six: Vec<Type5Route> = (0..6).map(|i| route(i, "192.0.2.2")).collect();
+            let (a, _) = to_rib(&h.now(Input::Received(announce(&six))));
+            assert_eq!(a.len(), 4);
+            assert_eq!(h.status.snapshot().input.routes_over_limit, 2);
+            // An update of a route already held still goes through; after a withdrawal
+            // there is room for one more.
+            let withdraw = codec::withdraw_updates(&[&six[0]]);
+            let out = h.now(Input::Received(withdraw[0].clone()));
+            assert_eq!(to_rib(&out).1, [six[0].prefix.to_string()]);
+            let out = h.now(Input::Received(announce(&six[1..])));
+            let (a, _) = to_rib(&out);
+            assert_eq!(a.len(), 4, "three held, one new: {a:?}");
+            assert_eq!(h.status.snapshot().input.routes_over_limit, 3);
+            assert!(!closes(&out), "the session stays up");
+        }
+
+        #[test]
+        fn warn_keeps_every_route() {
+            let mut h =
+                Harness::established(with_limit(2, MaxPrefixAction::Warn), peer_open(30, None));
+            let five: Vec<Type5Route> = (0..5).map(|i| route(i, "192.0.2.2")).collect();
+            let out = h.now(Input::Received(announce(&five)));
+            assert_eq!(to_rib(&out).0.len(), 5);
+            assert!(!closes(&out));
+            assert_eq!(h.status.snapshot().input.routes_over_limit, 0);
+        }
+
+        #[test]
+        fn teardown_sends_cease_maximum_number_of_prefixes_and_keeps_no_route() {
+            let mut h = Harness::established(
+                with_limit(
+                    3,
+                    MaxPrefixAction::Teardown {
+                        restart_after: None,
+                    },
+                ),
+                // The peer supports graceful restart and RFC 8538: still nothing is kept.
+                peer_open(30, Some((120, true))),
+            );
+            let three: Vec<Type5Route> = (0..3).map(|i| route(i, "192.0.2.2")).collect();
+            let out = h.now(Input::Received(announce(&three)));
+            assert!(!closes(&out));
+            let out = h.now(Input::Received(peer_update(&route(9, "192.0.2.2"))));
+            assert_eq!(notifications(&out), [(6, 1)], "{out:?}");
+            let Some(Message::Notification(n)) = decoded(&out).pop() else {
+                panic!("{out:?}")
+            };
+            // RFC 4486 §4: AFI, SAFI and the upper bound.
+            assert_eq!(&n.data[..], [0, 25, 70, 0, 0, 0, 3]);
+            assert!(closes(&out));
+            assert!(!out.iter().any(|o| matches!(o, Output::RibIn(_))));
+            let closed = h.core.finish();
+            assert!(closed.max_prefix_teardown);
+            assert_eq!(closed.retain_stale, None);
         }
     }
 

@@ -1,10 +1,11 @@
 //! What the daemon tells the speaker: its ASN and router ID, its peers, graceful restart
-//! and the import route targets. Plain data, shared by the speaker, its peer tasks and
+//! and the import policy (route targets, prefixes, max-prefix). Plain data, shared by the speaker, its peer tasks and
 //! their sessions.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use super::import::{ImportPrefixes, MaxPrefixes};
 use super::types::RouteTarget;
 
 /// Hold time proposed when a peer's is not configured (RFC 4271 §10).
@@ -29,6 +30,8 @@ pub struct SpeakerSettings {
     /// Received type-5 routes are kept only if they carry one of these route targets;
     /// empty accepts all.
     pub import_route_targets: Vec<RouteTarget>,
+    /// Received type-5 routes are kept only if their prefix passes this.
+    pub import_prefixes: ImportPrefixes,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +48,8 @@ pub struct PeerSettings {
     pub hold_time: Duration,
     /// Source address of outgoing connections.
     pub local_address: Option<IpAddr>,
+    /// How many routes (after the import policy) the peer may send.
+    pub max_prefixes: Option<MaxPrefixes>,
 }
 
 impl PeerSettings {
@@ -57,6 +62,7 @@ impl PeerSettings {
             passive: false,
             hold_time: DEFAULT_HOLD_TIME,
             local_address: None,
+            max_prefixes: None,
         }
     }
 }

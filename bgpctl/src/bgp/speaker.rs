@@ -10,6 +10,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
+use super::import::ImportPolicy;
 use super::peer::{PeerCmd, PeerContext, PeerTask};
 use super::rib_in::{AdjRibIn, ReceivedRoutes, RibInCmd};
 use super::rib_out::{AdjRibOut, Desired};
@@ -88,6 +89,13 @@ fn validate(s: &SpeakerSettings) -> Result<(), SpeakerError> {
                 "peer {a} is passive but the speaker does not listen"
             ));
         }
+        if let Some(m) = &p.max_prefixes
+            && (m.limit == 0 || !(1..=100).contains(&m.warning_threshold_percent))
+        {
+            return bad(format!(
+                "peer {a}: max_prefixes needs a limit above 0 and a threshold of 1 to 100 %"
+            ));
+        }
         if let Some(l) = p.local_address
             && l.is_ipv4() != a.is_ipv4()
         {
@@ -127,6 +135,10 @@ pub fn spawn(settings: SpeakerSettings) -> Result<SpeakerHandle, SpeakerError> {
     let (received_tx, received_rx) = watch::channel(Arc::new(ReceivedRoutes::default()));
     let (rib_in_tx, rib_in_rx) = mpsc::channel(256);
 
+    let import = Arc::new(ImportPolicy {
+        route_targets: settings.import_route_targets.clone(),
+        prefixes: settings.import_prefixes.clone(),
+    });
     let mut entries = Vec::new();
     let mut inbound_by_addr: HashMap<IpAddr, mpsc::Sender<TcpStream>> = HashMap::new();
     let mut statuses = HashMap::new();
@@ -140,6 +152,7 @@ pub fn spawn(settings: SpeakerSettings) -> Result<SpeakerHandle, SpeakerError> {
             local_asn: settings.asn,
             router_id: settings.router_id,
             restart_time: settings.graceful_restart.map(|g| g.restart_time),
+            import: import.clone(),
             settings: p.clone(),
         });
         let task = PeerTask::new(
@@ -159,7 +172,7 @@ pub fn spawn(settings: SpeakerSettings) -> Result<SpeakerHandle, SpeakerError> {
     }
     drop(rib_in_tx);
 
-    let rib = AdjRibIn::new(settings.import_route_targets.clone());
+    let rib = AdjRibIn::new();
     let rib_in = tokio::spawn(run_rib_in(rib, rib_in_rx, received_tx, statuses));
     let listener = listener.map(|l| tokio::spawn(run_listener(l, inbound_by_addr)));
     Ok(SpeakerHandle {
@@ -195,7 +208,7 @@ impl SpeakerHandle {
             .collect()
     }
 
-    /// Type-5 routes from all peers after the import route-target filter, and which peers
+    /// Type-5 routes from all peers after the import policy, and which peers
     /// have completed their table (End-of-RIB).
     pub fn subscribe_received(&self) -> watch::Receiver<Arc<ReceivedRoutes>> {
         self.received.clone()
@@ -292,12 +305,7 @@ async fn run_rib_in(
                 };
                 let peer = match cmd {
                     RibInCmd::Update { peer, announced, withdrawn } => {
-                        let stats = rib.apply(peer, announced, &withdrawn);
-                        if stats.filtered > 0
-                            && let Some(s) = statuses.get(&peer)
-                        {
-                            s.update(|s| s.input.routes_filtered += u64::from(stats.filtered));
-                        }
+                        rib.apply(peer, announced, &withdrawn);
                         peer
                     }
                     RibInCmd::MarkStale(peer) => {

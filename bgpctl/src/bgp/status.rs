@@ -62,8 +62,11 @@ pub struct InputCounters {
     pub attributes_discarded: u64,
     /// Sessions reset because a received message was malformed (NOTIFICATION sent).
     pub malformed_resets: u64,
-    /// Type-5 announcements rejected by the import route-target filter.
+    /// Type-5 announcements refused by the import policy (route targets, prefixes).
     pub routes_filtered: u64,
+    /// New routes ignored because the peer was at its `max_prefixes` limit
+    /// (stop-learning).
+    pub routes_over_limit: u64,
     /// NLRI that are not EVPN type-5 (other route types or address families), ignored.
     pub nlri_ignored: u64,
     /// Announcements carrying the local ASN in their AS_PATH, ignored.
@@ -92,6 +95,8 @@ pub struct PeerStatus {
     pub updates_sent: u64,
     /// Times the session reached Established.
     pub established_count: u64,
+    /// Sessions closed because the peer sent more than `max_prefixes` (teardown).
+    pub max_prefix_teardowns: u64,
     /// E.g. "sent NOTIFICATION 2/2 (Bad Peer AS)", "connect: Connection refused".
     pub last_error: Option<String>,
     pub input: InputCounters,
@@ -124,6 +129,7 @@ impl SharedStatus {
                 updates_received: 0,
                 updates_sent: 0,
                 established_count: 0,
+                max_prefix_teardowns: 0,
                 last_error: None,
                 input: InputCounters::default(),
             },

@@ -37,6 +37,7 @@ pub(crate) fn speaker_settings(peer: bgp::PeerSettings) -> SpeakerSettings {
         peers: vec![peer],
         graceful_restart: None,
         import_route_targets: vec![],
+        import_prefixes: Default::default(),
     }
 }
 

@@ -40,6 +40,12 @@ pub struct MeshConfig {
     /// own datacenter's gatewans).
     #[serde(default)]
     pub passive: Option<bool>,
+    /// Records one member may hold in the mesh (default 4096); new ones beyond are refused.
+    #[serde(default)]
+    pub max_records_per_origin: Option<Spanned<u64>>,
+    /// Records of a member gone this long are removed (default 24h).
+    #[serde(default)]
+    pub departed_record_ttl: Option<Spanned<Dur>>,
 }
 
 /// The mesh section once validated.
@@ -126,6 +132,29 @@ impl MeshConfig {
         set(&self.gossip_interval, &mut settings.gossip_interval);
         set(&self.sync_interval, &mut settings.sync_interval);
         settings.passive = self.passive.unwrap_or(passive);
+        if let Some(m) = &self.max_records_per_origin {
+            match usize::try_from(m.value)
+                .ok()
+                .filter(|&n| (1..=1 << 20).contains(&n))
+            {
+                Some(n) => settings.max_records_per_origin = n,
+                None => c.error(
+                    Some(m),
+                    "mesh.max_records_per_origin",
+                    "1 to 1048576 records",
+                ),
+            }
+        }
+        if let Some(t) = &self.departed_record_ttl {
+            if t.value.0 < std::time::Duration::from_secs(1) {
+                c.error(
+                    Some(t),
+                    "mesh.departed_record_ttl",
+                    "at least 1s (a member is only declared down after its suspicion timeout)",
+                );
+            }
+            settings.departed_record_ttl = t.value.0;
+        }
         if settings.sync_interval.is_zero() {
             c.error(
                 self.sync_interval.as_ref(),

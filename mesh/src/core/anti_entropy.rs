@@ -22,6 +22,7 @@ const HEARD_FOR_MS: u64 = 30_000;
 impl MeshCore {
     /// The periodic round: a push-pull, and the next round scheduled.
     pub(super) fn anti_entropy_round(&mut self, now_ms: u64) {
+        self.collect_departed(now_ms);
         self.sync_with_a_member(now_ms);
         // Jitter keeps members from syncing in lockstep.
         let base = self.settings.sync_interval.as_millis() as u64;

@@ -14,13 +14,15 @@
 //! - `swim`: the foca glue (codec, runtime, broadcasts, SWIM timers);
 //! - `anti_entropy`: push-pull sync of the state store;
 //! - `suspicion`: suspicion notices, their relays and refutations;
-//! - `keyring`: cluster-wide keyring changes.
+//! - `keyring`: cluster-wide keyring changes;
+//! - `hygiene`: collecting the records of departed members.
 //!
 //! The protocol files use this file's items and call each other's methods on `MeshCore`,
 //! but never import from each other.
 
 mod admission;
 mod anti_entropy;
+mod hygiene;
 mod keyring;
 mod suspicion;
 mod swim;
@@ -46,7 +48,7 @@ use super::guard::{RateLimiter, ReplayFilter};
 use super::identity::{MAX_MESH_ADDRESSES, MemberId, NodeId};
 use super::seal::{Keyring, KeyringOp, SEAL_OVERHEAD};
 use super::store::{
-    MergeOutcome, RecordError, RecordKey, StateStore, decode_record, encode_record,
+    MergeOutcome, RecordError, RecordKey, StateStore, StoreCounters, decode_record, encode_record,
 };
 
 /// First byte inside a sealed datagram.
@@ -79,6 +81,10 @@ pub struct MeshSettings {
     /// on its fabric reaches its own datacenter's gatewans): probing the rest, they would
     /// suspect them all and declare them down.
     pub passive: bool,
+    /// Records one member may hold in everyone's store (ADR 0034).
+    pub max_records_per_origin: usize,
+    /// Records of a member down, left or unknown for this long are collected.
+    pub departed_record_ttl: Duration,
 }
 
 impl Default for MeshSettings {
@@ -123,6 +129,14 @@ impl Default for MeshSettings {
             rate_burst: 2000,
             max_datagram: 1400,
             passive: false,
+            // A bgpctl publishes one record per prefix of its fabric, a gatewan one per
+            // peer gatewan (tunnel metrics) and per remote datacenter: 4096 is room for a
+            // large datacenter's aggregated prefixes, and caps a leaked full table (900k
+            // prefixes) at ~4 MB per member and store instead of ~1 GB.
+            max_records_per_origin: 4096,
+            // Longer than any maintenance: a member back within it finds its records
+            // where it left them.
+            departed_record_ttl: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -142,6 +156,9 @@ impl MeshSettings {
                 Ok(d)
             }
         };
+        if self.max_records_per_origin == 0 {
+            return Err("max_records_per_origin must be at least 1".into());
+        }
         if self.probe_timeout >= self.probe_interval {
             return Err("probe_timeout must be shorter than probe_interval".into());
         }
@@ -222,6 +239,9 @@ pub struct Counters {
     pub suspicions_of_us_refuted: u64,
     /// Suspicions we raised that the suspect refuted directly.
     pub refutations_received: u64,
+    /// Records refused by the store: new keys of a member at its cap, records of a
+    /// departed member; and records collected (see `StoreCounters`).
+    pub store: StoreCounters,
 }
 
 impl Counters {
@@ -305,6 +325,10 @@ struct Shared {
     /// Highest version of one of our own records seen from others (a previous life of
     /// this node): our next versions must exceed it.
     own_seen: u64,
+    /// Our own records as others hold them from a previous life of this node, newest
+    /// version of each key and whether it is a tombstone: what a restarted member may
+    /// have to withdraw (see [`MeshCore::previous_life`]).
+    previous_life: HashMap<RecordKey, (u64, bool)>,
     records_changed: bool,
 }
 
@@ -324,6 +348,12 @@ impl Shared {
             // Only we write our records; a newer one is from our previous life.
             if self.store.rank_of(&rec.key).is_none_or(|held| rank > held) {
                 self.own_seen = self.own_seen.max(rec.version);
+                let seen = (rec.version, rec.is_tombstone());
+                let slot = self.previous_life.entry(rec.key).or_insert(seen);
+                if seen.0 > slot.0 {
+                    *slot = seen;
+                }
+                self.records_changed = true;
             }
             return None;
         }
@@ -362,6 +392,8 @@ pub struct MeshCore {
     last_src: Arc<Mutex<Option<NodeId>>>,
     /// foca's max_transmissions now, resized with the membership.
     max_transmissions: u8,
+    /// Origins in the store that are not alive, since when (see `hygiene`).
+    gone_since: HashMap<NodeId, u64>,
     /// Members we suspect and keep telling so (see `notify_suspect`).
     suspicions: HashMap<NodeId, suspicion::Suspicion>,
     keyring_queries: HashMap<u64, keyring::KeyringQuery>,
@@ -391,10 +423,11 @@ impl MeshCore {
         let mut rng = StdRng::from_seed(rng_seed);
         let swim_rng = StdRng::from_seed(rng.random());
         let shared = Arc::new(Mutex::new(Shared {
-            store: StateStore::default(),
+            store: StateStore::with_cap(settings.max_records_per_origin),
             local: local.node,
             records_invalid: 0,
             own_seen: 0,
+            previous_life: HashMap::new(),
             records_changed: false,
         }));
         let own_incarnation = Arc::new(AtomicU32::new(0));
@@ -425,6 +458,7 @@ impl MeshCore {
             heard: HashMap::new(),
             last_src,
             max_transmissions: 0,
+            gone_since: HashMap::new(),
             suspicions: HashMap::new(),
             keyring_queries: HashMap::new(),
             relayed: HashMap::new(),
@@ -455,7 +489,9 @@ impl MeshCore {
 
     pub fn counters(&self) -> Counters {
         let mut c = self.counters;
-        c.records_invalid = lock(&self.shared).records_invalid;
+        let shared = lock(&self.shared);
+        c.records_invalid = shared.records_invalid;
+        c.store = shared.store.counters();
         c
     }
 
@@ -469,6 +505,24 @@ impl MeshCore {
 
     pub fn with_store<R>(&self, f: impl FnOnce(&StateStore) -> R) -> R {
         f(&lock(&self.shared).store)
+    }
+
+    /// Keys of our own live records that others hold from a previous life of this node
+    /// (same node id, before a restart) and that this life has neither published nor
+    /// withdrawn since: a restarted member withdraws those it no longer has (a bgpctl,
+    /// networks its fabric withdrew while it was down).
+    pub fn previous_life(&self) -> Vec<RecordKey> {
+        let shared = lock(&self.shared);
+        let mut keys: Vec<RecordKey> = shared
+            .previous_life
+            .iter()
+            .filter(|(k, (version, tombstone))| {
+                !tombstone && shared.store.get(k).is_none_or(|r| r.version < *version)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        keys.sort();
+        keys
     }
 
     /// Whether members or records changed since the last call.
@@ -509,7 +563,9 @@ impl MeshCore {
         let bytes = rec.bytes.clone();
         {
             let mut shared = lock(&self.shared);
-            shared.store.merge(rec);
+            if shared.store.merge(rec) == MergeOutcome::OverCap {
+                return Err(RecordError::OverCap(self.settings.max_records_per_origin));
+            }
             shared.records_changed = true;
         }
         if let Err(e) = self.swim.add_broadcast(&bytes) {
