@@ -141,6 +141,44 @@ impl foca::Codec<MemberId> for IdentityCodec {
     }
 }
 
+/// Whether a SWIM packet reads to its end as foca 2.0 reads it: header, member updates
+/// (a big-endian count, then each member; none in a Broadcast message), then broadcast
+/// items each behind a big-endian length. Identities are checked by foca's own decoding
+/// (`IdentityCodec`); this only makes sure nothing is left that foca would refuse after
+/// applying the rest.
+fn well_formed(mut data: &[u8]) -> bool {
+    use bytes::Buf as _;
+    use foca::Codec as _;
+    let header: Result<foca::Header<MemberId>, _> = PostcardCodec.decode_header(&mut data);
+    let Ok(header) = header else {
+        return false;
+    };
+    let remaining = data.remaining();
+    if remaining == 1 || (header.message == foca::Message::Announce && remaining > 0) {
+        return false;
+    }
+    if remaining >= 2 && header.message != foca::Message::Broadcast {
+        let updates = data.get_u16();
+        for _ in 0..updates {
+            let member: Result<foca::Member<MemberId>, _> = PostcardCodec.decode_member(&mut data);
+            if member.is_err() {
+                return false;
+            }
+        }
+    }
+    if !data.is_empty() && data.len() < 3 {
+        return false;
+    }
+    while data.remaining() > 2 {
+        let len = usize::from(data.get_u16());
+        if len == 0 || data.len() < len {
+            return false;
+        }
+        data.advance(len);
+    }
+    !data.has_remaining()
+}
+
 /// Collects what foca asks for during one call.
 #[derive(Default)]
 pub(super) struct SwimRuntime {
@@ -214,6 +252,12 @@ impl MeshCore {
 
     /// A SWIM message, authenticated and fresh.
     pub(super) fn handle_swim(&mut self, from: SocketAddr, body: &[u8], now_ms: u64) {
+        if !well_formed(body) {
+            // foca applies a packet's header and member updates before it reads the
+            // broadcasts behind them: a packet malformed there would be half applied
+            // and still refused. Refused whole instead, before foca sees it.
+            return self.drop_datagram(DropReason::Invalid, from, now_ms);
+        }
         let res = self.with_swim(|swim, rt| swim.handle_data(body, rt));
         // Authenticated, fresh and accepted by SWIM: this member reaches us.
         if let (Ok(()), Some(src)) = (&res, lock(&self.last_src).take())
@@ -579,5 +623,54 @@ mod tests {
                 "at member {i}"
             );
         }
+    }
+
+    #[test]
+    fn a_swim_packet_malformed_behind_its_updates_is_refused_whole_not_half_applied() {
+        let mut net = Net::joined(3, MeshSettings::default());
+        let packets: Vec<Vec<u8>> = net
+            .log
+            .iter()
+            .filter(|p| p.tag == Some(TAG_SWIM))
+            .map(|p| p.payload[1..].to_vec())
+            .collect();
+        assert!(packets.iter().all(|p| well_formed(p)), "foca's own packets");
+        // A packet from member 1, with one more update (a stranger), and a broadcast
+        // item cut short behind it.
+        let stranger = MemberId {
+            node: crate::identity::NodeId([0x77; 16]),
+            generation: 1,
+            addrs: vec![addr(9)],
+        };
+        let header = foca::Header {
+            src: member(1),
+            src_incarnation: 0,
+            dst: member(0),
+            message: foca::Message::Ping(99),
+        };
+        let mut body = Vec::new();
+        PostcardCodec.encode_header(&header, &mut body).unwrap();
+        body.extend_from_slice(&1u16.to_be_bytes());
+        PostcardCodec
+            .encode_member(&foca::Member::alive(stranger.clone()), &mut body)
+            .unwrap();
+        assert!(well_formed(&body), "as such, a valid packet");
+        body.extend_from_slice(&[0, 40, 1, 2, 3]);
+        assert!(!well_formed(&body));
+
+        let mut forger = Forger::new(keyring(1));
+        let mut payload = vec![TAG_SWIM];
+        payload.extend_from_slice(&body);
+        let now = net.unix_ms();
+        let datagram = forger.sealed(&payload, now);
+        net.cores[0].handle_datagram(addr(1), &datagram, at(now));
+        assert_eq!(net.cores[0].counters().dropped(DropReason::Invalid), 1);
+        assert!(
+            net.cores[0]
+                .members()
+                .iter()
+                .all(|m| m.id.node != stranger.node),
+            "nothing of it applied"
+        );
     }
 }
