@@ -6,6 +6,7 @@ set -euo pipefail
 PACKAGES=(
   iproute2 iptables nftables iputils-ping procps psmisc ethtool curl
   iperf3 graphviz wireguard-go wireguard-tools gobgpd frr
+  faketime
 )
 
 if [ "$(id -u)" -ne 0 ]; then

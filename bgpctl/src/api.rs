@@ -192,9 +192,27 @@ impl Bgp for BgpApi {
                 )));
             }
         }
+        // The controller's times are monotonic; the API dates them.
+        let date = |ms: u64| view.clock.unix_of(ms);
+        let mut explanation = explanation.to_proto();
+        explanation.at_ms = date(explanation.at_ms);
+        for r in &mut explanation.remotes {
+            if let Some(p) = &mut r.pending {
+                p.since_ms = date(p.since_ms);
+                p.applies_at_ms = date(p.applies_at_ms);
+            }
+        }
+        let history = history
+            .iter()
+            .map(|c| {
+                let mut c = c.to_proto();
+                c.at_ms = date(c.at_ms);
+                c
+            })
+            .collect();
         Ok(Response::new(v1::ExplainResponse {
-            explanation: Some(explanation.to_proto()),
-            history: history.iter().map(|c| c.to_proto()).collect(),
+            explanation: Some(explanation),
+            history,
         }))
     }
 }

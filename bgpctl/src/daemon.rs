@@ -27,6 +27,27 @@ use crate::export::{self, ExportSettings};
 pub struct ControllerView {
     pub explanation: Option<Explanation>,
     pub history: Vec<Change>,
+    /// The clocks when the explanation was made: the controller's times are monotonic.
+    pub clock: Clock,
+}
+
+/// A monotonic and a wall-clock reading taken together, to date monotonic times.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Clock {
+    pub mono_ms: u64,
+    pub unix_ms: u64,
+}
+
+impl Clock {
+    /// The Unix time of monotonic time `mono_ms`, as the wall clock read with this one
+    /// says (a later step of the wall clock does not move it).
+    pub fn unix_of(&self, mono_ms: u64) -> u64 {
+        if mono_ms >= self.mono_ms {
+            self.unix_ms.saturating_add(mono_ms - self.mono_ms)
+        } else {
+            self.unix_ms.saturating_sub(self.mono_ms - mono_ms)
+        }
+    }
 }
 
 /// How long a starting bgpctl lets the mesh fill in before it advertises anything: an
@@ -129,6 +150,7 @@ async fn decide_loop(
         link_bandwidth: config.link_bandwidth,
     };
     let mut controller = Controller::new(config.policy.clone());
+    let origin = std::time::Instant::now();
     adopt_choice(&config.datacenter, &mesh, &speaker, &mut controller).await;
     let mut choices: BTreeMap<String, v1::Choice> = BTreeMap::new();
     let mut last: Option<v1::Decision> = None;
@@ -181,7 +203,13 @@ async fn decide_loop(
         if let Some(lead) = leader_choice(&config.datacenter, &view, &snapshot, last.as_ref()) {
             controller.adopt(&lead);
         }
-        let (decision, explanation) = controller.decide(&snapshot, unix_ms());
+        // Hold-downs run on the monotonic clock; the wall clock at this moment only turns
+        // the decision's times into dates for the API (`ControllerView::clock`).
+        let clock = Clock {
+            mono_ms: u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX),
+            unix_ms: unix_ms(),
+        };
+        let (decision, explanation) = controller.decide(&snapshot, clock.mono_ms);
         let routes = export::routes(
             &decision,
             &export::networks_by_datacenter(&view.store, |id| is_alive(&view, id)),
@@ -207,6 +235,7 @@ async fn decide_loop(
         view_tx.send_replace(Arc::new(ControllerView {
             explanation: Some(explanation),
             history: controller.history().cloned().collect(),
+            clock,
         }));
     }
 }
@@ -521,4 +550,33 @@ async fn sync_networks(
         .counters
         .networks_unpublished
         .store(unpublished as u64, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod clock_tests {
+    use super::Clock;
+
+    #[test]
+    fn monotonic_times_are_dated_by_the_wall_clock_read_with_them() {
+        let clock = Clock {
+            mono_ms: 50_000,
+            unix_ms: 1_750_000_000_000,
+        };
+        assert_eq!(clock.unix_of(50_000), 1_750_000_000_000);
+        assert_eq!(
+            clock.unix_of(20_000),
+            1_749_999_970_000,
+            "a change in the past"
+        );
+        assert_eq!(
+            clock.unix_of(80_000),
+            1_750_000_030_000,
+            "a hold-down that ends later"
+        );
+        let at_boot = Clock {
+            mono_ms: 50_000,
+            unix_ms: 10_000,
+        };
+        assert_eq!(at_boot.unix_of(0), 0, "saturates instead of wrapping");
+    }
 }

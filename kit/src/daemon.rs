@@ -134,7 +134,13 @@ pub async fn join_mesh(
         );
     }
     info!(id = %node, generation, bind = %mesh.bind, advertise = ?mesh.advertise, seeds = ?mesh.seeds, transits = ?transits, "joining the mesh");
-    let mesh = driver::spawn(core, sockets, Some(mesh.keyring_file.clone()));
+    let store = state_dir.clone();
+    let mesh = driver::spawn(
+        core,
+        sockets,
+        Some(mesh.keyring_file.clone()),
+        Some(Box::new(move |g| store.store_generation(g))),
+    );
     Ok(Member {
         mesh,
         identity,

@@ -64,6 +64,19 @@ impl Collector for MeshCollector {
         )?;
         counter(
             &mut enc,
+            "gatewan_mesh_records_from_future",
+            "Gossiped records refused because their version is further ahead of our wall \
+             clock than the allowed skew (2 h)",
+            c.records_from_future,
+        )?;
+        counter(
+            &mut enc,
+            "gatewan_mesh_rejoins",
+            "Times this member rejoined the mesh under a new generation",
+            c.rejoins,
+        )?;
+        counter(
+            &mut enc,
             "gatewan_mesh_suspicions_raised",
             "Members whose probe by us failed (each then told directly that it is suspected)",
             c.suspicions_raised,
@@ -113,6 +126,17 @@ impl Collector for MeshCollector {
                 ConstCounter::new(c.dropped(r))
                     .encode(fam.encode_family(&[("reason", r.as_str())])?)?;
             }
+        }
+        {
+            let proto = ConstGauge::new(0i64);
+            let fam = enc.encode_descriptor(
+                "gatewan_mesh_max_clock_skew_ms",
+                "The largest clock skew of a datagram dropped as clock_skew since start, in \
+                 milliseconds (positive: the sender's clock is ahead of ours)",
+                None,
+                proto.metric_type(),
+            )?;
+            ConstGauge::new(c.max_clock_skew_ms).encode(fam)?;
         }
         let proto = ConstGauge::new(0i64);
         let mut fam = enc.encode_descriptor(

@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::core::{CoreTimer, Counters, KeyringOutcome, MemberInfo, MeshCore, Output};
+use super::core::{CoreTimer, Counters, KeyringOutcome, MemberInfo, MeshCore, Now, Output};
 use super::egress::Egress;
 pub use super::seal::KeyringOp;
 use super::seal::{KeyringError, MeshKey};
@@ -30,6 +30,15 @@ pub fn unix_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// The clocks the core is given (see [`Now`]): a monotonic clock counting from
+/// `origin`, and the wall clock.
+fn clocks(origin: Instant) -> Now {
+    Now {
+        mono_ms: u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX),
+        unix_ms: unix_ms(),
+    }
 }
 
 /// What the rest of the daemon reads: a consistent snapshot, replaced on every change.
@@ -283,12 +292,29 @@ impl Ord for Due {
     }
 }
 
+/// Stores a generation raised at runtime (durably: it returns once the value is on disk),
+/// so that the next start uses a larger one.
+pub type GenerationStore = Box<dyn FnMut(u32) -> std::io::Result<()> + Send>;
+
 /// Starts the mesh task. `keyring_file` receives the keyring after every change so a
-/// restart keeps it.
-pub fn spawn(core: MeshCore, sockets: MeshSockets, keyring_file: Option<PathBuf>) -> MeshHandle {
+/// restart keeps it; `store_generation` a generation raised at runtime, before any
+/// datagram announces it.
+pub fn spawn(
+    core: MeshCore,
+    sockets: MeshSockets,
+    keyring_file: Option<PathBuf>,
+    store_generation: Option<GenerationStore>,
+) -> MeshHandle {
     let (cmd_tx, cmd_rx) = mpsc::channel(64);
     let (view_tx, view_rx) = watch::channel(Arc::new(MeshView::default()));
-    tokio::spawn(run(core, sockets, cmd_rx, view_tx, keyring_file));
+    tokio::spawn(run(
+        core,
+        sockets,
+        cmd_rx,
+        view_tx,
+        keyring_file,
+        store_generation,
+    ));
     MeshHandle {
         cmd: cmd_tx,
         view: view_rx,
@@ -316,7 +342,9 @@ async fn run(
     mut cmd_rx: mpsc::Receiver<Command>,
     view_tx: watch::Sender<Arc<MeshView>>,
     keyring_file: Option<PathBuf>,
+    mut store_generation: Option<GenerationStore>,
 ) {
+    let origin = Instant::now();
     let mut timers: BinaryHeap<Reverse<Due>> = BinaryHeap::new();
     let mut seq = 0u64;
     let mut buf = vec![0u8; 65536];
@@ -328,7 +356,7 @@ async fn run(
     };
     let mut refresh = tokio::time::interval(Duration::from_secs(1));
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    core.start(unix_ms());
+    core.start(clocks(origin));
     let mut leaving: Option<oneshot::Sender<()>> = None;
     let mut keyring_queries: HashMap<u64, oneshot::Sender<Result<KeyringOutcome, KeyringError>>> =
         HashMap::new();
@@ -337,24 +365,24 @@ async fn run(
         let mut view_dirty = false;
         tokio::select! {
             r = sockets.recv(&mut next_socket, &mut buf) => match r {
-                Ok((from, n)) => core.handle_datagram(from, &buf[..n], unix_ms()),
+                Ok((from, n)) => core.handle_datagram(from, &buf[..n], clocks(origin)),
                 Err(e) => debug!(error = %e, "recv"),
             },
             _ = tokio::time::sleep_until(next.unwrap_or_else(Instant::now)), if next.is_some() => {
                 let now = Instant::now();
                 while timers.peek().is_some_and(|Reverse(d)| d.at <= now) {
                     if let Some(Reverse(d)) = timers.pop() {
-                        core.handle_timer(d.timer, unix_ms());
+                        core.handle_timer(d.timer, clocks(origin));
                     }
                 }
             }
             c = cmd_rx.recv() => match c {
                 None => break,
                 Some(Command::Publish(body, reply)) => {
-                    let _ = reply.send(core.publish(*body, unix_ms()).map_err(|e| e.to_string()));
+                    let _ = reply.send(core.publish(*body, clocks(origin)).map_err(|e| e.to_string()));
                 }
                 Some(Command::Withdraw(kind, name, reply)) => {
-                    let _ = reply.send(core.withdraw(kind, &name, unix_ms()).map_err(|e| e.to_string()));
+                    let _ = reply.send(core.withdraw(kind, &name, clocks(origin)).map_err(|e| e.to_string()));
                 }
                 Some(Command::Keyring { op, cluster, reply }) => {
                     view_dirty = true;
@@ -366,13 +394,13 @@ async fn run(
                             let _ = reply.send(Ok(KeyringOutcome::default()));
                         }
                         Ok(()) => {
-                            let query = core.start_keyring_query(&op, unix_ms());
+                            let query = core.start_keyring_query(&op, clocks(origin));
                             keyring_queries.insert(query, reply);
                         }
                     }
                 }
                 Some(Command::Leave(reply)) => {
-                    core.leave(unix_ms());
+                    core.leave(clocks(origin));
                     leaving = Some(reply);
                 }
             },
@@ -414,7 +442,21 @@ async fn run(
                         let res = apply_keyring(&mut core, &op, true, keyring_file.as_deref());
                         view_dirty = true;
                         let error = res.err().map(|e| e.to_string()).unwrap_or_default();
-                        core.answer_keyring(from, query, error, unix_ms());
+                        core.answer_keyring(from, query, error, clocks(origin));
+                    }
+                    Output::GenerationRaised { generation } => {
+                        // Before the datagrams that follow it announce the generation.
+                        let stored = store_generation.as_mut().map(|store| store(generation));
+                        match stored {
+                            Some(Err(e)) => warn!(
+                                error = %e,
+                                generation,
+                                "cannot store the generation raised at runtime: a restart \
+                                 may reuse it"
+                            ),
+                            Some(Ok(())) => info!(generation, "stored the raised generation"),
+                            None => {}
+                        }
                     }
                     Output::KeyringQueryDone { query, outcome } => {
                         info!(

@@ -64,8 +64,13 @@ pub enum Freshness {
     /// Seen moments ago: the same datagram sent to several of our addresses (one per
     /// transit), not an attack.
     Duplicate,
-    /// Seen long ago, or timestamped outside the window.
+    /// Seen long ago.
     Replay,
+    /// Stamped further from our wall clock than the window: `skew_ms` is the stamp
+    /// minus our clock (positive: the sender's clock is ahead).
+    Skewed {
+        skew_ms: i64,
+    },
 }
 
 /// Remembers the datagrams accepted within `window_ms`; older timestamps are refused, so
@@ -90,10 +95,22 @@ impl ReplayFilter {
         }
     }
 
-    pub fn check(&mut self, nonce_id: u128, timestamp_ms: u64, now_ms: u64) -> Freshness {
+    /// `timestamp_ms`, the sender's stamp, is checked against our wall clock `unix_ms`;
+    /// what we remember expires on the monotonic clock `mono_ms`, so a step of the wall
+    /// clock neither forgets the datagrams just seen nor keeps them for ever.
+    pub fn check(
+        &mut self,
+        nonce_id: u128,
+        timestamp_ms: u64,
+        unix_ms: u64,
+        mono_ms: u64,
+    ) -> Freshness {
+        let now_ms = mono_ms;
         self.expire(now_ms);
-        if timestamp_ms.abs_diff(now_ms) > self.window_ms {
-            return Freshness::Replay;
+        if timestamp_ms.abs_diff(unix_ms) > self.window_ms {
+            let skew = i128::from(timestamp_ms) - i128::from(unix_ms);
+            let skew_ms = i64::try_from(skew).unwrap_or(if skew < 0 { i64::MIN } else { i64::MAX });
+            return Freshness::Skewed { skew_ms };
         }
         if let Some(&first_seen) = self.seen.get(&nonce_id) {
             return if now_ms.saturating_sub(first_seen) <= self.duplicate_ms {
@@ -168,25 +185,59 @@ mod tests {
     #[test]
     fn replay_filter() {
         let mut f = ReplayFilter::new(30_000, 1000);
-        assert_eq!(f.check(1, 100_000, 100_000), Freshness::Fresh);
-        assert_eq!(f.check(1, 100_000, 100_500), Freshness::Duplicate);
-        assert_eq!(f.check(1, 100_000, 110_000), Freshness::Replay);
-        assert_eq!(f.check(2, 60_000, 100_000), Freshness::Replay, "too old");
+        // Wall and monotonic clocks with different origins.
+        let check =
+            |f: &mut ReplayFilter, id, stamp, now: u64| f.check(id, stamp, now, now - 90_000);
+        assert_eq!(check(&mut f, 1, 100_000, 100_000), Freshness::Fresh);
+        assert_eq!(check(&mut f, 1, 100_000, 100_500), Freshness::Duplicate);
+        assert_eq!(check(&mut f, 1, 100_000, 110_000), Freshness::Replay);
         assert_eq!(
-            f.check(3, 140_000, 100_000),
-            Freshness::Replay,
+            check(&mut f, 2, 60_000, 100_000),
+            Freshness::Skewed { skew_ms: -40_000 },
+            "too old"
+        );
+        assert_eq!(
+            check(&mut f, 3, 140_000, 100_000),
+            Freshness::Skewed { skew_ms: 40_000 },
             "too far in the future"
         );
         // After expiry the id is forgotten, but its timestamp is then out of the window.
-        assert_eq!(f.check(1, 100_000, 200_000), Freshness::Replay);
+        assert_eq!(
+            check(&mut f, 1, 100_000, 200_000),
+            Freshness::Skewed { skew_ms: -100_000 }
+        );
         assert!(f.len() <= 1);
+    }
+
+    #[test]
+    fn what_the_replay_filter_remembers_expires_on_the_monotonic_clock() {
+        let mut f = ReplayFilter::new(30_000, 1000);
+        assert_eq!(f.check(1, 100_000, 100_000, 5_000), Freshness::Fresh);
+        // Our wall clock steps an hour ahead and the sender's with it: the datagram seen
+        // a second ago is still remembered, whatever the wall clock says.
+        let hour = 3_600_000;
+        assert_eq!(
+            f.check(1, 100_000 + hour, 101_000 + hour, 6_000),
+            Freshness::Duplicate
+        );
+        assert_eq!(
+            f.check(1, 100_000 + hour, 101_000 + hour, 30_000),
+            Freshness::Replay
+        );
+        assert_eq!(f.len(), 1);
+        // Forgotten two windows of monotonic time later.
+        assert_eq!(
+            f.check(9, 101_000 + hour, 101_000 + hour, 66_001),
+            Freshness::Fresh
+        );
+        assert_eq!(f.len(), 1);
     }
 
     #[test]
     fn replay_filter_capacity() {
         let mut f = ReplayFilter::new(30_000, 3);
         for id in 0..10 {
-            assert_eq!(f.check(id, 1000, 1000), Freshness::Fresh);
+            assert_eq!(f.check(id, 1000, 1000, 1000), Freshness::Fresh);
         }
         assert_eq!(f.len(), 3);
     }

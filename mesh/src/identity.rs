@@ -65,9 +65,11 @@ impl foca::Identity for MemberId {
     type Addr = NodeId;
 
     fn renew(&self) -> Option<Self> {
+        // None at the end of the range: foca then stays out of the mesh rather than
+        // wrapping to a generation that loses to every earlier one.
         Some(MemberId {
             node: self.node,
-            generation: self.generation.wrapping_add(1),
+            generation: self.generation.checked_add(1)?,
             addrs: self.addrs.clone(),
         })
     }

@@ -29,7 +29,7 @@ use gatewan_proto::v1::{self, record::Body};
 use rand::rngs::StdRng;
 use rand::{RngExt as _, SeedableRng as _};
 
-use super::core::{CoreTimer, KeyringOutcome, MemberState, MeshCore, MeshSettings, Output};
+use super::core::{CoreTimer, KeyringOutcome, MemberState, MeshCore, MeshSettings, Now, Output};
 use super::egress::Egress;
 use super::identity::{MemberId, NodeId};
 use super::seal::KeyringOp;
@@ -152,6 +152,8 @@ struct SimNode {
     records: BTreeSet<NodeId>,
     /// Outcomes of the keyring queries this member started.
     keyring_outcomes: Vec<KeyringOutcome>,
+    /// Generations this member rejoined under (`Output::GenerationRaised`).
+    generations_raised: Vec<u32>,
 }
 
 enum EventKind {
@@ -290,7 +292,7 @@ impl Sim {
         };
         let mut core = MeshCore::new(member, self.keyring.clone(), settings, seeds, core_seed)
             .expect("simulation settings are valid");
-        let unix = self.unix_ms();
+        let unix = self.now();
         if self.cfg.publish_node_records {
             core.publish(Body::Node(node_record(i, id, &addrs, datacenter)), unix)
                 .expect("a simulated NodeRecord is valid");
@@ -310,6 +312,7 @@ impl Sim {
             view: BTreeMap::new(),
             records: BTreeSet::new(),
             keyring_outcomes: Vec::new(),
+            generations_raised: Vec::new(),
         });
         for (k, a) in addrs.into_iter().enumerate() {
             self.by_addr.insert(a, (i, k));
@@ -370,6 +373,14 @@ impl Sim {
     }
 
     /// The current virtual time as the cores see it (Unix milliseconds).
+    /// The clocks the cores are given: virtual time, and the virtual wall clock.
+    pub fn now(&self) -> Now {
+        Now {
+            mono_ms: self.now_ms,
+            unix_ms: self.unix_ms(),
+        }
+    }
+
     pub fn unix_ms(&self) -> u64 {
         SIM_EPOCH_UNIX_MS + self.now_ms
     }
@@ -420,7 +431,7 @@ impl Sim {
         op: &KeyringOp,
         cluster: bool,
     ) -> Result<(), super::seal::KeyringError> {
-        let unix = self.unix_ms();
+        let unix = self.now();
         let core = &mut self.nodes[i].core;
         op.apply(core.keyring_mut())?;
         if cluster {
@@ -552,6 +563,37 @@ impl Sim {
             .sum()
     }
 
+    /// Seals `payload` as any member of the mesh would (the mesh key, a fresh nonce, the
+    /// current virtual wall clock): an insider's forged datagram, for [`Sim::inject`].
+    pub fn seal(&mut self, payload: &[u8]) -> Bytes {
+        let nonce: [u8; 24] = self.rng.random();
+        Bytes::from(self.keyring.seal(payload, self.unix_ms(), nonce))
+    }
+
+    /// A control message sealed with the mesh key (see [`Sim::seal`]).
+    pub fn seal_control(&mut self, kind: v1::mesh_control::Kind) -> Bytes {
+        use prost::Message as _;
+        let mut payload = vec![super::core::TAG_CONTROL];
+        payload.extend(v1::MeshControl { kind: Some(kind) }.encode_to_vec());
+        self.seal(&payload)
+    }
+
+    /// Delivers `datagram` to member `i` now, as if `from` had sent it.
+    pub fn inject(&mut self, i: usize, from: SocketAddr, datagram: Bytes) {
+        let now = self.now_ms;
+        self.push(now, i, EventKind::Deliver { from, datagram });
+    }
+
+    /// Generations member `i` rejoined under while running.
+    pub fn generations_raised(&self, i: usize) -> &[u32] {
+        &self.nodes[i].generations_raised
+    }
+
+    /// Bytes sent by all members so far.
+    pub fn total_bytes_sent(&self) -> u64 {
+        self.nodes.iter().map(|n| n.bytes_sent).sum()
+    }
+
     /// Runs every event due within the next `d` of virtual time.
     pub fn run_for(&mut self, d: Duration) {
         let until = self.now_ms + d.as_millis() as u64;
@@ -596,7 +638,7 @@ impl Sim {
             return true;
         }
         self.events_processed += 1;
-        let unix = self.unix_ms();
+        let unix = self.now();
         let core = &mut self.nodes[i].core;
         match ev.kind {
             EventKind::Deliver { from, datagram } => core.handle_datagram(from, &datagram, unix),
@@ -664,7 +706,7 @@ impl Sim {
                     );
                 }
                 Output::KeyringRequested { from, query, op } => {
-                    let unix = self.unix_ms();
+                    let unix = self.now();
                     let core = &mut self.nodes[i].core;
                     let error = op
                         .apply_as_asked(core.keyring_mut())
@@ -675,6 +717,9 @@ impl Sim {
                 }
                 Output::KeyringQueryDone { outcome, .. } => {
                     self.nodes[i].keyring_outcomes.push(outcome);
+                }
+                Output::GenerationRaised { generation } => {
+                    self.nodes[i].generations_raised.push(generation);
                 }
             }
         }
@@ -1202,5 +1247,103 @@ mod tests {
         sim.set_loss(0.4);
         sim.run_for(Duration::from_secs(30));
         assert!(!sim.false_beliefs(MemberState::Down, 0).is_empty());
+    }
+
+    /// One insider (it holds the mesh key) sends what the network could carry to make
+    /// a member overflow or storm: a record of the member's own origin at version
+    /// u64::MAX, a suspicion notice at incarnation 65535, member lists naming forged
+    /// addresses and renaming a live member. Gossip stays near its steady rate and no
+    /// member changes state.
+    #[test]
+    fn forged_versions_incarnations_and_member_lists_cause_no_storm_and_no_flap() {
+        use super::super::core::identity_to_proto;
+        use v1::mesh_control::Kind;
+
+        let mut sim = converged_cluster(31, 12);
+        sim.run_for(Duration::from_secs(20));
+        let window = Duration::from_secs(30);
+        let bytes_at = sim.total_bytes_sent();
+        sim.run_for(window);
+        let steady = sim.total_bytes_sent() - bytes_at;
+
+        let transitions_before = sim.transitions().len();
+        let insider = Sim::address_of(500);
+        let target = 0;
+        let me = sim.core(target).local().clone();
+        let record = v1::Record {
+            origin: Bytes::copy_from_slice(&me.node.0),
+            version: u64::MAX,
+            body: Some(Body::Node(node_record(
+                target,
+                me.node,
+                &me.addrs,
+                "dc0".into(),
+            ))),
+        };
+        let records = vec![Bytes::from(prost::Message::encode_to_vec(&record))];
+        let notice = v1::SuspicionNotice {
+            identity: Some(identity_to_proto(&me)),
+            incarnation: u32::from(u16::MAX),
+        };
+        let mut renamed = sim.core(1).local().clone();
+        renamed.generation += 5;
+        renamed.addrs = vec![Sim::address_of(900)];
+        let mut members: Vec<v1::MemberEntry> = (0..20)
+            .map(|k| v1::MemberEntry {
+                identity: Some(identity_to_proto(&MemberId {
+                    node: NodeId([k as u8 + 100; 16]),
+                    generation: 1,
+                    addrs: vec![Sim::address_of(1000 + k)],
+                })),
+                incarnation: u32::from(u16::MAX),
+                suspect: true,
+            })
+            .collect();
+        members.push(v1::MemberEntry {
+            identity: Some(identity_to_proto(&renamed)),
+            incarnation: 0,
+            suspect: false,
+        });
+        // Repeated for the whole window, every 100 ms, to every member.
+        let bytes_at = sim.total_bytes_sent();
+        for _ in 0..(window.as_millis() / 100) {
+            for i in 0..sim.len() {
+                let kinds = [
+                    Kind::Records(v1::SyncRecords {
+                        records: records.clone(),
+                    }),
+                    Kind::Suspected(notice.clone()),
+                    Kind::Members(v1::SyncMembers {
+                        reply_wanted: false,
+                        members: members.clone(),
+                    }),
+                ];
+                for kind in kinds {
+                    let d = sim.seal_control(kind);
+                    sim.inject(i, insider, d);
+                }
+            }
+            sim.run_for(Duration::from_millis(100));
+        }
+        let attacked = sim.total_bytes_sent() - bytes_at;
+
+        assert!(
+            attacked <= 2 * steady,
+            "gossip bytes in {window:?}: {attacked} under attack, {steady} steady"
+        );
+        let changed = &sim.transitions()[transitions_before..];
+        assert!(changed.is_empty(), "members changed state: {changed:?}");
+        let c = sim.core(target).counters();
+        assert!(c.records_from_future > 0, "{c:?}");
+        assert!(c.dropped(crate::DropReason::Invalid) > 0, "{c:?}");
+        assert_eq!(c.rejoins, 0);
+        assert!(sim.generations_raised(target).is_empty());
+        assert_eq!(sim.false_rejoins(), 0);
+        assert!(sim.converged());
+        eprintln!(
+            "gossip bytes per second: steady {} attacked {}",
+            steady / window.as_secs(),
+            attacked / window.as_secs()
+        );
     }
 }

@@ -78,6 +78,8 @@ pub enum RecordError {
     Decode(String),
     #[error("record origin is not a 16-byte node id")]
     BadOrigin,
+    #[error("no record version left above the highest one seen for this origin")]
+    VersionsExhausted,
     #[error("record has no body")]
     NoBody,
     #[error("node record id differs from its origin")]

@@ -200,7 +200,7 @@ fn remote_gatewans(ns: &Netns, keyring: MeshKey, seed: SocketAddr) -> std::threa
                 let socket =
                     driver::bind_socket(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port), false)
                         .expect("bind");
-                let h = driver::spawn(core, driver::MeshSockets::single(socket), None);
+                let h = driver::spawn(core, driver::MeshSockets::single(socket), None, None);
                 let mut key = [0u8; 32];
                 rand::fill(&mut key);
                 h.publish(Body::Node(v1::NodeRecord {

@@ -430,6 +430,8 @@ pub struct Host {
     pub socket: PathBuf,
     pub config: PathBuf,
     pub log: PathBuf,
+    /// Extra environment of the daemons started in the node (e.g. libfaketime's).
+    pub env: Vec<(String, String)>,
 }
 
 impl Host {
@@ -458,6 +460,7 @@ impl Host {
             socket: PathBuf::new(),
             config: PathBuf::new(),
             log: PathBuf::new(),
+            env: Vec::new(),
         }
     }
 
@@ -485,6 +488,7 @@ impl Host {
             .arg("-c")
             .arg(&self.config)
             .env("RUST_LOG", "gatewan=debug")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()

@@ -219,7 +219,10 @@ async fn reconcile(
     match system.observe().await {
         Ok(seen) => {
             let observed = reconcile_started.elapsed();
-            let (todo, newly_stale) = state.steps(&wanted, &seen, unix_ms(), cfg.grace);
+            // The grace period runs on the monotonic clock: a step of the wall clock must
+            // neither delete every stale tunnel at once nor keep them for ever.
+            let now_ms = state.mono_ms(Instant::now());
+            let (todo, newly_stale) = state.steps(&wanted, &seen, now_ms, cfg.grace);
             for name in newly_stale {
                 info!(interface = %name, grace = ?cfg.grace, "tunnel no longer wanted; removed after the grace period");
             }
@@ -275,8 +278,4 @@ async fn apply_steps(system: &System, todo: &[Step]) {
             }
         })
         .await;
-}
-
-fn unix_ms() -> u64 {
-    gatewan_mesh::driver::unix_ms()
 }

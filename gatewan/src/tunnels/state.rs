@@ -62,6 +62,12 @@ pub struct ManagerState {
 }
 
 impl ManagerState {
+    /// Monotonic milliseconds since the manager started, for the pure parts that take
+    /// time as a number (the grace period of stale tunnels).
+    pub fn mono_ms(&self, now: Instant) -> u64 {
+        u64::try_from(now.saturating_duration_since(self.started).as_millis()).unwrap_or(u64::MAX)
+    }
+
     pub fn new(local: Local, started: Instant, vteps: vtep::Assignment) -> ManagerState {
         ManagerState {
             local,
@@ -132,7 +138,8 @@ impl ManagerState {
 
     /// The steps from what the host has to what is wanted, and the interfaces that just
     /// became unwanted (removed once `grace` has passed). With steps to apply, the next
-    /// chance reconciles again: wireguard-go may take a moment to come up.
+    /// chance reconciles again: wireguard-go may take a moment to come up. `now_ms` is
+    /// monotonic ([`ManagerState::mono_ms`]).
     pub fn steps(
         &mut self,
         wanted: &[WantedTunnel],

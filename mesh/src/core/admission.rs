@@ -10,7 +10,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use gatewan_proto::v1::{self, MeshIdentity, mesh_control::Kind};
-use tracing::debug;
+use tracing::{debug, warn};
 
 use super::{
     CoreTimer, DropReason, MemberInfo, MemberState, MeshCore, identity_from_proto,
@@ -23,6 +23,18 @@ use crate::sync;
 
 /// Bounds what one member-list datagram can make us apply.
 const MAX_MEMBERS_PER_SLICE: usize = 64;
+
+/// Members of one list we contact at most (each costs a datagram: the list must not
+/// amplify); the rest are contacted when a later list names them again.
+const MAX_ANNOUNCES_PER_LIST: usize = 8;
+/// A listed identity is contacted once in this long (a real member answers the first
+/// time, or joins by itself; a forged one must not cost a datagram every list).
+const ANNOUNCE_AGAIN_AFTER_MS: u64 = 60_000;
+/// Bounds the identities remembered as contacted.
+const MAX_ANNOUNCED: usize = 1024;
+
+/// Bounds the senders whose clock skew we remember having logged.
+const MAX_SKEW_LOGGED: usize = 1024;
 
 /// When a joiner syncs again after its first push-pull.
 const JOIN_RESYNC: Duration = Duration::from_secs(2);
@@ -53,9 +65,13 @@ impl MeshCore {
         };
         match self
             .replay
-            .check(opened.nonce_id, opened.timestamp_ms, now_ms)
+            .check(opened.nonce_id, opened.timestamp_ms, self.wall_ms, now_ms)
         {
             Freshness::Fresh => Some(opened),
+            Freshness::Skewed { skew_ms } => {
+                self.clock_skew(from, skew_ms, now_ms);
+                None
+            }
             // Expected whenever a peer has several addresses: not worth a log line.
             Freshness::Duplicate => {
                 self.counters.dropped[DropReason::Duplicate as usize] += 1;
@@ -68,12 +84,44 @@ impl MeshCore {
         }
     }
 
+    /// A datagram stamped outside the replay window: counted, and logged once a minute
+    /// per sender address, with the skew, because a member whose clock is off is cut off
+    /// from the mesh while all else about it looks right.
+    fn clock_skew(&mut self, from: SocketAddr, skew_ms: i64, now_ms: u64) {
+        self.counters.dropped[DropReason::ClockSkew as usize] += 1;
+        if skew_ms.unsigned_abs() > self.counters.max_clock_skew_ms.unsigned_abs() {
+            self.counters.max_clock_skew_ms = skew_ms;
+        }
+        let due = self
+            .skew_logged
+            .get(&from.ip())
+            .is_none_or(|&t| now_ms.saturating_sub(t) >= 60_000);
+        if !due {
+            return;
+        }
+        if self.skew_logged.len() >= MAX_SKEW_LOGGED {
+            self.skew_logged
+                .retain(|_, t| now_ms.saturating_sub(*t) < 60_000);
+        }
+        if self.skew_logged.len() < MAX_SKEW_LOGGED {
+            self.skew_logged.insert(from.ip(), now_ms);
+            warn!(
+                peer = %from,
+                skew_ms,
+                window_ms = self.settings.replay_window.as_millis() as u64,
+                "dropped an authenticated mesh datagram: the sender's clock and ours differ \
+                 by more than the replay window (check NTP on both; counted as \
+                 clock_skew, logged once a minute per peer)"
+            );
+        }
+    }
+
     /// Asks the seeds for their identity until foca knows some member.
-    pub(super) fn retry_seeds(&mut self, now_ms: u64) {
+    pub(super) fn retry_seeds(&mut self) {
         if self.swim.num_members() == 0 && !self.seeds.is_empty() {
             let me = identity_to_proto(self.local());
             let seeds = self.seeds.clone();
-            self.send_control(&seeds, Kind::JoinRequest(me), now_ms);
+            self.send_control(&seeds, Kind::JoinRequest(me));
         }
         self.schedule(self.settings.seed_retry, CoreTimer::SeedRetry);
     }
@@ -86,7 +134,7 @@ impl MeshCore {
             return; // our own address is among the seeds
         }
         let me = identity_to_proto(self.local());
-        self.send_control(&[from], Kind::JoinReply(me), now_ms);
+        self.send_control(&[from], Kind::JoinReply(me));
     }
 
     pub(super) fn on_join_reply(&mut self, from: SocketAddr, ident: &MeshIdentity, now_ms: u64) {
@@ -106,42 +154,57 @@ impl MeshCore {
         // before we had anyone to gossip them to) at once. And once more a little
         // later: a lost datagram of this first exchange would otherwise leave us
         // without some records until the next anti-entropy round.
-        self.send_hello(&seed_addrs, now_ms);
+        self.send_hello(&seed_addrs);
         self.schedule(JOIN_RESYNC, CoreTimer::JoinSync);
     }
 
     /// The membership half of a hello: our member list when the sender holds other
     /// members than we do (an empty hash is a sender that does not say).
-    pub(super) fn compare_members(&mut self, from: SocketAddr, hash: &[u8], now_ms: u64) {
+    pub(super) fn compare_members(&mut self, from: SocketAddr, hash: &[u8]) {
         if !hash.is_empty() && hash != self.members_hash().as_slice() {
-            self.send_members(from, true, now_ms);
+            self.send_members(from, true);
         }
     }
 
+    /// A member list: the members it names that we do not hold, under that identity, are
+    /// contacted (a SWIM announce), never taken on the list's word. The list is sealed
+    /// with the mesh key, but one key holder must not be able to make us hold members at
+    /// addresses where no one answers (each would be probed, suspected and declared down,
+    /// gossip mesh-wide), nor rename a live member to such an address. A member that is
+    /// there answers the announce and joins through SWIM, as it would on its own. What
+    /// the list says of members we hold (incarnation, suspicion) SWIM already carries.
     pub(super) fn on_members(&mut self, from: SocketAddr, m: &v1::SyncMembers, now_ms: u64) {
         let local = self.local().node;
-        let mut updates = Vec::new();
+        let mut unknown = Vec::new();
         for e in m.members.iter().take(MAX_MEMBERS_PER_SLICE) {
-            let Some((id, incarnation)) = member_at(&e.identity, e.incarnation) else {
+            let Some((id, _incarnation)) = member_at(&e.identity, e.incarnation) else {
                 return self.drop_datagram(DropReason::Invalid, from, now_ms);
             };
             // What others think of us is foca's to refute, through SWIM.
-            if id.node != local {
-                let state = if e.suspect {
-                    foca::State::Suspect
-                } else {
-                    foca::State::Alive
-                };
-                updates.push(foca::Member::new(id, incarnation, state));
+            if id.node == local || self.members.get(&id.node).is_some_and(|h| h.id == id) {
+                continue;
             }
+            unknown.push(id);
         }
-        // Not broadcast: the sender's view is what the mesh already knows.
-        if let Err(e) = self.with_swim(|swim, rt| swim.apply_many(updates.into_iter(), false, rt)) {
-            debug!(error = %e, "member list refused");
+        self.announced
+            .retain(|_, at| now_ms.saturating_sub(*at) < ANNOUNCE_AGAIN_AFTER_MS);
+        let mut announced = 0;
+        for id in unknown {
+            if announced >= MAX_ANNOUNCES_PER_LIST
+                || self.announced.len() >= MAX_ANNOUNCED
+                || self.announced.contains_key(&id)
+            {
+                continue;
+            }
+            announced += 1;
+            self.announced.insert(id.clone(), now_ms);
+            if let Err(e) = self.with_swim(|swim, rt| swim.announce(id, rt)) {
+                debug!(error = %e, "announce to a listed member");
+            }
         }
         self.flush_swim(now_ms);
         if m.reply_wanted {
-            self.send_members(from, false, now_ms);
+            self.send_members(from, false);
         }
     }
 
@@ -155,7 +218,7 @@ impl MeshCore {
         )
     }
 
-    fn send_members(&mut self, to: SocketAddr, reply_wanted: bool, now_ms: u64) {
+    fn send_members(&mut self, to: SocketAddr, reply_wanted: bool) {
         let mut entries: Vec<v1::MemberEntry> = self
             .members
             .values()
@@ -178,11 +241,11 @@ impl MeshCore {
         });
         let budget = self.settings.control_budget();
         for slice in sync::member_slices(entries, reply_wanted, budget) {
-            self.send_control(&[to], Kind::Members(slice), now_ms);
+            self.send_control(&[to], Kind::Members(slice));
         }
     }
 
-    pub(super) fn refresh_members(&mut self, now_ms: u64) {
+    pub(super) fn refresh_members(&mut self) {
         let local = self.local().node;
         let mut seen = 0;
         // foca keeps our previous lives (same node id, older generation) as down members
@@ -203,7 +266,7 @@ impl MeshCore {
                 Some(e) if e.state == state && e.id == *id && e.incarnation == m.incarnation() => {}
                 Some(e) => {
                     if e.state != state || e.id.generation != id.generation {
-                        e.last_change_ms = now_ms;
+                        e.last_change_ms = self.wall_ms;
                     }
                     e.state = state;
                     e.id = id.clone();
@@ -217,7 +280,7 @@ impl MeshCore {
                             id: id.clone(),
                             state,
                             incarnation: m.incarnation(),
-                            last_change_ms: now_ms,
+                            last_change_ms: self.wall_ms,
                             local: false,
                         },
                     );
@@ -241,12 +304,16 @@ impl MeshCore {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testkit::at;
     use std::time::Duration;
 
     use gatewan_proto::v1::{self, mesh_control::Kind};
 
-    use super::super::testkit::{Drained, EPOCH_MS, Forger, Net, addr, core, keyring, member};
-    use super::super::{DropReason, MeshCore, MeshSettings, identity_to_proto};
+    use super::super::testkit::{
+        Drained, EPOCH_MS, Forger, Net, addr, control_in, core, keyring, member, node,
+    };
+    use super::super::{DropReason, MemberState, MeshCore, MeshSettings, identity_to_proto};
+    use crate::identity::MemberId;
 
     fn entry(i: usize, incarnation: u32) -> v1::MemberEntry {
         v1::MemberEntry {
@@ -258,7 +325,7 @@ mod tests {
 
     fn alone(i: usize) -> MeshCore {
         let mut c = core(i, keyring(1), MeshSettings::default(), Vec::new());
-        c.start(EPOCH_MS);
+        c.start(at(EPOCH_MS));
         c.drain_outputs().for_each(drop);
         c
     }
@@ -298,7 +365,7 @@ mod tests {
             })
             .collect();
         for (i, c) in cores.iter_mut().enumerate() {
-            c.publish(super::super::testkit::node_record(i, "dc"), EPOCH_MS)
+            c.publish(super::super::testkit::node_record(i, "dc"), at(EPOCH_MS))
                 .expect("valid record");
         }
         let mut net = Net::with_cores(cores);
@@ -355,37 +422,37 @@ mod tests {
         let now = EPOCH_MS + 60_000;
         let from = addr(5);
 
-        c.handle_datagram(from, &vec![0u8; 1401], now);
+        c.handle_datagram(from, &vec![0u8; 1401], at(now));
         assert_eq!(c.counters().dropped(DropReason::Malformed), 1, "too large");
-        c.handle_datagram(from, &[1, 2, 3], now);
+        c.handle_datagram(from, &[1, 2, 3], at(now));
         assert_eq!(c.counters().dropped(DropReason::Malformed), 2, "too short");
 
         let stale = forger.sealed(&[2], now - 31_000);
-        c.handle_datagram(from, &stale, now);
+        c.handle_datagram(from, &stale, at(now));
         assert_eq!(
-            c.counters().dropped(DropReason::Replay),
+            c.counters().dropped(DropReason::ClockSkew),
             1,
             "stamped too long ago"
         );
 
         let hello = forger.control(Kind::JoinRequest(identity_to_proto(&member(5))), now);
-        c.handle_datagram(from, &hello, now);
-        c.handle_datagram(from, &hello, now + 10);
+        c.handle_datagram(from, &hello, at(now));
+        c.handle_datagram(from, &hello, at(now + 10));
         assert_eq!(c.counters().dropped(DropReason::Duplicate), 1);
         let replies = Drained::of(&mut c).controls(&keyring(1));
         assert_eq!(replies.len(), 1, "answered once");
         assert!(matches!(replies[0], (to, Kind::JoinReply(_)) if to == from));
 
         let unknown_tag = forger.sealed(&[9, 1, 2], now);
-        c.handle_datagram(from, &unknown_tag, now);
+        c.handle_datagram(from, &unknown_tag, at(now));
         let empty = forger.sealed(&[], now);
-        c.handle_datagram(from, &empty, now);
+        c.handle_datagram(from, &empty, at(now));
         assert_eq!(c.counters().dropped(DropReason::Invalid), 2);
         assert_eq!(c.counters().datagrams_in, 7);
     }
 
     #[test]
-    fn a_member_list_adds_the_members_it_names_and_answers_when_asked() {
+    fn a_member_list_makes_us_contact_the_members_it_names_and_answers_when_asked() {
         let mut c = alone(0);
         let mut forger = Forger::new(keyring(1));
         let list = v1::SyncMembers {
@@ -395,18 +462,20 @@ mod tests {
         c.handle_datagram(
             addr(3),
             &forger.control(Kind::Members(list), EPOCH_MS),
-            EPOCH_MS,
+            at(EPOCH_MS),
         );
 
-        let held: Vec<_> = c
-            .members()
+        assert_eq!(c.alive_members(), 0, "not taken on the list's word");
+        let drained = Drained::of(&mut c);
+        let mut swim_to: Vec<_> = drained
+            .sends
             .iter()
-            .filter(|m| !m.local)
-            .map(|m| m.id.node)
+            .filter(|(_, d)| control_in(&keyring(1), d).is_none())
+            .map(|(to, _)| *to)
             .collect();
-        assert_eq!(held.len(), 2);
-        assert!(held.contains(&member(3).node) && held.contains(&member(4).node));
-        let answers = Drained::of(&mut c).controls(&keyring(1));
+        swim_to.sort();
+        assert_eq!(swim_to, [addr(3), addr(4)], "an announce to each");
+        let answers = drained.controls(&keyring(1));
         let back: Vec<_> = answers
             .iter()
             .filter_map(|(to, k)| match k {
@@ -416,7 +485,58 @@ mod tests {
             .collect();
         assert_eq!(back.len(), 1, "{} answers", answers.len());
         assert!(!back[0].reply_wanted, "an answer asks for none");
-        assert_eq!(back[0].members.len(), 3, "the two it learned and itself");
+        assert_eq!(back[0].members.len(), 1, "itself only");
+    }
+
+    #[test]
+    fn a_member_list_that_renames_a_live_member_or_repeats_itself_changes_nothing() {
+        let mut net = Net::joined(2, MeshSettings::default());
+        let mut forger = Forger::new(keyring(1));
+        let mut moved = member(1);
+        moved.generation += 1;
+        moved.addrs = vec![addr(200)];
+        let forged = |i: usize| v1::MemberEntry {
+            identity: Some(identity_to_proto(&MemberId {
+                node: node(i),
+                generation: 1,
+                addrs: vec![addr(100 + i)],
+            })),
+            incarnation: 0,
+            suspect: true,
+        };
+        let mut members: Vec<_> = (10..30).map(forged).collect();
+        members.push(v1::MemberEntry {
+            identity: Some(identity_to_proto(&moved)),
+            incarnation: 0,
+            suspect: false,
+        });
+        members.rotate_right(1);
+        let list = v1::SyncMembers {
+            reply_wanted: false,
+            members,
+        };
+        let mut contacted = Vec::new();
+        for _ in 0..5 {
+            let now = net.unix_ms();
+            let datagram = forger.control(Kind::Members(list.clone()), now);
+            let from = net.log.len();
+            net.cores[0].handle_datagram(addr(9), &datagram, at(now));
+            net.collect(0);
+            net.deliver_all();
+            let to: Vec<_> = net.sent_since(from, |p| p.from == 0 && p.to != addr(1));
+            contacted.push(to.len());
+        }
+        assert_eq!(net.cores[0].counters().dropped(DropReason::Malformed), 0);
+        assert_eq!(contacted, [8, 8, 5, 0, 0], "at most 8 a list, each once");
+        net.run_for(Duration::from_secs(20));
+        let held = net.cores[0].members();
+        assert_eq!(held.len(), 2, "no forged member held");
+        let one = held
+            .iter()
+            .find(|m| m.id.node == node(1))
+            .expect("member 1");
+        assert_eq!((one.id.clone(), one.state), (member(1), MemberState::Alive));
+        assert_eq!(net.cores[0].counters().suspicions_raised, 0);
     }
 
     #[test]
@@ -431,7 +551,7 @@ mod tests {
         c.handle_datagram(
             addr(3),
             &forger.control(Kind::Members(list), EPOCH_MS),
-            EPOCH_MS,
+            at(EPOCH_MS),
         );
         assert_eq!(c.counters().dropped(DropReason::Invalid), 1);
         assert_eq!(c.alive_members(), 0, "nothing of it applied");
@@ -450,7 +570,11 @@ mod tests {
         let ours = c.members_hash().to_vec();
         let (same, other, silent) = (hello(ours), hello(vec![7; 16]), hello(Vec::new()));
         let mut lists_after = |c: &mut MeshCore, h: v1::SyncHello| {
-            c.handle_datagram(addr(3), &forger.control(Kind::Hello(h), EPOCH_MS), EPOCH_MS);
+            c.handle_datagram(
+                addr(3),
+                &forger.control(Kind::Hello(h), EPOCH_MS),
+                at(EPOCH_MS),
+            );
             Drained::of(c)
                 .controls(&keyring(1))
                 .iter()

@@ -49,28 +49,28 @@ impl MeshCore {
         let peers = if reachable.is_empty() { all } else { reachable };
         if !peers.is_empty() {
             let peer = peers[self.rng.random_range(0..peers.len())].clone();
-            self.send_hello(&peer.addrs, now_ms);
+            self.send_hello(&peer.addrs);
         }
     }
 
     /// Opens a push-pull: our store's summary and our members hash.
-    pub(super) fn send_hello(&mut self, addrs: &[SocketAddr], now_ms: u64) {
+    pub(super) fn send_hello(&mut self, addrs: &[SocketAddr]) {
         let members = self.members_hash();
         let h = self.with_store(|s| sync::hello(s, members));
-        self.send_control(addrs, Kind::Hello(h), now_ms);
+        self.send_control(addrs, Kind::Hello(h));
     }
 
     /// A hello: member lists if we disagree on who is in the mesh, then our digest if
     /// our stores differ.
-    pub(super) fn on_hello(&mut self, from: SocketAddr, h: &v1::SyncHello, now_ms: u64) {
-        self.compare_members(from, &h.members_hash, now_ms);
+    pub(super) fn on_hello(&mut self, from: SocketAddr, h: &v1::SyncHello) {
+        self.compare_members(from, &h.members_hash);
         let same = self.with_store(|s| sync::same_state(s, h));
         debug!(%from, same, "sync: hello");
         if !same {
             let budget = self.settings.control_budget();
             let slices = self.with_store(|s| sync::digest(s, true, budget));
             for d in slices {
-                self.send_control(&[from], Kind::Digest(d), now_ms);
+                self.send_control(&[from], Kind::Digest(d));
             }
         }
     }
@@ -93,12 +93,12 @@ impl MeshCore {
             "sync: digest"
         );
         for records in batches {
-            self.send_control(&[from], Kind::Records(v1::SyncRecords { records }), now_ms);
+            self.send_control(&[from], Kind::Records(v1::SyncRecords { records }));
         }
         if d.reply_wanted {
             let slices = self.with_store(|s| sync::digest(s, false, budget));
             for d in slices {
-                self.send_control(&[from], Kind::Digest(d), now_ms);
+                self.send_control(&[from], Kind::Digest(d));
             }
         }
     }
@@ -137,6 +137,7 @@ impl MeshCore {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testkit::at;
     use std::time::Duration;
 
     use gatewan_proto::v1::{self, mesh_control::Kind};
@@ -170,7 +171,7 @@ mod tests {
         let since = net.log.len();
         let now = net.unix_ms();
         let body = node_record(1, std::str::from_utf8(MARK).unwrap());
-        net.cores[1].publish(body, now).expect("valid record");
+        net.cores[1].publish(body, at(now)).expect("valid record");
         net.run_for(Duration::from_secs(5));
         let lost = net.sent_since(since, |p| p.lost).len();
         assert!(lost >= 4, "the record rode on SWIM {lost} times, all lost");
@@ -186,7 +187,7 @@ mod tests {
         let mut afters = Vec::new();
         for _ in 0..20 {
             let now = net.unix_ms();
-            net.cores[0].handle_timer(CoreTimer::AntiEntropy, now);
+            net.cores[0].handle_timer(CoreTimer::AntiEntropy, at(now));
             let d = Drained::of(&mut net.cores[0]);
             let to = hellos(&d);
             assert_eq!(to.len(), 1);
@@ -226,16 +227,16 @@ mod tests {
         );
         for _ in 0..20 {
             let now = net.unix_ms();
-            net.cores[0].handle_timer(CoreTimer::AntiEntropy, now);
+            net.cores[0].handle_timer(CoreTimer::AntiEntropy, at(now));
             assert_eq!(hellos(&Drained::of(&mut net.cores[0])), [addr(1)]);
         }
     }
 
     fn alone_with_a_record() -> MeshCore {
         let mut c = core(0, keyring(1), MeshSettings::default(), Vec::new());
-        c.publish(node_record(0, "dc"), EPOCH_MS)
+        c.publish(node_record(0, "dc"), at(EPOCH_MS))
             .expect("valid record");
-        c.start(EPOCH_MS);
+        c.start(at(EPOCH_MS));
         c.drain_outputs().for_each(drop);
         c
     }
@@ -249,7 +250,11 @@ mod tests {
         let mut digests_after = |c: &mut MeshCore, h: v1::SyncHello| -> Vec<v1::SyncDigest> {
             let mut h = h;
             h.members_hash = Default::default();
-            c.handle_datagram(addr(3), &forger.control(Kind::Hello(h), EPOCH_MS), EPOCH_MS);
+            c.handle_datagram(
+                addr(3),
+                &forger.control(Kind::Hello(h), EPOCH_MS),
+                at(EPOCH_MS),
+            );
             Drained::of(c)
                 .controls(&keyring(1))
                 .into_iter()
@@ -276,7 +281,7 @@ mod tests {
         c.handle_datagram(
             addr(3),
             &forger.control(Kind::Digest(empty), EPOCH_MS),
-            EPOCH_MS,
+            at(EPOCH_MS),
         );
         let sent = Drained::of(&mut c).controls(&keyring(1));
         let records: usize = sent
@@ -305,7 +310,7 @@ mod tests {
         c.handle_datagram(
             addr(3),
             &forger.control(Kind::Digest(bad), EPOCH_MS),
-            EPOCH_MS,
+            at(EPOCH_MS),
         );
         assert_eq!(c.counters().dropped(DropReason::Invalid), 1);
         assert!(Drained::of(&mut c).sends.is_empty());

@@ -12,6 +12,7 @@ impl MeshCore {
     /// Collects the records of members gone for `departed_record_ttl`; readmits those
     /// alive again. Runs with each anti-entropy round (its cost is one pass over the
     /// members and the origins in the store).
+    /// `now_ms`: the monotonic clock.
     pub(super) fn collect_departed(&mut self, now_ms: u64) {
         let ttl_ms =
             u64::try_from(self.settings.departed_record_ttl.as_millis()).unwrap_or(u64::MAX);
@@ -35,16 +36,10 @@ impl MeshCore {
             .filter(|o| *o != local && !alive.contains(o))
             .collect();
         for origin in gone {
-            // Down since SWIM said so; a member we never knew, since we first saw it gone.
-            let down_at = self
-                .members
-                .get(&origin)
-                .filter(|m| m.state == MemberState::Down)
-                .map(|m| m.last_change_ms);
-            let since = *self
-                .gone_since
-                .entry(origin)
-                .or_insert_with(|| down_at.unwrap_or(now_ms));
+            // Gone since this round first saw it gone (at most one round after SWIM declared
+            // it down), on the monotonic clock: a member's `last_change_ms` is a wall-clock
+            // date for display, and a clock step must not collect or keep records.
+            let since = *self.gone_since.entry(origin).or_insert(now_ms);
             if now_ms.saturating_sub(since) >= ttl_ms {
                 let n = shared.store.collect_origin(origin);
                 shared.records_changed = true;
@@ -69,7 +64,7 @@ mod tests {
     use gatewan_proto::v1::{self, record::Body};
 
     use super::super::testkit::{Net, node, node_record};
-    use super::super::{CoreTimer, MeshSettings};
+    use super::super::{CoreTimer, MeshSettings, Now};
     use crate::store::RecordError;
 
     fn network(prefix: &str) -> Body {
@@ -91,7 +86,7 @@ mod tests {
             ..MeshSettings::default()
         };
         let mut net = Net::joined(2, settings);
-        let now = net.unix_ms();
+        let now = net.now();
         // The NodeRecord is not published in these tests: three networks fit.
         for p in ["10.1.0.0/16", "10.2.0.0/16", "10.3.0.0/16"] {
             net.cores[1]
@@ -104,7 +99,13 @@ mod tests {
         );
         // Updating a held record still works.
         net.cores[1]
-            .publish(network("10.1.0.0/16"), now + 1)
+            .publish(
+                network("10.1.0.0/16"),
+                Now {
+                    unix_ms: now.unix_ms + 1,
+                    ..now
+                },
+            )
             .expect("an update");
         net.run_for(Duration::from_secs(15));
         assert_eq!(networks_of(&net, 0, 1), 3);
@@ -133,7 +134,7 @@ mod tests {
             .collect();
         let mut net = Net::with_cores(cores);
         net.run_for(Duration::from_secs(5));
-        let now = net.unix_ms();
+        let now = net.now();
         net.cores[2]
             .publish(node_record(2, "par1"), now)
             .expect("valid");
@@ -173,7 +174,7 @@ mod previous_life {
     use gatewan_proto::v1::{self, record::Body};
 
     use super::super::testkit::{Net, addr, keyring, member};
-    use super::super::{MeshCore, MeshSettings};
+    use super::super::{MeshCore, MeshSettings, Now};
 
     fn network(prefix: &str) -> Body {
         Body::Network(v1::Network {
@@ -186,12 +187,19 @@ mod previous_life {
     #[test]
     fn a_restarted_member_learns_which_of_its_old_records_the_others_still_hold() {
         let mut net = Net::joined(2, MeshSettings::default());
-        let now = net.unix_ms();
+        let now = net.now();
         for p in ["10.1.0.0/16", "10.2.0.0/16", "10.3.0.0/16"] {
             net.cores[1].publish(network(p), now).expect("valid");
         }
         net.cores[1]
-            .withdraw(v1::RecordKind::Network, "10.3.0.0/16", now + 1)
+            .withdraw(
+                v1::RecordKind::Network,
+                "10.3.0.0/16",
+                Now {
+                    unix_ms: now.unix_ms + 1,
+                    ..now
+                },
+            )
             .expect("valid");
         net.run_for(Duration::from_secs(15));
         assert!(net.cores[1].previous_life().is_empty(), "one life so far");
@@ -207,7 +215,7 @@ mod previous_life {
             [9; 32],
         )
         .expect("valid settings");
-        let now = net.unix_ms();
+        let now = net.now();
         net.cores[1].start(now);
         net.collect(1);
         net.run_for(Duration::from_secs(15));
@@ -217,13 +225,20 @@ mod previous_life {
         // The withdrawn one is not to withdraw again.
         assert_eq!(names(&net.cores[1]), ["10.1.0.0/16", "10.2.0.0/16"]);
         // Published again in this life: no longer from the previous one.
-        let now = net.unix_ms();
+        let now = net.now();
         net.cores[1]
             .publish(network("10.1.0.0/16"), now)
             .expect("valid");
         assert_eq!(names(&net.cores[1]), ["10.2.0.0/16"]);
         net.cores[1]
-            .withdraw(v1::RecordKind::Network, "10.2.0.0/16", now + 1)
+            .withdraw(
+                v1::RecordKind::Network,
+                "10.2.0.0/16",
+                Now {
+                    unix_ms: now.unix_ms + 1,
+                    ..now
+                },
+            )
             .expect("valid");
         assert!(names(&net.cores[1]).is_empty());
         net.run_for(Duration::from_secs(15));

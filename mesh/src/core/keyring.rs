@@ -16,7 +16,7 @@ use rand::RngExt as _;
 
 use super::{
     CoreTimer, DropReason, KEYRING_QUERY_TIMEOUT, KeyringOutcome, MemberInfo, MemberState,
-    MeshCore, Output,
+    MeshCore, Now, Output,
 };
 use crate::identity::NodeId;
 use crate::seal::{KeyringOp, MeshKey};
@@ -39,7 +39,8 @@ impl MeshCore {
     /// Asks every member alive or suspect to apply a keyring change we applied already
     /// (`serf keys`): asked again every 500 ms until it answers, for at most
     /// `KEYRING_QUERY_TIMEOUT`. The answer comes as `Output::KeyringQueryDone`.
-    pub fn start_keyring_query(&mut self, op: &KeyringOp, now_ms: u64) -> u64 {
+    pub fn start_keyring_query(&mut self, op: &KeyringOp, now: Now) -> u64 {
+        let now_ms = self.clocks(now);
         let query = self.rng.random::<u64>();
         let op = match op.by_fingerprint() {
             KeyringOp::Install(k) => {
@@ -85,7 +86,7 @@ impl MeshCore {
         }
         let request = q.request.clone();
         for addrs in waiting {
-            self.send_control(&addrs, Kind::KeyringRequest(request.clone()), now_ms);
+            self.send_control(&addrs, Kind::KeyringRequest(request.clone()));
         }
         self.schedule(KEYRING_RETRY, CoreTimer::KeyringQuery(query));
     }
@@ -115,21 +116,22 @@ impl MeshCore {
     }
 
     /// Our answer to a keyring request (`Output::KeyringRequested`): empty error when applied.
-    pub fn answer_keyring(&mut self, to: SocketAddr, query: u64, error: String, now_ms: u64) {
+    pub fn answer_keyring(&mut self, to: SocketAddr, query: u64, error: String, now: Now) {
+        self.clocks(now);
         if self.keyring_answers.len() >= KEYRING_ANSWERS_KEPT {
             self.keyring_answers.pop_front();
         }
         self.keyring_answers.push_back((query, error.clone()));
-        self.send_keyring_reply(to, query, error, now_ms);
+        self.send_keyring_reply(to, query, error);
     }
 
-    fn send_keyring_reply(&mut self, to: SocketAddr, query: u64, error: String, now_ms: u64) {
+    fn send_keyring_reply(&mut self, to: SocketAddr, query: u64, error: String) {
         let reply = v1::KeyringReply {
             query,
             member: Bytes::copy_from_slice(&self.local().node.0),
             error,
         };
-        self.send_control(&[to], Kind::KeyringReply(reply), now_ms);
+        self.send_control(&[to], Kind::KeyringReply(reply));
     }
 
     /// Another member asks us to change our keyring: for the driver to apply.
@@ -142,7 +144,7 @@ impl MeshCore {
         if let Some((_, error)) = self.keyring_answers.iter().find(|(q, _)| *q == r.query) {
             // Our answer was lost: the same answer, the change is not applied twice.
             let error = error.clone();
-            return self.send_keyring_reply(from, r.query, error, now_ms);
+            return self.send_keyring_reply(from, r.query, error);
         }
         let op = match r.op {
             Some(v1::keyring_request::Op::Install(k)) => match MeshKey::from_bytes(&k) {
@@ -179,6 +181,7 @@ impl MeshCore {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testkit::at;
     use std::time::Duration;
 
     use gatewan_proto::v1::{self, mesh_control::Kind};
@@ -198,7 +201,7 @@ mod tests {
     fn start(net: &mut Net, i: usize, op: &KeyringOp) -> u64 {
         let now = net.unix_ms();
         op.apply(net.cores[i].keyring_mut()).expect("applies here");
-        let q = net.cores[i].start_keyring_query(op, now);
+        let q = net.cores[i].start_keyring_query(op, at(now));
         net.collect(i);
         net.deliver_all();
         q
@@ -280,15 +283,15 @@ mod tests {
         };
 
         let datagram = forger.control(Kind::KeyringRequest(request.clone()), EPOCH_MS);
-        c.handle_datagram(asker, &datagram, EPOCH_MS);
+        c.handle_datagram(asker, &datagram, at(EPOCH_MS));
         let d = Drained::of(&mut c);
         assert_eq!(d.keyring_requests.len(), 1, "handed to the driver");
         assert!(d.sends.is_empty(), "which answers");
-        c.answer_keyring(asker, 7, "disk full".into(), EPOCH_MS);
+        c.answer_keyring(asker, 7, "disk full".into(), at(EPOCH_MS));
         assert_eq!(replies(&Drained::of(&mut c)), ["disk full"]);
 
         let again = forger.control(Kind::KeyringRequest(request), EPOCH_MS + 500);
-        c.handle_datagram(asker, &again, EPOCH_MS + 500);
+        c.handle_datagram(asker, &again, at(EPOCH_MS + 500));
         let d = Drained::of(&mut c);
         assert!(d.keyring_requests.is_empty(), "not applied twice");
         assert_eq!(replies(&d), ["disk full"]);
@@ -304,7 +307,7 @@ mod tests {
             c.handle_datagram(
                 addr(0),
                 &forger.control(Kind::KeyringRequest(r), EPOCH_MS),
-                EPOCH_MS,
+                at(EPOCH_MS),
             );
         }
         assert_eq!(c.counters().dropped(DropReason::Invalid), 2);
@@ -326,7 +329,7 @@ mod tests {
             };
             let now = net.unix_ms();
             let datagram = forger.control(Kind::KeyringReply(reply), now);
-            net.cores[0].handle_datagram(addr(2), &datagram, now);
+            net.cores[0].handle_datagram(addr(2), &datagram, at(now));
             net.collect(0);
         }
         let bad = v1::KeyringReply {
@@ -335,7 +338,11 @@ mod tests {
             error: String::new(),
         };
         let now = net.unix_ms();
-        net.cores[0].handle_datagram(addr(2), &forger.control(Kind::KeyringReply(bad), now), now);
+        net.cores[0].handle_datagram(
+            addr(2),
+            &forger.control(Kind::KeyringReply(bad), now),
+            at(now),
+        );
         assert_eq!(net.cores[0].counters().dropped(DropReason::Invalid), 1);
         assert!(net.keyring_done.is_empty(), "still waiting for member 2");
     }

@@ -51,9 +51,10 @@ use super::store::{
     MergeOutcome, RecordError, RecordKey, StateStore, StoreCounters, decode_record, encode_record,
 };
 
-/// First byte inside a sealed datagram.
-const TAG_SWIM: u8 = 1;
-const TAG_CONTROL: u8 = 2;
+/// First byte inside a sealed datagram: a SWIM message (foca's) follows.
+pub const TAG_SWIM: u8 = 1;
+/// First byte inside a sealed datagram: a `MeshControl` message follows.
+pub const TAG_CONTROL: u8 = 2;
 
 /// Tunables of the mesh. Defaults target a WAN between datacenters: a dead member is
 /// declared down by everyone within about 3.5 s at 200 members (see the mesh_cluster
@@ -191,6 +192,19 @@ impl MeshSettings {
     }
 }
 
+/// The two clocks, read by the adapter at each call (the core has no clock of its own).
+/// `mono_ms` runs every timer, hold-down, rate limit and expiry: it never steps. `unix_ms`
+/// only stamps sealed datagrams (and checks the stamps of others'), makes record
+/// versions, and dates changes for display. Inside the core, a `now_ms` is `mono_ms`;
+/// the wall clock of the call being handled is in `MeshCore::wall_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// Milliseconds of a monotonic clock, from any origin.
+    pub mono_ms: u64,
+    /// Milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+}
+
 /// Why a datagram was dropped; each reason has a counter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum DropReason {
@@ -200,16 +214,21 @@ pub enum DropReason {
     Duplicate,
     Replay,
     Invalid,
+    /// Authenticated, but stamped further from our wall clock than the replay window:
+    /// the sender's clock (or ours) is wrong. Counted apart from replays, and logged
+    /// per sender, because it cuts a member off while everything else looks fine.
+    ClockSkew,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 7] = [
         DropReason::RateLimited,
         DropReason::Malformed,
         DropReason::Unauthenticated,
         DropReason::Duplicate,
         DropReason::Replay,
         DropReason::Invalid,
+        DropReason::ClockSkew,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -220,6 +239,7 @@ impl DropReason {
             DropReason::Duplicate => "duplicate",
             DropReason::Replay => "replay",
             DropReason::Invalid => "invalid",
+            DropReason::ClockSkew => "clock_skew",
         }
     }
 }
@@ -230,7 +250,10 @@ pub struct Counters {
     pub bytes_in: u64,
     pub datagrams_out: u64,
     pub bytes_out: u64,
-    pub dropped: [u64; 6],
+    pub dropped: [u64; 7],
+    /// The largest clock skew seen in a datagram dropped for it (ClockSkew), in
+    /// milliseconds, positive when the sender's clock is ahead.
+    pub max_clock_skew_ms: i64,
     /// Gossiped records that failed validation (the rest of their datagram was used).
     pub records_invalid: u64,
     /// Members our own probes failed and that we told so (see `notify_suspect`).
@@ -242,6 +265,11 @@ pub struct Counters {
     /// Records refused by the store: new keys of a member at its cap, records of a
     /// departed member; and records collected (see `StoreCounters`).
     pub store: StoreCounters,
+    /// Gossiped records refused because their version is further ahead of our clock
+    /// than [`MAX_VERSION_SKEW_MS`] (a broken clock, or a forged version).
+    pub records_from_future: u64,
+    /// Times we rejoined under a new generation (our incarnation was exhausted).
+    pub rejoins: u64,
 }
 
 impl Counters {
@@ -262,6 +290,13 @@ pub enum CoreTimer {
     /// One more push-pull soon after joining, in case datagrams of the first were lost.
     JoinSync,
 }
+
+/// How far ahead of our wall clock a record version may be, in milliseconds. Versions
+/// are wall-clock microseconds (plus a counter), so a version further ahead than this
+/// comes from a clock that is badly wrong or is forged; accepting it would push every
+/// later version of that key (and of ours, for our own origin) up to it. Two hours keep
+/// a member whose clock was stepped by an hour in the mesh.
+pub const MAX_VERSION_SKEW_MS: u64 = 2 * 3600 * 1000;
 
 /// How long a keyring query waits for answers (it asks again every `KEYRING_RETRY`).
 pub const KEYRING_QUERY_TIMEOUT: Duration = Duration::from_secs(3);
@@ -295,6 +330,12 @@ pub enum Output {
     KeyringQueryDone {
         query: u64,
         outcome: KeyringOutcome,
+    },
+    /// We rejoined under a new generation (SWIM's answer to an exhausted incarnation).
+    /// It comes before the datagrams that announce it: the driver stores the generation
+    /// (and fsyncs it) first, so a restart never reuses it.
+    GenerationRaised {
+        generation: u32,
     },
 }
 
@@ -330,6 +371,12 @@ struct Shared {
     /// have to withdraw (see [`MeshCore::previous_life`]).
     previous_life: HashMap<RecordKey, (u64, bool)>,
     records_changed: bool,
+    /// Our clocks as of the datagram being handled: the wall clock bounds record
+    /// versions, the monotonic one spaces log lines.
+    wall_ms: u64,
+    mono_ms: u64,
+    records_from_future: u64,
+    last_future_log_ms: Option<u64>,
 }
 
 impl Shared {
@@ -344,6 +391,28 @@ impl Shared {
             }
         };
         let rank = (rec.version, rec.fingerprint);
+        let newest = self
+            .wall_ms
+            .saturating_add(MAX_VERSION_SKEW_MS)
+            .saturating_mul(1000);
+        if rec.version > newest {
+            self.records_from_future += 1;
+            let due = self
+                .last_future_log_ms
+                .is_none_or(|t| self.mono_ms.saturating_sub(t) >= 60_000);
+            if due {
+                self.last_future_log_ms = Some(self.mono_ms);
+                warn!(
+                    origin = %rec.key.origin,
+                    version = rec.version,
+                    ahead_ms = (rec.version / 1000).saturating_sub(self.wall_ms),
+                    total = self.records_from_future,
+                    "refused a gossiped record whose version is ahead of our clock by more \
+                     than the allowed skew (counted; logged at most once a minute)"
+                );
+            }
+            return None;
+        }
         if rec.key.origin == self.local {
             // Only we write our records; a newer one is from our previous life.
             if self.store.rank_of(&rec.key).is_none_or(|held| rank > held) {
@@ -374,6 +443,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct MeshCore {
     swim: swim::Swim,
     shared: Arc<Mutex<Shared>>,
+    own_generation: Arc<AtomicU32>,
     own_incarnation: Arc<AtomicU32>,
     keyring: Keyring,
     settings: MeshSettings,
@@ -382,10 +452,19 @@ pub struct MeshCore {
     replay: ReplayFilter,
     rng: StdRng,
     counters: Counters,
-    last_drop_log_ms: [Option<u64>; 6],
+    last_drop_log_ms: [Option<u64>; 7],
+    /// When we last logged a clock skew per sender address (monotonic).
+    skew_logged: HashMap<std::net::IpAddr, u64>,
+    /// The wall clock of the call being handled (see [`Now`]).
+    wall_ms: u64,
     last_version: u64,
+    /// The `own_seen` we last republished our records above (see
+    /// `republish_if_overtaken`): each overtaking version is answered once.
+    republished_for: u64,
     members: HashMap<NodeId, MemberInfo>,
     members_changed: bool,
+    /// Identities named by member lists that we contacted, and when (see `on_members`).
+    announced: HashMap<MemberId, u64>,
     /// When a SWIM message last came from each member, whatever its source address
     /// (a member on several networks may answer from an address it does not announce).
     heard: HashMap<NodeId, u64>,
@@ -429,13 +508,19 @@ impl MeshCore {
             own_seen: 0,
             previous_life: HashMap::new(),
             records_changed: false,
+            wall_ms: 0,
+            mono_ms: 0,
+            records_from_future: 0,
+            last_future_log_ms: None,
         }));
         let own_incarnation = Arc::new(AtomicU32::new(0));
+        let own_generation = Arc::new(AtomicU32::new(local.generation));
         let last_src = Arc::new(Mutex::new(None));
         let swim = swim::new_swim(
             local,
             config,
             swim_rng,
+            own_generation.clone(),
             own_incarnation.clone(),
             last_src.clone(),
             shared.clone(),
@@ -443,6 +528,7 @@ impl MeshCore {
         Ok(MeshCore {
             swim,
             shared,
+            own_generation,
             own_incarnation,
             keyring,
             rate: RateLimiter::new(settings.rate_per_source, settings.rate_burst, 4096),
@@ -451,10 +537,14 @@ impl MeshCore {
             seeds,
             rng,
             counters: Counters::default(),
-            last_drop_log_ms: [None; 6],
+            last_drop_log_ms: [None; 7],
+            skew_logged: HashMap::new(),
+            wall_ms: 0,
             last_version: 0,
+            republished_for: 0,
             members: HashMap::new(),
             members_changed: false,
+            announced: HashMap::new(),
             heard: HashMap::new(),
             last_src,
             max_transmissions: 0,
@@ -478,9 +568,18 @@ impl MeshCore {
     }
 
     /// Starts the periodic work and contacts the seeds.
-    pub fn start(&mut self, now_ms: u64) {
+    pub fn start(&mut self, now: Now) {
         self.schedule(self.settings.sync_interval, CoreTimer::AntiEntropy);
-        self.handle_timer(CoreTimer::SeedRetry, now_ms);
+        self.handle_timer(CoreTimer::SeedRetry, now);
+    }
+
+    /// Takes the clocks of a call: the monotonic one is returned as the call's `now_ms`.
+    fn clocks(&mut self, now: Now) -> u64 {
+        self.wall_ms = now.unix_ms;
+        let mut shared = lock(&self.shared);
+        shared.wall_ms = now.unix_ms;
+        shared.mono_ms = now.mono_ms;
+        now.mono_ms
     }
 
     pub fn drain_outputs(&mut self) -> std::vec::Drain<'_, Output> {
@@ -492,6 +591,7 @@ impl MeshCore {
         let shared = lock(&self.shared);
         c.records_invalid = shared.records_invalid;
         c.store = shared.store.counters();
+        c.records_from_future = shared.records_from_future;
         c
     }
 
@@ -553,8 +653,14 @@ impl MeshCore {
     }
 
     /// Publishes (or replaces) one of our own records.
-    pub fn publish(&mut self, body: Body, now_ms: u64) -> Result<u64, RecordError> {
-        let version = self.next_version(now_ms);
+    pub fn publish(&mut self, body: Body, now: Now) -> Result<u64, RecordError> {
+        self.clocks(now);
+        self.publish_at(body)
+    }
+
+    /// `publish` within a call whose clocks are taken.
+    fn publish_at(&mut self, body: Body) -> Result<u64, RecordError> {
+        let version = self.next_version(self.wall_ms)?;
         let rec = encode_record(&v1::Record {
             origin: Bytes::copy_from_slice(&self.local().node.0),
             version,
@@ -579,29 +685,37 @@ impl MeshCore {
         &mut self,
         kind: v1::RecordKind,
         name: &str,
-        now_ms: u64,
+        now: Now,
     ) -> Result<u64, RecordError> {
         self.publish(
             Body::Tombstone(v1::Tombstone {
                 kind: kind as i32,
                 name: name.to_string(),
             }),
-            now_ms,
+            now,
         )
     }
 
-    fn next_version(&mut self, now_ms: u64) -> u64 {
+    /// `unix_ms`: the wall clock (versions are wall-clock microseconds).
+    fn next_version(&mut self, unix_ms: u64) -> Result<u64, RecordError> {
         let own_seen = lock(&self.shared).own_seen;
         // Microseconds of wall clock: a restarted node outranks its previous life without
-        // persisting a counter, as long as its clock does not step back.
-        let v = (now_ms.saturating_mul(1000))
-            .max(self.last_version + 1)
-            .max(own_seen + 1);
+        // persisting a counter, as long as its clock does not step back. `own_seen` is
+        // bounded by our clock plus MAX_VERSION_SKEW_MS (`merge_remote`), so the counter
+        // cannot be pushed near the end of the range from the network; if it ever is,
+        // publishing fails instead of wrapping to versions everyone holds as stale.
+        let floor = self
+            .last_version
+            .max(own_seen)
+            .checked_add(1)
+            .ok_or(RecordError::VersionsExhausted)?;
+        let v = unix_ms.saturating_mul(1000).max(floor);
         self.last_version = v;
-        v
+        Ok(v)
     }
 
-    pub fn handle_datagram(&mut self, from: SocketAddr, data: &[u8], now_ms: u64) {
+    pub fn handle_datagram(&mut self, from: SocketAddr, data: &[u8], now: Now) {
+        let now_ms = self.clocks(now);
         let Some(opened) = self.admit(from, data, now_ms) else {
             return;
         };
@@ -616,15 +730,16 @@ impl MeshCore {
             },
             _ => self.drop_datagram(DropReason::Invalid, from, now_ms),
         }
-        self.republish_if_overtaken(now_ms);
+        self.republish_if_overtaken();
     }
 
-    pub fn handle_timer(&mut self, timer: CoreTimer, now_ms: u64) {
+    pub fn handle_timer(&mut self, timer: CoreTimer, now: Now) {
+        let now_ms = self.clocks(now);
         match timer {
             CoreTimer::Swim(t) => self.handle_swim_timer(t, now_ms),
             CoreTimer::JoinSync => self.sync_with_a_member(now_ms),
             CoreTimer::AntiEntropy => self.anti_entropy_round(now_ms),
-            CoreTimer::SeedRetry => self.retry_seeds(now_ms),
+            CoreTimer::SeedRetry => self.retry_seeds(),
             CoreTimer::SuspicionNotice(node) => self.notify_suspect(node, now_ms),
             CoreTimer::KeyringQuery(query) => self.ask_keyring(query, now_ms),
         }
@@ -636,7 +751,7 @@ impl MeshCore {
             Kind::JoinRequest(ident) => self.on_join_request(from, &ident, now_ms),
             Kind::JoinReply(ident) => self.on_join_reply(from, &ident, now_ms),
             Kind::Members(m) => self.on_members(from, &m, now_ms),
-            Kind::Hello(h) => self.on_hello(from, &h, now_ms),
+            Kind::Hello(h) => self.on_hello(from, &h),
             Kind::Digest(d) => self.on_digest(from, &d, now_ms),
             Kind::Records(r) => self.on_records(from, &r),
             Kind::Suspected(notice) => self.on_suspected(from, &notice, now_ms),
@@ -647,19 +762,19 @@ impl MeshCore {
         }
     }
 
-    fn send_control(&mut self, addrs: &[SocketAddr], kind: Kind, now_ms: u64) {
+    fn send_control(&mut self, addrs: &[SocketAddr], kind: Kind) {
         let body = MeshControl { kind: Some(kind) }.encode_to_vec();
-        self.send_sealed(addrs, TAG_CONTROL, &body, now_ms);
+        self.send_sealed(addrs, TAG_CONTROL, &body);
     }
 
-    fn send_sealed(&mut self, addrs: &[SocketAddr], tag: u8, body: &[u8], now_ms: u64) {
+    fn send_sealed(&mut self, addrs: &[SocketAddr], tag: u8, body: &[u8]) {
         let mut payload = Vec::with_capacity(1 + body.len());
         payload.push(tag);
         payload.extend_from_slice(body);
         let nonce: [u8; 24] = self.rng.random();
         // Sealed once: copies that reach the member over several transits share a nonce,
         // and its replay filter keeps the first.
-        let datagram = Bytes::from(self.keyring.seal(&payload, now_ms, nonce));
+        let datagram = Bytes::from(self.keyring.seal(&payload, self.wall_ms, nonce));
         for &to in addrs.iter().take(MAX_MESH_ADDRESSES) {
             self.counters.datagrams_out += 1;
             self.counters.bytes_out += datagram.len() as u64;
@@ -674,11 +789,14 @@ impl MeshCore {
         self.out.push(Output::Schedule { after, timer });
     }
 
-    fn republish_if_overtaken(&mut self, now_ms: u64) {
+    fn republish_if_overtaken(&mut self) {
         let own_seen = lock(&self.shared).own_seen;
-        if own_seen < self.last_version || own_seen == 0 {
+        // Once per overtaking version: publishing moves `last_version` above it, and if
+        // it cannot (versions exhausted) we must not retry on every datagram.
+        if own_seen < self.last_version || own_seen <= self.republished_for {
             return;
         }
+        self.republished_for = own_seen;
         let own: Vec<Body> = self.with_store(|s| {
             s.iter()
                 .filter(|r| r.key.origin == self.local().node)
@@ -690,7 +808,7 @@ impl MeshCore {
             "a previous life of this node had newer records: republishing"
         );
         for body in own {
-            let _ = self.publish(body, now_ms);
+            let _ = self.publish_at(body);
         }
     }
 
@@ -739,4 +857,245 @@ pub fn identity_from_proto(p: &MeshIdentity) -> Option<MemberId> {
         generation: p.generation,
         addrs,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testkit::at;
+    use std::sync::atomic::Ordering;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use gatewan_proto::v1::{self, mesh_control::Kind};
+    use prost::Message as _;
+
+    use super::testkit::{
+        Drained, EPOCH_MS, Forger, Net, addr, core, keyring, member, node, node_record,
+    };
+    use super::{
+        DropReason, MAX_VERSION_SKEW_MS, MemberState, MeshCore, MeshSettings, identity_to_proto,
+        lock,
+    };
+    use crate::store::{RecordError, RecordKey};
+
+    const HOUR_MS: u64 = 3_600_000;
+
+    /// Member `origin`'s NodeRecord at `version`, as a push of anti-entropy carries it.
+    fn pushed(forger: &mut Forger, origin: usize, version: u64, now_ms: u64) -> Vec<u8> {
+        let record = v1::Record {
+            origin: Bytes::copy_from_slice(&node(origin).0),
+            version,
+            body: Some(node_record(origin, "dc")),
+        };
+        let records = vec![Bytes::from(record.encode_to_vec())];
+        forger.control(Kind::Records(v1::SyncRecords { records }), now_ms)
+    }
+
+    fn held_version(c: &MeshCore, origin: usize) -> Option<u64> {
+        let key = RecordKey {
+            origin: node(origin),
+            kind: v1::RecordKind::Node as i32,
+            name: String::new(),
+        };
+        c.with_store(|s| s.get(&key).map(|r| r.version))
+    }
+
+    #[test]
+    fn a_record_version_further_ahead_of_our_clock_than_the_skew_is_refused_and_counted() {
+        let mut c = core(0, keyring(1), MeshSettings::default(), Vec::new());
+        c.start(at(EPOCH_MS));
+        let mut forger = Forger::new(keyring(1));
+        let now = EPOCH_MS;
+        let ahead = |ms: u64| (now + ms) * 1000;
+        for (origin, version) in [
+            (0, u64::MAX),
+            (1, u64::MAX),
+            (2, ahead(MAX_VERSION_SKEW_MS + 1)),
+            (3, ahead(HOUR_MS)),
+        ] {
+            c.handle_datagram(
+                addr(origin),
+                &pushed(&mut forger, origin, version, now),
+                at(now),
+            );
+        }
+        assert_eq!(c.counters().records_from_future, 3);
+        assert_eq!(held_version(&c, 1), None);
+        assert_eq!(held_version(&c, 2), None);
+        assert_eq!(
+            held_version(&c, 3),
+            Some(ahead(HOUR_MS)),
+            "an hour ahead is fine"
+        );
+        assert_eq!(
+            lock(&c.shared).own_seen,
+            0,
+            "our own at u64::MAX never counted"
+        );
+        let v = c.publish(node_record(0, "dc"), at(now)).expect("published");
+        assert_eq!(v, now * 1000);
+    }
+
+    #[test]
+    fn our_records_overtaken_by_a_previous_life_are_republished_once() {
+        let mut c = core(0, keyring(1), MeshSettings::default(), Vec::new());
+        c.start(at(EPOCH_MS));
+        let now = EPOCH_MS;
+        let first = c.publish(node_record(0, "dc"), at(now)).expect("published");
+        let mut forger = Forger::new(keyring(1));
+        let previous_life = first + 5_000_000;
+        for _ in 0..50 {
+            c.handle_datagram(
+                addr(5),
+                &pushed(&mut forger, 0, previous_life, now),
+                at(now),
+            );
+        }
+        assert_eq!(held_version(&c, 0), Some(previous_life + 1));
+        assert_eq!(
+            c.last_version,
+            previous_life + 1,
+            "republished once, not 50 times"
+        );
+    }
+
+    #[test]
+    fn versions_at_the_end_of_the_range_refuse_publishing_and_never_storm() {
+        let mut c = core(0, keyring(1), MeshSettings::default(), Vec::new());
+        c.start(at(EPOCH_MS));
+        let now = EPOCH_MS;
+        c.publish(node_record(0, "dc"), at(now)).expect("published");
+        Drained::of(&mut c);
+        // Only reachable with a clock at the end of time; checked all the same.
+        lock(&c.shared).own_seen = u64::MAX;
+        assert!(matches!(
+            c.publish(node_record(0, "dc"), at(now)),
+            Err(RecordError::VersionsExhausted)
+        ));
+        let mut forger = Forger::new(keyring(1));
+        for i in 0..100 {
+            let hello = forger.control(Kind::Members(v1::SyncMembers::default()), now + i);
+            c.handle_datagram(addr(5), &hello, at(now + i));
+        }
+        assert!(Drained::of(&mut c).sends.is_empty(), "nothing republished");
+    }
+
+    #[test]
+    fn a_suspicion_notice_at_an_incarnation_we_never_had_is_dropped_without_a_rejoin() {
+        let mut net = Net::joined(3, MeshSettings::default());
+        let mut forger = Forger::new(keyring(1));
+        let before: Vec<_> = (0..3).map(|i| net.cores[i].members()).collect();
+        for incarnation in [u32::from(u16::MAX), u32::from(u16::MAX) - 1, 1000] {
+            let notice = v1::SuspicionNotice {
+                identity: Some(identity_to_proto(&member(0))),
+                incarnation,
+            };
+            let now = net.unix_ms();
+            net.cores[0].handle_datagram(
+                addr(2),
+                &forger.control(Kind::Suspected(notice), now),
+                at(now),
+            );
+            net.collect(0);
+        }
+        net.run_for(Duration::from_secs(10));
+        let c = &net.cores[0];
+        assert_eq!(c.counters().dropped(DropReason::Invalid), 3);
+        assert_eq!(c.own_incarnation.load(Ordering::Relaxed), 0);
+        assert_eq!((c.local().generation, c.counters().rejoins), (1, 0));
+        assert!(net.generations.is_empty());
+        for (i, then) in before.iter().enumerate() {
+            let now: Vec<_> = net.cores[i]
+                .members()
+                .iter()
+                .map(|m| (m.id.clone(), m.state, m.incarnation))
+                .collect();
+            let then: Vec<_> = then
+                .iter()
+                .map(|m| (m.id.clone(), m.state, m.incarnation))
+                .collect();
+            assert_eq!(now, then, "member {i}'s view");
+            assert!(now.iter().all(|m| m.1 == MemberState::Alive));
+        }
+    }
+
+    #[test]
+    fn a_datagram_stamped_beyond_the_replay_window_is_counted_as_clock_skew() {
+        let mut c = core(0, keyring(1), MeshSettings::default(), Vec::new());
+        c.start(at(EPOCH_MS));
+        let mut forger = Forger::new(keyring(1));
+        let hello =
+            |f: &mut Forger, stamp| f.control(Kind::Members(v1::SyncMembers::default()), stamp);
+        let ahead = hello(&mut forger, EPOCH_MS + 40_000);
+        c.handle_datagram(addr(3), &ahead, at(EPOCH_MS));
+        let behind = hello(&mut forger, EPOCH_MS - 95_000);
+        c.handle_datagram(addr(4), &behind, at(EPOCH_MS + 1));
+        let fine = hello(&mut forger, EPOCH_MS + 29_000);
+        c.handle_datagram(addr(3), &fine, at(EPOCH_MS + 2));
+        let counters = c.counters();
+        assert_eq!(counters.dropped(DropReason::ClockSkew), 2);
+        assert_eq!(counters.dropped(DropReason::Replay), 0);
+        assert_eq!(counters.max_clock_skew_ms, -95_001, "the largest, signed");
+        // One log line per peer a minute: both peers are remembered as logged.
+        assert_eq!(c.skew_logged.len(), 2);
+    }
+
+    #[test]
+    fn a_wall_clock_step_of_every_member_changes_no_member_and_drops_nothing() {
+        let mut net = Net::joined(4, MeshSettings::default());
+        for (i, c) in net.cores.iter_mut().enumerate() {
+            c.publish(node_record(i, "dc"), at(EPOCH_MS + 5_000))
+                .expect("published");
+        }
+        net.run_for(Duration::from_secs(5));
+        let view = |net: &Net| -> Vec<Vec<_>> {
+            net.cores
+                .iter()
+                .map(|c| {
+                    c.members()
+                        .into_iter()
+                        .map(|m| (m.id, m.state, m.incarnation))
+                        .collect()
+                })
+                .collect()
+        };
+        let before = view(&net);
+        let timers_before = net.scheduled.len();
+        for step in [HOUR_MS as i64, -(HOUR_MS as i64)] {
+            net.wall_step_ms = step;
+            net.run_for(Duration::from_secs(30));
+            assert_eq!(view(&net), before, "after a step to {step} ms");
+        }
+        for c in &net.cores {
+            let counters = c.counters();
+            let dropped: u64 = DropReason::ALL
+                .iter()
+                .filter(|r| **r != DropReason::Duplicate)
+                .map(|r| counters.dropped(*r))
+                .sum();
+            assert_eq!(dropped, 0, "{counters:?}");
+            assert_eq!(counters.suspicions_raised, 0);
+        }
+        // Probes, gossip and anti-entropy went on at their pace: about one probe a second
+        // per member, not a burst nor a stop.
+        let probes = net.scheduled[timers_before..]
+            .iter()
+            .filter(|(_, _, t)| {
+                matches!(t, super::CoreTimer::Swim(foca::Timer::ProbeRandomMember(_)))
+            })
+            .count();
+        assert!(
+            (4 * 55..=4 * 65).contains(&probes),
+            "{probes} probe rounds in 60 s"
+        );
+        // A record published after the step back still replaces the one before it.
+        let now = net.now();
+        let v = net.cores[0]
+            .publish(node_record(0, "dc2"), now)
+            .expect("published");
+        net.run_for(Duration::from_secs(5));
+        for i in 1..4 {
+            assert_eq!(held_version(&net.cores[i], 0), Some(v), "at member {i}");
+        }
+    }
 }

@@ -77,11 +77,11 @@ impl MeshCore {
         };
         let addrs = s.id.addrs.clone();
         let relays = self.datacenter_relays(&node);
-        self.send_control(&addrs, Kind::Suspected(notice.clone()), now_ms);
+        self.send_control(&addrs, Kind::Suspected(notice.clone()));
         // The suspect may not be reachable from here (a bgpctl on its fabric): members of
         // its datacenter pass the notice on and bring the refutation back.
         for relay in relays {
-            self.send_control(&relay, Kind::RelaySuspicion(notice.clone()), now_ms);
+            self.send_control(&relay, Kind::RelaySuspicion(notice.clone()));
         }
         self.schedule(
             (self.settings.probe_timeout / 2).max(Duration::from_millis(50)),
@@ -134,6 +134,12 @@ impl MeshCore {
             // settled by the newer identity) or about someone else: not ours to act on.
             return;
         }
+        if u32::from(incarnation) > self.own_incarnation.load(Ordering::Relaxed) {
+            // No member can suspect an incarnation of ours we never announced: forged.
+            // foca would take it, raise our incarnation past it and, at the end of its
+            // 16 bits, rejoin under a new generation.
+            return self.drop_datagram(DropReason::Invalid, from, now_ms);
+        }
         // foca refutes a suspicion of its own identity by raising its incarnation
         // and gossiping; the suspecting member gets the new incarnation at once.
         let me = foca::Member::new(id, incarnation, foca::State::Suspect);
@@ -147,7 +153,7 @@ impl MeshCore {
             suspect: false,
         };
         self.counters.suspicions_of_us_refuted += 1;
-        self.send_control(&[from], Kind::Refutation(entry), now_ms);
+        self.send_control(&[from], Kind::Refutation(entry));
     }
 
     /// A member asks us to pass a notice on to a member of our datacenter, and to bring
@@ -180,7 +186,7 @@ impl MeshCore {
         askers.push((from, now_ms + RELAY_FOR_MS));
         askers.truncate(16);
         let addrs = id.addrs.clone();
-        self.send_control(&addrs, Kind::Suspected(notice), now_ms);
+        self.send_control(&addrs, Kind::Suspected(notice));
     }
 
     /// A suspect's refutation, to us or through us (a relay).
@@ -203,7 +209,7 @@ impl MeshCore {
         if let Some(askers) = self.relayed.remove(&id.node) {
             for (asker, until) in askers {
                 if until > now_ms {
-                    self.send_control(&[asker], Kind::Refutation(e.clone()), now_ms);
+                    self.send_control(&[asker], Kind::Refutation(e.clone()));
                 }
             }
         }
@@ -218,6 +224,7 @@ impl MeshCore {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testkit::at;
     use std::cell::Cell;
     use std::rc::Rc;
     use std::sync::atomic::Ordering;
@@ -257,7 +264,7 @@ mod tests {
             })
             .collect();
         for (i, c) in cores.iter_mut().enumerate() {
-            c.publish(node_record(i, datacenters[i]), EPOCH_MS)
+            c.publish(node_record(i, datacenters[i]), at(EPOCH_MS))
                 .expect("valid record");
         }
         let mut net = Net::with_cores(cores);
@@ -360,7 +367,7 @@ mod tests {
         let mut send = |net: &mut Net, n: v1::SuspicionNotice| {
             let now = net.unix_ms();
             let c = &mut net.cores[0];
-            c.handle_datagram(asker, &forger.control(Kind::Suspected(n), now), now);
+            c.handle_datagram(asker, &forger.control(Kind::Suspected(n), now), at(now));
             Drained::of(c).controls(&keyring(1))
         };
         let before = net.cores[0].own_incarnation.load(Ordering::Relaxed);
@@ -399,7 +406,7 @@ mod tests {
         for subject in [5, 1] {
             let now = net.unix_ms();
             let relay = forger.control(Kind::RelaySuspicion(notice(subject, 0)), now);
-            net.cores[0].handle_datagram(asker, &relay, now);
+            net.cores[0].handle_datagram(asker, &relay, at(now));
             net.collect(0);
             net.deliver_all();
         }
@@ -434,7 +441,7 @@ mod tests {
             c.handle_datagram(
                 addr(3),
                 &forger.control(Kind::Refutation(e), EPOCH_MS),
-                EPOCH_MS,
+                at(EPOCH_MS),
             );
         }
         assert_eq!(

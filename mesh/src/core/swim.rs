@@ -15,9 +15,9 @@ use std::time::Duration;
 use foca::{BroadcastHandler, Foca, Invalidates, Notification, PostcardCodec, Timer};
 use rand::RngExt as _;
 use rand::rngs::StdRng;
-use tracing::debug;
+use tracing::{debug, warn};
 
-use super::{CoreTimer, DropReason, MemberState, MeshCore, Shared, TAG_SWIM, lock};
+use super::{CoreTimer, DropReason, MemberState, MeshCore, Now, Output, Shared, TAG_SWIM, lock};
 use crate::identity::{MAX_MESH_ADDRESSES, MemberId, NodeId};
 use crate::store::{RecordKey, decode_record};
 
@@ -67,6 +67,9 @@ impl BroadcastHandler<MemberId> for RecordGossip {
 /// Postcard codec that refuses identities no member would announce, and notes the
 /// incarnation foca puts in our outgoing headers (foca keeps its own private).
 pub(super) struct IdentityCodec {
+    own_node: NodeId,
+    /// Our generation now (raised when we rejoin), shared with the core.
+    own_generation: Arc<AtomicU32>,
     own_incarnation: Arc<AtomicU32>,
     /// The sender of the last SWIM message decoded (see `MeshCore::heard`).
     last_src: Arc<Mutex<Option<NodeId>>>,
@@ -78,6 +81,8 @@ pub(super) enum CodecError {
     Postcard(#[from] postcard::Error),
     #[error("identity with no address or more than {MAX_MESH_ADDRESSES}")]
     BadIdentity,
+    #[error("an update about us at an incarnation we never had")]
+    FutureIncarnation,
 }
 
 impl foca::Codec<MemberId> for IdentityCodec {
@@ -119,12 +124,59 @@ impl foca::Codec<MemberId> for IdentityCodec {
         buf: impl bytes::Buf,
     ) -> Result<foca::Member<MemberId>, CodecError> {
         let m: foca::Member<MemberId> = PostcardCodec.decode_member(buf)?;
-        if m.id().is_sane() {
-            Ok(m)
-        } else {
-            Err(CodecError::BadIdentity)
+        if !m.id().is_sane() {
+            return Err(CodecError::BadIdentity);
+        }
+        // Nobody can have heard of an incarnation of ours above the one we announce: an
+        // update about us beyond it is forged, and believing it would make foca raise our
+        // incarnation to its end (16 bits) and rejoin under a new generation.
+        let id = m.id();
+        if id.node == self.own_node
+            && id.generation == self.own_generation.load(Ordering::Relaxed)
+            && u32::from(m.incarnation()) > self.own_incarnation.load(Ordering::Relaxed)
+        {
+            return Err(CodecError::FutureIncarnation);
+        }
+        Ok(m)
+    }
+}
+
+/// Whether a SWIM packet reads to its end as foca 2.0 reads it: header, member updates
+/// (a big-endian count, then each member; none in a Broadcast message), then broadcast
+/// items each behind a big-endian length. Identities are checked by foca's own decoding
+/// (`IdentityCodec`); this only makes sure nothing is left that foca would refuse after
+/// applying the rest.
+fn well_formed(mut data: &[u8]) -> bool {
+    use bytes::Buf as _;
+    use foca::Codec as _;
+    let header: Result<foca::Header<MemberId>, _> = PostcardCodec.decode_header(&mut data);
+    let Ok(header) = header else {
+        return false;
+    };
+    let remaining = data.remaining();
+    if remaining == 1 || (header.message == foca::Message::Announce && remaining > 0) {
+        return false;
+    }
+    if remaining >= 2 && header.message != foca::Message::Broadcast {
+        let updates = data.get_u16();
+        for _ in 0..updates {
+            let member: Result<foca::Member<MemberId>, _> = PostcardCodec.decode_member(&mut data);
+            if member.is_err() {
+                return false;
+            }
         }
     }
+    if !data.is_empty() && data.len() < 3 {
+        return false;
+    }
+    while data.remaining() > 2 {
+        let len = usize::from(data.get_u16());
+        if len == 0 || data.len() < len {
+            return false;
+        }
+        data.advance(len);
+    }
+    !data.has_remaining()
 }
 
 /// Collects what foca asks for during one call.
@@ -149,21 +201,26 @@ impl foca::Runtime<MemberId> for SwimRuntime {
 
 pub(super) type Swim = Foca<MemberId, IdentityCodec, StdRng, RecordGossip>;
 
-/// foca with our codec and broadcast handler; `own_incarnation` and `last_src` are shared
+/// foca with our codec and broadcast handler; `own_generation`, `own_incarnation` and
+/// `last_src` are shared
 /// with the core, which reads what the codec notes in them.
 pub(super) fn new_swim(
     local: MemberId,
     config: foca::Config,
     rng: StdRng,
+    own_generation: Arc<AtomicU32>,
     own_incarnation: Arc<AtomicU32>,
     last_src: Arc<Mutex<Option<NodeId>>>,
     shared: Arc<Mutex<Shared>>,
 ) -> Swim {
+    let own_node = local.node;
     Foca::with_custom_broadcast(
         local,
         config,
         rng,
         IdentityCodec {
+            own_node,
+            own_generation,
             own_incarnation,
             last_src,
         },
@@ -185,7 +242,8 @@ impl MeshCore {
     }
 
     /// Leaves the mesh gracefully (others mark us down at once instead of suspecting).
-    pub fn leave(&mut self, now_ms: u64) {
+    pub fn leave(&mut self, now: Now) {
+        let now_ms = self.clocks(now);
         if let Err(e) = self.with_swim(|swim, rt| swim.leave_cluster(rt)) {
             debug!(error = %e, "leave");
         }
@@ -194,6 +252,12 @@ impl MeshCore {
 
     /// A SWIM message, authenticated and fresh.
     pub(super) fn handle_swim(&mut self, from: SocketAddr, body: &[u8], now_ms: u64) {
+        if !well_formed(body) {
+            // foca applies a packet's header and member updates before it reads the
+            // broadcasts behind them: a packet malformed there would be half applied
+            // and still refused. Refused whole instead, before foca sees it.
+            return self.drop_datagram(DropReason::Invalid, from, now_ms);
+        }
         let res = self.with_swim(|swim, rt| swim.handle_data(body, rt));
         // Authenticated, fresh and accepted by SWIM: this member reaches us.
         if let (Ok(()), Some(src)) = (&res, lock(&self.last_src).take())
@@ -231,8 +295,23 @@ impl MeshCore {
     /// Turns what foca asked for into outputs and member-state bookkeeping.
     pub(super) fn flush_swim(&mut self, now_ms: u64) {
         let mut rt = std::mem::take(&mut self.rt);
+        // A rejoin is announced by the sends below: the new generation goes out first so
+        // the driver stores it before any of them leaves.
+        for n in &rt.notifications {
+            if let foca::OwnedNotification::Rejoin(id) = n {
+                warn!(
+                    generation = id.generation,
+                    "rejoining the mesh under a new generation (incarnation exhausted)"
+                );
+                self.counters.rejoins += 1;
+                self.own_generation.store(id.generation, Ordering::Relaxed);
+                self.out.push(Output::GenerationRaised {
+                    generation: id.generation,
+                });
+            }
+        }
         for (to, data) in rt.sends.drain(..) {
-            self.send_sealed(&to.addrs, TAG_SWIM, &data, now_ms);
+            self.send_sealed(&to.addrs, TAG_SWIM, &data);
         }
         let mut suspected = Vec::new();
         for (after, t) in rt.timers.drain(..) {
@@ -268,7 +347,7 @@ impl MeshCore {
             }
         }
         self.rt = rt;
-        self.refresh_members(now_ms);
+        self.refresh_members();
         for (id, incarnation, until_ms) in suspected {
             self.suspect(id, incarnation, until_ms, now_ms);
         }
@@ -281,13 +360,13 @@ impl MeshCore {
             // We are the one catching up: a few of them.
             for _ in 0..HELLO_FANOUT.min(joined.len()) {
                 let m = joined.swap_remove(self.rng.random_range(0..joined.len()));
-                self.send_hello(&m.addrs, now_ms);
+                self.send_hello(&m.addrs);
             }
         } else {
             let p = (HELLO_FANOUT as f64 / known as f64).min(1.0);
             for m in joined {
                 if self.rng.random_bool(p) {
-                    self.send_hello(&m.addrs, now_ms);
+                    self.send_hello(&m.addrs);
                 }
             }
         }
@@ -319,12 +398,13 @@ impl MeshCore {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testkit::at;
     use std::time::Duration;
 
     use foca::Codec as _;
 
     use super::super::testkit::{Drained, EPOCH_MS, Forger, Net, addr, core, keyring, member};
-    use super::super::{CoreTimer, DropReason, MemberState, MeshSettings, TAG_SWIM};
+    use super::super::{CoreTimer, DropReason, MemberState, MeshSettings, Output, TAG_SWIM};
     use super::*;
 
     fn probes_scheduled(net: &Net, i: usize) -> usize {
@@ -376,8 +456,8 @@ mod tests {
     fn updates_are_sent_more_times_as_the_mesh_grows() {
         let settings = MeshSettings::default();
         let mut alone = core(0, keyring(1), settings.clone(), Vec::new());
-        alone.start(EPOCH_MS);
-        alone.leave(EPOCH_MS);
+        alone.start(at(EPOCH_MS));
+        alone.leave(at(EPOCH_MS));
         assert_eq!(alone.max_transmissions, 4);
 
         let net = Net::joined(6, settings.clone());
@@ -392,7 +472,7 @@ mod tests {
     fn a_member_that_leaves_is_down_at_the_others_at_once() {
         let mut net = Net::joined(3, MeshSettings::default());
         let now = net.unix_ms();
-        net.cores[2].leave(now);
+        net.cores[2].leave(at(now));
         net.collect(2);
         net.deliver_all();
         for i in [0, 1] {
@@ -416,14 +496,14 @@ mod tests {
         let mut net = Net::joined(2, MeshSettings::default());
         let heard_at = net.cores[0].heard.get(&member(1).node).copied();
         assert!(
-            heard_at.is_some_and(|t| t >= EPOCH_MS + 4_000),
-            "{heard_at:?}"
+            heard_at.is_some_and(|t| t >= 4_000),
+            "heard on the monotonic clock, 4 s or more into the run: {heard_at:?}"
         );
 
         let mut forger = Forger::new(keyring(1));
         let garbage = forger.sealed(&[TAG_SWIM, 0xff, 0xff, 0xff], net.unix_ms());
         let now = net.unix_ms();
-        net.cores[0].handle_datagram(addr(7), &garbage, now);
+        net.cores[0].handle_datagram(addr(7), &garbage, at(now));
         assert_eq!(net.cores[0].counters().dropped(DropReason::Invalid), 1);
         assert!(Drained::of(&mut net.cores[0]).sends.is_empty());
         assert_eq!(net.cores[0].heard.len(), 1);
@@ -432,6 +512,8 @@ mod tests {
     #[test]
     fn the_codec_refuses_identities_no_member_would_announce() {
         let mut codec = IdentityCodec {
+            own_node: member(0).node,
+            own_generation: Arc::new(AtomicU32::new(1)),
             own_incarnation: Arc::new(AtomicU32::new(0)),
             last_src: Arc::new(Mutex::new(None)),
         };
@@ -456,5 +538,139 @@ mod tests {
                 Err(CodecError::BadIdentity)
             ));
         }
+    }
+
+    #[test]
+    fn the_codec_refuses_an_update_about_us_at_an_incarnation_we_never_had() {
+        let mut codec = IdentityCodec {
+            own_node: member(0).node,
+            own_generation: Arc::new(AtomicU32::new(1)),
+            own_incarnation: Arc::new(AtomicU32::new(4)),
+            last_src: Arc::new(Mutex::new(None)),
+        };
+        let encoded = |id: MemberId, incarnation: u16| {
+            let mut buf = Vec::new();
+            let m = foca::Member::new(id, incarnation, foca::State::Suspect);
+            PostcardCodec.encode_member(&m, &mut buf).unwrap();
+            buf
+        };
+        let forged = encoded(member(0), u16::MAX);
+        assert!(matches!(
+            codec.decode_member(&forged[..]),
+            Err(CodecError::FutureIncarnation)
+        ));
+        assert!(codec.decode_member(&encoded(member(0), 4)[..]).is_ok());
+        // Another member, or an earlier life of ours, may be at any incarnation.
+        assert!(
+            codec
+                .decode_member(&encoded(member(1), u16::MAX)[..])
+                .is_ok()
+        );
+        let earlier = MemberId {
+            generation: 0,
+            ..member(0)
+        };
+        assert!(codec.decode_member(&earlier_bytes(&earlier)[..]).is_ok());
+
+        fn earlier_bytes(id: &MemberId) -> Vec<u8> {
+            let mut buf = Vec::new();
+            let m = foca::Member::new(id.clone(), u16::MAX, foca::State::Suspect);
+            PostcardCodec.encode_member(&m, &mut buf).unwrap();
+            buf
+        }
+    }
+
+    #[test]
+    fn an_exhausted_incarnation_rejoins_under_a_generation_stored_before_it_is_announced() {
+        let mut net = Net::joined(3, MeshSettings::default());
+        // As if we had refuted 65535 suspicions: foca cannot refute this one.
+        let me = foca::Member::new(member(0), u16::MAX, foca::State::Suspect);
+        let now = net.unix_ms();
+        let c = &mut net.cores[0];
+        c.with_swim(|swim, rt| swim.apply_many(std::iter::once(me), false, rt))
+            .expect("applied");
+        c.flush_swim(now);
+        let outputs: Vec<Output> = c.drain_outputs().collect();
+        let raised = outputs
+            .iter()
+            .position(|o| matches!(o, Output::GenerationRaised { generation: 2 }));
+        let first_send = outputs
+            .iter()
+            .position(|o| matches!(o, Output::Send { .. }));
+        assert!(
+            raised.is_some() && first_send.is_some() && raised < first_send,
+            "the new generation comes before what announces it: {raised:?} {first_send:?}"
+        );
+        assert_eq!(c.local().generation, 2);
+        assert_eq!(c.counters().rejoins, 1);
+        for o in outputs {
+            if let Output::Send { to, datagram } = o {
+                let dst = (0..3).find(|&j| addr(j) == to);
+                if let Some(j) = dst {
+                    let now = net.unix_ms();
+                    net.cores[j].handle_datagram(addr(0), &datagram, at(now));
+                    net.collect(j);
+                }
+            }
+        }
+        net.run_for(Duration::from_secs(10));
+        for i in [1, 2] {
+            let held = net.cores[i].members();
+            let m0 = held.iter().find(|m| m.id.node == member(0).node);
+            assert_eq!(
+                m0.map(|m| (m.id.generation, m.state)),
+                Some((2, MemberState::Alive)),
+                "at member {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_swim_packet_malformed_behind_its_updates_is_refused_whole_not_half_applied() {
+        let mut net = Net::joined(3, MeshSettings::default());
+        let packets: Vec<Vec<u8>> = net
+            .log
+            .iter()
+            .filter(|p| p.tag == Some(TAG_SWIM))
+            .map(|p| p.payload[1..].to_vec())
+            .collect();
+        assert!(packets.iter().all(|p| well_formed(p)), "foca's own packets");
+        // A packet from member 1, with one more update (a stranger), and a broadcast
+        // item cut short behind it.
+        let stranger = MemberId {
+            node: crate::identity::NodeId([0x77; 16]),
+            generation: 1,
+            addrs: vec![addr(9)],
+        };
+        let header = foca::Header {
+            src: member(1),
+            src_incarnation: 0,
+            dst: member(0),
+            message: foca::Message::Ping(99),
+        };
+        let mut body = Vec::new();
+        PostcardCodec.encode_header(&header, &mut body).unwrap();
+        body.extend_from_slice(&1u16.to_be_bytes());
+        PostcardCodec
+            .encode_member(&foca::Member::alive(stranger.clone()), &mut body)
+            .unwrap();
+        assert!(well_formed(&body), "as such, a valid packet");
+        body.extend_from_slice(&[0, 40, 1, 2, 3]);
+        assert!(!well_formed(&body));
+
+        let mut forger = Forger::new(keyring(1));
+        let mut payload = vec![TAG_SWIM];
+        payload.extend_from_slice(&body);
+        let now = net.unix_ms();
+        let datagram = forger.sealed(&payload, now);
+        net.cores[0].handle_datagram(addr(1), &datagram, at(now));
+        assert_eq!(net.cores[0].counters().dropped(DropReason::Invalid), 1);
+        assert!(
+            net.cores[0]
+                .members()
+                .iter()
+                .all(|m| m.id.node != stranger.node),
+            "nothing of it applied"
+        );
     }
 }

@@ -15,12 +15,21 @@ use bytes::Bytes;
 use gatewan_proto::v1::{self, MeshControl, mesh_control::Kind, record::Body};
 use prost::Message as _;
 
-use super::{CoreTimer, KeyringOutcome, MeshCore, MeshSettings, Output, TAG_CONTROL};
+use super::{CoreTimer, KeyringOutcome, MeshCore, MeshSettings, Now, Output, TAG_CONTROL};
 use crate::identity::{MemberId, NodeId};
 use crate::seal::{Keyring, KeyringOp, MeshKey};
 
 /// Virtual time zero, as Unix milliseconds: sealed datagrams carry plausible stamps.
 pub(crate) const EPOCH_MS: u64 = 1_750_000_000_000;
+
+/// The clocks at virtual wall-clock time `unix_ms`: the monotonic clock counts from
+/// virtual time zero, the wall clock from `EPOCH_MS`.
+pub(crate) fn at(unix_ms: u64) -> Now {
+    Now {
+        mono_ms: unix_ms.saturating_sub(EPOCH_MS),
+        unix_ms,
+    }
+}
 
 /// Member `i`'s only address: 10.0.0.(i+1):7946.
 pub(crate) fn addr(i: usize) -> SocketAddr {
@@ -111,6 +120,7 @@ pub(crate) struct Drained {
     pub timers: Vec<(Duration, CoreTimer)>,
     pub keyring_requests: Vec<(SocketAddr, u64, KeyringOp)>,
     pub keyring_done: Vec<(u64, KeyringOutcome)>,
+    pub generations: Vec<u32>,
 }
 
 impl Drained {
@@ -126,6 +136,7 @@ impl Drained {
                 Output::KeyringQueryDone { query, outcome } => {
                     d.keyring_done.push((query, outcome))
                 }
+                Output::GenerationRaised { generation } => d.generations.push(generation),
             }
         }
         d
@@ -174,10 +185,14 @@ pub(crate) struct Net {
     pub scheduled: Vec<(u64, usize, CoreTimer)>,
     /// Keyring queries finished: (core, outcome), in order.
     pub keyring_done: Vec<(usize, KeyringOutcome)>,
+    /// Generations raised at runtime: (core, generation), in order.
+    pub generations: Vec<(usize, u32)>,
     /// Pairs of members that cannot reach each other (both ways).
     cut: HashSet<(usize, usize)>,
     /// Extra loss, decided per packet.
     pub lose: Option<LossRule>,
+    /// How far every member's wall clock has been stepped (NTP), in milliseconds.
+    pub wall_step_ms: i64,
 }
 
 impl Net {
@@ -204,11 +219,13 @@ impl Net {
             log: Vec::new(),
             scheduled: Vec::new(),
             keyring_done: Vec::new(),
+            generations: Vec::new(),
             cut: HashSet::new(),
             lose: None,
+            wall_step_ms: 0,
         };
         for i in 0..net.cores.len() {
-            let now = net.unix_ms();
+            let now = net.now();
             net.cores[i].start(now);
             net.collect(i);
         }
@@ -231,6 +248,15 @@ impl Net {
 
     pub(crate) fn unix_ms(&self) -> u64 {
         EPOCH_MS + self.now_ms
+    }
+
+    /// The clocks the cores are given now: virtual time, and the wall clock (see [`at`])
+    /// moved by `wall_step_ms`.
+    pub(crate) fn now(&self) -> Now {
+        Now {
+            mono_ms: self.now_ms,
+            unix_ms: self.unix_ms().saturating_add_signed(self.wall_step_ms),
+        }
     }
 
     pub(crate) fn cut(&mut self, a: usize, b: usize, on: bool) {
@@ -278,7 +304,7 @@ impl Net {
                         self.timers.push((due, self.order, i, timer));
                     }
                     Output::KeyringRequested { from, query, op } => {
-                        let now = self.unix_ms();
+                        let now = self.now();
                         let core = &mut self.cores[i];
                         let error = op
                             .apply_as_asked(core.keyring_mut())
@@ -289,6 +315,9 @@ impl Net {
                     }
                     Output::KeyringQueryDone { outcome, .. } => {
                         self.keyring_done.push((i, outcome))
+                    }
+                    Output::GenerationRaised { generation } => {
+                        self.generations.push((i, generation))
                     }
                 }
             }
@@ -310,7 +339,7 @@ impl Net {
                 continue;
             }
             let Some(d) = p.dst else { continue };
-            let now = self.unix_ms();
+            let now = self.now();
             self.cores[d].handle_datagram(addr(p.from), &p.datagram, now);
             self.collect(d);
         }
@@ -318,7 +347,7 @@ impl Net {
 
     /// Fires core `i`'s timer now, as if it were due, and delivers what follows.
     pub(crate) fn fire(&mut self, i: usize, timer: CoreTimer) {
-        let now = self.unix_ms();
+        let now = self.now();
         self.cores[i].handle_timer(timer, now);
         self.collect(i);
         self.deliver_all();
