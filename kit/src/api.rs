@@ -46,6 +46,7 @@ pub fn members(view: &MeshView) -> Vec<v1::Member> {
                 last_change_unix_ms: i64::try_from(m.last_change_ms).unwrap_or(0),
                 version: node.map(|n| n.version.clone()).unwrap_or_default(),
                 local: m.local,
+                key_fingerprint: m.key.map(|k| k.fingerprint()).unwrap_or_default(),
             }
         })
         .collect()

@@ -106,6 +106,8 @@ pub async fn join_mesh(
     let state_dir =
         StateDir::open(state_dir).with_context(|| format!("state_dir {}", state_dir.display()))?;
     let node = state_dir.node_id().context("node id")?;
+    let signer = state_dir.signing_key().context("signing key")?;
+    let pins = state_dir.pinned_keys().context("pinned member keys")?;
     let generation = state_dir.next_generation().context("generation")?;
     let keyring = keyring_file::load(&mesh.keyring_file).map_err(anyhow::Error::msg)?;
     let identity = MemberId {
@@ -115,8 +117,11 @@ pub async fn join_mesh(
     };
     let mut seed = [0u8; 32];
     rand::fill(&mut seed);
+    let fingerprint = signer.public().fingerprint();
     let core = MeshCore::new(
         identity.clone(),
+        signer,
+        pins,
         keyring,
         mesh.settings.clone(),
         mesh.seeds.clone(),
@@ -133,8 +138,12 @@ pub async fn join_mesh(
                 .with_context(|| format!("gossip socket of transit address {addr}"))?,
         );
     }
-    info!(id = %node, generation, bind = %mesh.bind, advertise = ?mesh.advertise, seeds = ?mesh.seeds, transits = ?transits, "joining the mesh");
-    let mesh = driver::spawn(core, sockets, Some(mesh.keyring_file.clone()));
+    info!(id = %node, key = %fingerprint, generation, bind = %mesh.bind, advertise = ?mesh.advertise, seeds = ?mesh.seeds, transits = ?transits, "joining the mesh");
+    let files = driver::MeshFiles {
+        keyring: Some(mesh.keyring_file.clone()),
+        pins: Some(state_dir.pins_file()),
+    };
+    let mesh = driver::spawn(core, sockets, files);
     Ok(Member {
         mesh,
         identity,

@@ -281,12 +281,20 @@ impl Ord for Due {
     }
 }
 
-/// Starts the mesh task. `keyring_file` receives the keyring after every change so a
-/// restart keeps it.
-pub fn spawn(core: MeshCore, sockets: MeshSockets, keyring_file: Option<PathBuf>) -> MeshHandle {
+/// Where the mesh task keeps what must survive a restart.
+#[derive(Debug, Clone, Default)]
+pub struct MeshFiles {
+    /// Receives the keyring after every change.
+    pub keyring: Option<PathBuf>,
+    /// Receives the pinned member keys after every change (ADR 0033).
+    pub pins: Option<PathBuf>,
+}
+
+/// Starts the mesh task.
+pub fn spawn(core: MeshCore, sockets: MeshSockets, files: MeshFiles) -> MeshHandle {
     let (cmd_tx, cmd_rx) = mpsc::channel(64);
     let (view_tx, view_rx) = watch::channel(Arc::new(MeshView::default()));
-    tokio::spawn(run(core, sockets, cmd_rx, view_tx, keyring_file));
+    tokio::spawn(run(core, sockets, cmd_rx, view_tx, files));
     MeshHandle {
         cmd: cmd_tx,
         view: view_rx,
@@ -312,8 +320,9 @@ async fn run(
     sockets: MeshSockets,
     mut cmd_rx: mpsc::Receiver<Command>,
     view_tx: watch::Sender<Arc<MeshView>>,
-    keyring_file: Option<PathBuf>,
+    files: MeshFiles,
 ) {
+    let keyring_file = files.keyring;
     let mut timers: BinaryHeap<Reverse<Due>> = BinaryHeap::new();
     let mut seq = 0u64;
     let mut buf = vec![0u8; 65536];
@@ -425,6 +434,13 @@ async fn run(
                     }
                 }
             }
+        }
+        if let Some(pins) = core.take_changed_pins()
+            && let Some(path) = &files.pins
+            && let Err(e) = super::durable::write_private(path, pins.to_text().as_bytes())
+        {
+            // Kept in memory all the same; a restart re-pins on first sight.
+            warn!(error = %e, path = %path.display(), "cannot save the pinned member keys");
         }
         let (members, records) = core.take_changes();
         if members || records || view_dirty {

@@ -288,8 +288,18 @@ impl Sim {
             generation: 1,
             addrs: addrs.clone(),
         };
-        let mut core = MeshCore::new(member, self.keyring.clone(), settings, seeds, core_seed)
-            .expect("simulation settings are valid");
+        // Derived from the core's seed, not drawn: runs keep the RNG stream they had.
+        let signer = crate::signing::MemberKey::from_seed(*blake3::hash(&core_seed).as_bytes());
+        let mut core = MeshCore::new(
+            member,
+            signer,
+            crate::pins::KeyPins::default(),
+            self.keyring.clone(),
+            settings,
+            seeds,
+            core_seed,
+        )
+        .expect("simulation settings are valid");
         let unix = self.unix_ms();
         if self.cfg.publish_node_records {
             core.publish(Body::Node(node_record(i, id, &addrs, datacenter)), unix)

@@ -20,6 +20,9 @@ struct Member {
     last_change: Option<String>,
     version: String,
     local: bool,
+    /// The member's signing key as pinned by the answering member: 16 hex digits of
+    /// BLAKE3(public key); empty until the member was seen signing.
+    key_fingerprint: String,
 }
 
 fn role(r: i32) -> &'static str {
@@ -93,6 +96,7 @@ pub(crate) fn members(members: &[v1::Member], f: Format) -> anyhow::Result<Strin
             last_change: rfc3339(m.last_change_unix_ms),
             version: m.version.clone(),
             local: m.local,
+            key_fingerprint: m.key_fingerprint.clone(),
         })
         .collect();
     if !matches!(f, Format::Table) {
@@ -110,6 +114,11 @@ pub(crate) fn members(members: &[v1::Member], f: Format) -> anyhow::Result<Strin
                 format!("{}.{}", m.generation, m.incarnation),
                 m.last_change.clone().unwrap_or_else(|| "-".into()),
                 m.id.clone(),
+                if m.key_fingerprint.is_empty() {
+                    "-".into()
+                } else {
+                    m.key_fingerprint.clone()
+                },
             ]
         })
         .collect();
@@ -123,6 +132,7 @@ pub(crate) fn members(members: &[v1::Member], f: Format) -> anyhow::Result<Strin
             "GEN.INC",
             "LAST CHANGE",
             "ID",
+            "KEY",
         ],
         rows,
     ))

@@ -219,6 +219,7 @@ impl MeshCore {
                             incarnation: m.incarnation(),
                             last_change_ms: now_ms,
                             local: false,
+                            key: None,
                         },
                     );
                     self.members_changed = true;
@@ -245,7 +246,9 @@ mod tests {
 
     use gatewan_proto::v1::{self, mesh_control::Kind};
 
-    use super::super::testkit::{Drained, EPOCH_MS, Forger, Net, addr, core, keyring, member};
+    use super::super::testkit::{
+        Drained, EPOCH_MS, Forger, Net, addr, core, keyring, member, member_key, node,
+    };
     use super::super::{DropReason, MeshCore, MeshSettings, identity_to_proto};
 
     fn entry(i: usize, incarnation: u32) -> v1::MemberEntry {
@@ -368,7 +371,8 @@ mod tests {
             "stamped too long ago"
         );
 
-        let hello = forger.control(Kind::JoinRequest(identity_to_proto(&member(5))), now);
+        let mut joiner = Forger::new(keyring(1)).signing_as(node(5), member_key(5));
+        let hello = joiner.control(Kind::JoinRequest(identity_to_proto(&member(5))), now);
         c.handle_datagram(from, &hello, now);
         c.handle_datagram(from, &hello, now + 10);
         assert_eq!(c.counters().dropped(DropReason::Duplicate), 1);

@@ -183,7 +183,9 @@ mod tests {
 
     use gatewan_proto::v1::{self, mesh_control::Kind};
 
-    use super::super::testkit::{Drained, EPOCH_MS, Forger, Net, addr, core, key, keyring, node};
+    use super::super::testkit::{
+        Drained, EPOCH_MS, Forger, Net, addr, core, key, keyring, member_key, node,
+    };
     use super::super::{DropReason, MeshSettings};
     use super::*;
 
@@ -261,7 +263,7 @@ mod tests {
     #[test]
     fn a_repeated_request_gets_the_same_answer_without_the_change_applied_twice() {
         let mut c = core(1, keyring(1), MeshSettings::default(), Vec::new());
-        let mut forger = Forger::new(keyring(1));
+        let mut forger = Forger::new(keyring(1)).signing_as(node(0), member_key(0));
         let request = v1::KeyringRequest {
             query: 7,
             op: Some(v1::keyring_request::Op::Install(Bytes::copy_from_slice(
@@ -297,7 +299,7 @@ mod tests {
     #[test]
     fn a_request_without_a_valid_change_is_dropped_and_counted() {
         let mut c = core(1, keyring(1), MeshSettings::default(), Vec::new());
-        let mut forger = Forger::new(keyring(1));
+        let mut forger = Forger::new(keyring(1)).signing_as(node(0), member_key(0));
         let short_key = v1::keyring_request::Op::Install(Bytes::from_static(&[1, 2, 3]));
         for (query, op) in [(1, Some(short_key)), (2, None)] {
             let r = v1::KeyringRequest { query, op };
@@ -317,14 +319,14 @@ mod tests {
         let mut net = Net::joined(3, MeshSettings::default());
         net.cut(0, 2, true);
         let q = start(&mut net, 0, &KeyringOp::Install(key(9)));
-        let mut forger = Forger::new(keyring(1));
-        for (query, member) in [(q.wrapping_add(1), node(2)), (q, node(7))] {
+        for (query, member) in [(q.wrapping_add(1), 2), (q, 7)] {
             let reply = v1::KeyringReply {
                 query,
-                member: Bytes::copy_from_slice(&member.0),
+                member: Bytes::copy_from_slice(&node(member).0),
                 error: String::new(),
             };
             let now = net.unix_ms();
+            let mut forger = Forger::new(keyring(1)).signing_as(node(member), member_key(member));
             let datagram = forger.control(Kind::KeyringReply(reply), now);
             net.cores[0].handle_datagram(addr(2), &datagram, now);
             net.collect(0);
@@ -335,8 +337,10 @@ mod tests {
             error: String::new(),
         };
         let now = net.unix_ms();
+        // Member 2 answering for a member id that is not its own.
+        let mut forger = Forger::new(keyring(1)).signing_as(node(2), member_key(2));
         net.cores[0].handle_datagram(addr(2), &forger.control(Kind::KeyringReply(bad), now), now);
-        assert_eq!(net.cores[0].counters().dropped(DropReason::Invalid), 1);
+        assert_eq!(net.cores[0].counters().dropped(DropReason::Forged), 1);
         assert!(net.keyring_done.is_empty(), "still waiting for member 2");
     }
 }

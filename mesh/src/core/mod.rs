@@ -14,7 +14,9 @@
 //! - `swim`: the foca glue (codec, runtime, broadcasts, SWIM timers);
 //! - `anti_entropy`: push-pull sync of the state store;
 //! - `suspicion`: suspicion notices, their relays and refutations;
-//! - `keyring`: cluster-wide keyring changes.
+//! - `keyring`: cluster-wide keyring changes;
+//! - `trust`: signed control messages and the checks of signers against key pins (the
+//!   record checks are `Shared::merge_remote`'s, as the broadcast handler merges too).
 //!
 //! The protocol files use this file's items and call each other's methods on `MeshCore`,
 //! but never import from each other.
@@ -26,6 +28,7 @@ mod suspicion;
 mod swim;
 #[cfg(test)]
 mod testkit;
+mod trust;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -40,14 +43,14 @@ use gatewan_proto::v1::{self, MeshControl, MeshIdentity, mesh_control::Kind, rec
 use prost::Message as _;
 use rand::rngs::StdRng;
 use rand::{RngExt as _, SeedableRng as _};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::guard::{RateLimiter, ReplayFilter};
 use super::identity::{MAX_MESH_ADDRESSES, MemberId, NodeId};
+use super::pins::{KeyPins, PinCheck};
 use super::seal::{Keyring, KeyringOp, SEAL_OVERHEAD};
-use super::store::{
-    MergeOutcome, RecordError, RecordKey, StateStore, decode_record, encode_record,
-};
+use super::signing::{DOMAIN_CONTROL, MemberKey, PublicKey};
+use super::store::{MergeOutcome, RecordError, RecordKey, StateStore, sign_record, verify_record};
 
 /// First byte inside a sealed datagram.
 const TAG_SWIM: u8 = 1;
@@ -183,16 +186,28 @@ pub enum DropReason {
     Duplicate,
     Replay,
     Invalid,
+    /// A record or control message without a valid signature trailer (ADR 0032); counted
+    /// per record: the rest of its datagram is used.
+    BadSignature,
+    /// Validly signed, but by another key than the one pinned for the node it speaks for
+    /// (ADR 0033), or asserting another identity than its signer's: a forgery by a
+    /// keyring holder. Counted per record or message.
+    Forged,
 }
 
+/// Number of drop reasons.
+const DROP_REASONS: usize = 8;
+
 impl DropReason {
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; DROP_REASONS] = [
         DropReason::RateLimited,
         DropReason::Malformed,
         DropReason::Unauthenticated,
         DropReason::Duplicate,
         DropReason::Replay,
         DropReason::Invalid,
+        DropReason::BadSignature,
+        DropReason::Forged,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -203,6 +218,8 @@ impl DropReason {
             DropReason::Duplicate => "duplicate",
             DropReason::Replay => "replay",
             DropReason::Invalid => "invalid",
+            DropReason::BadSignature => "bad_signature",
+            DropReason::Forged => "forged",
         }
     }
 }
@@ -213,7 +230,7 @@ pub struct Counters {
     pub bytes_in: u64,
     pub datagrams_out: u64,
     pub bytes_out: u64,
-    pub dropped: [u64; 6],
+    pub dropped: [u64; DROP_REASONS],
     /// Gossiped records that failed validation (the rest of their datagram was used).
     pub records_invalid: u64,
     /// Members our own probes failed and that we told so (see `notify_suspect`).
@@ -292,6 +309,8 @@ pub struct MemberInfo {
     pub incarnation: u16,
     pub last_change_ms: u64,
     pub local: bool,
+    /// The member's signing key as pinned here; None until we saw it sign.
+    pub key: Option<PublicKey>,
 }
 
 /// foca owns its broadcast handler and exposes no accessor, so the store it merges into
@@ -302,17 +321,102 @@ struct Shared {
     store: StateStore,
     local: NodeId,
     records_invalid: u64,
+    /// Signer keys of members (ADR 0033), ours included.
+    pins: KeyPins,
+    pins_changed: bool,
+    /// Drops by records and control messages, by reason, added to the core's counters.
+    dropped: [u64; DROP_REASONS],
+    /// When a forgery for each node id was last logged (at most once a minute each).
+    forged_logged: HashMap<NodeId, u64>,
+    /// When bad signatures were last logged (at most once a minute).
+    bad_signature_logged: Option<u64>,
+    /// The time of the call being handled: the broadcast handler has no clock.
+    now_ms: u64,
     /// Highest version of one of our own records seen from others (a previous life of
     /// this node): our next versions must exceed it.
     own_seen: u64,
     records_changed: bool,
 }
 
+/// How often a forgery for one node id, or a bad signature, is logged.
+const TRUST_LOG_EVERY_MS: u64 = 60_000;
+/// Bounds the map of when forgeries were logged.
+const MAX_FORGED_LOGGED: usize = 4096;
+
 impl Shared {
+    /// Checks that `signer` may speak for `node`: the key pinned for it, or any key on
+    /// first sight (then pinned). A forgery is counted and logged once a minute per node.
+    fn check_pin(&mut self, node: NodeId, signer: PublicKey, what: &str) -> bool {
+        match self.pins.check(node, signer) {
+            PinCheck::Matches => true,
+            PinCheck::Pinned => {
+                self.pins_changed = true;
+                info!(%node, key = %signer.fingerprint(), "pinned a member's signing key on first sight");
+                true
+            }
+            PinCheck::Full => {
+                self.records_invalid += 1;
+                debug!(%node, "key pins full: refused a new node id");
+                false
+            }
+            PinCheck::Mismatch => {
+                self.forged(node, signer, what);
+                false
+            }
+        }
+    }
+
+    /// Counts a forgery for `node` and logs it, at most once a minute per node.
+    fn forged(&mut self, node: NodeId, signer: PublicKey, what: &str) {
+        let i = DropReason::Forged as usize;
+        self.dropped[i] = self.dropped[i].saturating_add(1);
+        let now = self.now_ms;
+        let due = self
+            .forged_logged
+            .get(&node)
+            .is_none_or(|&t| now.saturating_sub(t) >= TRUST_LOG_EVERY_MS);
+        if due {
+            if self.forged_logged.len() >= MAX_FORGED_LOGGED {
+                self.forged_logged.clear();
+            }
+            self.forged_logged.insert(node, now);
+            warn!(
+                %node,
+                what,
+                signer = %signer.fingerprint(),
+                pinned = %self.pins.get(&node).map(PublicKey::fingerprint).unwrap_or_default(),
+                total = self.dropped[i],
+                "dropped a forgery: signed by another key than the node's (counted; logged at most once a minute per node)"
+            );
+        }
+    }
+
+    fn bad_signature(&mut self, error: &dyn std::fmt::Display, what: &str) {
+        let i = DropReason::BadSignature as usize;
+        self.dropped[i] = self.dropped[i].saturating_add(1);
+        let now = self.now_ms;
+        if self
+            .bad_signature_logged
+            .is_none_or(|t| now.saturating_sub(t) >= TRUST_LOG_EVERY_MS)
+        {
+            self.bad_signature_logged = Some(now);
+            warn!(%error, what, total = self.dropped[i], "dropped an unsigned or badly signed mesh message (counted; logged at most once a minute)");
+        }
+    }
+
     /// Merges a record from the network; returns whether it is news.
     fn merge_remote(&mut self, bytes: &[u8]) -> Option<(RecordKey, (u64, u64))> {
-        let rec = match decode_record(bytes) {
-            Ok(r) => r,
+        let rec = match verify_record(bytes) {
+            Ok((r, signer)) => {
+                if !self.check_pin(r.key.origin, signer, "record") {
+                    return None;
+                }
+                r
+            }
+            Err(RecordError::Signature(e)) => {
+                self.bad_signature(&e, "record");
+                return None;
+            }
             Err(e) => {
                 self.records_invalid += 1;
                 debug!(error = %e, "invalid gossiped record");
@@ -343,6 +447,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 pub struct MeshCore {
     swim: swim::Swim,
+    /// Signs what we publish and the control messages that assert our identity.
+    signer: MemberKey,
     shared: Arc<Mutex<Shared>>,
     own_incarnation: Arc<AtomicU32>,
     keyring: Keyring,
@@ -352,7 +458,7 @@ pub struct MeshCore {
     replay: ReplayFilter,
     rng: StdRng,
     counters: Counters,
-    last_drop_log_ms: [Option<u64>; 6],
+    last_drop_log_ms: [Option<u64>; DROP_REASONS],
     last_version: u64,
     members: HashMap<NodeId, MemberInfo>,
     members_changed: bool,
@@ -375,8 +481,12 @@ pub struct MeshCore {
 
 impl MeshCore {
     /// `rng_seed` must come from the OS in production: nonces are drawn from it.
+    /// `signer` is the member's key for life; `pins` the keys pinned before a restart
+    /// (ours is pinned here, and must not be pinned to another key already).
     pub fn new(
         local: MemberId,
+        signer: MemberKey,
+        mut pins: KeyPins,
         keyring: Keyring,
         settings: MeshSettings,
         seeds: Vec<SocketAddr>,
@@ -388,12 +498,30 @@ impl MeshCore {
             ));
         }
         let config = settings.foca_config()?;
+        let own_pin = pins.check(local.node, signer.public());
+        if own_pin == PinCheck::Mismatch {
+            return Err(format!(
+                "pinned_keys pins this node ({}) to key {}, but its signing_key is {}: \
+                 the state directory's files do not belong together",
+                local.node,
+                pins.get(&local.node)
+                    .map(PublicKey::fingerprint)
+                    .unwrap_or_default(),
+                signer.public().fingerprint()
+            ));
+        }
         let mut rng = StdRng::from_seed(rng_seed);
         let swim_rng = StdRng::from_seed(rng.random());
         let shared = Arc::new(Mutex::new(Shared {
             store: StateStore::default(),
             local: local.node,
             records_invalid: 0,
+            pins,
+            pins_changed: own_pin == PinCheck::Pinned,
+            dropped: [0; DROP_REASONS],
+            forged_logged: HashMap::new(),
+            bad_signature_logged: None,
+            now_ms: 0,
             own_seen: 0,
             records_changed: false,
         }));
@@ -409,6 +537,7 @@ impl MeshCore {
         );
         Ok(MeshCore {
             swim,
+            signer,
             shared,
             own_incarnation,
             keyring,
@@ -418,7 +547,7 @@ impl MeshCore {
             seeds,
             rng,
             counters: Counters::default(),
-            last_drop_log_ms: [None; 6],
+            last_drop_log_ms: [None; DROP_REASONS],
             last_version: 0,
             members: HashMap::new(),
             members_changed: false,
@@ -455,8 +584,23 @@ impl MeshCore {
 
     pub fn counters(&self) -> Counters {
         let mut c = self.counters;
-        c.records_invalid = lock(&self.shared).records_invalid;
+        let shared = lock(&self.shared);
+        c.records_invalid = shared.records_invalid;
+        for (total, more) in c.dropped.iter_mut().zip(shared.dropped) {
+            *total = total.saturating_add(more);
+        }
         c
+    }
+
+    /// Our signing key's public half.
+    pub fn public_key(&self) -> PublicKey {
+        self.signer.public()
+    }
+
+    /// The pins, when they changed since the last call: for the driver to save.
+    pub fn take_changed_pins(&mut self) -> Option<KeyPins> {
+        let mut shared = lock(&self.shared);
+        std::mem::take(&mut shared.pins_changed).then(|| shared.pins.clone())
     }
 
     pub fn keyring(&self) -> &Keyring {
@@ -486,7 +630,14 @@ impl MeshCore {
             incarnation: self.own_incarnation.load(Ordering::Relaxed) as u16,
             last_change_ms: 0,
             local: true,
+            key: None,
         });
+        {
+            let shared = lock(&self.shared);
+            for m in &mut v {
+                m.key = shared.pins.get(&m.id.node).copied();
+            }
+        }
         v.sort_by_key(|m| m.id.node);
         v
     }
@@ -501,11 +652,15 @@ impl MeshCore {
     /// Publishes (or replaces) one of our own records.
     pub fn publish(&mut self, body: Body, now_ms: u64) -> Result<u64, RecordError> {
         let version = self.next_version(now_ms);
-        let rec = encode_record(&v1::Record {
-            origin: Bytes::copy_from_slice(&self.local().node.0),
-            version,
-            body: Some(body),
-        })?;
+        let rec = sign_record(
+            &v1::Record {
+                origin: Bytes::copy_from_slice(&self.local().node.0),
+                version,
+                body: Some(body),
+                ..Default::default()
+            },
+            &self.signer,
+        )?;
         let bytes = rec.bytes.clone();
         {
             let mut shared = lock(&self.shared);
@@ -546,6 +701,7 @@ impl MeshCore {
     }
 
     pub fn handle_datagram(&mut self, from: SocketAddr, data: &[u8], now_ms: u64) {
+        lock(&self.shared).now_ms = now_ms;
         let Some(opened) = self.admit(from, data, now_ms) else {
             return;
         };
@@ -555,7 +711,15 @@ impl MeshCore {
         match tag {
             TAG_SWIM => self.handle_swim(from, body, now_ms),
             TAG_CONTROL => match MeshControl::decode(body) {
-                Ok(MeshControl { kind: Some(kind) }) => self.handle_control(from, kind, now_ms),
+                Ok(MeshControl {
+                    kind: Some(kind),
+                    sender,
+                    ..
+                }) => {
+                    if self.control_is_authentic(&kind, &sender, body) {
+                        self.handle_control(from, kind, body, now_ms);
+                    }
+                }
                 _ => self.drop_datagram(DropReason::Invalid, from, now_ms),
             },
             _ => self.drop_datagram(DropReason::Invalid, from, now_ms),
@@ -564,6 +728,7 @@ impl MeshCore {
     }
 
     pub fn handle_timer(&mut self, timer: CoreTimer, now_ms: u64) {
+        lock(&self.shared).now_ms = now_ms;
         match timer {
             CoreTimer::Swim(t) => self.handle_swim_timer(t, now_ms),
             CoreTimer::JoinSync => self.sync_with_a_member(now_ms),
@@ -574,8 +739,10 @@ impl MeshCore {
         }
     }
 
-    /// An authenticated, fresh control message, to the protocol it belongs to.
-    fn handle_control(&mut self, from: SocketAddr, kind: Kind, now_ms: u64) {
+    /// An authenticated, fresh control message, to the protocol it belongs to. `raw`: its
+    /// encoded bytes, which a relayed refutation forwards verbatim (its signature is the
+    /// suspect's).
+    fn handle_control(&mut self, from: SocketAddr, kind: Kind, raw: &[u8], now_ms: u64) {
         match kind {
             Kind::JoinRequest(ident) => self.on_join_request(from, &ident, now_ms),
             Kind::JoinReply(ident) => self.on_join_reply(from, &ident, now_ms),
@@ -585,14 +752,27 @@ impl MeshCore {
             Kind::Records(r) => self.on_records(from, &r),
             Kind::Suspected(notice) => self.on_suspected(from, &notice, now_ms),
             Kind::RelaySuspicion(notice) => self.on_relay_suspicion(from, notice, now_ms),
-            Kind::Refutation(entry) => self.on_refutation(from, entry, now_ms),
+            Kind::Refutation(entry) => self.on_refutation(from, entry, raw, now_ms),
             Kind::KeyringRequest(r) => self.on_keyring_request(from, r, now_ms),
             Kind::KeyringReply(r) => self.on_keyring_reply(from, r, now_ms),
         }
     }
 
     fn send_control(&mut self, addrs: &[SocketAddr], kind: Kind, now_ms: u64) {
-        let body = MeshControl { kind: Some(kind) }.encode_to_vec();
+        let body = if trust::asserted_identity(&kind).is_some() {
+            let unsigned = MeshControl {
+                kind: Some(kind),
+                sender: Bytes::copy_from_slice(&self.local().node.0),
+                signature: Bytes::new(),
+            };
+            self.signer.sign(DOMAIN_CONTROL, &unsigned.encode_to_vec())
+        } else {
+            MeshControl {
+                kind: Some(kind),
+                ..Default::default()
+            }
+            .encode_to_vec()
+        };
         self.send_sealed(addrs, TAG_CONTROL, &body, now_ms);
     }
 
