@@ -50,7 +50,9 @@ use super::identity::{MAX_MESH_ADDRESSES, MemberId, NodeId};
 use super::pins::{KeyPins, PinCheck};
 use super::seal::{Keyring, KeyringOp, SEAL_OVERHEAD};
 use super::signing::{DOMAIN_CONTROL, MemberKey, PublicKey};
-use super::store::{MergeOutcome, RecordError, RecordKey, StateStore, sign_record, verify_record};
+use super::store::{
+    MergeOutcome, RecordError, RecordKey, StateStore, decode_record, sign_record, verify_record,
+};
 
 /// First byte inside a sealed datagram.
 const TAG_SWIM: u8 = 1;
@@ -406,6 +408,16 @@ impl Shared {
 
     /// Merges a record from the network; returns whether it is news.
     fn merge_remote(&mut self, bytes: &[u8]) -> Option<(RecordKey, (u64, u64))> {
+        // What we hold already, or something older, changes nothing whoever signed it:
+        // not worth a signature check (gossip brings each record several times).
+        if let Ok(r) = decode_record(bytes)
+            && self
+                .store
+                .rank_of(&r.key)
+                .is_some_and(|held| held >= (r.version, r.fingerprint))
+        {
+            return None;
+        }
         let rec = match verify_record(bytes) {
             Ok((r, signer)) => {
                 if !self.check_pin(r.key.origin, signer, "record") {
