@@ -442,3 +442,158 @@ fn hostile_datagrams_change_nothing_and_are_counted() {
         "membership changed under attack"
     );
 }
+
+/// Issue 15: a holder of the mesh keyring, with a signing key of its own, forges a
+/// member's NodeRecord and a Network record under that member's node id, with versions
+/// above any real one, and pushes them to the other members as anti-entropy would. They
+/// are dropped and counted as `forged` (unsigned: `bad_signature`), nobody's view of
+/// the victim moves, and a restart does not reopen the first-sight window.
+#[test]
+fn records_forged_by_a_keyring_holder_are_dropped_counted_and_move_nothing() {
+    use bytes::Bytes;
+    use gatewan_mesh::MemberKey;
+    use gatewan_mesh::store::{encode_record, sign_record};
+    use gatewan_proto::v1::{self, mesh_control::Kind, record::Body};
+    use prost::Message as _;
+
+    if !require_root("forged_records") {
+        return;
+    }
+    let mut c = Cluster::simple("forged", 3);
+    c.wait_converged(3, Duration::from_secs(10));
+    // gw2 is the victim; gw1 and gw3 are told lies about it.
+    let view = |c: &Cluster, i: usize| -> serde_json::Value {
+        c.members(i)
+            .unwrap()
+            .into_iter()
+            .find(|m| m["name"] == "gw2")
+            .expect("gw2 listed")
+    };
+    let before = view(&c, 0);
+    let victim: gatewan_mesh::NodeId = before["id"].as_str().unwrap().parse().unwrap();
+    let fingerprint = before["key_fingerprint"].as_str().unwrap().to_string();
+    assert_eq!(fingerprint.len(), 16, "gw2's key pinned by gw1: {before}");
+    for i in 0..3 {
+        assert_eq!(
+            view(&c, i)["key_fingerprint"],
+            fingerprint,
+            "every member, gw2 included, shows the same key for gw2"
+        );
+    }
+    let log = std::fs::read_to_string(&c.nodes[1].log).unwrap();
+    assert!(
+        log.contains(&fingerprint) && log.contains(&victim.to_string()),
+        "gw2 logs its node id and key fingerprint at start"
+    );
+
+    let keyring = gatewan_mesh::keyring_file::load(&c.keyring).unwrap();
+    let forger = MemberKey::from_seed(rand::random());
+    let lie = |version: u64, body: Body| v1::Record {
+        origin: Bytes::copy_from_slice(&victim.0),
+        version,
+        body: Some(body),
+        ..Default::default()
+    };
+    let node_lie = || {
+        Body::Node(v1::NodeRecord {
+            id: Bytes::copy_from_slice(&victim.0),
+            name: "gw2".into(),
+            datacenter: "evil".into(),
+            api_address: "forged".into(),
+            ..Default::default()
+        })
+    };
+    let network_lie = || {
+        Body::Network(v1::Network {
+            prefix: "10.66.0.0/16".into(),
+            vtep: "192.0.2.66".into(),
+            vni: 66,
+            ..Default::default()
+        })
+    };
+    let high = u64::MAX / 2;
+    let forged: Vec<Bytes> = [lie(high, node_lie()), lie(high, network_lie())]
+        .iter()
+        .map(|r| sign_record(r, &forger).unwrap().bytes)
+        .collect();
+    let unsigned = encode_record(&lie(high + 1, node_lie())).unwrap().bytes;
+    // A sealed control message, as a member sends it: tag 2 (the core's TAG_CONTROL),
+    // then the encoded MeshControl.
+    let push = move |records: Vec<Bytes>| {
+        let mut payload = vec![2u8];
+        payload.extend(
+            v1::MeshControl {
+                kind: Some(Kind::Records(v1::SyncRecords { records })),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        );
+        let keyring = keyring.clone();
+        move || {
+            let s = UdpSocket::bind("127.0.0.50:0").unwrap();
+            for to in ["127.0.0.1:7946", "127.0.0.3:7946", "127.0.0.2:7946"] {
+                let sealed =
+                    keyring.seal(&payload, gatewan_mesh::driver::unix_ms(), rand::random());
+                s.send_to(&sealed, to).unwrap();
+            }
+        }
+    };
+    c.ns.run(push(forged.clone()));
+    c.ns.run(push(vec![unsigned]));
+    let counted = wait_until(Duration::from_secs(5), || {
+        [0, 2].iter().all(|&i| dropped(&c, i, "forged") >= 2.0)
+            && dropped(&c, 1, "forged") >= 2.0
+            && (0..3).all(|i| dropped(&c, i, "bad_signature") >= 1.0)
+    });
+    assert!(
+        counted,
+        "forged {:?}, bad_signature {:?}",
+        (0..3).map(|i| dropped(&c, i, "forged")).collect::<Vec<_>>(),
+        (0..3)
+            .map(|i| dropped(&c, i, "bad_signature"))
+            .collect::<Vec<_>>()
+    );
+    // Gossip and a push-pull round (every 10 s) have had their chance to spread a lie.
+    std::thread::sleep(Duration::from_secs(11));
+    for i in [0, 2] {
+        let now = view(&c, i);
+        assert_eq!(
+            now["datacenter"],
+            before["datacenter"],
+            "gw{} moved: {now}",
+            i + 1
+        );
+        assert_eq!(now["key_fingerprint"], fingerprint);
+    }
+    assert!(c.sees_all_alive(1, 3), "gw2 itself is undisturbed");
+    let log = std::fs::read_to_string(&c.nodes[0].log).unwrap();
+    assert_eq!(
+        log.matches("dropped a forgery").count(),
+        1,
+        "logged once per origin per minute"
+    );
+
+    // The pin outlives a restart: gw3 comes back with gw2's key already pinned, and the
+    // same forgery, pushed again as soon as it is up, is refused.
+    let pins = std::fs::read_to_string(c.dir.join("gw3.state/pinned_keys")).unwrap();
+    assert!(pins.contains(&victim.to_string()), "{pins}");
+    c.restart(2);
+    assert!(wait_until(Duration::from_secs(5), || c
+        .members(2)
+        .is_some()));
+    c.ns.run(push(forged));
+    assert!(wait_until(Duration::from_secs(5), || dropped(
+        &c, 2, "forged"
+    ) >= 2.0));
+    c.wait_converged(3, Duration::from_secs(10));
+    assert_eq!(view(&c, 2)["datacenter"], before["datacenter"]);
+    let log = std::fs::read_to_string(&c.nodes[2].log).unwrap();
+    let first_sights = log
+        .lines()
+        .filter(|l| l.contains("pinned a member's signing key") && l.contains(&victim.to_string()))
+        .count();
+    assert_eq!(
+        first_sights, 1,
+        "gw2's key was pinned again after the restart"
+    );
+}
