@@ -40,6 +40,10 @@ pub struct MeshConfig {
     /// own datacenter's gatewans).
     #[serde(default)]
     pub passive: Option<bool>,
+    /// Key fingerprints (16 hex digits, as `routingctl members` shows them) of the members
+    /// that may ask this one for keyring changes; empty: any member may.
+    #[serde(default)]
+    pub admins: Vec<Spanned<String>>,
 }
 
 /// The mesh section once validated.
@@ -126,6 +130,21 @@ impl MeshConfig {
         set(&self.gossip_interval, &mut settings.gossip_interval);
         set(&self.sync_interval, &mut settings.sync_interval);
         settings.passive = self.passive.unwrap_or(passive);
+        for (i, a) in self.admins.iter().enumerate() {
+            let fp = a.value.trim().to_ascii_lowercase();
+            if fp.len() == 16 && fp.bytes().all(|b| b.is_ascii_hexdigit()) {
+                settings.admins.push(fp);
+            } else {
+                c.error(
+                    Some(a),
+                    format!("mesh.admins[{i}]"),
+                    format!(
+                        "{:?} is not a member key fingerprint: 16 hex digits, as the KEY column of `routingctl members` shows",
+                        a.value
+                    ),
+                );
+            }
+        }
         if settings.sync_interval.is_zero() {
             c.error(
                 self.sync_interval.as_ref(),

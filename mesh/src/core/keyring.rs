@@ -13,6 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use gatewan_proto::v1::{self, mesh_control::Kind};
 use rand::RngExt as _;
+use tracing::warn;
 
 use super::{
     CoreTimer, DropReason, KEYRING_QUERY_TIMEOUT, KeyringOutcome, MemberInfo, MemberState,
@@ -20,6 +21,7 @@ use super::{
 };
 use crate::identity::NodeId;
 use crate::seal::{KeyringOp, MeshKey};
+use crate::signing::PublicKey;
 
 const KEYRING_RETRY: Duration = Duration::from_millis(500);
 /// Answers kept to give again when a request is repeated (its answer was lost).
@@ -137,8 +139,17 @@ impl MeshCore {
         &mut self,
         from: SocketAddr,
         r: v1::KeyringRequest,
+        signer: Option<PublicKey>,
         now_ms: u64,
     ) {
+        if !self.is_admin(signer) {
+            let key = signer.map(|k| k.fingerprint()).unwrap_or_default();
+            warn!(%from, key, "keyring change refused: the asking member is not in mesh.admins");
+            let error = format!(
+                "refused: the asking member's key {key} is not in mesh.admins of this member"
+            );
+            return self.send_keyring_reply(from, r.query, error, now_ms);
+        }
         if let Some((_, error)) = self.keyring_answers.iter().find(|(q, _)| *q == r.query) {
             // Our answer was lost: the same answer, the change is not applied twice.
             let error = error.clone();

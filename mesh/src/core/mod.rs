@@ -79,6 +79,9 @@ pub struct MeshSettings {
     pub rate_burst: u32,
     /// Largest sealed datagram; 1400 stays under every transit's MTU.
     pub max_datagram: usize,
+    /// Key fingerprints (`PublicKey::fingerprint`) of the members that may ask mesh-wide
+    /// keyring changes of this one (`mesh.admins`); empty: any member may.
+    pub admins: Vec<String>,
     /// A passive member probes no one, so it never suspects nor declares anyone down;
     /// the others still probe it. For members that reach only part of the mesh (a bgpctl
     /// on its fabric reaches its own datacenter's gatewans): probing the rest, they would
@@ -127,6 +130,7 @@ impl Default for MeshSettings {
             rate_per_source: 1000,
             rate_burst: 2000,
             max_datagram: 1400,
+            admins: Vec::new(),
             passive: false,
         }
     }
@@ -728,8 +732,8 @@ impl MeshCore {
                     sender,
                     ..
                 }) => {
-                    if self.control_is_authentic(&kind, &sender, body) {
-                        self.handle_control(from, kind, body, now_ms);
+                    if let Some(signer) = self.control_is_authentic(&kind, &sender, body) {
+                        self.handle_control(from, kind, body, signer, now_ms);
                     }
                 }
                 _ => self.drop_datagram(DropReason::Invalid, from, now_ms),
@@ -754,7 +758,15 @@ impl MeshCore {
     /// An authenticated, fresh control message, to the protocol it belongs to. `raw`: its
     /// encoded bytes, which a relayed refutation forwards verbatim (its signature is the
     /// suspect's).
-    fn handle_control(&mut self, from: SocketAddr, kind: Kind, raw: &[u8], now_ms: u64) {
+    /// `signer`: the sender's key, for the messages that are signed.
+    fn handle_control(
+        &mut self,
+        from: SocketAddr,
+        kind: Kind,
+        raw: &[u8],
+        signer: Option<PublicKey>,
+        now_ms: u64,
+    ) {
         match kind {
             Kind::JoinRequest(ident) => self.on_join_request(from, &ident, now_ms),
             Kind::JoinReply(ident) => self.on_join_reply(from, &ident, now_ms),
@@ -765,7 +777,7 @@ impl MeshCore {
             Kind::Suspected(notice) => self.on_suspected(from, &notice, now_ms),
             Kind::RelaySuspicion(notice) => self.on_relay_suspicion(from, notice, now_ms),
             Kind::Refutation(entry) => self.on_refutation(from, entry, raw, now_ms),
-            Kind::KeyringRequest(r) => self.on_keyring_request(from, r, now_ms),
+            Kind::KeyringRequest(r) => self.on_keyring_request(from, r, signer, now_ms),
             Kind::KeyringReply(r) => self.on_keyring_reply(from, r, now_ms),
         }
     }

@@ -9,38 +9,51 @@ use gatewan_proto::v1::mesh_control::Kind;
 
 use super::{MeshCore, lock};
 use crate::identity::NodeId;
-use crate::signing::{self, DOMAIN_CONTROL};
+use crate::signing::{self, DOMAIN_CONTROL, PublicKey};
 
 impl MeshCore {
     /// For a control message in which the sender asserts an identity: the signature
     /// verifies, by the key pinned for `sender`, and the identity asserted is the
     /// sender's. Any other control message passes as it is. Drops are counted.
-    pub(super) fn control_is_authentic(&mut self, kind: &Kind, sender: &[u8], body: &[u8]) -> bool {
+    /// `None`: dropped; `Some(signer)`: the signer, when the message is signed.
+    pub(super) fn control_is_authentic(
+        &mut self,
+        kind: &Kind,
+        sender: &[u8],
+        body: &[u8],
+    ) -> Option<Option<PublicKey>> {
         let Some(asserted) = asserted_identity(kind) else {
-            return true;
+            return Some(None);
         };
         let mut shared = lock(&self.shared);
         let signer = match signing::verify(DOMAIN_CONTROL, body) {
             Ok((_, signer)) => signer,
             Err(e) => {
                 shared.bad_signature(&e, control_name(kind));
-                return false;
+                return None;
             }
         };
         let Some(sender) = NodeId::from_slice(sender) else {
             shared.bad_signature(&"no 16-byte sender id", control_name(kind));
-            return false;
+            return None;
         };
         if !shared.check_pin(sender, signer, control_name(kind)) {
-            return false;
+            return None;
         }
         // Signed by the sender, but speaking for someone else: a keyring holder with
         // a key of its own cannot pass for another member this way either.
         if asserted.is_some_and(|id| id != sender.0.as_slice()) {
             shared.forged(sender, signer, control_name(kind));
-            return false;
+            return None;
         }
-        true
+        Some(Some(signer))
+    }
+
+    /// Whether the member whose key is `signer` may ask a mesh-wide change of us: any
+    /// member while `admins` is empty, else only those whose key fingerprint it lists.
+    pub(super) fn is_admin(&self, signer: Option<PublicKey>) -> bool {
+        self.settings.admins.is_empty()
+            || signer.is_some_and(|k| self.settings.admins.contains(&k.fingerprint()))
     }
 }
 
@@ -86,7 +99,7 @@ mod tests {
     use gatewan_proto::v1::{self, mesh_control::Kind, record::Body};
 
     use super::super::testkit::{
-        EPOCH_MS, Forger, Net, addr, core, keyring, member, member_key, node, node_record,
+        Drained, EPOCH_MS, Forger, Net, addr, core, keyring, member, member_key, node, node_record,
     };
     use super::super::{DropReason, MeshCore, MeshSettings, identity_to_proto};
     use crate::pins::KeyPins;
@@ -233,6 +246,49 @@ mod tests {
             !net.cores[0]
                 .drain_outputs()
                 .any(|o| matches!(o, super::super::Output::KeyringRequested { .. }))
+        );
+    }
+
+    #[test]
+    fn with_admins_only_an_admins_keyring_request_is_applied_the_rest_refused_in_the_reply() {
+        let settings = MeshSettings {
+            admins: vec![member_key(0).public().fingerprint()],
+            ..MeshSettings::default()
+        };
+        let mut c = core(1, keyring(1), settings, Vec::new());
+        let request = |query| {
+            Kind::KeyringRequest(v1::KeyringRequest {
+                query,
+                op: Some(v1::keyring_request::Op::Remove("x".into())),
+            })
+        };
+        let mut admin = Forger::new(keyring(1)).signing_as(node(0), member_key(0));
+        c.handle_datagram(addr(0), &admin.control(request(1), EPOCH_MS), EPOCH_MS);
+        let d = Drained::of(&mut c);
+        assert_eq!(
+            d.keyring_requests.len(),
+            1,
+            "the admin's change goes to the driver"
+        );
+
+        let mut other = Forger::new(keyring(1)).signing_as(node(2), member_key(2));
+        c.handle_datagram(addr(2), &other.control(request(2), EPOCH_MS), EPOCH_MS);
+        let d = Drained::of(&mut c);
+        assert!(d.keyring_requests.is_empty(), "not applied");
+        let errors: Vec<String> = d
+            .controls(&keyring(1))
+            .into_iter()
+            .filter_map(|(to, k)| match k {
+                Kind::KeyringReply(r) if to == addr(2) && r.query == 2 => Some(r.error),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].contains("not in mesh.admins")
+                && errors[0].contains(&member_key(2).public().fingerprint()),
+            "{}",
+            errors[0]
         );
     }
 
