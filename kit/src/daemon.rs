@@ -108,6 +108,7 @@ pub async fn join_mesh(
     let node = state_dir.node_id().context("node id")?;
     let signer = state_dir.signing_key().context("signing key")?;
     let pins = state_dir.pinned_keys().context("pinned member keys")?;
+    let revocations = state_dir.revocations().context("revocations")?;
     let generation = state_dir.next_generation().context("generation")?;
     let keyring = keyring_file::load(&mesh.keyring_file).map_err(anyhow::Error::msg)?;
     let identity = MemberId {
@@ -118,7 +119,7 @@ pub async fn join_mesh(
     let mut seed = [0u8; 32];
     rand::fill(&mut seed);
     let fingerprint = signer.public().fingerprint();
-    let core = MeshCore::new(
+    let mut core = MeshCore::new(
         identity.clone(),
         signer,
         pins,
@@ -128,6 +129,9 @@ pub async fn join_mesh(
         seed,
     )
     .map_err(anyhow::Error::msg)?;
+    for refused in core.restore_revocations(&revocations) {
+        tracing::warn!(%refused, "a saved revocation no longer holds (mesh.admins changed?)");
+    }
     let main = driver::bind_socket(mesh.bind, !transits.is_empty())
         .with_context(|| format!("mesh.bind {}", mesh.bind))?;
     let mut sockets = driver::MeshSockets::single(main);
@@ -142,6 +146,7 @@ pub async fn join_mesh(
     let files = driver::MeshFiles {
         keyring: Some(mesh.keyring_file.clone()),
         pins: Some(state_dir.pins_file()),
+        revocations: Some(state_dir.revocations_file()),
     };
     let mesh = driver::spawn(core, sockets, files);
     Ok(Member {

@@ -99,6 +99,22 @@ impl StateDir {
         }
     }
 
+    /// The signed revocations saved before (ADR 0033); none before the first save.
+    pub fn revocations(&self) -> std::io::Result<Vec<bytes::Bytes>> {
+        let f = self.revocations_file();
+        match std::fs::read_to_string(&f) {
+            Ok(text) => gatewan_mesh::pins::revocations_from_text(&text)
+                .map_err(|e| std::io::Error::other(format!("{}: {e}", f.display()))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Where the mesh task saves the revocations after every change.
+    pub fn revocations_file(&self) -> PathBuf {
+        self.path.join("revocations")
+    }
+
     /// Where the mesh task saves the pins after every change.
     pub fn pins_file(&self) -> PathBuf {
         self.path.join("pinned_keys")

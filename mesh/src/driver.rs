@@ -50,6 +50,10 @@ enum Command {
         reply: oneshot::Sender<Result<KeyringOutcome, KeyringError>>,
     },
     Leave(oneshot::Sender<()>),
+    Revoke(
+        crate::identity::NodeId,
+        oneshot::Sender<Result<u64, String>>,
+    ),
 }
 
 /// Talks to the mesh task.
@@ -113,6 +117,18 @@ impl MeshHandle {
             .await
             .map_err(|_| MeshError::Stopped)?;
         Ok(rx.await.map_err(|_| MeshError::Stopped)??)
+    }
+
+    /// Revokes a member for good (see `MeshCore::revoke`).
+    pub async fn revoke(&self, node: crate::identity::NodeId) -> Result<u64, MeshError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::Revoke(node, tx))
+            .await
+            .map_err(|_| MeshError::Stopped)?;
+        rx.await
+            .map_err(|_| MeshError::Stopped)?
+            .map_err(MeshError::Record)
     }
 
     /// Leaves the mesh gracefully and stops the task.
@@ -288,6 +304,8 @@ pub struct MeshFiles {
     pub keyring: Option<PathBuf>,
     /// Receives the pinned member keys after every change (ADR 0033).
     pub pins: Option<PathBuf>,
+    /// Receives the signed revocations after every change (ADR 0033).
+    pub revocations: Option<PathBuf>,
 }
 
 /// Starts the mesh task.
@@ -377,6 +395,9 @@ async fn run(
                         }
                     }
                 }
+                Some(Command::Revoke(node, reply)) => {
+                    let _ = reply.send(core.revoke(node, unix_ms()));
+                }
                 Some(Command::Leave(reply)) => {
                     core.leave(unix_ms());
                     leaving = Some(reply);
@@ -441,6 +462,15 @@ async fn run(
         {
             // Kept in memory all the same; a restart re-pins on first sight.
             warn!(error = %e, path = %path.display(), "cannot save the pinned member keys");
+        }
+        if let Some(revocations) = core.take_changed_revocations()
+            && let Some(path) = &files.revocations
+        {
+            let text = super::pins::revocations_to_text(&revocations);
+            if let Err(e) = super::durable::write_private(path, text.as_bytes()) {
+                // Held in memory; after a restart the other members' copies come back.
+                warn!(error = %e, path = %path.display(), "cannot save the revocations");
+            }
         }
         let (members, records) = core.take_changes();
         if members || records || view_dirty {

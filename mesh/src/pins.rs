@@ -147,3 +147,54 @@ mod tests {
         assert_eq!(pins.check(NodeId([0; 16]), k(2)), PinCheck::Mismatch);
     }
 }
+
+/// The `revocations` file: the signed Revocation records held (ADR 0033), base64, one a
+/// line, `#` starts a comment. They are checked again when read back.
+pub fn revocations_to_text(records: &[bytes::Bytes]) -> String {
+    use base64::Engine as _;
+    let mut s = String::from("# gatewan revocations: signed Revocation records, base64\n");
+    for r in records {
+        s.push_str(&base64::engine::general_purpose::STANDARD.encode(r));
+        s.push('\n');
+    }
+    s
+}
+
+/// Reads a `revocations` file; an error names the line.
+pub fn revocations_from_text(text: &str) -> Result<Vec<bytes::Bytes>, String> {
+    use base64::Engine as _;
+    let mut out = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        let l = line.split('#').next().unwrap_or("").trim();
+        if l.is_empty() {
+            continue;
+        }
+        let b = base64::engine::general_purpose::STANDARD
+            .decode(l)
+            .map_err(|e| format!("line {}: not base64: {e}", i + 1))?;
+        out.push(bytes::Bytes::from(b));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod revocation_file_tests {
+    use super::*;
+
+    #[test]
+    fn revocations_survive_a_round_trip_through_their_file_and_junk_names_its_line() {
+        let records = vec![
+            bytes::Bytes::from_static(b"\x01\x02"),
+            bytes::Bytes::from_static(b"xyz"),
+        ];
+        assert_eq!(
+            revocations_from_text(&revocations_to_text(&records)).unwrap(),
+            records
+        );
+        assert!(
+            revocations_from_text("# c\n!!!\n")
+                .unwrap_err()
+                .starts_with("line 2")
+        );
+    }
+}

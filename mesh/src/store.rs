@@ -85,6 +85,8 @@ pub enum RecordError {
     BadTunnelMetrics,
     #[error("choice: bad datacenter name or tunnel id")]
     BadChoice,
+    #[error("revocation: not a 16-byte node id, or of its own origin")]
+    BadRevocation,
     #[error("record signature: {0}")]
     Signature(#[from] TrailerError),
 }
@@ -158,8 +160,17 @@ pub fn decode_record(bytes: &[u8]) -> Result<StoredRecord, RecordError> {
             }
             (RecordKind::Choice as i32, c.remote.clone())
         }
+        Body::Revocation(r) => {
+            let node = NodeId::from_slice(&r.node).ok_or(RecordError::BadRevocation)?;
+            if node == origin {
+                return Err(RecordError::BadRevocation);
+            }
+            (RecordKind::Revocation as i32, node.to_string())
+        }
         Body::Tombstone(t) => {
-            let known = RecordKind::try_from(t.kind).is_ok_and(|k| k != RecordKind::Unspecified);
+            // A revocation is for good: it has no tombstone.
+            let known = RecordKind::try_from(t.kind)
+                .is_ok_and(|k| k != RecordKind::Unspecified && k != RecordKind::Revocation);
             if !known || t.name.len() > MAX_NAME_LEN {
                 return Err(RecordError::BadTombstone);
             }
@@ -226,6 +237,30 @@ impl StateStore {
                 MergeOutcome::Applied
             }
         }
+    }
+
+    /// Removes every record of `origin` (a revoked member); returns how many.
+    pub fn remove_origin(&mut self, origin: NodeId) -> usize {
+        let keys: Vec<RecordKey> = self
+            .records
+            .keys()
+            .filter(|k| k.origin == origin)
+            .cloned()
+            .collect();
+        for k in &keys {
+            if let Some(old) = self.records.remove(k) {
+                self.hash = self.hash.wrapping_sub(entry_hash(&old));
+            }
+        }
+        keys.len()
+    }
+
+    /// Node ids revoked by some record held (not checked against admins: the caller
+    /// merged only revocations it accepted).
+    pub fn revocations(&self) -> impl Iterator<Item = &StoredRecord> {
+        self.records
+            .values()
+            .filter(|r| matches!(r.record.body, Some(Body::Revocation(_))))
     }
 
     pub fn get(&self, key: &RecordKey) -> Option<&StoredRecord> {
@@ -362,6 +397,25 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(encode_record(&mismatch), Err(RecordError::NodeIdMismatch));
+        let revoke_self = v1::Record {
+            origin: Bytes::copy_from_slice(&[1; 16]),
+            version: 1,
+            body: Some(Body::Revocation(v1::Revocation {
+                node: Bytes::copy_from_slice(&[1; 16]),
+            })),
+            ..Default::default()
+        };
+        assert_eq!(encode_record(&revoke_self), Err(RecordError::BadRevocation));
+        let unrevoke = v1::Record {
+            origin: Bytes::copy_from_slice(&[1; 16]),
+            version: 2,
+            body: Some(Body::Tombstone(v1::Tombstone {
+                kind: RecordKind::Revocation as i32,
+                name: NodeId([2; 16]).to_string(),
+            })),
+            ..Default::default()
+        };
+        assert_eq!(encode_record(&unrevoke), Err(RecordError::BadTombstone));
         assert!(decode_record(&[0xff; 10]).is_err());
         assert_eq!(decode_record(&[0; 2000]), Err(RecordError::TooLarge));
     }

@@ -597,3 +597,119 @@ fn records_forged_by_a_keyring_holder_are_dropped_counted_and_move_nothing() {
         "gw2's key was pinned again after the restart"
     );
 }
+
+/// Issue 15, revocation: gw1 (its key in everyone's mesh.admins) revokes gw3 with
+/// `routingctl members revoke`; gw2 drops gw3's records and refuses it, also after a
+/// restart. gw2, not an admin, cannot revoke.
+#[test]
+fn an_admin_revokes_a_member_and_the_revocation_survives_a_restart() {
+    use gatewan_mesh::MemberKey;
+    if !require_root("revoke") {
+        return;
+    }
+    let mut c = Cluster::new("revoke");
+    // gw1's signing key is made before it starts, so its fingerprint can be configured.
+    let admin = MemberKey::from_seed(rand::random());
+    let state = c.dir.join("gw1.state");
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&state)
+            .unwrap();
+    }
+    gatewan_mesh::durable::write_private(&state.join("signing_key"), &admin.seed()).unwrap();
+    c.admins = vec![admin.public().fingerprint()];
+    let seed: SocketAddr = "127.0.0.1:7946".parse().unwrap();
+    for i in 1..=3 {
+        let addr: SocketAddr = format!("127.0.0.{i}:7946").parse().unwrap();
+        c.add(NodeSpec {
+            name: format!("gw{i}"),
+            datacenter: "dc1".into(),
+            bind: addr,
+            advertise: vec![addr],
+            seeds: vec![seed],
+        });
+    }
+    c.wait_converged(3, Duration::from_secs(10));
+    let find = |c: &Cluster, i: usize, id: &str| -> Option<serde_json::Value> {
+        c.members(i)?.into_iter().find(|m| m["id"] == id)
+    };
+    let gw3 = c
+        .members(0)
+        .unwrap()
+        .into_iter()
+        .find(|m| m["name"] == "gw3")
+        .unwrap();
+    let id = gw3["id"].as_str().unwrap().to_string();
+    let gw1 = c
+        .members(1)
+        .unwrap()
+        .into_iter()
+        .find(|m| m["name"] == "gw1")
+        .unwrap();
+    assert_eq!(
+        gw1["key_fingerprint"],
+        admin.public().fingerprint().as_str(),
+        "gw2 shows gw1's key as configured"
+    );
+
+    let refused = routingctl(&c.nodes[1].socket, &["members", "revoke", &id]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("mesh.admins"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let ok = routingctl(&c.nodes[0].socket, &["members", "revoke", &id]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+
+    let revoked = |c: &Cluster, i: usize| {
+        find(c, i, &id).is_some_and(|m| m["revoked"] == true && m["name"] == "")
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || revoked(&c, 1) && revoked(&c, 0)),
+        "gw2 sees {:?}",
+        find(&c, 1, &id)
+    );
+    assert!(wait_until(Duration::from_secs(5), || dropped(
+        &c, 1, "revoked"
+    ) > 0.0));
+    let table = routingctl(&c.nodes[1].socket, &["members"]);
+    assert!(String::from_utf8_lossy(&table.stdout).contains("revoked"));
+
+    let saved = std::fs::read_to_string(c.dir.join("gw2.state/revocations")).unwrap();
+    assert_eq!(
+        saved.lines().filter(|l| !l.starts_with('#')).count(),
+        1,
+        "{saved}"
+    );
+    c.restart(1);
+    assert!(wait_until(Duration::from_secs(5), || c
+        .members(1)
+        .is_some()));
+    // Restored at start from state_dir/revocations, before anything is heard.
+    let log = std::fs::read_to_string(&c.nodes[1].log).unwrap();
+    let applied = log
+        .lines()
+        .filter(|l| l.contains("member revoked") && l.contains(&id))
+        .count();
+    assert_eq!(
+        applied, 2,
+        "once when received, once restored at the restart"
+    );
+    assert!(
+        !log.contains("no longer holds"),
+        "the saved revocation was refused"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        find(&c, 1, &id).is_none_or(|m| m["revoked"] == true && m["name"] == ""),
+        "gw2 took gw3 back: {:?}",
+        find(&c, 1, &id)
+    );
+}

@@ -220,6 +220,7 @@ impl MeshCore {
                             last_change_ms: now_ms,
                             local: false,
                             key: None,
+                            revoked: false,
                         },
                     );
                     self.members_changed = true;

@@ -30,7 +30,7 @@ mod swim;
 mod testkit;
 mod trust;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::num::{NonZeroU8, NonZeroU32, NonZeroUsize};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -43,7 +43,7 @@ use gatewan_proto::v1::{self, MeshControl, MeshIdentity, mesh_control::Kind, rec
 use prost::Message as _;
 use rand::rngs::StdRng;
 use rand::{RngExt as _, SeedableRng as _};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use super::guard::{RateLimiter, ReplayFilter};
 use super::identity::{MAX_MESH_ADDRESSES, MemberId, NodeId};
@@ -51,7 +51,8 @@ use super::pins::{KeyPins, PinCheck};
 use super::seal::{Keyring, KeyringOp, SEAL_OVERHEAD};
 use super::signing::{DOMAIN_CONTROL, MemberKey, PublicKey};
 use super::store::{
-    MergeOutcome, RecordError, RecordKey, StateStore, decode_record, sign_record, verify_record,
+    MergeOutcome, RecordError, RecordKey, StateStore, StoredRecord, decode_record, sign_record,
+    verify_record,
 };
 
 /// First byte inside a sealed datagram.
@@ -199,10 +200,15 @@ pub enum DropReason {
     /// (ADR 0033), or asserting another identity than its signer's: a forgery by a
     /// keyring holder. Counted per record or message.
     Forged,
+    /// From a member revoked by an admin (ADR 0033): its records, control messages and
+    /// SWIM messages.
+    Revoked,
+    /// A revocation signed by a member whose key is not in our `mesh.admins`.
+    NotAdmin,
 }
 
 /// Number of drop reasons.
-const DROP_REASONS: usize = 8;
+const DROP_REASONS: usize = 10;
 
 impl DropReason {
     pub const ALL: [DropReason; DROP_REASONS] = [
@@ -214,6 +220,8 @@ impl DropReason {
         DropReason::Invalid,
         DropReason::BadSignature,
         DropReason::Forged,
+        DropReason::Revoked,
+        DropReason::NotAdmin,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -226,6 +234,8 @@ impl DropReason {
             DropReason::Invalid => "invalid",
             DropReason::BadSignature => "bad_signature",
             DropReason::Forged => "forged",
+            DropReason::Revoked => "revoked",
+            DropReason::NotAdmin => "not_admin",
         }
     }
 }
@@ -317,6 +327,8 @@ pub struct MemberInfo {
     pub local: bool,
     /// The member's signing key as pinned here; None until we saw it sign.
     pub key: Option<PublicKey>,
+    /// Revoked by an admin (ADR 0033): everything it sends is refused.
+    pub revoked: bool,
 }
 
 /// foca owns its broadcast handler and exposes no accessor, so the store it merges into
@@ -338,6 +350,14 @@ struct Shared {
     bad_signature_logged: Option<u64>,
     /// The time of the call being handled: the broadcast handler has no clock.
     now_ms: u64,
+    /// `MeshSettings::admins`: who may revoke.
+    admins: Vec<String>,
+    /// Revoked members, each with the signed record that revoked it (kept, and saved by
+    /// the driver, even when its origin's records go).
+    revoked: BTreeMap<NodeId, Bytes>,
+    revocations_changed: bool,
+    /// The SWIM codec refused a revoked member's message (counted there, not as invalid).
+    swim_refused_revoked: bool,
     /// Highest version of one of our own records seen from others (a previous life of
     /// this node): our next versions must exceed it.
     own_seen: u64,
@@ -410,6 +430,45 @@ impl Shared {
         }
     }
 
+    fn count(&mut self, reason: DropReason) {
+        let i = reason as usize;
+        self.dropped[i] = self.dropped[i].saturating_add(1);
+    }
+
+    /// A revocation validly signed by `signer`: accepted (and applied) if `signer` is an
+    /// admin's key, else dropped. Returns whether it was accepted.
+    fn accept_revocation(&mut self, rec: &StoredRecord, signer: PublicKey) -> bool {
+        let Some(Body::Revocation(r)) = &rec.record.body else {
+            return true;
+        };
+        let Some(node) = NodeId::from_slice(&r.node) else {
+            return false;
+        };
+        if !self.admins.contains(&signer.fingerprint()) {
+            self.count(DropReason::NotAdmin);
+            warn!(
+                %node,
+                by = %rec.key.origin,
+                key = %signer.fingerprint(),
+                "dropped a revocation by a member whose key is not in mesh.admins"
+            );
+            return false;
+        }
+        if self.revoked.contains_key(&node) {
+            return true;
+        }
+        if node == self.local {
+            error!(by = %rec.key.origin, "this member was revoked by an admin: every member now refuses it");
+        } else {
+            let removed = self.store.remove_origin(node);
+            warn!(%node, by = %rec.key.origin, removed, "member revoked: its records are removed and its messages refused");
+        }
+        self.revoked.insert(node, rec.bytes.clone());
+        self.revocations_changed = true;
+        self.records_changed = true;
+        true
+    }
+
     /// Merges a record from the network; returns whether it is news.
     fn merge_remote(&mut self, bytes: &[u8]) -> Option<(RecordKey, (u64, u64))> {
         // What we hold already, or something older, changes nothing whoever signed it:
@@ -425,6 +484,13 @@ impl Shared {
         let rec = match verify_record(bytes) {
             Ok((r, signer)) => {
                 if !self.check_pin(r.key.origin, signer, "record") {
+                    return None;
+                }
+                if self.revoked.contains_key(&r.key.origin) {
+                    self.count(DropReason::Revoked);
+                    return None;
+                }
+                if !self.accept_revocation(&r, signer) {
                     return None;
                 }
                 r
@@ -540,6 +606,10 @@ impl MeshCore {
             now_ms: 0,
             own_seen: 0,
             records_changed: false,
+            admins: settings.admins.clone(),
+            revoked: BTreeMap::new(),
+            revocations_changed: false,
+            swim_refused_revoked: false,
         }));
         let own_incarnation = Arc::new(AtomicU32::new(0));
         let last_src = Arc::new(Mutex::new(None));
@@ -613,6 +683,72 @@ impl MeshCore {
         self.signer.public()
     }
 
+    /// Revokes a member for good (ADR 0033): publishes a Revocation signed by us. Only
+    /// an admin may (our key's fingerprint in `mesh.admins`), and not itself.
+    pub fn revoke(&mut self, node: NodeId, now_ms: u64) -> Result<u64, String> {
+        let own = self.signer.public().fingerprint();
+        if !self.settings.admins.contains(&own) {
+            return Err(format!(
+                "this member's key {own} is not in its mesh.admins: only an admin may revoke"
+            ));
+        }
+        if node == self.local().node {
+            return Err("a member cannot revoke itself".into());
+        }
+        let body = Body::Revocation(v1::Revocation {
+            node: Bytes::copy_from_slice(&node.0),
+        });
+        let version = self.publish(body, now_ms).map_err(|e| e.to_string())?;
+        let mut shared = lock(&self.shared);
+        let key = RecordKey {
+            origin: self.swim.identity().node,
+            kind: v1::RecordKind::Revocation as i32,
+            name: node.to_string(),
+        };
+        if let Some(rec) = shared.store.get(&key).cloned() {
+            shared.accept_revocation(&rec, self.signer.public());
+        }
+        Ok(version)
+    }
+
+    /// Revocations saved before a restart (`take_changed_revocations`), checked again
+    /// (signature, pin, admin) and applied; ours go back into the store to be gossiped.
+    /// Returns why any was refused.
+    pub fn restore_revocations(&mut self, saved: &[Bytes]) -> Vec<String> {
+        let mut refused = Vec::new();
+        let mut shared = lock(&self.shared);
+        for bytes in saved {
+            let (rec, signer) = match verify_record(bytes) {
+                Ok(v) => v,
+                Err(e) => {
+                    refused.push(e.to_string());
+                    continue;
+                }
+            };
+            if !matches!(rec.record.body, Some(Body::Revocation(_)))
+                || !shared.check_pin(rec.key.origin, signer, "saved revocation")
+                || !shared.accept_revocation(&rec, signer)
+            {
+                refused.push(format!("revocation by {} refused", rec.key.origin));
+                continue;
+            }
+            if rec.key.origin == shared.local {
+                self.last_version = self.last_version.max(rec.version);
+            }
+            shared.store.merge(rec);
+        }
+        shared.revocations_changed = false;
+        refused
+    }
+
+    /// The signed revocations held, when they changed since the last call: for the
+    /// driver to save.
+    pub fn take_changed_revocations(&mut self) -> Option<Vec<Bytes>> {
+        let mut shared = lock(&self.shared);
+        std::mem::take(&mut shared.revocations_changed)
+            .then(|| shared.revoked.values().cloned().collect())
+    }
+
     /// The pins, when they changed since the last call: for the driver to save.
     pub fn take_changed_pins(&mut self) -> Option<KeyPins> {
         let mut shared = lock(&self.shared);
@@ -647,11 +783,13 @@ impl MeshCore {
             last_change_ms: 0,
             local: true,
             key: None,
+            revoked: false,
         });
         {
             let shared = lock(&self.shared);
             for m in &mut v {
                 m.key = shared.pins.get(&m.id.node).copied();
+                m.revoked = shared.revoked.contains_key(&m.id.node);
             }
         }
         v.sort_by_key(|m| m.id.node);

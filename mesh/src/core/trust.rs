@@ -40,6 +40,10 @@ impl MeshCore {
         if !shared.check_pin(sender, signer, control_name(kind)) {
             return None;
         }
+        if shared.revoked.contains_key(&sender) {
+            shared.count(super::DropReason::Revoked);
+            return None;
+        }
         // Signed by the sender, but speaking for someone else: a keyring holder with
         // a key of its own cannot pass for another member this way either.
         if asserted.is_some_and(|id| id != sender.0.as_slice()) {
@@ -290,6 +294,121 @@ mod tests {
             "{}",
             errors[0]
         );
+    }
+
+    fn with_admin_0() -> MeshSettings {
+        MeshSettings {
+            admins: vec![member_key(0).public().fingerprint()],
+            ..MeshSettings::default()
+        }
+    }
+
+    fn holds_any_record_of(net: &Net, i: usize, origin: usize) -> bool {
+        net.cores[i].with_store(|s| s.iter().any(|r| r.key.origin == node(origin)))
+    }
+
+    #[test]
+    fn an_admins_revocation_removes_the_members_records_everywhere_and_refuses_it_after() {
+        let mut net = Net::joined(3, with_admin_0());
+        let now = net.unix_ms();
+        net.cores[2].publish(node_record(2, "dc-b"), now).unwrap();
+        net.run_for(Duration::from_secs(2));
+        assert!(holds_any_record_of(&net, 1, 2));
+
+        let now = net.unix_ms();
+        assert!(
+            net.cores[1]
+                .revoke(node(2), now)
+                .unwrap_err()
+                .contains("mesh.admins")
+        );
+        assert!(net.cores[0].revoke(node(0), now).is_err(), "not itself");
+        net.cores[0].revoke(node(2), now).unwrap();
+        net.collect(0);
+        net.run_for(Duration::from_secs(3));
+        for i in 0..2 {
+            assert!(
+                !holds_any_record_of(&net, i, 2),
+                "member {i} still holds them"
+            );
+            let m = net.cores[i].members();
+            assert!(m.iter().any(|m| m.id.node == node(2) && m.revoked));
+        }
+        // What it says from now on is refused.
+        let now = net.unix_ms();
+        net.cores[2].publish(node_record(2, "dc-c"), now).unwrap();
+        net.run_for(Duration::from_secs(3));
+        assert!(!holds_any_record_of(&net, 1, 2));
+        assert!(net.cores[1].counters().dropped(DropReason::Revoked) > 0);
+        let saved = net.cores[1].take_changed_revocations().expect("to save");
+        assert_eq!(saved.len(), 1);
+    }
+
+    #[test]
+    fn a_revocation_by_a_member_not_in_admins_is_dropped_and_changes_nothing() {
+        let mut net = Net::joined(3, with_admin_0());
+        let now = net.unix_ms();
+        net.cores[2].publish(node_record(2, "dc-b"), now).unwrap();
+        net.run_for(Duration::from_secs(2));
+        let revocation = |by: usize| {
+            let r = record(
+                by,
+                u64::MAX / 2,
+                Body::Revocation(v1::Revocation {
+                    node: Bytes::copy_from_slice(&node(2).0),
+                }),
+            );
+            sign_record(&r, &member_key(by)).unwrap().bytes
+        };
+        push(&mut net, 1, vec![revocation(1)]);
+        assert_eq!(net.cores[1].counters().dropped(DropReason::NotAdmin), 1);
+        assert!(holds_any_record_of(&net, 1, 2));
+        // The admin's own, pushed by anyone, is taken.
+        push(&mut net, 1, vec![revocation(0)]);
+        assert!(!holds_any_record_of(&net, 1, 2));
+    }
+
+    #[test]
+    fn saved_revocations_are_checked_again_and_hold_after_a_restart() {
+        let mut net = Net::joined(3, with_admin_0());
+        let now = net.unix_ms();
+        net.cores[0].revoke(node(2), now).unwrap();
+        net.collect(0);
+        net.run_for(Duration::from_secs(2));
+        let saved = net.cores[1].take_changed_revocations().unwrap();
+
+        let restarted = |settings: MeshSettings| {
+            let mut pins = KeyPins::default();
+            pins.check(node(0), member_key(0).public());
+            MeshCore::new(
+                member(1),
+                member_key(1),
+                pins,
+                keyring(1),
+                settings,
+                Vec::new(),
+                [1; 32],
+            )
+            .unwrap()
+        };
+        let mut c = restarted(with_admin_0());
+        assert!(c.restore_revocations(&saved).is_empty());
+        assert!(
+            c.members().iter().all(|m| !m.revoked),
+            "member 2 not yet seen"
+        );
+        let r = sign_record(&record(2, 1, network("10.2.0.0/16")), &member_key(2))
+            .unwrap()
+            .bytes;
+        let mut sealer = Forger::new(keyring(1));
+        let datagram = sealer.control(Kind::Records(v1::SyncRecords { records: vec![r] }), now);
+        c.handle_datagram(addr(2), &datagram, now);
+        assert_eq!(c.counters().dropped(DropReason::Revoked), 1);
+        assert_eq!(c.with_store(|s| s.networks().count()), 0);
+        assert_eq!(c.with_store(|s| s.revocations().count()), 1, "gossiped on");
+        // With mesh.admins emptied, the saved revocation no longer holds.
+        let mut c = restarted(MeshSettings::default());
+        assert_eq!(c.restore_revocations(&saved).len(), 1);
     }
 
     #[test]
