@@ -2,8 +2,9 @@
 //! identity (join, refutation, keyring request and reply) carry its node id and are
 //! signed; a receiver checks the signature, the signer against the key pinned for that
 //! node id, and that the identity asserted is the signer's. Records are checked as they
-//! are merged (`Shared::merge_remote`). foca's own SWIM messages are only sealed with
-//! the mesh key: their header's identity is taken as sealed.
+//! are merged (`Shared::merge_remote`), revocations there too (`accept_revocation`: an
+//! admin's only). foca's own SWIM messages are only sealed with the mesh key: their
+//! header's identity is taken as sealed, except that a revoked member's is refused.
 
 use gatewan_proto::v1::mesh_control::Kind;
 
