@@ -104,6 +104,7 @@ fn store() -> StateStore {
                 tunnel_slot: Some(slot),
                 ..Default::default()
             })),
+            ..Default::default()
         };
         store.merge(encode_record(&record).expect("valid node record"));
         views.push(GatewanView {
@@ -143,6 +144,7 @@ fn store() -> StateStore {
                     peer: peer.0.to_vec().into(),
                     tunnels,
                 })),
+                ..Default::default()
             };
             store.merge(encode_record(&record).expect("valid metrics record"));
         }

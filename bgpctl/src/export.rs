@@ -621,6 +621,7 @@ mod tests {
                 origin: vec![origin; 16].into(),
                 version,
                 body: Some(body),
+                ..Default::default()
             })
             .unwrap()
         };

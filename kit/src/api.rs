@@ -46,6 +46,8 @@ pub fn members(view: &MeshView) -> Vec<v1::Member> {
                 last_change_unix_ms: i64::try_from(m.last_change_ms).unwrap_or(0),
                 version: node.map(|n| n.version.clone()).unwrap_or_default(),
                 local: m.local,
+                key_fingerprint: m.key.map(|k| k.fingerprint()).unwrap_or_default(),
+                revoked: m.revoked,
             }
         })
         .collect()
@@ -152,6 +154,21 @@ impl Mesh for MeshApi {
     ) -> Result<Response<v1::KeyringResponse>, Status> {
         let r = r.into_inner();
         self.keyring(KeyringOp::Remove(r.key), r.local_only).await
+    }
+
+    async fn revoke_member(
+        &self,
+        r: Request<v1::RevokeMemberRequest>,
+    ) -> Result<Response<v1::RevokeMemberResponse>, Status> {
+        let id = r.into_inner().id;
+        let node: NodeId = id
+            .parse()
+            .map_err(|e| Status::invalid_argument(format!("{id:?} is not a node id: {e}")))?;
+        let version = self.mesh.revoke(node).await.map_err(|e| match e {
+            MeshError::Record(r) => Status::permission_denied(r),
+            e => status(e),
+        })?;
+        Ok(Response::new(v1::RevokeMemberResponse { version }))
     }
 }
 

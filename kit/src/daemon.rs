@@ -106,6 +106,9 @@ pub async fn join_mesh(
     let state_dir =
         StateDir::open(state_dir).with_context(|| format!("state_dir {}", state_dir.display()))?;
     let node = state_dir.node_id().context("node id")?;
+    let signer = state_dir.signing_key().context("signing key")?;
+    let pins = state_dir.pinned_keys().context("pinned member keys")?;
+    let revocations = state_dir.revocations().context("revocations")?;
     let generation = state_dir.next_generation().context("generation")?;
     let keyring = keyring_file::load(&mesh.keyring_file).map_err(anyhow::Error::msg)?;
     let identity = MemberId {
@@ -115,14 +118,20 @@ pub async fn join_mesh(
     };
     let mut seed = [0u8; 32];
     rand::fill(&mut seed);
-    let core = MeshCore::new(
+    let fingerprint = signer.public().fingerprint();
+    let mut core = MeshCore::new(
         identity.clone(),
+        signer,
+        pins,
         keyring,
         mesh.settings.clone(),
         mesh.seeds.clone(),
         seed,
     )
     .map_err(anyhow::Error::msg)?;
+    for refused in core.restore_revocations(&revocations) {
+        tracing::warn!(%refused, "a saved revocation no longer holds (mesh.admins changed?)");
+    }
     let main = driver::bind_socket(mesh.bind, !transits.is_empty())
         .with_context(|| format!("mesh.bind {}", mesh.bind))?;
     let mut sockets = driver::MeshSockets::single(main);
@@ -133,12 +142,17 @@ pub async fn join_mesh(
                 .with_context(|| format!("gossip socket of transit address {addr}"))?,
         );
     }
-    info!(id = %node, generation, bind = %mesh.bind, advertise = ?mesh.advertise, seeds = ?mesh.seeds, transits = ?transits, "joining the mesh");
+    info!(id = %node, key = %fingerprint, generation, bind = %mesh.bind, advertise = ?mesh.advertise, seeds = ?mesh.seeds, transits = ?transits, "joining the mesh");
+    let files = driver::MeshFiles {
+        keyring: Some(mesh.keyring_file.clone()),
+        pins: Some(state_dir.pins_file()),
+        revocations: Some(state_dir.revocations_file()),
+    };
     let store = state_dir.clone();
     let mesh = driver::spawn(
         core,
         sockets,
-        Some(mesh.keyring_file.clone()),
+        files,
         Some(Box::new(move |g| store.store_generation(g))),
     );
     Ok(Member {

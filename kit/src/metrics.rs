@@ -118,7 +118,9 @@ impl Collector for MeshCollector {
             let proto = ConstCounter::new(0u64);
             let mut fam = enc.encode_descriptor(
                 "gatewan_mesh_datagrams_dropped",
-                "Gossip datagrams dropped before use, by reason",
+                "Gossip datagrams dropped before use, by reason; for bad_signature, forged, revoked \
+                 and not_admin, records and messages (a forged one is validly signed, by another \
+                 key than the one pinned for the member it speaks for)",
                 None,
                 proto.metric_type(),
             )?;

@@ -62,6 +62,10 @@ impl Mesh {
                 let seeds = if i == 0 { vec![] } else { vec![addr(0)] };
                 let mut c = MeshCore::new(
                     id,
+                    // Fixed per member, so runs are reproducible; records are signed, so
+                    // mutated records also meet the signature check.
+                    gatewan_mesh::MemberKey::from_seed([i as u8 + 1; 32]),
+                    gatewan_mesh::KeyPins::default(),
                     keyring.clone(),
                     MeshSettings::default(),
                     seeds,

@@ -61,6 +61,10 @@ enum Command {
         reply: oneshot::Sender<Result<KeyringOutcome, KeyringError>>,
     },
     Leave(oneshot::Sender<()>),
+    Revoke(
+        crate::identity::NodeId,
+        oneshot::Sender<Result<u64, String>>,
+    ),
 }
 
 /// Talks to the mesh task.
@@ -124,6 +128,18 @@ impl MeshHandle {
             .await
             .map_err(|_| MeshError::Stopped)?;
         Ok(rx.await.map_err(|_| MeshError::Stopped)??)
+    }
+
+    /// Revokes a member for good (see `MeshCore::revoke`).
+    pub async fn revoke(&self, node: crate::identity::NodeId) -> Result<u64, MeshError> {
+        let (tx, rx) = oneshot::channel();
+        self.cmd
+            .send(Command::Revoke(node, tx))
+            .await
+            .map_err(|_| MeshError::Stopped)?;
+        rx.await
+            .map_err(|_| MeshError::Stopped)?
+            .map_err(MeshError::Record)
     }
 
     /// Leaves the mesh gracefully and stops the task.
@@ -296,25 +312,28 @@ impl Ord for Due {
 /// so that the next start uses a larger one.
 pub type GenerationStore = Box<dyn FnMut(u32) -> std::io::Result<()> + Send>;
 
-/// Starts the mesh task. `keyring_file` receives the keyring after every change so a
-/// restart keeps it; `store_generation` a generation raised at runtime, before any
-/// datagram announces it.
+/// Where the mesh task keeps what must survive a restart.
+#[derive(Debug, Clone, Default)]
+pub struct MeshFiles {
+    /// Receives the keyring after every change.
+    pub keyring: Option<PathBuf>,
+    /// Receives the pinned member keys after every change (ADR 0033).
+    pub pins: Option<PathBuf>,
+    /// Receives the signed revocations after every change (ADR 0033).
+    pub revocations: Option<PathBuf>,
+}
+
+/// Starts the mesh task. `files` receive what must survive a restart after every change;
+/// `store_generation` a generation raised at runtime, before any datagram announces it.
 pub fn spawn(
     core: MeshCore,
     sockets: MeshSockets,
-    keyring_file: Option<PathBuf>,
+    files: MeshFiles,
     store_generation: Option<GenerationStore>,
 ) -> MeshHandle {
     let (cmd_tx, cmd_rx) = mpsc::channel(64);
     let (view_tx, view_rx) = watch::channel(Arc::new(MeshView::default()));
-    tokio::spawn(run(
-        core,
-        sockets,
-        cmd_rx,
-        view_tx,
-        keyring_file,
-        store_generation,
-    ));
+    tokio::spawn(run(core, sockets, cmd_rx, view_tx, files, store_generation));
     MeshHandle {
         cmd: cmd_tx,
         view: view_rx,
@@ -341,10 +360,11 @@ async fn run(
     sockets: MeshSockets,
     mut cmd_rx: mpsc::Receiver<Command>,
     view_tx: watch::Sender<Arc<MeshView>>,
-    keyring_file: Option<PathBuf>,
+    files: MeshFiles,
     mut store_generation: Option<GenerationStore>,
 ) {
     let origin = Instant::now();
+    let keyring_file = files.keyring;
     let mut timers: BinaryHeap<Reverse<Due>> = BinaryHeap::new();
     let mut seq = 0u64;
     let mut buf = vec![0u8; 65536];
@@ -398,6 +418,9 @@ async fn run(
                             keyring_queries.insert(query, reply);
                         }
                     }
+                }
+                Some(Command::Revoke(node, reply)) => {
+                    let _ = reply.send(core.revoke(node, clocks(origin)));
                 }
                 Some(Command::Leave(reply)) => {
                     core.leave(clocks(origin));
@@ -469,6 +492,22 @@ async fn run(
                         }
                     }
                 }
+            }
+        }
+        if let Some(pins) = core.take_changed_pins()
+            && let Some(path) = &files.pins
+            && let Err(e) = super::durable::write_private(path, pins.to_text().as_bytes())
+        {
+            // Kept in memory all the same; a restart re-pins on first sight.
+            warn!(error = %e, path = %path.display(), "cannot save the pinned member keys");
+        }
+        if let Some(revocations) = core.take_changed_revocations()
+            && let Some(path) = &files.revocations
+        {
+            let text = super::pins::revocations_to_text(&revocations);
+            if let Err(e) = super::durable::write_private(path, text.as_bytes()) {
+                // Held in memory; after a restart the other members' copies come back.
+                warn!(error = %e, path = %path.display(), "cannot save the revocations");
             }
         }
         let (members, records) = core.take_changes();

@@ -159,6 +159,7 @@ mod tests {
                 origin: vec![i; 16].into(),
                 version: 1,
                 body: Some(Body::Node(n)),
+                ..Default::default()
             };
             store.merge(encode_record(&record).unwrap());
         }

@@ -290,8 +290,18 @@ impl Sim {
             generation: 1,
             addrs: addrs.clone(),
         };
-        let mut core = MeshCore::new(member, self.keyring.clone(), settings, seeds, core_seed)
-            .expect("simulation settings are valid");
+        // Derived from the core's seed, not drawn: runs keep the RNG stream they had.
+        let signer = crate::signing::MemberKey::from_seed(*blake3::hash(&core_seed).as_bytes());
+        let mut core = MeshCore::new(
+            member,
+            signer,
+            crate::pins::KeyPins::default(),
+            self.keyring.clone(),
+            settings,
+            seeds,
+            core_seed,
+        )
+        .expect("simulation settings are valid");
         let unix = self.now();
         if self.cfg.publish_node_records {
             core.publish(Body::Node(node_record(i, id, &addrs, datacenter)), unix)
@@ -574,7 +584,13 @@ impl Sim {
     pub fn seal_control(&mut self, kind: v1::mesh_control::Kind) -> Bytes {
         use prost::Message as _;
         let mut payload = vec![super::core::TAG_CONTROL];
-        payload.extend(v1::MeshControl { kind: Some(kind) }.encode_to_vec());
+        payload.extend(
+            v1::MeshControl {
+                kind: Some(kind),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        );
         self.seal(&payload)
     }
 
@@ -1279,8 +1295,16 @@ mod tests {
                 &me.addrs,
                 "dc0".into(),
             ))),
+            ..Default::default()
         };
-        let records = vec![Bytes::from(prost::Message::encode_to_vec(&record))];
+        // Unsigned, or signed by a key holder's own key: dropped before any version
+        // arithmetic (ADR 0032). Both ways are sent.
+        let insider_key = crate::signing::MemberKey::from_seed([0x5a; 32]);
+        let signed = crate::store::sign_record(&record, &insider_key).expect("valid");
+        let records = vec![
+            Bytes::from(prost::Message::encode_to_vec(&record)),
+            signed.bytes,
+        ];
         let notice = v1::SuspicionNotice {
             identity: Some(identity_to_proto(&me)),
             incarnation: u32::from(u16::MAX),
@@ -1334,7 +1358,10 @@ mod tests {
         let changed = &sim.transitions()[transitions_before..];
         assert!(changed.is_empty(), "members changed state: {changed:?}");
         let c = sim.core(target).counters();
-        assert!(c.records_from_future > 0, "{c:?}");
+        // Our origin's record at u64::MAX never reaches the version check: unsigned, or
+        // signed by another key than ours (the version bound is tested in the core).
+        assert!(c.dropped(crate::DropReason::BadSignature) > 0, "{c:?}");
+        assert!(c.dropped(crate::DropReason::Forged) > 0, "{c:?}");
         assert!(c.dropped(crate::DropReason::Invalid) > 0, "{c:?}");
         assert_eq!(c.rejoins, 0);
         assert!(sim.generations_raised(target).is_empty());

@@ -15,6 +15,7 @@ use gatewan_proto::v1::{self, RecordKind, record::Body};
 use prost::Message as _;
 
 use super::identity::NodeId;
+use super::signing::{self, DOMAIN_RECORD, MemberKey, PublicKey, TrailerError};
 
 /// Largest encoded record accepted: a record travels inside one gossip datagram.
 pub const MAX_RECORD_BYTES: usize = 1024;
@@ -94,6 +95,10 @@ pub enum RecordError {
     BadChoice,
     #[error("the origin already holds {0} records, its cap (mesh.max_records_per_origin)")]
     OverCap(usize),
+    #[error("revocation: not a 16-byte node id, or of its own origin")]
+    BadRevocation,
+    #[error("record signature: {0}")]
+    Signature(#[from] TrailerError),
 }
 
 fn fingerprint(bytes: &[u8]) -> u64 {
@@ -103,7 +108,27 @@ fn fingerprint(bytes: &[u8]) -> u64 {
     u64::from_be_bytes(b)
 }
 
-/// Decodes and validates a record from the network.
+/// Checks the origin's signature trailer (ADR 0032), then decodes and validates the
+/// record: what every record from the network goes through. Returns the signer's key,
+/// for the caller to check against the origin's pin.
+pub fn verify_record(bytes: &[u8]) -> Result<(StoredRecord, PublicKey), RecordError> {
+    if bytes.len() > MAX_RECORD_BYTES {
+        return Err(RecordError::TooLarge);
+    }
+    let (_, signer) = signing::verify(DOMAIN_RECORD, bytes)?;
+    Ok((decode_record(bytes)?, signer))
+}
+
+/// Signs and validates a record built locally: it is encoded without its signature, and
+/// the trailer appended.
+pub fn sign_record(record: &v1::Record, key: &MemberKey) -> Result<StoredRecord, RecordError> {
+    let mut unsigned = record.clone();
+    unsigned.signature = Bytes::new();
+    decode_record(&key.sign(DOMAIN_RECORD, &unsigned.encode_to_vec()))
+}
+
+/// Decodes and validates a record's structure. It does not check the signature:
+/// network input goes through [`verify_record`].
 pub fn decode_record(bytes: &[u8]) -> Result<StoredRecord, RecordError> {
     if bytes.len() > MAX_RECORD_BYTES {
         return Err(RecordError::TooLarge);
@@ -145,8 +170,17 @@ pub fn decode_record(bytes: &[u8]) -> Result<StoredRecord, RecordError> {
             }
             (RecordKind::Choice as i32, c.remote.clone())
         }
+        Body::Revocation(r) => {
+            let node = NodeId::from_slice(&r.node).ok_or(RecordError::BadRevocation)?;
+            if node == origin {
+                return Err(RecordError::BadRevocation);
+            }
+            (RecordKind::Revocation as i32, node.to_string())
+        }
         Body::Tombstone(t) => {
-            let known = RecordKind::try_from(t.kind).is_ok_and(|k| k != RecordKind::Unspecified);
+            // A revocation is for good: it has no tombstone.
+            let known = RecordKind::try_from(t.kind)
+                .is_ok_and(|k| k != RecordKind::Unspecified && k != RecordKind::Revocation);
             if !known || t.name.len() > MAX_NAME_LEN {
                 return Err(RecordError::BadTombstone);
             }
@@ -162,7 +196,9 @@ pub fn decode_record(bytes: &[u8]) -> Result<StoredRecord, RecordError> {
     })
 }
 
-/// Encodes a record built locally, validating it as a receiver would.
+/// Encodes a record built locally, validating it as a receiver would, unsigned: for
+/// stores built without a mesh (tests, benchmarks); what is published is signed
+/// ([`sign_record`]).
 pub fn encode_record(record: &v1::Record) -> Result<StoredRecord, RecordError> {
     decode_record(&record.encode_to_vec())
 }
@@ -276,13 +312,27 @@ impl StateStore {
     /// records up to the highest version it held until it is seen alive again
     /// ([`StateStore::readmit`]) or sends a newer one. Returns how many were removed.
     pub fn collect_origin(&mut self, origin: NodeId) -> usize {
+        let (n, max_version) = self.remove_origin_records(origin);
+        let max_version = max_version.max(self.departed.get(&origin).copied().unwrap_or(0));
+        self.departed.insert(origin, max_version);
+        self.counters.records_collected = self.counters.records_collected.saturating_add(n as u64);
+        n
+    }
+
+    /// Removes every record of `origin` (a revoked member); returns how many.
+    pub fn remove_origin(&mut self, origin: NodeId) -> usize {
+        self.remove_origin_records(origin).0
+    }
+
+    /// Removes every record of `origin`: how many, and the highest version among them.
+    fn remove_origin_records(&mut self, origin: NodeId) -> (usize, u64) {
         let keys: Vec<RecordKey> = self
             .records
             .keys()
             .filter(|k| k.origin == origin)
             .cloned()
             .collect();
-        let mut max_version = self.departed.get(&origin).copied().unwrap_or(0);
+        let mut max_version = 0;
         for k in &keys {
             if let Some(r) = self.records.remove(k) {
                 self.hash = self.hash.wrapping_sub(entry_hash(&r));
@@ -291,12 +341,7 @@ impl StateStore {
         }
         self.per_origin.remove(&origin);
         self.logged.remove(&origin);
-        self.departed.insert(origin, max_version);
-        self.counters.records_collected = self
-            .counters
-            .records_collected
-            .saturating_add(keys.len() as u64);
-        keys.len()
+        (keys.len(), max_version)
     }
 
     /// The origin is alive again: its records are accepted again, whatever their version.
@@ -321,6 +366,14 @@ impl StateStore {
 
     pub fn counters(&self) -> StoreCounters {
         self.counters
+    }
+
+    /// Node ids revoked by some record held (not checked against admins: the caller
+    /// merged only revocations it accepted).
+    pub fn revocations(&self) -> impl Iterator<Item = &StoredRecord> {
+        self.records
+            .values()
+            .filter(|r| matches!(r.record.body, Some(Body::Revocation(_))))
     }
 
     pub fn get(&self, key: &RecordKey) -> Option<&StoredRecord> {
@@ -408,6 +461,7 @@ mod tests {
                 vni,
                 ..Default::default()
             })),
+            ..Default::default()
         })
         .unwrap()
     }
@@ -440,6 +494,7 @@ mod tests {
                 prefix: "10.0.0.1/8".into(),
                 ..Default::default()
             })),
+            ..Default::default()
         };
         assert!(matches!(
             encode_record(&bad_prefix),
@@ -452,8 +507,28 @@ mod tests {
                 id: Bytes::copy_from_slice(&[2; 16]),
                 ..Default::default()
             })),
+            ..Default::default()
         };
         assert_eq!(encode_record(&mismatch), Err(RecordError::NodeIdMismatch));
+        let revoke_self = v1::Record {
+            origin: Bytes::copy_from_slice(&[1; 16]),
+            version: 1,
+            body: Some(Body::Revocation(v1::Revocation {
+                node: Bytes::copy_from_slice(&[1; 16]),
+            })),
+            ..Default::default()
+        };
+        assert_eq!(encode_record(&revoke_self), Err(RecordError::BadRevocation));
+        let unrevoke = v1::Record {
+            origin: Bytes::copy_from_slice(&[1; 16]),
+            version: 2,
+            body: Some(Body::Tombstone(v1::Tombstone {
+                kind: RecordKind::Revocation as i32,
+                name: NodeId([2; 16]).to_string(),
+            })),
+            ..Default::default()
+        };
+        assert_eq!(encode_record(&unrevoke), Err(RecordError::BadTombstone));
         assert!(decode_record(&[0xff; 10]).is_err());
         assert_eq!(decode_record(&[0; 2000]), Err(RecordError::TooLarge));
     }

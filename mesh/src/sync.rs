@@ -176,6 +176,7 @@ mod tests {
                 vni: 1,
                 ..Default::default()
             })),
+            ..Default::default()
         })
         .unwrap()
     }

@@ -86,7 +86,11 @@ pub enum Format {
 #[derive(Subcommand)]
 enum Command {
     /// Members of the mesh as the daemon sees them.
-    Members,
+    #[command(args_conflicts_with_subcommands = true)]
+    Members {
+        #[command(subcommand)]
+        action: Option<MembersCommand>,
+    },
     /// Tunnels of a gatewan with their measurements.
     #[command(args_conflicts_with_subcommands = true)]
     Tunnels {
@@ -134,6 +138,16 @@ enum TunnelsCommand {
     /// Give the gatewan a new WireGuard key (kept in its state_dir); the peers learn the
     /// public key over the mesh and the tunnels pause for about one handshake.
     RotateKey,
+}
+
+#[derive(Subcommand)]
+enum MembersCommand {
+    /// Revoke a member for good (the daemon asked must be in its own mesh.admins): every
+    /// member whose mesh.admins lists the daemon's key drops its records and refuses it.
+    Revoke {
+        /// The member's node id (the ID column).
+        node_id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -380,7 +394,19 @@ async fn run(cli: Cli, target: Target) -> anyhow::Result<()> {
     let not_bgpctl = |s: tonic::Status| not_bgpctl(s, target);
     let no_tunnels = |s: tonic::Status| no_tunnels(s, target);
     let out = match cli.command {
-        Command::Members => {
+        Command::Members {
+            action: Some(MembersCommand::Revoke { node_id }),
+        } => {
+            let r = mesh
+                .revoke_member(v1::RevokeMemberRequest {
+                    id: node_id.clone(),
+                })
+                .await
+                .map_err(call)?
+                .into_inner();
+            output::revoked(&node_id, r.version, cli.output)
+        }
+        Command::Members { action: None } => {
             let r = mesh
                 .list_members(v1::ListMembersRequest {})
                 .await

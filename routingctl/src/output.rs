@@ -20,6 +20,11 @@ struct Member {
     last_change: Option<String>,
     version: String,
     local: bool,
+    /// The member's signing key as pinned by the answering member: 16 hex digits of
+    /// BLAKE3(public key); empty until the member was seen signing.
+    key_fingerprint: String,
+    /// Revoked by an admin: the member asked refuses everything it sends.
+    revoked: bool,
 }
 
 fn role(r: i32) -> &'static str {
@@ -93,6 +98,8 @@ pub(crate) fn members(members: &[v1::Member], f: Format) -> anyhow::Result<Strin
             last_change: rfc3339(m.last_change_unix_ms),
             version: m.version.clone(),
             local: m.local,
+            key_fingerprint: m.key_fingerprint.clone(),
+            revoked: m.revoked,
         })
         .collect();
     if !matches!(f, Format::Table) {
@@ -105,11 +112,20 @@ pub(crate) fn members(members: &[v1::Member], f: Format) -> anyhow::Result<Strin
                 format!("{}{}", m.name, if m.local { " *" } else { "" }),
                 m.datacenter.clone(),
                 m.role.to_string(),
-                m.state.to_string(),
+                if m.revoked {
+                    format!("{} revoked", m.state)
+                } else {
+                    m.state.to_string()
+                },
                 m.addresses.join(","),
                 format!("{}.{}", m.generation, m.incarnation),
                 m.last_change.clone().unwrap_or_else(|| "-".into()),
                 m.id.clone(),
+                if m.key_fingerprint.is_empty() {
+                    "-".into()
+                } else {
+                    m.key_fingerprint.clone()
+                },
             ]
         })
         .collect();
@@ -123,6 +139,7 @@ pub(crate) fn members(members: &[v1::Member], f: Format) -> anyhow::Result<Strin
             "GEN.INC",
             "LAST CHANGE",
             "ID",
+            "KEY",
         ],
         rows,
     ))
@@ -227,6 +244,26 @@ pub(crate) fn keyring_change(r: &v1::KeyringResponse, f: Format) -> anyhow::Resu
 }
 
 /// The public key after `tunnels rotate-key`.
+pub(crate) fn revoked(node_id: &str, version: u64, f: Format) -> anyhow::Result<String> {
+    #[derive(Serialize)]
+    struct Revoked<'a> {
+        revoked: &'a str,
+        version: u64,
+    }
+    match f {
+        Format::Table => Ok(format!(
+            "revoked {node_id}: the revocation spreads to every member\n"
+        )),
+        _ => render(
+            &Revoked {
+                revoked: node_id,
+                version,
+            },
+            f,
+        ),
+    }
+}
+
 pub(crate) fn rotated_key(public_key: &str, f: Format) -> anyhow::Result<String> {
     #[derive(Serialize)]
     struct Rotated<'a> {

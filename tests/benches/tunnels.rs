@@ -189,8 +189,12 @@ fn remote_gatewans(ns: &Netns, keyring: MeshKey, seed: SocketAddr) -> std::threa
                 };
                 let mut rng = [0u8; 32];
                 rand::fill(&mut rng);
+                let mut signer = [0u8; 32];
+                rand::fill(&mut signer);
                 let core = MeshCore::new(
                     id.clone(),
+                    gatewan_mesh::MemberKey::from_seed(signer),
+                    gatewan_mesh::KeyPins::default(),
                     Keyring::new(keyring.clone()),
                     MeshSettings::default(),
                     vec![seed],
@@ -200,7 +204,12 @@ fn remote_gatewans(ns: &Netns, keyring: MeshKey, seed: SocketAddr) -> std::threa
                 let socket =
                     driver::bind_socket(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port), false)
                         .expect("bind");
-                let h = driver::spawn(core, driver::MeshSockets::single(socket), None, None);
+                let h = driver::spawn(
+                    core,
+                    driver::MeshSockets::single(socket),
+                    driver::MeshFiles::default(),
+                    None,
+                );
                 let mut key = [0u8; 32];
                 rand::fill(&mut key);
                 h.publish(Body::Node(v1::NodeRecord {

@@ -194,6 +194,8 @@ pub struct Cluster {
     pub dir: PathBuf,
     pub nodes: Vec<Node>,
     pub keyring: PathBuf,
+    /// `mesh.admins` of the nodes added from now on (key fingerprints).
+    pub admins: Vec<String>,
 }
 
 impl Cluster {
@@ -209,6 +211,7 @@ impl Cluster {
             dir,
             nodes: Vec::new(),
             keyring,
+            admins: Vec::new(),
         }
     }
 
@@ -247,8 +250,14 @@ impl Cluster {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        let admins = self
+            .admins
+            .iter()
+            .map(|a| format!("\"{a}\""))
+            .collect::<Vec<_>>()
+            .join(", ");
         let yaml = format!(
-            "name: {name}\ndatacenter: {dc}\nstate_dir: {state}\nmesh:\n  bind: \"{bind}\"\n  advertise: [{adv}]\n  seeds: [{seeds}]\n  keyring: {keyring}\ntransits:\n  - name: lumen\n    capacity: 1Gbps\napi:\n  socket: {socket}\nmetrics:\n  listen: \"{metrics}\"\n",
+            "name: {name}\ndatacenter: {dc}\nstate_dir: {state}\nmesh:\n  bind: \"{bind}\"\n  advertise: [{adv}]\n  seeds: [{seeds}]\n  keyring: {keyring}\n  admins: [{admins}]\ntransits:\n  - name: lumen\n    capacity: 1Gbps\napi:\n  socket: {socket}\nmetrics:\n  listen: \"{metrics}\"\n",
             name = spec.name,
             dc = spec.datacenter,
             state = self.dir.join(format!("{}.state", spec.name)).display(),

@@ -445,3 +445,274 @@ fn hostile_datagrams_change_nothing_and_are_counted() {
         "membership changed under attack"
     );
 }
+
+/// Issue 15: a holder of the mesh keyring, with a signing key of its own, forges a
+/// member's NodeRecord and a Network record under that member's node id, with versions
+/// above any real one, and pushes them to the other members as anti-entropy would. They
+/// are dropped and counted as `forged` (unsigned: `bad_signature`), nobody's view of
+/// the victim moves, and a restart does not reopen the first-sight window.
+#[test]
+fn records_forged_by_a_keyring_holder_are_dropped_counted_and_move_nothing() {
+    use bytes::Bytes;
+    use gatewan_mesh::MemberKey;
+    use gatewan_mesh::store::{encode_record, sign_record};
+    use gatewan_proto::v1::{self, mesh_control::Kind, record::Body};
+    use prost::Message as _;
+
+    if !require_root("forged_records") {
+        return;
+    }
+    let mut c = Cluster::simple("forged", 3);
+    c.wait_converged(3, Duration::from_secs(10));
+    // gw2 is the victim; gw1 and gw3 are told lies about it.
+    let view = |c: &Cluster, i: usize| -> serde_json::Value {
+        c.members(i)
+            .unwrap()
+            .into_iter()
+            .find(|m| m["name"] == "gw2")
+            .expect("gw2 listed")
+    };
+    let before = view(&c, 0);
+    let victim: gatewan_mesh::NodeId = before["id"].as_str().unwrap().parse().unwrap();
+    let fingerprint = before["key_fingerprint"].as_str().unwrap().to_string();
+    assert_eq!(fingerprint.len(), 16, "gw2's key pinned by gw1: {before}");
+    for i in 0..3 {
+        assert_eq!(
+            view(&c, i)["key_fingerprint"],
+            fingerprint,
+            "every member, gw2 included, shows the same key for gw2"
+        );
+    }
+    let log = std::fs::read_to_string(&c.nodes[1].log).unwrap();
+    assert!(
+        log.contains(&fingerprint) && log.contains(&victim.to_string()),
+        "gw2 logs its node id and key fingerprint at start"
+    );
+
+    let keyring = gatewan_mesh::keyring_file::load(&c.keyring).unwrap();
+    let forger = MemberKey::from_seed(rand::random());
+    let lie = |version: u64, body: Body| v1::Record {
+        origin: Bytes::copy_from_slice(&victim.0),
+        version,
+        body: Some(body),
+        ..Default::default()
+    };
+    let node_lie = || {
+        Body::Node(v1::NodeRecord {
+            id: Bytes::copy_from_slice(&victim.0),
+            name: "gw2".into(),
+            datacenter: "evil".into(),
+            api_address: "forged".into(),
+            ..Default::default()
+        })
+    };
+    let network_lie = || {
+        Body::Network(v1::Network {
+            prefix: "10.66.0.0/16".into(),
+            vtep: "192.0.2.66".into(),
+            vni: 66,
+            ..Default::default()
+        })
+    };
+    let high = u64::MAX / 2;
+    let forged: Vec<Bytes> = [lie(high, node_lie()), lie(high, network_lie())]
+        .iter()
+        .map(|r| sign_record(r, &forger).unwrap().bytes)
+        .collect();
+    let unsigned = encode_record(&lie(high + 1, node_lie())).unwrap().bytes;
+    // A sealed control message, as a member sends it: tag 2 (the core's TAG_CONTROL),
+    // then the encoded MeshControl.
+    let push = move |records: Vec<Bytes>| {
+        let mut payload = vec![2u8];
+        payload.extend(
+            v1::MeshControl {
+                kind: Some(Kind::Records(v1::SyncRecords { records })),
+                ..Default::default()
+            }
+            .encode_to_vec(),
+        );
+        let keyring = keyring.clone();
+        move || {
+            let s = UdpSocket::bind("127.0.0.50:0").unwrap();
+            for to in ["127.0.0.1:7946", "127.0.0.3:7946", "127.0.0.2:7946"] {
+                let sealed =
+                    keyring.seal(&payload, gatewan_mesh::driver::unix_ms(), rand::random());
+                s.send_to(&sealed, to).unwrap();
+            }
+        }
+    };
+    c.ns.run(push(forged.clone()));
+    c.ns.run(push(vec![unsigned]));
+    let counted = wait_until(Duration::from_secs(5), || {
+        [0, 2].iter().all(|&i| dropped(&c, i, "forged") >= 2.0)
+            && dropped(&c, 1, "forged") >= 2.0
+            && (0..3).all(|i| dropped(&c, i, "bad_signature") >= 1.0)
+    });
+    assert!(
+        counted,
+        "forged {:?}, bad_signature {:?}",
+        (0..3).map(|i| dropped(&c, i, "forged")).collect::<Vec<_>>(),
+        (0..3)
+            .map(|i| dropped(&c, i, "bad_signature"))
+            .collect::<Vec<_>>()
+    );
+    // Gossip and a push-pull round (every 10 s) have had their chance to spread a lie.
+    std::thread::sleep(Duration::from_secs(11));
+    for i in [0, 2] {
+        let now = view(&c, i);
+        assert_eq!(
+            now["datacenter"],
+            before["datacenter"],
+            "gw{} moved: {now}",
+            i + 1
+        );
+        assert_eq!(now["key_fingerprint"], fingerprint);
+    }
+    assert!(c.sees_all_alive(1, 3), "gw2 itself is undisturbed");
+    let log = std::fs::read_to_string(&c.nodes[0].log).unwrap();
+    assert_eq!(
+        log.matches("dropped a forgery").count(),
+        1,
+        "logged once per origin per minute"
+    );
+
+    // The pin outlives a restart: gw3 comes back with gw2's key already pinned, and the
+    // same forgery, pushed again as soon as it is up, is refused.
+    let pins = std::fs::read_to_string(c.dir.join("gw3.state/pinned_keys")).unwrap();
+    assert!(pins.contains(&victim.to_string()), "{pins}");
+    c.restart(2);
+    assert!(wait_until(Duration::from_secs(5), || c
+        .members(2)
+        .is_some()));
+    c.ns.run(push(forged));
+    assert!(wait_until(Duration::from_secs(5), || dropped(
+        &c, 2, "forged"
+    ) >= 2.0));
+    c.wait_converged(3, Duration::from_secs(10));
+    assert_eq!(view(&c, 2)["datacenter"], before["datacenter"]);
+    let log = std::fs::read_to_string(&c.nodes[2].log).unwrap();
+    let first_sights = log
+        .lines()
+        .filter(|l| l.contains("pinned a member's signing key") && l.contains(&victim.to_string()))
+        .count();
+    assert_eq!(
+        first_sights, 1,
+        "gw2's key was pinned again after the restart"
+    );
+}
+
+/// Issue 15, revocation: gw1 (its key in everyone's mesh.admins) revokes gw3 with
+/// `routingctl members revoke`; gw2 drops gw3's records and refuses it, also after a
+/// restart. gw2, not an admin, cannot revoke.
+#[test]
+fn an_admin_revokes_a_member_and_the_revocation_survives_a_restart() {
+    use gatewan_mesh::MemberKey;
+    if !require_root("revoke") {
+        return;
+    }
+    let mut c = Cluster::new("revoke");
+    // gw1's signing key is made before it starts, so its fingerprint can be configured.
+    let admin = MemberKey::from_seed(rand::random());
+    let state = c.dir.join("gw1.state");
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&state)
+            .unwrap();
+    }
+    gatewan_mesh::durable::write_private(&state.join("signing_key"), &admin.seed()).unwrap();
+    c.admins = vec![admin.public().fingerprint()];
+    let seed: SocketAddr = "127.0.0.1:7946".parse().unwrap();
+    for i in 1..=3 {
+        let addr: SocketAddr = format!("127.0.0.{i}:7946").parse().unwrap();
+        c.add(NodeSpec {
+            name: format!("gw{i}"),
+            datacenter: "dc1".into(),
+            bind: addr,
+            advertise: vec![addr],
+            seeds: vec![seed],
+        });
+    }
+    c.wait_converged(3, Duration::from_secs(10));
+    let find = |c: &Cluster, i: usize, id: &str| -> Option<serde_json::Value> {
+        c.members(i)?.into_iter().find(|m| m["id"] == id)
+    };
+    let gw3 = c
+        .members(0)
+        .unwrap()
+        .into_iter()
+        .find(|m| m["name"] == "gw3")
+        .unwrap();
+    let id = gw3["id"].as_str().unwrap().to_string();
+    let gw1 = c
+        .members(1)
+        .unwrap()
+        .into_iter()
+        .find(|m| m["name"] == "gw1")
+        .unwrap();
+    assert_eq!(
+        gw1["key_fingerprint"],
+        admin.public().fingerprint().as_str(),
+        "gw2 shows gw1's key as configured"
+    );
+
+    let refused = routingctl(&c.nodes[1].socket, &["members", "revoke", &id]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("mesh.admins"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let ok = routingctl(&c.nodes[0].socket, &["members", "revoke", &id]);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+
+    let revoked = |c: &Cluster, i: usize| {
+        find(c, i, &id).is_some_and(|m| m["revoked"] == true && m["name"] == "")
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || revoked(&c, 1) && revoked(&c, 0)),
+        "gw2 sees {:?}",
+        find(&c, 1, &id)
+    );
+    assert!(wait_until(Duration::from_secs(5), || dropped(
+        &c, 1, "revoked"
+    ) > 0.0));
+    let table = routingctl(&c.nodes[1].socket, &["members"]);
+    assert!(String::from_utf8_lossy(&table.stdout).contains("revoked"));
+
+    let saved = std::fs::read_to_string(c.dir.join("gw2.state/revocations")).unwrap();
+    assert_eq!(
+        saved.lines().filter(|l| !l.starts_with('#')).count(),
+        1,
+        "{saved}"
+    );
+    c.restart(1);
+    assert!(wait_until(Duration::from_secs(5), || c
+        .members(1)
+        .is_some()));
+    // Restored at start from state_dir/revocations, before anything is heard.
+    let log = std::fs::read_to_string(&c.nodes[1].log).unwrap();
+    let applied = log
+        .lines()
+        .filter(|l| l.contains("member revoked") && l.contains(&id))
+        .count();
+    assert_eq!(
+        applied, 2,
+        "once when received, once restored at the restart"
+    );
+    assert!(
+        !log.contains("no longer holds"),
+        "the saved revocation was refused"
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        find(&c, 1, &id).is_none_or(|m| m["revoked"] == true && m["name"] == ""),
+        "gw2 took gw3 back: {:?}",
+        find(&c, 1, &id)
+    );
+}

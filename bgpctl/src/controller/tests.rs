@@ -1223,6 +1223,7 @@ mod store {
                 },
                 ..Default::default()
             })),
+            ..Default::default()
         }
     }
 
@@ -1310,6 +1311,7 @@ mod store {
                     peer: node(2, 1).0.to_vec().into(),
                     tunnels: metrics,
                 })),
+                ..Default::default()
             })
             .unwrap(),
         );

@@ -526,6 +526,20 @@ transits:
         );
         let e = one_error(&GOOD.replace("mesh:\n", "mesh:\n  probe_interval: fast\n"));
         assert!(e.contains("fast") && e.contains("duration"), "{e}");
+        let e =
+            one_error(&GOOD.replace("mesh:\n", "mesh:\n  admins: [\"0123456789abcdef\", nope]\n"));
+        assert!(
+            e.contains("mesh.admins[1]") && e.contains("16 hex digits"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn admins_are_key_fingerprints_in_lower_case() {
+        let p =
+            load(&GOOD.replace("mesh:\n", "mesh:\n  admins: [\"0123456789ABCDEF\"]\n")).unwrap();
+        assert_eq!(p.mesh.settings.admins, ["0123456789abcdef"]);
+        assert!(load(GOOD).unwrap().mesh.settings.admins.is_empty());
     }
 
     fn tunnels_plan(yaml: &str) -> TunnelsSettings {

@@ -46,6 +46,10 @@ pub struct MeshConfig {
     /// Records of a member gone this long are removed (default 24h).
     #[serde(default)]
     pub departed_record_ttl: Option<Spanned<Dur>>,
+    /// Key fingerprints (16 hex digits, as `routingctl members` shows them) of the members
+    /// that may ask this one for keyring changes; empty: any member may.
+    #[serde(default)]
+    pub admins: Vec<Spanned<String>>,
 }
 
 /// The mesh section once validated.
@@ -154,6 +158,21 @@ impl MeshConfig {
                 );
             }
             settings.departed_record_ttl = t.value.0;
+        }
+        for (i, a) in self.admins.iter().enumerate() {
+            let fp = a.value.trim().to_ascii_lowercase();
+            if fp.len() == 16 && fp.bytes().all(|b| b.is_ascii_hexdigit()) {
+                settings.admins.push(fp);
+            } else {
+                c.error(
+                    Some(a),
+                    format!("mesh.admins[{i}]"),
+                    format!(
+                        "{:?} is not a member key fingerprint: 16 hex digits, as the KEY column of `routingctl members` shows",
+                        a.value
+                    ),
+                );
+            }
         }
         if settings.sync_interval.is_zero() {
             c.error(

@@ -282,6 +282,8 @@ impl MeshCore {
                             incarnation: m.incarnation(),
                             last_change_ms: self.wall_ms,
                             local: false,
+                            key: None,
+                            revoked: false,
                         },
                     );
                     self.members_changed = true;
@@ -310,7 +312,7 @@ mod tests {
     use gatewan_proto::v1::{self, mesh_control::Kind};
 
     use super::super::testkit::{
-        Drained, EPOCH_MS, Forger, Net, addr, control_in, core, keyring, member, node,
+        Drained, EPOCH_MS, Forger, Net, addr, control_in, core, keyring, member, member_key, node,
     };
     use super::super::{DropReason, MemberState, MeshCore, MeshSettings, identity_to_proto};
     use crate::identity::MemberId;
@@ -435,7 +437,8 @@ mod tests {
             "stamped too long ago"
         );
 
-        let hello = forger.control(Kind::JoinRequest(identity_to_proto(&member(5))), now);
+        let mut joiner = Forger::new(keyring(1)).signing_as(node(5), member_key(5));
+        let hello = joiner.control(Kind::JoinRequest(identity_to_proto(&member(5))), now);
         c.handle_datagram(from, &hello, at(now));
         c.handle_datagram(from, &hello, at(now + 10));
         assert_eq!(c.counters().dropped(DropReason::Duplicate), 1);

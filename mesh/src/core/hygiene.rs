@@ -173,7 +173,7 @@ mod previous_life {
 
     use gatewan_proto::v1::{self, record::Body};
 
-    use super::super::testkit::{Net, addr, keyring, member};
+    use super::super::testkit::{Net, addr, keyring, member, member_key};
     use super::super::{MeshCore, MeshSettings, Now};
 
     fn network(prefix: &str) -> Body {
@@ -209,6 +209,8 @@ mod previous_life {
         id.generation = 2;
         net.cores[1] = MeshCore::new(
             id,
+            member_key(1),
+            crate::KeyPins::default(),
             keyring(1),
             MeshSettings::default(),
             vec![addr(0)],

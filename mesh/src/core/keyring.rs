@@ -13,6 +13,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use gatewan_proto::v1::{self, mesh_control::Kind};
 use rand::RngExt as _;
+use tracing::warn;
 
 use super::{
     CoreTimer, DropReason, KEYRING_QUERY_TIMEOUT, KeyringOutcome, MemberInfo, MemberState,
@@ -20,6 +21,7 @@ use super::{
 };
 use crate::identity::NodeId;
 use crate::seal::{KeyringOp, MeshKey};
+use crate::signing::PublicKey;
 
 const KEYRING_RETRY: Duration = Duration::from_millis(500);
 /// Answers kept to give again when a request is repeated (its answer was lost).
@@ -139,8 +141,17 @@ impl MeshCore {
         &mut self,
         from: SocketAddr,
         r: v1::KeyringRequest,
+        signer: Option<PublicKey>,
         now_ms: u64,
     ) {
+        if !self.is_admin(signer) {
+            let key = signer.map(|k| k.fingerprint()).unwrap_or_default();
+            warn!(%from, key, "keyring change refused: the asking member is not in mesh.admins");
+            let error = format!(
+                "refused: the asking member's key {key} is not in mesh.admins of this member"
+            );
+            return self.send_keyring_reply(from, r.query, error);
+        }
         if let Some((_, error)) = self.keyring_answers.iter().find(|(q, _)| *q == r.query) {
             // Our answer was lost: the same answer, the change is not applied twice.
             let error = error.clone();
@@ -186,7 +197,9 @@ mod tests {
 
     use gatewan_proto::v1::{self, mesh_control::Kind};
 
-    use super::super::testkit::{Drained, EPOCH_MS, Forger, Net, addr, core, key, keyring, node};
+    use super::super::testkit::{
+        Drained, EPOCH_MS, Forger, Net, addr, core, key, keyring, member_key, node,
+    };
     use super::super::{DropReason, MeshSettings};
     use super::*;
 
@@ -264,7 +277,7 @@ mod tests {
     #[test]
     fn a_repeated_request_gets_the_same_answer_without_the_change_applied_twice() {
         let mut c = core(1, keyring(1), MeshSettings::default(), Vec::new());
-        let mut forger = Forger::new(keyring(1));
+        let mut forger = Forger::new(keyring(1)).signing_as(node(0), member_key(0));
         let request = v1::KeyringRequest {
             query: 7,
             op: Some(v1::keyring_request::Op::Install(Bytes::copy_from_slice(
@@ -300,7 +313,7 @@ mod tests {
     #[test]
     fn a_request_without_a_valid_change_is_dropped_and_counted() {
         let mut c = core(1, keyring(1), MeshSettings::default(), Vec::new());
-        let mut forger = Forger::new(keyring(1));
+        let mut forger = Forger::new(keyring(1)).signing_as(node(0), member_key(0));
         let short_key = v1::keyring_request::Op::Install(Bytes::from_static(&[1, 2, 3]));
         for (query, op) in [(1, Some(short_key)), (2, None)] {
             let r = v1::KeyringRequest { query, op };
@@ -320,14 +333,14 @@ mod tests {
         let mut net = Net::joined(3, MeshSettings::default());
         net.cut(0, 2, true);
         let q = start(&mut net, 0, &KeyringOp::Install(key(9)));
-        let mut forger = Forger::new(keyring(1));
-        for (query, member) in [(q.wrapping_add(1), node(2)), (q, node(7))] {
+        for (query, member) in [(q.wrapping_add(1), 2), (q, 7)] {
             let reply = v1::KeyringReply {
                 query,
-                member: Bytes::copy_from_slice(&member.0),
+                member: Bytes::copy_from_slice(&node(member).0),
                 error: String::new(),
             };
             let now = net.unix_ms();
+            let mut forger = Forger::new(keyring(1)).signing_as(node(member), member_key(member));
             let datagram = forger.control(Kind::KeyringReply(reply), now);
             net.cores[0].handle_datagram(addr(2), &datagram, at(now));
             net.collect(0);
@@ -338,12 +351,14 @@ mod tests {
             error: String::new(),
         };
         let now = net.unix_ms();
+        // Member 2 answering for a member id that is not its own.
+        let mut forger = Forger::new(keyring(1)).signing_as(node(2), member_key(2));
         net.cores[0].handle_datagram(
             addr(2),
             &forger.control(Kind::KeyringReply(bad), now),
             at(now),
         );
-        assert_eq!(net.cores[0].counters().dropped(DropReason::Invalid), 1);
+        assert_eq!(net.cores[0].counters().dropped(DropReason::Forged), 1);
         assert!(net.keyring_done.is_empty(), "still waiting for member 2");
     }
 }

@@ -16,6 +16,8 @@
 //! - `suspicion`: suspicion notices, their relays and refutations;
 //! - `keyring`: cluster-wide keyring changes;
 //! - `hygiene`: collecting the records of departed members.
+//! - `trust`: signed control messages and the checks of signers against key pins (the
+//!   record checks are `Shared::merge_remote`'s, as the broadcast handler merges too).
 //!
 //! The protocol files use this file's items and call each other's methods on `MeshCore`,
 //! but never import from each other.
@@ -28,8 +30,9 @@ mod suspicion;
 mod swim;
 #[cfg(test)]
 mod testkit;
+mod trust;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::num::{NonZeroU8, NonZeroU32, NonZeroUsize};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -42,13 +45,16 @@ use gatewan_proto::v1::{self, MeshControl, MeshIdentity, mesh_control::Kind, rec
 use prost::Message as _;
 use rand::rngs::StdRng;
 use rand::{RngExt as _, SeedableRng as _};
-use tracing::{debug, warn};
+use tracing::{debug, error, info, warn};
 
 use super::guard::{RateLimiter, ReplayFilter};
 use super::identity::{MAX_MESH_ADDRESSES, MemberId, NodeId};
+use super::pins::{KeyPins, PinCheck};
 use super::seal::{Keyring, KeyringOp, SEAL_OVERHEAD};
+use super::signing::{DOMAIN_CONTROL, MemberKey, PublicKey};
 use super::store::{
-    MergeOutcome, RecordError, RecordKey, StateStore, StoreCounters, decode_record, encode_record,
+    MergeOutcome, RecordError, RecordKey, StateStore, StoreCounters, StoredRecord, decode_record,
+    sign_record, verify_record,
 };
 
 /// First byte inside a sealed datagram: a SWIM message (foca's) follows.
@@ -77,6 +83,9 @@ pub struct MeshSettings {
     pub rate_burst: u32,
     /// Largest sealed datagram; 1400 stays under every transit's MTU.
     pub max_datagram: usize,
+    /// Key fingerprints (`PublicKey::fingerprint`) of the members that may ask mesh-wide
+    /// keyring changes of this one (`mesh.admins`); empty: any member may.
+    pub admins: Vec<String>,
     /// A passive member probes no one, so it never suspects nor declares anyone down;
     /// the others still probe it. For members that reach only part of the mesh (a bgpctl
     /// on its fabric reaches its own datacenter's gatewans): probing the rest, they would
@@ -129,6 +138,7 @@ impl Default for MeshSettings {
             rate_per_source: 1000,
             rate_burst: 2000,
             max_datagram: 1400,
+            admins: Vec::new(),
             passive: false,
             // A bgpctl publishes one record per prefix of its fabric, a gatewan one per
             // peer gatewan (tunnel metrics) and per remote datacenter: 4096 is room for a
@@ -218,10 +228,25 @@ pub enum DropReason {
     /// the sender's clock (or ours) is wrong. Counted apart from replays, and logged
     /// per sender, because it cuts a member off while everything else looks fine.
     ClockSkew,
+    /// A record or control message without a valid signature trailer (ADR 0032); counted
+    /// per record: the rest of its datagram is used.
+    BadSignature,
+    /// Validly signed, but by another key than the one pinned for the node it speaks for
+    /// (ADR 0033), or asserting another identity than its signer's: a forgery by a
+    /// keyring holder. Counted per record or message.
+    Forged,
+    /// From a member revoked by an admin (ADR 0033): its records, control messages and
+    /// SWIM messages.
+    Revoked,
+    /// A revocation signed by a member whose key is not in our `mesh.admins`.
+    NotAdmin,
 }
 
+/// Number of drop reasons.
+const DROP_REASONS: usize = 11;
+
 impl DropReason {
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; DROP_REASONS] = [
         DropReason::RateLimited,
         DropReason::Malformed,
         DropReason::Unauthenticated,
@@ -229,6 +254,10 @@ impl DropReason {
         DropReason::Replay,
         DropReason::Invalid,
         DropReason::ClockSkew,
+        DropReason::BadSignature,
+        DropReason::Forged,
+        DropReason::Revoked,
+        DropReason::NotAdmin,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -240,6 +269,10 @@ impl DropReason {
             DropReason::Replay => "replay",
             DropReason::Invalid => "invalid",
             DropReason::ClockSkew => "clock_skew",
+            DropReason::BadSignature => "bad_signature",
+            DropReason::Forged => "forged",
+            DropReason::Revoked => "revoked",
+            DropReason::NotAdmin => "not_admin",
         }
     }
 }
@@ -250,7 +283,7 @@ pub struct Counters {
     pub bytes_in: u64,
     pub datagrams_out: u64,
     pub bytes_out: u64,
-    pub dropped: [u64; 7],
+    pub dropped: [u64; DROP_REASONS],
     /// The largest clock skew seen in a datagram dropped for it (ClockSkew), in
     /// milliseconds, positive when the sender's clock is ahead.
     pub max_clock_skew_ms: i64,
@@ -353,6 +386,10 @@ pub struct MemberInfo {
     pub incarnation: u16,
     pub last_change_ms: u64,
     pub local: bool,
+    /// The member's signing key as pinned here; None until we saw it sign.
+    pub key: Option<PublicKey>,
+    /// Revoked by an admin (ADR 0033): everything it sends is refused.
+    pub revoked: bool,
 }
 
 /// foca owns its broadcast handler and exposes no accessor, so the store it merges into
@@ -363,6 +400,23 @@ struct Shared {
     store: StateStore,
     local: NodeId,
     records_invalid: u64,
+    /// Signer keys of members (ADR 0033), ours included.
+    pins: KeyPins,
+    pins_changed: bool,
+    /// Drops by records and control messages, by reason, added to the core's counters.
+    dropped: [u64; DROP_REASONS],
+    /// When a forgery for each node id was last logged (at most once a minute each).
+    forged_logged: HashMap<NodeId, u64>,
+    /// When bad signatures were last logged (at most once a minute).
+    bad_signature_logged: Option<u64>,
+    /// `MeshSettings::admins`: who may revoke.
+    admins: Vec<String>,
+    /// Revoked members, each with the signed record that revoked it (kept, and saved by
+    /// the driver, even when its origin's records go).
+    revoked: BTreeMap<NodeId, Bytes>,
+    revocations_changed: bool,
+    /// The SWIM codec refused a revoked member's message (counted there, not as invalid).
+    swim_refused_revoked: bool,
     /// Highest version of one of our own records seen from others (a previous life of
     /// this node): our next versions must exceed it.
     own_seen: u64,
@@ -379,11 +433,141 @@ struct Shared {
     last_future_log_ms: Option<u64>,
 }
 
+/// How often a forgery for one node id, or a bad signature, is logged.
+const TRUST_LOG_EVERY_MS: u64 = 60_000;
+/// Bounds the map of when forgeries were logged.
+const MAX_FORGED_LOGGED: usize = 4096;
+
 impl Shared {
+    /// Checks that `signer` may speak for `node`: the key pinned for it, or any key on
+    /// first sight (then pinned). A forgery is counted and logged once a minute per node.
+    fn check_pin(&mut self, node: NodeId, signer: PublicKey, what: &str) -> bool {
+        match self.pins.check(node, signer) {
+            PinCheck::Matches => true,
+            PinCheck::Pinned => {
+                self.pins_changed = true;
+                info!(%node, key = %signer.fingerprint(), "pinned a member's signing key on first sight");
+                true
+            }
+            PinCheck::Full => {
+                self.records_invalid += 1;
+                debug!(%node, "key pins full: refused a new node id");
+                false
+            }
+            PinCheck::Mismatch => {
+                self.forged(node, signer, what);
+                false
+            }
+        }
+    }
+
+    /// Counts a forgery for `node` and logs it, at most once a minute per node.
+    fn forged(&mut self, node: NodeId, signer: PublicKey, what: &str) {
+        let i = DropReason::Forged as usize;
+        self.dropped[i] = self.dropped[i].saturating_add(1);
+        let now = self.mono_ms;
+        let due = self
+            .forged_logged
+            .get(&node)
+            .is_none_or(|&t| now.saturating_sub(t) >= TRUST_LOG_EVERY_MS);
+        if due {
+            if self.forged_logged.len() >= MAX_FORGED_LOGGED {
+                self.forged_logged.clear();
+            }
+            self.forged_logged.insert(node, now);
+            warn!(
+                %node,
+                what,
+                signer = %signer.fingerprint(),
+                pinned = %self.pins.get(&node).map(PublicKey::fingerprint).unwrap_or_default(),
+                total = self.dropped[i],
+                "dropped a forgery: signed by another key than the node's (counted; logged at most once a minute per node)"
+            );
+        }
+    }
+
+    fn bad_signature(&mut self, error: &dyn std::fmt::Display, what: &str) {
+        let i = DropReason::BadSignature as usize;
+        self.dropped[i] = self.dropped[i].saturating_add(1);
+        let now = self.mono_ms;
+        if self
+            .bad_signature_logged
+            .is_none_or(|t| now.saturating_sub(t) >= TRUST_LOG_EVERY_MS)
+        {
+            self.bad_signature_logged = Some(now);
+            warn!(%error, what, total = self.dropped[i], "dropped an unsigned or badly signed mesh message (counted; logged at most once a minute)");
+        }
+    }
+
+    fn count(&mut self, reason: DropReason) {
+        let i = reason as usize;
+        self.dropped[i] = self.dropped[i].saturating_add(1);
+    }
+
+    /// A revocation validly signed by `signer`: accepted (and applied) if `signer` is an
+    /// admin's key, else dropped. Returns whether it was accepted.
+    fn accept_revocation(&mut self, rec: &StoredRecord, signer: PublicKey) -> bool {
+        let Some(Body::Revocation(r)) = &rec.record.body else {
+            return true;
+        };
+        let Some(node) = NodeId::from_slice(&r.node) else {
+            return false;
+        };
+        if !self.admins.contains(&signer.fingerprint()) {
+            self.count(DropReason::NotAdmin);
+            warn!(
+                %node,
+                by = %rec.key.origin,
+                key = %signer.fingerprint(),
+                "dropped a revocation by a member whose key is not in mesh.admins"
+            );
+            return false;
+        }
+        if self.revoked.contains_key(&node) {
+            return true;
+        }
+        if node == self.local {
+            error!(by = %rec.key.origin, "this member was revoked by an admin: every member now refuses it");
+        } else {
+            let removed = self.store.remove_origin(node);
+            warn!(%node, by = %rec.key.origin, removed, "member revoked: its records are removed and its messages refused");
+        }
+        self.revoked.insert(node, rec.bytes.clone());
+        self.revocations_changed = true;
+        self.records_changed = true;
+        true
+    }
+
     /// Merges a record from the network; returns whether it is news.
     fn merge_remote(&mut self, bytes: &[u8]) -> Option<(RecordKey, (u64, u64))> {
-        let rec = match decode_record(bytes) {
-            Ok(r) => r,
+        // What we hold already, or something older, changes nothing whoever signed it:
+        // not worth a signature check (gossip brings each record several times).
+        if let Ok(r) = decode_record(bytes)
+            && self
+                .store
+                .rank_of(&r.key)
+                .is_some_and(|held| held >= (r.version, r.fingerprint))
+        {
+            return None;
+        }
+        let rec = match verify_record(bytes) {
+            Ok((r, signer)) => {
+                if !self.check_pin(r.key.origin, signer, "record") {
+                    return None;
+                }
+                if self.revoked.contains_key(&r.key.origin) {
+                    self.count(DropReason::Revoked);
+                    return None;
+                }
+                if !self.accept_revocation(&r, signer) {
+                    return None;
+                }
+                r
+            }
+            Err(RecordError::Signature(e)) => {
+                self.bad_signature(&e, "record");
+                return None;
+            }
             Err(e) => {
                 self.records_invalid += 1;
                 debug!(error = %e, "invalid gossiped record");
@@ -442,6 +626,8 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 pub struct MeshCore {
     swim: swim::Swim,
+    /// Signs what we publish and the control messages that assert our identity.
+    signer: MemberKey,
     shared: Arc<Mutex<Shared>>,
     own_generation: Arc<AtomicU32>,
     own_incarnation: Arc<AtomicU32>,
@@ -452,7 +638,7 @@ pub struct MeshCore {
     replay: ReplayFilter,
     rng: StdRng,
     counters: Counters,
-    last_drop_log_ms: [Option<u64>; 7],
+    last_drop_log_ms: [Option<u64>; DROP_REASONS],
     /// When we last logged a clock skew per sender address (monotonic).
     skew_logged: HashMap<std::net::IpAddr, u64>,
     /// The wall clock of the call being handled (see [`Now`]).
@@ -486,8 +672,12 @@ pub struct MeshCore {
 
 impl MeshCore {
     /// `rng_seed` must come from the OS in production: nonces are drawn from it.
+    /// `signer` is the member's key for life; `pins` the keys pinned before a restart
+    /// (ours is pinned here, and must not be pinned to another key already).
     pub fn new(
         local: MemberId,
+        signer: MemberKey,
+        mut pins: KeyPins,
         keyring: Keyring,
         settings: MeshSettings,
         seeds: Vec<SocketAddr>,
@@ -499,12 +689,29 @@ impl MeshCore {
             ));
         }
         let config = settings.foca_config()?;
+        let own_pin = pins.check(local.node, signer.public());
+        if own_pin == PinCheck::Mismatch {
+            return Err(format!(
+                "pinned_keys pins this node ({}) to key {}, but its signing_key is {}: \
+                 the state directory's files do not belong together",
+                local.node,
+                pins.get(&local.node)
+                    .map(PublicKey::fingerprint)
+                    .unwrap_or_default(),
+                signer.public().fingerprint()
+            ));
+        }
         let mut rng = StdRng::from_seed(rng_seed);
         let swim_rng = StdRng::from_seed(rng.random());
         let shared = Arc::new(Mutex::new(Shared {
             store: StateStore::with_cap(settings.max_records_per_origin),
             local: local.node,
             records_invalid: 0,
+            pins,
+            pins_changed: own_pin == PinCheck::Pinned,
+            dropped: [0; DROP_REASONS],
+            forged_logged: HashMap::new(),
+            bad_signature_logged: None,
             own_seen: 0,
             previous_life: HashMap::new(),
             records_changed: false,
@@ -512,6 +719,10 @@ impl MeshCore {
             mono_ms: 0,
             records_from_future: 0,
             last_future_log_ms: None,
+            admins: settings.admins.clone(),
+            revoked: BTreeMap::new(),
+            revocations_changed: false,
+            swim_refused_revoked: false,
         }));
         let own_incarnation = Arc::new(AtomicU32::new(0));
         let own_generation = Arc::new(AtomicU32::new(local.generation));
@@ -527,6 +738,7 @@ impl MeshCore {
         );
         Ok(MeshCore {
             swim,
+            signer,
             shared,
             own_generation,
             own_incarnation,
@@ -537,7 +749,7 @@ impl MeshCore {
             seeds,
             rng,
             counters: Counters::default(),
-            last_drop_log_ms: [None; 7],
+            last_drop_log_ms: [None; DROP_REASONS],
             skew_logged: HashMap::new(),
             wall_ms: 0,
             last_version: 0,
@@ -592,7 +804,87 @@ impl MeshCore {
         c.records_invalid = shared.records_invalid;
         c.store = shared.store.counters();
         c.records_from_future = shared.records_from_future;
+        for (total, more) in c.dropped.iter_mut().zip(shared.dropped) {
+            *total = total.saturating_add(more);
+        }
         c
+    }
+
+    /// Our signing key's public half.
+    pub fn public_key(&self) -> PublicKey {
+        self.signer.public()
+    }
+
+    /// Revokes a member for good (ADR 0033): publishes a Revocation signed by us. Only
+    /// an admin may (our key's fingerprint in `mesh.admins`), and not itself.
+    pub fn revoke(&mut self, node: NodeId, now: Now) -> Result<u64, String> {
+        let own = self.signer.public().fingerprint();
+        if !self.settings.admins.contains(&own) {
+            return Err(format!(
+                "this member's key {own} is not in its mesh.admins: only an admin may revoke"
+            ));
+        }
+        if node == self.local().node {
+            return Err("a member cannot revoke itself".into());
+        }
+        let body = Body::Revocation(v1::Revocation {
+            node: Bytes::copy_from_slice(&node.0),
+        });
+        let version = self.publish(body, now).map_err(|e| e.to_string())?;
+        let mut shared = lock(&self.shared);
+        let key = RecordKey {
+            origin: self.swim.identity().node,
+            kind: v1::RecordKind::Revocation as i32,
+            name: node.to_string(),
+        };
+        if let Some(rec) = shared.store.get(&key).cloned() {
+            shared.accept_revocation(&rec, self.signer.public());
+        }
+        Ok(version)
+    }
+
+    /// Revocations saved before a restart (`take_changed_revocations`), checked again
+    /// (signature, pin, admin) and applied; ours go back into the store to be gossiped.
+    /// Returns why any was refused.
+    pub fn restore_revocations(&mut self, saved: &[Bytes]) -> Vec<String> {
+        let mut refused = Vec::new();
+        let mut shared = lock(&self.shared);
+        for bytes in saved {
+            let (rec, signer) = match verify_record(bytes) {
+                Ok(v) => v,
+                Err(e) => {
+                    refused.push(e.to_string());
+                    continue;
+                }
+            };
+            if !matches!(rec.record.body, Some(Body::Revocation(_)))
+                || !shared.check_pin(rec.key.origin, signer, "saved revocation")
+                || !shared.accept_revocation(&rec, signer)
+            {
+                refused.push(format!("revocation by {} refused", rec.key.origin));
+                continue;
+            }
+            if rec.key.origin == shared.local {
+                self.last_version = self.last_version.max(rec.version);
+            }
+            shared.store.merge(rec);
+        }
+        shared.revocations_changed = false;
+        refused
+    }
+
+    /// The signed revocations held, when they changed since the last call: for the
+    /// driver to save.
+    pub fn take_changed_revocations(&mut self) -> Option<Vec<Bytes>> {
+        let mut shared = lock(&self.shared);
+        std::mem::take(&mut shared.revocations_changed)
+            .then(|| shared.revoked.values().cloned().collect())
+    }
+
+    /// The pins, when they changed since the last call: for the driver to save.
+    pub fn take_changed_pins(&mut self) -> Option<KeyPins> {
+        let mut shared = lock(&self.shared);
+        std::mem::take(&mut shared.pins_changed).then(|| shared.pins.clone())
     }
 
     pub fn keyring(&self) -> &Keyring {
@@ -640,7 +932,16 @@ impl MeshCore {
             incarnation: self.own_incarnation.load(Ordering::Relaxed) as u16,
             last_change_ms: 0,
             local: true,
+            key: None,
+            revoked: false,
         });
+        {
+            let shared = lock(&self.shared);
+            for m in &mut v {
+                m.key = shared.pins.get(&m.id.node).copied();
+                m.revoked = shared.revoked.contains_key(&m.id.node);
+            }
+        }
         v.sort_by_key(|m| m.id.node);
         v
     }
@@ -661,11 +962,15 @@ impl MeshCore {
     /// `publish` within a call whose clocks are taken.
     fn publish_at(&mut self, body: Body) -> Result<u64, RecordError> {
         let version = self.next_version(self.wall_ms)?;
-        let rec = encode_record(&v1::Record {
-            origin: Bytes::copy_from_slice(&self.local().node.0),
-            version,
-            body: Some(body),
-        })?;
+        let rec = sign_record(
+            &v1::Record {
+                origin: Bytes::copy_from_slice(&self.local().node.0),
+                version,
+                body: Some(body),
+                ..Default::default()
+            },
+            &self.signer,
+        )?;
         let bytes = rec.bytes.clone();
         {
             let mut shared = lock(&self.shared);
@@ -725,7 +1030,15 @@ impl MeshCore {
         match tag {
             TAG_SWIM => self.handle_swim(from, body, now_ms),
             TAG_CONTROL => match MeshControl::decode(body) {
-                Ok(MeshControl { kind: Some(kind) }) => self.handle_control(from, kind, now_ms),
+                Ok(MeshControl {
+                    kind: Some(kind),
+                    sender,
+                    ..
+                }) => {
+                    if let Some(signer) = self.control_is_authentic(&kind, &sender, body) {
+                        self.handle_control(from, kind, body, signer, now_ms);
+                    }
+                }
                 _ => self.drop_datagram(DropReason::Invalid, from, now_ms),
             },
             _ => self.drop_datagram(DropReason::Invalid, from, now_ms),
@@ -745,8 +1058,18 @@ impl MeshCore {
         }
     }
 
-    /// An authenticated, fresh control message, to the protocol it belongs to.
-    fn handle_control(&mut self, from: SocketAddr, kind: Kind, now_ms: u64) {
+    /// An authenticated, fresh control message, to the protocol it belongs to. `raw`: its
+    /// encoded bytes, which a relayed refutation forwards verbatim (its signature is the
+    /// suspect's).
+    /// `signer`: the sender's key, for the messages that are signed.
+    fn handle_control(
+        &mut self,
+        from: SocketAddr,
+        kind: Kind,
+        raw: &[u8],
+        signer: Option<PublicKey>,
+        now_ms: u64,
+    ) {
         match kind {
             Kind::JoinRequest(ident) => self.on_join_request(from, &ident, now_ms),
             Kind::JoinReply(ident) => self.on_join_reply(from, &ident, now_ms),
@@ -756,14 +1079,27 @@ impl MeshCore {
             Kind::Records(r) => self.on_records(from, &r),
             Kind::Suspected(notice) => self.on_suspected(from, &notice, now_ms),
             Kind::RelaySuspicion(notice) => self.on_relay_suspicion(from, notice, now_ms),
-            Kind::Refutation(entry) => self.on_refutation(from, entry, now_ms),
-            Kind::KeyringRequest(r) => self.on_keyring_request(from, r, now_ms),
+            Kind::Refutation(entry) => self.on_refutation(from, entry, raw, now_ms),
+            Kind::KeyringRequest(r) => self.on_keyring_request(from, r, signer, now_ms),
             Kind::KeyringReply(r) => self.on_keyring_reply(from, r, now_ms),
         }
     }
 
     fn send_control(&mut self, addrs: &[SocketAddr], kind: Kind) {
-        let body = MeshControl { kind: Some(kind) }.encode_to_vec();
+        let body = if trust::asserted_identity(&kind).is_some() {
+            let unsigned = MeshControl {
+                kind: Some(kind),
+                sender: Bytes::copy_from_slice(&self.local().node.0),
+                signature: Bytes::new(),
+            };
+            self.signer.sign(DOMAIN_CONTROL, &unsigned.encode_to_vec())
+        } else {
+            MeshControl {
+                kind: Some(kind),
+                ..Default::default()
+            }
+            .encode_to_vec()
+        };
         self.send_sealed(addrs, TAG_CONTROL, &body);
     }
 
@@ -867,10 +1203,9 @@ mod tests {
 
     use bytes::Bytes;
     use gatewan_proto::v1::{self, mesh_control::Kind};
-    use prost::Message as _;
 
     use super::testkit::{
-        Drained, EPOCH_MS, Forger, Net, addr, core, keyring, member, node, node_record,
+        Drained, EPOCH_MS, Forger, Net, addr, core, keyring, member, member_key, node, node_record,
     };
     use super::{
         DropReason, MAX_VERSION_SKEW_MS, MemberState, MeshCore, MeshSettings, identity_to_proto,
@@ -881,13 +1216,16 @@ mod tests {
     const HOUR_MS: u64 = 3_600_000;
 
     /// Member `origin`'s NodeRecord at `version`, as a push of anti-entropy carries it.
+    /// Signed by the origin's own key: what is refused here is the version alone.
     fn pushed(forger: &mut Forger, origin: usize, version: u64, now_ms: u64) -> Vec<u8> {
         let record = v1::Record {
             origin: Bytes::copy_from_slice(&node(origin).0),
             version,
             body: Some(node_record(origin, "dc")),
+            ..Default::default()
         };
-        let records = vec![Bytes::from(record.encode_to_vec())];
+        let signed = crate::store::sign_record(&record, &member_key(origin)).expect("valid");
+        let records = vec![signed.bytes];
         forger.control(Kind::Records(v1::SyncRecords { records }), now_ms)
     }
 

@@ -13,7 +13,9 @@ use gatewan_proto::v1::{self, mesh_control::Kind};
 use rand::RngExt as _;
 use tracing::debug;
 
-use super::{CoreTimer, DropReason, MemberState, MeshCore, identity_to_proto, lock, member_at};
+use super::{
+    CoreTimer, DropReason, MemberState, MeshCore, TAG_CONTROL, identity_to_proto, lock, member_at,
+};
 use crate::identity::{MemberId, NodeId};
 
 /// Members of a suspect's datacenter asked to pass a suspicion notice on.
@@ -190,7 +192,14 @@ impl MeshCore {
     }
 
     /// A suspect's refutation, to us or through us (a relay).
-    pub(super) fn on_refutation(&mut self, from: SocketAddr, e: v1::MemberEntry, now_ms: u64) {
+    /// `raw`: the suspect's signed message, passed on verbatim to those we relayed for.
+    pub(super) fn on_refutation(
+        &mut self,
+        from: SocketAddr,
+        e: v1::MemberEntry,
+        raw: &[u8],
+        now_ms: u64,
+    ) {
         let Some((id, incarnation)) = member_at(&e.identity, e.incarnation) else {
             return self.drop_datagram(DropReason::Invalid, from, now_ms);
         };
@@ -209,7 +218,7 @@ impl MeshCore {
         if let Some(askers) = self.relayed.remove(&id.node) {
             for (asker, until) in askers {
                 if until > now_ms {
-                    self.send_control(&[asker], Kind::Refutation(e.clone()));
+                    self.send_sealed(&[asker], TAG_CONTROL, raw);
                 }
             }
         }
@@ -233,7 +242,8 @@ mod tests {
     use gatewan_proto::v1::{self, mesh_control::Kind};
 
     use super::super::testkit::{
-        Drained, EPOCH_MS, Forger, Net, Packet, addr, core, keyring, member, node_record,
+        Drained, EPOCH_MS, Forger, Net, Packet, addr, core, keyring, member, member_key, node,
+        node_record,
     };
     use super::super::{
         DropReason, MemberState, MeshCore, MeshSettings, TAG_SWIM, identity_to_proto,
@@ -431,16 +441,18 @@ mod tests {
     #[test]
     fn a_refutation_that_is_not_one_is_dropped_and_counted() {
         let mut c = core(0, keyring(1), MeshSettings::default(), Vec::new());
-        let mut forger = Forger::new(keyring(1));
         let entry = |i: usize, suspect: bool| v1::MemberEntry {
             identity: Some(identity_to_proto(&member(i))),
             incarnation: 1,
             suspect,
         };
-        for e in [entry(0, false), entry(3, true)] {
+        // Signed by the member each speaks for (ours by our own key): only what they
+        // say is wrong.
+        for (i, suspect) in [(0, false), (3, true)] {
+            let mut forger = Forger::new(keyring(1)).signing_as(node(i), member_key(i));
             c.handle_datagram(
                 addr(3),
-                &forger.control(Kind::Refutation(e), EPOCH_MS),
+                &forger.control(Kind::Refutation(entry(i, suspect)), EPOCH_MS),
                 at(EPOCH_MS),
             );
         }

@@ -73,6 +73,8 @@ pub(super) struct IdentityCodec {
     own_incarnation: Arc<AtomicU32>,
     /// The sender of the last SWIM message decoded (see `MeshCore::heard`).
     last_src: Arc<Mutex<Option<NodeId>>>,
+    /// For the revoked members, whose messages are refused.
+    shared: Arc<Mutex<Shared>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +85,8 @@ pub(super) enum CodecError {
     BadIdentity,
     #[error("an update about us at an incarnation we never had")]
     FutureIncarnation,
+    #[error("from a revoked member")]
+    Revoked,
 }
 
 impl foca::Codec<MemberId> for IdentityCodec {
@@ -103,6 +107,14 @@ impl foca::Codec<MemberId> for IdentityCodec {
         buf: impl bytes::Buf,
     ) -> Result<foca::Header<MemberId>, CodecError> {
         let h: foca::Header<MemberId> = PostcardCodec.decode_header(buf)?;
+        {
+            let mut shared = lock(&self.shared);
+            if shared.revoked.contains_key(&h.src.node) {
+                shared.count(DropReason::Revoked);
+                shared.swim_refused_revoked = true;
+                return Err(CodecError::Revoked);
+            }
+        }
         if h.src.is_sane() && h.dst.is_sane() {
             *lock(&self.last_src) = Some(h.src.node);
             Ok(h)
@@ -223,6 +235,7 @@ pub(super) fn new_swim(
             own_generation,
             own_incarnation,
             last_src,
+            shared: shared.clone(),
         },
         RecordGossip(shared),
     )
@@ -265,7 +278,10 @@ impl MeshCore {
         {
             self.heard.insert(src, now_ms);
         }
-        if let Err(e) = res {
+        let revoked = std::mem::take(&mut lock(&self.shared).swim_refused_revoked);
+        if let Err(e) = res
+            && !revoked
+        {
             debug!(error = %e, %from, "SWIM message refused");
             self.drop_datagram(DropReason::Invalid, from, now_ms);
         }
@@ -516,6 +532,9 @@ mod tests {
             own_generation: Arc::new(AtomicU32::new(1)),
             own_incarnation: Arc::new(AtomicU32::new(0)),
             last_src: Arc::new(Mutex::new(None)),
+            shared: core(0, keyring(1), MeshSettings::default(), Vec::new())
+                .shared
+                .clone(),
         };
         let header = |src: MemberId| foca::Header {
             src,
@@ -547,6 +566,9 @@ mod tests {
             own_generation: Arc::new(AtomicU32::new(1)),
             own_incarnation: Arc::new(AtomicU32::new(4)),
             last_src: Arc::new(Mutex::new(None)),
+            shared: core(0, keyring(1), MeshSettings::default(), Vec::new())
+                .shared
+                .clone(),
         };
         let encoded = |id: MemberId, incarnation: u16| {
             let mut buf = Vec::new();

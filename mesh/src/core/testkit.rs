@@ -9,6 +9,7 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -17,7 +18,9 @@ use prost::Message as _;
 
 use super::{CoreTimer, KeyringOutcome, MeshCore, MeshSettings, Now, Output, TAG_CONTROL};
 use crate::identity::{MemberId, NodeId};
+use crate::pins::KeyPins;
 use crate::seal::{Keyring, KeyringOp, MeshKey};
+use crate::signing::{DOMAIN_CONTROL, MemberKey};
 
 /// Virtual time zero, as Unix milliseconds: sealed datagrams carry plausible stamps.
 pub(crate) const EPOCH_MS: u64 = 1_750_000_000_000;
@@ -56,6 +59,11 @@ pub(crate) fn member(i: usize) -> MemberId {
     }
 }
 
+/// Member `i`'s signing key.
+pub(crate) fn member_key(i: usize) -> MemberKey {
+    MemberKey::from_seed([0x80 | i as u8; 32])
+}
+
 /// Member `i` of a mesh sealed with `keyring`, its RNG seeded with `i`; not started.
 pub(crate) fn core(
     i: usize,
@@ -63,7 +71,16 @@ pub(crate) fn core(
     settings: MeshSettings,
     seeds: Vec<SocketAddr>,
 ) -> MeshCore {
-    MeshCore::new(member(i), keyring, settings, seeds, [i as u8; 32]).expect("valid settings")
+    MeshCore::new(
+        member(i),
+        member_key(i),
+        KeyPins::default(),
+        keyring,
+        settings,
+        seeds,
+        [i as u8; 32],
+    )
+    .expect("valid settings")
 }
 
 /// A NodeRecord placing member `i` in `datacenter`.
@@ -88,27 +105,59 @@ pub(crate) fn control_in(keyring: &Keyring, datagram: &[u8]) -> Option<Kind> {
     MeshControl::decode(body).ok()?.kind
 }
 
-/// Seals control messages as a member of the mesh would, each with a fresh nonce.
+/// Seals control messages as a member of the mesh would, each with a fresh nonce; with
+/// a signer, signs them as that member would (`signing_as`).
 pub(crate) struct Forger {
     keyring: Keyring,
     nonces: u64,
+    signer: Option<(NodeId, MemberKey)>,
 }
 
 impl Forger {
     pub(crate) fn new(keyring: Keyring) -> Self {
-        Forger { keyring, nonces: 0 }
+        Forger {
+            keyring,
+            nonces: 0,
+            signer: None,
+        }
+    }
+
+    /// Signs every control message as `node` with `key`.
+    pub(crate) fn signing_as(mut self, node: NodeId, key: MemberKey) -> Self {
+        self.signer = Some((node, key));
+        self
     }
 
     pub(crate) fn control(&mut self, kind: Kind, now_ms: u64) -> Vec<u8> {
         let mut payload = vec![TAG_CONTROL];
-        payload.extend(MeshControl { kind: Some(kind) }.encode_to_vec());
+        match &self.signer {
+            None => payload.extend(
+                MeshControl {
+                    kind: Some(kind),
+                    ..Default::default()
+                }
+                .encode_to_vec(),
+            ),
+            Some((node, key)) => {
+                let unsigned = MeshControl {
+                    kind: Some(kind),
+                    sender: Bytes::copy_from_slice(&node.0),
+                    signature: Bytes::new(),
+                };
+                payload.extend(key.sign(DOMAIN_CONTROL, &unsigned.encode_to_vec()));
+            }
+        }
         self.sealed(&payload, now_ms)
     }
 
     pub(crate) fn sealed(&mut self, payload: &[u8], stamp_ms: u64) -> Vec<u8> {
+        // Unique across forgers too: a test may use several, and the replay filter would
+        // take a second forger's first datagram for the first one's.
+        static FORGED: AtomicU64 = AtomicU64::new(0);
         self.nonces += 1;
         let mut nonce = [0u8; 24];
         nonce[..8].copy_from_slice(&self.nonces.to_be_bytes());
+        nonce[8..16].copy_from_slice(&FORGED.fetch_add(1, Ordering::Relaxed).to_be_bytes());
         self.keyring.seal(payload, stamp_ms, nonce)
     }
 }
