@@ -1,8 +1,7 @@
 //! The keyring file: base64 keys, one per line, the first is primary; `#` starts a comment.
 //! Rewritten atomically (mode 0600) after every runtime change so restarts keep it.
 
-use std::io::Write as _;
-use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 
 use super::seal::{Keyring, MeshKey};
@@ -35,24 +34,13 @@ pub fn load(path: &Path) -> Result<Keyring, String> {
 }
 
 pub fn save(path: &Path, keys: &[MeshKey]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        writeln!(
-            f,
-            "# gatewan mesh keyring: the first key is primary (seals), all keys open"
-        )?;
-        for k in keys {
-            writeln!(f, "{}", k.to_base64())?;
-        }
-        f.sync_all()?;
+    let mut text =
+        String::from("# gatewan mesh keyring: the first key is primary (seals), all keys open\n");
+    for k in keys {
+        text.push_str(&k.to_base64());
+        text.push('\n');
     }
-    std::fs::rename(&tmp, path)
+    crate::durable::write_private(path, text.as_bytes())
 }
 
 #[cfg(test)]
