@@ -17,7 +17,7 @@ use super::{
     identity_to_proto, member_at,
 };
 use crate::guard::Freshness;
-use crate::identity::NodeId;
+use crate::identity::{MemberId, NodeId};
 use crate::seal::{OpenError, Opened};
 use crate::sync;
 
@@ -38,6 +38,11 @@ const MAX_SKEW_LOGGED: usize = 1024;
 
 /// When a joiner syncs again after its first push-pull.
 const JOIN_RESYNC: Duration = Duration::from_secs(2);
+/// Seed rounds at `seed_retry` after start (a minute at the default 2 s): members that
+/// start together find each other fast, whatever order they come up in.
+pub(super) const SEED_FAST_ROUNDS: u32 = 30;
+/// Then seeds not in the mesh are asked this often: a split heals within it.
+pub(super) const SEED_SLOW_RETRY: Duration = Duration::from_secs(30);
 
 impl MeshCore {
     /// Counts a datagram and opens it if it passes the gate; drops (and counts) it if not.
@@ -116,14 +121,39 @@ impl MeshCore {
         }
     }
 
-    /// Asks the seeds for their identity until foca knows some member.
+    /// Asks every seed that is not a live member for its identity: not only until we know
+    /// some member. Members that start together can otherwise split for good: a gatewan
+    /// whose seeds are not up yet is joined by its fabric's bgpctls, and the group, which
+    /// then has members, never asks the seeds again. Every `seed_retry` while we know no
+    /// one and for the first [`SEED_FAST_ROUNDS`] rounds, then every [`SEED_SLOW_RETRY`]
+    /// (a seed gone for good costs one small datagram per round; one that answers and is
+    /// already known, one push-pull).
     pub(super) fn retry_seeds(&mut self) {
-        if self.swim.num_members() == 0 && !self.seeds.is_empty() {
+        let missing = self.seeds_not_in_mesh();
+        if !missing.is_empty() {
             let me = identity_to_proto(self.local());
-            let seeds = self.seeds.clone();
-            self.send_control(&seeds, Kind::JoinRequest(me));
+            self.send_control(&missing, Kind::JoinRequest(me));
         }
-        self.schedule(self.settings.seed_retry, CoreTimer::SeedRetry);
+        self.seed_rounds = self.seed_rounds.saturating_add(1);
+        let fast = self.swim.num_members() == 0 || self.seed_rounds < SEED_FAST_ROUNDS;
+        let next = if fast {
+            self.settings.seed_retry
+        } else {
+            self.settings.seed_retry.max(SEED_SLOW_RETRY)
+        };
+        self.schedule(next, CoreTimer::SeedRetry);
+    }
+
+    /// Seeds that are neither our own address nor an address of a member not down.
+    pub(super) fn seeds_not_in_mesh(&self) -> Vec<SocketAddr> {
+        let known = |a: &SocketAddr| {
+            self.local().addrs.contains(a)
+                || self
+                    .members
+                    .values()
+                    .any(|m| m.state != MemberState::Down && m.id.addrs.contains(a))
+        };
+        self.seeds.iter().filter(|a| !known(a)).copied().collect()
     }
 
     pub(super) fn on_join_request(&mut self, from: SocketAddr, ident: &MeshIdentity, now_ms: u64) {
@@ -135,6 +165,21 @@ impl MeshCore {
         }
         let me = identity_to_proto(self.local());
         self.send_control(&[from], Kind::JoinReply(me));
+        // A joiner we do not know may bring members of its own (two halves of a mesh that
+        // started apart): announcing ourselves to it gets us its members in foca's feed,
+        // those it reaches and we cannot (bgpctls on its fabric) included, which contacting
+        // listed members one by one never would. Only to the address it asked from, when
+        // it announces that address: a request cannot aim our datagrams at a third party.
+        let known = self
+            .members
+            .get(&joiner.node)
+            .is_some_and(|m| m.id == joiner);
+        if !known && joiner.addrs.contains(&from) {
+            if let Err(e) = self.with_swim(|swim, rt| swim.announce(joiner, rt)) {
+                debug!(error = %e, "announce to a joiner");
+            }
+            self.flush_swim(now_ms);
+        }
     }
 
     pub(super) fn on_join_reply(&mut self, from: SocketAddr, ident: &MeshIdentity, now_ms: u64) {
@@ -176,15 +221,37 @@ impl MeshCore {
     pub(super) fn on_members(&mut self, from: SocketAddr, m: &v1::SyncMembers, now_ms: u64) {
         let local = self.local().node;
         let mut unknown = Vec::new();
+        let mut vouched = Vec::new();
         for e in m.members.iter().take(MAX_MEMBERS_PER_SLICE) {
-            let Some((id, _incarnation)) = member_at(&e.identity, e.incarnation) else {
+            let Some((id, incarnation)) = member_at(&e.identity, e.incarnation) else {
                 return self.drop_datagram(DropReason::Invalid, from, now_ms);
             };
             // What others think of us is foca's to refute, through SWIM.
             if id.node == local || self.members.get(&id.node).is_some_and(|h| h.id == id) {
                 continue;
             }
-            unknown.push(id);
+            if self.signed_node_record_names(&id) {
+                let state = if e.suspect {
+                    foca::State::Suspect
+                } else {
+                    foca::State::Alive
+                };
+                vouched.push(foca::Member::new(id, incarnation, state));
+            } else {
+                unknown.push(id);
+            }
+        }
+        // A listed member whose own signed node record we hold (checked against its
+        // pinned key when it was merged) is applied as listed: it exists, and SWIM's
+        // probes, indirect ones included, decide whether it is alive. Contacting it would
+        // not do: a member behind its fabric (a bgpctl) answers only its own datacenter's
+        // gatewans, and without this, members that learn of it late (two halves of a mesh
+        // that started apart) would never count it alive. Not gossiped on from here.
+        if !vouched.is_empty()
+            && let Err(e) =
+                self.with_swim(|swim, rt| swim.apply_many(vouched.into_iter(), false, rt))
+        {
+            debug!(error = %e, "apply listed members");
         }
         self.announced
             .retain(|_, at| now_ms.saturating_sub(*at) < ANNOUNCE_AGAIN_AFTER_MS);
@@ -206,6 +273,22 @@ impl MeshCore {
         if m.reply_wanted {
             self.send_members(from, false);
         }
+    }
+
+    /// Whether the store holds `id`'s node record (signed by its pinned key) announcing
+    /// every address of `id`.
+    fn signed_node_record_names(&self, id: &MemberId) -> bool {
+        self.with_store(|s| {
+            s.node(id.node).is_some_and(|n| {
+                let announced: Vec<SocketAddr> = n
+                    .mesh_addresses
+                    .iter()
+                    .filter_map(|a| a.parse::<SocketAddr>().ok())
+                    .map(|a| SocketAddr::new(a.ip().to_canonical(), a.port()))
+                    .collect();
+                id.addrs.iter().all(|a| announced.contains(a))
+            })
+        })
     }
 
     pub(super) fn members_hash(&self) -> [u8; 16] {
@@ -313,6 +396,7 @@ mod tests {
 
     use super::super::testkit::{
         Drained, EPOCH_MS, Forger, Net, addr, control_in, core, keyring, member, member_key, node,
+        node_record,
     };
     use super::super::{DropReason, MemberState, MeshCore, MeshSettings, identity_to_proto};
     use crate::identity::MemberId;
@@ -323,6 +407,64 @@ mod tests {
             incarnation,
             suspect: false,
         }
+    }
+
+    /// Gatewan 1 comes up before its seed 0 and is joined by bgpctl 2 (which reaches only
+    /// it), so it has a member: it must still ask its seed, or the two halves never meet.
+    fn split_at_start(n_fast_rounds_down: u32) -> Net {
+        let cores = (0..3)
+            .map(|i| {
+                let seeds = match i {
+                    0 => Vec::new(),
+                    1 => vec![addr(0)],
+                    _ => vec![addr(1)],
+                };
+                core(i, keyring(1), MeshSettings::default(), seeds)
+            })
+            .collect();
+        let mut net = Net::with_cores(cores);
+        net.cut(0, 2, true);
+        net.cut(0, 1, true);
+        net.run_for(Duration::from_secs(2 * u64::from(n_fast_rounds_down) + 1));
+        assert_eq!(net.cores[1].alive_members(), 1, "gatewan 1 has its bgpctl");
+        assert_eq!(net.cores[0].alive_members(), 0, "the seed is on its own");
+        net.cut(0, 1, false);
+        net
+    }
+
+    #[test]
+    fn a_member_that_has_members_keeps_asking_its_seed_and_the_split_heals() {
+        let mut net = split_at_start(3);
+        net.run_for(Duration::from_secs(10));
+        for i in 0..3 {
+            assert_eq!(
+                net.cores[i].alive_members(),
+                2,
+                "member {i} sees the whole mesh"
+            );
+        }
+    }
+
+    #[test]
+    fn after_the_first_minute_a_seed_not_in_the_mesh_is_asked_every_30_s() {
+        let mut net = split_at_start(super::SEED_FAST_ROUNDS + 2);
+        net.run_for(Duration::from_secs(5));
+        assert_eq!(net.cores[0].alive_members(), 0, "not asked within 5 s");
+        net.run_for(Duration::from_secs(35));
+        for i in 0..3 {
+            assert_eq!(
+                net.cores[i].alive_members(),
+                2,
+                "member {i} sees the whole mesh"
+            );
+        }
+    }
+
+    #[test]
+    fn seeds_in_the_mesh_and_our_own_address_are_not_asked() {
+        let mut net = Net::joined(3, MeshSettings::default());
+        net.cores[1].seeds = vec![addr(0), addr(1), addr(7)];
+        assert_eq!(net.cores[1].seeds_not_in_mesh(), vec![addr(7)]);
     }
 
     fn alone(i: usize) -> MeshCore {
@@ -489,6 +631,63 @@ mod tests {
         assert_eq!(back.len(), 1, "{} answers", answers.len());
         assert!(!back[0].reply_wanted, "an answer asks for none");
         assert_eq!(back[0].members.len(), 1, "itself only");
+    }
+
+    #[test]
+    fn a_listed_member_whose_signed_node_record_we_hold_is_applied_though_it_never_answers_us() {
+        // Member 3 is a bgpctl behind another datacenter's fabric: it reaches its own
+        // gatewans, not us. Its node record, signed with its own key, reached us by gossip.
+        let mut c = alone(0);
+        let mut forger = Forger::new(keyring(1));
+        let signed = |i: usize, key: usize| {
+            crate::store::sign_record(
+                &v1::Record {
+                    origin: bytes::Bytes::copy_from_slice(&node(i).0),
+                    version: 1,
+                    body: Some(node_record(i, "dc-b")),
+                    ..Default::default()
+                },
+                &member_key(key),
+            )
+            .expect("valid")
+            .bytes
+        };
+        let records = v1::SyncRecords {
+            records: vec![signed(3, 3)],
+        };
+        c.handle_datagram(
+            addr(1),
+            &forger.control(Kind::Records(records), EPOCH_MS),
+            at(EPOCH_MS),
+        );
+        assert!(c.with_store(|s| s.node(node(3)).is_some()));
+        let list = v1::SyncMembers {
+            reply_wanted: false,
+            members: vec![entry(3, 2), entry(4, 0)],
+        };
+        c.handle_datagram(
+            addr(1),
+            &forger.control(Kind::Members(list), EPOCH_MS + 1),
+            at(EPOCH_MS + 1),
+        );
+        let listed: Vec<_> = c
+            .members()
+            .into_iter()
+            .filter(|m| !m.local)
+            .map(|m| (m.id.node, m.state))
+            .collect();
+        assert_eq!(
+            listed,
+            [(node(3), MemberState::Alive)],
+            "member 3 applied; member 4, with no signed record here, only contacted"
+        );
+        let announced: Vec<_> = Drained::of(&mut c)
+            .sends
+            .iter()
+            .filter(|(_, d)| control_in(&keyring(1), d).is_none())
+            .map(|(to, _)| *to)
+            .collect();
+        assert!(announced.contains(&addr(4)), "{announced:?}");
     }
 
     #[test]

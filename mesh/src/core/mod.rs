@@ -634,6 +634,8 @@ pub struct MeshCore {
     keyring: Keyring,
     settings: MeshSettings,
     seeds: Vec<SocketAddr>,
+    /// Seed rounds so far (see `retry_seeds`).
+    seed_rounds: u32,
     rate: RateLimiter,
     replay: ReplayFilter,
     rng: StdRng,
@@ -747,6 +749,7 @@ impl MeshCore {
             replay: ReplayFilter::new(settings.replay_window.as_millis() as u64, 1 << 18),
             settings,
             seeds,
+            seed_rounds: 0,
             rng,
             counters: Counters::default(),
             last_drop_log_ms: [None; DROP_REASONS],
@@ -1020,6 +1023,10 @@ impl MeshCore {
     }
 
     pub fn handle_datagram(&mut self, from: SocketAddr, data: &[u8], now: Now) {
+        // A dual-stack socket reports an IPv4 sender as IPv4-mapped IPv6; members announce
+        // IPv4 addresses. Compared as announced, a sender is recognised (its own records
+        // gossiped on, its rate limit and logs under one address).
+        let from = SocketAddr::new(from.ip().to_canonical(), from.port());
         let now_ms = self.clocks(now);
         let Some(opened) = self.admit(from, data, now_ms) else {
             return;

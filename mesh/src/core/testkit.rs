@@ -71,6 +71,22 @@ pub(crate) fn core(
     settings: MeshSettings,
     seeds: Vec<SocketAddr>,
 ) -> MeshCore {
+    core_with_rng(i, keyring, settings, seeds, i as u64)
+}
+
+/// As [`core`], its RNG seeded with `rng` (tests that try many runs).
+pub(crate) fn core_with_rng(
+    i: usize,
+    keyring: Keyring,
+    settings: MeshSettings,
+    seeds: Vec<SocketAddr>,
+    rng: u64,
+) -> MeshCore {
+    let mut seed = [i as u8; 32];
+    if rng != i as u64 {
+        seed[..8].copy_from_slice(&rng.to_be_bytes());
+        seed[8] = i as u8;
+    }
     MeshCore::new(
         member(i),
         member_key(i),
@@ -78,7 +94,7 @@ pub(crate) fn core(
         keyring,
         settings,
         seeds,
-        [i as u8; 32],
+        seed,
     )
     .expect("valid settings")
 }
@@ -242,6 +258,9 @@ pub(crate) struct Net {
     pub lose: Option<LossRule>,
     /// How far every member's wall clock has been stepped (NTP), in milliseconds.
     pub wall_step_ms: i64,
+    /// Datagrams arrive from their sender's address as an IPv4-mapped IPv6 address, as
+    /// a dual-stack socket reports them.
+    pub mapped_sources: bool,
 }
 
 impl Net {
@@ -272,6 +291,7 @@ impl Net {
             cut: HashSet::new(),
             lose: None,
             wall_step_ms: 0,
+            mapped_sources: false,
         };
         for i in 0..net.cores.len() {
             let now = net.now();
@@ -389,7 +409,13 @@ impl Net {
             }
             let Some(d) = p.dst else { continue };
             let now = self.now();
-            self.cores[d].handle_datagram(addr(p.from), &p.datagram, now);
+            let from = match addr(p.from) {
+                SocketAddr::V4(a) if self.mapped_sources => {
+                    SocketAddr::new(IpAddr::V6(a.ip().to_ipv6_mapped()), a.port())
+                }
+                a => a,
+            };
+            self.cores[d].handle_datagram(from, &p.datagram, now);
             self.collect(d);
         }
     }

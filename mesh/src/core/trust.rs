@@ -232,9 +232,10 @@ mod tests {
         let mut other = Forger::new(keyring(1)).signing_as(node(5), forger_key());
         c.handle_datagram(addr(5), &other.control(join(5), now + 1), at(now + 1));
         assert_eq!(c.counters().dropped(DropReason::Forged), 2);
-        let replies = c
-            .drain_outputs()
-            .filter(|o| matches!(o, super::super::Output::Send { .. }))
+        let replies = Drained::of(&mut c)
+            .controls(&keyring(1))
+            .into_iter()
+            .filter(|(_, k)| matches!(k, Kind::JoinReply(_)))
             .count();
         assert_eq!(replies, 1, "only member 5's own request is answered");
     }
