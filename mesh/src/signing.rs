@@ -26,6 +26,8 @@ pub const TRAILER_BYTES: usize = TRAILER_TAG.len() + 1 + PUBLIC_KEY_BYTES + SIGN
 /// Domain labels: what kind of message a signature is for.
 pub const DOMAIN_RECORD: &[u8] = b"gatewan record v1\0";
 pub const DOMAIN_CONTROL: &[u8] = b"gatewan control v1\0";
+/// foca's SWIM packets (their header asserts the sender's identity).
+pub const DOMAIN_SWIM: &[u8] = b"gatewan swim v1\0";
 
 /// A member's signing key, kept for life in its state directory (`signing_key`).
 #[derive(Clone)]

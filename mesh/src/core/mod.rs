@@ -183,9 +183,13 @@ impl MeshSettings {
             return Err("retransmit_mult must be at least 1".into());
         }
         c.max_transmissions = NonZeroU8::new(self.max_transmissions(1)).unwrap_or(NonZeroU8::MIN);
-        c.max_packet_size = NonZeroUsize::new(self.max_datagram.saturating_sub(SEAL_OVERHEAD + 1))
-            .filter(|n| n.get() >= 512)
-            .ok_or("max_datagram must leave at least 512 bytes for SWIM")?;
+        // Each SWIM packet is signed (ADR 0032): its trailer shares the datagram.
+        c.max_packet_size = NonZeroUsize::new(
+            self.max_datagram
+                .saturating_sub(SEAL_OVERHEAD + 1 + crate::signing::TRAILER_BYTES),
+        )
+        .filter(|n| n.get() >= 512)
+        .ok_or("max_datagram must leave at least 512 bytes for SWIM")?;
         c.periodic_gossip = Some(foca::PeriodicParams {
             frequency: positive(self.gossip_interval, "gossip_interval")?,
             num_members: NonZeroUsize::new(self.gossip_fanout)

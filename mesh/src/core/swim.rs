@@ -19,6 +19,7 @@ use tracing::{debug, warn};
 
 use super::{CoreTimer, DropReason, MemberState, MeshCore, Now, Output, Shared, TAG_SWIM, lock};
 use crate::identity::{MAX_MESH_ADDRESSES, MemberId, NodeId};
+use crate::signing::{self, DOMAIN_SWIM};
 use crate::store::{RecordKey, decode_record};
 
 /// Members that sync with a joiner, mesh-wide (see `flush_swim`).
@@ -158,6 +159,15 @@ impl foca::Codec<MemberId> for IdentityCodec {
 /// items each behind a big-endian length. Identities are checked by foca's own decoding
 /// (`IdentityCodec`); this only makes sure nothing is left that foca would refuse after
 /// applying the rest.
+/// The node id a SWIM packet's header names as its sender, when the whole packet is well
+/// formed.
+fn swim_sender(data: &[u8]) -> Option<NodeId> {
+    let mut rest = data;
+    let header: foca::Header<MemberId> =
+        foca::Codec::decode_header(&mut PostcardCodec, &mut rest).ok()?;
+    well_formed(data).then_some(header.src.node)
+}
+
 fn well_formed(mut data: &[u8]) -> bool {
     use bytes::Buf as _;
     use foca::Codec as _;
@@ -264,13 +274,28 @@ impl MeshCore {
     }
 
     /// A SWIM message, authenticated and fresh.
-    pub(super) fn handle_swim(&mut self, from: SocketAddr, body: &[u8], now_ms: u64) {
-        if !well_formed(body) {
-            // foca applies a packet's header and member updates before it reads the
-            // broadcasts behind them: a packet malformed there would be half applied
-            // and still refused. Refused whole instead, before foca sees it.
-            return self.drop_datagram(DropReason::Invalid, from, now_ms);
-        }
+    pub(super) fn handle_swim(&mut self, from: SocketAddr, signed: &[u8], now_ms: u64) {
+        // A SWIM packet's header asserts who sends it: it is signed by that member's key
+        // (ADR 0032), checked against the key pinned for it, as the control messages that
+        // assert an identity are. What it says of other members stays the sender's word.
+        let body = match signing::verify(DOMAIN_SWIM, signed) {
+            Ok((body, signer)) => {
+                let Some(src) = swim_sender(body) else {
+                    // foca applies a packet's header and member updates before it reads
+                    // the broadcasts behind them: a packet malformed there would be half
+                    // applied and still refused. Refused whole instead, before foca sees it.
+                    return self.drop_datagram(DropReason::Invalid, from, now_ms);
+                };
+                if !lock(&self.shared).check_pin(src, signer, "swim") {
+                    return;
+                }
+                body
+            }
+            Err(e) => {
+                lock(&self.shared).bad_signature(&e, "swim");
+                return;
+            }
+        };
         let res = self.with_swim(|swim, rt| swim.handle_data(body, rt));
         // Authenticated, fresh and accepted by SWIM: this member reaches us.
         if let (Ok(()), Some(src)) = (&res, lock(&self.last_src).take())
@@ -327,7 +352,8 @@ impl MeshCore {
             }
         }
         for (to, data) in rt.sends.drain(..) {
-            self.send_sealed(&to.addrs, TAG_SWIM, &data);
+            let signed = self.signer.sign(DOMAIN_SWIM, &data);
+            self.send_sealed(&to.addrs, TAG_SWIM, &signed);
         }
         let mut suspected = Vec::new();
         for (after, t) in rt.timers.drain(..) {
@@ -419,7 +445,9 @@ mod tests {
 
     use foca::Codec as _;
 
-    use super::super::testkit::{Drained, EPOCH_MS, Forger, Net, addr, core, keyring, member};
+    use super::super::testkit::{
+        Drained, EPOCH_MS, Forger, Net, addr, core, keyring, member, member_key,
+    };
     use super::super::{CoreTimer, DropReason, MemberState, MeshSettings, Output, TAG_SWIM};
     use super::*;
 
@@ -517,8 +545,13 @@ mod tests {
         );
 
         let mut forger = Forger::new(keyring(1));
-        let garbage = forger.sealed(&[TAG_SWIM, 0xff, 0xff, 0xff], net.unix_ms());
         let now = net.unix_ms();
+        let unsigned = forger.sealed(&[TAG_SWIM, 0xff, 0xff, 0xff], now);
+        net.cores[0].handle_datagram(addr(7), &unsigned, at(now));
+        assert_eq!(net.cores[0].counters().dropped(DropReason::BadSignature), 1);
+        let mut garbage = vec![TAG_SWIM];
+        garbage.extend(member_key(7).sign(DOMAIN_SWIM, &[0xff, 0xff, 0xff]));
+        let garbage = forger.sealed(&garbage, now);
         net.cores[0].handle_datagram(addr(7), &garbage, at(now));
         assert_eq!(net.cores[0].counters().dropped(DropReason::Invalid), 1);
         assert!(Drained::of(&mut net.cores[0]).sends.is_empty());
@@ -654,7 +687,7 @@ mod tests {
             .log
             .iter()
             .filter(|p| p.tag == Some(TAG_SWIM))
-            .map(|p| p.payload[1..].to_vec())
+            .map(|p| p.payload[1..p.payload.len() - signing::TRAILER_BYTES].to_vec())
             .collect();
         assert!(packets.iter().all(|p| well_formed(p)), "foca's own packets");
         // A packet from member 1, with one more update (a stranger), and a broadcast
@@ -682,7 +715,7 @@ mod tests {
 
         let mut forger = Forger::new(keyring(1));
         let mut payload = vec![TAG_SWIM];
-        payload.extend_from_slice(&body);
+        payload.extend(member_key(1).sign(DOMAIN_SWIM, &body));
         let now = net.unix_ms();
         let datagram = forger.sealed(&payload, now);
         net.cores[0].handle_datagram(addr(1), &datagram, at(now));

@@ -3,8 +3,9 @@
 //! signed; a receiver checks the signature, the signer against the key pinned for that
 //! node id, and that the identity asserted is the signer's. Records are checked as they
 //! are merged (`Shared::merge_remote`), revocations there too (`accept_revocation`: an
-//! admin's only). foca's own SWIM messages are only sealed with the mesh key: their
-//! header's identity is taken as sealed, except that a revoked member's is refused.
+//! admin's only). foca's own SWIM packets are signed too: their header names the sender,
+//! checked against its pinned key (`MeshCore::handle_swim`); what they say of other
+//! members stays the sender's word, and a revoked member's are refused.
 
 use gatewan_proto::v1::mesh_control::Kind;
 
@@ -238,6 +239,40 @@ mod tests {
             .filter(|(_, k)| matches!(k, Kind::JoinReply(_)))
             .count();
         assert_eq!(replies, 1, "only member 5's own request is answered");
+    }
+
+    #[test]
+    fn a_swim_packet_signed_by_another_key_than_its_senders_is_dropped_as_forged() {
+        use foca::Codec as _;
+        let mut net = Net::joined(2, MeshSettings::default());
+        let ping = {
+            let header = foca::Header {
+                src: member(1),
+                src_incarnation: 0,
+                dst: member(0),
+                message: foca::Message::Ping(42),
+            };
+            let mut body = Vec::new();
+            foca::PostcardCodec
+                .encode_header(&header, &mut body)
+                .unwrap();
+            body
+        };
+        let mut forger = Forger::new(keyring(1));
+        let mut send = |net: &mut Net, key: &MemberKey| {
+            let mut payload = vec![super::super::TAG_SWIM];
+            payload.extend(key.sign(crate::signing::DOMAIN_SWIM, &ping));
+            let now = net.unix_ms();
+            let datagram = forger.sealed(&payload, now);
+            net.cores[0].handle_datagram(addr(1), &datagram, at(now));
+            Drained::of(&mut net.cores[0]).sends.len()
+        };
+        // A keyring holder passing for member 1: no ack, counted.
+        assert_eq!(send(&mut net, &forger_key()), 0);
+        assert_eq!(net.cores[0].counters().dropped(DropReason::Forged), 1);
+        // Member 1's own key: acked.
+        assert!(send(&mut net, &member_key(1)) > 0);
+        assert_eq!(net.cores[0].counters().dropped(DropReason::Forged), 1);
     }
 
     #[test]
