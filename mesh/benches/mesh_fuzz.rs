@@ -7,8 +7,9 @@
 //! slice, splices of two payloads, boundary numbers written into varints), sealed with the
 //! mesh keyring as a key holder would, and handed to the third core.
 //!
-//! It asserts that nothing panics, and that a datagram the core drops as invalid
-//! (`invalid`, `malformed`) changes neither the state store (its hash) nor the membership
+//! It asserts that nothing panics, and that a datagram the core drops (`invalid`,
+//! `malformed`, or a signature check: `bad_signature`, `forged`, `revoked`; SWIM packets
+//! are signed too, ADR 0041) changes neither the state store (its hash) nor the membership
 //! (every member's identity, state and incarnation). Datagrams the core accepts may change state: they are counted. It prints
 //! the figures and datagrams per second (wall-clock time of this machine).
 //!
@@ -21,7 +22,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use gatewan_mesh::core::{Now, Output, TAG_CONTROL, TAG_SWIM};
-use gatewan_mesh::{DropReason, Keyring, MemberId, MeshCore, MeshKey, MeshSettings, NodeId};
+use gatewan_mesh::signing::{DOMAIN_SWIM, TRAILER_BYTES};
+use gatewan_mesh::{
+    DropReason, Keyring, MemberId, MemberKey, MeshCore, MeshKey, MeshSettings, NodeId,
+};
 use gatewan_proto::v1::{self, record::Body};
 use rand::rngs::StdRng;
 use rand::{RngExt as _, SeedableRng as _};
@@ -30,6 +34,10 @@ const EPOCH_MS: u64 = 1_750_000_000_000;
 
 fn addr(i: usize) -> SocketAddr {
     SocketAddr::new(IpAddr::V4(Ipv4Addr::new(10, 0, 0, i as u8 + 1)), 7946)
+}
+
+fn member_key(i: usize) -> MemberKey {
+    MemberKey::from_seed([i as u8 + 1; 32])
 }
 
 fn clocks(mono_ms: u64) -> Now {
@@ -64,7 +72,7 @@ impl Mesh {
                     id,
                     // Fixed per member, so runs are reproducible; records are signed, so
                     // mutated records also meet the signature check.
-                    gatewan_mesh::MemberKey::from_seed([i as u8 + 1; 32]),
+                    member_key(i),
                     gatewan_mesh::KeyPins::default(),
                     keyring.clone(),
                     MeshSettings::default(),
@@ -173,9 +181,17 @@ fn put_varint(buf: &mut Vec<u8>, at: usize, mut v: u64) {
     buf.splice(at..end, bytes);
 }
 
-fn mutate(rng: &mut StdRng, corpus: &[Vec<u8>], out: &mut Vec<u8>) {
+/// Mutates a corpus payload into `out`. A SWIM packet is mutated without its signature
+/// and signed again by `insiders[..]` (ADR 0041): a member of the mesh can sign any
+/// garbage with its own key, so the parsers behind the signature check meet it too.
+/// Signed by the key of another member than its header names, it is a forgery.
+fn mutate(rng: &mut StdRng, corpus: &[Vec<u8>], insiders: &[MemberKey], out: &mut Vec<u8>) {
     out.clear();
     out.extend_from_slice(&corpus[rng.random_range(0..corpus.len())]);
+    let resign = out.first() == Some(&TAG_SWIM) && out.len() > 1 + TRAILER_BYTES;
+    if resign {
+        out.truncate(out.len() - TRAILER_BYTES);
+    }
     for _ in 0..rng.random_range(1..=4) {
         if out.len() < 2 {
             out.push(rng.random());
@@ -221,7 +237,23 @@ fn mutate(rng: &mut StdRng, corpus: &[Vec<u8>], out: &mut Vec<u8>) {
             _ => out[0] = [TAG_SWIM, TAG_CONTROL, rng.random()][rng.random_range(0..3)],
         }
     }
+    if resign && out.first() == Some(&TAG_SWIM) {
+        let key = &insiders[rng.random_range(0..insiders.len())];
+        let signed = key.sign(DOMAIN_SWIM, &out[1..]);
+        out.truncate(1);
+        out.extend(signed);
+    }
 }
+
+/// Drop reasons a datagram can meet here: the parsers', and the signature checks of ADR
+/// 0032 and 0041 (of a whole SWIM packet or control message, or of one record).
+const REFUSALS: [DropReason; 5] = [
+    DropReason::Invalid,
+    DropReason::Malformed,
+    DropReason::BadSignature,
+    DropReason::Forged,
+    DropReason::Revoked,
+];
 
 fn main() {
     let n: u64 = std::env::var("MESH_FUZZ_N")
@@ -245,16 +277,19 @@ fn main() {
     );
 
     let keyring = mesh.keyring.clone();
+    let insiders: Vec<MemberKey> = (0..2).map(member_key).collect();
     let mut target = mesh.cores.pop().expect("three cores");
     let mut rng = StdRng::seed_from_u64(15);
     let from = addr(1);
     let mut buf = Vec::with_capacity(1500);
     let (mut refused, mut accepted, mut too_large) = (0u64, 0u64, 0u64);
+    let mut by_reason = [0u64; REFUSALS.len()];
+    let mut swim_refused = 0u64;
     let started = Instant::now();
     // A wall clock that moves a millisecond per datagram, so the replay window and the
     // rate limit see a plausible flow; the rate limiter is per source, so sources rotate.
     for k in 0..n {
-        mutate(&mut rng, &corpus, &mut buf);
+        mutate(&mut rng, &corpus, &insiders, &mut buf);
         let now = clocks(mesh.now_ms + k / 8);
         let nonce: [u8; 24] = rng.random();
         let datagram = keyring.seal(&buf, now.unix_ms, nonce);
@@ -271,7 +306,21 @@ fn main() {
         if dropped(DropReason::Malformed) > 0 {
             too_large += 1;
         }
-        let refused_whole = dropped(DropReason::Invalid) + dropped(DropReason::Malformed) > 0;
+        for (i, &r) in REFUSALS.iter().enumerate() {
+            if dropped(r) > 0 {
+                by_reason[i] += 1;
+            }
+        }
+        // Refused before anything in it is applied: by a parser, or a SWIM packet whose
+        // own signature fails. A signature drop may also be of one record carried by a
+        // packet that is otherwise applied: counted by reason, not compared.
+        let swim_unsigned = buf.first() == Some(&TAG_SWIM)
+            && gatewan_mesh::signing::verify(DOMAIN_SWIM, &buf[1..]).is_err();
+        let refused_whole =
+            dropped(DropReason::Invalid) + dropped(DropReason::Malformed) > 0 || swim_unsigned;
+        if swim_unsigned {
+            swim_refused += 1;
+        }
         if refused_whole {
             refused += 1;
             assert_eq!(
@@ -296,7 +345,16 @@ fn main() {
         n as f64 / took.as_secs_f64()
     );
     println!(
-        "  refused whole: {refused} (of which {too_large} over max_datagram), state unchanged for each"
+        "  refused whole: {refused} (of which {too_large} over max_datagram, {swim_refused} SWIM packets failing their signature), state unchanged for each"
+    );
+    let reasons: Vec<String> = REFUSALS
+        .iter()
+        .zip(by_reason)
+        .map(|(r, n)| format!("{} {n}", r.as_str()))
+        .collect();
+    println!(
+        "  datagrams with a drop, by reason (whole or one record inside): {}",
+        reasons.join(", ")
     );
     println!("  accepted (parsed, possibly applied): {accepted}");
     println!(
