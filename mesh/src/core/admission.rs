@@ -432,17 +432,17 @@ mod tests {
         net
     }
 
+    fn assert_one_mesh(net: &Net) {
+        for (i, c) in net.cores.iter().enumerate() {
+            assert_eq!(c.alive_members(), 2, "member {i} sees the whole mesh");
+        }
+    }
+
     #[test]
     fn a_member_that_has_members_keeps_asking_its_seed_and_the_split_heals() {
         let mut net = split_at_start(3);
         net.run_for(Duration::from_secs(10));
-        for i in 0..3 {
-            assert_eq!(
-                net.cores[i].alive_members(),
-                2,
-                "member {i} sees the whole mesh"
-            );
-        }
+        assert_one_mesh(&net);
     }
 
     #[test]
@@ -451,13 +451,7 @@ mod tests {
         net.run_for(Duration::from_secs(5));
         assert_eq!(net.cores[0].alive_members(), 0, "not asked within 5 s");
         net.run_for(Duration::from_secs(35));
-        for i in 0..3 {
-            assert_eq!(
-                net.cores[i].alive_members(),
-                2,
-                "member {i} sees the whole mesh"
-            );
-        }
+        assert_one_mesh(&net);
     }
 
     #[test]

@@ -183,7 +183,7 @@ impl MeshSettings {
             return Err("retransmit_mult must be at least 1".into());
         }
         c.max_transmissions = NonZeroU8::new(self.max_transmissions(1)).unwrap_or(NonZeroU8::MIN);
-        // Each SWIM packet is signed (ADR 0032): its trailer shares the datagram.
+        // Each SWIM packet is signed (ADR 0041): its trailer shares the datagram.
         c.max_packet_size = NonZeroUsize::new(
             self.max_datagram
                 .saturating_sub(SEAL_OVERHEAD + 1 + crate::signing::TRAILER_BYTES),

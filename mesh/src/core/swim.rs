@@ -154,51 +154,37 @@ impl foca::Codec<MemberId> for IdentityCodec {
     }
 }
 
-/// Whether a SWIM packet reads to its end as foca 2.0 reads it: header, member updates
-/// (a big-endian count, then each member; none in a Broadcast message), then broadcast
-/// items each behind a big-endian length. Identities are checked by foca's own decoding
-/// (`IdentityCodec`); this only makes sure nothing is left that foca would refuse after
-/// applying the rest.
-/// The node id a SWIM packet's header names as its sender, when the whole packet is well
-/// formed.
-fn swim_sender(data: &[u8]) -> Option<NodeId> {
-    let mut rest = data;
-    let header: foca::Header<MemberId> =
-        foca::Codec::decode_header(&mut PostcardCodec, &mut rest).ok()?;
-    well_formed(data).then_some(header.src.node)
-}
-
-fn well_formed(mut data: &[u8]) -> bool {
+/// The node id a SWIM packet's header names as its sender, when the packet reads to its
+/// end as foca 2.0 reads it: header, member updates (a big-endian count, then each member;
+/// none in a Broadcast message), then broadcast items each behind a big-endian length.
+/// Identities are checked by foca's own decoding (`IdentityCodec`); this only makes sure
+/// nothing is left that foca would refuse after applying the rest.
+fn well_formed_sender(mut data: &[u8]) -> Option<NodeId> {
     use bytes::Buf as _;
     use foca::Codec as _;
-    let header: Result<foca::Header<MemberId>, _> = PostcardCodec.decode_header(&mut data);
-    let Ok(header) = header else {
-        return false;
-    };
+    let header: foca::Header<MemberId> = PostcardCodec.decode_header(&mut data).ok()?;
     let remaining = data.remaining();
     if remaining == 1 || (header.message == foca::Message::Announce && remaining > 0) {
-        return false;
+        return None;
     }
     if remaining >= 2 && header.message != foca::Message::Broadcast {
         let updates = data.get_u16();
         for _ in 0..updates {
             let member: Result<foca::Member<MemberId>, _> = PostcardCodec.decode_member(&mut data);
-            if member.is_err() {
-                return false;
-            }
+            member.ok()?;
         }
     }
     if !data.is_empty() && data.len() < 3 {
-        return false;
+        return None;
     }
     while data.remaining() > 2 {
         let len = usize::from(data.get_u16());
         if len == 0 || data.len() < len {
-            return false;
+            return None;
         }
         data.advance(len);
     }
-    !data.has_remaining()
+    (!data.has_remaining()).then_some(header.src.node)
 }
 
 /// Collects what foca asks for during one call.
@@ -280,7 +266,7 @@ impl MeshCore {
         // assert an identity are. What it says of other members stays the sender's word.
         let body = match signing::verify(DOMAIN_SWIM, signed) {
             Ok((body, signer)) => {
-                let Some(src) = swim_sender(body) else {
+                let Some(src) = well_formed_sender(body) else {
                     // foca applies a packet's header and member updates before it reads
                     // the broadcasts behind them: a packet malformed there would be half
                     // applied and still refused. Refused whole instead, before foca sees it.
@@ -689,7 +675,10 @@ mod tests {
             .filter(|p| p.tag == Some(TAG_SWIM))
             .map(|p| p.payload[1..p.payload.len() - signing::TRAILER_BYTES].to_vec())
             .collect();
-        assert!(packets.iter().all(|p| well_formed(p)), "foca's own packets");
+        assert!(
+            packets.iter().all(|p| well_formed_sender(p).is_some()),
+            "foca's own packets"
+        );
         // A packet from member 1, with one more update (a stranger), and a broadcast
         // item cut short behind it.
         let stranger = MemberId {
@@ -709,9 +698,12 @@ mod tests {
         PostcardCodec
             .encode_member(&foca::Member::alive(stranger.clone()), &mut body)
             .unwrap();
-        assert!(well_formed(&body), "as such, a valid packet");
+        assert!(
+            well_formed_sender(&body).is_some(),
+            "as such, a valid packet"
+        );
         body.extend_from_slice(&[0, 40, 1, 2, 3]);
-        assert!(!well_formed(&body));
+        assert!(well_formed_sender(&body).is_none());
 
         let mut forger = Forger::new(keyring(1));
         let mut payload = vec![TAG_SWIM];

@@ -71,10 +71,10 @@ pub(crate) fn core(
     settings: MeshSettings,
     seeds: Vec<SocketAddr>,
 ) -> MeshCore {
-    core_with_rng(i, keyring, settings, seeds, i as u64)
+    core_seeded(i, keyring, settings, seeds, [i as u8; 32])
 }
 
-/// As [`core`], its RNG seeded with `rng` (tests that try many runs).
+/// As [`core`], its RNG seeded from `rng` (tests that try many runs).
 pub(crate) fn core_with_rng(
     i: usize,
     keyring: Keyring,
@@ -83,10 +83,17 @@ pub(crate) fn core_with_rng(
     rng: u64,
 ) -> MeshCore {
     let mut seed = [i as u8; 32];
-    if rng != i as u64 {
-        seed[..8].copy_from_slice(&rng.to_be_bytes());
-        seed[8] = i as u8;
-    }
+    seed[..8].copy_from_slice(&rng.to_be_bytes());
+    core_seeded(i, keyring, settings, seeds, seed)
+}
+
+fn core_seeded(
+    i: usize,
+    keyring: Keyring,
+    settings: MeshSettings,
+    seeds: Vec<SocketAddr>,
+    seed: [u8; 32],
+) -> MeshCore {
     MeshCore::new(
         member(i),
         member_key(i),
