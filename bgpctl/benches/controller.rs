@@ -97,6 +97,7 @@ fn store() -> StateStore {
                         capacity_bps: 10 * G,
                         interface: format!("eth{i}"),
                         cost: i as u32,
+                        position: Some(i as u32),
                     })
                     .collect(),
                 wireguard_public_key: vec![1u8; 32].into(),
@@ -112,12 +113,15 @@ fn store() -> StateStore {
             name: String::new(),
             datacenter: dc_of(slot),
             slot,
+            slot_claimed_ms: 0,
+            slot_pinned: false,
             transits: TRANSITS
                 .iter()
                 .enumerate()
                 .map(|(i, t)| TransitView {
                     name: t.to_string(),
                     addresses: vec![address(slot, i).parse().expect("address")],
+                    position: i as u32,
                 })
                 .collect(),
             public_key: Vec::new(),

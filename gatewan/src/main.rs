@@ -54,7 +54,10 @@ fn main() -> ExitCode {
 }
 
 async fn run(settings: gatewan::config::GatewanSettings) -> anyhow::Result<()> {
-    let routing = transit_routing(&settings).await?;
+    // Opened (created) here: the transits' positions it keeps number their routing.
+    gatewan_kit::state_dir::StateDir::open(&settings.state_dir)?;
+    let numbering = tunnel_numbering(&settings, &settings.state_dir);
+    let routing = transit_routing(&settings, &numbering.0.positions).await?;
     // Gossip leaves by every transit, each from its own address with its own routing.
     let gossip_paths: Vec<(std::net::IpAddr, Option<u32>)> = settings
         .transits
@@ -74,6 +77,10 @@ async fn run(settings: gatewan::config::GatewanSettings) -> anyhow::Result<()> {
     let public_key = wireguard_key
         .map(|k| wireguard_control::Key(k).get_public().0.to_vec())
         .unwrap_or_default();
+    let slot = settings.tunnels.as_ref().and_then(|t| match t.slot {
+        Some(pinned) => Some((pinned, 0, true)),
+        None => numbering.0.claim.map(|c| (c.slot, c.claimed_ms, false)),
+    });
     daemon::announce(
         &member,
         v1::NodeRecord {
@@ -90,10 +97,13 @@ async fn run(settings: gatewan::config::GatewanSettings) -> anyhow::Result<()> {
                     capacity_bps: t.capacity.0,
                     interface: t.interface.clone().unwrap_or_default(),
                     cost: t.cost,
+                    position: numbering.0.positions.get(&t.name).copied(),
                 })
                 .collect(),
             wireguard_public_key: public_key.clone().into(),
-            tunnel_slot: settings.tunnels.as_ref().map(|t| t.slot),
+            tunnel_slot: slot.map(|s| s.0),
+            tunnel_slot_claimed_ms: slot.map_or(0, |s| s.1),
+            tunnel_slot_pinned: slot.is_some_and(|s| s.2),
             tunnel_interface_prefix: settings
                 .tunnels
                 .as_ref()
@@ -114,7 +124,7 @@ async fn run(settings: gatewan::config::GatewanSettings) -> anyhow::Result<()> {
 
     let tunnels = match (&settings.tunnels, wireguard_key) {
         (Some(t), Some(key)) => Some(start_tunnels(
-            &settings, t, key, public_key, &member, routing,
+            &settings, t, key, public_key, &member, routing, numbering,
         )?),
         _ => None,
     };
@@ -131,6 +141,11 @@ async fn run(settings: gatewan::config::GatewanSettings) -> anyhow::Result<()> {
                 tunnels
                     .as_ref()
                     .map(|t| metrics::tunnel_collector(t.table.clone())),
+            )
+            .chain(
+                tunnels
+                    .as_ref()
+                    .map(|t| metrics::slot_collector(t.slot.clone())),
             )
             .collect();
         tokio::spawn(async move {
@@ -161,6 +176,7 @@ fn start_tunnels(
     public_key: Vec<u8>,
     member: &daemon::Member,
     routing: std::collections::BTreeMap<String, TransitRouting>,
+    numbering: (gatewan::tunnels::numbering::Numbering, PathBuf),
 ) -> anyhow::Result<gatewan::tunnels::manager::TunnelsHandle> {
     use gatewan::probe::engine::ProbeSettings;
     use gatewan::tunnels::manager::{self, ManagerConfig};
@@ -170,17 +186,25 @@ fn start_tunnels(
             id: member.identity.node,
             name: settings.name.clone(),
             datacenter: settings.datacenter.clone(),
-            slot: t.slot,
+            // The manager sets the slot: pinned, kept in state_dir, or claimed.
+            slot: 0,
+            slot_claimed_ms: 0,
+            slot_pinned: false,
             transits: settings
                 .transits
                 .iter()
-                .map(|x| TransitView {
-                    name: x.name.clone(),
-                    addresses: x.addresses.clone(),
+                .filter_map(|x| {
+                    Some(TransitView {
+                        name: x.name.clone(),
+                        addresses: x.addresses.clone(),
+                        position: *numbering.0.positions.get(&x.name)?,
+                    })
                 })
                 .collect(),
             public_key,
         },
+        pinned_slot: t.slot,
+        numbering,
         capacities: settings
             .transits
             .iter()
@@ -208,6 +232,27 @@ fn start_tunnels(
     Ok(manager::spawn(cfg, member.mesh.clone())?)
 }
 
+/// The tunnel numbering kept in state_dir, with this config's transits given their
+/// positions (kept, or new ones free) and saved at once: the positions are announced in
+/// our NodeRecord before the manager starts.
+fn tunnel_numbering(
+    settings: &gatewan::config::GatewanSettings,
+    state_dir: &std::path::Path,
+) -> (gatewan::tunnels::numbering::Numbering, PathBuf) {
+    use gatewan::tunnels::numbering;
+    let path = state_dir.join("tunnel-numbering");
+    let mut n = numbering::load(&path);
+    let names: Vec<&str> = settings.transits.iter().map(|t| t.name.as_str()).collect();
+    let positions = numbering::positions(&n.positions, &names);
+    if positions != n.positions {
+        n.positions = positions;
+        if let Err(e) = numbering::save(&path, &n) {
+            tracing::warn!(error = %e, path = %path.display(), "cannot keep the transits' positions in state_dir; a restart numbers them again");
+        }
+    }
+    (n, path)
+}
+
 /// Each transit's routing, its gateways found in the main table where the config names
 /// none, installed before the first datagram leaves. A gateway that cannot be found is a
 /// config error (exit 2): with several transits, traffic would otherwise follow the main
@@ -215,25 +260,27 @@ fn start_tunnels(
 /// whole gatewan.
 async fn transit_routing(
     settings: &gatewan::config::GatewanSettings,
+    positions: &std::collections::BTreeMap<String, u32>,
 ) -> anyhow::Result<std::collections::BTreeMap<String, TransitRouting>> {
     use gatewan::transit;
     use gatewan_kit::config::{ConfigError, ConfigErrors};
     let (conn, handle, _) = rtnetlink::new_connection()?;
     tokio::spawn(conn);
     let routes = transit::main_table(&handle).await?;
-    let routing = transit::plan_routing(&settings.transits, &routes).map_err(|problems| {
-        ConfigErrors(
-            problems
-                .into_iter()
-                .map(|(field, message)| ConfigError {
-                    file: settings.config_file.clone(),
-                    line: None,
-                    field,
-                    message,
-                })
-                .collect(),
-        )
-    })?;
+    let routing =
+        transit::plan_routing(&settings.transits, positions, &routes).map_err(|problems| {
+            ConfigErrors(
+                problems
+                    .into_iter()
+                    .map(|(field, message)| ConfigError {
+                        file: settings.config_file.clone(),
+                        line: None,
+                        field,
+                        message,
+                    })
+                    .collect(),
+            )
+        })?;
     for r in routing.values() {
         tracing::info!(interface = %r.interface, gateway_v4 = ?r.gateway_v4, gateway_v6 = ?r.gateway_v6, mark = r.mark, "transit routing");
         if let Err(e) = transit::ensure(&handle, r).await {

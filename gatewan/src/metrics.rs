@@ -10,7 +10,7 @@ use gatewan_kit::metrics::counter;
 use gatewan_proto::v1;
 use tokio::sync::watch;
 
-use crate::tunnels::manager::TunnelTable;
+use crate::tunnels::manager::{SlotStatus, TunnelTable};
 
 type DataplaneStatsRx = watch::Receiver<std::sync::Arc<crate::dataplane::manager::DataplaneStats>>;
 
@@ -82,6 +82,63 @@ impl Collector for DataplaneCollector {
         for (interface, packets) in &s.spoofed_packets {
             ConstCounter::new(*packets)
                 .encode(fam.encode_family(&[("interface", interface.as_str())])?)?;
+        }
+        Ok(())
+    }
+}
+
+/// This gatewan's tunnel slot (ADR 0042): which it holds, how often it gave one up, and
+/// what keeps it from one with tunnels.
+pub fn slot_collector(status: watch::Receiver<SlotStatus>) -> Box<dyn Collector> {
+    Box::new(SlotCollector(status))
+}
+
+#[derive(Clone)]
+struct SlotCollector(watch::Receiver<SlotStatus>);
+
+impl std::fmt::Debug for SlotCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SlotCollector")
+    }
+}
+
+impl Collector for SlotCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use crate::tunnels::plan::slots::SlotTrouble;
+        let s = self.0.borrow().clone();
+        if let Some(c) = s.claim {
+            let g = ConstGauge::new(i64::from(c.slot));
+            g.encode(enc.encode_descriptor(
+                "gatewan_tunnel_slot",
+                "The tunnel slot this gatewan announces (absent until it has one)",
+                None,
+                g.metric_type(),
+            )?)?;
+        }
+        counter(
+            &mut enc,
+            "gatewan_tunnel_slot_renumberings",
+            "Tunnel slots given up to a gatewan whose claim came first",
+            s.renumberings,
+        )?;
+        let proto = ConstGauge::new(0i64);
+        let mut fam = enc.encode_descriptor(
+            "gatewan_tunnel_slot_trouble",
+            "1 while this gatewan has no slot with tunnels: pinned_conflict (tunnels.slot pinned by another gatewan too) or no_free_slot",
+            None,
+            proto.metric_type(),
+        )?;
+        for (reason, on) in [
+            (
+                "pinned_conflict",
+                matches!(s.trouble, Some(SlotTrouble::PinnedConflict { .. })),
+            ),
+            (
+                "no_free_slot",
+                matches!(s.trouble, Some(SlotTrouble::NoFreeSlot { .. })),
+            ),
+        ] {
+            ConstGauge::new(i64::from(on)).encode(fam.encode_family(&[("reason", reason)])?)?;
         }
         Ok(())
     }

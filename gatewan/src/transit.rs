@@ -40,7 +40,9 @@ pub struct TransitRouting {
 }
 
 impl TransitRouting {
-    /// Mark, table and rule priority of the transit at `position` in the config.
+    /// Mark, table and rule priority of the transit at `position` (its position kept in
+    /// state_dir, ADR 0042: a transit added to the config changes no other's mark, which
+    /// is every one of its tunnels' firewall mark).
     pub fn for_transit(
         position: usize,
         interface: &str,
@@ -109,6 +111,7 @@ pub fn find_gateway(routes: &[MainRoute], interface: &str, family_v6: bool) -> O
 /// A single transit gets routing only when its gateway is configured.
 pub fn plan_routing(
     transits: &[Transit],
+    positions: &BTreeMap<String, u32>,
     routes: &[MainRoute],
 ) -> Result<BTreeMap<String, TransitRouting>, Vec<Problem>> {
     let mut out = BTreeMap::new();
@@ -145,7 +148,12 @@ pub fn plan_routing(
         if !gateways.is_empty() {
             out.insert(
                 t.name.clone(),
-                TransitRouting::for_transit(i, interface, &t.addresses, &gateways),
+                TransitRouting::for_transit(
+                    positions.get(&t.name).map_or(i, |p| *p as usize),
+                    interface,
+                    &t.addresses,
+                    &gateways,
+                ),
             );
         }
     }
@@ -299,6 +307,15 @@ mod tests {
     use super::*;
     use gatewan_kit::units::Rate;
 
+    /// Positions as a first start gives them: the config's order.
+    fn in_order(transits: &[Transit]) -> BTreeMap<String, u32> {
+        transits
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i as u32))
+            .collect()
+    }
+
     fn transit(
         name: &str,
         interface: Option<&str>,
@@ -348,7 +365,7 @@ mod tests {
             transit("cogent", Some("eth3"), &["203.0.113.1"], &[]),
         ];
         let routes = [route(0, "eth2", "198.51.100.0")];
-        let problems = plan_routing(&transits, &routes).unwrap_err();
+        let problems = plan_routing(&transits, &in_order(&transits), &routes).unwrap_err();
         assert_eq!(problems.len(), 1);
         assert_eq!(problems[0].0, "transits[1].gateway");
         assert!(problems[0].1.contains("eth3"), "{problems:?}");
@@ -357,7 +374,7 @@ mod tests {
             transit("lumen", Some("eth2"), &["198.51.100.1"], &[]),
             transit("cogent", Some("eth3"), &["203.0.113.1"], &["203.0.113.0"]),
         ];
-        let routing = plan_routing(&transits, &routes).unwrap();
+        let routing = plan_routing(&transits, &in_order(&transits), &routes).unwrap();
         assert_eq!(
             routing["lumen"].gateway_v4,
             Some("198.51.100.0".parse().unwrap())
@@ -367,6 +384,11 @@ mod tests {
             Some("203.0.113.0".parse().unwrap())
         );
         assert_ne!(routing["lumen"].mark, routing["cogent"].mark);
+        // The mark follows the kept position, not the config's order.
+        let kept = BTreeMap::from([("lumen".to_string(), 3), ("cogent".to_string(), 0)]);
+        let moved = plan_routing(&transits, &kept, &routes).unwrap();
+        assert_eq!(moved["lumen"].mark, 0x5d04);
+        assert_eq!(moved["cogent"].mark, 0x5d01);
     }
 
     #[test]
@@ -381,7 +403,7 @@ mod tests {
             transit("cogent", Some("eth3"), &["203.0.113.1"], &["203.0.113.0"]),
         ];
         let routes = [route(0, "eth2", "198.51.100.0")];
-        let r = &plan_routing(&transits, &routes).unwrap()["lumen"];
+        let r = &plan_routing(&transits, &in_order(&transits), &routes).unwrap()["lumen"];
         assert_eq!(r.gateway_v4, Some("198.51.100.0".parse().unwrap()));
         assert_eq!(r.gateway_v6, Some("2001:db8:100::1".parse().unwrap()));
         assert!(r.routes_family_of("2001:db8::9".parse().unwrap()));
@@ -390,13 +412,22 @@ mod tests {
     #[test]
     fn a_single_transit_follows_the_main_table_unless_its_gateway_is_named() {
         let transits = [transit("lumen", Some("eth2"), &["198.51.100.1"], &[])];
-        assert!(plan_routing(&transits, &[]).unwrap().is_empty());
+        assert!(
+            plan_routing(&transits, &in_order(&transits), &[])
+                .unwrap()
+                .is_empty()
+        );
         let transits = [transit(
             "lumen",
             Some("eth2"),
             &["198.51.100.1"],
             &["198.51.100.0"],
         )];
-        assert_eq!(plan_routing(&transits, &[]).unwrap().len(), 1);
+        assert_eq!(
+            plan_routing(&transits, &in_order(&transits), &[])
+                .unwrap()
+                .len(),
+            1
+        );
     }
 }

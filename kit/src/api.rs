@@ -9,6 +9,7 @@ use tonic::{Request, Response, Status};
 
 use gatewan_mesh::driver::{KeyringOp, MeshError, MeshHandle, MeshView};
 use gatewan_mesh::{MemberState, MeshKey, NodeId};
+use gatewan_tunnel_plan::{GatewanView, slots};
 
 pub struct MeshApi {
     mesh: MeshHandle,
@@ -26,10 +27,28 @@ impl MeshApi {
 
 /// The members as the API shows them: SWIM state joined with each member's NodeRecord.
 pub fn members(view: &MeshView) -> Vec<v1::Member> {
+    let gatewans: Vec<GatewanView> = view
+        .store
+        .gatewans()
+        .filter_map(|g| GatewanView::from_gatewan(&g))
+        .collect();
+    let holders = slots::holders(&gatewans);
+    let name_of = |id: NodeId| {
+        gatewans
+            .iter()
+            .find(|g| g.id == id)
+            .map_or_else(|| id.to_string(), |g| g.name.clone())
+    };
     view.members
         .iter()
         .map(|m| {
             let node = view.store.node(m.id.node);
+            let slot = gatewans.iter().find(|g| g.id == m.id.node).map(|g| g.slot);
+            let held_by = slot
+                .and_then(|s| holders.get(&s))
+                .filter(|h| **h != m.id.node)
+                .map(|h| name_of(*h))
+                .unwrap_or_default();
             v1::Member {
                 id: m.id.node.to_string(),
                 name: node.map(|n| n.name.clone()).unwrap_or_default(),
@@ -48,6 +67,8 @@ pub fn members(view: &MeshView) -> Vec<v1::Member> {
                 local: m.local,
                 key_fingerprint: m.key.map(|k| k.fingerprint()).unwrap_or_default(),
                 revoked: m.revoked,
+                tunnel_slot: slot,
+                tunnel_slot_held_by: held_by,
             }
         })
         .collect()

@@ -28,6 +28,7 @@ fn node_record() -> v1::Record {
                     capacity_bps: 10_000_000_000,
                     interface: format!("eth{i}"),
                     cost: 10,
+                    position: None,
                 })
                 .collect(),
             wireguard_public_key: Bytes::copy_from_slice(&[9; 32]),

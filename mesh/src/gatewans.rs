@@ -20,6 +20,9 @@ pub struct GatewanTransit {
     pub addresses: Vec<IpAddr>,
     pub capacity_bps: u64,
     pub cost: u32,
+    /// Its position on the gatewan, as announced; None from an earlier version (then its
+    /// place in the list).
+    pub position: Option<u32>,
 }
 
 /// A gatewan's NodeRecord, checked.
@@ -38,6 +41,10 @@ pub struct GatewanRecord {
     pub vtep_address: Option<IpAddr>,
     /// None until the gatewan has announced its tunnel slot.
     pub tunnel_slot: Option<u32>,
+    /// When the slot was claimed (Unix ms) and whether it is pinned by config: who keeps
+    /// a slot two gatewans announce (ADR 0042).
+    pub tunnel_slot_claimed_ms: u64,
+    pub tunnel_slot_pinned: bool,
     /// `tunnels.interface_prefix` as announced; empty means the default.
     pub tunnel_interface_prefix: String,
     /// `fabric.tunnel_vteps`, when announced and parseable.
@@ -62,12 +69,15 @@ impl GatewanRecord {
                     addresses: t.addresses.iter().filter_map(|a| a.parse().ok()).collect(),
                     capacity_bps: t.capacity_bps,
                     cost: t.cost,
+                    position: t.position,
                 })
                 .collect(),
             wireguard_key: n.wireguard_public_key.as_ref().try_into().ok(),
             vtep: n.vtep.clone(),
             vtep_address: n.vtep.parse().ok(),
             tunnel_slot: n.tunnel_slot,
+            tunnel_slot_claimed_ms: n.tunnel_slot_claimed_ms,
+            tunnel_slot_pinned: n.tunnel_slot_pinned,
             tunnel_interface_prefix: n.tunnel_interface_prefix.clone(),
             tunnel_vteps: n.tunnel_vteps.parse().ok(),
         })

@@ -451,6 +451,39 @@ impl Sim {
         Ok(())
     }
 
+    /// Publishes (or replaces) one of member `i`'s records now, as its daemon would, and
+    /// sends what that makes it send.
+    pub fn publish(&mut self, i: usize, body: Body) {
+        let unix = self.now();
+        self.nodes[i]
+            .core
+            .publish(body, unix)
+            .expect("a simulated record is valid");
+        self.after_event(i);
+    }
+
+    /// A gatewan's NodeRecord for member `i`, to [`Sim::publish`] (with
+    /// `publish_node_records` off, so that it is the member's only one): `name` in
+    /// `datacenter`, a transit per address of the member, a WireGuard key derived from
+    /// its node id, no tunnel slot.
+    pub fn gatewan_record(&self, i: usize, name: &str, datacenter: &str) -> v1::NodeRecord {
+        let n = &self.nodes[i];
+        v1::NodeRecord {
+            name: name.into(),
+            role: v1::Role::Gatewan as i32,
+            transits: (n.addrs.iter().enumerate())
+                .map(|(k, a)| v1::Transit {
+                    name: format!("transit{k}"),
+                    addresses: vec![a.ip().to_string()],
+                    position: Some(k as u32),
+                    ..Default::default()
+                })
+                .collect(),
+            wireguard_public_key: Bytes::copy_from_slice(blake3::hash(&n.id.0).as_bytes()),
+            ..node_record(i, n.id, &n.addrs, datacenter.into())
+        }
+    }
+
     pub fn keyring_outcomes(&self, i: usize) -> &[KeyringOutcome] {
         &self.nodes[i].keyring_outcomes
     }
@@ -906,6 +939,31 @@ mod tests {
         let a = run();
         assert!(!a.0.is_empty() && a.2 > 0);
         assert_eq!(a, run());
+    }
+
+    /// A record published after start (a gatewan announcing its tunnel slot) reaches
+    /// every member, which reads it as a gatewan's.
+    #[test]
+    fn a_published_gatewan_record_reaches_every_member() {
+        let mut sim = Sim::new(SimConfig {
+            publish_node_records: false,
+            ..SimConfig::new(5)
+        });
+        sim.add_cluster(6, Duration::from_millis(50));
+        let mut record = sim.gatewan_record(2, "gw-two", "dc9");
+        record.tunnel_slot = Some(7);
+        sim.publish(2, Body::Node(record));
+        sim.run_for(Duration::from_secs(5));
+        let id = sim.node_id(2);
+        for o in 0..6 {
+            let g = sim.core(o).with_store(|s| s.gatewan(id));
+            let g = g.unwrap_or_else(|| panic!("member {o} lacks the gatewan's record"));
+            assert_eq!(
+                (g.name.as_str(), g.datacenter.as_str(), g.tunnel_slot),
+                ("gw-two", "dc9", Some(7))
+            );
+            assert!(g.wireguard_key.is_some() && g.transits.len() == 1);
+        }
     }
 
     /// 20 members over a WAN converge (membership and NodeRecords), a newcomer becomes

@@ -25,6 +25,13 @@ struct Member {
     key_fingerprint: String,
     /// Revoked by an admin: the member asked refuses everything it sends.
     revoked: bool,
+    /// A gatewan's tunnel slot, as its NodeRecord announces it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tunnel_slot: Option<u32>,
+    /// The gatewan that keeps this slot when another announces it too (ADR 0042); empty
+    /// when this member holds its slot.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    tunnel_slot_held_by: String,
 }
 
 fn role(r: i32) -> &'static str {
@@ -100,6 +107,8 @@ pub(crate) fn members(members: &[v1::Member], f: Format) -> anyhow::Result<Strin
             local: m.local,
             key_fingerprint: m.key_fingerprint.clone(),
             revoked: m.revoked,
+            tunnel_slot: m.tunnel_slot,
+            tunnel_slot_held_by: m.tunnel_slot_held_by.clone(),
         })
         .collect();
     if !matches!(f, Format::Table) {
@@ -126,6 +135,11 @@ pub(crate) fn members(members: &[v1::Member], f: Format) -> anyhow::Result<Strin
                 } else {
                     m.key_fingerprint.clone()
                 },
+                match (m.tunnel_slot, m.tunnel_slot_held_by.as_str()) {
+                    (None, _) => "-".into(),
+                    (Some(s), "") => s.to_string(),
+                    (Some(s), holder) => format!("{s} CONFLICT: held by {holder}"),
+                },
             ]
         })
         .collect();
@@ -140,6 +154,7 @@ pub(crate) fn members(members: &[v1::Member], f: Format) -> anyhow::Result<Strin
             "LAST CHANGE",
             "ID",
             "KEY",
+            "SLOT",
         ],
         rows,
     ))

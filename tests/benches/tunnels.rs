@@ -59,11 +59,15 @@ fn view(i: u32, datacenter: &str, transits: &[(&str, Ipv4Addr)]) -> GatewanView 
         name: format!("{datacenter}-{i}"),
         datacenter: datacenter.into(),
         slot: i,
+        slot_claimed_ms: 0,
+        slot_pinned: false,
         transits: transits
             .iter()
-            .map(|(n, a)| TransitView {
+            .enumerate()
+            .map(|(k, (n, a))| TransitView {
                 name: (*n).into(),
                 addresses: vec![IpAddr::V4(*a)],
+                position: k as u32,
             })
             .collect(),
         public_key: vec![i as u8; 32],

@@ -12,6 +12,11 @@
 //! - ports only need to be unique per host, so they use an edge colouring of the complete
 //!   graph, `c = (s_a + s_b) mod M` with `M` odd: the tunnels of one gatewan all get
 //!   different colours, and the colours fit a port range of `2 × M × T²` ports.
+//!
+//! Slots are claimed through the mesh (`slots`); a transit's position `i` is kept by its
+//! gatewan in state_dir, so neither depends on the order of a config file.
+
+pub mod slots;
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -123,6 +128,8 @@ impl PlanSettings {
 pub struct TransitView {
     pub name: String,
     pub addresses: Vec<IpAddr>,
+    /// Its position on its gatewan (below [`MAX_TRANSITS`], unique on the gatewan).
+    pub position: u32,
 }
 
 /// A gatewan as the planner sees it (from its NodeRecord).
@@ -132,8 +139,9 @@ pub struct GatewanView {
     pub name: String,
     pub datacenter: String,
     pub slot: u32,
-    /// In the gatewan's configured order: a transit's position is part of its tunnels'
-    /// index, so new transits go at the end.
+    /// How the slot was claimed: decides who keeps a slot two gatewans announce.
+    pub slot_claimed_ms: u64,
+    pub slot_pinned: bool,
     pub transits: Vec<TransitView>,
     pub public_key: Vec<u8>,
 }
@@ -146,15 +154,40 @@ impl GatewanView {
             name: g.name.clone(),
             datacenter: g.datacenter.clone(),
             slot: g.tunnel_slot?,
+            slot_claimed_ms: g.tunnel_slot_claimed_ms,
+            slot_pinned: g.tunnel_slot_pinned,
             transits: g
                 .transits
                 .iter()
-                .map(|t| TransitView {
+                .enumerate()
+                .map(|(i, t)| TransitView {
                     name: t.name.clone(),
                     addresses: t.addresses.clone(),
+                    // An earlier version's transits sit at their place in the list.
+                    position: t.position.unwrap_or(i as u32),
                 })
                 .collect(),
             public_key: g.wireguard_key.map(|k| k.to_vec()).unwrap_or_default(),
+        })
+    }
+
+    /// The slot claim its record announces.
+    pub fn claim(&self) -> slots::SlotClaim {
+        slots::SlotClaim {
+            slot: self.slot,
+            claimed_ms: self.slot_claimed_ms,
+            pinned: self.slot_pinned,
+        }
+    }
+
+    /// Whether its transits' positions are all below [`MAX_TRANSITS`] and distinct.
+    fn positions_valid(&self) -> bool {
+        let mut seen = [false; MAX_TRANSITS];
+        self.transits.iter().all(|t| {
+            let Some(s) = seen.get_mut(t.position as usize) else {
+                return false;
+            };
+            !std::mem::replace(s, true)
         })
     }
 }
@@ -204,8 +237,11 @@ pub fn route_distinguisher(tunnel_id: &str, rd_index: u32) -> (u16, u32) {
 /// Why a tunnel the pairing asks for is not planned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PlanProblem {
+    /// `holder` keeps `slot`, which `gatewan` announces too: `gatewan` gets no tunnel until
+    /// it claims another (or, pinned, until a pin changes).
     SlotConflict {
-        peer: String,
+        gatewan: String,
+        holder: String,
         slot: u32,
     },
     SlotTooLarge {
@@ -229,16 +265,24 @@ pub enum PlanProblem {
 impl std::fmt::Display for PlanProblem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            PlanProblem::SlotConflict { peer, slot } => {
-                write!(f, "{peer} has our tunnel slot {slot}")
+            PlanProblem::SlotConflict {
+                gatewan,
+                holder,
+                slot,
+            } => {
+                write!(
+                    f,
+                    "{gatewan} announces tunnel slot {slot}, which {holder} keeps: no tunnel with {gatewan} until it claims another"
+                )
             }
             PlanProblem::SlotTooLarge { gatewan, slot, max } => write!(
                 f,
                 "{gatewan} has tunnel slot {slot}, but tunnels.pool_v4 and tunnels.ports allow slots below {max}"
             ),
-            PlanProblem::TooManyTransits { gatewan } => {
-                write!(f, "{gatewan} has more than {MAX_TRANSITS} transits")
-            }
+            PlanProblem::TooManyTransits { gatewan } => write!(
+                f,
+                "{gatewan} has more than {MAX_TRANSITS} transits, or two at one position"
+            ),
             PlanProblem::NoCommonFamily {
                 peer,
                 local_transit,
@@ -300,9 +344,25 @@ pub fn plan(
         });
         return (tunnels, problems);
     }
-    if local.transits.len() > MAX_TRANSITS {
+    if local.transits.len() > MAX_TRANSITS || !local.positions_valid() {
         problems.push(PlanProblem::TooManyTransits {
             gatewan: local.name.clone(),
+        });
+        return (tunnels, problems);
+    }
+    let holders = slots::holders(std::iter::once(local).chain(gatewans));
+    let holder_name = |slot: u32| {
+        let id = holders.get(&slot);
+        gatewans
+            .iter()
+            .find(|g| Some(&g.id) == id)
+            .map_or_else(String::new, |g| g.name.clone())
+    };
+    if holders.get(&local.slot).is_some_and(|h| *h != local.id) {
+        problems.push(PlanProblem::SlotConflict {
+            gatewan: local.name.clone(),
+            holder: holder_name(local.slot),
+            slot: local.slot,
         });
         return (tunnels, problems);
     }
@@ -313,9 +373,10 @@ pub fn plan(
         if peer.id == local.id || peer.datacenter == local.datacenter {
             continue;
         }
-        if peer.slot == local.slot {
+        if peer.slot == local.slot || holders.get(&peer.slot).is_some_and(|h| *h != peer.id) {
             problems.push(PlanProblem::SlotConflict {
-                peer: peer.name.clone(),
+                gatewan: peer.name.clone(),
+                holder: holder_name(peer.slot),
                 slot: peer.slot,
             });
             continue;
@@ -328,7 +389,7 @@ pub fn plan(
             });
             continue;
         }
-        if peer.transits.len() > MAX_TRANSITS {
+        if peer.transits.len() > MAX_TRANSITS || !peer.positions_valid() {
             problems.push(PlanProblem::TooManyTransits {
                 gatewan: peer.name.clone(),
             });
@@ -342,8 +403,8 @@ pub fn plan(
         };
         let pair = pair_index(u64::from(lo.slot), u64::from(hi.slot));
         let colour = (u64::from(lo.slot) + u64::from(hi.slot)) % colours;
-        for (li, lt) in lo.transits.iter().enumerate() {
-            for (hj, ht) in hi.transits.iter().enumerate() {
+        for lt in &lo.transits {
+            for ht in &hi.transits {
                 if s.pairing == Pairing::SameTransit && lt.name != ht.name {
                     continue;
                 }
@@ -356,7 +417,7 @@ pub fn plan(
                     });
                     continue;
                 };
-                let combo = li as u64 * MAX_TRANSITS as u64 + hj as u64;
+                let combo = u64::from(lt.position) * MAX_TRANSITS as u64 + u64::from(ht.position);
                 let index = pair * COMBOS + combo;
                 let v4 = u64::from(u32::from(s.pool_v4.network())) + 2 * index;
                 let v4_last = u64::from(u32::from(s.pool_v4.broadcast()));
@@ -471,11 +532,15 @@ mod tests {
             name: format!("gatewan{i:02}-dc{dc}"),
             datacenter: format!("dc{dc}"),
             slot: i,
+            slot_claimed_ms: 0,
+            slot_pinned: false,
             transits: transits
                 .iter()
-                .map(|(n, a)| TransitView {
+                .enumerate()
+                .map(|(k, (n, a))| TransitView {
                     name: n.to_string(),
                     addresses: a.iter().map(|s| s.parse().unwrap()).collect(),
+                    position: k as u32,
                 })
                 .collect(),
             public_key: vec![i as u8; 32],
@@ -620,6 +685,106 @@ mod tests {
                 .all(|t| (s.ports.0..=s.ports.1).contains(&t.listen_port)
                     && (s.ports.0..=s.ports.1).contains(&t.echo_port))
         );
+    }
+
+    /// What of a tunnel must not change while it lives: its name and numbers.
+    fn numbers(t: &PlannedTunnel) -> (String, u64, String, u16, u16, Ipv4Addr, Ipv6Addr) {
+        (
+            t.id.clone(),
+            t.index,
+            t.interface.clone(),
+            t.listen_port,
+            t.echo_port,
+            t.local.address_v4,
+            t.local.address_v6,
+        )
+    }
+
+    #[test]
+    fn a_transit_added_at_a_new_position_leaves_every_other_tunnel_as_it_was() {
+        let g = mesh(4, 2);
+        let s = PlanSettings {
+            pairing: Pairing::SameTransit,
+            ..PlanSettings::default()
+        };
+        let (before, _) = plan(&g[0], &g, &s);
+        // gatewan 0 gains "ntt", listed first in its config but given the free position 3.
+        let mut grown = g.clone();
+        grown[0].transits.insert(
+            0,
+            TransitView {
+                name: "ntt".into(),
+                addresses: vec!["192.0.2.1".parse().unwrap()],
+                position: 3,
+            },
+        );
+        for peer in [2, 3] {
+            grown[peer].transits.push(TransitView {
+                name: "ntt".into(),
+                addresses: vec![format!("192.0.2.{}", peer + 1).parse().unwrap()],
+                position: 3,
+            });
+        }
+        let (after, _) = plan(&grown[0], &grown, &s);
+        assert_eq!(
+            after.len(),
+            before.len() + 2,
+            "one ntt tunnel per remote gatewan"
+        );
+        for t in &before {
+            let u = after.iter().find(|u| u.id == t.id).expect("still planned");
+            assert_eq!(numbers(u), numbers(t));
+        }
+        // Had the position followed the list, every tunnel of gatewan 0 would have moved.
+        let mut by_order = grown.clone();
+        for (k, t) in by_order[0].transits.iter_mut().enumerate() {
+            t.position = k as u32;
+        }
+        let (moved, _) = plan(&by_order[0], &by_order, &s);
+        assert!(before.iter().all(|t| {
+            moved
+                .iter()
+                .find(|u| u.id == t.id)
+                .is_none_or(|u| numbers(u) != numbers(t))
+        }));
+    }
+
+    #[test]
+    fn two_transits_at_one_position_get_no_tunnel_and_say_why() {
+        let mut g = mesh(2, 1);
+        g[1].transits[1].position = 0;
+        let (t, p) = plan(&g[0], &g, &PlanSettings::default());
+        assert!(t.is_empty());
+        assert!(p.iter().any(
+            |p| matches!(p, PlanProblem::TooManyTransits { gatewan } if *gatewan == g[1].name)
+        ));
+    }
+
+    #[test]
+    fn of_two_gatewans_announcing_one_slot_only_the_holder_gets_tunnels_everywhere() {
+        let mut g = mesh(6, 2);
+        // Gatewans 4 and 5 (one datacenter) both announce slot 4; 5 claimed it first.
+        g[4].slot_claimed_ms = 2_000;
+        g[5].slot = 4;
+        g[5].slot_claimed_ms = 1_000;
+        let s = PlanSettings::default();
+        let (t0, p0) = plan(&g[0], &g, &s);
+        assert!(t0.iter().any(|t| t.peer.node == g[5].id));
+        assert!(
+            t0.iter().all(|t| t.peer.node != g[4].id),
+            "the later claim gets no tunnel"
+        );
+        assert!(p0.iter().any(|p| matches!(p, PlanProblem::SlotConflict { gatewan, slot: 4, .. } if *gatewan == g[4].name)));
+        let (t4, p4) = plan(&g[4], &g, &s);
+        assert!(t4.is_empty(), "the later claim builds none either");
+        assert!(p4.iter().any(
+            |p| matches!(p, PlanProblem::SlotConflict { holder, .. } if *holder == g[5].name)
+        ));
+        // A pinned slot keeps it against any claim.
+        g[4].slot_pinned = true;
+        let (t0, _) = plan(&g[0], &g, &s);
+        assert!(t0.iter().any(|t| t.peer.node == g[4].id));
+        assert!(t0.iter().all(|t| t.peer.node != g[5].id));
     }
 
     #[test]

@@ -1210,6 +1210,7 @@ mod store {
                         capacity_bps: G,
                         interface: format!("eth{i}"),
                         cost: i as u32,
+                        position: Some(i as u32),
                     })
                     .collect(),
                 wireguard_public_key: vec![slot as u8; 32].into(),
@@ -1233,12 +1234,15 @@ mod store {
             name: name.into(),
             datacenter: dc.into(),
             slot,
+            slot_claimed_ms: 0,
+            slot_pinned: false,
             transits: transits
                 .iter()
                 .enumerate()
                 .map(|(i, t)| TransitView {
                     name: t.to_string(),
                     addresses: vec![format!("2001:db8:{slot:x}::{}", i + 1).parse().unwrap()],
+                    position: i as u32,
                 })
                 .collect(),
             public_key: vec![slot as u8; 32],

@@ -30,9 +30,10 @@ pub enum WireguardConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TunnelsConfig {
-    /// This gatewan's tunnel slot: a number unique among the mesh's gatewans, from which
-    /// tunnel addresses, ports and names derive.
-    pub slot: Spanned<u32>,
+    /// A pinned tunnel slot. Without it (the default) the gatewan claims a free slot
+    /// through the mesh and keeps it in state_dir (ADR 0042).
+    #[serde(default)]
+    pub slot: Option<Spanned<u32>>,
     #[serde(default)]
     pub pairing: PairingConfig,
     #[serde(default)]
@@ -93,7 +94,8 @@ pub struct ProbeConfig {
 /// Tunnels and probes once validated.
 #[derive(Debug, Clone)]
 pub struct TunnelsSettings {
-    pub slot: u32,
+    /// `tunnels.slot`, when pinned; otherwise claimed through the mesh.
+    pub slot: Option<u32>,
     pub plan: PlanSettings,
     pub wireguard: WireguardMode,
     pub grace: std::time::Duration,
@@ -161,10 +163,12 @@ impl TunnelsConfig {
                     .or(self.pool_v4.as_ref())
                     .or(self.interface_prefix.as_ref());
                 c.error(at, "tunnels", e);
-            } else if u64::from(self.slot.value) >= plan.max_slots() {
-                c.error(Some(&self.slot), "tunnels.slot", format!(
-                    "{} is too large: with these pools and ports, slots go from 0 to {} (widen tunnels.pool_v4 or tunnels.ports)",
-                    self.slot.value, plan.max_slots() - 1));
+            } else if let Some(slot) = &self.slot
+                && u64::from(slot.value) >= plan.max_slots()
+            {
+                c.error(Some(slot), "tunnels.slot", format!(
+                    "{} is too large: with these pools and ports, slots go from 0 to {} (widen tunnels.pool_v4 or tunnels.ports, or leave tunnels.slot out: the gatewan then claims a free slot)",
+                    slot.value, plan.max_slots() - 1));
             }
         }
         let mut t = Thresholds::default();
@@ -248,7 +252,7 @@ impl TunnelsConfig {
             return None;
         }
         Some(TunnelsSettings {
-            slot: self.slot.value,
+            slot: self.slot.as_ref().map(|s| s.value),
             plan,
             wireguard: match self.wireguard {
                 WireguardConfig::Kernel => WireguardMode::Kernel,

@@ -34,6 +34,8 @@ async fn apply_step(system: &System, step: &Step) -> std::io::Result<()> {
 }
 use futures_util::StreamExt as _;
 
+use super::numbering::{self, Numbering};
+use super::plan::slots::{Claimer, SlotClaim, SlotTrouble, mesh_claims};
 use super::plan::{GatewanView, PlanSettings, plan};
 use super::reconcile::{Step, WantedTunnel};
 use super::state::{Local, ManagerState};
@@ -43,7 +45,13 @@ use gatewan_mesh::NodeId;
 use gatewan_mesh::driver::MeshHandle;
 
 pub struct ManagerConfig {
+    /// Ourselves; its slot and claim are the manager's to set (from `pinned_slot`, what
+    /// `numbering` kept, or a claim through the mesh).
     pub local: GatewanView,
+    /// `tunnels.slot` when pinned, else None: the slot is claimed through the mesh.
+    pub pinned_slot: Option<u32>,
+    /// What state_dir keeps of the numbering, and where (`numbering.rs`).
+    pub numbering: (Numbering, std::path::PathBuf),
     /// Capacity per local transit name, bit/s.
     pub capacities: HashMap<String, u64>,
     pub private_key: [u8; 32],
@@ -62,10 +70,20 @@ pub struct ManagerConfig {
 /// What the API shows.
 pub type TunnelTable = Arc<Vec<v1::TunnelInfo>>;
 
+/// Our tunnel slot as metrics and logs show it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SlotStatus {
+    pub claim: Option<SlotClaim>,
+    pub renumberings: u64,
+    /// What keeps us from a slot with tunnels (a pinned conflict, no free slot).
+    pub trouble: Option<SlotTrouble>,
+}
+
 /// Talks to the tunnel manager task.
 #[derive(Clone)]
 pub struct TunnelsHandle {
     pub table: watch::Receiver<TunnelTable>,
+    pub slot: watch::Receiver<SlotStatus>,
     rotate: tokio::sync::mpsc::Sender<([u8; 32], tokio::sync::oneshot::Sender<()>)>,
 }
 
@@ -88,24 +106,105 @@ pub fn spawn(cfg: ManagerConfig, mesh: MeshHandle) -> std::io::Result<TunnelsHan
     info!(backend = ?system.backend(), "tunnels: WireGuard backend");
     let probes = engine::spawn(cfg.probe.clone());
     let (tx, rx) = watch::channel(Arc::new(Vec::new()));
+    let (slot_tx, slot_rx) = watch::channel(SlotStatus::default());
     let (rotate_tx, rotate_rx) = tokio::sync::mpsc::channel(1);
-    tokio::spawn(run(cfg, mesh, system, probes, tx, rotate_rx));
+    tokio::spawn(run(cfg, mesh, system, probes, tx, slot_tx, rotate_rx));
     Ok(TunnelsHandle {
         table: rx,
+        slot: slot_rx,
         rotate: rotate_tx,
     })
 }
 
-/// Our NodeRecord as the mesh holds it, with `public_key` in place of the old one.
-async fn announce_public_key(mesh: &MeshHandle, local: NodeId, public_key: &[u8]) {
+/// Our NodeRecord as the mesh holds it, changed by `change` and published again.
+async fn announce(
+    mesh: &MeshHandle,
+    local: NodeId,
+    what: &str,
+    change: impl FnOnce(&mut v1::NodeRecord),
+) {
     let Some(mut record) = mesh.view().store.node(local).cloned() else {
-        warn!("our NodeRecord is not in the mesh store; the new key is announced at restart");
+        warn!(
+            what,
+            "our NodeRecord is not in the mesh store; announced at restart"
+        );
         return;
     };
-    record.wireguard_public_key = Bytes::copy_from_slice(public_key);
+    change(&mut record);
     if let Err(e) = mesh.publish(Body::Node(record)).await {
-        warn!(error = %e, "cannot announce the new WireGuard public key");
+        warn!(error = %e, what, "cannot announce it");
     }
+}
+
+/// Unix ms, to stamp a slot claim (ADR 0042: compared between gatewans, so wall time).
+fn unix_ms() -> u64 {
+    u64::try_from(
+        SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_millis(),
+    )
+    .unwrap_or(u64::MAX)
+}
+
+/// Steps the slot claimer on the mesh's view; a new claim is kept in state_dir, then
+/// announced (in that order: a crash between the two re-announces the kept claim at
+/// start), and becomes our slot. Returns whether our slot changed.
+async fn claim_slot(
+    cfg: &mut ManagerConfig,
+    claimer: &mut Claimer,
+    mesh: &MeshHandle,
+    view: &gatewan_mesh::driver::MeshView,
+    mono_ms: u64,
+    slot_tx: &watch::Sender<SlotStatus>,
+) -> bool {
+    let (others, seen) = mesh_claims(cfg.local.id, &view.members, &view.store);
+    let before = claimer.claim();
+    let new = claimer.step(&others, seen, cfg.plan.max_slots(), mono_ms, unix_ms());
+    let status = SlotStatus {
+        claim: claimer.claim(),
+        renumberings: claimer.renumberings(),
+        trouble: claimer.trouble().cloned(),
+    };
+    slot_tx.send_if_modified(|s| {
+        if *s == status {
+            return false;
+        }
+        if s.trouble != status.trouble
+            && let Some(t) = &status.trouble
+        {
+            warn!(trouble = %t, "tunnel slot");
+        }
+        *s = status;
+        true
+    });
+    let Some(claim) = new else {
+        return false;
+    };
+    match before {
+        Some(old) => {
+            warn!(
+                old = old.slot,
+                new = claim.slot,
+                "tunnel slot held by a gatewan whose claim came first: renumbered, our tunnels follow"
+            )
+        }
+        None => info!(slot = claim.slot, "tunnel slot claimed"),
+    }
+    cfg.numbering.0.claim = Some(claim);
+    if let Err(e) = numbering::save(&cfg.numbering.1, &cfg.numbering.0) {
+        warn!(error = %e, path = %cfg.numbering.1.display(), "cannot keep the tunnel slot in state_dir; a restart claims one again");
+    }
+    cfg.local.slot = claim.slot;
+    cfg.local.slot_claimed_ms = claim.claimed_ms;
+    cfg.local.slot_pinned = claim.pinned;
+    announce(mesh, cfg.local.id, "tunnel slot", |r| {
+        r.tunnel_slot = Some(claim.slot);
+        r.tunnel_slot_claimed_ms = claim.claimed_ms;
+        r.tunnel_slot_pinned = claim.pinned;
+    })
+    .await;
+    true
 }
 
 async fn run(
@@ -114,6 +213,7 @@ async fn run(
     mut system: System,
     probes: ProbeHandle,
     table_tx: watch::Sender<TunnelTable>,
+    slot_tx: watch::Sender<SlotStatus>,
     mut rotate_rx: tokio::sync::mpsc::Receiver<([u8; 32], tokio::sync::oneshot::Sender<()>)>,
 ) {
     let mut mesh_rx = mesh.subscribe();
@@ -129,6 +229,32 @@ async fn run(
         capacities: cfg.capacities.clone(),
     };
     let mut state = ManagerState::new(local, Instant::now(), vteps);
+    // A pinned slot is kept as a claim too: the pin removed later, the gatewan keeps its
+    // slot (and tunnels) instead of claiming anew.
+    if let Some(slot) = cfg.pinned_slot
+        && cfg.numbering.0.claim.map(|c| c.slot) != Some(slot)
+    {
+        cfg.numbering.0.claim = Some(SlotClaim {
+            slot,
+            claimed_ms: unix_ms(),
+            pinned: false,
+        });
+        if let Err(e) = numbering::save(&cfg.numbering.1, &cfg.numbering.0) {
+            warn!(error = %e, path = %cfg.numbering.1.display(), "cannot keep the pinned tunnel slot in state_dir");
+        }
+    }
+    let mut claimer = Claimer::new(
+        cfg.local.id,
+        &cfg.local.name,
+        cfg.pinned_slot,
+        cfg.numbering.0.claim,
+        0,
+    );
+    if let Some(c) = claimer.claim() {
+        cfg.local.slot = c.slot;
+        cfg.local.slot_claimed_ms = c.claimed_ms;
+        cfg.local.slot_pinned = c.pinned;
+    }
     let reports = probes.reports();
     let mut reports_rx = probes.reports();
     loop {
@@ -149,7 +275,10 @@ async fn run(
                 system.set_private_key(key);
                 let public = wireguard_control::Key(key).get_public().0.to_vec();
                 cfg.local.public_key = public.clone();
-                announce_public_key(&mesh, cfg.local.id, &public).await;
+                announce(&mesh, cfg.local.id, "WireGuard public key", |r| {
+                    r.wireguard_public_key = Bytes::copy_from_slice(&public);
+                })
+                .await;
                 info!("WireGuard key rotated");
                 let _ = done.send(());
                 state.mark_dirty();
@@ -162,6 +291,23 @@ async fn run(
             }
         };
         let view = mesh.view();
+        if claim_slot(
+            &mut cfg,
+            &mut claimer,
+            &mesh,
+            &view,
+            state.mono_ms(Instant::now()),
+            &slot_tx,
+        )
+        .await
+        {
+            state.mark_dirty();
+        }
+        if claimer.claim().is_none() {
+            // No slot yet: no tunnel can be numbered. The claimer is asked again at the
+            // next mesh change or tick.
+            continue;
+        }
         let input = state.planner_input(&view, &cfg.local, &reports.borrow());
         if state.wants_reconcile(input, Instant::now(), cfg.resync) {
             reconcile(&cfg, &system, &probes, &mut state).await;

@@ -5,6 +5,7 @@
 
 pub mod key;
 pub mod manager;
+pub mod numbering;
 pub use gatewan_tunnel_plan as plan;
 pub mod reconcile;
 pub mod state;

@@ -514,9 +514,12 @@ mod tests {
             name: format!("gatewan{i:02}-{dc}"),
             datacenter: dc.into(),
             slot: u32::from(i),
+            slot_claimed_ms: 0,
+            slot_pinned: false,
             transits: vec![TransitView {
                 name: "lumen".into(),
                 addresses: vec![format!("198.51.100.{i}").parse().unwrap()],
+                position: 0,
             }],
             public_key: vec![i; 32],
         }
