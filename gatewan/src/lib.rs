@@ -2,7 +2,8 @@
 //! WireGuard tunnels to every remote gatewan (`tunnels`: pure planner, pure diff, netlink
 //! and WireGuard adapter), probes them (`probe`), carries tenant traffic between the
 //! fabric and the tunnels (`dataplane`), keeps the mesh reachable over every transit
-//! (`transit`), and reads its config (`config`).
+//! (`transit`), and reads its config (`config`), completed at start by what the host says
+//! (`host`); `init` writes a starting config from the host.
 //!
 //! The mesh is the `gatewan-mesh` crate and the daemon kit (shared config sections, API,
 //! metrics, state directory) is `gatewan-kit`; bgpctl uses those two and not this crate.
@@ -10,6 +11,8 @@
 pub mod api;
 pub mod config;
 pub mod dataplane;
+pub mod host;
+pub mod init;
 pub mod metrics;
 pub mod netlink;
 pub mod probe;

@@ -25,6 +25,8 @@ struct Cli {
     )]
     config: PathBuf,
     /// Validate the configuration (and the keyring and API TLS files it names), then exit.
+    /// What the file leaves to the host is read at start, not here: transit gateways from
+    /// the main table, fabric.vtep from fabric.interface's address.
     #[arg(long)]
     check: bool,
     #[command(subcommand)]
@@ -35,13 +37,20 @@ struct Cli {
 enum Command {
     /// Print a new random mesh key (base64), for a keyring file or `routingctl keyring install`.
     Keygen,
+    /// Print a commented starting config built from this host's interfaces and routes: a
+    /// transit per interface with a default route, the seeds and keyring given.
+    Init(gatewan::init::InitArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Keygen) = cli.command {
-        println!("{}", gatewan_mesh::MeshKey::generate().to_base64());
-        return ExitCode::SUCCESS;
+    match &cli.command {
+        Some(Command::Keygen) => {
+            println!("{}", gatewan_mesh::MeshKey::generate().to_base64());
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Init(args)) => return gatewan::init::run(args),
+        None => {}
     }
     daemon::start_daemon(
         &cli.config,
@@ -49,7 +58,8 @@ fn main() -> ExitCode {
         GatewanConfig::load(&cli.config),
         |p| &p.mesh,
         |p| (p.log_format, p.log_level.as_deref()),
-        run,
+        // What the file leaves to the host (fabric.vtep) is read before anything starts.
+        |settings| async move { run(gatewan::host::complete_settings(settings).await?).await },
     )
 }
 

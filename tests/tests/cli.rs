@@ -507,3 +507,223 @@ fn several_transits_without_a_gateway_found_exit_2_naming_the_field() {
         "cogent's gateway is named: {err}"
     );
 }
+
+/// `gatewan init` on a host (a fresh namespace, its own hostname) with one transit, a veth
+/// with an address and the default route: the config it writes, with a keyring from
+/// `gatewan keygen`, passes `gatewan --check`. It never replaces the file without
+/// `--force`, and an argument that does not fit the host exits 2 naming its flag.
+#[test]
+fn init_writes_a_config_that_passes_check() {
+    use gatewan_tests::{Netns, require_program, require_root};
+    if !require_root("init_writes_a_config_that_passes_check")
+        || !require_program("init_writes_a_config_that_passes_check", "unshare")
+    {
+        return;
+    }
+    let dir = tempfile_dir();
+    let kr = dir.join("keyring");
+    let key = Command::new(bin("gatewan")).arg("keygen").output().unwrap();
+    assert!(key.status.success());
+    std::fs::write(&kr, &key.stdout).unwrap();
+    let ns = Netns::new();
+    ns.exec_ok(&[
+        "ip", "link", "add", "eth1", "type", "veth", "peer", "name", "eth1p",
+    ]);
+    ns.exec_ok(&["ip", "link", "set", "eth1p", "up"]);
+    ns.exec_ok(&["ip", "link", "set", "eth1", "up"]);
+    ns.exec_ok(&["ip", "addr", "add", "198.51.100.10/24", "dev", "eth1"]);
+    ns.exec_ok(&[
+        "ip",
+        "route",
+        "add",
+        "default",
+        "via",
+        "198.51.100.1",
+        "dev",
+        "eth1",
+    ]);
+    let cfg = dir.join("gatewan.yaml");
+    // Its own UTS namespace, so that the name comes from a hostname the test knows.
+    let init = |extra: &[&str]| {
+        ns.cmd("unshare")
+            .args([
+                "--uts",
+                "sh",
+                "-c",
+                "hostname gw-init.example.net && exec \"$0\" \"$@\"",
+            ])
+            .arg(bin("gatewan"))
+            .args([
+                "init",
+                "--datacenter",
+                "dc1",
+                "--seed",
+                "192.0.2.1:7946",
+                "--keyring",
+            ])
+            .arg(&kr)
+            .arg("--output")
+            .arg(&cfg)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = init(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    for want in [
+        "name: gw-init\n",
+        "datacenter: dc1\n",
+        "seeds: [\"192.0.2.1:7946\"]",
+        "  - name: eth1\n    interface: eth1\n    addresses: [198.51.100.10]\n",
+        "# gateway: [198.51.100.1]",
+        // A veth that is up reports 10 Gbit/s.
+        "capacity: 10Gbps",
+    ] {
+        assert!(text.contains(want), "{want:?} missing from:\n{text}");
+    }
+    let check = Command::new(bin("gatewan"))
+        .args(["--check", "-c"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(
+        check.status.code(),
+        Some(0),
+        "{}\n{text}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+
+    let out = init(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("exists: give --force to replace it"), "{err}");
+    assert_eq!(std::fs::read_to_string(&cfg).unwrap(), text);
+    let out = init(&["--force", "--transit", "eth1=lumen"]);
+    assert!(out.status.success());
+    assert!(
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .contains("  - name: lumen\n")
+    );
+
+    let out = init(&["--force", "--transit", "eth9=cogent"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--transit eth9=: eth9 is no transit of this host"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `fabric.vtep` left out is the one IPv4 address of `fabric.interface`, read at start:
+/// `--check` accepts the file; the daemon exits 2 naming `fabric.vtep`, before it joins
+/// the mesh, while the interface has none or two; with one, it starts and announces it to
+/// the mesh beside the transit's address (the default `mesh.advertise`).
+#[test]
+fn fabric_vtep_left_out_is_read_from_fabric_interface_at_start() {
+    use gatewan_tests::{Netns, require_root, routingctl, wait_until, write_keyring};
+    if !require_root("fabric_vtep_left_out_is_read_from_fabric_interface_at_start") {
+        return;
+    }
+    let dir = tempfile_dir();
+    let kr = dir.join("keyring");
+    let key = Command::new(bin("gatewan")).arg("keygen").output().unwrap();
+    write_keyring(&kr, &[String::from_utf8_lossy(&key.stdout).trim()]);
+    let cfg = dir.join("gatewan.yaml");
+    let sock = dir.join("api.sock");
+    std::fs::write(
+        &cfg,
+        format!(
+            "name: gw1\ndatacenter: sg1\nstate_dir: {state}\nmesh:\n  keyring: {kr}\ntransits:\n  - name: lumen\n    interface: eth1\n    addresses: [198.51.100.10]\n    capacity: 1Gbps\ntunnels:\n  pairing: all\nfabric:\n  vni: 100\n  interface: eth0\napi:\n  socket: {sock}\n",
+            state = dir.join("state").display(),
+            kr = kr.display(),
+            sock = sock.display(),
+        ),
+    )
+    .unwrap();
+    let check = Command::new(bin("gatewan"))
+        .args(["--check", "-c"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert_eq!(
+        check.status.code(),
+        Some(0),
+        "--check validates the file, not the host: {}",
+        String::from_utf8_lossy(&check.stderr)
+    );
+    let ns = Netns::new();
+    for (iface, peer) in [("eth1", "eth1p"), ("eth0", "eth0p")] {
+        ns.exec_ok(&[
+            "ip", "link", "add", iface, "type", "veth", "peer", "name", peer,
+        ]);
+        ns.exec_ok(&["ip", "link", "set", peer, "up"]);
+        ns.exec_ok(&["ip", "link", "set", iface, "up"]);
+    }
+    ns.exec_ok(&["ip", "addr", "add", "198.51.100.10/24", "dev", "eth1"]);
+    let start = || {
+        let out = ns.cmd(bin("gatewan")).arg("-c").arg(&cfg).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = start();
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("gatewan.yaml:15: fabric.vtep: not set, so it is the IPv4 address of fabric.interface eth0, but eth0 has none of global scope"),
+        "{err}"
+    );
+    ns.exec_ok(&["ip", "addr", "add", "10.1.255.11/32", "dev", "eth0"]);
+    ns.exec_ok(&["ip", "addr", "add", "10.1.255.12/32", "dev", "eth0"]);
+    let (code, err) = start();
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("gatewan.yaml:15: fabric.vtep")
+            && err.contains("eth0 has 2 (10.1.255.11, 10.1.255.12): set fabric.vtep"),
+        "{err}"
+    );
+    assert!(
+        !dir.join("state").exists(),
+        "nothing started before the config was complete"
+    );
+
+    ns.exec_ok(&["ip", "addr", "del", "10.1.255.12/32", "dev", "eth0"]);
+    let log = std::fs::File::create(dir.join("gatewan.log")).unwrap();
+    let mut daemon = ns
+        .cmd(bin("gatewan"))
+        .arg("-c")
+        .arg(&cfg)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let mut addresses = None;
+    let announced = wait_until(std::time::Duration::from_secs(10), || {
+        let out = routingctl(&sock, &["-o", "json", "members"]);
+        let members: Vec<serde_json::Value> =
+            serde_json::from_slice(&out.stdout).unwrap_or_default();
+        addresses = members.first().map(|m| m["addresses"].clone());
+        addresses.is_some()
+    });
+    let logs = std::fs::read_to_string(dir.join("gatewan.log")).unwrap_or_default();
+    assert!(announced, "the gatewan did not start:\n{logs}");
+    assert_eq!(
+        addresses,
+        Some(serde_json::json!([
+            "198.51.100.10:7946",
+            "10.1.255.11:7946"
+        ])),
+        "{logs}"
+    );
+    // Killed with the namespace's processes.
+    drop(ns);
+    let _ = daemon.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -2,20 +2,23 @@
 //! fabric.
 
 use std::collections::HashSet;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use super::GatewanConfig;
+use crate::host::HostAddress;
 use gatewan_kit::config::Checker;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FabricConfig {
     /// The gatewan's VXLAN tunnel endpoint in the fabric: bgpctl advertises the remote
-    /// datacenters' prefixes with it as next hop.
-    pub vtep: Spanned<String>,
+    /// datacenters' prefixes with it as next hop. Left out, it is the one IPv4 address of
+    /// `interface`, read at start ([`vtep_from_addresses`]).
+    #[serde(default)]
+    pub vtep: Option<Spanned<String>>,
     /// The L3 VNI of the fabric's tenant; with `interface`, turns the data plane on.
     #[serde(default)]
     pub vni: Option<Spanned<u32>>,
@@ -48,6 +51,45 @@ pub struct DataplaneSettings {
     pub static_networks: Vec<crate::dataplane::plan::LocalNetwork>,
     /// `fabric.tunnel_vteps`: the pool of per-tunnel VTEP addresses.
     pub tunnel_vteps: Option<ipnet::Ipv4Net>,
+}
+
+/// The VTEP of a config that leaves `fabric.vtep` out: the one IPv4 address of global
+/// scope of `fabric.interface` (`addresses` as the host has them, None when it has no such
+/// interface). None or several is the operator's to settle: which of several addresses the
+/// leaves send to cannot be guessed, and guessing wrong black-holes the datacenter's
+/// traffic. The message is for a `fabric.vtep` error.
+pub fn vtep_from_addresses(
+    interface: &str,
+    addresses: Option<&[HostAddress]>,
+) -> Result<Ipv4Addr, String> {
+    let Some(addresses) = addresses else {
+        return Err(format!(
+            "not set, so it is the IPv4 address of fabric.interface {interface}, but this host has no interface {interface}: set fabric.vtep, or fabric.interface to the interface toward the fabric"
+        ));
+    };
+    let v4: Vec<Ipv4Addr> = addresses
+        .iter()
+        .filter(|a| a.global)
+        .filter_map(|a| match a.address {
+            IpAddr::V4(v4) => Some(v4),
+            IpAddr::V6(_) => None,
+        })
+        .collect();
+    match v4.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(format!(
+            "not set, so it is the IPv4 address of fabric.interface {interface}, but {interface} has none of global scope: give {interface} its address in the fabric, or set fabric.vtep"
+        )),
+        several => Err(format!(
+            "not set, so it is the IPv4 address of fabric.interface {interface}, but {interface} has {} ({}): set fabric.vtep to the one the fabric's leaves send to",
+            several.len(),
+            several
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
 }
 
 /// Linux interface names: 1 to 15 bytes, no '/', no whitespace, not "." or "..".
@@ -199,7 +241,7 @@ impl GatewanConfig {
             Some(IpAddr::V4(v4)) => Some(v4),
             Some(IpAddr::V6(_)) => {
                 c.error(
-                    f.map(|f| &f.vtep),
+                    f.and_then(|f| f.vtep.as_ref()),
                     "fabric.vtep",
                     "the data plane needs an IPv4 VTEP (EVPN type-5 next hops are IPv4; IPv6 prefixes go via ::ffff:VTEP)",
                 );

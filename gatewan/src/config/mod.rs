@@ -5,8 +5,9 @@
 //! `fabric` (with `networks`).
 
 use std::collections::HashSet;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 use serde_saphyr::Spanned;
@@ -16,12 +17,13 @@ use gatewan_kit::config::{
     ApiConfig, ApiSettings, Checker, ConfigError, LogConfig, LogFormat, MeshConfig,
     MeshMemberSettings, MetricsConfig, check_name, parse_file,
 };
+use gatewan_mesh::identity::MAX_MESH_ADDRESSES;
 
 mod fabric;
 mod transit;
 mod tunnels;
 
-pub use fabric::{DataplaneSettings, FabricConfig, NetworkConfig};
+pub use fabric::{DataplaneSettings, FabricConfig, NetworkConfig, vtep_from_addresses};
 use gatewan_kit::units::Rate;
 pub use transit::{OneOrMany, TransitConfig};
 pub use tunnels::{
@@ -86,8 +88,13 @@ pub struct GatewanSettings {
     pub tunnels: Option<TunnelsSettings>,
     pub api: ApiSettings,
     pub metrics_listen: Option<SocketAddr>,
-    /// The VTEP announced in the NodeRecord (`fabric.vtep`).
+    /// The VTEP announced in the NodeRecord (`fabric.vtep`, or the address of
+    /// `fabric.interface` once read).
     pub vtep: Option<IpAddr>,
+    /// Set while the VTEP is still to be read from `fabric.interface`: until then `vtep`
+    /// and `dataplane` are None and `mesh.advertise` lacks it
+    /// ([`GatewanSettings::with_vtep_interface_addresses`] completes them).
+    pub vtep_from_interface: Option<VtepFromInterface>,
     /// Set when `fabric.vni` and `fabric.interface` are.
     pub dataplane: Option<DataplaneSettings>,
     pub log_format: LogFormat,
@@ -95,12 +102,25 @@ pub struct GatewanSettings {
 }
 
 impl GatewanConfig {
+    /// Reads and validates the file. What only the host can tell is left for the start:
+    /// see [`GatewanSettings::vtep_from_interface`].
     pub fn load(path: &Path) -> Result<GatewanSettings, Vec<ConfigError>> {
         let cfg: GatewanConfig = parse_file(path)?;
-        cfg.validate(path)
+        Arc::new(cfg).validate(path)
     }
 
-    pub fn validate(&self, path: &Path) -> Result<GatewanSettings, Vec<ConfigError>> {
+    pub fn validate(self: &Arc<Self>, path: &Path) -> Result<GatewanSettings, Vec<ConfigError>> {
+        self.validate_on_host(path, None)
+    }
+
+    /// Validates the config; `host_vtep` is the VTEP read from `fabric.interface` when the
+    /// file leaves `fabric.vtep` out (None before it is read: the settings then say where
+    /// to read it, [`GatewanSettings::vtep_from_interface`]).
+    fn validate_on_host(
+        self: &Arc<Self>,
+        path: &Path,
+        host_vtep: Option<Ipv4Addr>,
+    ) -> Result<GatewanSettings, Vec<ConfigError>> {
         let mut c = Checker::new(path);
         check_name(&mut c, &self.name, "name");
         check_name(&mut c, &self.datacenter, "datacenter");
@@ -179,28 +199,44 @@ impl GatewanConfig {
             .tunnels
             .as_ref()
             .and_then(|t| t.validate(&self.probe, &mut c));
-        let transit_addrs: Vec<IpAddr> =
-            transits.iter().flat_map(|t| t.addresses.clone()).collect();
-        let mesh = self.mesh.validate(&mut c, &transit_addrs, false);
-        let api = self.api.validate(&mut c, DEFAULT_API_SOCKET);
-        let metrics_listen = self.metrics.validate(&mut c);
-        let vtep = self
-            .fabric
-            .as_ref()
-            .and_then(|f| match f.vtep.value.parse::<IpAddr>() {
+        let mut vtep_from_interface = None;
+        let vtep = self.fabric.as_ref().and_then(|f| match (&f.vtep, &f.interface) {
+            (Some(v), _) => match v.value.parse::<IpAddr>() {
                 Ok(ip) if !ip.is_unspecified() && !ip.is_multicast() => Some(ip),
                 _ => {
                     c.error(
-                        Some(&f.vtep),
+                        Some(v),
                         "fabric.vtep",
                         format!(
                             "{:?} is not a unicast IP address (the gatewan's VTEP)",
-                            f.vtep.value
+                            v.value
                         ),
                     );
                     None
                 }
-            });
+            },
+            (None, Some(interface)) => match host_vtep {
+                Some(v4) => Some(IpAddr::V4(v4)),
+                None => {
+                    vtep_from_interface = Some(VtepFromInterface {
+                        interface: interface.value.clone(),
+                        config: self.clone(),
+                    });
+                    None
+                }
+            },
+            (None, None) => {
+                c.error(
+                    f.vni.as_ref(),
+                    "fabric.vtep",
+                    "the gatewan's VTEP in the fabric is missing: set fabric.vtep, or fabric.interface to take that interface's IPv4 address",
+                );
+                None
+            }
+        });
+        let mesh = self.validate_mesh(&mut c, &transits, vtep, vtep_from_interface.is_some());
+        let api = self.api.validate(&mut c, DEFAULT_API_SOCKET);
+        let metrics_listen = self.metrics.validate(&mut c);
         let dataplane = self.validate_dataplane(&mut c, vtep, tunnels.is_some());
         c.finish()?;
         let mesh = mesh.expect("mesh settings exist when there is no error");
@@ -215,10 +251,97 @@ impl GatewanConfig {
             api,
             metrics_listen,
             vtep,
+            vtep_from_interface,
             dataplane,
             log_format: self.log.format,
             log_level: self.log.level.clone(),
         })
+    }
+
+    /// The `mesh` section. Left out, `mesh.advertise` is every transit address and the
+    /// VTEP, on the bind port: remote gatewans reach this one over its transits, and its
+    /// bgpctls, which are on the fabric and nowhere else, over the VTEP. The VTEP is
+    /// announced only where the gossip socket listens on it (the default `[::]` bind, or
+    /// the VTEP itself).
+    fn validate_mesh(
+        &self,
+        c: &mut Checker,
+        transits: &[Transit],
+        vtep: Option<IpAddr>,
+        vtep_to_read: bool,
+    ) -> Option<MeshMemberSettings> {
+        let mut default_advertise: Vec<IpAddr> =
+            transits.iter().flat_map(|t| t.addresses.clone()).collect();
+        let bind_ip = self
+            .mesh
+            .bind
+            .as_ref()
+            .and_then(|b| b.value.parse::<SocketAddr>().ok())
+            .map(|b| b.ip());
+        if let Some(v) = vtep
+            && bind_ip.is_none_or(|b| b.is_unspecified() || b == v)
+            && !default_advertise.contains(&v)
+        {
+            default_advertise.push(v);
+        }
+        // The VTEP still to be read at start counts already, so that --check refuses what
+        // the start would.
+        if self.mesh.advertise.is_empty()
+            && vtep_to_read
+            && bind_ip.is_none_or(|b| b.is_unspecified())
+            && default_advertise.len() + 1 > MAX_MESH_ADDRESSES
+        {
+            c.error(
+                None::<&Spanned<()>>,
+                "mesh.advertise",
+                format!(
+                    "left out, it is every transit address and the VTEP read from fabric.interface: {} addresses, at most {MAX_MESH_ADDRESSES}: list those to announce in mesh.advertise",
+                    default_advertise.len() + 1
+                ),
+            );
+        }
+        self.mesh.validate(c, &default_advertise, false)
+    }
+}
+
+/// `fabric.vtep` left out with `fabric.interface` set: the VTEP is that interface's one
+/// IPv4 address, read when the daemon starts ([`crate::host::complete_settings`]) and not
+/// by `--check`, which validates the file alone (the interface may not exist where the
+/// file is checked).
+#[derive(Debug, Clone)]
+pub struct VtepFromInterface {
+    pub interface: String,
+    /// The config, validated again once the VTEP is known: the VTEP joins the default
+    /// `mesh.advertise`, must stay out of `fabric.tunnel_vteps` and completes the data
+    /// plane, as a written `fabric.vtep` does.
+    config: Arc<GatewanConfig>,
+}
+
+impl GatewanSettings {
+    /// Completes settings that leave `fabric.vtep` to the host with the addresses of
+    /// `fabric.interface` (None: the host has no such interface); settings that leave
+    /// nothing to it come back as they are. A VTEP that cannot be chosen is a config error
+    /// on `fabric.vtep`, at the line of `fabric.interface`.
+    pub fn with_vtep_interface_addresses(
+        self,
+        addresses: Option<&[crate::host::HostAddress]>,
+    ) -> Result<GatewanSettings, Vec<ConfigError>> {
+        let Some(from) = &self.vtep_from_interface else {
+            return Ok(self);
+        };
+        match fabric::vtep_from_addresses(&from.interface, addresses) {
+            Ok(vtep) => from.config.validate_on_host(&self.config_file, Some(vtep)),
+            Err(message) => {
+                let mut c = Checker::new(&self.config_file);
+                let at = from
+                    .config
+                    .fabric
+                    .as_ref()
+                    .and_then(|f| f.interface.as_ref());
+                c.error(at, "fabric.vtep", message);
+                c.finish().map(|()| self)
+            }
+        }
     }
 }
 
@@ -605,5 +728,217 @@ transits:
         let detection = (p.probe_interval / p.probe_count) * (p.thresholds.down_consecutive - 1)
             + p.probe_timeout;
         assert_eq!(detection, std::time::Duration::from_millis(100));
+    }
+
+    fn addr(a: &str, global: bool) -> crate::host::HostAddress {
+        let net: ipnet::IpNet = a.parse().unwrap();
+        crate::host::HostAddress {
+            address: net.addr(),
+            prefix_len: net.prefix_len(),
+            global,
+        }
+    }
+
+    fn sock(a: &str) -> SocketAddr {
+        a.parse().unwrap()
+    }
+
+    #[test]
+    fn mesh_advertise_left_out_is_every_transit_address_and_the_vtep() {
+        let p = load(&format!("{GOOD}fabric:\n  vtep: 10.1.255.11\n")).unwrap();
+        assert_eq!(
+            p.mesh.advertise,
+            [
+                sock("198.51.100.10:7946"),
+                sock("[2001:db8:1::10]:7946"),
+                sock("10.1.255.11:7946")
+            ],
+            "the transits for the remote gatewans, the VTEP for the bgpctls on the fabric"
+        );
+        // Written, it wins.
+        let p = load(&format!(
+            "{}fabric:\n  vtep: 10.1.255.11\n",
+            GOOD.replace("mesh:\n", "mesh:\n  advertise: [\"198.51.100.10\"]\n")
+        ))
+        .unwrap();
+        assert_eq!(p.mesh.advertise, [sock("198.51.100.10:7946")]);
+        // The gossip socket bound to a transit address does not listen on the VTEP.
+        let p = load(&format!(
+            "{}fabric:\n  vtep: 10.1.255.11\n",
+            GOOD.replace("mesh:\n", "mesh:\n  bind: \"198.51.100.10:7000\"\n")
+        ))
+        .unwrap();
+        assert_eq!(
+            p.mesh.advertise,
+            [sock("198.51.100.10:7000"), sock("[2001:db8:1::10]:7000")]
+        );
+    }
+
+    #[test]
+    fn the_lab_leaves_mesh_advertise_out_and_gets_the_list_it_wrote_by_hand_before() {
+        let lab = include_str!("../../../lab/topologies/two-dc/gatewan01-sg1.yaml");
+        assert!(
+            !lab.lines()
+                .any(|l| l.trim_start().starts_with("advertise:")),
+            "the lab config writes mesh.advertise"
+        );
+        // What gatewan01-sg1.yaml wrote by hand before the default existed.
+        let by_hand: Vec<std::net::SocketAddr> = [
+            "198.51.100.1:7946",
+            "[2001:db8:100:11::2]:7946",
+            "203.0.113.1:7946",
+            "[2001:db8:200:11::2]:7946",
+            "10.1.255.11:7946",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        let derived = load(lab).unwrap().mesh.advertise;
+        assert_eq!(
+            derived.iter().collect::<std::collections::BTreeSet<_>>(),
+            by_hand.iter().collect::<std::collections::BTreeSet<_>>()
+        );
+    }
+
+    #[test]
+    fn fabric_vtep_left_out_is_the_address_of_fabric_interface_read_at_start() {
+        let yaml = format!("{GOOD}{DATAPLANE}").replace("  vtep: 10.1.255.11\n", "");
+        let p = load(&yaml).unwrap();
+        // --check stops here: valid, the VTEP still to read.
+        assert_eq!(
+            p.vtep_from_interface.as_ref().map(|v| v.interface.as_str()),
+            Some("eth0")
+        );
+        assert!(p.vtep.is_none() && p.dataplane.is_none());
+        assert_eq!(p.mesh.advertise.len(), 2);
+        let eth0 = [
+            addr("10.1.255.11/32", true),
+            addr("fe80::1/64", false),
+            addr("fd00:1::11/64", true),
+        ];
+        let p = p.with_vtep_interface_addresses(Some(&eth0)).unwrap();
+        assert!(p.vtep_from_interface.is_none());
+        assert_eq!(p.vtep, Some("10.1.255.11".parse().unwrap()));
+        assert_eq!(
+            p.dataplane.expect("data plane planned").fabric.vtep,
+            "10.1.255.11".parse::<std::net::Ipv4Addr>().unwrap()
+        );
+        assert_eq!(p.mesh.advertise[2], sock("10.1.255.11:7946"));
+        // Settings with nothing left to the host are as they were.
+        let p = load(&format!("{GOOD}{DATAPLANE}")).unwrap();
+        let q = p.clone().with_vtep_interface_addresses(None).unwrap();
+        assert_eq!(q.vtep, p.vtep);
+    }
+
+    #[test]
+    fn a_vtep_that_cannot_be_read_is_an_error_on_fabric_vtep_at_the_interface_line() {
+        let yaml = format!("{GOOD}{DATAPLANE}").replace("  vtep: 10.1.255.11\n", "");
+        let read = |addrs: Option<&[crate::host::HostAddress]>| {
+            load(&yaml)
+                .unwrap()
+                .with_vtep_interface_addresses(addrs)
+                .unwrap_err()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let e = read(Some(&[addr("fe80::1/64", false), addr("fd00::1/64", true)]));
+        assert!(
+            e.contains(":17: fabric.vtep: not set, so it is the IPv4 address of fabric.interface eth0, but eth0 has none")
+                && e.contains("or set fabric.vtep"),
+            "{e}"
+        );
+        let e = read(Some(&[
+            addr("10.1.255.11/32", true),
+            addr("10.1.255.12/32", true),
+        ]));
+        assert!(
+            e.contains(":17: fabric.vtep")
+                && e.contains("eth0 has 2 (10.1.255.11, 10.1.255.12): set fabric.vtep"),
+            "{e}"
+        );
+        let e = read(None);
+        assert!(
+            e.contains(":17: fabric.vtep") && e.contains("this host has no interface eth0"),
+            "{e}"
+        );
+        // A VTEP read into fabric.tunnel_vteps is refused as a written one is.
+        let p = load(&yaml.replace(
+            "  interface: eth0\n",
+            "  interface: eth0\n  tunnel_vteps: 10.1.255.0/24\n",
+        ))
+        .unwrap();
+        let e = p
+            .with_vtep_interface_addresses(Some(&[addr("10.1.255.11/32", true)]))
+            .unwrap_err();
+        assert!(
+            e[0].to_string().contains("must not hold fabric.vtep"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn the_example_config_is_valid_and_leaves_the_vtep_to_the_host() {
+        let p = load(include_str!("../../../docs/examples/gatewan.yaml"))
+            .unwrap_or_else(|e| panic!("{e:?}"));
+        assert_eq!(
+            p.vtep_from_interface.as_ref().map(|v| v.interface.as_str()),
+            Some("eth0")
+        );
+        let p = p
+            .with_vtep_interface_addresses(Some(&[addr("10.1.255.11/32", true)]))
+            .unwrap();
+        assert_eq!(
+            p.mesh.advertise,
+            [
+                sock("198.51.100.10:7946"),
+                sock("[2001:db8:10::10]:7946"),
+                sock("203.0.113.10:7946"),
+                sock("10.1.255.11:7946")
+            ]
+        );
+    }
+
+    #[test]
+    fn a_fabric_needs_its_vtep_or_its_interface() {
+        let e = one_error(&format!("{GOOD}fabric:\n  port: 4789\n"));
+        assert!(
+            e.contains("fabric.vtep: the gatewan's VTEP in the fabric is missing: set fabric.vtep, or fabric.interface"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn too_many_addresses_to_advertise_by_default_is_refused_by_check() {
+        let transits: String = (0..4)
+            .map(|i| {
+                format!(
+                    "  - name: t{i}\n    interface: eth{}\n    addresses: [198.51.100.{i}, \"2001:db8::{i}\"]\n    capacity: 1Gbps\n",
+                    i + 1
+                )
+            })
+            .collect();
+        let base = GOOD.split("transits:\n").next().unwrap();
+        let yaml = format!("{base}transits:\n{transits}");
+        assert_eq!(load(&yaml).unwrap().mesh.advertise.len(), 8);
+        // A written VTEP makes nine.
+        let e = one_error(&format!("{yaml}{DATAPLANE}"));
+        assert!(
+            e.contains("mesh.advertise: left out, it is every transit address (and a gatewan's fabric VTEP): 9 addresses, at most 8"),
+            "{e}"
+        );
+        // So does one still to be read: --check refuses what the start would.
+        let e = one_error(&format!("{yaml}{DATAPLANE}").replace("  vtep: 10.1.255.11\n", ""));
+        assert!(
+            e.contains("mesh.advertise: left out, it is every transit address and the VTEP read from fabric.interface: 9 addresses, at most 8"),
+            "{e}"
+        );
+        // Written, the operator chooses.
+        let chosen = format!("{yaml}{DATAPLANE}").replace(
+            "mesh:\n",
+            "mesh:\n  advertise: [198.51.100.0, 198.51.100.1, 10.1.255.11]\n",
+        );
+        assert_eq!(load(&chosen).unwrap().mesh.advertise.len(), 3);
     }
 }

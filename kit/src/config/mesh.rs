@@ -18,7 +18,7 @@ pub struct MeshConfig {
     #[serde(default)]
     pub bind: Option<Spanned<String>>,
     /// Addresses announced to the mesh, one per transit; default: every transit address
-    /// with the bind port.
+    /// (and a gatewan's fabric VTEP) with the bind port.
     #[serde(default)]
     pub advertise: Vec<Spanned<String>>,
     #[serde(default)]
@@ -63,12 +63,13 @@ pub struct MeshMemberSettings {
 }
 
 impl MeshConfig {
-    /// Validates the section. `transit_addrs` are the default advertise addresses;
-    /// `passive` the default of `mesh.passive`.
+    /// Validates the section. `default_advertise` are the addresses announced (with the
+    /// bind port) when `mesh.advertise` is left out; `passive` the default of
+    /// `mesh.passive`.
     pub fn validate(
         &self,
         c: &mut Checker,
-        transit_addrs: &[IpAddr],
+        default_advertise: &[IpAddr],
         passive: bool,
     ) -> Option<MeshMemberSettings> {
         let errors_before = c.errors.len();
@@ -98,7 +99,7 @@ impl MeshConfig {
             }
         }
         if self.advertise.is_empty() {
-            advertise = transit_addrs
+            advertise = default_advertise
                 .iter()
                 .map(|ip| SocketAddr::new(*ip, bind.port()))
                 .collect();
@@ -111,11 +112,22 @@ impl MeshConfig {
             }
         }
         if advertise.len() > MAX_MESH_ADDRESSES {
-            c.error(
-                self.advertise.first(),
-                "mesh.advertise",
-                format!("at most {MAX_MESH_ADDRESSES} addresses"),
-            );
+            if self.advertise.is_empty() {
+                c.error(
+                    None::<&Spanned<()>>,
+                    "mesh.advertise",
+                    format!(
+                        "left out, it is every transit address (and a gatewan's fabric VTEP): {} addresses, at most {MAX_MESH_ADDRESSES}: list those to announce in mesh.advertise",
+                        advertise.len()
+                    ),
+                );
+            } else {
+                c.error(
+                    self.advertise.first(),
+                    "mesh.advertise",
+                    format!("at most {MAX_MESH_ADDRESSES} addresses"),
+                );
+            }
         }
         let mut seeds = Vec::new();
         for (i, s) in self.seeds.iter().enumerate() {

@@ -190,23 +190,23 @@ pub fn yaml_path_at(text: &str, line: u64) -> String {
         .join(".")
 }
 
-/// Names: lower-case letters, digits and dashes, as in DNS labels.
-pub fn check_name(c: &mut Checker, v: &Spanned<String>, field: &str) {
-    let ok = !v.value.is_empty()
-        && v.value.len() <= 63
-        && v.value
-            .chars()
+/// What [`is_name`] asks, for messages.
+pub const NAME_RULE: &str = "1-63 lower-case letters, digits or dashes";
+
+/// Names (of members, datacenters, transits): lower-case letters, digits and dashes, as
+/// in DNS labels, not starting with a dash.
+pub fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
             .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-')
-        && !v.value.starts_with('-');
-    if !ok {
-        c.error(
-            Some(v),
-            field,
-            format!(
-                "{:?} must be 1-63 lower-case letters, digits or dashes",
-                v.value
-            ),
-        );
+        && !s.starts_with('-')
+}
+
+/// Refuses a name that is not [`is_name`].
+pub fn check_name(c: &mut Checker, v: &Spanned<String>, field: &str) {
+    if !is_name(&v.value) {
+        c.error(Some(v), field, format!("{:?} must be {NAME_RULE}", v.value));
     }
 }
 
