@@ -218,3 +218,74 @@ pub fn bind_unix(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     Ok(l)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gatewan_mesh::store::{StateStore, encode_record};
+    use gatewan_mesh::{MemberId, MemberInfo};
+    use gatewan_proto::v1::record::Body;
+
+    /// A gatewan `gw{n}` announcing `slot`, in `store`, and its member entry.
+    fn gatewan(store: &mut StateStore, n: u8, slot: u32, pinned: bool) -> MemberInfo {
+        let id = NodeId([n; 16]);
+        let record = v1::Record {
+            origin: id.0.to_vec().into(),
+            version: 1,
+            body: Some(Body::Node(v1::NodeRecord {
+                id: id.0.to_vec().into(),
+                name: format!("gw{n}"),
+                datacenter: "sg1".into(),
+                role: v1::Role::Gatewan as i32,
+                wireguard_public_key: vec![n; 32].into(),
+                tunnel_slot: Some(slot),
+                tunnel_slot_claimed_ms: 1_000,
+                tunnel_slot_pinned: pinned,
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        store.merge(encode_record(&record).expect("a valid node record"));
+        MemberInfo {
+            id: MemberId {
+                node: id,
+                generation: 1,
+                addrs: Vec::new(),
+            },
+            state: MemberState::Alive,
+            incarnation: 0,
+            last_change_ms: 0,
+            local: false,
+            key: None,
+            revoked: false,
+        }
+    }
+
+    #[test]
+    fn members_show_each_gatewans_slot_and_who_keeps_a_slot_pinned_twice() {
+        let mut store = StateStore::default();
+        let members = vec![
+            gatewan(&mut store, 2, 7, true),
+            gatewan(&mut store, 1, 7, true),
+            gatewan(&mut store, 3, 8, false),
+        ];
+        let view = MeshView {
+            members,
+            store,
+            ..MeshView::default()
+        };
+        let shown: Vec<(String, Option<u32>, String)> = super::members(&view)
+            .into_iter()
+            .map(|m| (m.name, m.tunnel_slot, m.tunnel_slot_held_by))
+            .collect();
+        assert_eq!(
+            shown,
+            [
+                // Pinned twice: the lower node id keeps it, the other is shown in conflict.
+                ("gw2".to_string(), Some(7), "gw1".to_string()),
+                ("gw1".to_string(), Some(7), String::new()),
+                ("gw3".to_string(), Some(8), String::new()),
+            ]
+        );
+    }
+}
