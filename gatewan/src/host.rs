@@ -13,18 +13,9 @@ use netlink_packet_route::link::{LinkAttribute, LinkFlags};
 use rtnetlink::Handle;
 
 use crate::config::GatewanSettings;
+pub use crate::config::HostAddress;
 use crate::netlink::io_err;
 use gatewan_kit::config::ConfigErrors;
-
-/// An address of an interface.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct HostAddress {
-    pub address: IpAddr,
-    pub prefix_len: u8,
-    /// Global scope, and not an IPv6 temporary (privacy) or deprecated address: those are
-    /// replaced by the kernel over time, so no config should name them.
-    pub global: bool,
-}
 
 /// An interface of the host.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -8,8 +8,19 @@ use serde::Deserialize;
 use serde_saphyr::Spanned;
 
 use super::GatewanConfig;
-use crate::host::HostAddress;
 use gatewan_kit::config::Checker;
+
+/// An address of an interface, as the host reports it (the host module reads them; the
+/// config only chooses among them, so the type lives here and the dependency points one
+/// way: host → config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HostAddress {
+    pub address: IpAddr,
+    pub prefix_len: u8,
+    /// Global scope, and not an IPv6 temporary (privacy) or deprecated address: those are
+    /// replaced by the kernel over time, so no config should name them.
+    pub global: bool,
+}
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]

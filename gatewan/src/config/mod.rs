@@ -23,7 +23,9 @@ mod fabric;
 mod transit;
 mod tunnels;
 
-pub use fabric::{DataplaneSettings, FabricConfig, NetworkConfig, vtep_from_addresses};
+pub use fabric::{
+    DataplaneSettings, FabricConfig, HostAddress, NetworkConfig, vtep_from_addresses,
+};
 use gatewan_kit::units::Rate;
 pub use transit::{OneOrMany, TransitConfig};
 pub use tunnels::{
@@ -305,7 +307,7 @@ impl GatewanConfig {
 }
 
 /// `fabric.vtep` left out with `fabric.interface` set: the VTEP is that interface's one
-/// IPv4 address, read when the daemon starts ([`crate::host::complete_settings`]) and not
+/// IPv4 address, read when the daemon starts (`complete_settings` in the host module) and not
 /// by `--check`, which validates the file alone (the interface may not exist where the
 /// file is checked).
 #[derive(Debug, Clone)]
@@ -324,7 +326,7 @@ impl GatewanSettings {
     /// on `fabric.vtep`, at the line of `fabric.interface`.
     pub fn with_vtep_interface_addresses(
         self,
-        addresses: Option<&[crate::host::HostAddress]>,
+        addresses: Option<&[fabric::HostAddress]>,
     ) -> Result<GatewanSettings, Vec<ConfigError>> {
         let Some(from) = &self.vtep_from_interface else {
             return Ok(self);
@@ -730,9 +732,9 @@ transits:
         assert_eq!(detection, std::time::Duration::from_millis(100));
     }
 
-    fn addr(a: &str, global: bool) -> crate::host::HostAddress {
+    fn addr(a: &str, global: bool) -> fabric::HostAddress {
         let net: ipnet::IpNet = a.parse().unwrap();
-        crate::host::HostAddress {
+        fabric::HostAddress {
             address: net.addr(),
             prefix_len: net.prefix_len(),
             global,
@@ -833,7 +835,7 @@ transits:
     #[test]
     fn a_vtep_that_cannot_be_read_is_an_error_on_fabric_vtep_at_the_interface_line() {
         let yaml = format!("{GOOD}{DATAPLANE}").replace("  vtep: 10.1.255.11\n", "");
-        let read = |addrs: Option<&[crate::host::HostAddress]>| {
+        let read = |addrs: Option<&[fabric::HostAddress]>| {
             load(&yaml)
                 .unwrap()
                 .with_vtep_interface_addresses(addrs)
