@@ -120,6 +120,30 @@ fn numbering(h: &Host) -> Vec<String> {
     v
 }
 
+/// What each gatewan sees, where it differs from the first one's view: for a failure.
+fn diagnosis(hosts: &[Host]) -> String {
+    let first = slots_seen(&hosts[0]);
+    let mut out = format!("{}: slots {:?}\n", hosts[0].log.display(), first);
+    for h in hosts {
+        let seen = slots_seen(h);
+        let states: Vec<String> = h
+            .tunnels()
+            .iter()
+            .map(|t| t["state"].as_str().unwrap_or("?").to_string())
+            .collect();
+        let differs = if seen == first {
+            String::new()
+        } else {
+            format!(" slots {seen:?}")
+        };
+        out.push_str(&format!(
+            "{}: tunnels {states:?}{differs}\n",
+            h.log.display()
+        ));
+    }
+    out
+}
+
 #[test]
 fn twenty_gatewans_started_at_once_claim_unique_slots_and_a_second_start_changes_nothing() {
     if !require_root("zero_touch") || !require_program("zero_touch", "wireguard-go") {
@@ -168,6 +192,9 @@ fn twenty_gatewans_started_at_once_claim_unique_slots_and_a_second_start_changes
             slots.len() == N
                 && unique(&slots)
                 && conflicts.is_empty()
+                // Every gatewan sees the same slots (same-datacenter gatewans only learn
+                // of each other through the mesh: no tunnel joins them).
+                && hosts[1..].iter().all(|h| slots_seen(h) == (slots.clone(), Vec::new()))
                 && hosts
                     .iter()
                     .enumerate()
@@ -183,9 +210,24 @@ fn twenty_gatewans_started_at_once_claim_unique_slots_and_a_second_start_changes
         let (slots, conflicts) = slots_seen(&hosts[0]);
         slots.len() == N && unique(&slots) && conflicts.is_empty()
     });
-    eprintln!("slots unique after {:?} ({slotted})", t0.elapsed());
+    eprintln!(
+        "slots unique as {} sees them after {:?} ({slotted})",
+        hosts[0].log.display(),
+        t0.elapsed()
+    );
     // The target is 10 s (issue 16); the bound here is 3× that, for a busy CI machine.
+    let agreed = wait_until(Duration::from_secs(30), || {
+        let seen = slots_seen(&hosts[0]);
+        seen.0.len() == N && hosts[1..].iter().all(|h| slots_seen(h) == seen)
+    });
+    eprintln!(
+        "every gatewan sees the same {N} slots after {:?} ({agreed})",
+        t0.elapsed()
+    );
     let took = settle(&hosts, Duration::from_secs(30)).map(|_| t0.elapsed());
+    if took.is_none() {
+        eprintln!("{}", diagnosis(&hosts));
+    }
     let (slots, conflicts) = slots_seen(&hosts[0]);
     assert!(
         took.is_some(),
@@ -209,7 +251,7 @@ fn twenty_gatewans_started_at_once_claim_unique_slots_and_a_second_start_changes
     if took > Duration::from_secs(10) {
         eprintln!("MISSED TARGET: {took:?}, target 10 s");
     }
-    // Every gatewan sees the same slots.
+    // Every gatewan sees the same slots (settled above; asserted for the message).
     for h in &hosts[1..] {
         assert_eq!(
             slots_seen(h).0,
@@ -234,11 +276,7 @@ fn twenty_gatewans_started_at_once_claim_unique_slots_and_a_second_start_changes
         h.start();
     }
     let again = settle(&hosts, Duration::from_secs(30));
-    assert!(
-        again.is_some(),
-        "not settled again: {:?}",
-        slots_seen(&hosts[0])
-    );
+    assert!(again.is_some(), "not settled again:\n{}", diagnosis(&hosts));
     eprintln!("second start settled in {:?}", again.unwrap_or_default());
     assert_eq!(slots_seen(&hosts[0]).0, slots, "slots changed at restart");
     let restarted: Vec<Vec<String>> = hosts.iter().map(numbering).collect();
