@@ -87,10 +87,10 @@ async fn run(settings: gatewan::config::GatewanSettings) -> anyhow::Result<()> {
     let public_key = wireguard_key
         .map(|k| wireguard_control::Key(k).get_public().0.to_vec())
         .unwrap_or_default();
-    let slot = settings.tunnels.as_ref().and_then(|t| match t.slot {
-        Some(pinned) => Some((pinned, 0, true)),
-        None => numbering.0.claim.map(|c| (c.slot, c.claimed_ms, false)),
-    });
+    let slot = settings
+        .tunnels
+        .as_ref()
+        .and_then(|t| gatewan::tunnels::plan::slots::initial_claim(t.slot, numbering.0.claim));
     daemon::announce(
         &member,
         v1::NodeRecord {
@@ -111,9 +111,9 @@ async fn run(settings: gatewan::config::GatewanSettings) -> anyhow::Result<()> {
                 })
                 .collect(),
             wireguard_public_key: public_key.clone().into(),
-            tunnel_slot: slot.map(|s| s.0),
-            tunnel_slot_claimed_ms: slot.map_or(0, |s| s.1),
-            tunnel_slot_pinned: slot.is_some_and(|s| s.2),
+            tunnel_slot: slot.map(|c| c.slot),
+            tunnel_slot_claimed_ms: slot.map_or(0, |c| c.claimed_ms),
+            tunnel_slot_pinned: slot.is_some_and(|c| c.pinned),
             tunnel_interface_prefix: settings
                 .tunnels
                 .as_ref()

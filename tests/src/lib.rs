@@ -517,6 +517,12 @@ impl Host {
         serde_json::from_slice(&out.stdout).unwrap_or_default()
     }
 
+    /// Whether the gatewan has exactly `n` tunnels, all Established.
+    pub fn established(&self, n: usize) -> bool {
+        let t = self.tunnels();
+        t.len() == n && t.iter().all(|t| t["state"] == "Established")
+    }
+
     /// Interface name → ifindex of the tunnel interfaces.
     pub fn tunnel_ifindexes(&self) -> Vec<(String, String)> {
         let out = self.sh("ip -o link show | grep sdwan || true");

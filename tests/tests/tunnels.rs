@@ -39,11 +39,6 @@ fn write_config(
     cfg
 }
 
-fn established(h: &Host, n: usize) -> bool {
-    let t = h.tunnels();
-    t.len() == n && t.iter().all(|t| t["state"] == "Established")
-}
-
 fn loss_of(h: &Host, local_transit: &str) -> Vec<f64> {
     h.tunnels()
         .iter()
@@ -123,7 +118,7 @@ fn two_datacenters_four_tunnels_probed_and_restart_safe() {
     a.start();
     b.start();
     let up = wait_until(Duration::from_secs(20), || {
-        established(&a, 4) && established(&b, 4)
+        a.established(4) && b.established(4)
     });
     let took = t0.elapsed();
     assert!(
@@ -287,7 +282,7 @@ fn two_datacenters_four_tunnels_probed_and_restart_safe() {
         "cogent tunnels stay up"
     );
     a.sh("iptables -F INPUT");
-    let back = wait_until(Duration::from_secs(20), || established(&a, 4));
+    let back = wait_until(Duration::from_secs(20), || a.established(4));
     assert!(
         back,
         "tunnels not Established again after restore: {:#?}",
@@ -396,7 +391,7 @@ fn two_datacenters_four_tunnels_probed_and_restart_safe() {
     a.kill9();
     std::thread::sleep(Duration::from_millis(500));
     a.start();
-    let back = wait_until(Duration::from_secs(15), || established(&a, 4));
+    let back = wait_until(Duration::from_secs(15), || a.established(4));
     assert!(back, "tunnels not Established after restart");
     assert_eq!(
         a.tunnel_ifindexes(),

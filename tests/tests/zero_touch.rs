@@ -66,11 +66,6 @@ fn each_came_up(h: &Host, n: usize, seen: &mut BTreeSet<String>) -> bool {
     t.len() == n && t.iter().all(|t| seen.contains(&key(t)))
 }
 
-fn established(h: &Host, n: usize) -> bool {
-    let t = h.tunnels();
-    t.len() == n && t.iter().all(|t| t["state"] == "Established")
-}
-
 /// Every gatewan's announced slot as `h` sees the mesh, and the conflicts it reports.
 fn slots_seen(h: &Host) -> (BTreeMap<String, u64>, Vec<String>) {
     let out = routingctl(&h.socket, &["-o", "json", "members"]);
@@ -353,7 +348,7 @@ fn a_third_transit_listed_first_at_a_restart_leaves_the_tunnels_of_the_first_two
         h.start();
     }
     let up = wait_until(Duration::from_secs(45), || {
-        established(&a, 4) && established(&b, 4)
+        a.established(4) && b.established(4)
     });
     assert!(up, "four tunnels not Established: {:#?}", a.tunnels());
     let (a_before, b_before) = (numbering(&a), numbering(&b));
@@ -376,7 +371,7 @@ fn a_third_transit_listed_first_at_a_restart_leaves_the_tunnels_of_the_first_two
     .unwrap();
     a.start();
     let grown = wait_until(Duration::from_secs(45), || {
-        established(&a, 6) && established(&b, 6)
+        a.established(6) && b.established(6)
     });
     assert!(grown, "six tunnels not Established: {:#?}", a.tunnels());
     let ids: BTreeSet<String> = a

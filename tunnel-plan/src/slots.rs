@@ -173,6 +173,19 @@ impl std::fmt::Display for SlotTrouble {
     }
 }
 
+/// The claim a gatewan announces at start: its pin (`tunnels.slot`), else the claim kept
+/// in state_dir, else none yet.
+pub fn initial_claim(pinned: Option<u32>, stored: Option<SlotClaim>) -> Option<SlotClaim> {
+    match pinned {
+        Some(slot) => Some(SlotClaim {
+            slot,
+            claimed_ms: 0,
+            pinned: true,
+        }),
+        None => stored.map(|c| SlotClaim { pinned: false, ..c }),
+    }
+}
+
 /// One gatewan's slot: the pinned one, or the claim it made, kept or renewed.
 #[derive(Debug, Clone)]
 pub struct Claimer {
@@ -195,19 +208,11 @@ impl Claimer {
         stored: Option<SlotClaim>,
         now_ms: u64,
     ) -> Claimer {
-        let claim = match pinned {
-            Some(slot) => Some(SlotClaim {
-                slot,
-                claimed_ms: 0,
-                pinned: true,
-            }),
-            None => stored.map(|c| SlotClaim { pinned: false, ..c }),
-        };
         Claimer {
             id,
             name: name.to_string(),
             pinned,
-            claim,
+            claim: initial_claim(pinned, stored),
             started_ms: now_ms,
             renumberings: 0,
             trouble: None,
