@@ -19,7 +19,7 @@ use tracing::{info, warn};
 
 use crate::bgp::{self, ReceivedRoutes, SpeakerHandle, Type5Route};
 use crate::config::BgpctlSettings;
-use crate::controller::{Change, Controller, Explanation, Snapshot};
+use crate::controller::{Change, ChangeReason, Controller, Explanation, Policy, Snapshot};
 use crate::export::{self, ExportSettings};
 
 /// What the API shows of the controller.
@@ -27,6 +27,8 @@ use crate::export::{self, ExportSettings};
 pub struct ControllerView {
     pub explanation: Option<Explanation>,
     pub history: Vec<Change>,
+    /// Changes of the chosen tunnels since start, by reason.
+    pub changes: Vec<(ChangeReason, u64)>,
     /// The clocks when the explanation was made: the controller's times are monotonic.
     pub clock: Clock,
 }
@@ -72,6 +74,9 @@ pub struct Running {
     pub speaker: Arc<SpeakerHandle>,
     pub controller: watch::Receiver<Arc<ControllerView>>,
     pub counters: Arc<DaemonCounters>,
+    /// A new policy (SIGHUP): the decision loop takes it at once, keeping its choices and
+    /// timers (`Controller::set_policy`).
+    pub policy: watch::Sender<Policy>,
 }
 
 /// What the decision loop counts, for `/metrics`.
@@ -123,17 +128,20 @@ pub async fn start(config: &BgpctlSettings, mesh: MeshHandle) -> anyhow::Result<
         counters: counters.clone(),
         logged: false,
     };
+    let (policy, policy_rx) = watch::channel(config.policy.clone());
     tokio::spawn(decide_loop(
         config.clone(),
         mesh,
         speaker.clone(),
         tx,
         publisher,
+        policy_rx,
     ));
     Ok(Running {
         speaker,
         controller,
         counters,
+        policy,
     })
 }
 
@@ -143,6 +151,7 @@ async fn decide_loop(
     speaker: Arc<SpeakerHandle>,
     view_tx: watch::Sender<Arc<ControllerView>>,
     mut publisher: Publisher,
+    mut policy_rx: watch::Receiver<Policy>,
 ) {
     let export = ExportSettings {
         vni: config.vni,
@@ -177,6 +186,12 @@ async fn decide_loop(
             }
         }
         tokio::select! {
+            r = policy_rx.changed() => {
+                if r.is_err() { return; }
+                let policy = policy_rx.borrow_and_update().clone();
+                controller.set_policy(policy);
+                info!("controller policy reloaded: deciding again");
+            }
             r = mesh_rx.changed() => {
                 if r.is_err() { return; }
                 // Let a burst of gossip settle into one decision.
@@ -235,6 +250,7 @@ async fn decide_loop(
         view_tx.send_replace(Arc::new(ControllerView {
             explanation: Some(explanation),
             history: controller.history().cloned().collect(),
+            changes: controller.changes_by_reason().collect(),
             clock,
         }));
     }

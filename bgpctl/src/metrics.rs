@@ -130,6 +130,22 @@ impl Collector for BgpCollector {
                 ConstCounter::new(field(p)).encode(fam.encode_family(&[("peer", a.as_str())])?)?;
             }
         }
+        let mut fam = enc.encode_descriptor(
+            "bgpctl_bgp_notifications",
+            "BGP NOTIFICATION messages, by peer and direction (sent, received)",
+            None,
+            counter.metric_type(),
+        )?;
+        for (p, a) in peers.iter().zip(&addresses) {
+            for (direction, n) in [
+                ("sent", p.notifications_sent),
+                ("received", p.notifications_received),
+            ] {
+                ConstCounter::new(n).encode(
+                    fam.encode_family(&[("peer", a.as_str()), ("direction", direction)])?,
+                )?;
+            }
+        }
         // RFC 7606 repairs and the filters: what the speaker did not take as sent.
         let input: [(&str, Field); 7] = [
             ("treat_as_withdraw", |p| p.input.treat_as_withdraw),
@@ -215,6 +231,19 @@ impl Collector for ControllerCollector {
                 ConstGauge::new(reading(r))
                     .encode(fam.encode_family(&[("datacenter", &*r.datacenter)])?)?;
             }
+        }
+        let counter = ConstCounter::new(0u64);
+        let mut fam = enc.encode_descriptor(
+            "bgpctl_controller_decision_changes",
+            "Changes of the chosen tunnels since start, by reason (a change with two reasons \
+             counts for both): first, unhealthy (a chosen tunnel left the healthy set), \
+             none_healthy (hold_when_none_healthy expired), better_set (hold_down expired), \
+             short (capacity, min_tunnels or diversity), above_max_tunnels, datacenter_left",
+            None,
+            counter.metric_type(),
+        )?;
+        for (reason, n) in &view.changes {
+            ConstCounter::new(*n).encode(fam.encode_family(&[("reason", reason.as_str())])?)?;
         }
         Ok(())
     }

@@ -163,6 +163,7 @@ impl std::fmt::Debug for TunnelCollector {
 
 type Counter = fn(&v1::ProbeCounters) -> u64;
 type Reading = fn(&v1::TunnelInfo) -> f64;
+type Bytes = fn(&v1::TunnelInfo) -> u64;
 
 /// The tunnel states `routingctl tunnels` shows.
 const STATES: [&str; 3] = ["Established", "Degraded", "Down"];
@@ -249,6 +250,25 @@ impl Collector for TunnelCollector {
             }
         }
         let proto = ConstCounter::new(0u64);
+        let bytes: [(&str, &str, Bytes); 2] = [
+            (
+                "gatewan_tunnel_receive_bytes",
+                "Bytes received on the tunnel interface (decrypted), at the last usage reading",
+                |t| t.rx_bytes,
+            ),
+            (
+                "gatewan_tunnel_transmit_bytes",
+                "Bytes sent into the tunnel interface (before encryption), at the last usage reading",
+                |t| t.tx_bytes,
+            ),
+        ];
+        for (name, help, field) in bytes {
+            let mut fam = enc.encode_descriptor(name, help, None, proto.metric_type())?;
+            for t in table.iter() {
+                ConstCounter::new(field(t))
+                    .encode(fam.encode_family(&[("interface", t.interface.as_str())])?)?;
+            }
+        }
         let plain: [(&str, &str, Counter); 4] = [
             (
                 "gatewan_probe_sent",

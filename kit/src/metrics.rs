@@ -130,15 +130,15 @@ impl Collector for MeshCollector {
             }
         }
         {
-            let proto = ConstGauge::new(0i64);
+            let proto = ConstGauge::new(0f64);
             let fam = enc.encode_descriptor(
-                "gatewan_mesh_max_clock_skew_ms",
-                "The largest clock skew of a datagram dropped as clock_skew since start, in \
-                 milliseconds (positive: the sender's clock is ahead of ours)",
+                "gatewan_mesh_max_clock_skew_seconds",
+                "The largest clock skew of a datagram dropped as clock_skew since start \
+                 (positive: the sender's clock is ahead of ours)",
                 None,
                 proto.metric_type(),
             )?;
-            ConstGauge::new(c.max_clock_skew_ms).encode(fam)?;
+            ConstGauge::new(c.max_clock_skew_ms as f64 / 1000.0).encode(fam)?;
         }
         let proto = ConstGauge::new(0i64);
         let mut fam = enc.encode_descriptor(

@@ -289,8 +289,8 @@ fn stepping_the_wall_clock_an_hour_either_way_changes_no_tunnel_member_or_route(
     b.start();
     let mut skew = None;
     let probed = wait_until(Duration::from_secs(20), || {
-        skew = metric(&b, 9100, "gatewan_mesh_max_clock_skew_ms");
-        skew.is_some_and(|s| (3_590_000.0..=3_610_000.0).contains(&s))
+        skew = metric(&b, 9100, "gatewan_mesh_max_clock_skew_seconds");
+        skew.is_some_and(|s| (3_590.0..=3_610.0).contains(&s))
     });
     if !probed {
         eprintln!("{}", std::fs::read_to_string(&b.log).unwrap_or_default());

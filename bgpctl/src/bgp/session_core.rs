@@ -384,7 +384,10 @@ impl SessionCore {
                 self.note_notification(&n);
                 let text = format!("received NOTIFICATION {}", describe(&n));
                 tracing::info!(peer = %self.params.peer, "{text}");
-                self.status.update(|s| s.last_error = Some(text));
+                self.status.update(|s| {
+                    s.notifications_received = s.notifications_received.saturating_add(1);
+                    s.last_error = Some(text);
+                });
                 self.event(Event::NotificationReceived(n), now);
             }
             Message::Update(u) => {
@@ -668,7 +671,10 @@ impl SessionCore {
         self.note_notification(&n);
         let text = format!("sent NOTIFICATION {}", describe(&n));
         tracing::info!(peer = %self.params.peer, "{text}");
-        self.status.update(|s| s.last_error = Some(text));
+        self.status.update(|s| {
+            s.notifications_sent = s.notifications_sent.saturating_add(1);
+            s.last_error = Some(text);
+        });
         if let Some(est) = &mut self.established {
             // Nothing queued matters any more; the NOTIFICATION must go out now.
             est.queue.clear();
@@ -1111,6 +1117,8 @@ mod tests {
             h.status.snapshot().last_error.as_deref(),
             Some("sent NOTIFICATION 4/0 (Hold Timer Expired)")
         );
+        let s = h.status.snapshot();
+        assert_eq!((s.notifications_sent, s.notifications_received), (1, 0));
         let closed = h.core.finish();
         assert!(closed.established && closed.error);
         assert_eq!(closed.retain_stale, None);
@@ -1436,11 +1444,18 @@ mod tests {
             p.fsm.graceful_restart = true;
             p.fsm.gr_restart_time = 120;
             let mut h = Harness::established(p, peer_open(30, Some((120, n_bit))));
+            let notified = u64::from(ending.is_some());
             let out = match ending {
                 Some(n) => h.at(secs(1.0), Input::Received(n)),
                 None => h.at(secs(1.0), Input::TransportFailed("read: reset".into())),
             };
             assert!(closes(&out), "case {i}");
+            let s = h.status.snapshot();
+            assert_eq!(
+                (s.notifications_received, s.notifications_sent),
+                (notified, 0),
+                "case {i}: a received NOTIFICATION is counted, and not answered"
+            );
             let closed = h.core.finish();
             assert_eq!(closed.retain_stale, want, "case {i}");
             assert!(closed.error && closed.established, "case {i}");

@@ -97,6 +97,9 @@ pub struct PeerStatus {
     pub established_count: u64,
     /// Sessions closed because the peer sent more than `max_prefixes` (teardown).
     pub max_prefix_teardowns: u64,
+    /// NOTIFICATIONs sent to the peer and received from it.
+    pub notifications_sent: u64,
+    pub notifications_received: u64,
     /// E.g. "sent NOTIFICATION 2/2 (Bad Peer AS)", "connect: Connection refused".
     pub last_error: Option<String>,
     pub input: InputCounters,
@@ -129,6 +132,8 @@ impl SharedStatus {
                 updates_received: 0,
                 updates_sent: 0,
                 established_count: 0,
+                notifications_sent: 0,
+                notifications_received: 0,
                 max_prefix_teardowns: 0,
                 last_error: None,
                 input: InputCounters::default(),

@@ -36,7 +36,8 @@ use gatewan_kit::units::Rate;
 use gatewan_proto::v1::{ChosenTunnel, DatacenterDecision, Decision};
 
 use super::explain::{
-    Candidate, CandidateMetrics, Change, Explanation, PendingChange, RemoteExplanation, Verdict,
+    Candidate, CandidateMetrics, Change, ChangeReason, Explanation, PendingChange,
+    RemoteExplanation, Verdict,
 };
 use super::policy::Policy;
 use super::rank::{Ranking, Scales, rank_remote};
@@ -56,6 +57,9 @@ pub struct Controller {
     scales: Scales,
     remotes: BTreeMap<Arc<str>, RemoteState>,
     history: VecDeque<Change>,
+    /// Changes since start by reason (a change with two reasons counts for both), in the
+    /// order of `ChangeReason::ALL`: the history above is bounded, these are not.
+    changes: [u64; ChangeReason::ALL.len()],
     headroom: Vec<u64>,
 }
 
@@ -118,6 +122,7 @@ impl Controller {
             policy,
             remotes: BTreeMap::new(),
             history: VecDeque::with_capacity(HISTORY_LEN),
+            changes: [0; ChangeReason::ALL.len()],
             headroom: Vec::new(),
         }
     }
@@ -168,7 +173,21 @@ impl Controller {
         self.history.iter()
     }
 
-    fn record(history: &mut VecDeque<Change>, change: Change) {
+    /// Changes of the chosen tunnels since start, by reason.
+    pub fn changes_by_reason(&self) -> impl Iterator<Item = (ChangeReason, u64)> + '_ {
+        ChangeReason::ALL.into_iter().zip(self.changes)
+    }
+
+    fn record(history: &mut VecDeque<Change>, changes: &mut [u64], change: Change) {
+        for r in &change.reasons {
+            if let Some(n) = ChangeReason::ALL
+                .iter()
+                .position(|x| x == r)
+                .and_then(|i| changes.get_mut(i))
+            {
+                *n = n.saturating_add(1);
+            }
+        }
         if history.len() == HISTORY_LEN {
             history.pop_front();
         }
@@ -206,7 +225,7 @@ impl Controller {
                 };
                 let step = st.step(snapshot, ri, &ranking, &self.policy, &self.scales, now_ms);
                 if let Some(change) = step.change {
-                    Self::record(&mut self.history, change);
+                    Self::record(&mut self.history, &mut self.changes, change);
                 }
                 st.cache = Some(Cached {
                     key,
@@ -221,7 +240,10 @@ impl Controller {
         }
         self.headroom = headroom;
         let Controller {
-            remotes, history, ..
+            remotes,
+            history,
+            changes,
+            ..
         } = self;
         remotes.retain(|name, st| {
             let present = snapshot
@@ -231,12 +253,14 @@ impl Controller {
             if !present && !st.chosen.is_empty() {
                 Self::record(
                     history,
+                    changes,
                     Change {
                         at_ms: now_ms,
                         datacenter: name.to_string(),
                         added: Vec::new(),
                         removed: st.chosen.clone(),
                         cause: "the datacenter left the mesh: none of its gatewans is known".into(),
+                        reasons: vec![ChangeReason::DatacenterLeft],
                     },
                 );
             }
@@ -586,25 +610,30 @@ impl RemoteState {
                 .filter(|id| !new.contains(id))
                 .collect();
             let mut causes = Vec::new();
+            let mut reasons = BTreeSet::new();
             if !self.decided {
                 causes.push("first decision".to_string());
+                reasons.insert(ChangeReason::First);
             }
             for (id, why) in &lost {
                 let id = r
                     .position(*id)
                     .map_or_else(|| id.to_string(), |c| label(s, r.cands[c as usize].tunnel));
+                reasons.insert(ChangeReason::Unhealthy);
                 causes.push(format!(
                     "{id} left the healthy set ({})",
                     why.map_or("no longer reported", Verdict::describe)
                 ));
             }
             if hold_expired {
+                reasons.insert(ChangeReason::NoneHealthy);
                 causes.push(format!(
                     "no tunnel was healthy for hold_when_none_healthy ({})",
                     ms_text(none_hold)
                 ));
             }
             if applied {
+                reasons.insert(ChangeReason::BetterSet);
                 causes.push(format!(
                     "a better set (better by the margin of {} %, or fewer tunnels meeting the need) existed for hold_down ({}): the best set of this moment applies",
                     (p.margin * 1000.0).round() / 10.0,
@@ -620,11 +649,13 @@ impl RemoteState {
                             Why::Diversity => "diversity",
                             Why::Kept => continue,
                         };
+                        reasons.insert(ChangeReason::Short);
                         causes.push(format!("{} added: {reason}", label(s, cand.tunnel)));
                     }
                 }
                 let dropped = removed.iter().filter(|id| !lost.iter().any(|l| l.0 == **id)).count();
                 if dropped > 0 {
+                    reasons.insert(ChangeReason::AboveMaxTunnels);
                     causes.push(format!("{dropped} dropped: above max_tunnels"));
                 }
             }
@@ -634,6 +665,7 @@ impl RemoteState {
                 added,
                 removed,
                 cause: causes.join("; "),
+                reasons: reasons.into_iter().collect(),
             }
         });
         self.chosen = new_ids;

@@ -242,6 +242,53 @@ pub struct Change {
     pub added: Vec<TunnelId>,
     pub removed: Vec<TunnelId>,
     pub cause: String,
+    /// The kinds of cause in `cause`, each once, for counting (`cause` says the details).
+    pub reasons: Vec<ChangeReason>,
+}
+
+/// Why the chosen tunnels changed, in a few kinds an alert or a graph can count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeReason {
+    /// The datacenter's first decision.
+    First,
+    /// A chosen tunnel left the healthy set (down, degraded, too slow, gone).
+    Unhealthy,
+    /// No tunnel was healthy for `hold_when_none_healthy`.
+    NoneHealthy,
+    /// A better set existed for `hold_down`.
+    BetterSet,
+    /// A tunnel was added because capacity, `min_tunnels` or diversity was short.
+    Short,
+    /// Tunnels dropped above `max_tunnels`.
+    AboveMaxTunnels,
+    /// None of the datacenter's gatewans is known any more.
+    DatacenterLeft,
+}
+
+impl ChangeReason {
+    pub const ALL: [ChangeReason; 7] = [
+        ChangeReason::First,
+        ChangeReason::Unhealthy,
+        ChangeReason::NoneHealthy,
+        ChangeReason::BetterSet,
+        ChangeReason::Short,
+        ChangeReason::AboveMaxTunnels,
+        ChangeReason::DatacenterLeft,
+    ];
+
+    /// The label value of `bgpctl_controller_decision_changes_total{reason}`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ChangeReason::First => "first",
+            ChangeReason::Unhealthy => "unhealthy",
+            ChangeReason::NoneHealthy => "none_healthy",
+            ChangeReason::BetterSet => "better_set",
+            ChangeReason::Short => "short",
+            ChangeReason::AboveMaxTunnels => "above_max_tunnels",
+            ChangeReason::DatacenterLeft => "datacenter_left",
+        }
+    }
 }
 
 /// The explanation as the API carries it (`routingctl explain` renders these fields).
@@ -333,6 +380,11 @@ impl Change {
             added: self.added.iter().map(ToString::to_string).collect(),
             removed: self.removed.iter().map(ToString::to_string).collect(),
             cause: self.cause.clone(),
+            reasons: self
+                .reasons
+                .iter()
+                .map(|r| r.as_str().to_string())
+                .collect(),
         }
     }
 }

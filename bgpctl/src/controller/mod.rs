@@ -32,8 +32,8 @@ mod tests;
 
 pub use decide::{Controller, HISTORY_LEN, decide_once};
 pub use explain::{
-    Candidate, CandidateMetrics, Change, Explanation, PendingChange, RemoteExplanation, ScoreTerms,
-    Term, Verdict,
+    Candidate, CandidateMetrics, Change, ChangeReason, Explanation, PendingChange,
+    RemoteExplanation, ScoreTerms, Term, Verdict,
 };
 pub use policy::{Policy, PolicyError, RequiredCapacity, Weights};
 pub use snapshot::{

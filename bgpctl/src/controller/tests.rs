@@ -378,6 +378,11 @@ fn when_no_tunnel_is_healthy_the_chosen_ones_stay_for_hold_when_none_healthy_the
         "{}",
         last.cause
     );
+    assert!(last.reasons.contains(&ChangeReason::NoneHealthy));
+    let counted: BTreeMap<ChangeReason, u64> = c.changes_by_reason().collect();
+    assert_eq!(counted[&ChangeReason::First], 1);
+    assert_eq!(counted[&ChangeReason::NoneHealthy], 1);
+    assert_eq!(counted[&ChangeReason::BetterSet], 0);
     // Withdrawn stays withdrawn: nothing is chosen again from unhealthy tunnels.
     let (d, _) = c.decide(&down, 30_000);
     assert!(chosen_ids(&d, "par1").is_empty());
@@ -632,6 +637,8 @@ fn consistently_better_replaces_after_hold_down_once() {
         (vec![b], vec![a])
     );
     assert!(h[1].cause.contains("hold_down (30s)"), "{}", h[1].cause);
+    assert_eq!(h[1].reasons, [ChangeReason::BetterSet]);
+    assert_eq!(h[0].reasons, [ChangeReason::First]);
 }
 
 #[test]
@@ -1129,7 +1136,11 @@ fn history_is_bounded_and_datacenter_leaving_is_recorded() {
     assert!(d.remotes.is_empty());
     let last = c.history().last().unwrap();
     assert!(last.cause.contains("left the mesh"), "{}", last.cause);
+    assert_eq!(last.reasons, [ChangeReason::DatacenterLeft]);
     assert_eq!(last.removed.len(), 1);
+    // The history dropped its oldest changes; the counts since start did not.
+    let total: u64 = c.changes_by_reason().map(|(_, n)| n).sum();
+    assert!(total > HISTORY_LEN as u64, "{total}");
 }
 
 #[test]
@@ -2022,4 +2033,44 @@ fn a_tunnel_with_its_own_vtep_is_chosen_with_it() {
         };
         assert_eq!(t.vtep, want);
     }
+}
+
+#[test]
+fn a_change_reason_reads_the_same_in_metrics_and_in_the_api() {
+    for r in ChangeReason::ALL {
+        assert_eq!(serde_json::to_value(r).unwrap(), r.as_str(), "{r:?}");
+    }
+}
+
+#[test]
+fn a_reloaded_policy_asking_for_more_tunnels_adds_one_at_the_next_decision() {
+    let (gws, p) = issue_12();
+    let s = near_equal(&gws, CROSS_FIRST);
+    let ll = tunnel_id(&gws[0], "lumen", &gws[1], "lumen");
+    let cc = tunnel_id(&gws[0], "cogent", &gws[1], "cogent");
+    let mut c = Controller::new(p.clone());
+    let (d, _) = c.decide(&s, 0);
+    assert_eq!(chosen_ids(&d, "par1"), BTreeSet::from([ll, cc]));
+    // Same policy again (a SIGHUP with an unchanged file): nothing moves.
+    c.set_policy(p.clone());
+    let (d, _) = c.decide(&s, 1_000);
+    assert_eq!(chosen_ids(&d, "par1"), BTreeSet::from([ll, cc]));
+    assert_eq!(c.history().count(), 1);
+    // min_tunnels 2 → 3 and 1.5 → 1.8 Gbps: a third tunnel is added at once (what is short
+    // does not wait for hold_down), and the two chosen stay.
+    let mut more = p;
+    more.min_tunnels = 3;
+    more.required_capacity.default_bps = 1_800_000_000;
+    c.set_policy(more);
+    let (d, e) = c.decide(&s, 2_000);
+    let chosen = chosen_ids(&d, "par1");
+    assert_eq!(chosen.len(), 3, "{chosen:?}");
+    assert!(chosen.contains(&ll) && chosen.contains(&cc), "{chosen:?}");
+    assert_eq!(e.remote("par1").unwrap().required_bps, 1_800_000_000);
+    assert_eq!(
+        c.history().last().unwrap().reasons,
+        [ChangeReason::Short],
+        "{}",
+        c.history().last().unwrap().cause
+    );
 }
