@@ -6,7 +6,8 @@ set -euo pipefail
 PACKAGES=(
   iproute2 iptables nftables iputils-ping procps psmisc ethtool curl
   iperf3 graphviz wireguard-go wireguard-tools gobgpd frr
-  faketime
+  lintian dpkg-dev systemd
+  faketime prometheus
 )
 
 if [ "$(id -u)" -ne 0 ]; then

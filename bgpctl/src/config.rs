@@ -191,8 +191,10 @@ pub struct RequiredCapacityConfig {
 }
 
 /// Everything the daemon needs, validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BgpctlSettings {
+    /// The file the settings were read from: SIGHUP reads it again.
+    pub config_file: PathBuf,
     pub name: String,
     pub datacenter: String,
     pub state_dir: PathBuf,
@@ -509,6 +511,7 @@ impl BgpctlConfig {
         let metrics_listen = self.metrics.validate(&mut c);
         c.finish()?;
         Ok(BgpctlSettings {
+            config_file: path.to_path_buf(),
             name: self.name.value.clone(),
             datacenter: self.datacenter.value.clone(),
             state_dir: self.state_dir.clone(),

@@ -6,7 +6,7 @@
 //!   carry traffic to each remote datacenter, and why.
 //! - `export`: decision → type-5 routes, fabric routes → the datacenter's networks (pure).
 //! - `config` (`bgpctl.yaml`), `daemon` (the decision loop), `api` (gRPC for routingctl),
-//!   `metrics` (bgpctl's part of `/metrics`).
+//!   `metrics` (bgpctl's part of `/metrics`), `reload` (what SIGHUP may change).
 //!
 //! bgpctl joins the gatewans' mesh with role `bgpctl` through the `gatewan-mesh` crate.
 
@@ -17,3 +17,4 @@ pub mod controller;
 pub mod daemon;
 pub mod export;
 pub mod metrics;
+pub mod reload;

@@ -4,9 +4,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use bgpctl::config::{BgpctlConfig, BgpctlSettings};
-use clap::Parser;
+use clap::{CommandFactory as _, FromArgMatches as _, Parser};
 use gatewan_kit::{api, daemon};
 use gatewan_proto::v1;
+
+#[path = "../../packaging/generate.rs"]
+mod generate;
 
 #[derive(Parser)]
 #[command(
@@ -28,7 +31,11 @@ struct Cli {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = generate::with_generate(Cli::command()).get_matches();
+    if let Some(code) = generate::run_if_asked(&matches, Cli::command) {
+        return code;
+    }
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     daemon::start_daemon(
         &cli.config,
         cli.check,
@@ -54,11 +61,24 @@ async fn run(settings: BgpctlSettings) -> anyhow::Result<()> {
     .await?;
     tracing::info!(name = %settings.name, datacenter = %settings.datacenter, id = %member.identity.node, "bgpctl started");
     let running = bgpctl::daemon::start(&settings, member.mesh.clone()).await?;
+    let reloads = std::sync::Arc::new(gatewan_kit::reload::Reloads::default());
+    let policy = running.policy.clone();
+    gatewan_kit::reload::spawn(
+        settings.config_file.clone(),
+        settings.clone(),
+        BgpctlConfig::load,
+        bgpctl::reload::decide,
+        move |p| {
+            policy.send_replace(p);
+        },
+        reloads.clone(),
+    );
     if let Some(listen) = settings.metrics_listen {
         let mesh = member.mesh.clone();
         let extra = vec![
             bgpctl::metrics::bgp_collector(&running.speaker, running.counters.clone()),
             bgpctl::metrics::controller_collector(running.controller.clone()),
+            gatewan_kit::reload::collector("bgpctl", reloads),
         ];
         tokio::spawn(async move {
             if let Err(e) = gatewan_kit::metrics::serve(listen, mesh, extra).await {

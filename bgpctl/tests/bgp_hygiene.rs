@@ -340,7 +340,10 @@ impl Daemon {
             .cmd(env!("CARGO_BIN_EXE_bgpctl"))
             .arg("-c")
             .arg(config)
-            .env("RUST_LOG", "bgpctl=debug,gatewan_mesh=info")
+            .env(
+                "RUST_LOG",
+                "bgpctl=debug,gatewan_mesh=info,gatewan_kit=info",
+            )
             .stdout(out.try_clone().expect("log"))
             .stderr(out)
             .spawn()
@@ -478,6 +481,74 @@ fn networks_the_fabric_withdrew_while_bgpctl_was_down_leave_the_mesh_after_its_r
                 "bgpctl_bgp_input_dropped_total{{peer=\"{B4}\",reason=\"routes_filtered\"}} 0"
             )),
         "/metrics:\n{body}"
+    );
+
+    // SIGHUP (ADR 0045): a changed controller section is applied; a changed peer list is
+    // refused whole and named; an invalid file is refused; the daemon runs on throughout.
+    let original = std::fs::read_to_string(&config).expect("config");
+    let reloads = |result: &str| format!("bgpctl_config_reloads_total{{result=\"{result}\"}} 1");
+    let mut hangup_then_see = |text: String, line: String| {
+        std::fs::write(&config, text).expect("config");
+        let pid = daemon.child.id().to_string();
+        assert!(
+            std::process::Command::new("kill")
+                .args(["-HUP", &pid])
+                .status()
+                .expect("kill")
+                .success()
+        );
+        let mut body = String::new();
+        let ok = wait_until(T, || {
+            body = pair
+                .a
+                .run(move || gatewan_tests::http_get(addr, "/metrics"))
+                .unwrap_or_default();
+            body.lines().any(|l| l == line)
+        });
+        assert!(ok, "no {line:?} in /metrics:\n{body}\n{}", log_tail());
+        assert!(
+            daemon.child.try_wait().expect("wait").is_none(),
+            "bgpctl died on SIGHUP"
+        );
+        body
+    };
+    let body = hangup_then_see(
+        format!("{original}controller:\n  required_capacity:\n    default: 3Gbps\n"),
+        reloads("applied"),
+    );
+    assert!(
+        body.lines().any(|l| l == "bgpctl_config_reload_pending 0"),
+        "{body}"
+    );
+    let body = hangup_then_see(
+        format!("{original}controller:\n  required_capacity:\n    default: 3Gbps\n").replace(
+            "      hold_time: 9s\n",
+            "      hold_time: 9s\n    - address: 192.0.2.99\n      asn: 65000\n",
+        ),
+        reloads("needs_restart"),
+    );
+    assert!(
+        body.lines().any(|l| l == "bgpctl_config_reload_pending 1"),
+        "{body}"
+    );
+    hangup_then_see("bgp: [".into(), reloads("invalid"));
+    let log = std::fs::read_to_string(&log).unwrap_or_default();
+    assert!(log.contains("controller policy reloaded"), "{}", log_tail());
+    assert!(
+        log.lines()
+            .any(|l| l.contains("configuration reload refused")
+                && l.contains("bgp.peers")
+                && !l.contains("controller")),
+        "the refusal names the field that needs a restart, and only it:\n{}",
+        log_tail()
+    );
+    assert!(
+        pair.a
+            .run(move || gatewan_tests::http_get(addr, "/metrics"))
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l == format!("bgpctl_bgp_peer_established{{peer=\"{B4}\"}} 1")),
+        "the session stayed up through the reloads"
     );
     daemon.kill9();
     rt.block_on(observer.mesh.leave());

@@ -3,7 +3,8 @@
 //! and WireGuard adapter), probes them (`probe`), carries tenant traffic between the
 //! fabric and the tunnels (`dataplane`), keeps the mesh reachable over every transit
 //! (`transit`), and reads its config (`config`), completed at start by what the host says
-//! (`host`); `init` writes a starting config from the host.
+//! (`host`); `init` writes a starting config from the host; `reload` says what a SIGHUP
+//! may change.
 //!
 //! The mesh is the `gatewan-mesh` crate and the daemon kit (shared config sections, API,
 //! metrics, state directory) is `gatewan-kit`; bgpctl uses those two and not this crate.
@@ -16,5 +17,6 @@ pub mod init;
 pub mod metrics;
 pub mod netlink;
 pub mod probe;
+pub mod reload;
 pub mod transit;
 pub mod tunnels;

@@ -3,12 +3,15 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 use gatewan::config::GatewanConfig;
 use gatewan::transit::TransitRouting;
 use gatewan::{api, metrics};
 use gatewan_kit::daemon;
 use gatewan_proto::v1;
+
+#[path = "../../packaging/generate.rs"]
+mod generate;
 
 #[derive(Parser)]
 #[command(
@@ -43,7 +46,11 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let matches = generate::with_generate(Cli::command()).get_matches();
+    if let Some(code) = generate::run_if_asked(&matches, Cli::command) {
+        return code;
+    }
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     match &cli.command {
         Some(Command::Keygen) => {
             println!("{}", gatewan_mesh::MeshKey::generate().to_base64());
@@ -59,11 +66,18 @@ fn main() -> ExitCode {
         |p| &p.mesh,
         |p| (p.log_format, p.log_level.as_deref()),
         // What the file leaves to the host (fabric.vtep) is read before anything starts.
-        |settings| async move { run(gatewan::host::complete_settings(settings).await?).await },
+        // A reload compares files: what was read before the host completed it.
+        |settings| {
+            let from_file = settings.clone();
+            async move { run(gatewan::host::complete_settings(settings).await?, from_file).await }
+        },
     )
 }
 
-async fn run(settings: gatewan::config::GatewanSettings) -> anyhow::Result<()> {
+async fn run(
+    settings: gatewan::config::GatewanSettings,
+    from_file: gatewan::config::GatewanSettings,
+) -> anyhow::Result<()> {
     // Opened (created) here: the transits' positions it keeps number their routing.
     gatewan_kit::state_dir::StateDir::open(&settings.state_dir)?;
     let numbering = tunnel_numbering(&settings, &settings.state_dir);
@@ -142,11 +156,28 @@ async fn run(settings: gatewan::config::GatewanSettings) -> anyhow::Result<()> {
         (Some(d), Some(t)) => Some(start_dataplane(&settings, d, t, &member).await?),
         _ => None,
     };
+    let reloads = std::sync::Arc::new(gatewan_kit::reload::Reloads::default());
+    let thresholds = tunnels.as_ref().map(|t| t.thresholds_sender());
+    gatewan_kit::reload::spawn(
+        settings.config_file.clone(),
+        from_file,
+        GatewanConfig::load,
+        gatewan::reload::decide,
+        move |t| {
+            if let Some(tx) = &thresholds {
+                gatewan::probe::engine::set_if_changed(tx, t);
+            }
+        },
+        reloads.clone(),
+    );
     if let Some(listen) = settings.metrics_listen {
         let mesh = member.mesh.clone();
         let extra = dataplane
             .map(|d| metrics::dataplane_collector(d.stats))
             .into_iter()
+            .chain(std::iter::once(gatewan_kit::reload::collector(
+                "gatewan", reloads,
+            )))
             .chain(
                 tunnels
                     .as_ref()

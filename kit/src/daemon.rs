@@ -199,6 +199,8 @@ pub async fn serve_api(
     let listener = crate::api::bind_unix(&api.socket)
         .with_context(|| format!("api.socket {}", api.socket.display()))?;
     info!(socket = %api.socket.display(), "API listening");
+    // Both daemons joined the mesh before serving; with the API bound, routingctl answers.
+    crate::systemd::ready();
     let shutdown = shutdown.boxed().shared();
     let unix = Server::builder()
         .add_routes(routes.clone())
@@ -237,7 +239,10 @@ pub async fn serve_api_until_signal(
         let _ = stop_rx.await;
     }));
     tokio::select! {
-        _ = shutdown_signal() => Ok(Some(stop_tx)),
+        _ = shutdown_signal() => {
+            crate::systemd::stopping();
+            Ok(Some(stop_tx))
+        }
         // The API stopped on its own: that is an error (e.g. the socket is taken).
         r = api => match r {
             Ok(Err(e)) => Err(e),

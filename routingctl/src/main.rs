@@ -2,6 +2,8 @@
 //! table for people and YAML or JSON for scripts.
 
 mod client;
+#[path = "../../packaging/generate.rs"]
+mod generate;
 mod output;
 
 use std::path::{Path, PathBuf};
@@ -131,6 +133,12 @@ enum Command {
     /// the mesh (as `serf keys`); rotation: install, use, remove the old key.
     #[command(subcommand)]
     Keyring(KeyringCommand),
+    /// Print the completion script for SHELL, e.g. `source <(routingctl completions bash)`;
+    /// the Debian package installs them for bash, zsh and fish.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Subcommand)]
@@ -225,11 +233,18 @@ fn read_key(path: &std::path::Path) -> Result<String, String> {
 }
 
 fn main() -> ExitCode {
-    let matches = Cli::command().get_matches();
+    let matches = generate::with_generate(Cli::command()).get_matches();
+    if let Some(code) = generate::run_if_asked(&matches, Cli::command) {
+        return code;
+    }
     let mut cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    // Asks no daemon: answered before a target is chosen (and its TLS files read).
+    if let Command::Completions { shell } = cli.command {
+        return generate::completions(shell, Cli::command());
+    }
     if let Command::Keyring(KeyringCommand::Install { key_file, key, .. }) = &mut cli.command {
         match read_key(key_file) {
             Ok(k) => *key = k,
@@ -548,6 +563,7 @@ async fn run(cli: Cli, target: Target) -> anyhow::Result<()> {
                 return Ok(());
             }
         }
+        Command::Completions { .. } => unreachable!("answered in main, before connecting"),
     }?;
     print!("{out}");
     Ok(())

@@ -589,3 +589,42 @@ fn hundred_tunnels_cost_little_cpu() {
     // share the thread name, so this is an upper bound.
     assert!(per_engine < 10.0, "{per_engine:.2} % of a core");
 }
+
+/// A configuration reload changes the thresholds of running tunnels (ADR 0045): a
+/// latency threshold below the veth's round trip makes the tunnel Degraded at its next
+/// evaluation, without a new window (it is not probed again from scratch), and the old
+/// threshold brings it back.
+#[test]
+fn new_thresholds_apply_to_running_tunnels_keeping_their_window() {
+    if !require_root("new_thresholds_apply_to_running_tunnels_keeping_their_window") {
+        return;
+    }
+    let (a, b) = pair();
+    let settings = fast();
+    let ea = engine(&a, settings.clone(), vec![target(A, B)]);
+    let _eb = engine(&b, settings.clone(), vec![target(B, A)]);
+    let full = |r: &ProbeReport| r.measurements.measured >= 50;
+    wait_report(&ea, "established", Duration::from_secs(10), |r| {
+        r.state == TunnelState::Established && full(r)
+    });
+    let sent_before = report(&ea).unwrap().counters.sent;
+    ea.set_thresholds(gatewan::probe::stats::Thresholds {
+        degraded_latency: Duration::from_nanos(1),
+        ..settings.thresholds
+    });
+    // Worse is taken at the next evaluation: a 250 ms interval, 10 × as a sanity bound.
+    let (r, _) = wait_report(
+        &ea,
+        "degraded by latency",
+        Duration::from_millis(2500),
+        |r| r.state == TunnelState::Degraded,
+    );
+    assert!(full(&r), "the window was kept: {r:#?}");
+    assert!(r.counters.sent > sent_before, "the same probe task: {r:#?}");
+    ea.set_thresholds(settings.thresholds);
+    // Better must hold for recover_intervals evaluations.
+    let (r, _) = wait_report(&ea, "established again", Duration::from_secs(10), |r| {
+        r.state == TunnelState::Established
+    });
+    assert!(full(&r), "{r:#?}");
+}

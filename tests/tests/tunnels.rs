@@ -217,6 +217,8 @@ fn two_datacenters_four_tunnels_probed_and_restart_safe() {
         "gatewan_tunnel_latency_seconds{",
         "gatewan_tunnel_loss_ratio{",
         "gatewan_tunnel_capacity_bytes_per_second{",
+        "gatewan_tunnel_receive_bytes_total{",
+        "gatewan_tunnel_transmit_bytes_total{",
     ] {
         let n = body.lines().filter(|l| l.starts_with(prefix)).count();
         assert_eq!(n, 4, "{prefix}: {n} series in:\n{body}");
@@ -226,6 +228,11 @@ fn two_datacenters_four_tunnels_probed_and_restart_safe() {
     let latency = format!("gatewan_tunnel_latency_seconds{{interface=\"{ifname}\"}}");
     let latency = sample(&body, &latency);
     assert!(latency > 0.0 && latency < 0.1, "latency {latency}");
+    // Probes cross every tunnel: its WireGuard interface counted them both ways.
+    for dir in ["receive", "transmit"] {
+        let bytes = format!("gatewan_tunnel_{dir}_bytes_total{{interface=\"{ifname}\"}}");
+        assert!(sample(&body, &bytes) > 0.0, "{bytes}: {body}");
+    }
 
     // 30 % random loss on A's lumen transit: A's two lumen tunnels report it within 5 s
     // (each probe crosses the drop once, on its way in), the cogent ones stay clean.
@@ -256,6 +263,99 @@ fn two_datacenters_four_tunnels_probed_and_restart_safe() {
     assert!(
         cogent.iter().all(|l| *l < 0.06),
         "cogent tunnels unaffected: {cogent:?}"
+    );
+
+    // SIGHUP (ADR 0045): 30 % loss is Degraded under the default 5 % (or Down, at a run of
+    // 3 lost probes: 50 probes a second make one likely); a file that puts
+    // `probe.degraded.loss` at 50 % and `probe.down.consecutive` at 20 makes the lumen
+    // tunnels Established again, without new tunnels; a file that also changes a capacity
+    // is refused whole.
+    let lumen_states = |h: &Host| -> Vec<String> {
+        h.tunnels()
+            .iter()
+            .filter(|t| t["meta"]["local_transit"] == "lumen")
+            .map(|t| t["state"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), || lumen_states(&a)
+            .iter()
+            .all(|s| s != "Established")),
+        "30 % loss is not Established: {:?}",
+        lumen_states(&a)
+    );
+    let original = std::fs::read_to_string(&a.config).unwrap();
+    let hangup = |h: &Host| {
+        let pid = h.gatewan.as_ref().expect("running").id().to_string();
+        run_ok(std::process::Command::new("kill").args(["-HUP", &pid]));
+    };
+    let reloads = |result: &str| {
+        sample(
+            &metrics_of(&a),
+            &format!("gatewan_config_reloads_total{{result=\"{result}\"}}"),
+        )
+    };
+    let ifindexes = a.tunnel_ifindexes();
+    std::fs::write(
+        &a.config,
+        original.replace(
+            "  window: 3s\n",
+            "  window: 3s\n  degraded:\n    loss: 50%\n  down:\n    consecutive: 20\n",
+        ),
+    )
+    .unwrap();
+    hangup(&a);
+    assert!(
+        wait_until(Duration::from_secs(5), || reloads("applied") == 1.0),
+        "{}",
+        metrics_of(&a)
+    );
+    // Better must hold for the recovery hysteresis (a few intervals of 1 s).
+    let relaxed = wait_until(Duration::from_secs(15), || {
+        lumen_states(&a).iter().all(|s| s == "Established")
+    });
+    assert!(
+        relaxed,
+        "lumen tunnels at 30 % loss with a 50 % threshold: {:#?}",
+        a.tunnels()
+    );
+    assert_eq!(
+        a.tunnel_ifindexes(),
+        ifindexes,
+        "no tunnel was created again"
+    );
+    std::fs::write(
+        &a.config,
+        original
+            .replace(
+                "  window: 3s\n",
+                "  window: 3s\n  degraded:\n    loss: 1%\n",
+            )
+            .replace("capacity: 500Mbps", "capacity: 2Gbps"),
+    )
+    .unwrap();
+    hangup(&a);
+    assert!(
+        wait_until(Duration::from_secs(5), || reloads("needs_restart") == 1.0),
+        "{}",
+        metrics_of(&a)
+    );
+    assert_eq!(
+        sample(&metrics_of(&a), "gatewan_config_reload_pending"),
+        1.0
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        lumen_states(&a).iter().all(|s| s == "Established"),
+        "the refused file's 1 % threshold was not applied: {:?}",
+        lumen_states(&a)
+    );
+    std::fs::write(&a.config, &original).unwrap();
+    hangup(&a);
+    assert!(
+        wait_until(Duration::from_secs(5), || reloads("applied") == 2.0),
+        "{}",
+        metrics_of(&a)
     );
 
     // 100 %: Down within 3 probe intervals; restored: Established after the hysteresis.

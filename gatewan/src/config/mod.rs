@@ -66,7 +66,7 @@ pub struct GatewanConfig {
 }
 
 /// A transit once validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Transit {
     pub name: String,
     pub interface: Option<String>,
@@ -78,7 +78,7 @@ pub struct Transit {
 }
 
 /// Everything the daemon needs, validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct GatewanSettings {
     /// The file the settings were read from, for errors found at run time.
     pub config_file: PathBuf,
@@ -317,6 +317,14 @@ pub struct VtepFromInterface {
     /// `mesh.advertise`, must stay out of `fabric.tunnel_vteps` and completes the data
     /// plane, as a written `fabric.vtep` does.
     config: Arc<GatewanConfig>,
+}
+
+/// The interface names the whole difference: what `config` holds beyond it is in the
+/// settings' other fields, compared there.
+impl PartialEq for VtepFromInterface {
+    fn eq(&self, other: &Self) -> bool {
+        self.interface == other.interface
+    }
 }
 
 impl GatewanSettings {

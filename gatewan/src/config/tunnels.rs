@@ -92,7 +92,7 @@ pub struct ProbeConfig {
 }
 
 /// Tunnels and probes once validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct TunnelsSettings {
     /// `tunnels.slot`, when pinned; otherwise claimed through the mesh.
     pub slot: Option<u32>,

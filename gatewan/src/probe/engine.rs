@@ -157,6 +157,16 @@ pub type Reports = Arc<BTreeMap<String, ProbeReport>>;
 pub struct ProbeHandle {
     targets: watch::Sender<Vec<ProbeTarget>>,
     reports: watch::Receiver<Reports>,
+    thresholds: watch::Sender<Thresholds>,
+}
+
+/// Sends `value` unless it is what the channel holds (no wake-up for an unchanged reload).
+pub fn set_if_changed<T: PartialEq>(tx: &watch::Sender<T>, value: T) {
+    tx.send_if_modified(|t| {
+        let changed = *t != value;
+        *t = value;
+        changed
+    });
 }
 
 /// Starts the engine with no targets. Must be called inside a tokio runtime (with time
@@ -164,10 +174,12 @@ pub struct ProbeHandle {
 pub fn spawn(settings: ProbeSettings) -> ProbeHandle {
     let (targets_tx, targets_rx) = watch::channel(Vec::new());
     let (reports_tx, reports_rx) = watch::channel(Reports::default());
-    tokio::spawn(supervise(settings, targets_rx, reports_tx));
+    let (thresholds_tx, thresholds_rx) = watch::channel(settings.thresholds);
+    tokio::spawn(supervise(settings, targets_rx, reports_tx, thresholds_rx));
     ProbeHandle {
         targets: targets_tx,
         reports: reports_rx,
+        thresholds: thresholds_tx,
     }
 }
 
@@ -181,12 +193,16 @@ pub fn spawn_thread(settings: ProbeSettings) -> io::Result<ProbeHandle> {
         .build()?;
     let (targets_tx, targets_rx) = watch::channel(Vec::new());
     let (reports_tx, reports_rx) = watch::channel(Reports::default());
+    let (thresholds_tx, thresholds_rx) = watch::channel(settings.thresholds);
     std::thread::Builder::new()
         .name("gw-probe".into())
-        .spawn(move || runtime.block_on(supervise(settings, targets_rx, reports_tx)))?;
+        .spawn(move || {
+            runtime.block_on(supervise(settings, targets_rx, reports_tx, thresholds_rx))
+        })?;
     Ok(ProbeHandle {
         targets: targets_tx,
         reports: reports_rx,
+        thresholds: thresholds_tx,
     })
 }
 
@@ -209,6 +225,18 @@ impl ProbeHandle {
     /// the engine has taken it on, and disappears when it is removed.
     pub fn reports(&self) -> watch::Receiver<Reports> {
         self.reports.clone()
+    }
+
+    /// New state thresholds (a configuration reload): every tunnel evaluates with them
+    /// from its next evaluation on, keeping its window and its state.
+    pub fn set_thresholds(&self, thresholds: Thresholds) {
+        set_if_changed(&self.thresholds, thresholds);
+    }
+
+    /// Where [`ProbeHandle::set_thresholds`] writes, for an owner that hands the handle
+    /// itself to another task.
+    pub fn thresholds(&self) -> watch::Sender<Thresholds> {
+        self.thresholds.clone()
     }
 }
 
@@ -237,6 +265,7 @@ async fn supervise(
     settings: ProbeSettings,
     mut targets: watch::Receiver<Vec<ProbeTarget>>,
     reports: watch::Sender<Reports>,
+    thresholds: watch::Receiver<Thresholds>,
 ) {
     let epoch = Instant::now();
     let interval = settings.interval();
@@ -256,7 +285,7 @@ async fn supervise(
                     .iter()
                     .map(|t| (t.tunnel_id.clone(), t.clone()))
                     .collect();
-                reconcile(&settings, epoch, &worsened, &mut running, desired).await;
+                reconcile(&settings, &thresholds, epoch, &worsened, &mut running, desired).await;
                 publish_reports(&running, &reports);
             }
             _ = publish.tick() => publish_reports(&running, &reports),
@@ -270,6 +299,7 @@ async fn supervise(
 
 async fn reconcile(
     settings: &ProbeSettings,
+    thresholds: &watch::Receiver<Thresholds>,
     epoch: Instant,
     worsened: &Arc<Notify>,
     running: &mut BTreeMap<String, Running>,
@@ -291,6 +321,7 @@ async fn reconcile(
         let (tx, rx) = watch::channel(ProbeReport::initial(&target));
         let task = tokio::spawn(run_tunnel(
             settings.clone(),
+            thresholds.clone(),
             epoch,
             target.clone(),
             tx,
@@ -386,6 +417,8 @@ async fn recv(socket: Option<&UdpSocket>, buf: &mut [u8]) -> io::Result<(usize, 
 /// One tunnel's state, owned by its task.
 struct Tunnel {
     settings: ProbeSettings,
+    /// The state thresholds now: they change on a configuration reload.
+    thresholds: watch::Receiver<Thresholds>,
     target: ProbeTarget,
     cookie: u64,
     epoch: Instant,
@@ -403,6 +436,7 @@ struct Tunnel {
 
 async fn run_tunnel(
     settings: ProbeSettings,
+    thresholds: watch::Receiver<Thresholds>,
     epoch: Instant,
     target: ProbeTarget,
     report: watch::Sender<ProbeReport>,
@@ -413,6 +447,7 @@ async fn run_tunnel(
     let mut t = Tunnel {
         window: ProbeWindow::new(settings.window, settings.timeout),
         settings,
+        thresholds,
         target,
         cookie: rand::random(),
         epoch,
@@ -557,7 +592,8 @@ impl Tunnel {
     fn evaluate(&mut self) {
         let (m, recent) = self.observe();
         let before = self.health.state();
-        let state = self.health.update(&m, &recent, &self.settings.thresholds);
+        let thresholds = *self.thresholds.borrow();
+        let state = self.health.update(&m, &recent, &thresholds);
         if state != before {
             info!(tunnel = %self.target.tunnel_id, from = before.as_str(), to = state.as_str(), loss = m.loss, latency = ?m.latency, "tunnel state");
         }
@@ -569,7 +605,8 @@ impl Tunnel {
     fn check(&mut self) {
         let (m, recent) = self.observe();
         let before = self.health.state();
-        if self.health.worsen(&m, &recent, &self.settings.thresholds) {
+        let thresholds = *self.thresholds.borrow();
+        if self.health.worsen(&m, &recent, &thresholds) {
             let state = self.health.state();
             info!(tunnel = %self.target.tunnel_id, from = before.as_str(), to = state.as_str(), loss = m.loss, latency = ?m.latency, lost_in_a_row = recent.lost_in_a_row, "tunnel state");
             self.send_report(state, m);

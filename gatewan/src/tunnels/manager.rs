@@ -85,9 +85,16 @@ pub struct TunnelsHandle {
     pub table: watch::Receiver<TunnelTable>,
     pub slot: watch::Receiver<SlotStatus>,
     rotate: tokio::sync::mpsc::Sender<([u8; 32], tokio::sync::oneshot::Sender<()>)>,
+    thresholds: watch::Sender<crate::probe::stats::Thresholds>,
 }
 
 impl TunnelsHandle {
+    /// Where new tunnel state thresholds go (a configuration reload): every tunnel takes
+    /// them at its next evaluation (`probe::engine::set_if_changed` skips an unchanged one).
+    pub fn thresholds_sender(&self) -> watch::Sender<crate::probe::stats::Thresholds> {
+        self.thresholds.clone()
+    }
+
     /// Switches every tunnel to `private_key` and announces its public key in our
     /// NodeRecord. Returns once the manager has taken the key (tunnels follow at once).
     pub async fn rotate_key(&self, private_key: [u8; 32]) -> Result<(), String> {
@@ -108,11 +115,13 @@ pub fn spawn(cfg: ManagerConfig, mesh: MeshHandle) -> std::io::Result<TunnelsHan
     let (tx, rx) = watch::channel(Arc::new(Vec::new()));
     let (slot_tx, slot_rx) = watch::channel(SlotStatus::default());
     let (rotate_tx, rotate_rx) = tokio::sync::mpsc::channel(1);
+    let thresholds = probes.thresholds();
     tokio::spawn(run(cfg, mesh, system, probes, tx, slot_tx, rotate_rx));
     Ok(TunnelsHandle {
         table: rx,
         slot: slot_rx,
         rotate: rotate_tx,
+        thresholds,
     })
 }
 

@@ -53,7 +53,7 @@ pub struct MeshConfig {
 }
 
 /// The mesh section once validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MeshMemberSettings {
     pub bind: SocketAddr,
     pub advertise: Vec<SocketAddr>,

@@ -65,7 +65,7 @@ pub const TAG_CONTROL: u8 = 2;
 /// Tunables of the mesh. Defaults target a WAN between datacenters: a dead member is
 /// declared down by everyone within about 3.5 s at 200 members (see the mesh_cluster
 /// benchmark for figures).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct MeshSettings {
     pub probe_interval: Duration,
     pub probe_timeout: Duration,
