@@ -21,6 +21,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "ScoreTerms",
         "IgnoredTunnel",
         "DecisionChange",
+        // `routingctl transits` renders a gatewan's transits the same way.
+        "Transit",
+        "SetDrainedResponse",
     ];
     let mut config = tonic_prost_build::configure().bytes(".");
     for m in serialize {

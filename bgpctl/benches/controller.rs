@@ -98,6 +98,7 @@ fn store() -> StateStore {
                         interface: format!("eth{i}"),
                         cost: i as u32,
                         position: Some(i as u32),
+                        drained: false,
                     })
                     .collect(),
                 wireguard_public_key: vec![1u8; 32].into(),

@@ -343,6 +343,7 @@ mod tests {
                     name: "lumen".into(),
                     capacity_bps: 1_000_000_000,
                     cost: 0,
+                    drained: false,
                 }],
                 alive: true,
             }

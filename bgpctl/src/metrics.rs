@@ -237,6 +237,7 @@ impl Collector for ControllerCollector {
             "bgpctl_controller_decision_changes",
             "Changes of the chosen tunnels since start, by reason (a change with two reasons \
              counts for both): first, unhealthy (a chosen tunnel left the healthy set), \
+             drained (its transit was drained), \
              none_healthy (hold_when_none_healthy expired), better_set (hold_down expired), \
              short (capacity, min_tunnels or diversity), above_max_tunnels, datacenter_left",
             None,

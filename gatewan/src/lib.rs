@@ -4,14 +4,17 @@
 //! fabric and the tunnels (`dataplane`), keeps the mesh reachable over every transit
 //! (`transit`), and reads its config (`config`), completed at start by what the host says
 //! (`host`); `init` writes a starting config from the host; `reload` says what a SIGHUP
-//! may change.
+//! may change; `drain` keeps and announces transits drained for maintenance, through
+//! `announce`, the one way our NodeRecord changes after start.
 //!
 //! The mesh is the `gatewan-mesh` crate and the daemon kit (shared config sections, API,
 //! metrics, state directory) is `gatewan-kit`; bgpctl uses those two and not this crate.
 
+pub mod announce;
 pub mod api;
 pub mod config;
 pub mod dataplane;
+pub mod drain;
 pub mod host;
 pub mod init;
 pub mod metrics;

@@ -81,6 +81,13 @@ async fn run(
     // Opened (created) here: the transits' positions it keeps number their routing.
     gatewan_kit::state_dir::StateDir::open(&settings.state_dir)?;
     let numbering = tunnel_numbering(&settings, &settings.state_dir);
+    let transit_names: Vec<&str> = settings.transits.iter().map(|t| t.name.as_str()).collect();
+    let drained_file = settings.state_dir.join(gatewan::drain::FILE);
+    let drained = gatewan::drain::Drained::load(&drained_file, &transit_names)
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", drained_file.display()))?;
+    if !drained.0.is_empty() {
+        tracing::info!(transits = ?drained.0, "transits drained before the restart stay drained");
+    }
     let routing = transit_routing(&settings, &numbering.0.positions).await?;
     // Gossip leaves by every transit, each from its own address with its own routing.
     let gossip_paths: Vec<(std::net::IpAddr, Option<u32>)> = settings
@@ -122,6 +129,7 @@ async fn run(
                     interface: t.interface.clone().unwrap_or_default(),
                     cost: t.cost,
                     position: numbering.0.positions.get(&t.name).copied(),
+                    drained: drained.contains(&t.name),
                 })
                 .collect(),
             wireguard_public_key: public_key.clone().into(),
@@ -197,6 +205,16 @@ async fn run(
     }
     let mut routes = tonic::service::Routes::builder();
     routes.add_service(gatewan_kit::api::MeshApi::new(member.mesh.clone()).into_server());
+    routes.add_service(
+        gatewan::drain::TransitsApi::new(
+            member.mesh.clone(),
+            member.identity.node,
+            &settings.state_dir,
+            settings.transits.iter().map(|t| t.name.clone()).collect(),
+            drained,
+        )
+        .into_server(),
+    );
     if let Some(t) = tunnels {
         routes.add_service(api::TunnelsApi::new(t, member.state_dir.clone()).into_server());
     }

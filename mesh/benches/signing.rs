@@ -29,6 +29,7 @@ fn node_record() -> v1::Record {
                     interface: format!("eth{i}"),
                     cost: 10,
                     position: None,
+                    drained: false,
                 })
                 .collect(),
             wireguard_public_key: Bytes::copy_from_slice(&[9; 32]),

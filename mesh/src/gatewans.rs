@@ -23,6 +23,8 @@ pub struct GatewanTransit {
     /// Its position on the gatewan, as announced; None from an earlier version (then its
     /// place in the list).
     pub position: Option<u32>,
+    /// Drained for maintenance (`routingctl transits drain`).
+    pub drained: bool,
 }
 
 /// A gatewan's NodeRecord, checked.
@@ -70,6 +72,7 @@ impl GatewanRecord {
                     capacity_bps: t.capacity_bps,
                     cost: t.cost,
                     position: t.position,
+                    drained: t.drained,
                 })
                 .collect(),
             wireguard_key: n.wireguard_public_key.as_ref().try_into().ok(),

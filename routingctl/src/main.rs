@@ -108,6 +108,12 @@ enum Command {
         #[arg(long, value_parser = ["Established", "Degraded", "Down"], ignore_case = true)]
         state: Option<String>,
     },
+    /// Transits of a gatewan as it announces them, and their drain for maintenance.
+    #[command(args_conflicts_with_subcommands = true)]
+    Transits {
+        #[command(subcommand)]
+        action: Option<TransitsCommand>,
+    },
     /// BGP sessions of a bgpctl (`--socket /run/bgpctl/bgpctl.sock`): state, uptime,
     /// prefixes received and sent, last error.
     Peers,
@@ -146,6 +152,22 @@ enum TunnelsCommand {
     /// Give the gatewan a new WireGuard key (kept in its state_dir); the peers learn the
     /// public key over the mesh and the tunnels pause for about one handshake.
     RotateKey,
+}
+
+#[derive(Subcommand)]
+enum TransitsCommand {
+    /// Before a provider's maintenance: every bgpctl moves traffic off this gatewan's
+    /// tunnels over NAME (make-before-break), keeping them only if no other tunnel to a
+    /// datacenter is healthy. Kept in the gatewan's state_dir across restarts.
+    Drain {
+        /// The transit's name, as `routingctl transits` shows it.
+        name: String,
+    },
+    /// After the maintenance: NAME's tunnels are candidates again.
+    Undrain {
+        /// The transit's name, as `routingctl transits` shows it.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -271,7 +293,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(1)
+            if e.downcast_ref::<Refused>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
         }
     }
 }
@@ -391,6 +417,29 @@ fn not_bgpctl(s: tonic::Status, target: &Target) -> anyhow::Error {
     }
 }
 
+fn no_transits(s: tonic::Status, target: &Target) -> anyhow::Error {
+    match s.code() {
+        tonic::Code::Unimplemented => {
+            anyhow::anyhow!("this daemon has no transits (is it a gatewan?)")
+        }
+        // An argument the daemon refused (e.g. a transit it does not have): exit 2.
+        tonic::Code::InvalidArgument => Refused(s.message().to_string()).into(),
+        _ => call_error(s, target),
+    }
+}
+
+/// The daemon refused an argument of the command line: a usage error (exit 2).
+#[derive(Debug)]
+struct Refused(String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
 fn no_tunnels(s: tonic::Status, target: &Target) -> anyhow::Error {
     match s.code() {
         tonic::Code::Unimplemented => {
@@ -428,6 +477,30 @@ async fn run(cli: Cli, target: Target) -> anyhow::Result<()> {
                 .map_err(call)?
                 .into_inner();
             output::members(&r.members, cli.output)
+        }
+        Command::Transits { action: None } => {
+            let mut client = v1::transits_client::TransitsClient::new(mesh_channel.clone());
+            let r = client
+                .list_transits(v1::ListTransitsRequest {})
+                .await
+                .map_err(|s| no_transits(s, target))?
+                .into_inner();
+            output::transits(&r.transits, cli.output)
+        }
+        Command::Transits {
+            action: Some(action),
+        } => {
+            let (transit, drained) = match action {
+                TransitsCommand::Drain { name } => (name, true),
+                TransitsCommand::Undrain { name } => (name, false),
+            };
+            let mut client = v1::transits_client::TransitsClient::new(mesh_channel.clone());
+            let r = client
+                .set_drained(v1::SetDrainedRequest { transit, drained })
+                .await
+                .map_err(|s| no_transits(s, target))?
+                .into_inner();
+            output::drained(&r, cli.output)
         }
         Command::Tunnels {
             action: Some(TunnelsCommand::RotateKey),

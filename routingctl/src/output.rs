@@ -290,6 +290,50 @@ pub(crate) fn rotated_key(public_key: &str, f: Format) -> anyhow::Result<String>
     }
 }
 
+/// `routingctl transits`: a gatewan's transits as it announces them.
+pub(crate) fn transits(list: &[v1::Transit], f: Format) -> anyhow::Result<String> {
+    if !matches!(f, Format::Table) {
+        return render(&list, f);
+    }
+    let rows = list
+        .iter()
+        .map(|t| {
+            vec![
+                t.name.clone(),
+                t.interface.clone(),
+                t.addresses.join(","),
+                rate(t.capacity_bps),
+                t.cost.to_string(),
+                if t.drained { "yes" } else { "no" }.into(),
+            ]
+        })
+        .collect();
+    Ok(table(
+        &["NAME", "INTERFACE", "ADDRESSES", "CAPACITY", "COST", "DRAINED"],
+        rows,
+    ))
+}
+
+/// `routingctl transits drain|undrain NAME`.
+pub(crate) fn drained(r: &v1::SetDrainedResponse, f: Format) -> anyhow::Result<String> {
+    if !matches!(f, Format::Table) {
+        return render(r, f);
+    }
+    let t = r.transit.clone().unwrap_or_default();
+    Ok(match (t.drained, r.changed) {
+        (true, true) => format!(
+            "transit {} drained: the controllers move traffic off its tunnels (routingctl explain on a bgpctl says so)\n",
+            t.name
+        ),
+        (true, false) => format!("transit {} was already drained\n", t.name),
+        (false, true) => format!(
+            "transit {} undrained: its tunnels are candidates again\n",
+            t.name
+        ),
+        (false, false) => format!("transit {} was not drained\n", t.name),
+    })
+}
+
 fn rate(bps: u64) -> String {
     let b = bps as f64;
     if b >= 1e9 {

@@ -619,7 +619,11 @@ impl RemoteState {
                 let id = r
                     .position(*id)
                     .map_or_else(|| id.to_string(), |c| label(s, r.cands[c as usize].tunnel));
-                reasons.insert(ChangeReason::Unhealthy);
+                reasons.insert(if *why == Some(Verdict::Drained) {
+                    ChangeReason::Drained
+                } else {
+                    ChangeReason::Unhealthy
+                });
                 causes.push(format!(
                     "{id} left the healthy set ({})",
                     why.map_or("no longer reported", Verdict::describe)

@@ -31,11 +31,14 @@ pub enum Verdict {
     NotEstablished,
     LossAboveMax,
     LatencyAboveMax,
+    /// Healthy, but one of its transits is drained, and another tunnel toward the
+    /// datacenter is healthy.
+    Drained,
 }
 
 impl Verdict {
     /// Every verdict, for tests and documentation.
-    pub const ALL: [Verdict; 15] = [
+    pub const ALL: [Verdict; 16] = [
         Verdict::ChosenForCapacity,
         Verdict::ChosenForMinTunnels,
         Verdict::ChosenForDiversity,
@@ -51,6 +54,7 @@ impl Verdict {
         Verdict::NotEstablished,
         Verdict::LossAboveMax,
         Verdict::LatencyAboveMax,
+        Verdict::Drained,
     ];
 
     /// The verdict's name as the API and `routingctl explain` show it.
@@ -71,6 +75,7 @@ impl Verdict {
             Verdict::NotEstablished => "not_established",
             Verdict::LossAboveMax => "loss_above_max",
             Verdict::LatencyAboveMax => "latency_above_max",
+            Verdict::Drained => "drained",
         }
     }
 
@@ -94,6 +99,7 @@ impl Verdict {
                 | Verdict::NotEstablished
                 | Verdict::LossAboveMax
                 | Verdict::LatencyAboveMax
+                | Verdict::Drained
         )
     }
 
@@ -125,6 +131,9 @@ impl Verdict {
             Verdict::NotEstablished => "rejected: not established",
             Verdict::LossAboveMax => "rejected: loss above max_loss",
             Verdict::LatencyAboveMax => "rejected: latency above max_latency",
+            Verdict::Drained => {
+                "rejected: one of its transits is drained for maintenance (routingctl transits undrain)"
+            }
         }
     }
 }
@@ -254,6 +263,8 @@ pub enum ChangeReason {
     First,
     /// A chosen tunnel left the healthy set (down, degraded, too slow, gone).
     Unhealthy,
+    /// A chosen tunnel's transit was drained.
+    Drained,
     /// No tunnel was healthy for `hold_when_none_healthy`.
     NoneHealthy,
     /// A better set existed for `hold_down`.
@@ -267,9 +278,10 @@ pub enum ChangeReason {
 }
 
 impl ChangeReason {
-    pub const ALL: [ChangeReason; 7] = [
+    pub const ALL: [ChangeReason; 8] = [
         ChangeReason::First,
         ChangeReason::Unhealthy,
+        ChangeReason::Drained,
         ChangeReason::NoneHealthy,
         ChangeReason::BetterSet,
         ChangeReason::Short,
@@ -282,6 +294,7 @@ impl ChangeReason {
         match self {
             ChangeReason::First => "first",
             ChangeReason::Unhealthy => "unhealthy",
+            ChangeReason::Drained => "drained",
             ChangeReason::NoneHealthy => "none_healthy",
             ChangeReason::BetterSet => "better_set",
             ChangeReason::Short => "short",

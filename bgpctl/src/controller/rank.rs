@@ -109,6 +109,12 @@ pub(crate) fn rank_remote(
     let range = s.remotes[ri].tunnels.clone();
     let mut cands = Vec::with_capacity(range.len());
     let max_cost = f64::from(s.max_cost);
+    // Transit `t` of gatewan `g` is drained (by its name: indexes are the snapshot's).
+    let drained = |g: &super::snapshot::Gatewan, t: u32| {
+        g.transits
+            .iter()
+            .any(|x| x.drained && *x.name == *s.transits[t as usize])
+    };
     for (i, e) in s.tunnels[range.clone()].iter().enumerate() {
         let m = &e.t.measurements;
         let g = &s.gatewans[e.gatewan as usize].g;
@@ -127,6 +133,8 @@ pub(crate) fn rank_remote(
             Some(Verdict::LossAboveMax)
         } else if latency > p.max_latency.as_micros() {
             Some(Verdict::LatencyAboveMax)
+        } else if drained(g, e.local_transit) || drained(peer, e.peer_transit) {
+            Some(Verdict::Drained)
         } else {
             None
         };
@@ -183,6 +191,15 @@ pub(crate) fn rank_remote(
             local_transit: e.local_transit,
             peer_transit: e.peer_transit,
         });
+    }
+    // A drain moves traffic off a transit; it must not cut a datacenter off. With no other
+    // healthy tunnel toward it, the drained ones are candidates as before.
+    if cands.iter().all(|c| c.rejected.is_some()) {
+        for c in &mut cands {
+            if c.rejected == Some(Verdict::Drained) {
+                c.rejected = None;
+            }
+        }
     }
     let mut order: Vec<u32> = (0..cands.len() as u32)
         .filter(|&c| cands[c as usize].healthy())

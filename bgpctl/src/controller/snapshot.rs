@@ -85,6 +85,8 @@ pub struct Transit {
     pub name: String,
     pub capacity_bps: u64,
     pub cost: u32,
+    /// Drained for maintenance: its tunnels are a last resort.
+    pub drained: bool,
 }
 
 /// A gatewan of any datacenter, from its NodeRecord and the mesh's liveness.
@@ -323,6 +325,7 @@ impl Snapshot {
                         name: t.name.clone(),
                         capacity_bps: t.capacity_bps,
                         cost: t.cost,
+                        drained: t.drained,
                     })
                     .collect(),
                 alive: alive(g.id),

@@ -33,6 +33,7 @@ fn gatewan(dc: u8, i: u8, dc_name: &str, transits: &[(&str, u64, u32)]) -> Gatew
                 name: n.to_string(),
                 capacity_bps: c,
                 cost,
+                drained: false,
             })
             .collect(),
         alive: true,
@@ -1222,6 +1223,7 @@ mod store {
                         interface: format!("eth{i}"),
                         cost: i as u32,
                         position: Some(i as u32),
+                        drained: false,
                     })
                     .collect(),
                 wireguard_public_key: vec![slot as u8; 32].into(),
@@ -2073,4 +2075,73 @@ fn a_reloaded_policy_asking_for_more_tunnels_adds_one_at_the_next_decision() {
         "{}",
         c.history().last().unwrap().cause
     );
+}
+
+/// `gws` with transit `transit` of gatewan `i` drained (or not).
+fn with_drain(gws: &[Gatewan], i: usize, transit: &str, drained: bool) -> Vec<Gatewan> {
+    let mut gws = gws.to_vec();
+    for t in &mut gws[i].transits {
+        if t.name == transit {
+            t.drained = drained;
+        }
+    }
+    gws
+}
+
+#[test]
+fn a_drained_transit_carries_no_chosen_tunnel_after_the_next_decision_and_comes_back_undrained()
+{
+    let (gws, p) = issue_12();
+    let ll = tunnel_id(&gws[0], "lumen", &gws[1], "lumen");
+    let lc = tunnel_id(&gws[0], "lumen", &gws[1], "cogent");
+    let cc = tunnel_id(&gws[0], "cogent", &gws[1], "cogent");
+    let cl = tunnel_id(&gws[0], "cogent", &gws[1], "lumen");
+    let mut c = Controller::new(p);
+    let (d, _) = c.decide(&near_equal(&gws, CROSS_FIRST), 0);
+    assert_eq!(chosen_ids(&d, "par1"), BTreeSet::from([ll, cc]));
+
+    // Our lumen drained: its tunnels leave at the next decision (no hold-down), and the
+    // same decision chooses what replaces them: cogent→lumen for min_tunnels.
+    let drained = with_drain(&gws, 0, "lumen", true);
+    let (d, e) = c.decide(&near_equal(&drained, CROSS_FIRST), 1_000);
+    assert_eq!(chosen_ids(&d, "par1"), BTreeSet::from([cc, cl]));
+    for id in [ll, lc] {
+        assert_eq!(verdict_of(&e, "par1", id), Verdict::Drained);
+    }
+    let last = c.history().last().unwrap();
+    assert_eq!(last.removed, [ll]);
+    assert!(last.reasons.contains(&ChangeReason::Drained), "{last:?}");
+    assert!(last.cause.contains("drained for maintenance"), "{}", last.cause);
+    // The peer's lumen drained too: tunnels that end on it leave as well, but the last
+    // tunnel toward par1 stays rather than cutting the datacenter off.
+    let both = with_drain(&drained, 1, "lumen", true);
+    let (d, _) = c.decide(&near_equal(&both, CROSS_FIRST), 2_000);
+    assert_eq!(chosen_ids(&d, "par1"), BTreeSet::from([cc]));
+
+    // Undrained: lumen's tunnels are candidates at once; the 1.5 Gbps need that the
+    // cogent interface alone (1 Gbps) falls short of brings lumen→lumen back now.
+    let (d, e) = c.decide(&near_equal(&gws, CROSS_FIRST), 3_000);
+    assert_ne!(verdict_of(&e, "par1", ll), Verdict::Drained);
+    assert!(chosen_ids(&d, "par1").contains(&ll), "{:?}", chosen_ids(&d, "par1"));
+}
+
+#[test]
+fn with_every_tunnel_drained_the_datacenter_keeps_its_tunnels() {
+    let (gws, p) = issue_12();
+    let all = with_drain(&with_drain(&gws, 0, "lumen", true), 0, "cogent", true);
+    let mut c = Controller::new(p.clone());
+    let (before, _) = c.decide(&near_equal(&gws, CROSS_FIRST), 0);
+    let (after, e) = c.decide(&near_equal(&all, CROSS_FIRST), 1_000);
+    assert_eq!(chosen_ids(&after, "par1"), chosen_ids(&before, "par1"));
+    assert!(
+        e.remote("par1")
+            .unwrap()
+            .candidates
+            .iter()
+            .all(|x| x.verdict != Verdict::Drained),
+        "a drain that would leave nothing healthy is not applied"
+    );
+    // A first decision under a drain of everything chooses as if undrained.
+    let (d, _) = decide_once(&near_equal(&all, CROSS_FIRST), &p);
+    assert_eq!(chosen_ids(&d, "par1"), chosen_ids(&before, "par1"));
 }

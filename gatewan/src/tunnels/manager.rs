@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use gatewan_proto::v1::{self, record::Body};
+use gatewan_proto::v1;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -41,7 +41,6 @@ use super::reconcile::{Step, WantedTunnel};
 use super::state::{Local, ManagerState};
 use super::system::{System, WireguardMode};
 use crate::probe::engine::{self, ProbeHandle, ProbeSettings};
-use gatewan_mesh::NodeId;
 use gatewan_mesh::driver::MeshHandle;
 
 pub struct ManagerConfig {
@@ -125,26 +124,6 @@ pub fn spawn(cfg: ManagerConfig, mesh: MeshHandle) -> std::io::Result<TunnelsHan
     })
 }
 
-/// Our NodeRecord as the mesh holds it, changed by `change` and published again.
-async fn announce(
-    mesh: &MeshHandle,
-    local: NodeId,
-    what: &str,
-    change: impl FnOnce(&mut v1::NodeRecord),
-) {
-    let Some(mut record) = mesh.view().store.node(local).cloned() else {
-        warn!(
-            what,
-            "our NodeRecord is not in the mesh store; announced at restart"
-        );
-        return;
-    };
-    change(&mut record);
-    if let Err(e) = mesh.publish(Body::Node(record)).await {
-        warn!(error = %e, what, "cannot announce it");
-    }
-}
-
 /// Unix ms, to stamp a slot claim (ADR 0042: compared between gatewans, so wall time).
 fn unix_ms() -> u64 {
     u64::try_from(
@@ -207,7 +186,7 @@ async fn claim_slot(
     cfg.local.slot = claim.slot;
     cfg.local.slot_claimed_ms = claim.claimed_ms;
     cfg.local.slot_pinned = claim.pinned;
-    announce(mesh, cfg.local.id, "tunnel slot", |r| {
+    crate::announce::announce(mesh, cfg.local.id, "tunnel slot", |r| {
         r.tunnel_slot = Some(claim.slot);
         r.tunnel_slot_claimed_ms = claim.claimed_ms;
         r.tunnel_slot_pinned = claim.pinned;
@@ -284,7 +263,7 @@ async fn run(
                 system.set_private_key(key);
                 let public = wireguard_control::Key(key).get_public().0.to_vec();
                 cfg.local.public_key = public.clone();
-                announce(&mesh, cfg.local.id, "WireGuard public key", |r| {
+                crate::announce::announce(&mesh, cfg.local.id, "WireGuard public key", |r| {
                     r.wireguard_public_key = Bytes::copy_from_slice(&public);
                 })
                 .await;
