@@ -24,6 +24,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // `routingctl transits` renders a gatewan's transits the same way.
         "Transit",
         "SetDrainedResponse",
+        "TraceResponse",
+        "TracePath",
+        "TraceEgress",
     ];
     let mut config = tonic_prost_build::configure().bytes(".");
     for m in serialize {

@@ -1,5 +1,5 @@
-//! The `Bgp` gRPC service of bgpctl (and the shared `Mesh` service): peers, routes, and
-//! the controller's explanation, for routingctl.
+//! The `Bgp` gRPC service of bgpctl (and the shared `Mesh` service): peers, routes, the
+//! controller's explanation and the path toward a destination, for routingctl.
 
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;
@@ -15,16 +15,19 @@ use crate::daemon::ControllerView;
 pub struct BgpApi {
     speaker: Arc<SpeakerHandle>,
     controller: watch::Receiver<Arc<ControllerView>>,
+    mesh: gatewan_mesh::driver::MeshHandle,
 }
 
 impl BgpApi {
     pub fn new(
         speaker: Arc<SpeakerHandle>,
         controller: watch::Receiver<Arc<ControllerView>>,
+        mesh: gatewan_mesh::driver::MeshHandle,
     ) -> Self {
         BgpApi {
             speaker,
             controller,
+            mesh,
         }
     }
 
@@ -169,6 +172,43 @@ impl Bgp for BgpApi {
             routes,
             next_page_token,
         }))
+    }
+
+    async fn trace(
+        &self,
+        req: Request<v1::TraceRequest>,
+    ) -> Result<Response<v1::TraceResponse>, Status> {
+        let text = req.into_inner().destination;
+        let destination: std::net::IpAddr = text.trim().parse().map_err(|_| {
+            Status::invalid_argument(format!(
+                "{text:?} is not an IPv4 or IPv6 address (e.g. 172.16.2.10 or 2001:db8:a2::10)"
+            ))
+        })?;
+        let view = self.controller.borrow().clone();
+        let (Some(decision), Some(explanation)) = (&view.decision, &view.explanation) else {
+            return Err(Status::unavailable(
+                "the controller has not decided yet (bgpctl is starting)",
+            ));
+        };
+        let mesh = self.mesh.view();
+        let node = |id| mesh.store.node(id);
+        let networks = mesh.store.networks().filter_map(|(origin, network)| {
+            let n = node(origin)?;
+            Some(crate::trace::MeshNetwork {
+                datacenter: n.datacenter.as_str(),
+                learned_by: n.name.as_str(),
+                network,
+            })
+        });
+        crate::trace::trace(
+            destination,
+            &self.speaker.advertised(),
+            decision,
+            &explanation.to_proto(),
+            networks,
+        )
+        .map(Response::new)
+        .map_err(Status::not_found)
     }
 
     async fn explain(

@@ -26,6 +26,8 @@ use crate::export::{self, ExportSettings};
 #[derive(Debug, Default)]
 pub struct ControllerView {
     pub explanation: Option<Explanation>,
+    /// The decision the explanation explains (what `routingctl trace` follows).
+    pub decision: Option<v1::Decision>,
     pub history: Vec<Change>,
     /// Changes of the chosen tunnels since start, by reason.
     pub changes: Vec<(ChangeReason, u64)>,
@@ -246,13 +248,14 @@ async fn decide_loop(
             &mut publisher,
         )
         .await;
-        last = Some(decision);
         view_tx.send_replace(Arc::new(ControllerView {
+            decision: Some(decision.clone()),
             explanation: Some(explanation),
             history: controller.history().cloned().collect(),
             changes: controller.changes_by_reason().collect(),
             clock,
         }));
+        last = Some(decision);
     }
 }
 

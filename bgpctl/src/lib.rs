@@ -6,7 +6,8 @@
 //!   carry traffic to each remote datacenter, and why.
 //! - `export`: decision → type-5 routes, fabric routes → the datacenter's networks (pure).
 //! - `config` (`bgpctl.yaml`), `daemon` (the decision loop), `api` (gRPC for routingctl),
-//!   `metrics` (bgpctl's part of `/metrics`), `reload` (what SIGHUP may change).
+//!   `metrics` (bgpctl's part of `/metrics`), `reload` (what SIGHUP may change), `trace`
+//!   (the path toward a destination, for `routingctl trace`).
 //!
 //! bgpctl joins the gatewans' mesh with role `bgpctl` through the `gatewan-mesh` crate.
 
@@ -18,3 +19,4 @@ pub mod daemon;
 pub mod export;
 pub mod metrics;
 pub mod reload;
+pub mod trace;

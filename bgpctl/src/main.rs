@@ -88,7 +88,11 @@ async fn run(settings: BgpctlSettings) -> anyhow::Result<()> {
     }
     let routes = tonic::service::Routes::new(api::MeshApi::new(member.mesh.clone()).into_server())
         .add_service(
-            bgpctl::api::BgpApi::new(running.speaker.clone(), running.controller.clone())
+            bgpctl::api::BgpApi::new(
+                running.speaker.clone(),
+                running.controller.clone(),
+                member.mesh.clone(),
+            )
                 .into_server(),
         );
     let Some(api) = daemon::serve_api_until_signal(settings.api.clone(), routes).await? else {

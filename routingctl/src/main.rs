@@ -135,6 +135,13 @@ enum Command {
         #[arg(long)]
         datacenter: Option<String>,
     },
+    /// The path a packet to DESTINATION takes now, hop by hop (bgpctl): the fabric's
+    /// routes and their Router's MAC, the gatewan and tunnel each points at and why the
+    /// controller chose it, the remote gatewan, and the remote fabric's VTEPs.
+    Trace {
+        /// An IPv4 or IPv6 address, e.g. 172.16.2.10.
+        destination: std::net::IpAddr,
+    },
     /// The mesh keyring. A change applies to the daemon asked and then to every member of
     /// the mesh (as `serf keys`); rotation: install, use, remove the old key.
     #[command(subcommand)]
@@ -583,6 +590,16 @@ async fn run(cli: Cli, target: Target) -> anyhow::Result<()> {
                 page_token = r.next_page_token;
             }
             output::routes(&routes, cli.output)
+        }
+        Command::Trace { destination } => {
+            let r = bgp(&mesh_channel)
+                .trace(v1::TraceRequest {
+                    destination: destination.to_string(),
+                })
+                .await
+                .map_err(not_bgpctl)?
+                .into_inner();
+            output::trace(&r, cli.output)
         }
         Command::Explain { datacenter } => {
             let r = bgp(&mesh_channel)

@@ -290,6 +290,62 @@ pub(crate) fn rotated_key(public_key: &str, f: Format) -> anyhow::Result<String>
     }
 }
 
+/// `routingctl trace`: one block per path, its hops numbered as traceroute numbers them.
+pub(crate) fn trace(r: &v1::TraceResponse, f: Format) -> anyhow::Result<String> {
+    if !matches!(f, Format::Table) {
+        return render(r, f);
+    }
+    let mut out = format!(
+        "{} is in {} ({}): {} path(s), the fabric spreads flows over them\n",
+        r.destination,
+        r.prefix,
+        if r.datacenter.is_empty() {
+            "datacenter unknown"
+        } else {
+            r.datacenter.as_str()
+        },
+        r.paths.len()
+    );
+    for (i, p) in r.paths.iter().enumerate() {
+        out.push_str(&format!("path {}\n", i + 1));
+        out.push_str(&format!(
+            "  1  fabric route  RD {}, next hop {}, Router's MAC {}, VNI {}\n",
+            p.rd, p.next_hop, p.router_mac, p.vni
+        ));
+        match &p.tunnel {
+            Some(t) => {
+                let m = t.metrics.clone().unwrap_or_default();
+                out.push_str(&format!(
+                    "  2  {}  tunnel {} ({}→{}): {}; {}, latency {}, loss {}\n",
+                    t.gatewan,
+                    t.interface,
+                    t.local_transit,
+                    t.peer_transit,
+                    t.verdict,
+                    m.state,
+                    duration(u64::from(m.latency_us) * 1000),
+                    percent(f64::from(m.loss_ppm) / 1e6),
+                ));
+                out.push_str(&format!("  3  {}  ({})\n", p.remote_gatewan, r.datacenter));
+            }
+            None => out.push_str(
+                "  2  ?  no chosen tunnel has this next hop and MAC (the route is older than the \
+                 last decision: try again)\n",
+            ),
+        }
+        if p.egress.is_empty() {
+            out.push_str("  4  ?  no VTEP of the remote fabric announces the prefix\n");
+        }
+        for e in &p.egress {
+            out.push_str(&format!(
+                "  4  remote fabric  VTEP {}, Router's MAC {}, VNI {} (learned by {})\n",
+                e.vtep, e.router_mac, e.vni, e.learned_by
+            ));
+        }
+    }
+    Ok(out)
+}
+
 /// `routingctl transits`: a gatewan's transits as it announces them.
 pub(crate) fn transits(list: &[v1::Transit], f: Format) -> anyhow::Result<String> {
     if !matches!(f, Format::Table) {
