@@ -245,14 +245,16 @@ fn mutate(rng: &mut StdRng, corpus: &[Vec<u8>], insiders: &[MemberKey], out: &mu
     }
 }
 
-/// Drop reasons a datagram can meet here: the parsers', and the signature checks of ADR
-/// 0032 and 0041 (of a whole SWIM packet or control message, or of one record).
-const REFUSALS: [DropReason; 5] = [
+/// Drop reasons a datagram can meet here: the parsers', the signature checks of ADR
+/// 0032 and 0041 (of a whole SWIM packet or control message, or of one record), and a
+/// tag or control message of a kind this version does not know (ADR 0046).
+const REFUSALS: [DropReason; 6] = [
     DropReason::Invalid,
     DropReason::Malformed,
     DropReason::BadSignature,
     DropReason::Forged,
     DropReason::Revoked,
+    DropReason::UnknownKind,
 ];
 
 fn main() {
@@ -316,8 +318,13 @@ fn main() {
         // packet that is otherwise applied: counted by reason, not compared.
         let swim_unsigned = buf.first() == Some(&TAG_SWIM)
             && gatewan_mesh::signing::verify(DOMAIN_SWIM, &buf[1..]).is_err();
-        let refused_whole =
-            dropped(DropReason::Invalid) + dropped(DropReason::Malformed) > 0 || swim_unsigned;
+        // An unknown kind is a whole datagram here: a record of an unknown kind (kept,
+        // also counted so) would need its origin's signature, which mutation breaks.
+        let refused_whole = dropped(DropReason::Invalid)
+            + dropped(DropReason::Malformed)
+            + dropped(DropReason::UnknownKind)
+            > 0
+            || swim_unsigned;
         if swim_unsigned {
             swim_refused += 1;
         }

@@ -462,6 +462,18 @@ impl Sim {
         self.after_event(i);
     }
 
+    /// Publishes one of member `i`'s records as a member of a later version encodes it
+    /// (see [`MeshCore::publish_encoded`]): `encode` gets the version and returns the
+    /// record encoded without its signature.
+    pub fn publish_encoded(&mut self, i: usize, encode: impl FnOnce(u64) -> Vec<u8>) {
+        let unix = self.now();
+        self.nodes[i]
+            .core
+            .publish_encoded(encode, unix)
+            .expect("a simulated record is valid");
+        self.after_event(i);
+    }
+
     /// A gatewan's NodeRecord for member `i`, to [`Sim::publish`] (with
     /// `publish_node_records` off, so that it is the member's only one): `name` in
     /// `datacenter`, a transit per address of the member, a WireGuard key derived from
@@ -1159,6 +1171,180 @@ mod tests {
             let c = sim.core(b).counters();
             assert_eq!(c.suspicions_raised, 0, "a passive member suspects no one");
             assert!(c.suspicions_of_us_refuted > 0, "relayed notices reach it");
+        }
+    }
+
+    /// A record as the next version of this software encodes it (ADR 0046): a reader of
+    /// that version, which knows fields 98 and 99 of NodeRecord.
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct NextRecord {
+        #[prost(message, optional, tag = "10")]
+        node: Option<NextNodeRecord>,
+    }
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    struct NextNodeRecord {
+        #[prost(string, tag = "2")]
+        name: String,
+        #[prost(string, tag = "98")]
+        motto: String,
+        #[prost(uint64, tag = "99")]
+        next: u64,
+    }
+
+    /// The record kind the next version adds, in its `Record.body` oneof as field 16.
+    const NEXT_KIND: i32 = 42;
+
+    /// `node` as a member of the next version encodes it in a record: this version's
+    /// fields, then field 98 (a string) and field 99 (a varint) that this version does
+    /// not know; unsigned (the core signs it).
+    fn next_version_node_record(origin: NodeId, version: u64, node: &v1::NodeRecord) -> Vec<u8> {
+        use prost::Message as _;
+        let mut body = node.encode_to_vec();
+        // Field 98, length-delimited: key (98 << 3) | 2.
+        prost::encoding::encode_varint((98 << 3) | 2, &mut body);
+        prost::encoding::encode_varint(4, &mut body);
+        body.extend_from_slice(b"next");
+        // Field 99, varint: key 99 << 3.
+        prost::encoding::encode_varint(99 << 3, &mut body);
+        prost::encoding::encode_varint(7, &mut body);
+        let mut record = v1::Record {
+            origin: Bytes::copy_from_slice(&origin.0),
+            version,
+            ..Default::default()
+        }
+        .encode_to_vec();
+        // Record.node, field 10, length-delimited.
+        prost::encoding::encode_varint((10 << 3) | 2, &mut record);
+        prost::encoding::encode_varint(body.len() as u64, &mut record);
+        record.extend_from_slice(&body);
+        record
+    }
+
+    /// A record of the next version's kind: its key written out (`Record.kind`, `name`),
+    /// its body in oneof field 16, which this version does not know.
+    fn next_kind_record(origin: NodeId, version: u64) -> Vec<u8> {
+        use prost::Message as _;
+        let mut record = v1::Record {
+            origin: Bytes::copy_from_slice(&origin.0),
+            version,
+            kind: NEXT_KIND,
+            name: "next-kind".into(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        prost::encoding::encode_varint((16 << 3) | 2, &mut record);
+        record.extend_from_slice(&[2, 0x08, 0x07]);
+        record
+    }
+
+    /// Issue 17's rolling upgrade: a member of the next version (its NodeRecord carries
+    /// fields this version does not know, and it publishes a record of a kind this
+    /// version does not know) joins a mesh of this version. The members of this version
+    /// see it alive with the fields they know; one that reaches it only through the
+    /// others (a passive member restricted to members 0 and 1) holds its records too, as
+    /// the bytes it signed: they verify there, and a reader of the next version still
+    /// finds field 99 in them. The record of the unknown kind is kept and passed on,
+    /// counted as `unknown_kind` once per member, so that every store ends up the same.
+    #[test]
+    fn a_member_of_the_next_version_joins_and_its_records_travel_as_it_signed_them() {
+        use crate::store::RecordKey;
+
+        let mut sim = Sim::new(SimConfig {
+            publish_node_records: false,
+            ..SimConfig::new(46)
+        });
+        // 0 and 1 of this version, 2 of the next one.
+        sim.add_cluster(3, Duration::from_millis(50));
+        let far = sim.len();
+        sim.restrict_reach(far, &[0, 1]);
+        let passive = MeshSettings {
+            passive: true,
+            ..MeshSettings::default()
+        };
+        let seeds = vec![Sim::address_of(0), Sim::address_of(1)];
+        sim.add_member(seeds, "dc3".into(), passive);
+        for i in [0, 1, far] {
+            let record = sim.gatewan_record(i, &format!("gw{i}"), &format!("dc{i}"));
+            sim.publish(i, Body::Node(record));
+        }
+        let next = sim.node_id(2);
+        let record = sim.gatewan_record(2, "gw-next", "dc2");
+        sim.publish_encoded(2, |version| {
+            next_version_node_record(next, version, &record)
+        });
+        sim.publish_encoded(2, |version| next_kind_record(next, version));
+        sim.run_for(Duration::from_secs(15));
+
+        let node_key = RecordKey {
+            origin: next,
+            kind: v1::RecordKind::Node as i32,
+            name: String::new(),
+        };
+        let kind_key = RecordKey {
+            origin: next,
+            kind: NEXT_KIND,
+            name: "next-kind".into(),
+        };
+        let held = |o: usize, key: &RecordKey| {
+            sim.core(o)
+                .with_store(|s| s.get(key).map(|r| r.bytes.clone()))
+        };
+        let signed = held(2, &node_key).expect("its own node record");
+        let signed_kind = held(2, &kind_key).expect("its own record of the new kind");
+        for o in [0, 1] {
+            assert_eq!(sim.state_of(o, 2), Some(MemberState::Alive), "at {o}");
+            assert_eq!(sim.state_of(2, o), Some(MemberState::Alive), "{o} at 2");
+        }
+        assert!(
+            matches!(
+                sim.state_of(far, 2),
+                Some(MemberState::Alive | MemberState::Suspect)
+            ),
+            "{:?}",
+            sim.state_of(far, 2)
+        );
+        for o in [0, 1, far] {
+            assert_eq!(held(o, &node_key), Some(signed.clone()), "member {o}");
+            let g = sim.core(o).with_store(|s| s.gatewan(next));
+            let g = g.unwrap_or_else(|| panic!("member {o} does not read the gatewan"));
+            assert_eq!((g.name.as_str(), g.datacenter.as_str()), ("gw-next", "dc2"));
+            assert_eq!(held(o, &kind_key), Some(signed_kind.clone()), "member {o}");
+            let c = sim.core(o).counters();
+            assert_eq!(c.dropped(crate::DropReason::UnknownKind), 1, "member {o}");
+            assert_eq!(c.dropped(crate::DropReason::BadSignature), 0, "member {o}");
+            assert_eq!(c.records_invalid, 0, "member {o}");
+        }
+        // The member that never heard from member 2 holds its bytes as signed: they
+        // verify there, by member 2's key, and still carry what only the next version
+        // reads.
+        let at_far = held(far, &node_key).expect("held");
+        let (_, signer) = crate::store::verify_record(&at_far).expect("verifies");
+        assert_eq!(signer, sim.core(2).public_key());
+        let read = <NextRecord as prost::Message>::decode(at_far).expect("decodes");
+        let read = read.node.expect("a node record");
+        assert_eq!(
+            (read.name.as_str(), read.motto.as_str(), read.next),
+            ("gw-next", "next", 7)
+        );
+        // Every member holds every record, the next version's too: stores agree, so
+        // anti-entropy finds nothing to repair between versions.
+        for o in 0..sim.len() {
+            for origin in [0, 1, far] {
+                let id = sim.node_id(origin);
+                assert!(
+                    sim.core(o).with_store(|s| s.node(id).is_some()),
+                    "{o} holds {origin}"
+                );
+            }
+        }
+        let hash = sim.core(0).with_store(|s| s.state_hash());
+        for o in 1..sim.len() {
+            assert_eq!(
+                sim.core(o).with_store(|s| s.state_hash()),
+                hash,
+                "member {o}"
+            );
         }
     }
 

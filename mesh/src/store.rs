@@ -7,6 +7,11 @@
 //! it are refused and counted; updates of held records still merge), and the records of
 //! an origin gone for long are collected ([`StateStore::collect_origin`]) and not taken
 //! back from anti-entropy until the origin is alive again or sends newer versions.
+//!
+//! Records are kept as the bytes their origin signed, so fields this version does not
+//! know travel on; a record of a kind it does not know is kept under the key it writes
+//! out (`Record.kind`, `Record.name`), within the same bounds, and passed on unread
+//! (rolling upgrades, ADR 0046).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -69,6 +74,12 @@ impl StoredRecord {
     pub fn is_tombstone(&self) -> bool {
         matches!(self.record.body, Some(Body::Tombstone(_)))
     }
+
+    /// A record of a kind this version does not know (from a member of a later version,
+    /// ADR 0046): kept under the key it writes out and passed on verbatim, never read.
+    pub fn is_of_unknown_kind(&self) -> bool {
+        self.record.body.is_none()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -83,6 +94,8 @@ pub enum RecordError {
     VersionsExhausted,
     #[error("record has no body")]
     NoBody,
+    #[error("record key written out (kind, name) invalid, or not the key of its body")]
+    BadKey,
     #[error("node record id differs from its origin")]
     NodeIdMismatch,
     #[error("network prefix {0:?} is not a canonical IP prefix")]
@@ -124,7 +137,20 @@ pub fn verify_record(bytes: &[u8]) -> Result<(StoredRecord, PublicKey), RecordEr
 pub fn sign_record(record: &v1::Record, key: &MemberKey) -> Result<StoredRecord, RecordError> {
     let mut unsigned = record.clone();
     unsigned.signature = Bytes::new();
-    decode_record(&key.sign(DOMAIN_RECORD, &unsigned.encode_to_vec()))
+    sign_encoded(&unsigned.encode_to_vec(), key)
+}
+
+/// Signs and validates a record encoded without its signature: what [`sign_record`]
+/// does after encoding. Tests and the simulator use it to publish records as a member of
+/// a later version encodes them (fields and kinds this version does not know).
+pub fn sign_encoded(unsigned: &[u8], key: &MemberKey) -> Result<StoredRecord, RecordError> {
+    decode_record(&key.sign(DOMAIN_RECORD, unsigned))
+}
+
+/// Whether `kind` is one of this version's record kinds (`RecordKind`, unspecified
+/// included).
+fn is_known_kind(kind: i32) -> bool {
+    RecordKind::try_from(kind).is_ok()
 }
 
 /// Decodes and validates a record's structure. It does not check the signature:
@@ -135,7 +161,28 @@ pub fn decode_record(bytes: &[u8]) -> Result<StoredRecord, RecordError> {
     }
     let record = v1::Record::decode(bytes).map_err(|e| RecordError::Decode(e.to_string()))?;
     let origin = NodeId::from_slice(&record.origin).ok_or(RecordError::BadOrigin)?;
-    let (kind, name) = match record.body.as_ref().ok_or(RecordError::NoBody)? {
+    let Some(body) = record.body.as_ref() else {
+        // No body this version knows: a kind of a later version if the record writes out
+        // a key of a kind unknown here (ADR 0046), kept under it; else nothing to keep.
+        if record.kind <= 0 || is_known_kind(record.kind) {
+            return Err(RecordError::NoBody);
+        }
+        if record.name.len() > MAX_NAME_LEN {
+            return Err(RecordError::BadKey);
+        }
+        return Ok(StoredRecord {
+            key: RecordKey {
+                origin,
+                kind: record.kind,
+                name: record.name.clone(),
+            },
+            version: record.version,
+            fingerprint: fingerprint(bytes),
+            bytes: Bytes::copy_from_slice(bytes),
+            record,
+        });
+    };
+    let (kind, name) = match body {
         Body::Node(n) => {
             if n.id.as_ref() != origin.0 {
                 return Err(RecordError::NodeIdMismatch);
@@ -178,15 +225,21 @@ pub fn decode_record(bytes: &[u8]) -> Result<StoredRecord, RecordError> {
             (RecordKind::Revocation as i32, node.to_string())
         }
         Body::Tombstone(t) => {
-            // A revocation is for good: it has no tombstone.
-            let known = RecordKind::try_from(t.kind)
-                .is_ok_and(|k| k != RecordKind::Unspecified && k != RecordKind::Revocation);
-            if !known || t.name.len() > MAX_NAME_LEN {
+            // A revocation is for good: it has no tombstone. A kind unknown here may be
+            // withdrawn by the later version that has it (ADR 0046).
+            let valid = t.kind > 0 && t.kind != RecordKind::Revocation as i32;
+            if !valid || t.name.len() > MAX_NAME_LEN {
                 return Err(RecordError::BadTombstone);
             }
             (t.kind, t.name.clone())
         }
     };
+    // A key written out must be the body's: members that know the kind key the record
+    // by its body, members that do not by what is written out, and both must agree.
+    let written = (record.kind, record.name.as_str());
+    if written != (0, "") && written != (kind, name.as_str()) {
+        return Err(RecordError::BadKey);
+    }
     Ok(StoredRecord {
         key: RecordKey { origin, kind, name },
         version: record.version,
@@ -531,6 +584,125 @@ mod tests {
         assert_eq!(encode_record(&unrevoke), Err(RecordError::BadTombstone));
         assert!(decode_record(&[0xff; 10]).is_err());
         assert_eq!(decode_record(&[0; 2000]), Err(RecordError::TooLarge));
+    }
+
+    /// A record of kind 42, which this version does not know, as a later version
+    /// encodes it: its key written out, its body in `Record.body` oneof field 16.
+    fn later_kind(origin: u8, name: &str, version: u64) -> Vec<u8> {
+        let mut bytes = v1::Record {
+            origin: Bytes::copy_from_slice(&[origin; 16]),
+            version,
+            kind: 42,
+            name: name.into(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        // Field 16, length-delimited ((16 << 3) | 2 as a varint), 2 bytes.
+        bytes.extend_from_slice(&[0x82, 0x01, 2, 0x08, 0x07]);
+        bytes
+    }
+
+    #[test]
+    fn a_record_of_a_kind_this_version_does_not_know_is_kept_under_the_key_it_writes_out() {
+        let bytes = later_kind(1, "x", 5);
+        let r = decode_record(&bytes).expect("kept");
+        assert!(r.is_of_unknown_kind() && !r.is_tombstone());
+        assert_eq!((r.key.kind, r.key.name.as_str()), (42, "x"));
+        assert_eq!(r.bytes.as_ref(), bytes.as_slice(), "kept as it came");
+
+        let mut s = StateStore::with_cap(2);
+        assert_eq!(s.merge(r), MergeOutcome::Applied);
+        assert_eq!(
+            s.merge(decode_record(&later_kind(1, "x", 4)).unwrap()),
+            MergeOutcome::Stale
+        );
+        assert_eq!(
+            s.merge(decode_record(&later_kind(1, "x", 6)).unwrap()),
+            MergeOutcome::Applied
+        );
+        assert_eq!((s.len(), s.networks().count()), (1, 0), "read by nothing");
+        // Within the origin's cap, as any record.
+        s.merge(network(1, "10.0.0.0/8", 1, 1));
+        assert_eq!(
+            s.merge(decode_record(&later_kind(1, "y", 1)).unwrap()),
+            MergeOutcome::OverCap
+        );
+        // The later version withdraws it: a tombstone of a kind unknown here.
+        let withdrawn = encode_record(&v1::Record {
+            origin: Bytes::copy_from_slice(&[1; 16]),
+            version: 7,
+            body: Some(Body::Tombstone(v1::Tombstone {
+                kind: 42,
+                name: "x".into(),
+            })),
+            ..Default::default()
+        })
+        .expect("a tombstone of a later kind");
+        assert_eq!(s.merge(withdrawn), MergeOutcome::Applied);
+        let key = RecordKey {
+            origin: NodeId([1; 16]),
+            kind: 42,
+            name: "x".into(),
+        };
+        assert!(s.get(&key).is_some_and(StoredRecord::is_tombstone));
+    }
+
+    #[test]
+    fn a_key_written_out_must_be_of_an_unknown_kind_or_the_bodys_own() {
+        let base = |kind: i32, name: &str, body: Option<Body>| v1::Record {
+            origin: Bytes::copy_from_slice(&[1; 16]),
+            version: 1,
+            kind,
+            name: name.into(),
+            body,
+            ..Default::default()
+        };
+        let net = |prefix: &str| {
+            Some(Body::Network(v1::Network {
+                prefix: prefix.into(),
+                ..Default::default()
+            }))
+        };
+        let node = Some(Body::Node(v1::NodeRecord {
+            id: Bytes::copy_from_slice(&[1; 16]),
+            ..Default::default()
+        }));
+        let network = RecordKind::Network as i32;
+        // No body, and no kind of a later version: nothing to keep.
+        for kind in [0, -3, network, RecordKind::Node as i32] {
+            assert_eq!(
+                encode_record(&base(kind, "x", None)),
+                Err(RecordError::NoBody),
+                "{kind}"
+            );
+        }
+        assert_eq!(
+            encode_record(&base(42, &"n".repeat(65), None)),
+            Err(RecordError::BadKey)
+        );
+        // A body known here: the key written out, if any, is the body's.
+        for (kind, name) in [(network, "10.1.0.0/16"), (0, "10.0.0.0/8"), (42, "")] {
+            assert_eq!(
+                encode_record(&base(kind, name, net("10.0.0.0/8"))),
+                Err(RecordError::BadKey),
+                "{kind} {name}"
+            );
+        }
+        let agreed = encode_record(&base(network, "10.0.0.0/8", net("10.0.0.0/8"))).unwrap();
+        assert_eq!(agreed.key.name, "10.0.0.0/8");
+        let agreed = encode_record(&base(RecordKind::Node as i32, "", node)).unwrap();
+        assert_eq!(agreed.key.kind, RecordKind::Node as i32);
+        // Tombstones: of kind 0 or of a revocation, still refused.
+        for kind in [0, RecordKind::Revocation as i32] {
+            let t = Some(Body::Tombstone(v1::Tombstone {
+                kind,
+                name: "x".into(),
+            }));
+            assert_eq!(
+                encode_record(&base(0, "", t)),
+                Err(RecordError::BadTombstone)
+            );
+        }
     }
 
     fn arb_record() -> impl Strategy<Value = StoredRecord> {

@@ -54,7 +54,7 @@ use super::seal::{Keyring, KeyringOp, SEAL_OVERHEAD};
 use super::signing::{DOMAIN_CONTROL, MemberKey, PublicKey};
 use super::store::{
     MergeOutcome, RecordError, RecordKey, StateStore, StoreCounters, StoredRecord, decode_record,
-    sign_record, verify_record,
+    sign_encoded, verify_record,
 };
 
 /// First byte inside a sealed datagram: a SWIM message (foca's) follows.
@@ -244,10 +244,14 @@ pub enum DropReason {
     Revoked,
     /// A revocation signed by a member whose key is not in our `mesh.admins`.
     NotAdmin,
+    /// Of a kind this version does not know, from a member of a later version (ADR
+    /// 0046): a datagram tag or a control message, dropped; or a record, which is kept
+    /// and passed on verbatim but not used (counted once per record version).
+    UnknownKind,
 }
 
 /// Number of drop reasons.
-const DROP_REASONS: usize = 11;
+const DROP_REASONS: usize = 12;
 
 impl DropReason {
     pub const ALL: [DropReason; DROP_REASONS] = [
@@ -262,6 +266,7 @@ impl DropReason {
         DropReason::Forged,
         DropReason::Revoked,
         DropReason::NotAdmin,
+        DropReason::UnknownKind,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -277,6 +282,7 @@ impl DropReason {
             DropReason::Forged => "forged",
             DropReason::Revoked => "revoked",
             DropReason::NotAdmin => "not_admin",
+            DropReason::UnknownKind => "unknown_kind",
         }
     }
 }
@@ -435,6 +441,8 @@ struct Shared {
     mono_ms: u64,
     records_from_future: u64,
     last_future_log_ms: Option<u64>,
+    /// When a record of an unknown kind was last logged (at most once a minute).
+    unknown_kind_logged: Option<u64>,
 }
 
 /// How often a forgery for one node id, or a bad signature, is logged.
@@ -615,10 +623,37 @@ impl Shared {
             return None;
         }
         let key = rec.key.clone();
-        (self.store.merge(rec) == MergeOutcome::Applied).then(|| {
+        let unknown_kind = rec.is_of_unknown_kind();
+        let applied = self.store.merge(rec) == MergeOutcome::Applied;
+        if applied && unknown_kind {
+            self.unknown_kind(&key);
+        }
+        applied.then(|| {
             self.records_changed = true;
             (key, rank)
         })
+    }
+
+    /// A record of a kind this version does not know was stored (ADR 0046): kept and
+    /// passed on for the members that know it, used by none of ours. Counted, and
+    /// logged at most once a minute.
+    fn unknown_kind(&mut self, key: &RecordKey) {
+        self.count(DropReason::UnknownKind);
+        let now = self.mono_ms;
+        if self
+            .unknown_kind_logged
+            .is_none_or(|t| now.saturating_sub(t) >= TRUST_LOG_EVERY_MS)
+        {
+            self.unknown_kind_logged = Some(now);
+            info!(
+                origin = %key.origin,
+                kind = key.kind,
+                total = self.dropped[DropReason::UnknownKind as usize],
+                "keeping and passing on a record of a kind this version does not know, \
+                 from a member of a later version (counted as unknown_kind; logged at most \
+                 once a minute)"
+            );
+        }
     }
 }
 
@@ -725,6 +760,7 @@ impl MeshCore {
             mono_ms: 0,
             records_from_future: 0,
             last_future_log_ms: None,
+            unknown_kind_logged: None,
             admins: settings.admins.clone(),
             revoked: BTreeMap::new(),
             revocations_changed: false,
@@ -968,16 +1004,41 @@ impl MeshCore {
 
     /// `publish` within a call whose clocks are taken.
     fn publish_at(&mut self, body: Body) -> Result<u64, RecordError> {
-        let version = self.next_version(self.wall_ms)?;
-        let rec = sign_record(
-            &v1::Record {
-                origin: Bytes::copy_from_slice(&self.local().node.0),
+        let origin = Bytes::copy_from_slice(&self.local().node.0);
+        self.publish_encoded_at(|version| {
+            v1::Record {
+                origin,
                 version,
                 body: Some(body),
                 ..Default::default()
-            },
-            &self.signer,
-        )?;
+            }
+            .encode_to_vec()
+        })
+    }
+
+    /// Publishes a record as a member of a later version would encode it: `encode` gets
+    /// the version and returns the record of our origin encoded without its signature,
+    /// with fields or a kind this version does not know (ADR 0046). For tests and the
+    /// simulator, whose members are all of this version.
+    #[cfg(any(test, feature = "sim"))]
+    pub fn publish_encoded(
+        &mut self,
+        encode: impl FnOnce(u64) -> Vec<u8>,
+        now: Now,
+    ) -> Result<u64, RecordError> {
+        self.clocks(now);
+        self.publish_encoded_at(encode)
+    }
+
+    fn publish_encoded_at(
+        &mut self,
+        encode: impl FnOnce(u64) -> Vec<u8>,
+    ) -> Result<u64, RecordError> {
+        let version = self.next_version(self.wall_ms)?;
+        let rec = sign_encoded(&encode(version), &self.signer)?;
+        if rec.key.origin != self.local().node || rec.version != version {
+            return Err(RecordError::BadOrigin);
+        }
         let bytes = rec.bytes.clone();
         {
             let mut shared = lock(&self.shared);
@@ -1050,9 +1111,15 @@ impl MeshCore {
                         self.handle_control(from, kind, body, signer, now_ms);
                     }
                 }
-                _ => self.drop_datagram(DropReason::Invalid, from, now_ms),
+                // It decodes, but as none of our kinds: a kind of a later version, whose
+                // field prost skips (ADR 0046).
+                Ok(MeshControl { kind: None, .. }) => {
+                    self.drop_datagram(DropReason::UnknownKind, from, now_ms)
+                }
+                Err(_) => self.drop_datagram(DropReason::Invalid, from, now_ms),
             },
-            _ => self.drop_datagram(DropReason::Invalid, from, now_ms),
+            // A datagram of a later version's kind (ADR 0046).
+            _ => self.drop_datagram(DropReason::UnknownKind, from, now_ms),
         }
         self.republish_if_overtaken();
     }
@@ -1366,6 +1433,66 @@ mod tests {
             assert_eq!(now, then, "member {i}'s view");
             assert!(now.iter().all(|m| m.1 == MemberState::Alive));
         }
+    }
+
+    /// A member of a later version sends what this one does not know (ADR 0046): a
+    /// control message of a new kind (signed, as one asserting its sender would be) and a
+    /// datagram of a new tag. Both are dropped and counted as `unknown_kind`, nothing is
+    /// answered, and membership and gossip between the two go on.
+    #[test]
+    fn messages_of_a_kind_this_version_does_not_know_are_dropped_counted_and_change_nothing() {
+        use prost::Message as _;
+
+        let mut net = Net::joined(3, MeshSettings::default());
+        let view = |net: &Net| -> Vec<Vec<_>> {
+            net.cores
+                .iter()
+                .map(|c| {
+                    c.members()
+                        .into_iter()
+                        .map(|m| (m.id, m.state, m.incarnation))
+                        .collect()
+                })
+                .collect()
+        };
+        let before = view(&net);
+        let mut later = v1::MeshControl {
+            sender: Bytes::copy_from_slice(&node(1).0),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        // MeshControl.kind's next field, 12, length-delimited ((12 << 3) | 2 = 0x62).
+        later.extend_from_slice(&[0x62, 2, 0x08, 0x01]);
+        let mut control = vec![super::TAG_CONTROL];
+        control.extend(member_key(1).sign(crate::signing::DOMAIN_CONTROL, &later));
+        let mut sealer = Forger::new(keyring(1));
+        let now = net.unix_ms();
+        for payload in [control, vec![3, 0x08, 0x01]] {
+            let datagram = sealer.sealed(&payload, now);
+            net.cores[0].handle_datagram(addr(1), &datagram, at(now));
+        }
+        assert!(Drained::of(&mut net.cores[0]).sends.is_empty(), "no answer");
+        let c = net.cores[0].counters();
+        assert_eq!(c.dropped(DropReason::UnknownKind), 2);
+        let others: u64 = DropReason::ALL
+            .iter()
+            .filter(|r| **r != DropReason::UnknownKind)
+            .map(|r| c.dropped(*r))
+            .sum();
+        assert_eq!(others, 0, "{c:?}");
+
+        net.run_for(Duration::from_secs(20));
+        assert_eq!(view(&net), before, "membership as it was");
+        for c in &net.cores {
+            assert_eq!(c.counters().suspicions_raised, 0);
+        }
+        // Records still flow between the two.
+        let now = net.now();
+        let v = net.cores[1]
+            .publish(node_record(1, "dc-later"), now)
+            .expect("published");
+        net.run_for(Duration::from_secs(2));
+        assert_eq!(held_version(&net.cores[0], 1), Some(v));
     }
 
     #[test]
