@@ -196,6 +196,11 @@ async fn run(
                     .as_ref()
                     .map(|t| metrics::slot_collector(t.slot.clone())),
             )
+            .chain(
+                tunnels
+                    .as_ref()
+                    .map(|t| metrics::transit_collector(t.transits.clone())),
+            )
             .collect();
         tokio::spawn(async move {
             if let Err(e) = gatewan_kit::metrics::serve(listen, mesh, extra).await {

@@ -10,7 +10,7 @@ use gatewan_kit::metrics::counter;
 use gatewan_proto::v1;
 use tokio::sync::watch;
 
-use crate::tunnels::manager::{SlotStatus, TunnelTable};
+use crate::tunnels::manager::{SlotStatus, TransitUsage, TunnelTable};
 
 type DataplaneStatsRx = watch::Receiver<std::sync::Arc<crate::dataplane::manager::DataplaneStats>>;
 
@@ -82,6 +82,68 @@ impl Collector for DataplaneCollector {
         for (interface, packets) in &s.spoofed_packets {
             ConstCounter::new(*packets)
                 .encode(fam.encode_family(&[("interface", interface.as_str())])?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Every routed transit's interface counters and capacity, labelled by `transit` and
+/// `interface`: what the gatewan sends and receives over each provider, tunnels, gossip
+/// and anything else that leaves by it.
+pub fn transit_collector(
+    usage: watch::Receiver<std::sync::Arc<Vec<TransitUsage>>>,
+) -> Box<dyn Collector> {
+    Box::new(TransitCollector(usage))
+}
+
+type TransitBytes = fn(&TransitUsage) -> u64;
+
+#[derive(Clone)]
+struct TransitCollector(watch::Receiver<std::sync::Arc<Vec<TransitUsage>>>);
+
+impl std::fmt::Debug for TransitCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TransitCollector")
+    }
+}
+
+impl Collector for TransitCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let usage = self.0.borrow().clone();
+        let proto = ConstCounter::new(0u64);
+        let counters: [(&str, &str, TransitBytes); 2] = [
+            (
+                "gatewan_transit_receive_bytes",
+                "Bytes received on the transit's interface, at the last usage reading",
+                |t| t.rx_bytes,
+            ),
+            (
+                "gatewan_transit_transmit_bytes",
+                "Bytes sent on the transit's interface, at the last usage reading",
+                |t| t.tx_bytes,
+            ),
+        ];
+        for (name, help, field) in counters {
+            let mut fam = enc.encode_descriptor(name, help, None, proto.metric_type())?;
+            for t in usage.iter() {
+                ConstCounter::new(field(t)).encode(fam.encode_family(&[
+                    ("transit", t.transit.as_str()),
+                    ("interface", t.interface.as_str()),
+                ])?)?;
+            }
+        }
+        let g = ConstGauge::new(0f64);
+        let mut fam = enc.encode_descriptor(
+            "gatewan_transit_capacity_bytes_per_second",
+            "The transit's configured capacity (transits[].capacity)",
+            None,
+            g.metric_type(),
+        )?;
+        for t in usage.iter() {
+            ConstGauge::new(t.capacity_bps as f64 / 8.0).encode(fam.encode_family(&[
+                ("transit", t.transit.as_str()),
+                ("interface", t.interface.as_str()),
+            ])?)?;
         }
         Ok(())
     }

@@ -228,6 +228,15 @@ fn two_datacenters_four_tunnels_probed_and_restart_safe() {
     let latency = format!("gatewan_tunnel_latency_seconds{{interface=\"{ifname}\"}}");
     let latency = sample(&body, &latency);
     assert!(latency > 0.0 && latency < 0.1, "latency {latency}");
+    // Each transit's interface counters: the tunnels' encrypted traffic leaves by them.
+    for (transit, interface) in [("lumen", "lumen0"), ("cogent", "cogent0")] {
+        for dir in ["receive", "transmit"] {
+            let bytes = format!(
+                "gatewan_transit_{dir}_bytes_total{{transit=\"{transit}\",interface=\"{interface}\"}}"
+            );
+            assert!(sample(&body, &bytes) > 0.0, "{bytes}: {body}");
+        }
+    }
     // Probes cross every tunnel: its WireGuard interface counted them both ways.
     for dir in ["receive", "transmit"] {
         let bytes = format!("gatewan_tunnel_{dir}_bytes_total{{interface=\"{ifname}\"}}");

@@ -39,7 +39,7 @@ use super::plan::slots::{Claimer, SlotClaim, SlotTrouble, mesh_claims};
 use super::plan::{GatewanView, PlanSettings, plan};
 use super::reconcile::{Step, WantedTunnel};
 use super::state::{Local, ManagerState};
-use super::system::{System, WireguardMode};
+use super::system::{LinkInfo, System, WireguardMode};
 use crate::probe::engine::{self, ProbeHandle, ProbeSettings};
 use gatewan_mesh::driver::MeshHandle;
 
@@ -69,6 +69,16 @@ pub struct ManagerConfig {
 /// What the API shows.
 pub type TunnelTable = Arc<Vec<v1::TunnelInfo>>;
 
+/// One transit's interface counters at the last usage reading, for `/metrics`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransitUsage {
+    pub transit: String,
+    pub interface: String,
+    pub rx_bytes: u64,
+    pub tx_bytes: u64,
+    pub capacity_bps: u64,
+}
+
 /// Our tunnel slot as metrics and logs show it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SlotStatus {
@@ -83,6 +93,8 @@ pub struct SlotStatus {
 pub struct TunnelsHandle {
     pub table: watch::Receiver<TunnelTable>,
     pub slot: watch::Receiver<SlotStatus>,
+    /// Every routed transit's interface counters, read with the tunnels' (each interval).
+    pub transits: watch::Receiver<Arc<Vec<TransitUsage>>>,
     rotate: tokio::sync::mpsc::Sender<([u8; 32], tokio::sync::oneshot::Sender<()>)>,
     thresholds: watch::Sender<crate::probe::stats::Thresholds>,
 }
@@ -113,15 +125,49 @@ pub fn spawn(cfg: ManagerConfig, mesh: MeshHandle) -> std::io::Result<TunnelsHan
     let probes = engine::spawn(cfg.probe.clone());
     let (tx, rx) = watch::channel(Arc::new(Vec::new()));
     let (slot_tx, slot_rx) = watch::channel(SlotStatus::default());
+    let (transits_tx, transits_rx) = watch::channel(Arc::new(Vec::new()));
     let (rotate_tx, rotate_rx) = tokio::sync::mpsc::channel(1);
     let thresholds = probes.thresholds();
-    tokio::spawn(run(cfg, mesh, system, probes, tx, slot_tx, rotate_rx));
+    let outputs = Outputs {
+        table: tx,
+        slot: slot_tx,
+        transits: transits_tx,
+    };
+    tokio::spawn(run(cfg, mesh, system, probes, outputs, rotate_rx));
     Ok(TunnelsHandle {
         table: rx,
         slot: slot_rx,
+        transits: transits_rx,
         rotate: rotate_tx,
         thresholds,
     })
+}
+
+/// What the manager's loop publishes for the API and `/metrics`.
+struct Outputs {
+    table: watch::Sender<TunnelTable>,
+    slot: watch::Sender<SlotStatus>,
+    transits: watch::Sender<Arc<Vec<TransitUsage>>>,
+}
+
+/// The routed transits' interface counters, by transit name.
+fn transit_usage(cfg: &ManagerConfig, links: &[LinkInfo]) -> Vec<TransitUsage> {
+    let mut out: Vec<TransitUsage> = cfg
+        .routing
+        .iter()
+        .filter_map(|(name, r)| {
+            let l = links.iter().find(|l| l.name == r.interface)?;
+            Some(TransitUsage {
+                transit: name.clone(),
+                interface: r.interface.clone(),
+                rx_bytes: l.rx_bytes,
+                tx_bytes: l.tx_bytes,
+                capacity_bps: cfg.capacities.get(name).copied().unwrap_or(0),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.transit.cmp(&b.transit));
+    out
 }
 
 /// Unix ms, to stamp a slot claim (ADR 0042: compared between gatewans, so wall time).
@@ -200,8 +246,7 @@ async fn run(
     mesh: MeshHandle,
     mut system: System,
     probes: ProbeHandle,
-    table_tx: watch::Sender<TunnelTable>,
-    slot_tx: watch::Sender<SlotStatus>,
+    out: Outputs,
     mut rotate_rx: tokio::sync::mpsc::Receiver<([u8; 32], tokio::sync::oneshot::Sender<()>)>,
 ) {
     let mut mesh_rx = mesh.subscribe();
@@ -285,7 +330,7 @@ async fn run(
             &mesh,
             &view,
             state.mono_ms(Instant::now()),
-            &slot_tx,
+            &out.slot,
         )
         .await
         {
@@ -305,6 +350,8 @@ async fn run(
         }
         if let Ok(links) = system.link_stats().await {
             state.count_usage(&links, Instant::now());
+            out.transits
+                .send_replace(Arc::new(transit_usage(&cfg, &links)));
         }
         let reports_now = reports.borrow().clone();
         let table = state.table(&reports_now, &view);
@@ -322,7 +369,7 @@ async fn run(
                 warn!(error = %e, "cannot publish tunnel metrics");
             }
         }
-        table_tx.send_replace(Arc::new(table));
+        out.table.send_replace(Arc::new(table));
     }
 }
 
