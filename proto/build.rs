@@ -27,6 +27,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "TraceResponse",
         "TracePath",
         "TraceEgress",
+        "ProbeOutcome",
     ];
     let mut config = tonic_prost_build::configure().bytes(".");
     for m in serialize {

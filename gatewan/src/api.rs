@@ -1,4 +1,5 @@
-//! The gatewan's own gRPC service, `Tunnels` (the mesh service is `gatewan_kit::api`).
+//! The gatewan's own gRPC service, `Tunnels` (the mesh service is `gatewan_kit::api`):
+//! the tunnel table, key rotation and on-demand probes.
 
 use gatewan_proto::v1;
 use tonic::{Request, Response, Status};
@@ -22,8 +23,98 @@ impl TunnelsApi {
     }
 }
 
+/// The on-demand probe target of `tunnel` (interface or id) from the tunnel table.
+fn probe_target(
+    table: &[v1::TunnelInfo],
+    tunnel: &str,
+) -> Result<(crate::probe::ondemand::Target, String), Status> {
+    let Some(t) = table
+        .iter()
+        .find(|t| t.interface == tunnel || t.id == tunnel)
+    else {
+        let mut names: Vec<&str> = table.iter().map(|t| t.interface.as_str()).collect();
+        names.sort_unstable();
+        return Err(Status::invalid_argument(format!(
+            "no tunnel {tunnel:?} on this gatewan: name one by its interface ({}) or id, as `routingctl tunnels` shows them",
+            names.join(", ")
+        )));
+    };
+    let local = t.probe_source_addr.parse().ok();
+    let peer = t.probe_target_endpoint.parse().ok();
+    let (Some(local), Some(peer)) = (local, peer) else {
+        return Err(Status::unavailable(format!(
+            "tunnel {} has no inner addresses yet",
+            t.interface
+        )));
+    };
+    Ok((
+        crate::probe::ondemand::Target {
+            interface: t.interface.clone(),
+            tunnel_index: t.index,
+            local,
+            peer,
+        },
+        t.peer.clone(),
+    ))
+}
+
 #[tonic::async_trait]
 impl gatewan_proto::v1::tunnels_server::Tunnels for TunnelsApi {
+    type ProbeStream = tokio_stream::wrappers::ReceiverStream<Result<v1::ProbeOutcome, Status>>;
+
+    async fn probe(
+        &self,
+        request: Request<v1::ProbeRequest>,
+    ) -> Result<Response<Self::ProbeStream>, Status> {
+        use crate::probe::ondemand::{MAX_COUNT, MAX_INTERVAL, MIN_INTERVAL, run};
+        let r = request.into_inner();
+        let count = if r.count == 0 { 10 } else { r.count };
+        if count > MAX_COUNT {
+            return Err(Status::invalid_argument(format!(
+                "count {count} is more than {MAX_COUNT}"
+            )));
+        }
+        let interval = match r.interval_ms {
+            0 => std::time::Duration::from_millis(200),
+            ms => std::time::Duration::from_millis(u64::from(ms)),
+        };
+        if !(MIN_INTERVAL..=MAX_INTERVAL).contains(&interval) {
+            return Err(Status::invalid_argument(format!(
+                "interval {interval:?} is outside {MIN_INTERVAL:?} to {MAX_INTERVAL:?}"
+            )));
+        }
+        let table = self.tunnels.table.borrow().clone();
+        let (target, peer) = probe_target(&table, &r.tunnel)?;
+        // A reply later than a second (or two intervals) is lost, as for the tunnel's own.
+        let timeout = std::time::Duration::from_secs(1).max(interval * 2);
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(async move {
+            let interface = target.interface.clone();
+            let result = run(&target, count, interval, timeout, |o| {
+                let outcome = v1::ProbeOutcome {
+                    seq: o.seq,
+                    lost: o.rtt.is_none(),
+                    rtt_ns: o
+                        .rtt
+                        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)),
+                    interface: interface.clone(),
+                    peer: peer.clone(),
+                };
+                // A full channel waits for the client; a closed one ends the probe.
+                tx.try_send(Ok(outcome)).is_ok() || !tx.is_closed()
+            })
+            .await;
+            if let Err(e) = result {
+                let _ = tx
+                    .send(Err(Status::unavailable(format!(
+                        "cannot probe {interface}: {e}"
+                    ))))
+                    .await;
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+
     async fn list_tunnels(
         &self,
         _: Request<v1::ListTunnelsRequest>,

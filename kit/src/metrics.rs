@@ -83,7 +83,7 @@ impl Collector for MeshCollector {
         )?;
         counter(
             &mut enc,
-            "gatewan_mesh_suspicions_of_us_refuted",
+            "gatewan_mesh_suspicions_of_self_refuted",
             "Suspicions of this member refuted in answer to a suspicion notice",
             c.suspicions_of_us_refuted,
         )?;

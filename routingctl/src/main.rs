@@ -135,6 +135,19 @@ enum Command {
         #[arg(long)]
         datacenter: Option<String>,
     },
+    /// Measure a tunnel now, mtr-style (gatewan): COUNT probes of the tunnel's echo
+    /// protocol through it, each printed as it returns, then loss and round-trip times.
+    /// The tunnel's own probes and state are untouched.
+    Probe {
+        /// The tunnel: its interface (e.g. sdwan1) or id, as `routingctl tunnels` shows it.
+        tunnel: String,
+        /// Probes to send, 1 to 1000.
+        #[arg(short, long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        count: u32,
+        /// Time between probes, 10ms to 60s.
+        #[arg(short, long, default_value = "200ms", value_parser = probe_interval)]
+        interval: std::time::Duration,
+    },
     /// The path a packet to DESTINATION takes now, hop by hop (bgpctl): the fabric's
     /// routes and their Router's MAC, the gatewan and tunnel each points at and why the
     /// controller chose it, the remote gatewan, and the remote fabric's VTEPs.
@@ -159,6 +172,16 @@ enum TunnelsCommand {
     /// Give the gatewan a new WireGuard key (kept in its state_dir); the peers learn the
     /// public key over the mesh and the tunnels pause for about one handshake.
     RotateKey,
+}
+
+/// `--interval` of `routingctl probe`: a duration such as 200ms or 1s.
+fn probe_interval(s: &str) -> Result<std::time::Duration, String> {
+    let d =
+        humantime::parse_duration(s).map_err(|e| format!("{s:?}: {e} (write e.g. 200ms or 1s)"))?;
+    if !(std::time::Duration::from_millis(10)..=std::time::Duration::from_secs(60)).contains(&d) {
+        return Err(format!("{s}: write 10ms to 60s"));
+    }
+    Ok(d)
 }
 
 #[derive(Subcommand)]
@@ -452,6 +475,7 @@ fn no_tunnels(s: tonic::Status, target: &Target) -> anyhow::Error {
         tonic::Code::Unimplemented => {
             anyhow::anyhow!("this daemon has no tunnels (is it a gatewan with a tunnels section?)")
         }
+        tonic::Code::InvalidArgument => Refused(s.message().to_string()).into(),
         _ => call_error(s, target),
     }
 }
@@ -590,6 +614,31 @@ async fn run(cli: Cli, target: Target) -> anyhow::Result<()> {
                 page_token = r.next_page_token;
             }
             output::routes(&routes, cli.output)
+        }
+        Command::Probe {
+            tunnel,
+            count,
+            interval,
+        } => {
+            let mut client = v1::tunnels_client::TunnelsClient::new(mesh_channel.clone());
+            let mut stream = client
+                .probe(v1::ProbeRequest {
+                    tunnel,
+                    count,
+                    interval_ms: u32::try_from(interval.as_millis()).unwrap_or(u32::MAX),
+                })
+                .await
+                .map_err(no_tunnels)?
+                .into_inner();
+            let mut outcomes = Vec::new();
+            let table = matches!(cli.output, Format::Table);
+            while let Some(o) = stream.message().await.map_err(|s| call_error(s, target))? {
+                if table {
+                    print!("{}", output::probe_line(&o));
+                }
+                outcomes.push(o);
+            }
+            output::probe_summary(&outcomes, cli.output)
         }
         Command::Trace { destination } => {
             let r = bgp(&mesh_channel)

@@ -34,7 +34,7 @@ struct Member {
     tunnel_slot_held_by: String,
 }
 
-fn role(r: i32) -> &'static str {
+pub(crate) fn role(r: i32) -> &'static str {
     match v1::Role::try_from(r) {
         Ok(v1::Role::Gatewan) => "gatewan",
         Ok(v1::Role::Bgpctl) => "bgpctl",
@@ -42,7 +42,7 @@ fn role(r: i32) -> &'static str {
     }
 }
 
-fn state(s: i32) -> &'static str {
+pub(crate) fn state(s: i32) -> &'static str {
     match v1::MemberState::try_from(s) {
         Ok(v1::MemberState::Alive) => "alive",
         Ok(v1::MemberState::Suspect) => "suspect",
@@ -346,6 +346,77 @@ pub(crate) fn trace(r: &v1::TraceResponse, f: Format) -> anyhow::Result<String> 
     Ok(out)
 }
 
+/// One line of `routingctl probe`, as its outcome arrives.
+pub(crate) fn probe_line(o: &v1::ProbeOutcome) -> String {
+    if o.lost {
+        format!("{} seq={} lost\n", o.interface, o.seq)
+    } else {
+        format!(
+            "{} to {} seq={} time={}\n",
+            o.interface,
+            o.peer,
+            o.seq,
+            duration(o.rtt_ns)
+        )
+    }
+}
+
+/// The end of `routingctl probe`: sent, lost, and min/avg/max/mdev of the round trips
+/// (mdev as ping computes it).
+pub(crate) fn probe_summary(outcomes: &[v1::ProbeOutcome], f: Format) -> anyhow::Result<String> {
+    #[derive(Serialize)]
+    struct Summary<'a> {
+        outcomes: &'a [v1::ProbeOutcome],
+        sent: usize,
+        lost: usize,
+        loss: f64,
+        rtt_min_ns: Option<u64>,
+        rtt_avg_ns: Option<u64>,
+        rtt_max_ns: Option<u64>,
+        rtt_mdev_ns: Option<u64>,
+    }
+    let rtts: Vec<f64> = outcomes
+        .iter()
+        .filter(|o| !o.lost)
+        .map(|o| o.rtt_ns as f64)
+        .collect();
+    let sent = outcomes.len();
+    let lost = sent - rtts.len();
+    let avg = (!rtts.is_empty()).then(|| rtts.iter().sum::<f64>() / rtts.len() as f64);
+    let mdev = avg
+        .map(|a| (rtts.iter().map(|r| (r - a) * (r - a)).sum::<f64>() / rtts.len() as f64).sqrt());
+    let min = rtts.iter().copied().reduce(f64::min);
+    let max = rtts.iter().copied().reduce(f64::max);
+    let s = Summary {
+        outcomes,
+        sent,
+        lost,
+        loss: if sent == 0 {
+            0.0
+        } else {
+            lost as f64 / sent as f64
+        },
+        rtt_min_ns: min.map(|v| v as u64),
+        rtt_avg_ns: avg.map(|v| v as u64),
+        rtt_max_ns: max.map(|v| v as u64),
+        rtt_mdev_ns: mdev.map(|v| v as u64),
+    };
+    if !matches!(f, Format::Table) {
+        return render(&s, f);
+    }
+    let d = |v: Option<u64>| v.map_or("-".to_string(), duration);
+    Ok(format!(
+        "{} probes, {} lost ({}); rtt min/avg/max/mdev = {}/{}/{}/{}\n",
+        s.sent,
+        s.lost,
+        percent(s.loss),
+        d(s.rtt_min_ns),
+        d(s.rtt_avg_ns),
+        d(s.rtt_max_ns),
+        d(s.rtt_mdev_ns)
+    ))
+}
+
 /// `routingctl transits`: a gatewan's transits as it announces them.
 pub(crate) fn transits(list: &[v1::Transit], f: Format) -> anyhow::Result<String> {
     if !matches!(f, Format::Table) {
@@ -365,7 +436,14 @@ pub(crate) fn transits(list: &[v1::Transit], f: Format) -> anyhow::Result<String
         })
         .collect();
     Ok(table(
-        &["NAME", "INTERFACE", "ADDRESSES", "CAPACITY", "COST", "DRAINED"],
+        &[
+            "NAME",
+            "INTERFACE",
+            "ADDRESSES",
+            "CAPACITY",
+            "COST",
+            "DRAINED",
+        ],
         rows,
     ))
 }
@@ -390,7 +468,7 @@ pub(crate) fn drained(r: &v1::SetDrainedResponse, f: Format) -> anyhow::Result<S
     })
 }
 
-fn rate(bps: u64) -> String {
+pub(crate) fn rate(bps: u64) -> String {
     let b = bps as f64;
     if b >= 1e9 {
         format!("{:.1} Gbps", b / 1e9)
@@ -643,7 +721,7 @@ struct Peer {
     max_prefix_teardowns: u64,
 }
 
-fn uptime(s: u64) -> String {
+pub(crate) fn uptime(s: u64) -> String {
     if s == 0 {
         return "-".into();
     }

@@ -228,6 +228,52 @@ fn two_datacenters_four_tunnels_probed_and_restart_safe() {
     let latency = format!("gatewan_tunnel_latency_seconds{{interface=\"{ifname}\"}}");
     let latency = sample(&body, &latency);
     assert!(latency > 0.0 && latency < 0.1, "latency {latency}");
+    // A measurement on demand through one tunnel, mtr-style (routingctl probe).
+    let out = routingctl(
+        &a.socket,
+        &["probe", &ifname, "--count", "5", "--interval", "50ms"],
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.contains(" seq=") && l.contains("time="))
+            .count(),
+        5,
+        "{text}"
+    );
+    assert!(
+        text.contains("5 probes, 0 lost (0.0%); rtt min/avg/max/mdev = "),
+        "{text}"
+    );
+    let out = routingctl(
+        &a.socket,
+        &["-o", "json", "probe", &ifname, "-c", "3", "-i", "20ms"],
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("probe JSON");
+    assert_eq!(
+        (v["sent"].as_u64(), v["lost"].as_u64()),
+        (Some(3), Some(0)),
+        "{v:#}"
+    );
+    assert!(
+        v["rtt_avg_ns"]
+            .as_u64()
+            .is_some_and(|n| n > 0 && n < 100_000_000),
+        "{v:#}"
+    );
+    let out = routingctl(&a.socket, &["probe", "sdwan999"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an unknown tunnel is a usage error: {err}"
+    );
+    assert!(err.contains(&ifname), "the error lists the tunnels: {err}");
     // Each transit's interface counters: the tunnels' encrypted traffic leaves by them.
     for (transit, interface) in [("lumen", "lumen0"), ("cogent", "cogent0")] {
         for dir in ["receive", "transmit"] {
