@@ -7,6 +7,8 @@ pub mod graph;
 pub mod harness;
 pub mod leaf;
 pub mod ns;
+pub mod ports;
+pub mod prometheus;
 pub mod realize;
 pub mod supervisor;
 pub mod topology;

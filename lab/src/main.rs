@@ -40,6 +40,23 @@ enum Cmd {
     Up {
         /// Topology file (*.clab.yml).
         file: PathBuf,
+        /// Also run Prometheus (`prometheus` from PATH) on the host, listening on ADDR and
+        /// scraping every node's `lab.prometheus.scrape` endpoint through its published
+        /// port; its log is /run/lab/LAB/logs/prometheus.log. ADDR left out: 127.0.0.1:19090.
+        #[arg(long, value_name = "ADDR", num_args = 0..=1, default_missing_value = "127.0.0.1:19090")]
+        prometheus: Option<std::net::SocketAddr>,
+        /// A rule file for the lab's Prometheus (repeat for several), e.g.
+        /// monitoring/prometheus/gatewan-alerts.yml.
+        #[arg(
+            long = "prometheus-rules",
+            value_name = "FILE",
+            requires = "prometheus"
+        )]
+        prometheus_rules: Vec<PathBuf>,
+        /// Scrape and rule evaluation interval of the lab's Prometheus.
+        #[arg(long = "prometheus-interval", value_name = "DURATION", default_value = "2s",
+              value_parser = parse_duration, requires = "prometheus")]
+        prometheus_interval: std::time::Duration,
     },
     /// Remove everything the lab created, even after an interrupted `up`.
     Down {
@@ -218,6 +235,43 @@ fn needs_gatewan_in_path() -> Result<()> {
     Ok(())
 }
 
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    humantime::parse_duration(s)
+        .ok()
+        .filter(|d| *d >= std::time::Duration::from_millis(100))
+        .ok_or_else(|| format!("`{s}` is not a duration of at least 100ms, e.g. 2s"))
+}
+
+/// The lab's Prometheus as asked on the command line: rule files must exist (they are
+/// read by Prometheus from the host, so absolute), and the binary must be in PATH.
+fn prometheus_settings(
+    listen: std::net::SocketAddr,
+    rules: Vec<PathBuf>,
+    interval: std::time::Duration,
+) -> Result<lab::prometheus::Settings> {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("prometheus").is_file()));
+    if !found {
+        bail!(Usage(
+            "`prometheus` is not in PATH (Debian: apt-get install prometheus)".into()
+        ));
+    }
+    let rules = rules
+        .into_iter()
+        .map(|r| {
+            std::path::absolute(&r)
+                .ok()
+                .filter(|a| a.is_file())
+                .ok_or_else(|| Usage(format!("--prometheus-rules {}: no such file", r.display())))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(lab::prometheus::Settings {
+        listen,
+        interval,
+        rules,
+    })
+}
+
 fn parse_router_mac(s: &str) -> Result<lab::leaf::Mac, String> {
     lab::leaf::parse_mac(s)
         .filter(|m| m[0] & 1 == 0)
@@ -258,8 +312,20 @@ fn pick_lab(topo: Option<&Path>) -> Result<Topology> {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.cmd {
-        Cmd::Up { file } => {
-            let t = load(&file)?;
+        Cmd::Up {
+            file,
+            prometheus,
+            prometheus_rules,
+            prometheus_interval,
+        } => {
+            let mut t = load(&file)?;
+            if let Some(listen) = prometheus {
+                t.prometheus = Some(prometheus_settings(
+                    listen,
+                    prometheus_rules,
+                    prometheus_interval,
+                )?);
+            }
             realize::up(&t, SupervisorMode::Detached(exe()?))
                 .context("lab up failed; run `lab up` again to repair or `lab down` to clean")?;
             println!(
@@ -268,6 +334,14 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 t.nodes.len(),
                 t.links.len()
             );
+            if let Some(p) = &t.prometheus {
+                println!(
+                    "prometheus on http://{} scraping {} targets (log {})",
+                    p.listen,
+                    lab::prometheus::targets(&t).len(),
+                    lab::prometheus::log_path(&t.name).display()
+                );
+            }
         }
         Cmd::Down { file } => {
             let name = match file.to_str() {

@@ -147,6 +147,20 @@ pub fn up(topo: &Topology, mode: SupervisorMode) -> Result<Option<Supervisor>> {
         let mut b = topo.clone();
         a.source = None;
         b.source = None;
+        if a.prometheus != b.prometheus && a.nodes == b.nodes && a.links == b.links {
+            bail!(match (&a.prometheus, &b.prometheus) {
+                (Some(p), None) => format!(
+                    "lab {lab} runs a Prometheus on {}: repair it with the same --prometheus options, or run `lab down` first",
+                    p.listen
+                ),
+                (None, _) =>
+                    format!("lab {lab} is up without a Prometheus; run `lab down` first to add one"),
+                (Some(p), Some(_)) => format!(
+                    "lab {lab} runs a Prometheus with other settings (on {}); run `lab down` first",
+                    p.listen
+                ),
+            });
+        }
         if a != b {
             bail!("lab {lab} is already up with a different topology; run `lab down` first");
         }
@@ -621,6 +635,8 @@ pub fn down(lab: &str) -> Result<()> {
         .filter_map(|p| ns::ns_inode(p))
         .collect();
     ns::kill_all_in(&inodes, Duration::from_secs(2));
+    // The lab's Prometheus runs on the host, in none of the lab's namespaces.
+    crate::prometheus::stop_strays(lab);
     for p in netns.iter().chain(mntns.iter()) {
         while ns::is_ns_mount(p) {
             if umount2(p.as_path(), MntFlags::MNT_DETACH).is_err() {
@@ -692,6 +708,18 @@ pub fn status(topo: &Topology) -> Result<(String, bool)> {
                 out.push_str(&format!("    {l}\n"));
             }
         }
+        for p in &node.ports {
+            out.push_str(&format!(
+                "  port 127.0.0.1:{} -> {}{}\n",
+                p.host,
+                p.node,
+                if node.scrape.as_ref().is_some_and(|s| s.port == p.node) {
+                    " (metrics, scraped)"
+                } else {
+                    ""
+                }
+            ));
+        }
         for vrf in node.vrfs.keys() {
             let vns = ns::vrf_netns_name(lab, &node.name, vrf);
             let present = ns::is_ns_mount(&ns::vrf_netns_path(lab, &node.name, vrf));
@@ -706,6 +734,18 @@ pub fn status(topo: &Topology) -> Result<(String, bool)> {
                 }
             }
         }
+    }
+    // Whether it runs a Prometheus is in the running lab's state, not in the file.
+    let running = st.as_ref().and_then(|s| s.topology.as_ref());
+    if let Some(p) = running.and_then(|t| t.prometheus.as_ref()) {
+        out.push_str(&format!(
+            "prometheus: http://{} ({} targets, every {:?}), config {}, log {}\n",
+            p.listen,
+            crate::prometheus::targets(topo).len(),
+            p.interval,
+            crate::prometheus::config_path(lab).display(),
+            crate::prometheus::log_path(lab).display()
+        ));
     }
     Ok((out, ok))
 }

@@ -1,7 +1,9 @@
 //! Supervisor: keeps a lab's long-running parts alive — the `lab.run.*` processes of every
 //! node (restarted with exponential backoff, output appended to
-//! `/run/lab/LAB/logs/NODE.log`) and the WAN emulators (threads whose sockets live in the
-//! emulator node's network namespace). `lab up` runs it as a detached `lab __supervise`
+//! `/run/lab/LAB/logs/NODE.log`), the WAN emulators (threads whose sockets live in the
+//! emulator node's network namespace), the nodes' published ports (`crate::ports`) and the
+//! lab's Prometheus, if it has one (`crate::prometheus`, a host process logging to
+//! `/run/lab/LAB/logs/prometheus.log`). `lab up` runs it as a detached `lab __supervise`
 //! process; the test harness runs it inside the test process.
 
 use std::fs::OpenOptions;
@@ -43,6 +45,20 @@ pub fn base_env(lab: &str, node: &Node) -> Vec<(String, String)> {
     ];
     v.extend(node.env.iter().map(|(k, val)| (k.clone(), val.clone())));
     v
+}
+
+/// Environment of the lab's host processes (its Prometheus): the caller's PATH, as node
+/// processes get it, and nothing else of the caller's.
+fn host_env() -> Vec<(String, String)> {
+    vec![
+        (
+            "PATH".to_string(),
+            std::env::var("PATH").unwrap_or_else(|_| {
+                "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()
+            }),
+        ),
+        ("HOME".to_string(), "/root".to_string()),
+    ]
 }
 
 /// A shell command prepared to run inside `node`.
@@ -98,16 +114,19 @@ fn terminate(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// Makes the command of a supervised process, afresh for every start.
+type MakeCommand = Box<dyn Fn() -> Result<Command> + Send>;
+
+/// Runs the process `make` prepares until `stop`, restarting it with backoff; its output
+/// and the supervisor's notes about it (`[lab] …`) go to `log_file`.
 fn supervise(
-    lab: String,
-    node: Node,
+    log_file: PathBuf,
     name: String,
     cmdline: String,
-    enter: bool,
+    make: MakeCommand,
     stop: Arc<AtomicBool>,
 ) {
     let mut backoff = BACKOFF_MIN;
-    let log_file = log_path(&lab, &node.name);
     while !stop.load(Ordering::Relaxed) {
         let log = OpenOptions::new().create(true).append(true).open(&log_file);
         let mut log = match log {
@@ -118,18 +137,17 @@ fn supervise(
             }
         };
         let _ = writeln!(log, "[lab] starting {name}: {cmdline}");
-        let spawned =
-            node_command_at(&lab, &node, &format!("exec {cmdline}"), enter).and_then(|mut c| {
-                use std::os::unix::process::CommandExt;
-                let out = log.try_clone()?;
-                let err = log.try_clone()?;
-                c.stdin(Stdio::null())
-                    .stdout(out)
-                    .stderr(err)
-                    .process_group(0)
-                    .spawn()
-                    .context("spawn")
-            });
+        let spawned = make().and_then(|mut c| {
+            use std::os::unix::process::CommandExt;
+            let out = log.try_clone()?;
+            let err = log.try_clone()?;
+            c.stdin(Stdio::null())
+                .stdout(out)
+                .stderr(err)
+                .process_group(0)
+                .spawn()
+                .context("spawn")
+        });
         let started = Instant::now();
         match spawned {
             Ok(mut child) => loop {
@@ -191,12 +209,67 @@ impl Supervisor {
                 }
             }
         }
+        // A host port that cannot be published fails the lab before any process starts.
+        if let Err(e) = sup.publish_ports(topo) {
+            sup.stop();
+            return Err(e);
+        }
         // Every transit forwards before the first daemon sends (node order is by name, and
         // `gatewan…` comes before `wan-…`).
         for node in topo.nodes.values() {
             sup.spawn_processes(&topo.name, node, true)?;
         }
+        if let Some(settings) = &topo.prometheus
+            && let Err(e) = sup.spawn_prometheus(topo, settings)
+        {
+            sup.stop();
+            return Err(e);
+        }
         Ok(sup)
+    }
+
+    /// A forwarder per published port of every node (`crate::ports`).
+    fn publish_ports(&mut self, topo: &Topology) -> Result<()> {
+        for node in topo.nodes.values() {
+            for p in &node.ports {
+                let netns = ns::netns_path(&topo.name, &node.name);
+                self.threads.push(crate::ports::publish(
+                    &node.name,
+                    netns,
+                    *p,
+                    self.stop.clone(),
+                )?);
+            }
+        }
+        Ok(())
+    }
+
+    /// The lab's Prometheus, a host process supervised as the nodes' are.
+    fn spawn_prometheus(
+        &mut self,
+        topo: &Topology,
+        settings: &crate::prometheus::Settings,
+    ) -> Result<()> {
+        // One left by a supervisor that was killed would hold the listen address.
+        crate::prometheus::stop_strays(&topo.name);
+        crate::prometheus::prepare(topo, settings)?;
+        let (lab, s) = (topo.name.clone(), settings.clone());
+        let cmdline = format!(
+            "prometheus {}",
+            crate::prometheus::args(&lab, settings).join(" ")
+        );
+        let make: MakeCommand = Box::new(move || {
+            let mut c = crate::prometheus::command(&lab, &s);
+            c.env_clear().envs(host_env());
+            Ok(c)
+        });
+        let (log, st) = (crate::prometheus::log_path(&topo.name), self.stop.clone());
+        self.threads.push(
+            std::thread::Builder::new()
+                .name("sup-prometheus".into())
+                .spawn(move || supervise(log, "prometheus".into(), cmdline, make, st))?,
+        );
+        Ok(())
     }
 
     /// One supervising thread per `lab.run.*` process of `node`; `enter` says whether the
@@ -210,10 +283,13 @@ impl Supervisor {
                 cmdline.clone(),
                 self.stop.clone(),
             );
+            let log = log_path(&lab, &node.name);
+            let shell = format!("exec {cmdline}");
+            let make: MakeCommand = Box::new(move || node_command_at(&lab, &node, &shell, enter));
             self.threads.push(
                 std::thread::Builder::new()
                     .name(format!("sup-{name}"))
-                    .spawn(move || supervise(lab, node, name, cmdline, enter, st))?,
+                    .spawn(move || supervise(log, name, cmdline, make, st))?,
             );
         }
         Ok(())

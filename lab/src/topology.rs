@@ -104,6 +104,32 @@ pub struct Node {
     /// Tenant VRFs (`lab.vrf.*` labels), by name.
     #[serde(default)]
     pub vrfs: BTreeMap<String, Vrf>,
+    /// TCP ports published on the host (containerlab's `ports:`).
+    #[serde(default)]
+    pub ports: Vec<PublishedPort>,
+    /// The node's Prometheus endpoint (`lab.prometheus.scrape`), if it has one.
+    #[serde(default)]
+    pub scrape: Option<Scrape>,
+}
+
+/// A TCP port of a node published on the host (containerlab's `ports: ["HOST:NODE"]`):
+/// connections to `127.0.0.1:host` on the host are forwarded to `127.0.0.1:node` inside
+/// the node's network namespace (see `crate::ports`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedPort {
+    pub host: u16,
+    pub node: u16,
+}
+
+/// A node's Prometheus endpoint (`lab.prometheus.scrape: "PORT key=value…"`): `/metrics`
+/// on `port` of the node, which must be published, scraped with these target labels.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scrape {
+    /// The port in the node (the container port of a `ports:` entry).
+    pub port: u16,
+    /// Target labels; `job` picks the scrape job (default `lab`), `instance` defaults to
+    /// the node's name.
+    pub labels: BTreeMap<String, String>,
 }
 
 impl Node {
@@ -165,6 +191,11 @@ pub struct Topology {
     pub links: Vec<Link>,
     /// The file it came from, absolute, if any.
     pub source: Option<PathBuf>,
+    /// A Prometheus the lab runs on the host, scraping every `lab.prometheus.scrape`
+    /// endpoint. Not read from the file (it is how this host runs the lab, not what the
+    /// lab is): `lab up --prometheus` or a test sets it.
+    #[serde(default)]
+    pub prometheus: Option<crate::prometheus::Settings>,
 }
 
 #[derive(Deserialize)]
@@ -198,6 +229,9 @@ struct RawNode {
     binds: Vec<Spanned<String>>,
     #[serde(default)]
     labels: BTreeMap<String, Spanned<String>>,
+    /// containerlab's published ports, `HOST:CONTAINER[/tcp]`.
+    #[serde(default)]
+    ports: Vec<Spanned<String>>,
 }
 
 /// `topology.defaults`: values every node inherits (node values win; env and labels
@@ -360,6 +394,8 @@ impl Topology {
         }
 
         let mut nodes = BTreeMap::new();
+        // Host port -> the node that publishes it (and its line).
+        let mut published: BTreeMap<u16, (String, u64)> = BTreeMap::new();
         let defaults = topo.defaults.unwrap_or_default();
         for (nname, rn) in &topo.nodes {
             let nline = rn.referenced.line();
@@ -407,6 +443,8 @@ impl Topology {
                 run: BTreeMap::new(),
                 interfaces: interfaces.clone(),
                 vrfs: BTreeMap::new(),
+                ports: Vec::new(),
+                scrape: None,
             };
             for (k, v) in &env {
                 if k.is_empty() || k.contains('=') || k.contains('\0') || v.value.contains('\0') {
@@ -438,6 +476,30 @@ impl Topology {
                 node.binds.retain(|x| x.1 != bind.1);
                 node.binds.push(bind);
             }
+            for (i, p) in rn.ports.iter().enumerate() {
+                let key = format!("{pk}.ports[{i}]");
+                let line = p.referenced.line();
+                let port = parse_port(&cx, line, &key, &p.value)?;
+                if let Some((other, _)) = published.get(&port.host) {
+                    return Err(cx.err(
+                        line,
+                        key,
+                        format!(
+                            "host port {} is already published by node `{other}`",
+                            port.host
+                        ),
+                    ));
+                }
+                if node.ports.iter().any(|q| q.node == port.node) {
+                    return Err(cx.err(
+                        line,
+                        key,
+                        format!("port {} of the node is published twice", port.node),
+                    ));
+                }
+                published.insert(port.host, (nname.clone(), line));
+                node.ports.push(port);
+            }
             parse_labels(&cx, &pk, &labels, &mut node)?;
             nodes.insert(nname.clone(), node);
         }
@@ -446,6 +508,7 @@ impl Topology {
             nodes,
             links,
             source: None,
+            prometheus: None,
         })
     }
 
@@ -618,6 +681,8 @@ fn parse_labels(
             }
             is_wan = true;
             kind_line = line;
+        } else if rest == "prometheus.scrape" {
+            node.scrape = Some(parse_scrape(cx, line, &key, val, node)?);
         } else if rest == "wan.ports" {
             wan_ports = Some((line, val.to_string()));
         } else if rest == "wan.impair" {
@@ -626,7 +691,7 @@ fn parse_labels(
             return Err(cx.err(
                 line,
                 key,
-                "unknown lab label (known: lab.addr.IF, lab.route.ID, lab.sysctl.KEY, lab.run.NAME, lab.vrf.NAME, lab.vrf.NAME.interfaces, lab.kind, lab.wan.ports, lab.wan.impair)",
+                "unknown lab label (known: lab.addr.IF, lab.route.ID, lab.sysctl.KEY, lab.run.NAME, lab.vrf.NAME, lab.vrf.NAME.interfaces, lab.kind, lab.wan.ports, lab.wan.impair, lab.prometheus.scrape)",
             ));
         }
     }
@@ -952,4 +1017,90 @@ fn parse_route(
         return Err(bad("destination and gateway families differ"));
     }
     Ok(r)
+}
+
+/// One entry of containerlab's `ports:`: `HOST:CONTAINER`, optionally `/tcp`. lab
+/// publishes TCP on the host's loopback only, so a host address or `/udp` is refused
+/// rather than silently meaning something else than under containerlab.
+fn parse_port(cx: &Ctx, line: u64, key: &str, val: &str) -> Result<PublishedPort, TopologyError> {
+    let bad = |m: &str| {
+        cx.err(
+            line,
+            key,
+            format!("`{val}`: {m} (expected `HOST:CONTAINER`, e.g. `19111:9469`)"),
+        )
+    };
+    let (pair, proto) = match val.split_once('/') {
+        Some((p, proto)) => (p, Some(proto)),
+        None => (val, None),
+    };
+    match proto {
+        None | Some("tcp") => {}
+        Some("udp") | Some("sctp") => {
+            return Err(bad("lab publishes TCP ports only"));
+        }
+        Some(_) => return Err(bad("unknown protocol")),
+    }
+    let parts: Vec<&str> = pair.split(':').collect();
+    let [host, node] = parts.as_slice() else {
+        return Err(bad(
+            "lab publishes on 127.0.0.1 only, so no host address can be given",
+        ));
+    };
+    let port = |s: &str| s.trim().parse::<u16>().ok().filter(|p| *p > 0);
+    match (port(host), port(node)) {
+        (Some(host), Some(node)) => Ok(PublishedPort { host, node }),
+        _ => Err(bad("ports are numbers from 1 to 65535")),
+    }
+}
+
+/// `lab.prometheus.scrape: "PORT [key=value]…"`: the node's metrics port (published in
+/// `ports:`, so the host's Prometheus reaches it) and the target's labels.
+fn parse_scrape(
+    cx: &Ctx,
+    line: u64,
+    key: &str,
+    val: &str,
+    node: &Node,
+) -> Result<Scrape, TopologyError> {
+    let bad = |m: String| {
+        cx.err(
+            line,
+            key,
+            format!("`{val}`: {m} (expected `PORT [LABEL=VALUE]…`, e.g. `9469 job=gatewan`)"),
+        )
+    };
+    let mut words = val.split_whitespace();
+    let port: u16 = words
+        .next()
+        .and_then(|p| p.parse().ok())
+        .filter(|p| *p > 0)
+        .ok_or_else(|| bad("the first word is the node's metrics port".into()))?;
+    if !node.ports.iter().any(|p| p.node == port) {
+        return Err(bad(format!(
+            "port {port} is not published: add `HOST:{port}` to the node's `ports:`"
+        )));
+    }
+    let mut labels = BTreeMap::new();
+    for w in words {
+        let Some((k, v)) = w.split_once('=') else {
+            return Err(bad(format!("`{w}` is not LABEL=VALUE")));
+        };
+        // Prometheus label names; `__*` are Prometheus's own (address, scheme, path).
+        let name_ok = k.starts_with(|c: char| c.is_ascii_alphabetic() || c == '_')
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !k.starts_with("__");
+        if !name_ok {
+            return Err(bad(format!(
+                "`{k}` is not a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*, not __*)"
+            )));
+        }
+        if v.is_empty() {
+            return Err(bad(format!("label `{k}` has no value")));
+        }
+        if labels.insert(k.to_string(), v.to_string()).is_some() {
+            return Err(bad(format!("label `{k}` given twice")));
+        }
+    }
+    Ok(Scrape { port, labels })
 }
