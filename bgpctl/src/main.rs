@@ -63,13 +63,19 @@ async fn run(settings: BgpctlSettings) -> anyhow::Result<()> {
     let running = bgpctl::daemon::start(&settings, member.mesh.clone()).await?;
     let reloads = std::sync::Arc::new(gatewan_kit::reload::Reloads::default());
     let policy = running.policy.clone();
+    let speaker = std::sync::Arc::downgrade(&running.speaker);
     gatewan_kit::reload::spawn(
         settings.config_file.clone(),
         settings.clone(),
         BgpctlConfig::load,
         bgpctl::reload::decide,
-        move |p| {
-            policy.send_replace(p);
+        move |r: bgpctl::reload::Reload| {
+            if let Some(p) = r.policy {
+                policy.send_replace(p);
+            }
+            if let (Some((targets, prefixes)), Some(speaker)) = (r.import, speaker.upgrade()) {
+                speaker.set_import(targets, prefixes);
+            }
         },
         reloads.clone(),
     );

@@ -1,19 +1,28 @@
 //! What a SIGHUP may change in a running bgpctl (ADR 0045): the controller's policy
-//! (weights, required capacities, health thresholds, hold-downs, tunnel counts). Pure: the
-//! running and the new settings in, a verdict out; `gatewan_kit::reload` does the rest.
+//! (weights, required capacities, health thresholds, hold-downs, tunnel counts) and the
+//! import policy (route targets, prefixes). Pure: the running and the new settings in, a
+//! verdict out; `gatewan_kit::reload` does the rest.
 
 use gatewan_kit::reload::Verdict;
 
+use crate::bgp::{ImportPrefixes, RouteTarget};
 use crate::config::BgpctlSettings;
 use crate::controller::Policy;
 
-/// The new policy if only the policy changed; the fields that need a restart if anything
-/// else did.
-pub fn decide(running: &BgpctlSettings, new: &BgpctlSettings) -> Verdict<Policy> {
+/// What a reload applies: each part only when it changed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reload {
+    pub policy: Option<Policy>,
+    /// Route targets and prefixes: every session asks its peer for its routes again.
+    pub import: Option<(Vec<RouteTarget>, ImportPrefixes)>,
+}
+
+/// What changed of the policies; the fields that need a restart if anything else did.
+pub fn decide(running: &BgpctlSettings, new: &BgpctlSettings) -> Verdict<Reload> {
     let s = &new.speaker;
     let r = &running.speaker;
     // Each with the config keys it comes from, as the operator wrote them.
-    let fixed: [(&'static str, bool); 15] = [
+    let fixed: [(&'static str, bool); 14] = [
         ("name", running.name != new.name),
         ("datacenter", running.datacenter != new.datacenter),
         ("state_dir", running.state_dir != new.state_dir),
@@ -25,13 +34,6 @@ pub fn decide(running: &BgpctlSettings, new: &BgpctlSettings) -> Verdict<Policy>
         (
             "bgp.graceful_restart",
             r.graceful_restart != s.graceful_restart,
-        ),
-        // The import policy sits in every session's Adj-RIB-In: taking it at run time
-        // needs a ROUTE-REFRESH to each peer, which is not built yet.
-        (
-            "evpn.route_targets.import, evpn.import_prefixes, evpn.min_prefix_length",
-            r.import_route_targets != s.import_route_targets
-                || r.import_prefixes != s.import_prefixes,
         ),
         ("evpn.vni", running.vni != new.vni),
         (
@@ -58,12 +60,23 @@ pub fn decide(running: &BgpctlSettings, new: &BgpctlSettings) -> Verdict<Policy>
     if !restart.is_empty() {
         return Verdict::Restart(restart);
     }
-    if running.policy == new.policy {
+    let mut fields = Vec::new();
+    let policy = (running.policy != new.policy).then(|| {
+        fields.push("controller");
+        new.policy.clone()
+    });
+    let import = (r.import_route_targets != s.import_route_targets
+        || r.import_prefixes != s.import_prefixes)
+        .then(|| {
+            fields.push("evpn.route_targets.import, evpn.import_prefixes, evpn.min_prefix_length");
+            (s.import_route_targets.clone(), s.import_prefixes.clone())
+        });
+    if fields.is_empty() {
         return Verdict::Unchanged;
     }
     Verdict::Apply {
-        change: new.policy.clone(),
-        fields: vec!["controller"],
+        change: Reload { policy, import },
+        fields,
     }
 }
 
@@ -118,13 +131,34 @@ controller:
         let Verdict::Apply { change, fields } = decide(&settings(BASE), &settings(&new)) else {
             panic!("a policy change is applied");
         };
-        assert_eq!(change, settings(&new).policy);
-        assert_ne!(change, settings(BASE).policy);
+        assert_eq!(change.policy, Some(settings(&new).policy));
+        assert_ne!(change.policy, Some(settings(BASE).policy));
+        assert_eq!(change.import, None);
         assert_eq!(fields, ["controller"]);
     }
 
     #[test]
-    fn a_new_peer_or_import_filter_is_refused_and_names_its_fields() {
+    fn new_import_route_targets_are_applied_alone() {
+        let new = settings(&BASE.replace("import: [\"65001:100\"]", "import: [\"65001:200\"]"));
+        let Verdict::Apply { change, fields } = decide(&settings(BASE), &new) else {
+            panic!("an import change is applied");
+        };
+        assert_eq!(change.policy, None);
+        assert_eq!(
+            change.import,
+            Some((
+                new.speaker.import_route_targets.clone(),
+                new.speaker.import_prefixes.clone()
+            ))
+        );
+        assert_eq!(
+            fields,
+            ["evpn.route_targets.import, evpn.import_prefixes, evpn.min_prefix_length"]
+        );
+    }
+
+    #[test]
+    fn a_new_peer_is_refused_and_named_and_nothing_else_applies() {
         let new = BASE
             .replace(
                 "      asn: 65001\nevpn",
@@ -134,11 +168,8 @@ controller:
             .replace("default: 1500Mbps", "default: 3Gbps");
         assert_eq!(
             decide(&settings(BASE), &settings(&new)),
-            Verdict::Restart(vec![
-                "bgp.peers",
-                "evpn.route_targets.import, evpn.import_prefixes, evpn.min_prefix_length"
-            ]),
-            "all or nothing: the capacity is not applied either"
+            Verdict::Restart(vec!["bgp.peers"]),
+            "all or nothing: neither the capacity nor the import is applied"
         );
     }
 }

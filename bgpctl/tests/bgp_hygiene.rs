@@ -532,6 +532,26 @@ fn networks_the_fabric_withdrew_while_bgpctl_was_down_leave_the_mesh_after_its_r
         "{body}"
     );
     hangup_then_see("bgp: [".into(), reloads("invalid"));
+    // The import policy at run time: a prefix list that refuses /16s drops 10.1.0.0/16 …
+    let received = |n: u32| format!("bgpctl_bgp_prefixes_received{{peer=\"{B4}\"}} {n}");
+    let narrow = original.replace(
+        "  vni: 10100\n",
+        "  vni: 10100\n  import_prefixes:\n    - prefix: 10.0.0.0/8\n      le: 15\n",
+    );
+    let body = hangup_then_see(narrow, received(0));
+    assert!(
+        body.lines()
+            .any(|l| l == "bgpctl_config_reloads_total{result=\"applied\"} 2"),
+        "{body}"
+    );
+    // … and the file as it was brings it back: gobgpd sends it again on ROUTE-REFRESH,
+    // over the same session.
+    let body = hangup_then_see(original.clone(), received(1));
+    assert!(
+        body.lines()
+            .any(|l| l == format!("bgpctl_bgp_established_transitions_total{{peer=\"{B4}\"}} 1")),
+        "the session was not reset: {body}"
+    );
     let log = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(log.contains("controller policy reloaded"), "{}", log_tail());
     assert!(

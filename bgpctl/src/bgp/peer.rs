@@ -66,7 +66,8 @@ pub(crate) struct PeerContext {
     pub local_asn: u32,
     pub router_id: Ipv4Addr,
     pub restart_time: Option<Duration>,
-    pub import: Arc<ImportPolicy>,
+    /// The import policy now: a configuration reload changes it.
+    pub import: watch::Receiver<Arc<ImportPolicy>>,
     pub settings: PeerSettings,
 }
 

@@ -87,7 +87,7 @@ pub(crate) struct ConnSetup {
     pub local_asn: u32,
     pub peer_asn: u32,
     pub graceful_restart: bool,
-    pub import: Arc<ImportPolicy>,
+    pub import: watch::Receiver<Arc<ImportPolicy>>,
     pub max_prefixes: Option<MaxPrefixes>,
     pub rib_in: mpsc::Sender<RibInCmd>,
     pub desired: watch::Receiver<Desired>,
@@ -108,6 +108,8 @@ struct Conn {
     desired: watch::Receiver<Desired>,
     /// The owner still holds the desired table's sender.
     desired_open: bool,
+    import: watch::Receiver<Arc<ImportPolicy>>,
+    import_open: bool,
     rib_in: mpsc::Sender<RibInCmd>,
     status: SharedStatus,
     reports: mpsc::Sender<Report>,
@@ -126,7 +128,7 @@ pub(crate) async fn run(setup: ConnSetup) {
         local_asn,
         peer_asn,
         graceful_restart,
-        import,
+        mut import,
         max_prefixes,
         rib_in,
         mut desired,
@@ -144,7 +146,7 @@ pub(crate) async fn run(setup: ConnSetup) {
         local_asn,
         peer_asn,
         graceful_restart,
-        import,
+        import: import.borrow_and_update().clone(),
         max_prefixes,
         desired: desired.borrow_and_update().clone(),
     };
@@ -158,6 +160,8 @@ pub(crate) async fn run(setup: ConnSetup) {
         closing: false,
         desired,
         desired_open: true,
+        import,
+        import_open: true,
         rib_in,
         status,
         reports,
@@ -204,6 +208,13 @@ impl Conn {
                         self.feed(Input::Desired(d)).await;
                     }
                     Err(_) => self.desired_open = false,
+                },
+                r = self.import.changed(), if self.import_open => match r {
+                    Ok(()) => {
+                        let p = self.import.borrow_and_update().clone();
+                        self.feed(Input::Import(p)).await;
+                    }
+                    Err(_) => self.import_open = false,
                 },
                 cmd = self.commands.recv() => {
                     let n = match cmd {

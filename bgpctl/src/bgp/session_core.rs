@@ -33,8 +33,8 @@ use rustbgpd_fsm::{Action, Event, NegotiatedSession, PeerConfig, SessionState, T
 use rustbgpd_wire::notification::{cease_subcode, description};
 use rustbgpd_wire::{
     Afi, Capability, EXTENDED_MAX_MESSAGE_LEN, MAX_MESSAGE_LEN, Message, NotificationCode,
-    NotificationMessage, RouteRefreshSubtype, Safi, decode_message, encode_message,
-    encode_message_with_limit, peek_message_length,
+    NotificationMessage, RouteRefreshMessage, RouteRefreshSubtype, Safi, decode_message,
+    encode_message, encode_message_with_limit, peek_message_length,
 };
 
 use super::codec::{self, ExportContext};
@@ -99,6 +99,8 @@ pub(crate) enum Input {
     Verdict(Verdict),
     /// The owner set a new desired Adj-RIB-Out.
     Desired(Desired),
+    /// A new import policy (configuration reload): the peer is asked for its routes again.
+    Import(Arc<ImportPolicy>),
     /// The connection takes this many more octets of UPDATEs now (the adapter asks when
     /// [`SessionCore::wants_to_send`] says so).
     SendRoom(usize),
@@ -182,6 +184,8 @@ struct Established {
     peer_gr: Option<PeerGracefulRestart>,
     /// Both sides support RFC 8538: a NOTIFICATION other than Hard Reset keeps routes.
     notification_gr: bool,
+    /// The peer announced ROUTE-REFRESH (RFC 2918): it sends its routes again on request.
+    peer_route_refresh: bool,
 }
 
 impl Established {
@@ -275,6 +279,7 @@ impl SessionCore {
                 }
             }
             Input::Desired(d) => self.params.desired = d,
+            Input::Import(policy) => self.set_import(policy),
             Input::SendRoom(room) => self.send_updates(room),
             Input::Tick => self.fire_timers(now),
             Input::TransportFailed(why) => {
@@ -608,6 +613,32 @@ impl SessionCore {
     }
 
     /// Closes on request (shutdown, collision, restart takeover).
+    /// A new import policy. Routes already kept passed the old one: the peer sends them
+    /// all again (ROUTE-REFRESH, RFC 2918), and each goes through the new policy, which
+    /// keeps it or withdraws it (a refused announcement withdraws the route it replaces).
+    /// A peer without ROUTE-REFRESH gets the session reset (Cease, Administrative Reset)
+    /// to the same end. Not Established: the next session starts with the new policy.
+    fn set_import(&mut self, policy: Arc<ImportPolicy>) {
+        if *self.params.import == *policy {
+            return;
+        }
+        self.params.import = policy;
+        let Some(est) = &self.established else {
+            return;
+        };
+        if est.peer_route_refresh {
+            tracing::info!(peer = %self.params.peer, "import policy changed: asking the peer for all its routes again (ROUTE-REFRESH)");
+            self.write_message(&Message::RouteRefresh(RouteRefreshMessage::new(
+                Afi::L2Vpn,
+                Safi::Evpn,
+            )));
+        } else {
+            tracing::warn!(peer = %self.params.peer, "import policy changed and the peer does not support ROUTE-REFRESH: resetting the session to learn its routes again");
+            self.send_notification(cease(cease_subcode::ADMINISTRATIVE_RESET));
+            self.close();
+        }
+    }
+
     fn stop(&mut self, n: Option<NotificationMessage>) {
         if let Some(n) = n {
             self.send_notification(n);
@@ -725,6 +756,7 @@ impl SessionCore {
             refresh_pending: false,
             peer_gr,
             notification_gr: neg.peer_notification_gr,
+            peer_route_refresh: neg.peer_route_refresh,
         });
         let hold = Duration::from_secs(u64::from(neg.hold_time));
         let router_id = neg.peer_router_id;
@@ -887,6 +919,23 @@ mod tests {
             hold_time: hold,
             bgp_identifier: Ipv4Addr::from(PEER_ID),
             capabilities,
+        }))
+    }
+
+    /// A peer OPEN like `peer_open`'s without the ROUTE-REFRESH capability.
+    fn peer_open_without_route_refresh() -> Bytes {
+        encode(&Message::Open(OpenMessage {
+            version: 4,
+            my_as: PEER_AS as u16,
+            hold_time: 30,
+            bgp_identifier: Ipv4Addr::from(PEER_ID),
+            capabilities: vec![
+                Capability::MultiProtocol {
+                    afi: Afi::L2Vpn,
+                    safi: Safi::Evpn,
+                },
+                Capability::FourOctetAs { asn: PEER_AS },
+            ],
         }))
     }
 
@@ -1542,6 +1591,54 @@ mod tests {
             // A refused announcement replaces (withdraws) an earlier version of the route.
             assert_eq!(w.len(), 3, "{w:?}");
             assert_eq!(h.status.snapshot().input.routes_filtered, 3);
+        }
+
+        #[test]
+        fn a_new_import_policy_asks_the_peer_again_and_its_answer_goes_through_the_new_policy() {
+            let rt = |t: &str| -> Arc<ImportPolicy> {
+                Arc::new(ImportPolicy {
+                    route_targets: vec![t.parse().unwrap()],
+                    prefixes: ImportPrefixes::default(),
+                })
+            };
+            let mut p = params(90, false, None);
+            p.import = rt("65000:100");
+            let mut h = Harness::established(p, peer_open(30, None));
+            let mut blue = prefixed(3, "10.3.0.0/16");
+            blue.route_targets = vec!["65000:200".parse().unwrap()];
+            let table = [prefixed(2, "10.2.0.0/16"), blue];
+            let out = h.now(Input::Received(announce(&table)));
+            assert_eq!(to_rib(&out).0, ["10.2.0.0/16"]);
+            // The same policy again: nothing is asked.
+            assert!(sent(&h.now(Input::Import(rt("65000:100")))).is_empty());
+            // 65000:200 instead: a ROUTE-REFRESH for L2VPN EVPN, nothing else.
+            let out = h.now(Input::Import(rt("65000:200")));
+            let msgs = decoded(&out);
+            assert!(
+                matches!(msgs.as_slice(), [Message::RouteRefresh(r)]
+                    if (r.afi(), r.safi()) == (Some(Afi::L2Vpn), Some(Safi::Evpn))),
+                "{msgs:?}"
+            );
+            assert!(!closes(&out));
+            // The peer sends its table again: the new policy keeps the blue route and
+            // withdraws the one it no longer takes.
+            let out = h.now(Input::Received(announce(&table)));
+            let (a, w) = to_rib(&out);
+            assert_eq!(a, ["10.3.0.0/16"]);
+            assert_eq!(w, ["10.2.0.0/16"]);
+        }
+
+        #[test]
+        fn a_peer_without_route_refresh_has_its_session_reset_for_a_new_import_policy() {
+            let mut h =
+                Harness::established(params(90, false, None), peer_open_without_route_refresh());
+            let out = h.now(Input::Import(Arc::new(ImportPolicy {
+                route_targets: vec!["65000:200".parse().unwrap()],
+                prefixes: ImportPrefixes::default(),
+            })));
+            assert_eq!(notifications(&out), [(6, 4)], "Cease, Administrative Reset");
+            assert!(closes(&out));
+            assert!(h.core.finish().error, "reconnected like any session error");
         }
 
         #[test]

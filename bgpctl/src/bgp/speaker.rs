@@ -10,7 +10,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use super::import::ImportPolicy;
+use super::import::{ImportPolicy, ImportPrefixes};
+use super::types::RouteTarget;
 use super::peer::{PeerCmd, PeerContext, PeerTask};
 use super::rib_in::{AdjRibIn, ReceivedRoutes, RibInCmd};
 use super::rib_out::{AdjRibOut, Desired};
@@ -46,6 +47,7 @@ struct PeerEntry {
 /// does the same and waits until the NOTIFICATIONs are out.
 pub struct SpeakerHandle {
     desired: watch::Sender<Desired>,
+    import: watch::Sender<Arc<ImportPolicy>>,
     received: watch::Receiver<Arc<ReceivedRoutes>>,
     peers: Vec<PeerEntry>,
     listener: Option<JoinHandle<()>>,
@@ -135,10 +137,10 @@ pub fn spawn(settings: SpeakerSettings) -> Result<SpeakerHandle, SpeakerError> {
     let (received_tx, received_rx) = watch::channel(Arc::new(ReceivedRoutes::default()));
     let (rib_in_tx, rib_in_rx) = mpsc::channel(256);
 
-    let import = Arc::new(ImportPolicy {
+    let (import_tx, import) = watch::channel(Arc::new(ImportPolicy {
         route_targets: settings.import_route_targets.clone(),
         prefixes: settings.import_prefixes.clone(),
-    });
+    }));
     let mut entries = Vec::new();
     let mut inbound_by_addr: HashMap<IpAddr, mpsc::Sender<TcpStream>> = HashMap::new();
     let mut statuses = HashMap::new();
@@ -177,6 +179,7 @@ pub fn spawn(settings: SpeakerSettings) -> Result<SpeakerHandle, SpeakerError> {
     let listener = listener.map(|l| tokio::spawn(run_listener(l, inbound_by_addr)));
     Ok(SpeakerHandle {
         desired: desired_tx,
+        import: import_tx,
         received: received_rx,
         peers: entries,
         listener,
@@ -197,6 +200,23 @@ impl SpeakerHandle {
             );
         }
         self.desired.send_replace(Some(Arc::new(set)));
+    }
+
+    /// A new import policy (configuration reload): every Established session asks its
+    /// peer for all its routes again (ROUTE-REFRESH; a session reset for a peer without
+    /// it) and runs them through the new policy; the next sessions start with it.
+    pub fn set_import(&self, route_targets: Vec<RouteTarget>, prefixes: ImportPrefixes) {
+        let policy = ImportPolicy {
+            route_targets,
+            prefixes,
+        };
+        self.import.send_if_modified(|p| {
+            let changed = **p != policy;
+            if changed {
+                *p = Arc::new(policy);
+            }
+            changed
+        });
     }
 
     /// The desired Adj-RIB-Out as last set, in (RD, prefix) order.
