@@ -51,6 +51,11 @@ pub fn lab_dir(lab: &str) -> PathBuf {
     Path::new(RUN_DIR).join(lab)
 }
 
+/// The log of `node` (or of a host process of the lab, e.g. its Prometheus).
+pub fn log_path(lab: &str, node: &str) -> PathBuf {
+    lab_dir(lab).join("logs").join(format!("{node}.log"))
+}
+
 pub fn mntns_dir(lab: &str) -> PathBuf {
     lab_dir(lab).join("ns")
 }

@@ -6,7 +6,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -14,22 +13,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use serde::{Deserialize, Serialize};
 
 use crate::ns;
 use crate::topology::Topology;
 
-/// How the lab's Prometheus runs.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Settings {
-    /// Where it serves its UI and HTTP API on the host, e.g. `127.0.0.1:19090`.
-    pub listen: SocketAddr,
-    /// Its scrape and rule evaluation interval (one value: an alert then fires at most
-    /// two intervals after its condition shows in a daemon's metrics).
-    pub interval: Duration,
-    /// Rule files (absolute paths), e.g. `monitoring/prometheus/gatewan-alerts.yml`.
-    pub rules: Vec<PathBuf>,
-}
+pub use crate::topology::PrometheusSettings as Settings;
 
 /// One scrape target: a node's published metrics port.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,7 +43,7 @@ pub fn data_path(lab: &str) -> PathBuf {
 }
 
 pub fn log_path(lab: &str) -> PathBuf {
-    crate::supervisor::log_path(lab, "prometheus")
+    ns::log_path(lab, "prometheus")
 }
 
 /// Every node's metrics endpoint, by node name.

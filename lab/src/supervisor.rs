@@ -80,9 +80,7 @@ fn node_command_at(lab: &str, node: &Node, shell: &str, enter: bool) -> Result<C
     Ok(cmd)
 }
 
-pub fn log_path(lab: &str, node: &str) -> PathBuf {
-    ns::lab_dir(lab).join("logs").join(format!("{node}.log"))
-}
+pub use crate::ns::log_path;
 
 /// The running supervisor of one lab.
 pub struct Supervisor {

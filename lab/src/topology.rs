@@ -114,7 +114,7 @@ pub struct Node {
 
 /// A TCP port of a node published on the host (containerlab's `ports: ["HOST:NODE"]`):
 /// connections to `127.0.0.1:host` on the host are forwarded to `127.0.0.1:node` inside
-/// the node's network namespace (see `crate::ports`).
+/// the node's network namespace (the `ports` module forwards them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublishedPort {
     pub host: u16,
@@ -195,7 +195,20 @@ pub struct Topology {
     /// endpoint. Not read from the file (it is how this host runs the lab, not what the
     /// lab is): `lab up --prometheus` or a test sets it.
     #[serde(default)]
-    pub prometheus: Option<crate::prometheus::Settings>,
+    pub prometheus: Option<PrometheusSettings>,
+}
+
+/// How the lab's Prometheus runs (the `prometheus` module runs it). Here, with the
+/// topology that carries it, so that the topology depends on no module that reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PrometheusSettings {
+    /// Where it serves its UI and HTTP API on the host, e.g. `127.0.0.1:19090`.
+    pub listen: std::net::SocketAddr,
+    /// Its scrape and rule evaluation interval (one value: an alert then fires at most
+    /// two intervals after its condition shows in a daemon's metrics).
+    pub interval: std::time::Duration,
+    /// Rule files (absolute paths), e.g. `monitoring/prometheus/gatewan-alerts.yml`.
+    pub rules: Vec<PathBuf>,
 }
 
 #[derive(Deserialize)]
