@@ -7,7 +7,7 @@ PACKAGES=(
   iproute2 iptables nftables iputils-ping procps psmisc ethtool curl
   iperf3 graphviz wireguard-go wireguard-tools gobgpd frr
   lintian dpkg-dev systemd
-  faketime prometheus
+  faketime prometheus tmux
 )
 
 if [ "$(id -u)" -ne 0 ]; then

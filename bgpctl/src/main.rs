@@ -99,7 +99,15 @@ async fn run(settings: BgpctlSettings) -> anyhow::Result<()> {
                 running.controller.clone(),
                 member.mesh.clone(),
             )
-                .into_server(),
+            .into_server(),
+        )
+        .add_service(
+            bgpctl::api::TopApi::new(
+                running.speaker.clone(),
+                running.controller.clone(),
+                member.mesh.clone(),
+            )
+            .into_server(),
         );
     let Some(api) = daemon::serve_api_until_signal(settings.api.clone(), routes).await? else {
         return Ok(());

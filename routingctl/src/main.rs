@@ -5,6 +5,7 @@ mod client;
 #[path = "../../packaging/generate.rs"]
 mod generate;
 mod output;
+mod top;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -154,6 +155,18 @@ enum Command {
     Trace {
         /// An IPv4 or IPv6 address, e.g. 172.16.2.10.
         destination: std::net::IpAddr,
+    },
+    /// A live view of a bgpctl (`--socket /run/bgpctl/bgpctl.sock`): the mesh's members,
+    /// every gatewan's tunnels with latency and loss sparklines, the chosen tunnels per
+    /// remote datacenter and the BGP sessions. q or Ctrl-C quits, Tab moves between panes,
+    /// arrows and PgUp/PgDn scroll.
+    Top {
+        /// Between two snapshots, 200ms to 10s.
+        #[arg(long, default_value = "1s", value_parser = top::parse_interval)]
+        interval: std::time::Duration,
+        /// Print one frame as text and exit (for scripts and logs).
+        #[arg(long)]
+        once: bool,
     },
     /// The mesh keyring. A change applies to the daemon asked and then to every member of
     /// the mesh (as `serf keys`); rotation: install, use, remove the old key.
@@ -481,6 +494,17 @@ fn no_tunnels(s: tonic::Status, target: &Target) -> anyhow::Error {
 }
 
 async fn run(cli: Cli, target: Target) -> anyhow::Result<()> {
+    if let Command::Top { interval, once } = cli.command {
+        if !matches!(cli.output, Format::Table) {
+            return Err(Refused(
+                "routingctl top draws a terminal view (--once: as text); for YAML or JSON use \
+                 `members`, `tunnels`, `explain` or `peers` with -o"
+                    .into(),
+            )
+            .into());
+        }
+        return top::run(&target, interval, once).await;
+    }
     let channel = client::connect(&target).await?;
     let mesh_channel = channel.clone();
     let mut mesh = v1::mesh_client::MeshClient::new(channel);
@@ -703,6 +727,7 @@ async fn run(cli: Cli, target: Target) -> anyhow::Result<()> {
             }
         }
         Command::Completions { .. } => unreachable!("answered in main, before connecting"),
+        Command::Top { .. } => unreachable!("answered before connecting"),
     }?;
     print!("{out}");
     Ok(())
