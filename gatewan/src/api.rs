@@ -112,7 +112,9 @@ impl gatewan_proto::v1::tunnels_server::Tunnels for TunnelsApi {
                     .await;
             }
         });
-        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(rx)))
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
     }
 
     async fn list_tunnels(

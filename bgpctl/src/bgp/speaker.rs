@@ -11,13 +11,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
 use super::import::{ImportPolicy, ImportPrefixes};
-use super::types::RouteTarget;
 use super::peer::{PeerCmd, PeerContext, PeerTask};
 use super::rib_in::{AdjRibIn, ReceivedRoutes, RibInCmd};
 use super::rib_out::{AdjRibOut, Desired};
 use super::settings::{PeerSettings, SpeakerSettings};
 use super::status::{PeerStatus, SharedStatus};
 use super::transport;
+use super::types::RouteTarget;
 use super::types::Type5Route;
 
 /// Snapshots of received routes are published at most this often (coalescing bursts).

@@ -2089,8 +2089,7 @@ fn with_drain(gws: &[Gatewan], i: usize, transit: &str, drained: bool) -> Vec<Ga
 }
 
 #[test]
-fn a_drained_transit_carries_no_chosen_tunnel_after_the_next_decision_and_comes_back_undrained()
-{
+fn a_drained_transit_carries_no_chosen_tunnel_after_the_next_decision_and_comes_back_undrained() {
     let (gws, p) = issue_12();
     let ll = tunnel_id(&gws[0], "lumen", &gws[1], "lumen");
     let lc = tunnel_id(&gws[0], "lumen", &gws[1], "cogent");
@@ -2111,7 +2110,11 @@ fn a_drained_transit_carries_no_chosen_tunnel_after_the_next_decision_and_comes_
     let last = c.history().last().unwrap();
     assert_eq!(last.removed, [ll]);
     assert!(last.reasons.contains(&ChangeReason::Drained), "{last:?}");
-    assert!(last.cause.contains("drained for maintenance"), "{}", last.cause);
+    assert!(
+        last.cause.contains("drained for maintenance"),
+        "{}",
+        last.cause
+    );
     // The peer's lumen drained too: tunnels that end on it leave as well, but the last
     // tunnel toward par1 stays rather than cutting the datacenter off.
     let both = with_drain(&drained, 1, "lumen", true);
@@ -2122,7 +2125,11 @@ fn a_drained_transit_carries_no_chosen_tunnel_after_the_next_decision_and_comes_
     // cogent interface alone (1 Gbps) falls short of brings lumen→lumen back now.
     let (d, e) = c.decide(&near_equal(&gws, CROSS_FIRST), 3_000);
     assert_ne!(verdict_of(&e, "par1", ll), Verdict::Drained);
-    assert!(chosen_ids(&d, "par1").contains(&ll), "{:?}", chosen_ids(&d, "par1"));
+    assert!(
+        chosen_ids(&d, "par1").contains(&ll),
+        "{:?}",
+        chosen_ids(&d, "par1")
+    );
 }
 
 #[test]

@@ -78,8 +78,7 @@ impl Outcomes {
     /// probe still pending (anything else, a late or foreign packet, resolves nothing).
     pub fn reply(&mut self, buf: &[u8], now: Instant) -> Option<Outcome> {
         let p = Packet::decode(buf).ok()?;
-        if p.kind != Kind::Reply || p.cookie != self.cookie || p.tunnel_index != self.tunnel_index
-        {
+        if p.kind != Kind::Reply || p.cookie != self.cookie || p.tunnel_index != self.tunnel_index {
             return None;
         }
         let sent = self.pending.remove(&p.seq)?;
@@ -208,7 +207,11 @@ mod tests {
         let t0 = Instant::now();
         let mut o = Outcomes::new(42, 7, Duration::from_secs(1));
         let p0 = o.request(0, t0, Duration::ZERO);
-        let p1 = o.request(1, t0 + Duration::from_millis(100), Duration::from_millis(100));
+        let p1 = o.request(
+            1,
+            t0 + Duration::from_millis(100),
+            Duration::from_millis(100),
+        );
         let at = t0 + Duration::from_millis(40);
         assert_eq!(
             o.reply(&reply_to(&p0), at),
@@ -217,10 +220,17 @@ mod tests {
                 rtt: Some(Duration::from_millis(40))
             })
         );
-        assert_eq!(o.reply(&reply_to(&p0), at), None, "a duplicate resolves nothing");
+        assert_eq!(
+            o.reply(&reply_to(&p0), at),
+            None,
+            "a duplicate resolves nothing"
+        );
         let foreign = Packet { cookie: 43, ..p1 };
         assert_eq!(o.reply(&reply_to(&foreign), at), None, "another prober's");
-        let other_tunnel = Packet { tunnel_index: 8, ..p1 };
+        let other_tunnel = Packet {
+            tunnel_index: 8,
+            ..p1
+        };
         assert_eq!(o.reply(&reply_to(&other_tunnel), at), None);
         assert_eq!(o.reply(&p1.encode(), at), None, "a request is no reply");
         assert_eq!(o.reply(b"garbage", at), None);
@@ -231,6 +241,10 @@ mod tests {
             [Outcome { seq: 1, rtt: None }]
         );
         assert!(o.is_idle());
-        assert_eq!(o.reply(&reply_to(&p1), t0 + Duration::from_secs(2)), None, "late");
+        assert_eq!(
+            o.reply(&reply_to(&p1), t0 + Duration::from_secs(2)),
+            None,
+            "late"
+        );
     }
 }
