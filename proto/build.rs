@@ -28,6 +28,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "TracePath",
         "TraceEgress",
         "ProbeOutcome",
+        "SetDisabledResponse",
     ];
     let mut config = tonic_prost_build::configure().bytes(".");
     for m in serialize {

@@ -361,6 +361,7 @@ mod tests {
                 rd_index: u32::from(n),
                 vtep: String::new(),
                 measurements: Measurements::default(),
+                disabled: false,
             }
         }
 

@@ -1,21 +1,38 @@
 //! The gatewan's own gRPC service, `Tunnels` (the mesh service is `gatewan_kit::api`):
-//! the tunnel table, key rotation and on-demand probes.
+//! the tunnel table, key rotation, on-demand probes and disabled tunnels.
 
 use gatewan_proto::v1;
 use tonic::{Request, Response, Status};
 
-/// The `Tunnels` service: the tunnel manager's latest table, and key rotation.
+/// The `Tunnels` service: the tunnel manager's latest table, key rotation, probes and
+/// the tunnels disabled by an operator.
 pub struct TunnelsApi {
     tunnels: crate::tunnels::manager::TunnelsHandle,
     state_dir: gatewan_kit::state_dir::StateDir,
+    disabled: crate::drain::Kept,
 }
 
 impl TunnelsApi {
     pub fn new(
         tunnels: crate::tunnels::manager::TunnelsHandle,
         state_dir: gatewan_kit::state_dir::StateDir,
+        mesh: gatewan_mesh::driver::MeshHandle,
+        local: gatewan_mesh::NodeId,
+        disabled: crate::drain::Drained,
     ) -> Self {
-        TunnelsApi { tunnels, state_dir }
+        let disabled = crate::drain::Kept::new(
+            mesh,
+            local,
+            state_dir.path().join(crate::drain::DISABLED_FILE),
+            "disabled tunnels",
+            |n, ids| n.disabled_tunnels = ids.0.iter().cloned().collect(),
+            disabled,
+        );
+        TunnelsApi {
+            tunnels,
+            state_dir,
+            disabled,
+        }
     }
 
     pub fn into_server(self) -> gatewan_proto::v1::tunnels_server::TunnelsServer<Self> {
@@ -23,22 +40,27 @@ impl TunnelsApi {
     }
 }
 
+/// The row of `tunnel` (interface or id), or an error that lists the tunnels.
+fn row<'a>(table: &'a [v1::TunnelInfo], tunnel: &str) -> Result<&'a v1::TunnelInfo, Status> {
+    table
+        .iter()
+        .find(|t| t.interface == tunnel || t.id == tunnel)
+        .ok_or_else(|| {
+            let mut names: Vec<&str> = table.iter().map(|t| t.interface.as_str()).collect();
+            names.sort_unstable();
+            Status::invalid_argument(format!(
+                "no tunnel {tunnel:?} on this gatewan: name one by its interface ({}) or id, as `routingctl tunnels` shows them",
+                names.join(", ")
+            ))
+        })
+}
+
 /// The on-demand probe target of `tunnel` (interface or id) from the tunnel table.
 fn probe_target(
     table: &[v1::TunnelInfo],
     tunnel: &str,
 ) -> Result<(crate::probe::ondemand::Target, String), Status> {
-    let Some(t) = table
-        .iter()
-        .find(|t| t.interface == tunnel || t.id == tunnel)
-    else {
-        let mut names: Vec<&str> = table.iter().map(|t| t.interface.as_str()).collect();
-        names.sort_unstable();
-        return Err(Status::invalid_argument(format!(
-            "no tunnel {tunnel:?} on this gatewan: name one by its interface ({}) or id, as `routingctl tunnels` shows them",
-            names.join(", ")
-        )));
-    };
+    let t = row(table, tunnel)?;
     let local = t.probe_source_addr.parse().ok();
     let peer = t.probe_target_endpoint.parse().ok();
     let (Some(local), Some(peer)) = (local, peer) else {
@@ -122,8 +144,34 @@ impl gatewan_proto::v1::tunnels_server::Tunnels for TunnelsApi {
         _: Request<v1::ListTunnelsRequest>,
     ) -> Result<Response<v1::ListTunnelsResponse>, Status> {
         let table = self.tunnels.table.borrow().clone();
-        Ok(Response::new(v1::ListTunnelsResponse {
-            tunnels: table.as_ref().clone(),
+        let mut tunnels = table.as_ref().clone();
+        for t in &mut tunnels {
+            t.disabled = self.disabled.contains(&t.id).await;
+        }
+        Ok(Response::new(v1::ListTunnelsResponse { tunnels }))
+    }
+
+    async fn set_disabled(
+        &self,
+        request: Request<v1::SetDisabledRequest>,
+    ) -> Result<Response<v1::SetDisabledResponse>, Status> {
+        let r = request.into_inner();
+        let table = self.tunnels.table.borrow().clone();
+        let t = row(&table, &r.tunnel)?;
+        let changed = self.disabled.set(&t.id, r.disabled).await?;
+        if changed {
+            tracing::info!(
+                tunnel = %t.id,
+                interface = %t.interface,
+                "tunnel {}",
+                if r.disabled { "disabled: controllers move traffic off it" } else { "enabled" }
+            );
+        }
+        Ok(Response::new(v1::SetDisabledResponse {
+            tunnel: t.id.clone(),
+            interface: t.interface.clone(),
+            disabled: r.disabled,
+            changed,
         }))
     }
 

@@ -1,31 +1,33 @@
-//! Transits drained for maintenance (ADR 0047): `routingctl transits drain NAME` before a
-//! provider's maintenance window. The drained names are kept in
-//! `state_dir/drained-transits` (one a line, synced, renamed into place) so a drain
-//! survives restarts, and announced in our NodeRecord (`Transit.drained`), so every
-//! bgpctl of every datacenter moves traffic off the transit's tunnels. The tunnels stay
-//! up: traffic still in flight on them arrives, and they are the last resort when no
-//! other tunnel toward a datacenter is healthy.
+//! Transits drained and tunnels disabled for maintenance (ADR 0047): `routingctl transits
+//! drain NAME` before a provider's maintenance window, `routingctl tunnels disable TUNNEL`
+//! for one tunnel. The names are kept in `state_dir/drained-transits` and
+//! `state_dir/disabled-tunnels` (one a line, synced, renamed into place) so they survive
+//! restarts, and announced in our NodeRecord (`Transit.drained`, `disabled_tunnels`), so
+//! every bgpctl of every datacenter moves traffic off those tunnels. The tunnels stay up:
+//! traffic still in flight on them arrives, and they are the last resort when no other
+//! tunnel toward a datacenter is healthy.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use gatewan_mesh::NodeId;
 use gatewan_mesh::driver::MeshHandle;
 use gatewan_proto::v1;
 use tonic::{Request, Response, Status};
 
-/// The file's name in state_dir.
+/// The drained transits' file in state_dir.
 pub const FILE: &str = "drained-transits";
+/// The disabled tunnels' file in state_dir (tunnel ids).
+pub const DISABLED_FILE: &str = "disabled-tunnels";
 
-/// The drained transits' names, as kept in state_dir.
+/// Names kept in a file of state_dir: drained transits, disabled tunnels' ids.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Drained(pub BTreeSet<String>);
 
 impl Drained {
-    /// What `path` holds; a missing file is no drain. Names not among `transits` (a
-    /// transit removed from the config) are dropped, and said so.
-    pub fn load(path: &Path, transits: &[&str]) -> std::io::Result<Drained> {
+    /// What `path` holds; a missing file is an empty set. Names `keep` refuses (a transit
+    /// removed from the config) are dropped, and said so.
+    pub fn load(path: &Path, keep: impl Fn(&str) -> bool) -> std::io::Result<Drained> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
@@ -33,10 +35,10 @@ impl Drained {
         };
         let mut names = BTreeSet::new();
         for name in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-            if transits.contains(&name) {
+            if keep(name) {
                 names.insert(name.to_string());
             } else {
-                tracing::warn!(transit = name, file = %path.display(), "a drained transit that is no longer configured: forgotten");
+                tracing::warn!(name, file = %path.display(), "no longer configured: forgotten");
             }
         }
         Ok(Drained(names))
@@ -56,15 +58,83 @@ impl Drained {
     }
 }
 
+/// A [`Drained`] set kept in state_dir and announced in our NodeRecord: one change at a
+/// time is kept (synced) first, then announced, so a crash between the two announces it
+/// at the next start.
+pub struct Kept {
+    mesh: MeshHandle,
+    local: NodeId,
+    path: PathBuf,
+    /// What the set is, for logs and errors ("drained transits").
+    what: &'static str,
+    /// Writes the set into our NodeRecord.
+    apply: fn(&mut v1::NodeRecord, &Drained),
+    /// Held across save and announce: two requests apply one after the other.
+    set: tokio::sync::Mutex<Drained>,
+}
+
+impl Kept {
+    pub fn new(
+        mesh: MeshHandle,
+        local: NodeId,
+        path: PathBuf,
+        what: &'static str,
+        apply: fn(&mut v1::NodeRecord, &Drained),
+        set: Drained,
+    ) -> Self {
+        Kept {
+            mesh,
+            local,
+            path,
+            what,
+            apply,
+            set: tokio::sync::Mutex::new(set),
+        }
+    }
+
+    /// Puts `name` in the set (or takes it out); true when that changed it. Announced
+    /// even when unchanged: that repairs a NodeRecord that lost it.
+    pub async fn set(&self, name: &str, on: bool) -> Result<bool, Status> {
+        let mut set = self.set.lock().await;
+        let mut next = set.clone();
+        let changed = if on {
+            next.0.insert(name.to_string())
+        } else {
+            next.0.remove(name)
+        };
+        if changed {
+            let path = self.path.clone();
+            let to_save = next.clone();
+            tokio::task::spawn_blocking(move || to_save.save(&path))
+                .await
+                .map_err(|e| Status::internal(e.to_string()))?
+                .map_err(|e| {
+                    Status::internal(format!(
+                        "cannot keep the {} in {}: {e}",
+                        self.what,
+                        self.path.display()
+                    ))
+                })?;
+            *set = next;
+        }
+        let names = set.clone();
+        let apply = self.apply;
+        crate::announce::announce(&self.mesh, self.local, self.what, |n| apply(n, &names)).await;
+        Ok(changed)
+    }
+
+    pub async fn contains(&self, name: &str) -> bool {
+        self.set.lock().await.contains(name)
+    }
+}
+
 /// The `Transits` service.
 pub struct TransitsApi {
     mesh: MeshHandle,
     local: NodeId,
-    path: PathBuf,
     /// The configured transits' names.
     transits: Vec<String>,
-    /// Held across save and announce: two requests apply one after the other.
-    drained: Arc<tokio::sync::Mutex<Drained>>,
+    drained: Kept,
 }
 
 impl TransitsApi {
@@ -75,12 +145,23 @@ impl TransitsApi {
         transits: Vec<String>,
         drained: Drained,
     ) -> Self {
+        let kept = Kept::new(
+            mesh.clone(),
+            local,
+            state_dir.join(FILE),
+            "drained transits",
+            |n, names| {
+                for t in &mut n.transits {
+                    t.drained = names.contains(&t.name);
+                }
+            },
+            drained,
+        );
         TransitsApi {
             mesh,
             local,
-            path: state_dir.join(FILE),
             transits,
-            drained: Arc::new(tokio::sync::Mutex::new(drained)),
+            drained: kept,
         }
     }
 
@@ -122,27 +203,8 @@ impl v1::transits_server::Transits for TransitsApi {
                 self.transits.join(", ")
             )));
         }
-        let mut drained = self.drained.lock().await;
-        let mut next = drained.clone();
-        let changed = if r.drained {
-            next.0.insert(r.transit.clone())
-        } else {
-            next.0.remove(&r.transit)
-        };
+        let changed = self.drained.set(&r.transit, r.drained).await?;
         if changed {
-            // Kept first: a crash before the announce announces it at restart.
-            let path = self.path.clone();
-            let to_save = next.clone();
-            tokio::task::spawn_blocking(move || to_save.save(&path))
-                .await
-                .map_err(|e| Status::internal(e.to_string()))?
-                .map_err(|e| {
-                    Status::internal(format!(
-                        "cannot keep the drain in {}: {e}",
-                        self.path.display()
-                    ))
-                })?;
-            *drained = next;
             tracing::info!(
                 transit = %r.transit,
                 drained = r.drained,
@@ -150,14 +212,6 @@ impl v1::transits_server::Transits for TransitsApi {
                 if r.drained { "drained: controllers move traffic off its tunnels" } else { "undrained" }
             );
         }
-        // Announced even when unchanged: repairs a NodeRecord that lost it.
-        let names = drained.clone();
-        crate::announce::announce(&self.mesh, self.local, "drained transits", |n| {
-            for t in &mut n.transits {
-                t.drained = names.contains(&t.name);
-            }
-        })
-        .await;
         let transit = self
             .announced()
             .into_iter()
@@ -183,13 +237,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join(FILE);
         assert_eq!(
-            Drained::load(&path, &["lumen"]).unwrap(),
+            Drained::load(&path, |n| n == "lumen").unwrap(),
             Drained::default(),
             "no file, no drain"
         );
         let d = Drained(["lumen".to_string(), "telia".to_string()].into());
         d.save(&path).unwrap();
-        let back = Drained::load(&path, &["lumen", "cogent"]).unwrap();
+        let back = Drained::load(&path, |n| ["lumen", "cogent"].contains(&n)).unwrap();
         assert!(back.contains("lumen") && !back.contains("telia") && !back.contains("cogent"));
         let mode = std::os::unix::fs::PermissionsExt::mode(
             &std::fs::metadata(&path).unwrap().permissions(),

@@ -83,8 +83,13 @@ async fn run(
     let numbering = tunnel_numbering(&settings, &settings.state_dir);
     let transit_names: Vec<&str> = settings.transits.iter().map(|t| t.name.as_str()).collect();
     let drained_file = settings.state_dir.join(gatewan::drain::FILE);
-    let drained = gatewan::drain::Drained::load(&drained_file, &transit_names)
+    let drained = gatewan::drain::Drained::load(&drained_file, |n| transit_names.contains(&n))
         .map_err(|e| anyhow::anyhow!("reading {}: {e}", drained_file.display()))?;
+    let disabled_file = settings.state_dir.join(gatewan::drain::DISABLED_FILE);
+    // Ids of tunnels that may come back (a peer that returns): kept until enabled.
+    let disabled =
+        gatewan::drain::Drained::load(&disabled_file, |id| uuid::Uuid::parse_str(id).is_ok())
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", disabled_file.display()))?;
     if !drained.0.is_empty() {
         tracing::info!(transits = ?drained.0, "transits drained before the restart stay drained");
     }
@@ -142,6 +147,7 @@ async fn run(
                 .map(|t| t.plan.interface_prefix.clone())
                 .unwrap_or_default(),
             vtep: settings.vtep.map(|v| v.to_string()).unwrap_or_default(),
+            disabled_tunnels: disabled.0.iter().cloned().collect(),
             tunnel_vteps: settings
                 .dataplane
                 .as_ref()
@@ -221,7 +227,16 @@ async fn run(
         .into_server(),
     );
     if let Some(t) = tunnels {
-        routes.add_service(api::TunnelsApi::new(t, member.state_dir.clone()).into_server());
+        routes.add_service(
+            api::TunnelsApi::new(
+                t,
+                member.state_dir.clone(),
+                member.mesh.clone(),
+                member.identity.node,
+                disabled,
+            )
+            .into_server(),
+        );
     }
     let Some(api) = daemon::serve_api_until_signal(settings.api.clone(), routes.routes()).await?
     else {

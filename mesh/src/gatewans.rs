@@ -51,7 +51,13 @@ pub struct GatewanRecord {
     pub tunnel_interface_prefix: String,
     /// `fabric.tunnel_vteps`, when announced and parseable.
     pub tunnel_vteps: Option<IpNet>,
+    /// Tunnel ids its operator disabled, as announced (at most `MAX_DISABLED_TUNNELS`).
+    pub disabled_tunnels: Vec<String>,
 }
+
+/// Disabled tunnels read from one NodeRecord: a gatewan has at most a few hundred
+/// tunnels; a longer list is cut, not trusted.
+pub const MAX_DISABLED_TUNNELS: usize = 4096;
 
 impl GatewanRecord {
     /// The checked view of a NodeRecord; None for a member that is not a gatewan.
@@ -83,6 +89,12 @@ impl GatewanRecord {
             tunnel_slot_pinned: n.tunnel_slot_pinned,
             tunnel_interface_prefix: n.tunnel_interface_prefix.clone(),
             tunnel_vteps: n.tunnel_vteps.parse().ok(),
+            disabled_tunnels: n
+                .disabled_tunnels
+                .iter()
+                .take(MAX_DISABLED_TUNNELS)
+                .cloned()
+                .collect(),
         })
     }
 }

@@ -185,6 +185,17 @@ enum TunnelsCommand {
     /// Give the gatewan a new WireGuard key (kept in its state_dir); the peers learn the
     /// public key over the mesh and the tunnels pause for about one handshake.
     RotateKey,
+    /// Take one tunnel out of use (make-before-break, as `transits drain` does for a
+    /// transit); kept in the gatewan's state_dir across restarts.
+    Disable {
+        /// Its interface or id, as `routingctl tunnels` shows it.
+        tunnel: String,
+    },
+    /// Give a disabled tunnel back.
+    Enable {
+        /// Its interface or id, as `routingctl tunnels` shows it.
+        tunnel: String,
+    },
 }
 
 /// `--interval` of `routingctl probe`: a duration such as 200ms or 1s.
@@ -493,6 +504,23 @@ fn no_tunnels(s: tonic::Status, target: &Target) -> anyhow::Error {
     }
 }
 
+/// `tunnels disable|enable TUNNEL`.
+async fn set_disabled(
+    channel: &tonic::transport::Channel,
+    tunnel: String,
+    disabled: bool,
+    format: Format,
+    refused: impl Fn(tonic::Status) -> anyhow::Error,
+) -> anyhow::Result<String> {
+    let mut client = v1::tunnels_client::TunnelsClient::new(channel.clone());
+    let r = client
+        .set_disabled(v1::SetDisabledRequest { tunnel, disabled })
+        .await
+        .map_err(refused)?
+        .into_inner();
+    output::disabled(&r, format)
+}
+
 async fn run(cli: Cli, target: Target) -> anyhow::Result<()> {
     if let Command::Top { interval, once } = cli.command {
         if !matches!(cli.output, Format::Table) {
@@ -557,6 +585,14 @@ async fn run(cli: Cli, target: Target) -> anyhow::Result<()> {
                 .into_inner();
             output::drained(&r, cli.output)
         }
+        Command::Tunnels {
+            action: Some(TunnelsCommand::Disable { tunnel }),
+            ..
+        } => set_disabled(&mesh_channel, tunnel, true, cli.output, no_tunnels).await,
+        Command::Tunnels {
+            action: Some(TunnelsCommand::Enable { tunnel }),
+            ..
+        } => set_disabled(&mesh_channel, tunnel, false, cli.output, no_tunnels).await,
         Command::Tunnels {
             action: Some(TunnelsCommand::RotateKey),
             ..

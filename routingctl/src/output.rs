@@ -417,6 +417,22 @@ pub(crate) fn probe_summary(outcomes: &[v1::ProbeOutcome], f: Format) -> anyhow:
     ))
 }
 
+/// `routingctl tunnels disable|enable TUNNEL`.
+pub(crate) fn disabled(r: &v1::SetDisabledResponse, f: Format) -> anyhow::Result<String> {
+    if !matches!(f, Format::Table) {
+        return render(r, f);
+    }
+    let t = format!("tunnel {} ({})", r.interface, r.tunnel);
+    Ok(match (r.disabled, r.changed) {
+        (true, true) => format!(
+            "{t} disabled: the controllers move traffic off it (routingctl explain on a bgpctl says so)\n"
+        ),
+        (true, false) => format!("{t} was already disabled\n"),
+        (false, true) => format!("{t} enabled: a candidate again\n"),
+        (false, false) => format!("{t} was not disabled\n"),
+    })
+}
+
 /// `routingctl transits`: a gatewan's transits as it announces them.
 pub(crate) fn transits(list: &[v1::Transit], f: Format) -> anyhow::Result<String> {
     if !matches!(f, Format::Table) {
@@ -500,6 +516,9 @@ struct TunnelView<N, U, P> {
     probe: P,
     peer: String,
     state: String,
+    /// Disabled by an operator of this gatewan (`tunnels disable`); absent otherwise.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    disabled: bool,
     target_datacenter: String,
     interface: String,
     router_mac: String,
@@ -521,6 +540,7 @@ fn view<N, U, P>(t: &v1::TunnelInfo, networks: N, usage: U, probe: P) -> TunnelV
         probe,
         peer: t.peer.clone(),
         state: t.state.clone(),
+        disabled: t.disabled,
         target_datacenter: t.target_datacenter.clone(),
         interface: t.interface.clone(),
         router_mac: t.router_mac.clone(),

@@ -401,6 +401,68 @@ impl Drop for Cluster {
     }
 }
 
+/// One gatewan of the two-datacenter pair the tunnel tests build in namespaces: its
+/// name, datacenter, slot, its lumen and cogent addresses (each a /30 whose gateway is the
+/// address below it) and the seed, the other side's lumen address.
+pub struct PairSide {
+    pub name: &'static str,
+    pub dc: &'static str,
+    pub slot: u32,
+    pub lumen: &'static str,
+    pub cogent: &'static str,
+    pub seed: &'static str,
+}
+
+pub const SG1: PairSide = PairSide {
+    name: "gatewan01-sg1",
+    dc: "sg1",
+    slot: 1,
+    lumen: "198.51.100.2",
+    cogent: "203.0.113.2",
+    seed: "198.51.100.6",
+};
+
+pub const PAR1: PairSide = PairSide {
+    name: "gatewan01-par1",
+    dc: "par1",
+    slot: 2,
+    lumen: "198.51.100.6",
+    cogent: "203.0.113.6",
+    seed: "198.51.100.2",
+};
+
+/// Writes `dir/NAME.yaml` for `side`: both transits (lumen 1 Gbps, cogent 500 Mbps, each
+/// with its gateway), its pinned slot, wireguard-go, 50 probes a second over a 3 s window,
+/// its state and API socket in `dir`; `extra` is YAML appended (whole top-level
+/// sections: `metrics`, `fabric`, …).
+pub fn write_pair_config(dir: &Path, side: &PairSide, keyring: &Path, extra: &str) -> PathBuf {
+    let cfg = dir.join(format!("{}.yaml", side.name));
+    let gw = |a: &str| {
+        a.rsplit_once('.')
+            .map(|(p, l)| format!("{p}.{}", l.parse::<u8>().unwrap() - 1))
+            .unwrap()
+    };
+    std::fs::write(
+        &cfg,
+        format!(
+            "name: {name}\ndatacenter: {dc}\nstate_dir: {state}\nmesh:\n  bind: \"0.0.0.0:7946\"\n  seeds: [\"{seed}:7946\"]\n  keyring: {kr}\ntransits:\n  - name: lumen\n    interface: lumen0\n    addresses: [{lumen}]\n    gateway: {glumen}\n    capacity: 1Gbps\n  - name: cogent\n    interface: cogent0\n    addresses: [{cogent}]\n    gateway: {gcogent}\n    capacity: 500Mbps\ntunnels:\n  slot: {slot}\n  wireguard: userspace\nprobe:\n  interval: 1s\n  count: 50\n  window: 3s\napi:\n  socket: {sock}\n{extra}",
+            name = side.name,
+            dc = side.dc,
+            seed = side.seed,
+            lumen = side.lumen,
+            cogent = side.cogent,
+            slot = side.slot,
+            state = dir.join(format!("{}.state", side.name)).display(),
+            kr = keyring.display(),
+            glumen = gw(side.lumen),
+            gcogent = gw(side.cogent),
+            sock = dir.join(format!("{}.sock", side.name)).display(),
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
 pub fn write_keyring(path: &Path, keys: &[&str]) {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::write(path, keys.join("\n") + "\n").expect("keyring");

@@ -46,40 +46,6 @@ fn set_offset(file: &Path, offset: &str) {
     std::fs::rename(&tmp, file).unwrap();
 }
 
-#[allow(clippy::too_many_arguments)] // one call per datacenter, each argument named at the call
-fn gatewan_config(
-    dir: &Path,
-    name: &str,
-    dc: &str,
-    slot: u32,
-    lumen: &str,
-    cogent: &str,
-    seed: &str,
-    fabric: &str,
-    network: &str,
-    keyring: &Path,
-) -> PathBuf {
-    let cfg = dir.join(format!("{name}.yaml"));
-    let gw = |a: &str| {
-        a.rsplit_once('.')
-            .map(|(p, l)| format!("{p}.{}", l.parse::<u8>().unwrap() - 1))
-            .unwrap()
-    };
-    std::fs::write(
-        &cfg,
-        format!(
-            "name: {name}\ndatacenter: {dc}\nstate_dir: {state}\nmesh:\n  bind: \"0.0.0.0:7946\"\n  seeds: [\"{seed}:7946\"]\n  keyring: {kr}\ntransits:\n  - name: lumen\n    interface: lumen0\n    addresses: [{lumen}]\n    gateway: {glumen}\n    capacity: 1Gbps\n  - name: cogent\n    interface: cogent0\n    addresses: [{cogent}]\n    gateway: {gcogent}\n    capacity: 500Mbps\nfabric:\n  vtep: {fabric}.11\n  vni: 100\n  interface: fab0\nnetworks:\n  - prefix: {network}\n    via: {fabric}.1\ntunnels:\n  slot: {slot}\n  wireguard: userspace\nprobe:\n  interval: 1s\n  count: 50\n  window: 3s\napi:\n  socket: {sock}\nmetrics:\n  listen: \"127.0.0.1:9100\"\n",
-            state = dir.join(format!("{name}.state")).display(),
-            kr = keyring.display(),
-            glumen = gw(lumen),
-            gcogent = gw(cogent),
-            sock = dir.join(format!("{name}.sock")).display(),
-        ),
-    )
-    .unwrap();
-    cfg
-}
-
 fn bgpctl_config(dir: &Path, keyring: &Path) -> PathBuf {
     let cfg = dir.join("bgpctl-sg1.yaml");
     std::fs::write(
@@ -251,30 +217,14 @@ fn stepping_the_wall_clock_an_hour_either_way_changes_no_tunnel_member_or_route(
     for c in &clocks {
         set_offset(c, "+0");
     }
-    a.config = gatewan_config(
-        &dir,
-        "gatewan01-sg1",
-        "sg1",
-        1,
-        "198.51.100.2",
-        "203.0.113.2",
-        "198.51.100.6",
-        "10.1.255",
-        "10.21.0.0/16",
-        &keyring,
-    );
-    b.config = gatewan_config(
-        &dir,
-        "gatewan01-par1",
-        "par1",
-        2,
-        "198.51.100.6",
-        "203.0.113.6",
-        "198.51.100.2",
-        "10.2.255",
-        "10.22.0.0/16",
-        &keyring,
-    );
+    // A data plane with a static network behind each (no EVPN), and /metrics.
+    let extra = |fabric: &str, network: &str| {
+        format!(
+            "fabric:\n  vtep: {fabric}.11\n  vni: 100\n  interface: fab0\nnetworks:\n  - prefix: {network}\n    via: {fabric}.1\nmetrics:\n  listen: \"127.0.0.1:9100\"\n"
+        )
+    };
+    a.config = write_pair_config(&dir, &SG1, &keyring, &extra("10.1.255", "10.21.0.0/16"));
+    b.config = write_pair_config(&dir, &PAR1, &keyring, &extra("10.2.255", "10.22.0.0/16"));
     a.socket = dir.join("gatewan01-sg1.sock");
     b.socket = dir.join("gatewan01-par1.sock");
     a.log = dir.join("a.log");

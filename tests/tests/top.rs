@@ -18,38 +18,6 @@ use std::time::{Duration, Instant};
 use gatewan_tests::top::{TopPane, tunnel_rows};
 use gatewan_tests::*;
 
-#[allow(clippy::too_many_arguments)] // one call per datacenter, each argument named at the call
-fn gatewan_config(
-    dir: &Path,
-    name: &str,
-    dc: &str,
-    slot: u32,
-    lumen: &str,
-    cogent: &str,
-    seed: &str,
-    keyring: &Path,
-) -> PathBuf {
-    let cfg = dir.join(format!("{name}.yaml"));
-    let gw = |a: &str| {
-        a.rsplit_once('.')
-            .map(|(p, l)| format!("{p}.{}", l.parse::<u8>().unwrap() - 1))
-            .unwrap()
-    };
-    std::fs::write(
-        &cfg,
-        format!(
-            "name: {name}\ndatacenter: {dc}\nstate_dir: {state}\nmesh:\n  bind: \"0.0.0.0:7946\"\n  seeds: [\"{seed}:7946\"]\n  keyring: {kr}\ntransits:\n  - name: lumen\n    interface: lumen0\n    addresses: [{lumen}]\n    gateway: {glumen}\n    capacity: 1Gbps\n  - name: cogent\n    interface: cogent0\n    addresses: [{cogent}]\n    gateway: {gcogent}\n    capacity: 500Mbps\ntunnels:\n  slot: {slot}\n  wireguard: userspace\nfabric:\n  vtep: 10.{slot}.255.11\nprobe:\n  interval: 1s\n  count: 50\n  window: 3s\napi:\n  socket: {sock}\n",
-            state = dir.join(format!("{name}.state")).display(),
-            kr = keyring.display(),
-            glumen = gw(lumen),
-            gcogent = gw(cogent),
-            sock = dir.join(format!("{name}.sock")).display(),
-        ),
-    )
-    .unwrap();
-    cfg
-}
-
 /// bgpctl of sg1 in gatewan01-sg1's namespaces, gossiping on its lumen address. Its one
 /// BGP peer is lumen's gateway, where nothing listens: the session stays down.
 fn bgpctl_config(dir: &Path, keyring: &Path) -> PathBuf {
@@ -165,26 +133,9 @@ fn top_shows_a_transit_failover_and_survives_a_bgpctl_restart() {
     std::fs::create_dir_all(&dir).unwrap();
     let keyring = dir.join("keyring");
     write_keyring(&keyring, &[&gatewan_mesh::MeshKey::generate().to_base64()]);
-    a.config = gatewan_config(
-        &dir,
-        "gatewan01-sg1",
-        "sg1",
-        1,
-        "198.51.100.2",
-        "203.0.113.2",
-        "198.51.100.6",
-        &keyring,
-    );
-    b.config = gatewan_config(
-        &dir,
-        "gatewan01-par1",
-        "par1",
-        2,
-        "198.51.100.6",
-        "203.0.113.6",
-        "198.51.100.2",
-        &keyring,
-    );
+    // A VTEP (no data plane): without one the controller rejects every tunnel.
+    a.config = write_pair_config(&dir, &SG1, &keyring, "fabric:\n  vtep: 10.1.255.11\n");
+    b.config = write_pair_config(&dir, &PAR1, &keyring, "fabric:\n  vtep: 10.2.255.11\n");
     a.socket = dir.join("gatewan01-sg1.sock");
     b.socket = dir.join("gatewan01-par1.sock");
     a.log = dir.join("a.log");

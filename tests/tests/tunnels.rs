@@ -2,42 +2,9 @@
 //! cogent) through an "internet" router namespace; WireGuard is wireguard-go, each gatewan
 //! in its own network and mount namespace (private /run/wireguard, kept across restarts).
 
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use gatewan_tests::*;
-
-#[allow(clippy::too_many_arguments)] // one call per datacenter, each argument named at the call
-fn write_config(
-    dir: &Path,
-    name: &str,
-    dc: &str,
-    slot: u32,
-    lumen: &str,
-    cogent: &str,
-    seed: &str,
-    keyring: &Path,
-) -> PathBuf {
-    let cfg = dir.join(format!("{name}.yaml"));
-    let gw = |a: &str| {
-        a.rsplit_once('.')
-            .map(|(p, l)| format!("{p}.{}", l.parse::<u8>().unwrap() - 1))
-            .unwrap()
-    };
-    std::fs::write(
-        &cfg,
-        format!(
-            "name: {name}\ndatacenter: {dc}\nstate_dir: {state}\nmesh:\n  bind: \"0.0.0.0:7946\"\n  seeds: [\"{seed}:7946\"]\n  keyring: {kr}\ntransits:\n  - name: lumen\n    interface: lumen0\n    addresses: [{lumen}]\n    gateway: {glumen}\n    capacity: 1Gbps\n  - name: cogent\n    interface: cogent0\n    addresses: [{cogent}]\n    gateway: {gcogent}\n    capacity: 500Mbps\ntunnels:\n  slot: {slot}\n  wireguard: userspace\nprobe:\n  interval: 1s\n  count: 50\n  window: 3s\napi:\n  socket: {sock}\nmetrics:\n  listen: \"127.0.0.1:9100\"\n",
-            state = dir.join(format!("{name}.state")).display(),
-            kr = keyring.display(),
-            glumen = gw(lumen),
-            gcogent = gw(cogent),
-            sock = dir.join(format!("{name}.sock")).display(),
-        ),
-    )
-    .unwrap();
-    cfg
-}
 
 fn loss_of(h: &Host, local_transit: &str) -> Vec<f64> {
     h.tunnels()
@@ -89,26 +56,9 @@ fn two_datacenters_four_tunnels_probed_and_restart_safe() {
     std::fs::create_dir_all(&dir).unwrap();
     let keyring = dir.join("keyring");
     write_keyring(&keyring, &[&gatewan_mesh::MeshKey::generate().to_base64()]);
-    a.config = write_config(
-        &dir,
-        "gatewan01-sg1",
-        "sg1",
-        1,
-        "198.51.100.2",
-        "203.0.113.2",
-        "198.51.100.6",
-        &keyring,
-    );
-    b.config = write_config(
-        &dir,
-        "gatewan01-par1",
-        "par1",
-        2,
-        "198.51.100.6",
-        "203.0.113.6",
-        "198.51.100.2",
-        &keyring,
-    );
+    let metrics = "metrics:\n  listen: \"127.0.0.1:9100\"\n";
+    a.config = write_pair_config(&dir, &SG1, &keyring, metrics);
+    b.config = write_pair_config(&dir, &PAR1, &keyring, metrics);
     a.socket = dir.join("gatewan01-sg1.sock");
     b.socket = dir.join("gatewan01-par1.sock");
     a.log = dir.join("a.log");
@@ -171,6 +121,7 @@ fn two_datacenters_four_tunnels_probed_and_restart_safe() {
     // The tunnels and their probe counters reach /metrics, drops included: garbage sent to
     // the peer's echo port through one tunnel is counted as malformed by the peer.
     let t = &a.tunnels()[0];
+    let first_id = t["id"].as_str().unwrap().to_string();
     let (ifname, v4, port) = (
         t["interface"].as_str().unwrap().to_string(),
         t["peer_info"]["local_address_v4"]
@@ -540,6 +491,30 @@ fn two_datacenters_four_tunnels_probed_and_restart_safe() {
         "the peer does not show the new public key: {new_key}"
     );
 
+    // One tunnel disabled (ADR 0047): shown by `tunnels`, kept in state_dir, announced in
+    // the NodeRecord the peer holds; it stays up.
+    let out = routingctl(&a.socket, &["tunnels", "disable", &ifname]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("disabled:"), "{text}");
+    let disabled_ids = |h: &Host| -> Vec<String> {
+        h.tunnels()
+            .iter()
+            .filter(|t| t["disabled"] == true)
+            .map(|t| t["id"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    let id = first_id;
+    assert_eq!(disabled_ids(&a), std::slice::from_ref(&id));
+    let kept = std::fs::read_to_string(dir.join("gatewan01-sg1.state/disabled-tunnels"))
+        .unwrap_or_default();
+    assert_eq!(kept.trim(), id, "state_dir keeps the id");
+    let out = routingctl(&a.socket, &["tunnels", "disable", "sdwan999"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an unknown tunnel is a usage error"
+    );
+
     // kill -9 and restart: the tunnels are found in place, not recreated.
     let before = a.tunnel_ifindexes();
     assert_eq!(before.len(), 4, "{before:?}");
@@ -559,6 +534,15 @@ fn two_datacenters_four_tunnels_probed_and_restart_safe() {
         !after_restart.contains("tunnel configured"),
         "restart reconfigured tunnels"
     );
+    assert_eq!(
+        disabled_ids(&a),
+        std::slice::from_ref(&id),
+        "still disabled after the restart"
+    );
+    let out = routingctl(&a.socket, &["tunnels", "enable", &id]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains("enabled"), "{text}");
+    assert!(disabled_ids(&a).is_empty());
     drop(a);
     drop(b);
     let _ = std::fs::remove_dir_all(&dir);

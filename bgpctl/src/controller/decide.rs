@@ -619,10 +619,10 @@ impl RemoteState {
                 let id = r
                     .position(*id)
                     .map_or_else(|| id.to_string(), |c| label(s, r.cands[c as usize].tunnel));
-                reasons.insert(if *why == Some(Verdict::Drained) {
-                    ChangeReason::Drained
-                } else {
-                    ChangeReason::Unhealthy
+                reasons.insert(match why {
+                    Some(Verdict::Drained) => ChangeReason::Drained,
+                    Some(Verdict::Disabled) => ChangeReason::Disabled,
+                    _ => ChangeReason::Unhealthy,
                 });
                 causes.push(format!(
                     "{id} left the healthy set ({})",

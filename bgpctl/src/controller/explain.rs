@@ -34,11 +34,14 @@ pub enum Verdict {
     /// Healthy, but one of its transits is drained, and another tunnel toward the
     /// datacenter is healthy.
     Drained,
+    /// Healthy, but disabled by an operator at either end, and another tunnel toward the
+    /// datacenter is healthy.
+    Disabled,
 }
 
 impl Verdict {
     /// Every verdict, for tests and documentation.
-    pub const ALL: [Verdict; 16] = [
+    pub const ALL: [Verdict; 17] = [
         Verdict::ChosenForCapacity,
         Verdict::ChosenForMinTunnels,
         Verdict::ChosenForDiversity,
@@ -55,6 +58,7 @@ impl Verdict {
         Verdict::LossAboveMax,
         Verdict::LatencyAboveMax,
         Verdict::Drained,
+        Verdict::Disabled,
     ];
 
     /// The verdict's name as the API and `routingctl explain` show it.
@@ -76,6 +80,7 @@ impl Verdict {
             Verdict::LossAboveMax => "loss_above_max",
             Verdict::LatencyAboveMax => "latency_above_max",
             Verdict::Drained => "drained",
+            Verdict::Disabled => "disabled",
         }
     }
 
@@ -100,6 +105,7 @@ impl Verdict {
                 | Verdict::LossAboveMax
                 | Verdict::LatencyAboveMax
                 | Verdict::Drained
+                | Verdict::Disabled
         )
     }
 
@@ -133,6 +139,9 @@ impl Verdict {
             Verdict::LatencyAboveMax => "rejected: latency above max_latency",
             Verdict::Drained => {
                 "rejected: one of its transits is drained for maintenance (routingctl transits undrain)"
+            }
+            Verdict::Disabled => {
+                "rejected: disabled by an operator at either end (routingctl tunnels enable)"
             }
         }
     }
@@ -265,6 +274,8 @@ pub enum ChangeReason {
     Unhealthy,
     /// A chosen tunnel's transit was drained.
     Drained,
+    /// A chosen tunnel was disabled.
+    Disabled,
     /// No tunnel was healthy for `hold_when_none_healthy`.
     NoneHealthy,
     /// A better set existed for `hold_down`.
@@ -278,10 +289,11 @@ pub enum ChangeReason {
 }
 
 impl ChangeReason {
-    pub const ALL: [ChangeReason; 8] = [
+    pub const ALL: [ChangeReason; 9] = [
         ChangeReason::First,
         ChangeReason::Unhealthy,
         ChangeReason::Drained,
+        ChangeReason::Disabled,
         ChangeReason::NoneHealthy,
         ChangeReason::BetterSet,
         ChangeReason::Short,
@@ -295,6 +307,7 @@ impl ChangeReason {
             ChangeReason::First => "first",
             ChangeReason::Unhealthy => "unhealthy",
             ChangeReason::Drained => "drained",
+            ChangeReason::Disabled => "disabled",
             ChangeReason::NoneHealthy => "none_healthy",
             ChangeReason::BetterSet => "better_set",
             ChangeReason::Short => "short",

@@ -135,6 +135,8 @@ pub(crate) fn rank_remote(
             Some(Verdict::LatencyAboveMax)
         } else if drained(g, e.local_transit) || drained(peer, e.peer_transit) {
             Some(Verdict::Drained)
+        } else if e.t.disabled {
+            Some(Verdict::Disabled)
         } else {
             None
         };
@@ -192,11 +194,11 @@ pub(crate) fn rank_remote(
             peer_transit: e.peer_transit,
         });
     }
-    // A drain moves traffic off a transit; it must not cut a datacenter off. With no other
-    // healthy tunnel toward it, the drained ones are candidates as before.
+    // A drain (or a disable) moves traffic off tunnels; it must not cut a datacenter off.
+    // With no other healthy tunnel toward it, those are candidates as before.
     if cands.iter().all(|c| c.rejected.is_some()) {
         for c in &mut cands {
-            if c.rejected == Some(Verdict::Drained) {
+            if matches!(c.rejected, Some(Verdict::Drained | Verdict::Disabled)) {
                 c.rejected = None;
             }
         }

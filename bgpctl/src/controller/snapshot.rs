@@ -184,6 +184,9 @@ pub struct Tunnel {
     /// reports it; empty when its routes use the gatewan's VTEP.
     pub vtep: String,
     pub measurements: Measurements,
+    /// Disabled by an operator at either end (`routingctl tunnels disable`): a last
+    /// resort, as a drained transit's tunnels.
+    pub disabled: bool,
 }
 
 /// A reported tunnel the controller cannot use as a candidate, and why.
@@ -312,7 +315,11 @@ impl Snapshot {
         let mut gatewans = Vec::new();
         let mut views = Vec::new();
         let mut prefixes: HashMap<NodeId, String> = HashMap::new();
+        let mut disabled: HashMap<NodeId, Vec<String>> = HashMap::new();
         for g in store.gatewans() {
+            if !g.disabled_tunnels.is_empty() {
+                disabled.insert(g.id, g.disabled_tunnels.clone());
+            }
             gatewans.push(Gatewan {
                 id: g.id,
                 name: g.name.clone(),
@@ -404,6 +411,12 @@ impl Snapshot {
                             rd_index: *rd,
                             vtep: tm.vtep.clone(),
                             measurements: Measurements::from_proto(tm),
+                            disabled: [origin, peer].iter().any(|g| {
+                                disabled.get(g).is_some_and(|ids| {
+                                    let id = id.to_string();
+                                    ids.contains(&id)
+                                })
+                            }),
                         });
                     }
                     _ => ignored.push(IgnoredTunnel {

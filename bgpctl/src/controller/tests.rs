@@ -92,6 +92,7 @@ fn all_tunnels(
                         rd_index: rd,
                         vtep: String::new(),
                         measurements: meas,
+                        disabled: false,
                     });
                 }
             }
@@ -1401,6 +1402,25 @@ mod store {
         assert!(remote(&d, "par1").tunnels.len() >= 2);
         assert!(remote(&d, "fra1").tunnels.is_empty());
         assert_eq!(remote(&d, "par1").tunnels[0].vtep, "10.0.0.3");
+
+        // The peer's operator disables one of them: its NodeRecord lists the id, and that
+        // tunnel alone is disabled, whichever end said so.
+        let off = TunnelId::parse(&to_par[0].id).unwrap();
+        let mut par1 = node_record(
+            node(2, 1),
+            "gatewan01-par1",
+            "par1",
+            600,
+            &["cogent", "lumen"],
+        );
+        par1.version = 2;
+        if let Some(Body::Node(n)) = &mut par1.body {
+            n.disabled_tunnels = vec![off.to_string(), "not a tunnel id".into()];
+        }
+        store.merge(encode_record(&par1).unwrap());
+        let s = Snapshot::from_store("sg1", &store, |id| id != node(3, 1));
+        assert!(s.tunnel(off).unwrap().disabled);
+        assert_eq!(s.tunnels().filter(|t| t.disabled).count(), 1);
     }
 }
 
@@ -2130,6 +2150,38 @@ fn a_drained_transit_carries_no_chosen_tunnel_after_the_next_decision_and_comes_
         "{:?}",
         chosen_ids(&d, "par1")
     );
+}
+
+#[test]
+fn a_disabled_tunnel_leaves_at_the_next_decision_and_comes_back_enabled() {
+    let (gws, p) = issue_12();
+    let ll = tunnel_id(&gws[0], "lumen", &gws[1], "lumen");
+    let cc = tunnel_id(&gws[0], "cogent", &gws[1], "cogent");
+    let disable = |s: &Snapshot, id: TunnelId| {
+        let tunnels = s
+            .tunnels()
+            .map(|t| Tunnel {
+                disabled: t.id == id,
+                ..t.clone()
+            })
+            .collect();
+        Snapshot::new("sg1", gws.clone(), tunnels)
+    };
+    let s = near_equal(&gws, CROSS_FIRST);
+    let mut c = Controller::new(p);
+    let (d, _) = c.decide(&s, 0);
+    assert_eq!(chosen_ids(&d, "par1"), BTreeSet::from([ll, cc]));
+    let (d, e) = c.decide(&disable(&s, ll), 1_000);
+    assert!(!chosen_ids(&d, "par1").contains(&ll));
+    assert_eq!(verdict_of(&e, "par1", ll), Verdict::Disabled);
+    // Its replacement is chosen in the same decision.
+    assert_eq!(
+        c.history().last().unwrap().reasons,
+        [ChangeReason::Disabled, ChangeReason::Short]
+    );
+    // Enabled: 1.5 Gbps is short without it, so it is back at the next decision.
+    let (d, _) = c.decide(&s, 2_000);
+    assert!(chosen_ids(&d, "par1").contains(&ll));
 }
 
 #[test]

@@ -429,6 +429,8 @@ fn info_row(
         tx_bps: row.tx_bps,
         rx_bytes: row.counters.map_or(0, |c| c.0),
         tx_bytes: row.counters.map_or(0, |c| c.1),
+        // Set by the API, which keeps the disabled tunnels (`drain`).
+        disabled: false,
         probe_source_addr: t.local.address_v4.to_string(),
         probe_target_endpoint: SocketAddr::new(t.peer.address_v4.into(), t.echo_port).to_string(),
         measurements: m.measured,
