@@ -207,6 +207,11 @@ async fn run(
                     .as_ref()
                     .map(|t| metrics::transit_collector(t.transits.clone())),
             )
+            .chain(
+                tunnels
+                    .as_ref()
+                    .map(|t| metrics::thresholds_collector(t.thresholds_sender().subscribe())),
+            )
             .collect();
         tokio::spawn(async move {
             if let Err(e) = gatewan_kit::metrics::serve(listen, mesh, extra).await {

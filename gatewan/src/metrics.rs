@@ -149,6 +149,50 @@ impl Collector for TransitCollector {
     }
 }
 
+/// The tunnel state thresholds in force (`probe.degraded`, `probe.down`; a reload changes
+/// them), so that alert rules compare with each gatewan's own.
+pub fn thresholds_collector(
+    thresholds: watch::Receiver<crate::probe::stats::Thresholds>,
+) -> Box<dyn Collector> {
+    Box::new(ThresholdsCollector(thresholds))
+}
+
+#[derive(Clone)]
+struct ThresholdsCollector(watch::Receiver<crate::probe::stats::Thresholds>);
+
+impl std::fmt::Debug for ThresholdsCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ThresholdsCollector")
+    }
+}
+
+impl Collector for ThresholdsCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let t = *self.0.borrow();
+        for (name, help, v) in [
+            (
+                "gatewan_probe_degraded_loss_ratio",
+                "probe.degraded.loss in force: a tunnel losing more is Degraded",
+                t.degraded_loss,
+            ),
+            (
+                "gatewan_probe_degraded_latency_seconds",
+                "probe.degraded.latency in force: a tunnel slower than this is Degraded",
+                t.degraded_latency.as_secs_f64(),
+            ),
+            (
+                "gatewan_probe_down_loss_ratio",
+                "probe.down.loss in force: a tunnel losing more is Down",
+                t.down_loss,
+            ),
+        ] {
+            let g = ConstGauge::new(v);
+            g.encode(enc.encode_descriptor(name, help, None, g.metric_type())?)?;
+        }
+        Ok(())
+    }
+}
+
 /// This gatewan's tunnel slot (ADR 0042): which it holds, how often it gave one up, and
 /// what keeps it from one with tunnels.
 pub fn slot_collector(status: watch::Receiver<SlotStatus>) -> Box<dyn Collector> {
