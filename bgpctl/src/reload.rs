@@ -52,13 +52,8 @@ pub fn decide(running: &BgpctlSettings, new: &BgpctlSettings) -> Verdict<Reload>
                 || running.log_level != new.log_level,
         ),
     ];
-    let restart: Vec<&'static str> = fixed
-        .iter()
-        .filter(|(_, changed)| *changed)
-        .map(|(f, _)| *f)
-        .collect();
-    if !restart.is_empty() {
-        return Verdict::Restart(restart);
+    if let Some(restart) = Verdict::restart_for(&fixed) {
+        return restart;
     }
     let mut fields = Vec::new();
     let policy = (running.policy != new.policy).then(|| {

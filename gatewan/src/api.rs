@@ -145,8 +145,9 @@ impl gatewan_proto::v1::tunnels_server::Tunnels for TunnelsApi {
     ) -> Result<Response<v1::ListTunnelsResponse>, Status> {
         let table = self.tunnels.table.borrow().clone();
         let mut tunnels = table.as_ref().clone();
+        let disabled = self.disabled.names().await;
         for t in &mut tunnels {
-            t.disabled = self.disabled.contains(&t.id).await;
+            t.disabled = disabled.contains(&t.id);
         }
         Ok(Response::new(v1::ListTunnelsResponse { tunnels }))
     }

@@ -123,8 +123,9 @@ impl Kept {
         Ok(changed)
     }
 
-    pub async fn contains(&self, name: &str) -> bool {
-        self.set.lock().await.contains(name)
+    /// The set now.
+    pub async fn names(&self) -> Drained {
+        self.set.lock().await.clone()
     }
 }
 

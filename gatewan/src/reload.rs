@@ -43,13 +43,8 @@ pub fn decide(running: &GatewanSettings, new: &GatewanSettings) -> Verdict<Thres
             r.log_format != n.log_format || r.log_level != n.log_level,
         ),
     ];
-    let restart: Vec<&'static str> = fixed
-        .iter()
-        .filter(|(_, changed)| *changed)
-        .map(|(f, _)| *f)
-        .collect();
-    if !restart.is_empty() {
-        return Verdict::Restart(restart);
+    if let Some(restart) = Verdict::restart_for(&fixed) {
+        return restart;
     }
     match (&r.tunnels, &n.tunnels) {
         (Some(a), Some(b)) if a.thresholds != b.thresholds => Verdict::Apply {

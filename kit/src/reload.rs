@@ -30,6 +30,19 @@ pub enum Verdict<A> {
     Restart(Vec<&'static str>),
 }
 
+impl<A> Verdict<A> {
+    /// `Restart` naming the fields of `fixed` (config keys, changed or not) that changed;
+    /// None when none did.
+    pub fn restart_for(fixed: &[(&'static str, bool)]) -> Option<Verdict<A>> {
+        let changed: Vec<&'static str> = fixed
+            .iter()
+            .filter(|(_, changed)| *changed)
+            .map(|(field, _)| *field)
+            .collect();
+        (!changed.is_empty()).then_some(Verdict::Restart(changed))
+    }
+}
+
 /// Reloads since start, by result, and when the file last loaded whole.
 #[derive(Debug, Default)]
 pub struct Reloads {

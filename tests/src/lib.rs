@@ -463,6 +463,48 @@ pub fn write_pair_config(dir: &Path, side: &PairSide, keyring: &Path, extra: &st
     cfg
 }
 
+/// The two sides of the tunnel pair in namespaces: an "internet" router, and `SG1` and
+/// `PAR1` each with `lumen0` and `cogent0` toward it (/30s), routed as real hosts are, by
+/// one default route via lumen. Returns (internet, sg1, par1).
+pub fn pair_world() -> (Netns, Host, Host) {
+    let internet = Netns::new();
+    internet.exec_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+    let a = Host::new();
+    let b = Host::new();
+    let gateway = |addr: &str| {
+        addr.rsplit_once('.')
+            .map(|(p, l)| format!("{p}.{}", l.parse::<u8>().unwrap() - 1))
+            .unwrap()
+    };
+    for (h, side, tag) in [(&a, &SG1, "a"), (&b, &PAR1, "b")] {
+        for (transit, addr) in [("lumen", side.lumen), ("cogent", side.cogent)] {
+            let outside = format!("{tag}-{transit}");
+            link(&h.ns, &format!("{transit}0"), &internet, &outside);
+            let gw = format!("{}/30", gateway(addr));
+            internet.exec_ok(&["ip", "addr", "add", &gw, "dev", &outside]);
+            internet.exec_ok(&["ip", "link", "set", &outside, "up"]);
+        }
+        h.sh(&format!(
+            "ip addr add {lumen}/30 dev lumen0 && ip link set lumen0 up && ip addr add {cogent}/30 dev cogent0 && ip link set cogent0 up && ip route add default via {gl}",
+            lumen = side.lumen,
+            cogent = side.cogent,
+            gl = gateway(side.lumen),
+        ));
+    }
+    (internet, a, b)
+}
+
+/// A fresh directory for a test's configs and state (`TMP/PREFIX-PID`), and a keyring of
+/// one new key in it.
+pub fn pair_dir(prefix: &str) -> (PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let keyring = dir.join("keyring");
+    write_keyring(&keyring, &[&gatewan_mesh::MeshKey::generate().to_base64()]);
+    (dir, keyring)
+}
+
 pub fn write_keyring(path: &Path, keys: &[&str]) {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::write(path, keys.join("\n") + "\n").expect("keyring");

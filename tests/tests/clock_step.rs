@@ -168,48 +168,14 @@ fn stepping_the_wall_clock_an_hour_either_way_changes_no_tunnel_member_or_route(
         eprintln!("{name}: skipped, libfaketimeMT.so.1 not found (package faketime)");
         return;
     };
-    let internet = Netns::new();
-    internet.exec_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-    let mut a = Host::new();
-    let mut b = Host::new();
-    link(&a.ns, "lumen0", &internet, "a-lumen");
-    link(&a.ns, "cogent0", &internet, "a-cogent");
-    link(&b.ns, "lumen0", &internet, "b-lumen");
-    link(&b.ns, "cogent0", &internet, "b-cogent");
-    for (ifname, addr) in [
-        ("a-lumen", "198.51.100.1/30"),
-        ("a-cogent", "203.0.113.1/30"),
-        ("b-lumen", "198.51.100.5/30"),
-        ("b-cogent", "203.0.113.5/30"),
-    ] {
-        internet.exec_ok(&["ip", "addr", "add", addr, "dev", ifname]);
-        internet.exec_ok(&["ip", "link", "set", ifname, "up"]);
-    }
-    for (h, lumen, cogent, gl, fabric) in [
-        (
-            &a,
-            "198.51.100.2",
-            "203.0.113.2",
-            "198.51.100.1",
-            "10.1.255",
-        ),
-        (
-            &b,
-            "198.51.100.6",
-            "203.0.113.6",
-            "198.51.100.5",
-            "10.2.255",
-        ),
-    ] {
+    let (_internet, mut a, mut b) = pair_world();
+    // Each also has a fabric side (fab0) for its data plane.
+    for (h, fabric) in [(&a, "10.1.255"), (&b, "10.2.255")] {
         h.sh(&format!(
-            "ip link set lo up && ip addr add {lumen}/30 dev lumen0 && ip link set lumen0 up && ip addr add {cogent}/30 dev cogent0 && ip link set cogent0 up && ip route add default via {gl} && ip link add fab0 type veth peer name fab0p && ip link set fab0p up && ip addr add {fabric}.11/24 dev fab0 && ip link set fab0 up"
+            "ip link set lo up && ip link add fab0 type veth peer name fab0p && ip link set fab0p up && ip addr add {fabric}.11/24 dev fab0 && ip link set fab0 up"
         ));
     }
-    let dir = std::env::temp_dir().join(format!("gwclock-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let keyring = dir.join("keyring");
-    write_keyring(&keyring, &[&gatewan_mesh::MeshKey::generate().to_base64()]);
+    let (dir, keyring) = pair_dir("gwclock");
     let clocks: Vec<PathBuf> = ["a", "b", "bgpctl"]
         .iter()
         .map(|n| dir.join(format!("{n}.faketime")))

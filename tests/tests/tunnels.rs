@@ -22,40 +22,8 @@ fn two_datacenters_four_tunnels_probed_and_restart_safe() {
     {
         return;
     }
-    let internet = Netns::new();
-    internet.exec_ok(&["sysctl", "-qw", "net.ipv4.ip_forward=1"]);
-    let mut a = Host::new();
-    let mut b = Host::new();
-    link(&a.ns, "lumen0", &internet, "a-lumen");
-    link(&a.ns, "cogent0", &internet, "a-cogent");
-    link(&b.ns, "lumen0", &internet, "b-lumen");
-    link(&b.ns, "cogent0", &internet, "b-cogent");
-    for (ifname, addr) in [
-        ("a-lumen", "198.51.100.1/30"),
-        ("a-cogent", "203.0.113.1/30"),
-        ("b-lumen", "198.51.100.5/30"),
-        ("b-cogent", "203.0.113.5/30"),
-    ] {
-        internet.exec_ok(&["ip", "addr", "add", addr, "dev", ifname]);
-        internet.exec_ok(&["ip", "link", "set", ifname, "up"]);
-    }
-    for (h, lumen, cogent) in [
-        (&a, "198.51.100.2", "203.0.113.2"),
-        (&b, "198.51.100.6", "203.0.113.6"),
-    ] {
-        let gl = lumen
-            .rsplit_once('.')
-            .map(|(p, l)| format!("{p}.{}", l.parse::<u8>().unwrap() - 1))
-            .unwrap();
-        h.sh(&format!(
-            "ip addr add {lumen}/30 dev lumen0 && ip link set lumen0 up && ip addr add {cogent}/30 dev cogent0 && ip link set cogent0 up && ip route add default via {gl}"
-        ));
-    }
-    let dir = std::env::temp_dir().join(format!("gwtun-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let keyring = dir.join("keyring");
-    write_keyring(&keyring, &[&gatewan_mesh::MeshKey::generate().to_base64()]);
+    let (_internet, mut a, mut b) = pair_world();
+    let (dir, keyring) = pair_dir("gwtun");
     let metrics = "metrics:\n  listen: \"127.0.0.1:9100\"\n";
     a.config = write_pair_config(&dir, &SG1, &keyring, metrics);
     b.config = write_pair_config(&dir, &PAR1, &keyring, metrics);
