@@ -435,16 +435,43 @@ pub fn failover(file: &Path, fast: bool, runs: usize) -> Result<Vec<Failover>> {
 }
 
 /// What [`dataplane`] measures.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct DataplaneFigures {
-    /// TCP bit/s host-sg1 → host-par1 through leaves, gatewans and a tunnel.
-    pub full_bps: f64,
-    /// TCP bit/s between bare wireguard-go devices on gatewan01-sg1 and gatewan01-par1 over
-    /// lumen, the same emulated transit.
-    pub bare_bps: f64,
+    /// TCP bit/s of each run, in the order measured: (host-sg1 → host-par1 through leaves,
+    /// gatewans and a tunnel; bare wireguard-go between gatewan01-sg1 and gatewan01-par1
+    /// over lumen, the same emulated transit). The two alternate, so that a slow spell of
+    /// a shared machine falls on both.
+    pub runs: Vec<(f64, f64)>,
     /// Mean ping RTT, ms, of each path.
     pub full_rtt_ms: f64,
     pub bare_rtt_ms: f64,
+}
+
+impl DataplaneFigures {
+    /// Median bit/s of the whole path and of bare wireguard-go.
+    pub fn medians(&self) -> (f64, f64) {
+        (
+            median(self.runs.iter().map(|r| r.0)),
+            median(self.runs.iter().map(|r| r.1)),
+        )
+    }
+
+    /// Median of the runs' ratios (whole path / bare): each ratio compares two
+    /// measurements taken seconds apart.
+    pub fn median_ratio(&self) -> f64 {
+        median(self.runs.iter().map(|(full, bare)| full / bare))
+    }
+}
+
+/// Median of `values` (the mean of the middle two for an even count; 0 for none).
+fn median(values: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = values.collect();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
 }
 
 fn exec_ok(lab: &crate::RunningLab, node: &str, shell: &str) -> Result<String> {
@@ -497,11 +524,12 @@ fn iperf_once(
 }
 
 /// The data plane against bare wireguard-go in the two-dc lab (binaries from PATH): TCP
-/// throughput (one flow, `secs`) and ping RTT host-sg1 → host-par1 through the whole path,
+/// throughput (one flow, `secs`, `runs` times alternating with the bare tunnel) and ping
+/// RTT host-sg1 → host-par1 through the whole path,
 /// and between two bare wireguard-go devices that the bench adds on gatewan01-sg1 and
 /// gatewan01-par1 over lumen, the transit the path's tunnel takes (lumen tunnels only:
 /// cogent fails for the run). Both runs see the same WAN emulator.
-pub fn dataplane(file: &Path, secs: u32) -> Result<DataplaneFigures> {
+pub fn dataplane(file: &Path, secs: u32, runs: usize) -> Result<DataplaneFigures> {
     let mut topo = Topology::load(file)?;
     topo.name = "bench-dp".into();
     let lab = crate::Harness::up_topology(topo)?;
@@ -549,19 +577,46 @@ pub fn dataplane(file: &Path, secs: u32) -> Result<DataplaneFigures> {
     }
     let full_rtt_ms = mean_rtt(&lab, "host-sg1", "172.16.2.10", 100)?;
     let bare_rtt_ms = mean_rtt(&lab, "gatewan01-sg1", "192.168.255.2", 100)?;
-    let full_bps = iperf_once(&lab, "host-sg1", "host-par1", "172.16.2.10", secs)?;
-    let bare_bps = iperf_once(
-        &lab,
-        "gatewan01-sg1",
-        "gatewan01-par1",
-        "192.168.255.2",
-        secs,
-    )?;
+    let mut measured = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let full = iperf_once(&lab, "host-sg1", "host-par1", "172.16.2.10", secs)?;
+        let bare = iperf_once(
+            &lab,
+            "gatewan01-sg1",
+            "gatewan01-par1",
+            "192.168.255.2",
+            secs,
+        )?;
+        measured.push((full, bare));
+    }
     lab.down()?;
     Ok(DataplaneFigures {
-        full_bps,
-        bare_bps,
+        runs: measured,
         full_rtt_ms,
         bare_rtt_ms,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_median_is_the_middle_value_or_the_mean_of_the_middle_two() {
+        assert_eq!(median([3.0, 1.0, 2.0].into_iter()), 2.0);
+        assert_eq!(median([4.0, 1.0, 3.0, 2.0].into_iter()), 2.5);
+        assert_eq!(median(std::iter::empty()), 0.0);
+    }
+
+    #[test]
+    fn the_median_ratio_pairs_each_run_with_its_own_bare_measurement() {
+        let f = DataplaneFigures {
+            runs: vec![(90.0, 100.0), (50.0, 200.0), (160.0, 200.0)],
+            full_rtt_ms: 1.0,
+            bare_rtt_ms: 1.0,
+        };
+        // Ratios 0.9, 0.25, 0.8: the median is 0.8, not median(full)/median(bare) = 0.45.
+        assert_eq!(f.median_ratio(), 0.8);
+        assert_eq!(f.medians(), (90.0, 200.0));
+    }
 }
