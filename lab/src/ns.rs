@@ -549,9 +549,15 @@ pub fn pids_in(inodes: &[u64]) -> Vec<i32> {
 
 /// Sends SIGTERM, then SIGKILL after `grace`, to every process living in `inodes`.
 pub fn kill_all_in(inodes: &[u64], grace: Duration) {
+    terminate(|| pids_in(inodes), grace);
+}
+
+/// Sends SIGTERM to the processes `find` returns, then SIGKILL to those it still returns
+/// after `grace`, until it returns none (at most 1 s more).
+pub fn terminate(find: impl Fn() -> Vec<i32>, grace: Duration) {
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
-    let pids = pids_in(inodes);
+    let pids = find();
     if pids.is_empty() {
         return;
     }
@@ -559,11 +565,11 @@ pub fn kill_all_in(inodes: &[u64], grace: Duration) {
         let _ = kill(Pid::from_raw(*p), Signal::SIGTERM);
     }
     let t0 = Instant::now();
-    while t0.elapsed() < grace && !pids_in(inodes).is_empty() {
+    while t0.elapsed() < grace && !find().is_empty() {
         std::thread::sleep(Duration::from_millis(20));
     }
     for _ in 0..50 {
-        let left = pids_in(inodes);
+        let left = find();
         if left.is_empty() {
             break;
         }

@@ -8,11 +8,9 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
-use nix::sys::signal::{Signal, kill};
-use nix::unistd::Pid;
 
 use crate::ns;
 use crate::topology::Topology;
@@ -175,20 +173,7 @@ fn pids(lab: &str) -> Vec<i32> {
 
 /// Stops any Prometheus of this lab left running (SIGTERM, SIGKILL after 2 s).
 pub fn stop_strays(lab: &str) {
-    let found = pids(lab);
-    if found.is_empty() {
-        return;
-    }
-    for p in &found {
-        let _ = kill(Pid::from_raw(*p), Signal::SIGTERM);
-    }
-    let t0 = Instant::now();
-    while !pids(lab).is_empty() && t0.elapsed() < Duration::from_secs(2) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    for p in pids(lab) {
-        let _ = kill(Pid::from_raw(p), Signal::SIGKILL);
-    }
+    ns::terminate(|| pids(lab), Duration::from_secs(2));
 }
 
 #[cfg(test)]

@@ -13,6 +13,26 @@ use std::time::{Duration, Instant};
 
 pub mod top;
 
+/// Where a lab test's nodes find the build's binaries (see [`with_build_binaries`]).
+pub const NODE_BIN: &str = "/opt/gatewan/bin";
+
+/// Binds the build's binary directory into every node of `topo` at [`NODE_BIN`], first in
+/// PATH: the lab's nodes run `gatewan`, `bgpctl` and `routingctl` from PATH, as a container
+/// runs its image's binaries (a node has its own /tmp and /run, so host paths there would
+/// not be seen).
+pub fn with_build_binaries(topo: &mut lab::Topology) {
+    let bin_dir = bin("gatewan").parent().expect("bin dir").to_path_buf();
+    assert!(bin_dir.join("bgpctl").exists(), "bgpctl is not built");
+    for node in topo.nodes.values_mut() {
+        node.binds
+            .push((bin_dir.clone(), PathBuf::from(NODE_BIN), true));
+        node.env.insert(
+            "PATH".into(),
+            format!("{NODE_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+        );
+    }
+}
+
 /// Path of a workspace binary next to the test executable (`target/<profile>/NAME`).
 pub fn bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");

@@ -30,7 +30,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use gatewan_tests::{bin, require_program, require_root, wait_until};
+use gatewan_tests::{NODE_BIN, require_program, require_root, wait_until, with_build_binaries};
 use lab::{Harness, RunningLab};
 
 const GATEWANS: [&str; 4] = [
@@ -39,9 +39,6 @@ const GATEWANS: [&str; 4] = [
     "gatewan01-par1",
     "gatewan02-par1",
 ];
-
-/// Where the build's binaries are inside every node.
-const NODE_BIN: &str = "/opt/gatewan/bin";
 
 fn tunnels(lab: &RunningLab, node: &str) -> Vec<serde_json::Value> {
     let routingctl = format!("{NODE_BIN}/routingctl");
@@ -1449,11 +1446,6 @@ fn two_datacenters_tunnels_routes_and_failover() {
     {
         return;
     }
-    // The lab's nodes run `gatewan`, `bgpctl` and `routingctl` from PATH, as a container
-    // runs its image's binaries: the build's directory is bound into every node (a node
-    // has its own /tmp and /run, so host paths there would not be seen).
-    let bin_dir = bin("gatewan").parent().expect("bin dir").to_path_buf();
-    assert!(bin_dir.join("bgpctl").exists(), "bgpctl is not built");
     // From a copy of the topology's directory: the fast-failover check changes the
     // gatewans' configs while the lab runs.
     let (_copy, topo_file) = lab::bench::copy_topology(
@@ -1462,14 +1454,7 @@ fn two_datacenters_tunnels_routes_and_failover() {
     .expect("copy of two-dc");
     let mut topo = lab::Topology::load(&topo_file).expect("topology");
     topo.name = "t-wan".into();
-    for node in topo.nodes.values_mut() {
-        node.binds
-            .push((bin_dir.clone(), PathBuf::from(NODE_BIN), true));
-        node.env.insert(
-            "PATH".into(),
-            format!("{NODE_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
-        );
-    }
+    with_build_binaries(&mut topo);
     let lab = Harness::up_topology(topo).expect("lab up");
     let start = Instant::now();
     // The target is 10 s; two handshakes that cross cost WireGuard's 5 s retry, and a

@@ -26,7 +26,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use gatewan_tests::{bin, http_get, require_program, require_root, wait_until};
+use gatewan_tests::{http_get, require_program, require_root, wait_until, with_build_binaries};
 use lab::{Harness, RunningLab};
 
 const MONITORING: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../monitoring");
@@ -35,7 +35,6 @@ const TWO_DC: &str = concat!(
     "/../lab/topologies/two-dc.clab.yml"
 );
 /// Where the build's binaries are inside every node.
-const NODE_BIN: &str = "/opt/gatewan/bin";
 /// The lab Prometheus's scrape and evaluation interval.
 const INTERVAL: Duration = Duration::from_secs(2);
 /// What the dashboard's `$__rate_interval` becomes in the lab: Grafana makes it at least
@@ -417,18 +416,9 @@ impl Drop for PrometheusLog {
 
 /// The two-dc lab with the build's binaries in every node and a Prometheus on `prom`.
 fn two_dc_with_prometheus(name: &str, prom: SocketAddr) -> RunningLab {
-    let bin_dir = bin("gatewan").parent().expect("bin dir").to_path_buf();
-    assert!(bin_dir.join("bgpctl").exists(), "bgpctl is not built");
     let mut topo = lab::Topology::load(Path::new(TWO_DC)).expect("two-dc");
     topo.name = name.into();
-    for node in topo.nodes.values_mut() {
-        node.binds
-            .push((bin_dir.clone(), PathBuf::from(NODE_BIN), true));
-        node.env.insert(
-            "PATH".into(),
-            format!("{NODE_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
-        );
-    }
+    with_build_binaries(&mut topo);
     topo.prometheus = Some(lab::prometheus::Settings {
         listen: prom,
         interval: INTERVAL,

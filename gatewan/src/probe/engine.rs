@@ -383,21 +383,22 @@ fn classify(buf: &[u8], from: SocketAddr, target: &ProbeTarget, cookie: u64) -> 
 /// The echo socket of a tunnel: its inner address and echo port, and only through its
 /// interface, so a datagram to that address arriving by any other way never reaches it.
 fn bind(target: &ProbeTarget) -> io::Result<UdpSocket> {
+    bind_on(&target.interface, target.local)
+}
+
+/// A UDP socket on `local` that hears and sends only through `interface`.
+pub(super) fn bind_on(interface: &str, local: SocketAddr) -> io::Result<UdpSocket> {
     // An empty name would *unbind* the device (and a NUL cut the name short): the socket
     // would then hear every interface.
-    if target.interface.is_empty() || target.interface.contains('\0') {
+    if interface.is_empty() || interface.contains('\0') {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "invalid interface name",
         ));
     }
-    let socket = Socket::new(
-        Domain::for_address(target.local),
-        Type::DGRAM,
-        Some(Protocol::UDP),
-    )?;
-    socket.bind_device(Some(target.interface.as_bytes()))?;
-    socket.bind(&target.local.into())?;
+    let socket = Socket::new(Domain::for_address(local), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.bind_device(Some(interface.as_bytes()))?;
+    socket.bind(&local.into())?;
     socket.set_nonblocking(true)?;
     UdpSocket::from_std(socket.into())
 }

@@ -13,7 +13,6 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::UdpSocket;
 
 use super::wire::{Kind, Packet};
@@ -116,21 +115,7 @@ impl Outcomes {
 
 /// A socket on the tunnel's inner address, an ephemeral port, and its interface only.
 fn bind(t: &Target) -> io::Result<UdpSocket> {
-    if t.interface.is_empty() || t.interface.contains('\0') {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "invalid interface name",
-        ));
-    }
-    let socket = Socket::new(
-        Domain::for_address(t.peer),
-        Type::DGRAM,
-        Some(Protocol::UDP),
-    )?;
-    socket.bind_device(Some(t.interface.as_bytes()))?;
-    socket.bind(&SocketAddr::new(t.local, 0).into())?;
-    socket.set_nonblocking(true)?;
-    UdpSocket::from_std(socket.into())
+    super::engine::bind_on(&t.interface, SocketAddr::new(t.local, 0))
 }
 
 /// Sends `count` probes `interval` apart and hands each outcome to `out` as it resolves

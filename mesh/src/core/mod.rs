@@ -1435,6 +1435,19 @@ mod tests {
         }
     }
 
+    /// Every core's members as it sees them: (id, state, incarnation).
+    fn membership(net: &Net) -> Vec<Vec<(crate::identity::MemberId, MemberState, u16)>> {
+        net.cores
+            .iter()
+            .map(|c| {
+                c.members()
+                    .into_iter()
+                    .map(|m| (m.id, m.state, m.incarnation))
+                    .collect()
+            })
+            .collect()
+    }
+
     /// A member of a later version sends what this one does not know (ADR 0046): a
     /// control message of a new kind (signed, as one asserting its sender would be) and a
     /// datagram of a new tag. Both are dropped and counted as `unknown_kind`, nothing is
@@ -1444,18 +1457,7 @@ mod tests {
         use prost::Message as _;
 
         let mut net = Net::joined(3, MeshSettings::default());
-        let view = |net: &Net| -> Vec<Vec<_>> {
-            net.cores
-                .iter()
-                .map(|c| {
-                    c.members()
-                        .into_iter()
-                        .map(|m| (m.id, m.state, m.incarnation))
-                        .collect()
-                })
-                .collect()
-        };
-        let before = view(&net);
+        let before = membership(&net);
         let mut later = v1::MeshControl {
             sender: Bytes::copy_from_slice(&node(1).0),
             ..Default::default()
@@ -1482,7 +1484,7 @@ mod tests {
         assert_eq!(others, 0, "{c:?}");
 
         net.run_for(Duration::from_secs(20));
-        assert_eq!(view(&net), before, "membership as it was");
+        assert_eq!(membership(&net), before, "membership as it was");
         for c in &net.cores {
             assert_eq!(c.counters().suspicions_raised, 0);
         }
@@ -1524,23 +1526,12 @@ mod tests {
                 .expect("published");
         }
         net.run_for(Duration::from_secs(5));
-        let view = |net: &Net| -> Vec<Vec<_>> {
-            net.cores
-                .iter()
-                .map(|c| {
-                    c.members()
-                        .into_iter()
-                        .map(|m| (m.id, m.state, m.incarnation))
-                        .collect()
-                })
-                .collect()
-        };
-        let before = view(&net);
+        let before = membership(&net);
         let timers_before = net.scheduled.len();
         for step in [HOUR_MS as i64, -(HOUR_MS as i64)] {
             net.wall_step_ms = step;
             net.run_for(Duration::from_secs(30));
-            assert_eq!(view(&net), before, "after a step to {step} ms");
+            assert_eq!(membership(&net), before, "after a step to {step} ms");
         }
         for c in &net.cores {
             let counters = c.counters();
