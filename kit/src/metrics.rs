@@ -77,6 +77,13 @@ impl Collector for MeshCollector {
         )?;
         counter(
             &mut enc,
+            "gatewan_mesh_records_pushed",
+            "Records pushed to passive members (bgpctls) that asked for them, or by a passive \
+             member to the members it reaches",
+            c.records_pushed,
+        )?;
+        counter(
+            &mut enc,
             "gatewan_mesh_suspicions_raised",
             "Members whose probe by us failed (each then told directly that it is suspected)",
             c.suspicions_raised,

@@ -15,6 +15,8 @@ pub fn hello(store: &StateStore, members_hash: [u8; 16]) -> SyncHello {
         state_hash: store.state_hash().to_be_bytes().to_vec().into(),
         record_count: u32::try_from(store.len()).unwrap_or(u32::MAX),
         members_hash: members_hash.to_vec().into(),
+        // Set by the core from its settings (a passive member asks for pushes).
+        passive: false,
     }
 }
 
@@ -140,20 +142,20 @@ pub fn newer_than_digest<'a>(
 
 /// Packs encoded records into batches of at most `max_bytes`.
 pub fn batches<'a>(
-    records: impl IntoIterator<Item = &'a StoredRecord>,
+    records: impl IntoIterator<Item = &'a bytes::Bytes>,
     max_bytes: usize,
 ) -> Vec<Vec<bytes::Bytes>> {
     let mut out = Vec::new();
     let mut current = Vec::new();
     let mut size = 0;
     for r in records {
-        let len = r.bytes.len() + 4;
+        let len = r.len() + 4;
         if !current.is_empty() && size + len > max_bytes {
             out.push(std::mem::take(&mut current));
             size = 0;
         }
         size += len;
-        current.push(r.bytes.clone());
+        current.push(r.clone());
     }
     if !current.is_empty() {
         out.push(current);

@@ -3,7 +3,8 @@
 //! hello (whole-store hash and members hash); when the stores differ, both send digests
 //! and then the records the other side lacks. It repairs whatever the broadcasts missed
 //! and hands a joiner the whole state. Rounds go to members we heard from lately (`heard`,
-//! kept by the SWIM glue) when there are some.
+//! kept by the SWIM glue) when there are some; a passive member's round goes to each of
+//! them, its hellos asking for pushes (`push`, ADR 0050).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -17,7 +18,7 @@ use crate::identity::MemberId;
 use crate::sync;
 
 /// An address heard from within this is taken as reachable for anti-entropy.
-const HEARD_FOR_MS: u64 = 30_000;
+pub(super) const HEARD_FOR_MS: u64 = 30_000;
 
 impl MeshCore {
     /// The periodic round: a push-pull, and the next round scheduled.
@@ -46,6 +47,14 @@ impl MeshCore {
             .filter(|m| self.heard.contains_key(&m.node))
             .cloned()
             .collect();
+        // A passive member says hello to each member it reaches, every round: each of
+        // them then pushes it what is new (ADR 0050).
+        if self.settings.passive && !reachable.is_empty() {
+            for m in reachable.iter().take(super::push::MAX_PASSIVE_HELLOS) {
+                self.send_hello(&m.addrs);
+            }
+            return;
+        }
         let peers = if reachable.is_empty() { all } else { reachable };
         if !peers.is_empty() {
             let peer = peers[self.rng.random_range(0..peers.len())].clone();
@@ -56,13 +65,17 @@ impl MeshCore {
     /// Opens a push-pull: our store's summary and our members hash.
     pub(super) fn send_hello(&mut self, addrs: &[SocketAddr]) {
         let members = self.members_hash();
-        let h = self.with_store(|s| sync::hello(s, members));
+        let mut h = self.with_store(|s| sync::hello(s, members));
+        h.passive = self.settings.passive;
         self.send_control(addrs, Kind::Hello(h));
     }
 
     /// A hello: member lists if we disagree on who is in the mesh, then our digest if
     /// our stores differ.
-    pub(super) fn on_hello(&mut self, from: SocketAddr, h: &v1::SyncHello) {
+    pub(super) fn on_hello(&mut self, from: SocketAddr, h: &v1::SyncHello, now_ms: u64) {
+        if h.passive {
+            self.on_passive_hello(from, now_ms);
+        }
         self.compare_members(from, &h.members_hash);
         let same = self.with_store(|s| sync::same_state(s, h));
         debug!(%from, same, "sync: hello");
@@ -80,7 +93,8 @@ impl MeshCore {
         let budget = self.settings.control_budget();
         let batches = {
             let shared = lock(&self.shared);
-            sync::newer_than_digest(&shared.store, d).map(|newer| sync::batches(newer, budget))
+            sync::newer_than_digest(&shared.store, d)
+                .map(|newer| sync::batches(newer.into_iter().map(|r| &r.bytes), budget))
         };
         let Some(batches) = batches else {
             return self.drop_datagram(DropReason::Invalid, from, now_ms);

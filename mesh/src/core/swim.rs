@@ -383,6 +383,20 @@ impl MeshCore {
         // but about HELLO_FANOUT of them mesh-wide per join. Every member learns of a
         // joiner, and all of them syncing with it cost ~4 MB per join at 200 members; a
         // joiner that learns the whole membership at once would do the same the other way.
+        // A passive member asks each member it reaches that (re)joins for pushes at once
+        // (a gatewan restarted has forgotten it), not a round later (ADR 0050).
+        if self.settings.passive {
+            let horizon = now_ms.saturating_sub(super::anti_entropy::HEARD_FOR_MS);
+            let reached: Vec<MemberId> = joined
+                .iter()
+                .filter(|m| self.heard.get(&m.node).is_some_and(|&t| t >= horizon))
+                .take(super::push::MAX_PASSIVE_HELLOS)
+                .cloned()
+                .collect();
+            for m in reached {
+                self.send_hello(&m.addrs);
+            }
+        }
         let known = self.members.len().max(1);
         if joined.len() * 2 >= known {
             // We are the one catching up: a few of them.
@@ -434,7 +448,9 @@ mod tests {
     use super::super::testkit::{
         Drained, EPOCH_MS, Forger, Net, addr, core, keyring, member, member_key,
     };
-    use super::super::{CoreTimer, DropReason, MemberState, MeshSettings, Output, TAG_SWIM};
+    use super::super::{
+        CoreTimer, DropReason, MIN_TRANSMISSIONS, MemberState, MeshSettings, Output, TAG_SWIM,
+    };
     use super::*;
 
     fn probes_scheduled(net: &Net, i: usize) -> usize {
@@ -483,19 +499,20 @@ mod tests {
     }
 
     #[test]
-    fn updates_are_sent_more_times_as_the_mesh_grows() {
+    fn updates_are_sent_ten_times_in_a_small_mesh_and_more_as_it_grows() {
         let settings = MeshSettings::default();
         let mut alone = core(0, keyring(1), settings.clone(), Vec::new());
         alone.start(at(EPOCH_MS));
         alone.leave(at(EPOCH_MS));
-        assert_eq!(alone.max_transmissions, 4);
+        assert_eq!(alone.max_transmissions, MIN_TRANSMISSIONS);
 
         let net = Net::joined(6, settings.clone());
-        let wanted = settings.max_transmissions(6);
-        assert!(wanted > 4);
         for c in &net.cores {
-            assert_eq!(c.max_transmissions, wanted);
+            assert_eq!(c.max_transmissions, MIN_TRANSMISSIONS);
         }
+        // memberlist's RetransmitMult × log10(members + 1) above the floor.
+        assert_eq!(settings.max_transmissions(46), 11);
+        assert_eq!(settings.max_transmissions(200), 14);
     }
 
     #[test]
