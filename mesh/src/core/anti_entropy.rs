@@ -13,12 +13,9 @@ use gatewan_proto::v1::{self, mesh_control::Kind};
 use rand::RngExt as _;
 use tracing::debug;
 
-use super::{CoreTimer, DropReason, MeshCore, lock};
+use super::{CoreTimer, DropReason, HEARD_FOR_MS, MAX_PASSIVE_HELLOS, MeshCore, lock};
 use crate::identity::MemberId;
 use crate::sync;
-
-/// An address heard from within this is taken as reachable for anti-entropy.
-pub(super) const HEARD_FOR_MS: u64 = 30_000;
 
 impl MeshCore {
     /// The periodic round: a push-pull, and the next round scheduled.
@@ -50,7 +47,7 @@ impl MeshCore {
         // A passive member says hello to each member it reaches, every round: each of
         // them then pushes it what is new (ADR 0050).
         if self.settings.passive && !reachable.is_empty() {
-            for m in reachable.iter().take(super::push::MAX_PASSIVE_HELLOS) {
+            for m in reachable.iter().take(MAX_PASSIVE_HELLOS) {
                 self.send_hello(&m.addrs);
             }
             return;

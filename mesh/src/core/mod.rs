@@ -72,6 +72,16 @@ pub const TAG_CONTROL: u8 = 2;
 /// `retransmit_mult` asks for more anyway.
 pub const MIN_TRANSMISSIONS: u8 = 10;
 
+/// A member heard from within this is taken as reachable: anti-entropy syncs with it, and
+/// a passive member pushes to it (ADR 0050).
+const HEARD_FOR_MS: u64 = 30_000;
+/// A passive member says hello to at most this many members per round (ADR 0050).
+const MAX_PASSIVE_HELLOS: usize = 8;
+/// Records kept for the next push (`push`). The core pushes after every datagram, timer
+/// and publication, and one datagram brings at most a few hundred records, so this is
+/// never reached; a record left out would still arrive by gossip or anti-entropy.
+const MAX_FRESH: usize = 4096;
+
 /// Tunables of the mesh. Defaults target a WAN between datacenters: a dead member is
 /// declared down by everyone within about 3.5 s at 200 members (see the mesh_cluster
 /// benchmark for figures).
@@ -644,7 +654,7 @@ impl Shared {
         if applied && unknown_kind {
             self.unknown_kind(&key);
         }
-        if applied && self.fresh.len() < push::MAX_FRESH {
+        if applied && self.fresh.len() < MAX_FRESH {
             self.fresh.push((key.origin, bytes));
         }
         applied.then(|| {
@@ -1073,7 +1083,7 @@ impl MeshCore {
                 return Err(RecordError::OverCap(self.settings.max_records_per_origin));
             }
             shared.records_changed = true;
-            if shared.fresh.len() < push::MAX_FRESH {
+            if shared.fresh.len() < MAX_FRESH {
                 let local = shared.local;
                 shared.fresh.push((local, bytes.clone()));
             }

@@ -21,18 +21,12 @@ use std::net::SocketAddr;
 use gatewan_proto::v1::{self, mesh_control::Kind};
 use tracing::debug;
 
-use super::{MeshCore, lock};
+use super::{HEARD_FOR_MS, MeshCore, lock};
 use crate::identity::NodeId;
 
 /// Dependents one member keeps: a datacenter has a few passive members, so this only
 /// bounds what hellos from a misbehaving member could make us push to.
 pub(super) const MAX_DEPENDENTS: usize = 64;
-/// Records kept for the next push. The core pushes after every datagram, timer and
-/// publication, and one datagram brings at most a few hundred records, so this is never
-/// reached; a record left out would still arrive by gossip or anti-entropy.
-pub(super) const MAX_FRESH: usize = 4096;
-/// A passive member says hello to at most this many members per round.
-pub(super) const MAX_PASSIVE_HELLOS: usize = 8;
 
 impl MeshCore {
     /// The passive members we push to, in node order.
@@ -84,7 +78,7 @@ impl MeshCore {
         let local = self.local().node;
         // In node order: the simulator replays a run only if sends come in one order.
         let mut targets: Vec<(NodeId, Vec<SocketAddr>)> = if self.settings.passive {
-            let horizon = now_ms.saturating_sub(super::anti_entropy::HEARD_FOR_MS);
+            let horizon = now_ms.saturating_sub(HEARD_FOR_MS);
             self.members
                 .values()
                 .filter(|m| self.heard.get(&m.id.node).is_some_and(|&t| t >= horizon))

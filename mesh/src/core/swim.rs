@@ -17,7 +17,10 @@ use rand::RngExt as _;
 use rand::rngs::StdRng;
 use tracing::{debug, warn};
 
-use super::{CoreTimer, DropReason, MemberState, MeshCore, Now, Output, Shared, TAG_SWIM, lock};
+use super::{
+    CoreTimer, DropReason, HEARD_FOR_MS, MAX_PASSIVE_HELLOS, MemberState, MeshCore, Now, Output,
+    Shared, TAG_SWIM, lock,
+};
 use crate::identity::{MAX_MESH_ADDRESSES, MemberId, NodeId};
 use crate::signing::{self, DOMAIN_SWIM};
 use crate::store::{RecordKey, decode_record};
@@ -386,11 +389,11 @@ impl MeshCore {
         // A passive member asks each member it reaches that (re)joins for pushes at once
         // (a gatewan restarted has forgotten it), not a round later (ADR 0050).
         if self.settings.passive {
-            let horizon = now_ms.saturating_sub(super::anti_entropy::HEARD_FOR_MS);
+            let horizon = now_ms.saturating_sub(HEARD_FOR_MS);
             let reached: Vec<MemberId> = joined
                 .iter()
                 .filter(|m| self.heard.get(&m.node).is_some_and(|&t| t >= horizon))
-                .take(super::push::MAX_PASSIVE_HELLOS)
+                .take(MAX_PASSIVE_HELLOS)
                 .cloned()
                 .collect();
             for m in reached {
