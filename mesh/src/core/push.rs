@@ -11,8 +11,8 @@
 //! - a passive member pushes each record it publishes to the members it heard from
 //!   lately (its gatewans, which gossip their members' own records on);
 //! - a passive member says so in its hellos (sent to every member it hears from, each
-//!   round); the receiver keeps it as a *dependent* while those hellos keep coming and
-//!   the member is up, and pushes it every record that is news to the receiver.
+//!   round); the receiver keeps it as a *dependent* while those hellos keep coming, and
+//!   pushes it every record that is news to the receiver.
 //!
 //! Gossip and anti-entropy go on as before: a push lost costs what it cost before.
 
