@@ -83,15 +83,18 @@ pub fn digest(store: &StateStore, reply_wanted: bool, max_bytes: usize) -> Vec<S
     let mut current: Vec<DigestEntry> = Vec::new();
     let mut size = 2usize;
     let mut from: Option<RecordKey> = None;
-    for r in store.iter() {
+    let mut records = store.iter().peekable();
+    while let Some(r) = records.next() {
         let e = DigestEntry {
             key: Some(r.key.to_proto()),
             version: r.version,
             fingerprint: r.fingerprint,
         };
         let len = e.encoded_len() + 4;
-        // Closed before this entry, the slice ends at its key (`to`).
-        if !current.is_empty() && size + len + bound(&r.key) > max_bytes {
+        // With this entry, room is left for the next key as the slice's end (`to`), so
+        // a slice closed before any entry fits with that entry's key as its end.
+        let next_end = records.peek().map_or(0, |n| bound(&n.key));
+        if !current.is_empty() && size + len + next_end > max_bytes {
             slices.push(SyncDigest {
                 reply_wanted: reply_wanted && slices.is_empty(),
                 from: from.as_ref().map(RecordKey::to_proto),
