@@ -116,11 +116,7 @@ impl MeshCore {
 
     /// Records pushed to us: merged (each validated on its own).
     pub(super) fn on_records(&mut self, from: SocketAddr, r: &v1::SyncRecords) {
-        let sender = self
-            .members
-            .values()
-            .find(|m| m.id.addrs.contains(&from))
-            .map(|m| m.id.node);
+        let sender = self.member_at(from);
         let mut first_hand = Vec::new();
         debug!(%from, records = r.records.len(), "sync: records");
         {

@@ -851,6 +851,21 @@ impl MeshCore {
         settings.foca_config().map(|_| ())
     }
 
+    /// The member that announces `from` among its addresses.
+    fn member_at(&self, from: SocketAddr) -> Option<NodeId> {
+        self.members
+            .values()
+            .find(|m| m.id.addrs.contains(&from))
+            .map(|m| m.id.node)
+    }
+
+    /// Whether a SWIM message came from `node` within [`HEARD_FOR_MS`].
+    fn heard_lately(&self, node: &NodeId, now_ms: u64) -> bool {
+        self.heard
+            .get(node)
+            .is_some_and(|&t| t >= now_ms.saturating_sub(HEARD_FOR_MS))
+    }
+
     pub fn local(&self) -> &MemberId {
         self.swim.identity()
     }

@@ -21,7 +21,7 @@ use std::net::SocketAddr;
 use gatewan_proto::v1::{self, mesh_control::Kind};
 use tracing::debug;
 
-use super::{HEARD_FOR_MS, MeshCore, lock};
+use super::{MeshCore, lock};
 use crate::identity::NodeId;
 
 /// Dependents one member keeps: a datacenter has a few passive members, so this only
@@ -39,12 +39,7 @@ impl MeshCore {
 
     /// A hello from a passive member at `from`: pushes go to it from now on.
     pub(super) fn on_passive_hello(&mut self, from: SocketAddr, now_ms: u64) {
-        let Some(node) = self
-            .members
-            .values()
-            .find(|m| m.id.addrs.contains(&from))
-            .map(|m| m.id.node)
-        else {
+        let Some(node) = self.member_at(from) else {
             return;
         };
         if !self.dependents.contains_key(&node) {
@@ -78,10 +73,9 @@ impl MeshCore {
         let local = self.local().node;
         // In node order: the simulator replays a run only if sends come in one order.
         let mut targets: Vec<(NodeId, Vec<SocketAddr>)> = if self.settings.passive {
-            let horizon = now_ms.saturating_sub(HEARD_FOR_MS);
             self.members
                 .values()
-                .filter(|m| self.heard.get(&m.id.node).is_some_and(|&t| t >= horizon))
+                .filter(|m| self.heard_lately(&m.id.node, now_ms))
                 .map(|m| (m.id.node, m.id.addrs.clone()))
                 .collect()
         } else {

@@ -18,8 +18,8 @@ use rand::rngs::StdRng;
 use tracing::{debug, warn};
 
 use super::{
-    CoreTimer, DropReason, HEARD_FOR_MS, MAX_PASSIVE_HELLOS, MemberState, MeshCore, Now, Output,
-    Shared, TAG_SWIM, lock,
+    CoreTimer, DropReason, MAX_PASSIVE_HELLOS, MemberState, MeshCore, Now, Output, Shared,
+    TAG_SWIM, lock,
 };
 use crate::identity::{MAX_MESH_ADDRESSES, MemberId, NodeId};
 use crate::signing::{self, DOMAIN_SWIM};
@@ -389,10 +389,9 @@ impl MeshCore {
         // A passive member asks each member it reaches that (re)joins for pushes at once
         // (a gatewan restarted has forgotten it), not a round later (ADR 0050).
         if self.settings.passive {
-            let horizon = now_ms.saturating_sub(HEARD_FOR_MS);
             let reached: Vec<MemberId> = joined
                 .iter()
-                .filter(|m| self.heard.get(&m.node).is_some_and(|&t| t >= horizon))
+                .filter(|m| self.heard_lately(&m.node, now_ms))
                 .take(MAX_PASSIVE_HELLOS)
                 .cloned()
                 .collect();
