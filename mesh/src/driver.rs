@@ -52,9 +52,12 @@ pub struct MeshView {
     pub previous_life: Vec<crate::store::RecordKey>,
 }
 
+/// Where a publish or withdrawal is answered: the record's version, or why not.
+type PublishReply = oneshot::Sender<Result<u64, String>>;
+
 enum Command {
-    Publish(Box<Body>, oneshot::Sender<Result<u64, String>>),
-    Withdraw(RecordKind, String, oneshot::Sender<Result<u64, String>>),
+    Publish(Box<Body>, PublishReply),
+    Withdraw(RecordKind, String, PublishReply),
     Keyring {
         op: KeyringOp,
         cluster: bool,
@@ -378,6 +381,10 @@ async fn run(
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     core.start(clocks(origin));
     let mut leaving: Option<oneshot::Sender<()>> = None;
+    // A publish or withdrawal is answered once the view holds it: a caller that reads
+    // the view after awaiting it (the drain's answer, the next read-change-publish of our
+    // NodeRecord) must not see the record of before.
+    let mut published: Option<(PublishReply, Result<u64, String>)> = None;
     let mut keyring_queries: HashMap<u64, oneshot::Sender<Result<KeyringOutcome, KeyringError>>> =
         HashMap::new();
     loop {
@@ -399,10 +406,10 @@ async fn run(
             c = cmd_rx.recv() => match c {
                 None => break,
                 Some(Command::Publish(body, reply)) => {
-                    let _ = reply.send(core.publish(*body, clocks(origin)).map_err(|e| e.to_string()));
+                    published = Some((reply, core.publish(*body, clocks(origin)).map_err(|e| e.to_string())));
                 }
                 Some(Command::Withdraw(kind, name, reply)) => {
-                    let _ = reply.send(core.withdraw(kind, &name, clocks(origin)).map_err(|e| e.to_string()));
+                    published = Some((reply, core.withdraw(kind, &name, clocks(origin)).map_err(|e| e.to_string())));
                 }
                 Some(Command::Keyring { op, cluster, reply }) => {
                     view_dirty = true;
@@ -513,6 +520,9 @@ async fn run(
         let (members, records) = core.take_changes();
         if members || records || view_dirty {
             view_tx.send_replace(make_view(&core));
+        }
+        if let Some((reply, result)) = published.take() {
+            let _ = reply.send(result);
         }
         if let Some(reply) = leaving.take() {
             info!("left the mesh");
