@@ -48,6 +48,21 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
+# FRR 9.0 or later for the lab's FRR leaf (leaf-par1 of two-dc): Debian 12's 8.4 loses
+# type-5 next hops on route changes (ADR 0051). scripts/lab-frr.sh unpacks Debian 13's under
+# /opt/gatewan/frr without installing it; it does nothing once that FRR answers.
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+if ! /opt/gatewan/frr/run zebra --version >/dev/null 2>&1; then
+  . /etc/os-release
+  if [ "${VERSION_CODENAME:-}" = bookworm ]; then
+    install -m 0644 "$here/apt/gatewan-trixie-wireguard-go.sources" /etc/apt/sources.list.d/
+    install -m 0644 "$here/apt/gatewan-trixie-wireguard-go.pref" \
+      /etc/apt/preferences.d/gatewan-trixie-wireguard-go
+    apt-get update -qq
+  fi
+  "$here/lab-frr.sh"
+fi
+
 if ! command -v cargo >/dev/null 2>&1; then
   echo "bootstrap: cargo not found: install the Rust toolchain (rustup, Rust >= 1.95)" >&2
   exit 1

@@ -8,7 +8,8 @@
 //!   - the fabrics' prefixes, originated by each datacenter's leaf, reach the mesh through
 //!     bgpctl and come back to the other fabric as type-5 routes over the chosen tunnels,
 //!     and the other leaf installs them in its tenant VRF (sg1's leaf stands in for
-//!     hardware, one Router's MAC per route; par1's for Linux, one per next hop: `lab leaf`);
+//!     hardware, one Router's MAC per route: `lab leaf`; par1's is FRR 10, a Linux leaf,
+//!     one per next hop);
 //!   - the two bgpctls of a datacenter advertise the same routes, and kill -9 of one
 //!     changes nothing the fabric holds;
 //!   - a tunnel's traffic from outside its datacenter's networks is dropped and counted;
@@ -25,7 +26,9 @@
 //!   fails (about 0.9 s; bound 3 s), and traffic moves at once (local repair): the
 //!   packets lost; none lost when it comes back;
 //! - the same failover with the operator guide's fast probe setting (the gatewans restart
-//!   with it): its outage.
+//!   with it): its outage;
+//! - after all these changes of routes, FRR on leaf-par1 still holds a Router's MAC for
+//!   every next hop of its routes to sg1 (FRR 8.4 lost some, ADR 0051).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -1384,6 +1387,53 @@ fn check_routes_and_filters(lab: &RunningLab) {
     check_mtu(lab);
 }
 
+/// FRR's leaf (leaf-par1) has taken every change of the other datacenter's routes (start,
+/// hold-down, failovers and returns, restarts): each next hop of its routes to sg1 still
+/// has its neighbour entry, the tunnel VTEP's Router's MAC. FRR 8.4 dropped the entries of
+/// next hops a route kept when its best path changed, leaving them to ARP (ADR 0051).
+fn check_frr_next_hops(lab: &RunningLab) {
+    let ip = |args: &[&str]| {
+        let mut cmd = vec!["ip", "-n", "tenant"];
+        cmd.extend_from_slice(args);
+        lab.exec("leaf-par1", &cmd)
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+    };
+    let mut missing = Vec::new();
+    let mut shown = String::new();
+    // The last failover's routes may still be settling.
+    let whole = wait_until(Duration::from_secs(15), || {
+        let routes = ip(&["route", "show", "172.16.1.0/24"])
+            + &ip(&["-6", "route", "show", "2001:db8:a1::/48"]);
+        let neigh = ip(&["neigh", "show", "dev", "br10200"]);
+        let hops: Vec<String> = routes
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .windows(2)
+            .filter(|w| w[0] == "via")
+            .map(|w| w[1].to_string())
+            .collect();
+        missing = hops
+            .iter()
+            .filter(|h| {
+                !neigh
+                    .lines()
+                    .any(|l| l.starts_with(&format!("{h} ")) && l.contains("lladdr"))
+            })
+            .cloned()
+            .collect();
+        shown = format!("{routes}\n{neigh}");
+        !hops.is_empty() && missing.is_empty()
+    });
+    assert!(
+        whole,
+        "leaf-par1 (FRR) routes through next hops without a Router's MAC: {missing:?}\n{shown}"
+    );
+    println!(
+        "leaf-par1 (FRR): every next hop of its routes to sg1 has its Router's MAC after all the changes"
+    );
+}
+
 /// Two bgpctls per datacenter, as production runs them (redundancy without a leader): both
 /// advertise the same routes, and kill -9 of one (its supervisor restarts it) leaves what
 /// the fabric holds for the other datacenter unchanged.
@@ -1608,5 +1658,6 @@ fn two_datacenters_tunnels_routes_and_failover() {
     assert_eq!(sent, received, "restoring {failed} lost packets");
     check_drain(&lab);
     check_fast_failover(&lab, &topo_file);
+    check_frr_next_hops(&lab);
     lab.down().expect("lab down");
 }
