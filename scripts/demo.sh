@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The demo: two datacenters (sg1, par1) on one host with `lab` (lab/topologies/two-dc.clab.yml):
 # per datacenter a fabric route reflector (gobgpd), an EVPN leaf originating the tenant
-# prefixes with a tenant host behind it (`lab leaf`: one Router's MAC per route in sg1, as
-# hardware; per next hop in par1, as Linux), two gatewans on two IP transits (lumen,
+# prefixes with a tenant host behind it (in sg1 `lab leaf`, one Router's MAC per route, as
+# hardware; in par1 FRR 10, one per next hop, as Linux), two gatewans on two IP transits (lumen,
 # cogent) behind WAN emulators, routed by one default route each, and two bgpctls.
 # It shows the tunnels and their measurements, the type-5 routes the fabric receives and
 # why the controller chose them; a host in sg1 pinging a host in par1 and the tunnels that

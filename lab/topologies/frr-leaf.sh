@@ -14,6 +14,13 @@ if ! "$FRR" zebra --version >/dev/null 2>&1; then
 	exit 1
 fi
 install -d -o frr -g frr /run/frr
+# Flows spread over a route's next hops by their ports, as fabrics hash, rather than by
+# addresses alone: in every VRF of the node (its /run/netns holds only those).
+for vrf in /run/netns/*; do
+	[ -e "$vrf" ] || continue
+	ip netns exec "${vrf##*/}" sysctl -qw net.ipv4.fib_multipath_hash_policy=1 \
+		net.ipv6.fib_multipath_hash_policy=1
+done
 trap 'kill $(jobs -p) 2>/dev/null' EXIT
 for d in mgmtd zebra bgpd; do
 	"$FRR" "$d" -w -u frr -g frr -P 0 &
