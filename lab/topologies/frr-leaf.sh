@@ -13,6 +13,13 @@ if ! "$FRR" zebra --version >/dev/null 2>&1; then
 	echo "frr-leaf: no FRR at $FRR: run scripts/bootstrap.sh (it unpacks FRR 9.0 or later there)" >&2
 	exit 1
 fi
+# A leaf restarted after a kill leaves its daemons' sockets and pid files behind (vtysh
+# would take them for live daemons and configure none), and after a kill -9 of this script,
+# its daemons too. /run is the node's own, so these pid files are this node's.
+for pidfile in /run/frr/*.pid; do
+	[ -e "$pidfile" ] && kill -9 "$(cat "$pidfile")" 2>/dev/null
+done
+rm -rf /run/frr
 install -d -o frr -g frr /run/frr
 # Flows spread over a route's next hops by their ports, as fabrics hash, rather than by
 # addresses alone: in every VRF of the node (its /run/netns holds only those).
@@ -25,9 +32,13 @@ trap 'kill $(jobs -p) 2>/dev/null' EXIT
 for d in mgmtd zebra bgpd; do
 	"$FRR" "$d" -w -u frr -g frr -P 0 &
 done
-for _ in $(seq 100); do
-	[ -S /run/frr/mgmtd.vty ] && [ -S /run/frr/zebra.vty ] && [ -S /run/frr/bgpd.vty ] && break
-	sleep 0.1
+# Every daemon answers before the configuration goes out: vtysh configures only those it
+# reaches.
+for d in mgmtd zebra bgpd; do
+	for _ in $(seq 100); do
+		"$FRR" vtysh -d "$d" -c 'show version' >/dev/null 2>&1 && break
+		sleep 0.1
+	done
 done
 "$FRR" vtysh -f "$conf" || exit 1
 wait -n
