@@ -48,7 +48,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
-# FRR 9.0 or later for the lab's FRR leaf (leaf-par1 of two-dc): Debian 12's 8.4 loses
+# FRR 10 or later for the lab's FRR leaf (leaf-par1 of two-dc): Debian 12's 8.4 loses
 # type-5 next hops on route changes (ADR 0051). scripts/lab-frr.sh unpacks Debian 13's under
 # /opt/gatewan/frr without installing it; it does nothing once that FRR answers.
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Provides FRR 9.0 or later for the lab's FRR leaf (two-dc's leaf-par1) at
+# Provides FRR 10 or later for the lab's FRR leaf (two-dc's leaf-par1) at
 # /opt/gatewan/frr/run: `run DAEMON ARGS...` runs mgmtd, zebra, bgpd... and `run vtysh`.
 #
 # Why not the system's FRR: Debian 12 ships FRR 8.4, whose zebra loses a type-5 route's
@@ -8,7 +8,7 @@
 # reach. Debian 13's FRR 10.3 has the fix but needs libc6 >= 2.38, so on Debian 12 its
 # packages are unpacked (never installed: nothing of the system changes) under
 # /opt/gatewan/frr/root and run through their own dynamic loader. Where the system's FRR is
-# 9.0 or later already, `run` is that FRR.
+# 10 or later already, `run` is that FRR.
 #
 # Idempotent: once `run zebra --version` answers, it changes nothing and makes no network
 # call. Called by scripts/bootstrap.sh (and by lab/Dockerfile); needs root and, on Debian 12,
@@ -16,7 +16,7 @@
 set -euo pipefail
 
 DIR=${GATEWAN_FRR_DIR:-/opt/gatewan/frr}
-FRR_MIN=9.0
+FRR_MIN=10.0
 # FRR 10.3's run-time dependencies that Debian 12 lacks or has too old; the rest (liblzma,
 # libpcre2, libtinfo, libxxhash, libaudit, libcap-ng) are Debian 12's own.
 TRIXIE_PACKAGES=(frr libc6 libyang3 libreadline8t64 libcares2 libjson-c5 libprotobuf-c1
@@ -36,7 +36,7 @@ system=$(/usr/lib/frr/zebra --version 2>/dev/null | sed -n 's/^zebra version \([
 if [ -n "$system" ] && dpkg --compare-versions "$system" ge "$FRR_MIN"; then
   cat > "$DIR/run.new" <<'RUN'
 #!/bin/sh
-# Written by gatewan's scripts/lab-frr.sh: the system's FRR (9.0 or later).
+# Written by gatewan's scripts/lab-frr.sh: the system's FRR (10 or later).
 d=$1; shift
 [ "$d" = vtysh ] && exec /usr/bin/vtysh "$@"
 exec /usr/lib/frr/"$d" "$@"

@@ -4,13 +4,13 @@
 # does with `vtysh -b`. It exits as soon as one daemon does, so that lab restarts the leaf
 # whole.
 #
-# FRR 9.0 or later, from /opt/gatewan/frr/run (scripts/lab-frr.sh, run by bootstrap.sh):
+# FRR 10 or later, from /opt/gatewan/frr/run (scripts/lab-frr.sh, run by bootstrap.sh):
 # FRR 8.4 loses type-5 next hops when routes change (ADR 0051).
 set -u
 FRR=${GATEWAN_FRR:-/opt/gatewan/frr/run}
 conf=${1:?usage: frr-leaf.sh FRR.CONF}
 if ! "$FRR" zebra --version >/dev/null 2>&1; then
-	echo "frr-leaf: no FRR at $FRR: run scripts/bootstrap.sh (it unpacks FRR 9.0 or later there)" >&2
+	echo "frr-leaf: no FRR at $FRR: run scripts/bootstrap.sh (it unpacks FRR 10 or later there)" >&2
 	exit 1
 fi
 # A leaf restarted after a kill leaves its daemons' sockets and pid files behind (vtysh
