@@ -16,8 +16,12 @@ fi
 # A leaf restarted after a kill leaves its daemons' sockets and pid files behind (vtysh
 # would take them for live daemons and configure none), and after a kill -9 of this script,
 # its daemons too. /run is the node's own, so these pid files are this node's.
+# A pid may have been reused since (nodes share the host's pids): only an FRR daemon is
+# killed.
 for pidfile in /run/frr/*.pid; do
-	[ -e "$pidfile" ] && kill -9 "$(cat "$pidfile")" 2>/dev/null
+	[ -e "$pidfile" ] || continue
+	pid=$(cat "$pidfile")
+	tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q "lib/frr/" && kill -9 "$pid"
 done
 rm -rf /run/frr
 install -d -o frr -g frr /run/frr
@@ -35,8 +39,9 @@ done
 # Every daemon answers before the configuration goes out: vtysh configures only those it
 # reaches.
 for d in mgmtd zebra bgpd; do
-	for _ in $(seq 100); do
+	for try in $(seq 100); do
 		"$FRR" vtysh -d "$d" -c 'show version' >/dev/null 2>&1 && break
+		[ "$try" = 100 ] && { echo "frr-leaf: $d does not answer after 10 s" >&2; exit 1; }
 		sleep 0.1
 	done
 done
