@@ -15,6 +15,18 @@ if [ "$(id -u)" -ne 0 ]; then
   exit 1
 fi
 
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+. /etc/os-release
+
+# Debian 13's apt source, pinned so that apt installs nothing from it but wireguard-go
+# (scripts/apt/); on Debian 12 only.
+trixie_source() {
+  install -m 0644 "$here/apt/gatewan-trixie-wireguard-go.sources" /etc/apt/sources.list.d/
+  install -m 0644 "$here/apt/gatewan-trixie-wireguard-go.pref" \
+    /etc/apt/preferences.d/gatewan-trixie-wireguard-go
+  apt-get update -qq
+}
+
 # wireguard-go of 2023 or later: TUN offloads (TCP GSO/GRO) and UDP batching carry about
 # seven times what Debian 12's 0.0.20220316 carries here (lab bench dataplane), and it sizes
 # its socket buffers. Debian 13's package runs on Debian 12 (it needs libc6 >= 2.34 only):
@@ -22,15 +34,10 @@ fi
 WIREGUARD_GO_MIN=0.0.20230223
 wg_version=$(dpkg-query -W -f='${Version}' wireguard-go 2>/dev/null || true)
 if ! dpkg --compare-versions "${wg_version:-0}" ge "$WIREGUARD_GO_MIN"; then
-  . /etc/os-release
   if [ "${VERSION_CODENAME:-}" = bookworm ]; then
     echo "bootstrap: wireguard-go ${wg_version:-none} < $WIREGUARD_GO_MIN: taking Debian 13's (apt pin: wireguard-go only)"
-    here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-    install -m 0644 "$here/apt/gatewan-trixie-wireguard-go.sources" /etc/apt/sources.list.d/
-    install -m 0644 "$here/apt/gatewan-trixie-wireguard-go.pref" \
-      /etc/apt/preferences.d/gatewan-trixie-wireguard-go
     export DEBIAN_FRONTEND=noninteractive
-    apt-get update -qq
+    trixie_source
     apt-get install -y -qq --no-install-recommends wireguard-go
   else
     echo "bootstrap: warning: wireguard-go ${wg_version:-none} is older than $WIREGUARD_GO_MIN (no TUN offloads): tunnels carry a fraction of what they could; install a newer one" >&2
@@ -51,15 +58,8 @@ fi
 # FRR 10 or later for the lab's FRR leaf (leaf-par1 of two-dc): Debian 12's 8.4 loses
 # type-5 next hops on route changes (ADR 0051). scripts/lab-frr.sh unpacks Debian 13's under
 # /opt/gatewan/frr without installing it; it does nothing once that FRR answers.
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 if ! /opt/gatewan/frr/run zebra --version >/dev/null 2>&1; then
-  . /etc/os-release
-  if [ "${VERSION_CODENAME:-}" = bookworm ]; then
-    install -m 0644 "$here/apt/gatewan-trixie-wireguard-go.sources" /etc/apt/sources.list.d/
-    install -m 0644 "$here/apt/gatewan-trixie-wireguard-go.pref" \
-      /etc/apt/preferences.d/gatewan-trixie-wireguard-go
-    apt-get update -qq
-  fi
+  [ "${VERSION_CODENAME:-}" = bookworm ] && trixie_source
   "$here/lab-frr.sh"
 fi
 

@@ -22,17 +22,17 @@ FRR_MIN=10.0
 TRIXIE_PACKAGES=(frr libc6 libyang3 libreadline8t64 libcares2 libjson-c5 libprotobuf-c1
   libunwind8 liblua5.3-0 libcap2 libcrypt1 libpam0g)
 
-version_of() { # the FRR version a `run` answers, or nothing
-  "$1" zebra --version 2>/dev/null | sed -n 's/^zebra version \([0-9.]*\).*/\1/p' | head -1
+version_of() { # the FRR version that `$@ --version` answers (a zebra), or nothing
+  "$@" --version 2>/dev/null | sed -n 's/^zebra version \([0-9.]*\).*/\1/p' | head -1
 }
 
-have=$( [ -x "$DIR/run" ] && version_of "$DIR/run" || true)
+have=$( [ -x "$DIR/run" ] && version_of "$DIR/run" zebra || true)
 if [ -n "$have" ] && dpkg --compare-versions "$have" ge "$FRR_MIN"; then
   exit 0
 fi
 
 install -d "$DIR"
-system=$(/usr/lib/frr/zebra --version 2>/dev/null | sed -n 's/^zebra version \([0-9.]*\).*/\1/p' | head -1 || true)
+system=$(version_of /usr/lib/frr/zebra || true)
 if [ -n "$system" ] && dpkg --compare-versions "$system" ge "$FRR_MIN"; then
   cat > "$DIR/run.new" <<'RUN'
 #!/bin/sh
@@ -68,7 +68,7 @@ RUN
 fi
 chmod 0755 "$DIR/run.new"
 mv "$DIR/run.new" "$DIR/run"
-have=$(version_of "$DIR/run" || true)
+have=$(version_of "$DIR/run" zebra || true)
 if [ -z "$have" ] || ! dpkg --compare-versions "$have" ge "$FRR_MIN"; then
   echo "lab-frr: $DIR/run answers FRR '${have:-nothing}', not $FRR_MIN or later" >&2
   exit 1
