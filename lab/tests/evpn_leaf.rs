@@ -418,6 +418,22 @@ topology:
             ip(&["netns", "exec", &vrf, "sysctl", "-n", "net.ipv4.ip_forward"]).trim(),
             "1"
         );
+        // Bridged frames skip netfilter, as in a switch (when br_netfilter is loaded at all).
+        if std::path::Path::new("/proc/sys/net/bridge").exists() {
+            assert_eq!(
+                ip(&[
+                    "netns",
+                    "exec",
+                    &vrf,
+                    "sysctl",
+                    "-n",
+                    "net.bridge.bridge-nf-call-iptables"
+                ])
+                .trim(),
+                "0",
+                "{what}"
+            );
+        }
         // The node sees exactly this namespace as `t`.
         assert_eq!(exec(&["ls", "/run/netns"]).trim(), "t", "{what}");
         let inner = exec(&["stat", "-L", "-c", "%i", "/run/netns/t"]);
