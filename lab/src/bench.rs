@@ -1,6 +1,7 @@
 //! Benchmarks behind `lab bench`: lab bring-up/teardown time, and WAN emulator TCP
 //! throughput compared with a plain veth path measured in the same run.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -434,33 +435,60 @@ pub fn failover(file: &Path, fast: bool, runs: usize) -> Result<Vec<Failover>> {
     Ok(out)
 }
 
-/// What [`dataplane`] measures.
+/// One whole-path flow and the bare flow measured right after it.
+#[derive(Debug, Clone)]
+pub struct DataplaneRun {
+    /// TCP bit/s host-sg1 → host-par1 through leaves, gatewans and tunnels.
+    pub full_bps: f64,
+    /// TCP bit/s through the bare wireguard-go tunnel gatewan01-sg1 → gatewan01-par1.
+    pub bare_bps: f64,
+    /// The sg1 gatewan and tunnel that sent the most bytes of the whole-path flow.
+    pub data_tunnel: String,
+    /// The sg1 gatewan and tunnel that received the most packets meanwhile: the ACKs,
+    /// through the tunnel that par1's leaf hashed them to.
+    pub ack_tunnel: String,
+}
+
+impl DataplaneRun {
+    pub fn ratio(&self) -> f64 {
+        self.full_bps / self.bare_bps
+    }
+
+    /// Data and ACKs crossed one tunnel, as in the bare tunnel.
+    pub fn symmetric(&self) -> bool {
+        self.data_tunnel == self.ack_tunnel
+    }
+}
+
+/// What [`dataplane`] measures, in the order measured. The whole-path and bare flows
+/// alternate, so that a slow spell of a shared machine falls on both.
 #[derive(Debug, Clone)]
 pub struct DataplaneFigures {
-    /// TCP bit/s of each run, in the order measured: (host-sg1 → host-par1 through leaves,
-    /// gatewans and a tunnel; bare wireguard-go between gatewan01-sg1 and gatewan01-par1
-    /// over lumen, the same emulated transit). The two alternate, so that a slow spell of
-    /// a shared machine falls on both.
-    pub runs: Vec<(f64, f64)>,
-    /// Mean ping RTT, ms, of each path.
+    /// Over lumen's tunnels as the controllers choose them (two, for the capacity two-dc
+    /// asks): each leaf hashes a flow onto one of them, so the ACKs may come back through
+    /// another tunnel, that is, two more wireguard-go processes on other gatewans.
+    pub chosen: Vec<DataplaneRun>,
+    /// Through one tunnel both ways: the other gatewans' lumen ports fail, which leaves
+    /// gatewan01-sg1 ↔ gatewan01-par1 over lumen, the bare tunnel's hosts and transit.
+    pub one_tunnel: Vec<DataplaneRun>,
+    /// Mean ping RTT, ms, host-sg1 → host-par1 through the one tunnel, and through the
+    /// bare tunnel.
     pub full_rtt_ms: f64,
     pub bare_rtt_ms: f64,
 }
 
-impl DataplaneFigures {
-    /// Median bit/s of the whole path and of bare wireguard-go.
-    pub fn medians(&self) -> (f64, f64) {
-        (
-            median(self.runs.iter().map(|r| r.0)),
-            median(self.runs.iter().map(|r| r.1)),
-        )
-    }
+/// Median bit/s of the whole path and of bare wireguard-go.
+pub fn medians(runs: &[DataplaneRun]) -> (f64, f64) {
+    (
+        median(runs.iter().map(|r| r.full_bps)),
+        median(runs.iter().map(|r| r.bare_bps)),
+    )
+}
 
-    /// Median of the runs' ratios (whole path / bare): each ratio compares two
-    /// measurements taken seconds apart.
-    pub fn median_ratio(&self) -> f64 {
-        median(self.runs.iter().map(|(full, bare)| full / bare))
-    }
+/// Median of the runs' ratios (whole path / bare): each ratio compares two measurements
+/// taken seconds apart.
+pub fn median_ratio(runs: &[DataplaneRun]) -> f64 {
+    median(runs.iter().map(DataplaneRun::ratio))
 }
 
 /// Median of `values` (the mean of the middle two for an even count; 0 for none).
@@ -523,12 +551,106 @@ fn iperf_once(
     }
 }
 
+/// `(gatewan, tunnel interface)` → (tx bytes, rx packets) of every tunnel of `nodes`.
+fn tunnel_counters(
+    lab: &crate::RunningLab,
+    nodes: &[&str],
+) -> Result<BTreeMap<(String, String), (u64, u64)>> {
+    let mut out = BTreeMap::new();
+    for node in nodes {
+        let text = exec_ok(
+            lab,
+            node,
+            "for d in /sys/class/net/sdwan*; do [ -e \"$d\" ] && echo ${d##*/} $(cat $d/statistics/tx_bytes) $(cat $d/statistics/rx_packets); done; true",
+        )?;
+        for line in text.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if let [iface, tx, rx] = f[..] {
+                let (Ok(tx), Ok(rx)) = (tx.parse(), rx.parse()) else {
+                    continue;
+                };
+                out.insert((node.to_string(), iface.to_string()), (tx, rx));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The tunnels of sg1's gatewans that sent the most bytes and received the most packets
+/// between `before` and `after`, as `gatewan/interface`.
+fn busiest(
+    before: &BTreeMap<(String, String), (u64, u64)>,
+    after: &BTreeMap<(String, String), (u64, u64)>,
+) -> (String, String) {
+    let delta = |pick: fn(&(u64, u64)) -> u64| {
+        after
+            .iter()
+            .max_by_key(|(k, v)| pick(v).saturating_sub(before.get(*k).map_or(0, pick)))
+            .map_or_else(|| "none".to_string(), |((n, i), _)| format!("{n}/{i}"))
+    };
+    (delta(|c| c.0), delta(|c| c.1))
+}
+
+const SG1_GATEWANS: [&str; 2] = ["gatewan01-sg1", "gatewan02-sg1"];
+
+/// `runs` alternating whole-path and bare flows of `secs` each.
+fn alternate(lab: &crate::RunningLab, secs: u32, runs: usize) -> Result<Vec<DataplaneRun>> {
+    let mut out = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        let before = tunnel_counters(lab, &SG1_GATEWANS)?;
+        let full_bps = iperf_once(lab, "host-sg1", "host-par1", "172.16.2.10", secs)?;
+        let after = tunnel_counters(lab, &SG1_GATEWANS)?;
+        let (data_tunnel, ack_tunnel) = busiest(&before, &after);
+        let bare_bps = iperf_once(
+            lab,
+            "gatewan01-sg1",
+            "gatewan01-par1",
+            "192.168.255.2",
+            secs,
+        )?;
+        out.push(DataplaneRun {
+            full_bps,
+            bare_bps,
+            data_tunnel,
+            ack_tunnel,
+        });
+    }
+    Ok(out)
+}
+
+/// The tunnels `bgpctl` has chosen, as `gatewan/interface`.
+fn chosen_tunnels(lab: &crate::RunningLab, bgpctl: &str) -> Result<BTreeSet<String>> {
+    let out = exec_ok(
+        lab,
+        bgpctl,
+        "routingctl --socket /run/bgpctl/bgpctl.sock -o json explain",
+    )?;
+    let v: serde_json::Value = serde_json::from_str(&out)
+        .map_err(|e| anyhow!("{bgpctl}: routingctl explain: {e}: {out}"))?;
+    Ok(v["explanation"]["remotes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|r| r["candidates"].as_array().into_iter().flatten())
+        .filter(|c| c["chosen"] == true)
+        .map(|c| {
+            format!(
+                "{}/{}",
+                c["gatewan"].as_str().unwrap_or("?"),
+                c["interface"].as_str().unwrap_or("?")
+            )
+        })
+        .collect())
+}
+
 /// The data plane against bare wireguard-go in the two-dc lab (binaries from PATH): TCP
-/// throughput (one flow, `secs`, `runs` times alternating with the bare tunnel) and ping
-/// RTT host-sg1 → host-par1 through the whole path,
-/// and between two bare wireguard-go devices that the bench adds on gatewan01-sg1 and
-/// gatewan01-par1 over lumen, the transit the path's tunnel takes (lumen tunnels only:
-/// cogent fails for the run). Both runs see the same WAN emulator.
+/// throughput (one flow, `secs`, `runs` times alternating with the bare tunnel) through
+/// the whole path host-sg1 → leaf → gatewan → tunnel → gatewan → leaf → host-par1, and
+/// through two bare wireguard-go devices that the bench adds on gatewan01-sg1 and
+/// gatewan01-par1 over lumen. Cogent fails for the run, so the path takes lumen tunnels
+/// as the bare one does, and both see the same WAN emulator. First over the tunnels the
+/// controllers choose, then through one tunnel both ways (see [`DataplaneFigures`]), where
+/// ping RTTs are compared too.
 pub fn dataplane(file: &Path, secs: u32, runs: usize) -> Result<DataplaneFigures> {
     let mut topo = Topology::load(file)?;
     topo.name = "bench-dp".into();
@@ -575,23 +697,38 @@ pub fn dataplane(file: &Path, secs: u32, runs: usize) -> Result<DataplaneFigures
             ),
         )?;
     }
+    let chosen = alternate(&lab, secs, runs)?;
+
+    // One tunnel both ways: lumen fails at gatewan02-sg1's and gatewan02-par1's ports.
+    for node in ["gatewan02-sg1", "gatewan02-par1"] {
+        exec_ok(&lab, node, "ip link set eth2 down")?;
+    }
+    let t0 = Instant::now();
+    loop {
+        let sg1 = chosen_tunnels(&lab, "bgpctl-sg1")?;
+        let par1 = chosen_tunnels(&lab, "bgpctl-par1")?;
+        let only = |set: &BTreeSet<String>, gatewan: &str| {
+            set.len() == 1 && set.iter().all(|t| t.starts_with(gatewan))
+        };
+        if only(&sg1, "gatewan01-sg1/") && only(&par1, "gatewan01-par1/") {
+            break;
+        }
+        if t0.elapsed() > Duration::from_secs(60) {
+            return Err(anyhow!(
+                "60 s after gatewan02's lumen ports failed, the controllers still choose {sg1:?} (sg1) and {par1:?} (par1)"
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // The routes follow the choice through both fabrics' BGP.
+    std::thread::sleep(Duration::from_secs(3));
     let full_rtt_ms = mean_rtt(&lab, "host-sg1", "172.16.2.10", 100)?;
     let bare_rtt_ms = mean_rtt(&lab, "gatewan01-sg1", "192.168.255.2", 100)?;
-    let mut measured = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        let full = iperf_once(&lab, "host-sg1", "host-par1", "172.16.2.10", secs)?;
-        let bare = iperf_once(
-            &lab,
-            "gatewan01-sg1",
-            "gatewan01-par1",
-            "192.168.255.2",
-            secs,
-        )?;
-        measured.push((full, bare));
-    }
+    let one_tunnel = alternate(&lab, secs, runs)?;
     lab.down()?;
     Ok(DataplaneFigures {
-        runs: measured,
+        chosen,
+        one_tunnel,
         full_rtt_ms,
         bare_rtt_ms,
     })
@@ -608,15 +745,42 @@ mod tests {
         assert_eq!(median(std::iter::empty()), 0.0);
     }
 
+    fn run(full_bps: f64, bare_bps: f64, data: &str, acks: &str) -> DataplaneRun {
+        DataplaneRun {
+            full_bps,
+            bare_bps,
+            data_tunnel: data.into(),
+            ack_tunnel: acks.into(),
+        }
+    }
+
     #[test]
     fn the_median_ratio_pairs_each_run_with_its_own_bare_measurement() {
-        let f = DataplaneFigures {
-            runs: vec![(90.0, 100.0), (50.0, 200.0), (160.0, 200.0)],
-            full_rtt_ms: 1.0,
-            bare_rtt_ms: 1.0,
-        };
+        let runs = [
+            run(90.0, 100.0, "a", "a"),
+            run(50.0, 200.0, "a", "a"),
+            run(160.0, 200.0, "a", "a"),
+        ];
         // Ratios 0.9, 0.25, 0.8: the median is 0.8, not median(full)/median(bare) = 0.45.
-        assert_eq!(f.median_ratio(), 0.8);
-        assert_eq!(f.medians(), (90.0, 200.0));
+        assert_eq!(median_ratio(&runs), 0.8);
+        assert_eq!(medians(&runs), (90.0, 200.0));
+    }
+
+    #[test]
+    fn the_busiest_tunnels_are_found_by_what_they_carried_during_the_flow_not_before() {
+        let k = |n: &str, i: &str| (n.to_string(), i.to_string());
+        let before = BTreeMap::from([
+            (k("gw1", "sdwan1"), (1_000_000_000, 10)),
+            (k("gw2", "sdwan2"), (0, 0)),
+        ]);
+        let after = BTreeMap::from([
+            (k("gw1", "sdwan1"), (1_000_000_100, 900)),
+            (k("gw2", "sdwan2"), (5_000_000, 20)),
+        ]);
+        assert_eq!(
+            busiest(&before, &after),
+            ("gw2/sdwan2".to_string(), "gw1/sdwan1".to_string())
+        );
+        assert!(!run(1.0, 1.0, "gw2/sdwan2", "gw1/sdwan1").symmetric());
     }
 }
