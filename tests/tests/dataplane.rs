@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use gatewan::dataplane::manager::{Report, reconcile_once};
 use gatewan::dataplane::plan::{
-    FabricSettings, Health, Inputs, LocalNetwork, NextHop, RemoteNetwork, RouteAction, TunnelInput,
+    FabricSettings, Health, Inputs, LocalNetwork, NextHop, PRIORITY_INGRESS, RemoteNetwork,
+    RouteAction, TunnelInput,
 };
 use gatewan::dataplane::reconcile::Step;
 use gatewan::dataplane::system::System;
@@ -397,7 +398,10 @@ fn tenant_traffic_follows_the_router_mac_into_its_tunnel_and_never_leaves_in_cle
     assert_clean(&reconcile(&t.gw, &inputs), "back");
 
     // Hand deletions are repaired by the next reconcile, then nothing is left to do.
-    sh(&t.gw, "ip link del gwm2 && ip rule del pref 1000 iif gwm1");
+    sh(
+        &t.gw,
+        &format!("ip link del gwm2 && ip rule del pref {PRIORITY_INGRESS} iif gwm1"),
+    );
     let fixed = reconcile(&t.gw, &inputs);
     assert_clean(&fixed, "repair of hand deletions");
     assert!(

@@ -517,6 +517,42 @@ fn stream_figures(child: std::process::Child) -> (u64, u64, u64) {
 /// clamp the MSS of SYNs entering a tunnel (ADR 0012). The destinations are addresses
 /// added for this check, so no earlier packet taught host-sg1 their path MTU; without the
 /// clamp, its 1460-byte segments die at the tunnel and the transfer hangs.
+/// A TCP connection opened as soon as tenant traffic crosses, within the gatewans' 30 s
+/// startup hold, already gets a segment size that fits the tunnels (ADR 0052). The lab's
+/// fabric underlay is 1500, so the fabric carries 1450: an unclamped connection sends
+/// 1448-byte segments that never arrive, for as long as it lives.
+fn check_mss_clamped_from_the_start(lab: &RunningLab, start: Instant) {
+    let crossed = wait_until(Duration::from_secs(20), || {
+        ping_all(lab, "host-sg1", "172.16.2.10", 1)
+    });
+    assert!(crossed, "no tenant ping crossed within 20 s of the tunnels");
+    let at = start.elapsed();
+    lab.exec("host-par1", &["iperf3", "-s", "-D", "-1", "-p", "5300"])
+        .expect("iperf3 -s");
+    std::thread::sleep(Duration::from_millis(200));
+    let out = lab
+        .exec(
+            "host-sg1",
+            &["iperf3", "-c", "172.16.2.10", "-p", "5300", "-t", "1", "-J"],
+        )
+        .expect("iperf3 -c");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    // The MSS of iperf3's control connection, from TCP_MAXSEG: 1380 less the timestamp
+    // option when clamped to a 1420 tunnel, 1448 when not.
+    let mss = v["start"]["tcp_mss_default"].as_u64();
+    println!("first TCP connection, {at:?} after lab up: MSS {mss:?}");
+    assert!(
+        mss.is_some_and(|m| m <= 1380),
+        "a connection opened {at:?} after lab up has MSS {mss:?}, not clamped to the tunnel's 1380: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    if at > Duration::from_secs(25) {
+        println!(
+            "note: the first connection came {at:?} after lab up, near the end of the startup hold"
+        );
+    }
+}
+
 fn check_tcp_without_icmp(lab: &RunningLab) {
     let run = |node: &str, argv: &[&str]| {
         let out = lab.exec(node, argv).expect("exec");
@@ -1519,6 +1555,7 @@ fn two_datacenters_tunnels_routes_and_failover() {
         println!("MISSED TARGET: tunnels took {took:?} to come up (target 10 s)");
     }
 
+    check_mss_clamped_from_the_start(&lab, start);
     while_stable(&lab, start, || check_routes_and_filters(&lab));
     // In the quiet lab: the probes against what the emulator applies.
     let window = Duration::from_secs(5); // probe.window default: 5 × 1 s

@@ -56,9 +56,11 @@ pub fn counter_name(interface: &str) -> String {
 }
 
 /// The `nft -f` script that replaces our table with one for `allowed`, in one transaction.
+/// Without `check_sources` the table clamps MSS and drops nothing (its counters stay at
+/// zero): what a gatewan applies while the other datacenters' networks are still arriving.
 /// Interface names are the tunnel manager's (`[a-z0-9]`, checked by the configuration);
 /// anything else is left out rather than quoted into the script.
-pub fn script(allowed: &Allowed) -> String {
+pub fn script(allowed: &Allowed, check_sources: bool) -> String {
     let mut s = String::new();
     // Creating before deleting makes the delete valid whether or not the table exists.
     let _ = writeln!(s, "table inet {TABLE} {{}}");
@@ -73,29 +75,12 @@ pub fn script(allowed: &Allowed) -> String {
     for iface in allowed.keys().filter(|i| safe(i)) {
         let _ = writeln!(s, "  counter {} {{}}", counter_name(iface));
     }
-    // Before the host's own filters (priority filter = 0); forwarded traffic only: what a
-    // tunnel brings to the gatewan itself (probes) is not tenant traffic.
-    let _ = writeln!(s, "  chain forward {{");
-    let _ = writeln!(
-        s,
-        "    type filter hook forward priority filter - 10; policy accept;"
-    );
-    let tunnels: Vec<String> = allowed
-        .keys()
-        .filter(|i| safe(i))
-        .map(|i| format!("\"{i}\""))
-        .collect();
-    if !tunnels.is_empty() {
-        // `rt mtu` is the MSS the route's MTU allows (minus IPv4 or IPv6 and TCP headers);
-        // the kernel only ever lowers an MSS option with it.
-        let _ = writeln!(
-            s,
-            "    oifname {{ {} }} tcp flags & (syn | rst) == syn tcp option maxseg size set rt mtu",
-            tunnels.join(", ")
-        );
-    }
-    for (iface, nets) in allowed.iter().filter(|(i, _)| safe(i)) {
+    // A chain per tunnel, entered through one verdict map lookup on the input interface:
+    // each forwarded packet costs one hash lookup whatever the number of tunnels, where a
+    // rule per tunnel and family would be 2 string compares per tunnel for every packet.
+    for (iface, nets) in allowed.iter().filter(|(i, _)| check_sources && safe(i)) {
         let counter = counter_name(iface);
+        let _ = writeln!(s, "  chain {} {{", chain_name(iface));
         for v6 in [false, true] {
             let list: Vec<String> = nets
                 .iter()
@@ -106,20 +91,51 @@ pub fn script(allowed: &Allowed) -> String {
             if list.is_empty() {
                 let _ = writeln!(
                     s,
-                    "    iifname \"{iface}\" meta nfproto {proto} counter name \"{counter}\" drop"
+                    "    meta nfproto {proto} counter name \"{counter}\" drop"
                 );
             } else {
                 let _ = writeln!(
                     s,
-                    "    iifname \"{iface}\" {field} saddr != {{ {} }} counter name \"{counter}\" drop",
+                    "    {field} saddr != {{ {} }} counter name \"{counter}\" drop",
                     list.join(", ")
                 );
             }
+        }
+        let _ = writeln!(s, "  }}");
+    }
+    // Before the host's own filters (priority filter = 0); forwarded traffic only: what a
+    // tunnel brings to the gatewan itself (probes) is not tenant traffic.
+    let _ = writeln!(s, "  chain forward {{");
+    let _ = writeln!(
+        s,
+        "    type filter hook forward priority filter - 10; policy accept;"
+    );
+    let tunnels: Vec<&String> = allowed.keys().filter(|i| safe(i)).collect();
+    if !tunnels.is_empty() {
+        let names: Vec<String> = tunnels.iter().map(|i| format!("\"{i}\"")).collect();
+        // `rt mtu` is the MSS the route's MTU allows (minus IPv4 or IPv6 and TCP headers);
+        // the kernel only ever lowers an MSS option with it.
+        let _ = writeln!(
+            s,
+            "    oifname {{ {} }} tcp flags & (syn | rst) == syn tcp option maxseg size set rt mtu",
+            names.join(", ")
+        );
+        if check_sources {
+            let jumps: Vec<String> = tunnels
+                .iter()
+                .map(|i| format!("\"{i}\" : jump {}", chain_name(i)))
+                .collect();
+            let _ = writeln!(s, "    iifname vmap {{ {} }}", jumps.join(", "));
         }
     }
     let _ = writeln!(s, "  }}");
     let _ = writeln!(s, "}}");
     s
+}
+
+/// The chain holding a tunnel's source check.
+fn chain_name(interface: &str) -> String {
+    format!("from_{}", &counter_name(interface)["spoofed_".len()..])
 }
 
 /// Tunnel interface → packets dropped, from `nft -j list counters table inet gatewan`.
@@ -206,31 +222,49 @@ mod tests {
 
     #[test]
     fn the_script_replaces_the_table_whole_with_a_counted_drop_per_tunnel_and_family() {
-        let s = script(&allowed(&inputs()));
+        let s = script(&allowed(&inputs()), true);
         assert!(
             s.starts_with("table inet gatewan {}\ndelete table inet gatewan\n"),
             "{s}"
         );
         assert!(s.contains("counter spoofed_sdwan1 {}"), "{s}");
         assert!(s.contains(
-            "iifname \"sdwan1\" ip saddr != { 100.64.0.1/32, 172.16.2.0/24 } counter name \"spoofed_sdwan1\" drop"
-        ), "{s}");
-        assert!(s.contains(
-            "iifname \"sdwan1\" ip6 saddr != { 2001:db8:a2::/48, fd5d:3a00::1/128 } counter name \"spoofed_sdwan1\" drop"
+            "  chain from_sdwan1 {\n    ip saddr != { 100.64.0.1/32, 172.16.2.0/24 } counter name \"spoofed_sdwan1\" drop\n    ip6 saddr != { 2001:db8:a2::/48, fd5d:3a00::1/128 } counter name \"spoofed_sdwan1\" drop\n  }"
         ), "{s}");
         assert!(s.contains("hook forward"), "{s}");
+        // One lookup on the input interface leads to the tunnel's chain.
+        assert!(
+            s.contains(
+                "    iifname vmap { \"sdwan1\" : jump from_sdwan1, \"sdwan2\" : jump from_sdwan2 }"
+            ),
+            "{s}"
+        );
     }
 
     #[test]
     fn syns_into_a_tunnel_get_their_mss_clamped_to_the_route_mtu() {
-        let s = script(&allowed(&inputs()));
+        let s = script(&allowed(&inputs()), true);
         assert!(
             s.contains(
                 "oifname { \"sdwan1\", \"sdwan2\" } tcp flags & (syn | rst) == syn tcp option maxseg size set rt mtu"
             ),
             "{s}"
         );
-        assert!(!script(&Allowed::new()).contains("maxseg"));
+        assert!(!script(&Allowed::new(), true).contains("maxseg"));
+    }
+
+    #[test]
+    fn without_source_checks_the_table_clamps_and_counts_but_drops_nothing() {
+        let a = allowed(&inputs());
+        let s = script(&a, false);
+        assert!(s.contains("counter spoofed_sdwan1 {}"), "{s}");
+        assert!(s.contains("tcp option maxseg size set rt mtu"), "{s}");
+        assert!(!s.contains("drop") && !s.contains("vmap"), "{s}");
+        // Its counters read like the full table's, so it is not taken for a missing one.
+        let json = r#"{"nftables":[
+            {"counter":{"family":"inet","name":"spoofed_sdwan1","table":"gatewan","handle":1,"packets":0,"bytes":0}},
+            {"counter":{"family":"inet","name":"spoofed_sdwan2","table":"gatewan","handle":2,"packets":0,"bytes":0}}]}"#;
+        assert!(parse_counters(json, &a).is_some());
     }
 
     #[test]
@@ -240,9 +274,11 @@ mod tests {
             "sdwan9".into(),
             ["100.64.0.9/32".parse().unwrap()].into_iter().collect(),
         );
-        let s = script(&a);
+        let s = script(&a, true);
         assert!(
-            s.contains("iifname \"sdwan9\" meta nfproto ipv6 counter name \"spoofed_sdwan9\" drop"),
+            s.contains(
+                "  chain from_sdwan9 {\n    ip saddr != { 100.64.0.9/32 } counter name \"spoofed_sdwan9\" drop\n    meta nfproto ipv6 counter name \"spoofed_sdwan9\" drop\n  }"
+            ),
             "{s}"
         );
     }
@@ -251,7 +287,7 @@ mod tests {
     fn an_interface_name_that_could_break_the_script_is_left_out() {
         let mut a = Allowed::new();
         a.insert("x\" accept; #".into(), BTreeSet::new());
-        let s = script(&a);
+        let s = script(&a, true);
         assert!(!s.contains("accept; #"), "{s}");
     }
 

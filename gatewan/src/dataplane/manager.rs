@@ -145,10 +145,28 @@ struct FilterState {
 
 const FILTER_READ_EVERY: Duration = Duration::from_secs(5);
 
-/// Applies the source filter when what it allows changed, or when its table is gone or
-/// not ours (repaired by hand-deletion); reads its counters. During the startup hold it
-/// only reads: the networks of the other datacenters are still arriving, and a filter made
-/// of half of them would drop live traffic; the table of the previous run stays meanwhile.
+/// Which script, if any, replaces our nftables table now. `table_matches`: a table of ours
+/// is there with a counter for every tunnel of `full`. Settled, the full filter replaces
+/// anything else. During the startup hold the networks of the other datacenters are still
+/// arriving and a filter made of half of them would drop live traffic, so the table of the
+/// previous run stays; but with no such table (the first start, a reboot, a new tunnel)
+/// the hold's table goes in at once: tenant traffic flows from the first reconcile, and a
+/// TCP connection opened without the MSS clamp keeps its segment size for its lifetime.
+fn filter_to_apply<'a>(
+    settled: bool,
+    table_matches: bool,
+    applied: Option<&str>,
+    full: &'a str,
+    hold: &'a str,
+) -> Option<&'a str> {
+    if settled {
+        (!table_matches || applied != Some(full)).then_some(full)
+    } else {
+        (!table_matches).then_some(hold)
+    }
+}
+
+/// Applies the source filter (see [`filter_to_apply`]) and reads its counters.
 async fn source_filter(
     inputs: &Inputs,
     settled: bool,
@@ -156,10 +174,12 @@ async fn source_filter(
     stats: &mut DataplaneStats,
 ) {
     let allowed = filter::allowed(inputs);
-    let script = filter::script(&allowed);
+    let full = filter::script(&allowed, true);
+    let hold = filter::script(&allowed, false);
+    let wanted = if settled { &full } else { &hold };
     // Reading the counters spawns `nft`: every few seconds is enough for /metrics and to
     // notice a table deleted by hand, and keeps a busy gatewan's reconciles cheap.
-    if state.script.as_deref() == Some(script.as_str())
+    if state.script.as_deref() == Some(wanted.as_str())
         && state
             .last_read
             .is_some_and(|t| t.elapsed() < FILTER_READ_EVERY)
@@ -171,20 +191,33 @@ async fn source_filter(
         .await
         .ok()
         .and_then(|j| filter::parse_counters(&j, &allowed));
-    let stale = counters.is_none() || state.script.as_deref() != Some(script.as_str());
-    if settled && stale {
+    let apply = filter_to_apply(
+        settled,
+        counters.is_some(),
+        state.script.as_deref(),
+        &full,
+        &hold,
+    );
+    if let Some(script) = apply {
         for (i, n) in counters.iter().flatten() {
             *state.carried.entry(i.clone()).or_default() += n;
         }
-        match System::apply_filter(&script).await {
+        match System::apply_filter(script).await {
             Ok(()) => {
-                if state.script.is_none() {
+                if settled {
+                    if state.script.as_deref() != Some(full.as_str()) {
+                        info!(
+                            tunnels = allowed.len(),
+                            "source filter applied (nftables table inet gatewan)"
+                        );
+                    }
+                } else {
                     info!(
                         tunnels = allowed.len(),
-                        "source filter applied (nftables table inet gatewan)"
+                        "MSS clamp applied; the source filter follows when the startup hold ends"
                     );
                 }
-                state.script = Some(script);
+                state.script = Some(script.to_string());
                 state.last_error = None;
             }
             Err(e) => {
@@ -197,7 +230,7 @@ async fn source_filter(
             }
         }
     }
-    let now = if settled && stale {
+    let now = if apply.is_some() {
         BTreeMap::new()
     } else {
         counters.unwrap_or_default()
@@ -358,5 +391,45 @@ async fn run(
                 warn!(error = %e, "cannot read the data plane's host state");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::filter_to_apply;
+
+    const FULL: &str = "full";
+    const HOLD: &str = "hold";
+
+    #[test]
+    fn a_first_start_clamps_at_once_and_checks_sources_when_the_hold_ends() {
+        // No table of ours: the hold's table goes in at the first reconcile.
+        assert_eq!(filter_to_apply(false, false, None, FULL, HOLD), Some(HOLD));
+        // It stays for the rest of the hold.
+        assert_eq!(filter_to_apply(false, true, Some(HOLD), FULL, HOLD), None);
+        // Then the full filter replaces it, once.
+        assert_eq!(
+            filter_to_apply(true, true, Some(HOLD), FULL, HOLD),
+            Some(FULL)
+        );
+        assert_eq!(filter_to_apply(true, true, Some(FULL), FULL, HOLD), None);
+    }
+
+    #[test]
+    fn a_restart_keeps_the_previous_runs_filter_through_the_hold() {
+        assert_eq!(filter_to_apply(false, true, None, FULL, HOLD), None);
+        assert_eq!(filter_to_apply(true, true, None, FULL, HOLD), Some(FULL));
+    }
+
+    #[test]
+    fn a_table_deleted_by_hand_or_missing_a_new_tunnel_is_replaced() {
+        assert_eq!(
+            filter_to_apply(true, false, Some(FULL), FULL, HOLD),
+            Some(FULL)
+        );
+        assert_eq!(
+            filter_to_apply(false, false, Some(HOLD), FULL, HOLD),
+            Some(HOLD)
+        );
     }
 }

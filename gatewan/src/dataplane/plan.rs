@@ -22,12 +22,16 @@ pub const VXLAN_DEVICE: &str = "gwvx0";
 pub const MACVLAN_PREFIX: &str = "gwm";
 pub const DEFAULT_VXLAN_PORT: u16 = 4789;
 
+/// `iif lo goto` [`PRIORITY_REPLIES`]: the gatewan's own packets (above all wireguard's
+/// encrypted ones) skip the per-tunnel rules below, which match only forwarded packets;
+/// without it each of them would be checked against four rules per tunnel per family.
+pub const PRIORITY_OWN_TRAFFIC: u32 = 1000;
 /// `iif <macvlan> lookup <tunnel table>`.
-pub const PRIORITY_INGRESS: u32 = 1000;
+pub const PRIORITY_INGRESS: u32 = 1001;
 /// `iif <macvlan> unreachable`: a table without a usable route ends here, not in main.
-pub const PRIORITY_INGRESS_END: u32 = 1001;
+pub const PRIORITY_INGRESS_END: u32 = 1002;
 /// `iif gwvx0 unreachable`: frames sent to the VXLAN device's own MAC.
-pub const PRIORITY_FABRIC_END: u32 = 1002;
+pub const PRIORITY_FABRIC_END: u32 = 1003;
 /// `iif <tunnel> lookup egress`.
 pub const PRIORITY_EGRESS: u32 = 1010;
 pub const PRIORITY_EGRESS_END: u32 = 1011;
@@ -180,8 +184,16 @@ pub struct Rule {
     pub v6: bool,
     pub priority: u32,
     pub iif: String,
-    /// None: `unreachable`.
-    pub table: Option<u32>,
+    pub to: RuleTo,
+}
+
+/// What a rule does with the packets it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RuleTo {
+    Lookup(u32),
+    Unreachable,
+    /// Continue at the rules of this priority.
+    Goto(u32),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -318,13 +330,13 @@ fn defaults(table: u32, action: RouteAction, out: &mut BTreeMap<RouteKey, RouteA
     }
 }
 
-fn both_families(priority: u32, iif: &str, table: Option<u32>, out: &mut BTreeSet<Rule>) {
+fn both_families(priority: u32, iif: &str, to: RuleTo, out: &mut BTreeSet<Rule>) {
     for v6 in [false, true] {
         out.insert(Rule {
             v6,
             priority,
             iif: iif.to_string(),
-            table,
+            to,
         });
     }
 }
@@ -414,8 +426,8 @@ pub fn plan(inputs: &Inputs) -> (Desired, Vec<Problem>) {
         }
         let mv = macvlan_name(t.index);
         macvlans.insert(mv.clone(), t.router_mac);
-        both_families(PRIORITY_INGRESS, &mv, Some(table), &mut rules);
-        both_families(PRIORITY_INGRESS_END, &mv, None, &mut rules);
+        both_families(PRIORITY_INGRESS, &mv, RuleTo::Lookup(table), &mut rules);
+        both_families(PRIORITY_INGRESS_END, &mv, RuleTo::Unreachable, &mut rules);
         let current = inputs.installed.get(&RouteKey {
             table,
             prefix: IpNet::V4(Ipv4Net::default()),
@@ -429,18 +441,39 @@ pub fn plan(inputs: &Inputs) -> (Desired, Vec<Problem>) {
         both_families(
             PRIORITY_EGRESS,
             &t.interface,
-            Some(EGRESS_TABLE),
+            RuleTo::Lookup(EGRESS_TABLE),
             &mut rules,
         );
-        both_families(PRIORITY_EGRESS_END, &t.interface, None, &mut rules);
+        both_families(
+            PRIORITY_EGRESS_END,
+            &t.interface,
+            RuleTo::Unreachable,
+            &mut rules,
+        );
         sysctls.insert(quiet_ipv6_path(&mv), "1".into());
         sysctls.insert(rp_filter_path(&mv), "0".into());
         if inputs.present.contains(&t.interface) {
             sysctls.insert(rp_filter_path(&t.interface), "0".into());
         }
     }
-    both_families(PRIORITY_FABRIC_END, VXLAN_DEVICE, None, &mut rules);
-    both_families(PRIORITY_REPLIES, "lo", Some(REPLIES_TABLE), &mut rules);
+    both_families(
+        PRIORITY_FABRIC_END,
+        VXLAN_DEVICE,
+        RuleTo::Unreachable,
+        &mut rules,
+    );
+    both_families(
+        PRIORITY_OWN_TRAFFIC,
+        "lo",
+        RuleTo::Goto(PRIORITY_REPLIES),
+        &mut rules,
+    );
+    both_families(
+        PRIORITY_REPLIES,
+        "lo",
+        RuleTo::Lookup(REPLIES_TABLE),
+        &mut rules,
+    );
     defaults(EGRESS_TABLE, RouteAction::Unreachable, &mut routes);
 
     // Egress: every local prefix, ECMP over the VTEPs that announce it.
@@ -756,7 +789,7 @@ pub(crate) mod tests {
                 v6,
                 priority: PRIORITY_INGRESS,
                 iif: "gwm2".into(),
-                table: Some(TUNNEL_TABLE_BASE + 2),
+                to: RuleTo::Lookup(TUNNEL_TABLE_BASE + 2),
             }));
             assert_eq!(
                 default_of(&d, TUNNEL_TABLE_BASE + 2, v6),
@@ -765,6 +798,37 @@ pub(crate) mod tests {
         }
         assert_eq!(d.vxlan.vni, 100);
         assert!(macvlan_name(u64::from(u32::MAX)).len() <= 15);
+    }
+
+    #[test]
+    fn the_gatewans_own_packets_jump_over_the_per_tunnel_rules_which_cannot_match_them() {
+        let (d, _) = plan(&inputs(vec![
+            tunnel(1, "par1", Health::Established, 10),
+            tunnel(2, "par1", Health::Established, 20),
+        ]));
+        for v6 in [false, true] {
+            assert!(d.rules.contains(&Rule {
+                v6,
+                priority: PRIORITY_OWN_TRAFFIC,
+                iif: "lo".into(),
+                to: RuleTo::Goto(PRIORITY_REPLIES),
+            }));
+        }
+        // The goto first; what it skips matches forwarded packets only (its input is a
+        // macvlan, the VXLAN device or a tunnel, never lo); it lands on the replies rule.
+        assert!(d.rules.iter().all(|r| r.priority >= PRIORITY_OWN_TRAFFIC));
+        let skipped: Vec<&Rule> = d
+            .rules
+            .iter()
+            .filter(|r| r.priority > PRIORITY_OWN_TRAFFIC && r.priority < PRIORITY_REPLIES)
+            .collect();
+        assert_eq!(skipped.len(), 2 * (4 * 2 + 1));
+        assert!(skipped.iter().all(|r| r.iif != "lo"), "{skipped:?}");
+        assert!(
+            d.rules
+                .iter()
+                .any(|r| r.priority == PRIORITY_REPLIES && r.iif == "lo")
+        );
     }
 
     #[test]
@@ -783,7 +847,7 @@ pub(crate) mod tests {
                         v6,
                         priority: after,
                         iif: iif.into(),
-                        table: None
+                        to: RuleTo::Unreachable
                     }),
                     "{iif}"
                 );
@@ -937,7 +1001,7 @@ pub(crate) mod tests {
             v6: false,
             priority: PRIORITY_INGRESS_END,
             iif: "gwm1".into(),
-            table: None
+            to: RuleTo::Unreachable
         }));
         // A missing tunnel is no repair target either.
         assert_eq!(

@@ -26,8 +26,8 @@ use rtnetlink::packet_route::{AddressFamily, RouteNetlinkMessage};
 use rtnetlink::{Handle, IpVersion, LinkMacVlan, LinkUnspec, LinkVxlan};
 
 use super::plan::{
-    self, Mac, PRIORITY_FIRST, PRIORITY_LAST, RouteAction, RouteKey, Rule, TABLE_FIRST, TABLE_LAST,
-    VXLAN_DEVICE, VxlanSpec,
+    self, Mac, PRIORITY_FIRST, PRIORITY_LAST, RouteAction, RouteKey, Rule, RuleTo, TABLE_FIRST,
+    TABLE_LAST, VXLAN_DEVICE, VxlanSpec,
 };
 use super::reconcile::{Observed, SeenMacvlan, SeenVxlan, Step};
 use crate::netlink::netlink_err;
@@ -553,25 +553,28 @@ fn parse_rule(r: &RuleMessage, v6: bool) -> Option<Rule> {
     let mut priority = None;
     let mut iif = String::new();
     let mut table = u32::from(r.header.table);
+    let mut goto = None;
     for a in &r.attributes {
         match a {
             RuleAttribute::Priority(p) => priority = Some(*p),
             RuleAttribute::Iifname(n) => iif = n.clone(),
             RuleAttribute::Table(t) => table = *t,
+            RuleAttribute::Goto(g) => goto = Some(*g),
             _ => {}
         }
     }
     let priority = priority.filter(|p| (PRIORITY_FIRST..=PRIORITY_LAST).contains(p))?;
-    let table = match r.header.action {
-        RuleAction::ToTable => Some(table),
-        RuleAction::Unreachable => None,
+    let to = match r.header.action {
+        RuleAction::ToTable => RuleTo::Lookup(table),
+        RuleAction::Unreachable => RuleTo::Unreachable,
+        RuleAction::Goto => RuleTo::Goto(goto?),
         _ => return None,
     };
     Some(Rule {
         v6,
         priority,
         iif,
-        table,
+        to,
     })
 }
 
@@ -584,12 +587,16 @@ fn rule_message(r: &Rule) -> RuleMessage {
     };
     m.attributes.push(RuleAttribute::Priority(r.priority));
     m.attributes.push(RuleAttribute::Iifname(r.iif.clone()));
-    match r.table {
-        Some(t) => {
+    match r.to {
+        RuleTo::Lookup(t) => {
             m.header.action = RuleAction::ToTable;
             m.attributes.push(RuleAttribute::Table(t));
         }
-        None => m.header.action = RuleAction::Unreachable,
+        RuleTo::Unreachable => m.header.action = RuleAction::Unreachable,
+        RuleTo::Goto(priority) => {
+            m.header.action = RuleAction::Goto;
+            m.attributes.push(RuleAttribute::Goto(priority));
+        }
     }
     m
 }
