@@ -476,25 +476,30 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 };
                 print_runs("over the tunnels the controllers choose:", &r.chosen);
                 print_runs(
-                    "through one tunnel both ways (gatewan02's lumen ports down; the bare tunnel's hosts and transit):",
+                    "through one tunnel both ways (lumen drained on gatewan02-sg1 and gatewan02-par1; the bare tunnel's hosts and transit):",
                     &r.one_tunnel,
                 );
+                let rounds: Vec<String> = r
+                    .rtt_rounds
+                    .iter()
+                    .map(|(f, b)| format!("{f:.3}/{b:.3}"))
+                    .collect();
+                println!("ping RTT rounds, whole path/bare, ms: {}", rounds.join(" "));
                 let (full, bare) = lab::bench::medians(&r.one_tunnel);
+                let (full_rtt, bare_rtt, added_rtt) = r.rtts();
                 println!(
-                    "whole path (host -> leaf -> gatewan -> tunnel -> gatewan -> leaf -> host), one tunnel: median {:.1} Mbit/s, RTT {:.3} ms",
+                    "whole path (host -> leaf -> gatewan -> tunnel -> gatewan -> leaf -> host), one tunnel: median {:.1} Mbit/s, RTT {full_rtt:.3} ms",
                     full / 1e6,
-                    r.full_rtt_ms
                 );
                 println!(
-                    "bare wireguard-go over the same transit: median {:.1} Mbit/s, RTT {:.3} ms",
+                    "bare wireguard-go over the same transit: median {:.1} Mbit/s, RTT {bare_rtt:.3} ms",
                     bare / 1e6,
-                    r.bare_rtt_ms
                 );
                 println!(
-                    "one tunnel both ways: median ratio {:.2} over {} runs (target >= 0.9), added RTT {:.3} ms (target <= 0.1 ms)",
+                    "one tunnel both ways: median ratio {:.2} over {} runs (target >= 0.9), added RTT {added_rtt:.3} ms, median of {} rounds (target <= 0.1 ms)",
                     lab::bench::median_ratio(&r.one_tunnel),
                     r.one_tunnel.len(),
-                    r.full_rtt_ms - r.bare_rtt_ms
+                    r.rtt_rounds.len(),
                 );
                 let crossed = r.chosen.iter().filter(|x| !x.symmetric()).count();
                 println!(
