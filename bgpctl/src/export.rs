@@ -33,15 +33,38 @@ pub struct ExportSettings {
 /// died cannot withdraw what its fabric withdraws meanwhile, and its records linger until
 /// collected (`mesh.departed_record_ttl`); the datacenter's other bgpctl publishes the
 /// same networks while it lives.
+///
+/// Fail static: a datacenter none of whose bgpctls (nor publishers of networks) is alive
+/// keeps the networks its members published last. Those members may only look dead: a
+/// passive bgpctl is reachable through its own gatewans alone, and when they are cut off
+/// from us the mesh may hold it down for seconds. Dropping its networks withdrew every
+/// route to that datacenter, although its tunnels still carried traffic. A prefix its
+/// fabric withdrew meanwhile stays advertised until a publisher is back, and is dropped
+/// at the far gatewan, whose egress follows its own fabric.
 pub fn networks_by_datacenter(
     store: &StateStore,
     alive: impl Fn(NodeId) -> bool,
 ) -> BTreeMap<String, BTreeSet<IpNet>> {
+    let datacenter = |origin: NodeId| store.node(origin).map(|r| r.datacenter.clone());
+    let mut with_live_publisher: BTreeSet<String> = store
+        .iter()
+        .filter(|r| {
+            matches!(&r.record.body, Some(v1::record::Body::Node(n)) if n.role == v1::Role::Bgpctl as i32)
+        })
+        .map(|r| r.key.origin)
+        .chain(store.networks().map(|(o, _)| o))
+        .filter(|o| alive(*o))
+        .filter_map(datacenter)
+        .collect();
+    with_live_publisher.retain(|dc| !dc.is_empty());
     let mut out: BTreeMap<String, BTreeSet<IpNet>> = BTreeMap::new();
-    for (origin, n) in store.networks().filter(|(o, _)| alive(*o)) {
-        let Some(dc) = store.node(origin).map(|r| r.datacenter.clone()) else {
+    for (origin, n) in store.networks() {
+        let Some(dc) = datacenter(origin) else {
             continue;
         };
+        if !alive(origin) && with_live_publisher.contains(&dc) {
+            continue;
+        }
         if let Ok(p) = n.prefix.parse::<IpNet>() {
             out.entry(dc).or_default().insert(p.trunc());
         }
@@ -667,6 +690,68 @@ mod tests {
         assert_eq!(text("iad1"), ["10.3.0.0/16"]);
         let all = networks_by_datacenter(&store, |_| true);
         assert_eq!(all["par1"].len(), 2, "with every member alive, both");
+        // A live bgpctl with no network left: the dead one's networks still go.
+        let mut emptied = StateStore::default();
+        for r in [
+            record(1, 1, node(1, "par1")),
+            record(2, 1, node(2, "par1")),
+            record(2, 2, net("10.99.0.0/16")),
+        ] {
+            emptied.merge(r);
+        }
+        assert!(networks_by_datacenter(&emptied, |id| id != dead).is_empty());
+    }
+
+    #[test]
+    fn a_datacenter_whose_bgpctls_all_look_dead_keeps_its_last_networks() {
+        use gatewan_mesh::store::encode_record;
+        let record = |origin: u8, version: u64, body: v1::record::Body| {
+            encode_record(&v1::Record {
+                origin: vec![origin; 16].into(),
+                version,
+                body: Some(body),
+                ..Default::default()
+            })
+            .unwrap()
+        };
+        let node = |origin: u8, dc: &str| {
+            v1::record::Body::Node(v1::NodeRecord {
+                id: vec![origin; 16].into(),
+                name: format!("bgpctl-{origin}"),
+                datacenter: dc.into(),
+                role: v1::Role::Bgpctl as i32,
+                ..Default::default()
+            })
+        };
+        let net = |p: &str| {
+            v1::record::Body::Network(v1::Network {
+                prefix: p.into(),
+                vni: 1,
+                ..Default::default()
+            })
+        };
+        let mut store = StateStore::default();
+        for r in [
+            record(1, 1, node(1, "sg1")),
+            record(1, 2, net("172.16.1.0/24")),
+            record(2, 1, node(2, "sg1")),
+            record(2, 2, net("172.16.1.0/24")),
+            record(3, 1, node(3, "par1")),
+            record(3, 2, net("172.16.2.0/24")),
+        ] {
+            store.merge(r);
+        }
+        // Both sg1 bgpctls held down at once (a partial partition): sg1's routes stay.
+        let sg1 = [NodeId([1; 16]), NodeId([2; 16])];
+        let got = networks_by_datacenter(&store, |id| !sg1.contains(&id));
+        assert_eq!(
+            got.get("sg1")
+                .map(|s| s.iter().map(ToString::to_string).collect::<Vec<_>>()),
+            Some(vec!["172.16.1.0/24".to_string()])
+        );
+        // One of them back: its networks alone.
+        let got = networks_by_datacenter(&store, |id| id != sg1[1]);
+        assert_eq!(got["sg1"].len(), 1);
     }
 
     #[test]
