@@ -46,7 +46,7 @@ pub fn networks_by_datacenter(
     alive: impl Fn(NodeId) -> bool,
 ) -> BTreeMap<String, BTreeSet<IpNet>> {
     let datacenter = |origin: NodeId| store.node(origin).map(|r| r.datacenter.clone());
-    let mut with_live_publisher: BTreeSet<String> = store
+    let with_live_publisher: BTreeSet<String> = store
         .iter()
         .filter(|r| {
             matches!(&r.record.body, Some(v1::record::Body::Node(n)) if n.role == v1::Role::Bgpctl as i32)
@@ -56,7 +56,6 @@ pub fn networks_by_datacenter(
         .filter(|o| alive(*o))
         .filter_map(datacenter)
         .collect();
-    with_live_publisher.retain(|dc| !dc.is_empty());
     let mut out: BTreeMap<String, BTreeSet<IpNet>> = BTreeMap::new();
     for (origin, n) in store.networks() {
         let Some(dc) = datacenter(origin) else {
@@ -638,34 +637,40 @@ mod tests {
         assert_eq!(learned_networks(&routes, &no_pool).len(), 2);
     }
 
+    fn record(
+        origin: u8,
+        version: u64,
+        body: v1::record::Body,
+    ) -> gatewan_mesh::store::StoredRecord {
+        gatewan_mesh::store::encode_record(&v1::Record {
+            origin: vec![origin; 16].into(),
+            version,
+            body: Some(body),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    fn node(origin: u8, dc: &str) -> v1::record::Body {
+        v1::record::Body::Node(v1::NodeRecord {
+            id: vec![origin; 16].into(),
+            name: format!("bgpctl-{origin}"),
+            datacenter: dc.into(),
+            role: v1::Role::Bgpctl as i32,
+            ..Default::default()
+        })
+    }
+
+    fn net(p: &str) -> v1::record::Body {
+        v1::record::Body::Network(v1::Network {
+            prefix: p.into(),
+            vni: 1,
+            ..Default::default()
+        })
+    }
+
     #[test]
     fn only_networks_of_live_members_are_exported() {
-        use gatewan_mesh::store::encode_record;
-        let record = |origin: u8, version: u64, body: v1::record::Body| {
-            encode_record(&v1::Record {
-                origin: vec![origin; 16].into(),
-                version,
-                body: Some(body),
-                ..Default::default()
-            })
-            .unwrap()
-        };
-        let node = |origin: u8, dc: &str| {
-            v1::record::Body::Node(v1::NodeRecord {
-                id: vec![origin; 16].into(),
-                name: format!("bgpctl-{origin}"),
-                datacenter: dc.into(),
-                role: v1::Role::Bgpctl as i32,
-                ..Default::default()
-            })
-        };
-        let net = |p: &str| {
-            v1::record::Body::Network(v1::Network {
-                prefix: p.into(),
-                vni: 1,
-                ..Default::default()
-            })
-        };
         let mut store = StateStore::default();
         // Two bgpctls of par1: 1 alive, 2 dead (it still holds a withdrawn prefix).
         for r in [
@@ -704,32 +709,6 @@ mod tests {
 
     #[test]
     fn a_datacenter_whose_bgpctls_all_look_dead_keeps_its_last_networks() {
-        use gatewan_mesh::store::encode_record;
-        let record = |origin: u8, version: u64, body: v1::record::Body| {
-            encode_record(&v1::Record {
-                origin: vec![origin; 16].into(),
-                version,
-                body: Some(body),
-                ..Default::default()
-            })
-            .unwrap()
-        };
-        let node = |origin: u8, dc: &str| {
-            v1::record::Body::Node(v1::NodeRecord {
-                id: vec![origin; 16].into(),
-                name: format!("bgpctl-{origin}"),
-                datacenter: dc.into(),
-                role: v1::Role::Bgpctl as i32,
-                ..Default::default()
-            })
-        };
-        let net = |p: &str| {
-            v1::record::Body::Network(v1::Network {
-                prefix: p.into(),
-                vni: 1,
-                ..Default::default()
-            })
-        };
         let mut store = StateStore::default();
         for r in [
             record(1, 1, node(1, "sg1")),

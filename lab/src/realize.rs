@@ -112,9 +112,12 @@ fn node_links(netns: Option<&str>) -> Result<BTreeSet<String>> {
         .collect())
 }
 
+fn sysctl_path(key: &str) -> PathBuf {
+    Path::new("/proc/sys").join(key.replace('.', "/"))
+}
+
 fn write_sysctl(key: &str, val: &str) -> Result<()> {
-    let p = Path::new("/proc/sys").join(key.replace('.', "/"));
-    std::fs::write(&p, val).with_context(|| format!("sysctl {key}={val}"))
+    std::fs::write(sysctl_path(key), val).with_context(|| format!("sysctl {key}={val}"))
 }
 
 /// Bridged frames skip the namespace's iptables, as they do in a switch. Once the host has
@@ -127,7 +130,7 @@ fn bridges_skip_netfilter() -> Result<()> {
         "net.bridge.bridge-nf-call-ip6tables",
         "net.bridge.bridge-nf-call-arptables",
     ] {
-        if Path::new("/proc/sys").join(key.replace('.', "/")).exists() {
+        if sysctl_path(key).exists() {
             write_sysctl(key, "0")?;
         }
     }

@@ -46,13 +46,17 @@ pub fn allowed(inputs: &Inputs) -> Allowed {
     out
 }
 
-/// A counter's name for a tunnel interface (nftables object names: letters, digits, `_`).
-pub fn counter_name(interface: &str) -> String {
-    let clean: String = interface
+/// An interface name as nftables object names take it: letters, digits, `_`.
+fn object_safe(interface: &str) -> String {
+    interface
         .chars()
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    format!("spoofed_{clean}")
+        .collect()
+}
+
+/// A counter's name for a tunnel interface.
+pub fn counter_name(interface: &str) -> String {
+    format!("spoofed_{}", object_safe(interface))
 }
 
 /// The `nft -f` script that replaces our table with one for `allowed`, in one transaction.
@@ -135,7 +139,7 @@ pub fn script(allowed: &Allowed, check_sources: bool) -> String {
 
 /// The chain holding a tunnel's source check.
 fn chain_name(interface: &str) -> String {
-    format!("from_{}", &counter_name(interface)["spoofed_".len()..])
+    format!("from_{}", object_safe(interface))
 }
 
 /// Tunnel interface → packets dropped, from `nft -j list counters table inet gatewan`.
