@@ -1183,6 +1183,45 @@ mod tests {
         }
     }
 
+    /// The two-dc lab with one gatewan per datacenter cut off from the WAN (cogent
+    /// black-holed, its lumen port down): gatewans 1 and 3 reach their own datacenter
+    /// only, and the datacenters meet through gatewans 0 and 2 alone. Gatewan 3 reaches
+    /// no member of dc0 directly, nor through any indirect probe (its helpers, 2 and the
+    /// bgpctls, do not reach 1, 4 or 5), so each of its probes of them fails; the
+    /// suspect's datacenter relays are out of its reach too. The notice goes through its
+    /// own datacenter's gatewan 2, which passes it on to dc0 (0), which tells the suspect.
+    /// Before that second hop: 24 false rejoins and 143 false Down beliefs in 120 s,
+    /// every 10 to 20 s a member declared down and rejoining (session 16, in the lab as
+    /// here).
+    #[test]
+    fn members_reachable_only_through_two_relays_are_not_declared_down() {
+        let mut sim = Sim::new(SimConfig::new(21));
+        let bgpctls = datacenters(&mut sim, 2, 2);
+        assert_eq!(bgpctls, [4, 5, 6, 7]);
+        sim.run_for(Duration::from_secs(60));
+        assert_eq!(sim.false_rejoins(), 0, "before the cut");
+        let cut = sim.now_ms();
+        sim.restrict_reach(1, &[0, 4, 5]);
+        sim.restrict_reach(3, &[2, 6, 7]);
+        sim.run_for(Duration::from_secs(120));
+        let false_down = sim.false_beliefs(MemberState::Down, cut);
+        assert!(
+            false_down.is_empty(),
+            "{} false downs: {:?}",
+            false_down.len(),
+            &false_down[..false_down.len().min(3)]
+        );
+        assert_eq!(sim.false_rejoins(), 0, "live members told they were down");
+        let raised: u64 = [1, 3]
+            .iter()
+            .map(|&g| sim.core(g).counters().suspicions_raised)
+            .sum();
+        assert!(
+            raised > 0,
+            "the cut-off gatewans do suspect (the test tests)"
+        );
+    }
+
     /// Issue 13's withdrawal, in the two-dc lab's shape: two datacenters of two gatewans
     /// and two bgpctls (passive, reaching their own gatewans only), the gatewans
     /// republishing tunnel metrics every second. Both bgpctls of one datacenter change a

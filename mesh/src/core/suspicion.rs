@@ -1,9 +1,11 @@
 //! Suspicion notices (Lifeguard's buddy system) and their relays. When one of our probes
 //! fails, foca suspects the member; we tell the suspect directly, and ask up to two live
 //! members of its datacenter to pass the notice on (the suspect may be unreachable from
-//! here), again every half probe timeout until it refutes or the suspicion runs out. A
-//! suspect told so refutes at once and answers with its new incarnation, which relays
-//! bring back. Also the guard that keeps foca from acting on a suspicion already refuted.
+//! here), and up to two of our own datacenter, which pass it on to the suspect's in turn
+//! (we may reach no member of it: ADR 0056); again every half probe timeout until it
+//! refutes or the suspicion runs out. A suspect told so refutes at once and answers with
+//! its new incarnation, which relays bring back. Also the guard that keeps foca from
+//! acting on a suspicion already refuted.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -20,6 +22,9 @@ use crate::identity::{MemberId, NodeId};
 
 /// Members of a suspect's datacenter asked to pass a suspicion notice on.
 const SUSPICION_RELAYS: usize = 2;
+/// A member of the suspect's datacenter heard from within this is preferred as a relay:
+/// a few probe rounds, as reachability may have just changed (a transit gone).
+const RELAY_HEARD_MS: u64 = 5_000;
 /// How long a relay waits for the suspect's refutation to bring back.
 const RELAY_FOR_MS: u64 = 3_000;
 /// Bounds the relays pending at once.
@@ -78,7 +83,7 @@ impl MeshCore {
             incarnation: u32::from(s.incarnation),
         };
         let addrs = s.id.addrs.clone();
-        let relays = self.datacenter_relays(&node);
+        let relays = self.suspicion_relays(&node, true, now_ms);
         self.send_control(&addrs, Kind::Suspected(notice.clone()));
         // The suspect may not be reachable from here (a bgpctl on its fabric): members of
         // its datacenter pass the notice on and bring the refutation back.
@@ -91,33 +96,72 @@ impl MeshCore {
         );
     }
 
-    /// Up to two live members of `node`'s datacenter (as their NodeRecords say), not us.
-    fn datacenter_relays(&mut self, node: &NodeId) -> Vec<Vec<SocketAddr>> {
+    /// Whom to ask to pass a notice about `node` on. Up to two live members of its
+    /// datacenter (as their NodeRecords say), those we heard from in the last
+    /// [`RELAY_HEARD_MS`] first: one we do not hear from is likely out of our reach too.
+    /// With `onward`, and from outside that datacenter, also up to two active members of
+    /// our own datacenter we heard from lately: the fabric reaches them whatever our WAN
+    /// does, and they pass the notice on to the suspect's datacenter in turn
+    /// (`on_relay_suspicion`). That second hop is what a gatewan cut off from the WAN
+    /// needs: it reaches no other datacenter, its indirect probes of that datacenter's
+    /// members all fail, and without the second hop they were declared down and rejoined
+    /// every 10 to 20 s. It is asked every time rather than when no member of the
+    /// suspect's datacenter was heard from lately, as a transit that just failed leaves
+    /// them heard from for a while: a few datagrams per suspicion.
+    fn suspicion_relays(
+        &mut self,
+        node: &NodeId,
+        onward: bool,
+        now_ms: u64,
+    ) -> Vec<Vec<SocketAddr>> {
         let local = self.local().node;
-        let mut relays: Vec<Vec<SocketAddr>> = {
+        let recently = now_ms.saturating_sub(RELAY_HEARD_MS);
+        let (mut theirs, mut ours) = {
             let shared = lock(&self.shared);
-            let Some(dc) = shared.store.node(*node).map(|n| n.datacenter.clone()) else {
+            let datacenter = |n: &NodeId| shared.store.node(*n).map(|r| r.datacenter.clone());
+            let Some(dc) = datacenter(node) else {
                 return Vec::new();
             };
-            self.members
-                .values()
-                .filter(|m| {
-                    m.state == MemberState::Alive && m.id.node != *node && m.id.node != local
-                })
-                .filter(|m| {
-                    shared
-                        .store
-                        .node(m.id.node)
-                        .is_some_and(|n| n.datacenter == dc)
-                })
-                .map(|m| m.id.addrs.clone())
-                .collect()
+            let own_dc = datacenter(&local);
+            let (mut theirs, mut ours) = (Vec::new(), Vec::new());
+            for m in self.members.values() {
+                if m.state != MemberState::Alive || m.id.node == *node || m.id.node == local {
+                    continue;
+                }
+                let Some(r) = shared.store.node(m.id.node) else {
+                    continue;
+                };
+                if r.datacenter == dc {
+                    let heard = self.heard.get(&m.id.node).is_some_and(|&t| t >= recently);
+                    theirs.push((heard, m.id.addrs.clone()));
+                } else if onward
+                    && Some(&r.datacenter) == own_dc.as_ref()
+                    && self.heard_lately(&m.id.node, now_ms)
+                    // A passive member (it said so in its hellos) reaches our
+                    // datacenter only.
+                    && !self.dependents.contains_key(&m.id.node)
+                {
+                    ours.push(m.id.addrs.clone());
+                }
+            }
+            (theirs, ours)
         };
-        relays.sort();
-        while relays.len() > SUSPICION_RELAYS {
-            relays.swap_remove(self.rng.random_range(0..relays.len()));
+        if theirs.iter().any(|(heard, _)| *heard) {
+            theirs.retain(|(heard, _)| *heard);
         }
+        let mut relays: Vec<_> = theirs.into_iter().map(|(_, a)| a).collect();
+        relays.sort();
+        self.keep_at_most(&mut relays, SUSPICION_RELAYS);
+        ours.sort();
+        self.keep_at_most(&mut ours, SUSPICION_RELAYS);
+        relays.append(&mut ours);
         relays
+    }
+
+    fn keep_at_most<T>(&mut self, v: &mut Vec<T>, n: usize) {
+        while v.len() > n {
+            v.swap_remove(self.rng.random_range(0..v.len()));
+        }
     }
 
     /// A member tells us it suspects us: we refute (foca raises our incarnation and
@@ -188,7 +232,21 @@ impl MeshCore {
         askers.push((from, now_ms + RELAY_FOR_MS));
         askers.truncate(16);
         let addrs = id.addrs.clone();
-        self.send_control(&addrs, Kind::Suspected(notice));
+        self.send_control(&addrs, Kind::Suspected(notice.clone()));
+        // Asked from outside the suspect's datacenter, as the second hop of a member that
+        // reaches none of it: pass the notice on there too. A relay inside it only tells
+        // the suspect, so a notice makes at most two hops.
+        let local = self.local().node;
+        let outside = {
+            let shared = lock(&self.shared);
+            let dc = |n: &NodeId| shared.store.node(*n).map(|r| r.datacenter.clone());
+            dc(&id.node).is_some_and(|theirs| dc(&local).is_none_or(|ours| ours != theirs))
+        };
+        if outside {
+            for relay in self.suspicion_relays(&id.node, false, now_ms) {
+                self.send_control(&relay, Kind::RelaySuspicion(notice.clone()));
+            }
+        }
     }
 
     /// A suspect's refutation, to us or through us (a relay).
@@ -286,9 +344,10 @@ mod tests {
     #[test]
     fn the_relays_are_two_live_members_of_the_suspects_datacenter_other_than_it() {
         let mut net = mesh_in(&["a", "b", "b", "b", "c"]);
+        let now_ms = net.now().mono_ms;
         let mut picked = std::collections::BTreeSet::new();
         for _ in 0..30 {
-            let relays = net.cores[0].datacenter_relays(&member(1).node);
+            let relays = net.cores[0].suspicion_relays(&member(1).node, true, now_ms);
             assert_eq!(relays.len(), 2, "{relays:?}");
             for r in relays {
                 assert!(r == [addr(2)] || r == [addr(3)], "{r:?}");
@@ -297,9 +356,15 @@ mod tests {
         }
         assert_eq!(picked.len(), 2);
         // Member 4 alone in its datacenter: no one to relay through.
-        assert!(net.cores[0].datacenter_relays(&member(4).node).is_empty());
         assert!(
-            net.cores[0].datacenter_relays(&member(7).node).is_empty(),
+            net.cores[0]
+                .suspicion_relays(&member(4).node, true, now_ms)
+                .is_empty()
+        );
+        assert!(
+            net.cores[0]
+                .suspicion_relays(&member(7).node, true, now_ms)
+                .is_empty(),
             "unknown"
         );
     }
@@ -366,6 +431,41 @@ mod tests {
         // member 0 under its first generation (no TurnUndead made it rejoin).
         assert_eq!(state_at(&net, 0, 1), Some(MemberState::Alive));
         assert_eq!(net.cores[1].local().generation, 1);
+    }
+
+    /// Member 0 (datacenter a, with member 1) reaches no member of datacenter b (2 and 3),
+    /// and member 1 does not reach member 2: every probe of 2 by 0 fails, directly and
+    /// indirectly, and neither 3 nor 1 alone can pass a notice on to 2. Member 1 passes
+    /// it on to 3, which tells 2; the refutation comes back the same way.
+    #[test]
+    fn a_notice_goes_through_our_datacenter_when_the_suspects_is_out_of_reach() {
+        let mut net = mesh_in(&["a", "a", "b", "b"]);
+        let now_ms = net.now().mono_ms;
+        let relays = net.cores[0].suspicion_relays(&member(2).node, true, now_ms);
+        assert_eq!(relays, [vec![addr(3)], vec![addr(1)]], "theirs, then ours");
+        assert_eq!(
+            net.cores[0].suspicion_relays(&member(2).node, false, now_ms),
+            [vec![addr(3)]],
+            "a relay does not ask its own datacenter"
+        );
+
+        let since = net.log.len();
+        net.cut(0, 2, true);
+        net.cut(0, 3, true);
+        net.cut(1, 2, true);
+        net.run_for(Duration::from_secs(30));
+
+        assert!(net.cores[0].counters().suspicions_raised > 0, "0 suspects");
+        assert!(
+            !net.sent_since(since, |p| p.from == 1
+                && p.to == addr(3)
+                && matches!(p.control, Some(Kind::RelaySuspicion(_))))
+                .is_empty(),
+            "member 1 passed the notice on to the suspect's datacenter"
+        );
+        assert!(net.cores[0].counters().refutations_received > 0);
+        assert_eq!(state_at(&net, 0, 2), Some(MemberState::Alive));
+        assert_eq!(net.cores[2].local().generation, 1, "never declared down");
     }
 
     #[test]

@@ -329,9 +329,12 @@ impl MeshCore {
         // the driver stores it before any of them leaves.
         for n in &rt.notifications {
             if let foca::OwnedNotification::Rejoin(id) = n {
+                // foca renews our identity when members declared us down (we learn of
+                // it by gossip) or when our incarnation ran out: both read the same.
                 warn!(
                     generation = id.generation,
-                    "rejoining the mesh under a new generation (incarnation exhausted)"
+                    "rejoining the mesh under a new generation: members declared us down, \
+                     or our incarnation ran out"
                 );
                 self.counters.rejoins += 1;
                 self.own_generation.store(id.generation, Ordering::Relaxed);
