@@ -3,6 +3,7 @@
 //! tests. See docs/lab.md for the supported subset and the `lab.*` label extensions.
 
 pub mod bench;
+mod echo;
 pub mod graph;
 pub mod harness;
 pub mod leaf;
