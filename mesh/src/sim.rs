@@ -1107,6 +1107,18 @@ mod tests {
         assert_eq!(sim.false_rejoins(), 0, "live members told they were down");
     }
 
+    /// No live member held down by anyone since `since_ms`, nor told it was down (ever).
+    fn assert_no_false_down(sim: &Sim, since_ms: u64) {
+        let false_down = sim.false_beliefs(MemberState::Down, since_ms);
+        assert!(
+            false_down.is_empty(),
+            "{} false downs: {:?}",
+            false_down.len(),
+            &false_down[..false_down.len().min(3)]
+        );
+        assert_eq!(sim.false_rejoins(), 0, "live members told they were down");
+    }
+
     /// `dcs` datacenters of two gatewans (members `2 × dc` and `2 × dc + 1`, joined first)
     /// and `bgpctls` passive members each that reach their own gatewans only, as on a
     /// fabric. Returns the bgpctls, datacenter by datacenter.
@@ -1155,14 +1167,7 @@ mod tests {
         sim.run_for(Duration::from_secs(420));
         sim.set_loss(0.05);
         sim.run_for(Duration::from_secs(120));
-        let false_down = sim.false_beliefs(MemberState::Down, 0);
-        assert!(
-            false_down.is_empty(),
-            "{} false downs: {:?}",
-            false_down.len(),
-            &false_down[..false_down.len().min(3)]
-        );
-        assert_eq!(sim.false_rejoins(), 0, "live members told they were down");
+        assert_no_false_down(&sim, 0);
         for o in sim.live_nodes() {
             for s in sim.live_nodes().into_iter().filter(|&s| s != o) {
                 assert!(
@@ -1204,14 +1209,7 @@ mod tests {
         sim.restrict_reach(1, &[0, 4, 5]);
         sim.restrict_reach(3, &[2, 6, 7]);
         sim.run_for(Duration::from_secs(120));
-        let false_down = sim.false_beliefs(MemberState::Down, cut);
-        assert!(
-            false_down.is_empty(),
-            "{} false downs: {:?}",
-            false_down.len(),
-            &false_down[..false_down.len().min(3)]
-        );
-        assert_eq!(sim.false_rejoins(), 0, "live members told they were down");
+        assert_no_false_down(&sim, cut);
         let raised: u64 = [1, 3]
             .iter()
             .map(|&g| sim.core(g).counters().suspicions_raised)
