@@ -165,6 +165,7 @@ async fn decide_loop(
     adopt_choice(&config.datacenter, &mesh, &speaker, &mut controller).await;
     let mut choices: BTreeMap<String, v1::Choice> = BTreeMap::new();
     let mut last: Option<v1::Decision> = None;
+    let mut own_changes: BTreeMap<String, OwnChange> = BTreeMap::new();
     let mut mesh_rx = mesh.subscribe();
     let mut received_rx = speaker.subscribe_received();
     // The hold-down timers run on the clock even when the mesh is quiet.
@@ -217,16 +218,33 @@ async fn decide_loop(
         }
         let view = mesh.view();
         let snapshot = snapshot_of(&config.datacenter, &view);
-        if let Some(lead) = leader_choice(&config.datacenter, &view, &snapshot, last.as_ref()) {
-            controller.adopt(&lead);
-        }
         // Hold-downs run on the monotonic clock; the wall clock at this moment only turns
         // the decision's times into dates for the API (`ControllerView::clock`).
         let clock = Clock {
             mono_ms: u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX),
             unix_ms: unix_ms(),
         };
+        let leads = leader_choices(&config.datacenter, &view);
+        let lead = leader_choice(
+            &config.datacenter,
+            &leads,
+            &snapshot,
+            last.as_ref(),
+            &own_changes,
+            clock.mono_ms,
+        );
+        if let Some(lead) = &lead {
+            controller.adopt(lead);
+        }
         let (decision, explanation) = controller.decide(&snapshot, clock.mono_ms);
+        note_own_changes(
+            &mut own_changes,
+            last.as_ref(),
+            &decision,
+            lead.as_ref(),
+            &leads,
+            clock.mono_ms,
+        );
         let routes = export::routes(
             &decision,
             &export::networks_by_datacenter(&view.store, |id| is_alive(&view, id)),
@@ -358,13 +376,13 @@ fn mesh_choice(datacenter: &str, view: &MeshView) -> Option<v1::Decision> {
 /// from ours and all its tunnels are Established here, we take it (a decision of our own
 /// follows at once whenever one of them is not, as on a failure). No election: the rule
 /// is the same everywhere and needs no message but the choices already in the mesh.
-fn leader_choice(
-    datacenter: &str,
-    view: &MeshView,
-    snapshot: &Snapshot,
-    ours: Option<&v1::Decision>,
-) -> Option<v1::Decision> {
-    let me = view.members.iter().find(|m| m.local)?.id.node;
+///
+/// The leader's choices toward each remote datacenter, with their record versions; none
+/// when we are the leader.
+fn leader_choices(datacenter: &str, view: &MeshView) -> Vec<(u64, v1::Choice)> {
+    let Some(me) = view.members.iter().find(|m| m.local).map(|m| m.id.node) else {
+        return Vec::new();
+    };
     let leader = view
         .members
         .iter()
@@ -375,7 +393,47 @@ fn leader_choice(
                 .node(*id)
                 .is_some_and(|n| n.role == v1::Role::Bgpctl as i32 && n.datacenter == datacenter)
         })
-        .min()?;
+        .min();
+    let Some(leader) = leader else {
+        return Vec::new();
+    };
+    view.store
+        .iter()
+        .filter(|r| r.key.origin == leader)
+        .filter_map(|r| match &r.record.body {
+            Some(Body::Choice(c)) if c.datacenter == datacenter => Some((r.version, c.clone())),
+            _ => None,
+        })
+        .collect()
+}
+
+/// How long a choice we just made on our own stands against a choice the leader made
+/// before it. Both bgpctls see the same metrics and their hold-downs run out within a
+/// second or so of each other: the one that decides first must not take the other's
+/// older choice back, and then the new one again, 20 ms apart (seen in two-dc: three
+/// route changes in 40 ms, and a packet lost). Longer than the gap between the two
+/// decisions plus the mesh's delay; a real divergence is followed after it.
+const FOLLOW_GRACE_MS: u64 = 3_000;
+
+/// Our last change of choice toward a remote datacenter that was our own (not the
+/// leader's taken), and the version of the leader's choice toward it at that moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct OwnChange {
+    at_ms: u64,
+    leader_version: Option<u64>,
+}
+
+/// Of the leader's choices (`leads`), those to take now, as a decision to adopt: where
+/// ours differs and all its tunnels are Established here, unless we changed on our own
+/// under [`FOLLOW_GRACE_MS`] ago and the leader has not chosen since.
+fn leader_choice(
+    datacenter: &str,
+    leads: &[(u64, v1::Choice)],
+    snapshot: &Snapshot,
+    ours: Option<&v1::Decision>,
+    own_changes: &BTreeMap<String, OwnChange>,
+    now_ms: u64,
+) -> Option<v1::Decision> {
     let held = |remote: &str| -> Vec<bytes::Bytes> {
         let mut ids: Vec<bytes::Bytes> = ours
             .and_then(|d| d.remotes.iter().find(|r| r.datacenter == remote))
@@ -389,25 +447,64 @@ fn leader_choice(
             .and_then(|t| snapshot.tunnel(t))
             .is_some_and(|t| t.measurements.state == v1::TunnelState::Established)
     };
-    let remotes: Vec<v1::DatacenterDecision> = view
-        .store
+    let remotes: Vec<v1::DatacenterDecision> = leads
         .iter()
-        .filter(|r| r.key.origin == leader)
-        .filter_map(|r| match &r.record.body {
-            Some(Body::Choice(c)) if c.datacenter == datacenter => Some(c),
-            _ => None,
-        })
-        .filter(|c| {
+        .filter(|(version, c)| {
             !c.tunnels.is_empty()
                 && c.tunnels.iter().all(established)
                 && held(&c.remote) != c.tunnels
+                && follows(own_changes.get(&c.remote), *version, now_ms)
         })
-        .map(remote_decision)
+        .map(|(_, c)| remote_decision(c))
         .collect();
     (!remotes.is_empty()).then(|| v1::Decision {
         datacenter: datacenter.to_string(),
         remotes,
     })
+}
+
+/// Whether the leader's choice at `version` may replace ours, given our last own change.
+fn follows(own: Option<&OwnChange>, version: u64, now_ms: u64) -> bool {
+    own.is_none_or(|c| {
+        c.leader_version != Some(version) || now_ms.saturating_sub(c.at_ms) >= FOLLOW_GRACE_MS
+    })
+}
+
+/// Records, per remote datacenter, a change of `decision` from `last` that was not the
+/// leader's choice taken (`adopted`).
+fn note_own_changes(
+    own_changes: &mut BTreeMap<String, OwnChange>,
+    last: Option<&v1::Decision>,
+    decision: &v1::Decision,
+    adopted: Option<&v1::Decision>,
+    leads: &[(u64, v1::Choice)],
+    now_ms: u64,
+) {
+    let ids = |r: &v1::DatacenterDecision| -> Vec<bytes::Bytes> {
+        let mut v: Vec<_> = r.tunnels.iter().map(|t| t.id.clone()).collect();
+        v.sort();
+        v
+    };
+    let Some(last) = last else {
+        return;
+    };
+    for r in &decision.remotes {
+        let before = last.remotes.iter().find(|x| x.datacenter == r.datacenter);
+        let taken = adopted.is_some_and(|a| a.remotes.iter().any(|x| x.datacenter == r.datacenter));
+        if before.map(ids) != Some(ids(r)) && !taken {
+            let leader_version = leads
+                .iter()
+                .find(|(_, c)| c.remote == r.datacenter)
+                .map(|(v, _)| *v);
+            own_changes.insert(
+                r.datacenter.clone(),
+                OwnChange {
+                    at_ms: now_ms,
+                    leader_version,
+                },
+            );
+        }
+    }
 }
 
 /// Another bgpctl's choice toward one remote datacenter, as a decision to adopt (only the
@@ -597,5 +694,95 @@ mod clock_tests {
             unix_ms: 10_000,
         };
         assert_eq!(at_boot.unix_of(0), 0, "saturates instead of wrapping");
+    }
+}
+
+#[cfg(test)]
+mod follow_tests {
+    use std::collections::BTreeMap;
+
+    use bytes::Bytes;
+    use gatewan_proto::v1;
+
+    use super::{FOLLOW_GRACE_MS, OwnChange, follows, note_own_changes};
+
+    fn decision(tunnels: &[u8]) -> v1::Decision {
+        v1::Decision {
+            datacenter: "par1".into(),
+            remotes: vec![v1::DatacenterDecision {
+                datacenter: "sg1".into(),
+                tunnels: tunnels
+                    .iter()
+                    .map(|&t| v1::ChosenTunnel {
+                        id: Bytes::from(vec![t; 16]),
+                        ..Default::default()
+                    })
+                    .collect(),
+                ..Default::default()
+            }],
+        }
+    }
+
+    fn lead(version: u64) -> Vec<(u64, v1::Choice)> {
+        vec![(
+            version,
+            v1::Choice {
+                datacenter: "par1".into(),
+                remote: "sg1".into(),
+                ..Default::default()
+            },
+        )]
+    }
+
+    #[test]
+    fn a_choice_of_our_own_stands_against_the_leaders_older_one_for_the_grace_only() {
+        let own = OwnChange {
+            at_ms: 10_000,
+            leader_version: Some(5),
+        };
+        assert!(
+            !follows(Some(&own), 5, 10_020),
+            "the leader's choice of before"
+        );
+        assert!(follows(Some(&own), 6, 10_020), "the leader chose since");
+        assert!(
+            follows(Some(&own), 5, 10_000 + FOLLOW_GRACE_MS),
+            "a real divergence is followed after the grace"
+        );
+        assert!(follows(None, 5, 10_020), "no change of our own");
+    }
+
+    #[test]
+    fn only_changes_of_our_own_are_noted_with_the_leaders_version_of_then() {
+        let mut own = BTreeMap::new();
+        note_own_changes(&mut own, None, &decision(&[1]), None, &lead(5), 100);
+        assert!(own.is_empty(), "the first decision is no change");
+        note_own_changes(
+            &mut own,
+            Some(&decision(&[1])),
+            &decision(&[1]),
+            None,
+            &lead(5),
+            200,
+        );
+        assert!(own.is_empty(), "unchanged");
+        let taken = decision(&[2]);
+        note_own_changes(
+            &mut own,
+            Some(&decision(&[1])),
+            &taken,
+            Some(&taken),
+            &lead(5),
+            300,
+        );
+        assert!(own.is_empty(), "the leader's choice taken");
+        note_own_changes(&mut own, Some(&taken), &decision(&[3]), None, &lead(6), 400);
+        assert_eq!(
+            own.get("sg1"),
+            Some(&OwnChange {
+                at_ms: 400,
+                leader_version: Some(6)
+            })
+        );
     }
 }

@@ -90,8 +90,10 @@ pub enum Health {
     Established,
     Degraded,
     Down,
-    /// Not probed yet (a restart): the tunnel keeps its own route, so a restarted daemon
-    /// does not move live flows before it has measured anything.
+    /// Nothing measured yet, i.e. no probe's timeout has passed since the start (a
+    /// restart): the tunnel keeps its own route, so a restarted daemon does not move live
+    /// flows before it has measured anything. A tunnel silent since the start is
+    /// measured as lost once its first probes time out, and is Down from then on.
     Unknown,
 }
 

@@ -158,14 +158,32 @@ impl ProbeWindow {
     /// Measurements over the probes sent in the last `window` whose fate is known.
     pub fn measure(&mut self, now_us: u64) -> Measurements {
         self.expire(now_us);
-        let Some(from) = self.measured_from(now_us) else {
-            // Never answered: nothing measured, and the tunnel is Down.
-            return Measurements::default();
-        };
         // Loss counts only the probes whose timeout has passed (all answered or lost).
         // Counting the recent answered ones as well, but not the recent lost ones (still
         // pending), biased loss low: 30 % measured as 26 % with a 5 s window and 1 s timeout.
         let settled_to = now_us.saturating_sub(self.timeout_us);
+        let Some(from) = self.measured_from(now_us) else {
+            // Never answered (since the last restart): every probe whose timeout has passed
+            // in the window is lost. Not "nothing measured": the data plane keeps a tunnel
+            // measured nothing on its own route (a restarted gatewan has measured nothing
+            // yet), and a tunnel black-holed since our start would keep its flows for good.
+            let from = now_us
+                .saturating_sub(self.window_us + self.timeout_us)
+                .max(self.measured_from_us);
+            let lost = match now_us.checked_sub(self.timeout_us) {
+                Some(settled_to) => self
+                    .probes
+                    .iter()
+                    .filter(|p| p.sent_us >= from && p.sent_us <= settled_to)
+                    .count(),
+                None => 0,
+            };
+            return Measurements {
+                measured: u32::try_from(lost).unwrap_or(u32::MAX),
+                loss: if lost > 0 { 1.0 } else { 0.0 },
+                ..Measurements::default()
+            };
+        };
         let mut measured = 0u32;
         let mut lost = 0u32;
         let mut answered = 0u32;
@@ -546,15 +564,21 @@ mod tests {
     }
 
     #[test]
-    fn probes_before_the_first_reply_are_not_loss() {
+    fn probes_before_the_first_reply_are_loss_only_until_one_is_answered() {
         let mut w = window();
         for s in 0..10 {
             w.sent(s, s * 100 * MS);
         }
         assert_eq!(
-            w.measure(3000 * MS).measured,
+            w.measure(500 * MS).measured,
             0,
-            "never answered: nothing measured"
+            "no timeout has passed yet: nothing measured"
+        );
+        let m = w.measure(3000 * MS);
+        assert_eq!(
+            (m.measured, m.loss),
+            (10, 1.0),
+            "never answered: all lost, not nothing measured"
         );
         w.sent(10, 1000 * MS);
         w.reply(10, 1001 * MS);
