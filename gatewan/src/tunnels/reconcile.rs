@@ -49,6 +49,9 @@ pub struct SeenTunnel {
     pub peers: Vec<([u8; 32], Option<SocketAddr>)>,
     pub addresses: BTreeSet<IpNet>,
     pub up: bool,
+    /// Whether its peer has a WireGuard session young enough to carry traffic without a
+    /// new handshake (see `state::SESSION_FRESH`): the interface outlived a restart.
+    pub live_session: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -176,6 +179,7 @@ mod tests {
             peers: vec![(w.peer_public_key, Some(w.endpoint))],
             addresses: w.addresses.clone(),
             up: true,
+            live_session: false,
         }
     }
 

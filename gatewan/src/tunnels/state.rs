@@ -42,6 +42,10 @@ pub struct VtepChange {
     pub too_few: bool,
 }
 
+/// A WireGuard session younger than this carries traffic without a handshake: REKEY_AFTER_TIME
+/// of the WireGuard paper, after which the sending end starts a new one.
+pub const SESSION_FRESH: Duration = Duration::from_secs(120);
+
 pub struct ManagerState {
     local: Local,
     started: Instant,
@@ -52,6 +56,8 @@ pub struct ManagerState {
     last_sync: Option<Instant>,
     /// Interfaces no longer wanted, since when (unix ms).
     stale_since: HashMap<String, u64>,
+    /// Interfaces whose peer had a fresh session at the last observation.
+    live_sessions: HashSet<String>,
     /// Planned tunnels by id.
     rows: BTreeMap<String, Row>,
     /// Planner problems already logged.
@@ -76,6 +82,7 @@ impl ManagerState {
             dirty: true,
             last_sync: None,
             stale_since: HashMap::new(),
+            live_sessions: HashSet::new(),
             rows: BTreeMap::new(),
             reported_problems: HashSet::new(),
             published: HashMap::new(),
@@ -148,6 +155,11 @@ impl ManagerState {
         grace: Duration,
     ) -> (Vec<Step>, Vec<String>) {
         let grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
+        self.live_sessions = seen
+            .iter()
+            .filter(|s| s.live_session)
+            .map(|s| s.interface.clone())
+            .collect();
         let (todo, newly_stale) = steps(wanted, seen, &self.stale_since, now_ms, grace_ms);
         for name in &newly_stale {
             self.stale_since.insert(name.clone(), now_ms);
@@ -199,7 +211,8 @@ impl ManagerState {
             self.rows
                 .entry(t.id.clone())
                 .and_modify(|r| r.tunnel = t.clone())
-                .or_insert(Row {
+                .or_insert_with(|| Row {
+                    probe_at_once: self.live_sessions.contains(&t.interface),
                     tunnel: t,
                     started_at: now,
                     rx_bps: 0,
@@ -219,8 +232,10 @@ impl ManagerState {
                 interface: r.tunnel.interface.clone(),
                 local: SocketAddr::new(r.tunnel.local.address_v4.into(), r.tunnel.echo_port),
                 peer: SocketAddr::new(r.tunnel.peer.address_v4.into(), r.tunnel.echo_port),
-                // Any rule both ends agree on without talking.
-                initiator: r.tunnel.local.node < r.tunnel.peer.node,
+                // Any rule both ends agree on without talking; a tunnel found with a
+                // live session (a restart) has no handshake to cross, and waiting would
+                // leave one end blind to a failure for RESPONDER_WAIT.
+                initiator: r.tunnel.local.node < r.tunnel.peer.node || r.probe_at_once,
             })
             .collect()
     }
@@ -354,6 +369,9 @@ fn answering_peers(
 
 struct Row {
     tunnel: PlannedTunnel,
+    /// Its interface had a live session when the row was made: both ends probe at once
+    /// (fixed for the row's life, as a changed probe target starts a fresh window).
+    probe_at_once: bool,
     started_at: SystemTime,
     rx_bps: u64,
     tx_bps: u64,
@@ -583,6 +601,7 @@ mod tests {
             peers: Vec::new(),
             addresses: Default::default(),
             up: true,
+            live_session: false,
         }
     }
 
@@ -686,6 +705,41 @@ mod tests {
         assert!(targets.iter().all(|t| t.initiator));
         s.set_planned(tunnels[..1].to_vec(), SystemTime::UNIX_EPOCH);
         assert_eq!(s.probe_targets().len(), 1);
+    }
+
+    /// Gatewan 2 has the higher node id: the responder, which waits for the initiator's
+    /// probes on a new tunnel, unless the tunnel was found with a live session.
+    #[test]
+    fn the_responder_end_probes_at_once_a_tunnel_found_with_a_live_session() {
+        let all = [gatewan(1, "sg1"), gatewan(2, "par1"), gatewan(3, "par1")];
+        let (tunnels, _) = plan(&all[1], &all, &PlanSettings::default());
+        assert_eq!(tunnels.len(), 1, "to gatewan 1");
+        let name = tunnels[0].interface.clone();
+        let grace = Duration::from_secs(60);
+
+        let mut fresh = state(Instant::now());
+        fresh.steps(&[], &[seen(&name)], 0, grace);
+        fresh.set_planned(tunnels.clone(), SystemTime::UNIX_EPOCH);
+        assert!(
+            !fresh.probe_targets()[0].initiator,
+            "a new tunnel: it waits"
+        );
+
+        let mut restarted = state(Instant::now());
+        let live = SeenTunnel {
+            live_session: true,
+            ..seen(&name)
+        };
+        restarted.steps(&[], &[live], 0, grace);
+        restarted.set_planned(tunnels.clone(), SystemTime::UNIX_EPOCH);
+        assert!(
+            restarted.probe_targets()[0].initiator,
+            "no handshake to cross"
+        );
+        // Kept for the row's life: a changed target would start a fresh window.
+        restarted.steps(&[], &[seen(&name)], 1_000, grace);
+        restarted.set_planned(tunnels, SystemTime::UNIX_EPOCH);
+        assert!(restarted.probe_targets()[0].initiator);
     }
 
     #[test]

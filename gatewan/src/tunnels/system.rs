@@ -200,6 +200,13 @@ impl System {
                     .iter()
                     .map(|p| (p.config.public_key.0, p.config.endpoint))
                     .collect();
+                // WireGuard dates handshakes by the wall clock.
+                seen.live_session = dev.peers.first().is_some_and(|p| {
+                    p.stats
+                        .last_handshake_time
+                        .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
+                        .is_some_and(|age| age < super::state::SESSION_FRESH)
+                });
             }
             out.push(seen);
         }
