@@ -50,9 +50,13 @@ pub struct SeenTunnel {
     pub addresses: BTreeSet<IpNet>,
     pub up: bool,
     /// Whether its peer has a WireGuard session young enough to carry traffic without a
-    /// new handshake (see `state::SESSION_FRESH`): the interface outlived a restart.
+    /// new handshake ([`SESSION_FRESH`]): the interface outlived a restart.
     pub live_session: bool,
 }
+
+/// A WireGuard session younger than this carries traffic without a handshake:
+/// REKEY_AFTER_TIME of the WireGuard paper, after which the sending end starts a new one.
+pub const SESSION_FRESH: std::time::Duration = std::time::Duration::from_secs(120);
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {

@@ -42,10 +42,6 @@ pub struct VtepChange {
     pub too_few: bool,
 }
 
-/// A WireGuard session younger than this carries traffic without a handshake: REKEY_AFTER_TIME
-/// of the WireGuard paper, after which the sending end starts a new one.
-pub const SESSION_FRESH: Duration = Duration::from_secs(120);
-
 pub struct ManagerState {
     local: Local,
     started: Instant,

@@ -205,7 +205,7 @@ impl System {
                     p.stats
                         .last_handshake_time
                         .and_then(|t| std::time::SystemTime::now().duration_since(t).ok())
-                        .is_some_and(|age| age < super::state::SESSION_FRESH)
+                        .is_some_and(|age| age < super::reconcile::SESSION_FRESH)
                 });
             }
             out.push(seen);
