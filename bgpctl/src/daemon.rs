@@ -435,12 +435,9 @@ fn leader_choice(
     now_ms: u64,
 ) -> Option<v1::Decision> {
     let held = |remote: &str| -> Vec<bytes::Bytes> {
-        let mut ids: Vec<bytes::Bytes> = ours
-            .and_then(|d| d.remotes.iter().find(|r| r.datacenter == remote))
-            .map(|r| r.tunnels.iter().map(|t| t.id.clone()).collect())
-            .unwrap_or_default();
-        ids.sort();
-        ids
+        ours.and_then(|d| d.remotes.iter().find(|r| r.datacenter == remote))
+            .map(tunnel_ids)
+            .unwrap_or_default()
     };
     let established = |id: &bytes::Bytes| {
         crate::controller::TunnelId::from_slice(id)
@@ -480,18 +477,13 @@ fn note_own_changes(
     leads: &[(u64, v1::Choice)],
     now_ms: u64,
 ) {
-    let ids = |r: &v1::DatacenterDecision| -> Vec<bytes::Bytes> {
-        let mut v: Vec<_> = r.tunnels.iter().map(|t| t.id.clone()).collect();
-        v.sort();
-        v
-    };
     let Some(last) = last else {
         return;
     };
     for r in &decision.remotes {
         let before = last.remotes.iter().find(|x| x.datacenter == r.datacenter);
         let taken = adopted.is_some_and(|a| a.remotes.iter().any(|x| x.datacenter == r.datacenter));
-        if before.map(ids) != Some(ids(r)) && !taken {
+        if before.map(tunnel_ids) != Some(tunnel_ids(r)) && !taken {
             let leader_version = leads
                 .iter()
                 .find(|(_, c)| c.remote == r.datacenter)
@@ -505,6 +497,14 @@ fn note_own_changes(
             );
         }
     }
+}
+
+/// The ids of a choice's tunnels, sorted: how choices are compared (a `Choice` record
+/// holds them sorted).
+fn tunnel_ids(r: &v1::DatacenterDecision) -> Vec<bytes::Bytes> {
+    let mut ids: Vec<_> = r.tunnels.iter().map(|t| t.id.clone()).collect();
+    ids.sort();
+    ids
 }
 
 /// Another bgpctl's choice toward one remote datacenter, as a decision to adopt (only the

@@ -149,7 +149,7 @@ impl ProbeWindow {
     }
 
     fn expire(&mut self, now_us: u64) {
-        let horizon = now_us.saturating_sub(self.window_us + self.timeout_us);
+        let horizon = self.window_start(now_us);
         while self.probes.front().is_some_and(|p| p.sent_us < horizon) {
             self.probes.pop_front();
         }
@@ -167,9 +167,7 @@ impl ProbeWindow {
             // in the window is lost. Not "nothing measured": the data plane keeps a tunnel
             // measured nothing on its own route (a restarted gatewan has measured nothing
             // yet), and a tunnel black-holed since our start would keep its flows for good.
-            let from = now_us
-                .saturating_sub(self.window_us + self.timeout_us)
-                .max(self.measured_from_us);
+            let from = self.window_start(now_us).max(self.measured_from_us);
             let lost = match now_us.checked_sub(self.timeout_us) {
                 Some(settled_to) => self
                     .probes
@@ -316,11 +314,13 @@ impl ProbeWindow {
     /// since the last restart if later; None while none is.
     fn measured_from(&self, now_us: u64) -> Option<u64> {
         let first = self.first_answered_us?;
-        Some(
-            now_us
-                .saturating_sub(self.window_us + self.timeout_us)
-                .max(first),
-        )
+        Some(self.window_start(now_us).max(first))
+    }
+
+    /// The oldest send time the window covers: its length, plus the timeout its last
+    /// probes need to settle.
+    fn window_start(&self, now_us: u64) -> u64 {
+        now_us.saturating_sub(self.window_us + self.timeout_us)
     }
 }
 
