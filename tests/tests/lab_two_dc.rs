@@ -51,6 +51,32 @@ fn tunnels(lab: &RunningLab, node: &str) -> Vec<serde_json::Value> {
     serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap_or_default()
 }
 
+/// For a failure at start: every gatewan's tunnels as routingctl shows them, and its
+/// log's last lines about tunnels, probes and WireGuard, so a miss in CI says why.
+fn print_tunnel_diagnosis(lab: &RunningLab) {
+    let routingctl = format!("{NODE_BIN}/routingctl");
+    for node in GATEWANS {
+        match lab.exec(node, &[&routingctl, "tunnels"]) {
+            Ok(out) => println!("{node}:\n{}", String::from_utf8_lossy(&out.stdout)),
+            Err(e) => println!("{node}: routingctl failed: {e:#}"),
+        }
+        let log = format!("/run/lab/{}/logs/{node}.log", lab.name());
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                ["tunnel", "probe", "handshake", "wireguard"]
+                    .iter()
+                    .any(|w| l.contains(w))
+            })
+            .collect();
+        println!("{log}, last tunnel lines:");
+        for l in &lines[lines.len().saturating_sub(25)..] {
+            println!("  {l}");
+        }
+    }
+}
+
 fn established(lab: &RunningLab, node: &str) -> usize {
     tunnels(lab, node)
         .iter()
@@ -1549,6 +1575,9 @@ fn two_datacenters_tunnels_routes_and_failover() {
         GATEWANS.iter().all(|n| established(&lab, n) == 4)
     });
     let took = start.elapsed();
+    if !up {
+        print_tunnel_diagnosis(&lab);
+    }
     assert!(up, "16 tunnel ends not Established within 30 s");
     println!("all 8 tunnels Established at both ends {took:?} after lab up");
     if took > Duration::from_secs(10) {
