@@ -472,14 +472,16 @@ pub struct DataplaneFigures {
     /// gatewan01-sg1 ↔ gatewan01-par1 over lumen, the bare tunnel's hosts and transit.
     pub one_tunnel: Vec<DataplaneRun>,
     /// Rounds of echo RTTs through the one tunnel (host-sg1 → host-par1) and through the
-    /// bare tunnel, both paths at once (see [`RttRound`]).
+    /// bare tunnel, both paths in the same seconds (see [`RttRound`]).
     pub rtt_rounds: Vec<RttRound>,
 }
 
 /// ICMP echo RTTs, ms, timed in µs (ping(8) prints 0.1 ms steps above 10 ms): through the
-/// whole path and through the bare tunnel, sent at the same moments. The WAN emulator's
-/// timers drift by more than the effect measured, and both paths cross it: paired in
-/// time, the drift falls on both.
+/// whole path and through the bare tunnel, sent in the same seconds, each path at its own
+/// random times. The WAN emulator's timers drift by more than the effect measured, and
+/// both paths cross it: paired in time, the drift falls on both. Random rather than
+/// lockstep times: echoes of the two paths sent at the same moments slow each other by
+/// as much as the effect, by an amount that depends on their phase (ADR 0060).
 #[derive(Debug, Clone, Default)]
 pub struct RttRound {
     pub full: Vec<f64>,
@@ -559,15 +561,20 @@ fn exec_ok(lab: &crate::RunningLab, node: &str, shell: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// One [`RttRound`] of `count` echoes per path, one every 20 ms: host-sg1 → host-par1 and
-/// gatewan01-sg1 → gatewan01-par1 through the bare tunnel, at the same moments.
-fn rtt_round(lab: &crate::RunningLab, count: u16) -> Result<RttRound> {
+/// One [`RttRound`] of `count` echoes per path, one every 20 ms on average:
+/// host-sg1 → host-par1 and gatewan01-sg1 → gatewan01-par1 through the bare tunnel, in
+/// the same two seconds, each path at its own random times (ADR 0060).
+fn rtt_round(lab: &crate::RunningLab, rng: &mut impl rand::Rng, count: u16) -> Result<RttRound> {
     let every = Duration::from_millis(20);
+    let (full_gaps, bare_gaps) = (
+        crate::echo::random_gaps(rng, count, every),
+        crate::echo::random_gaps(rng, count, every),
+    );
     let netns = |node: &str| crate::ns::netns_path(lab.name(), node);
     let (full, bare) = (netns("host-sg1"), netns("gatewan01-sg1"));
     let (full, bare) = std::thread::scope(|s| {
-        let full = s.spawn(|| crate::echo::rtts(&full, [172, 16, 2, 10].into(), count, every));
-        let bare = s.spawn(|| crate::echo::rtts(&bare, [192, 168, 255, 2].into(), count, every));
+        let full = s.spawn(|| crate::echo::rtts(&full, [172, 16, 2, 10].into(), &full_gaps));
+        let bare = s.spawn(|| crate::echo::rtts(&bare, [192, 168, 255, 2].into(), &bare_gaps));
         let join = |h: std::thread::ScopedJoinHandle<'_, Result<Vec<f64>>>| {
             h.join().map_err(|_| anyhow!("echo thread panicked"))?
         };
@@ -787,8 +794,9 @@ pub fn dataplane(file: &Path, secs: u32, runs: usize) -> Result<DataplaneFigures
     // The routes follow the choice through both fabrics' BGP.
     std::thread::sleep(Duration::from_secs(3));
     let mut rtt_rounds = Vec::with_capacity(runs);
+    let mut rng = rand::rng();
     for _ in 0..runs {
-        rtt_rounds.push(rtt_round(&lab, 100)?);
+        rtt_rounds.push(rtt_round(&lab, &mut rng, 100)?);
     }
     let one_tunnel = alternate(&lab, secs, runs)?;
     lab.down()?;

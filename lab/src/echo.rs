@@ -11,6 +11,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use rand::RngExt as _;
 use socket2::{Domain, Protocol, Socket, Type};
 
 /// A reply later than this counts as lost.
@@ -18,9 +19,20 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(1);
 /// As ping(8): 56 bytes of payload, 84 on the wire with the IP and ICMP headers.
 const PAYLOAD: usize = 56;
 
-/// RTTs, ms, of `count` echoes to `to` sent every `interval` from the network namespace at
-/// `netns`; an echo with no reply within a second is left out.
-pub(crate) fn rtts(netns: &Path, to: Ipv4Addr, count: u16, interval: Duration) -> Result<Vec<f64>> {
+/// Gaps between `count` echoes, drawn uniformly from half to one and a half `mean`.
+/// Echoes sent at a fixed period lock in phase with whatever else is periodic on the
+/// machine (the other path's echoes, a tunnel's probes, the emulator's wake-ups), and each
+/// round then measures one phase of it (RFC 2330 § 11.1: random sampling). Bounded rather
+/// than Poisson: an echo waits for its reply, so a gap shorter than the RTT would only
+/// postpone the next send.
+pub(crate) fn random_gaps(rng: &mut impl rand::Rng, count: u16, mean: Duration) -> Vec<Duration> {
+    let (low, high) = (mean / 2, mean * 3 / 2);
+    (0..count).map(|_| rng.random_range(low..=high)).collect()
+}
+
+/// RTTs, ms, of echoes to `to` from the network namespace at `netns`, one after each of
+/// `gaps` (see [`random_gaps`]); an echo with no reply within a second is left out.
+pub(crate) fn rtts(netns: &Path, to: Ipv4Addr, gaps: &[Duration]) -> Result<Vec<f64>> {
     let sock = crate::ns::in_netns(netns, || {
         Socket::new(Domain::IPV4, Type::RAW, Some(Protocol::ICMPV4)).context("raw ICMP socket")
     })?;
@@ -28,18 +40,18 @@ pub(crate) fn rtts(netns: &Path, to: Ipv4Addr, count: u16, interval: Duration) -
     // identifier, sequence and source.
     let id = (std::process::id() & 0xffff) as u16;
     let dest = SocketAddrV4::new(to, 0).into();
-    let mut out = Vec::with_capacity(usize::from(count));
+    let mut out = Vec::with_capacity(gaps.len());
     let mut next = Instant::now();
-    for seq in 0..count {
+    for (seq, gap) in (0..=u16::MAX).zip(gaps) {
+        next += *gap;
+        if let Some(d) = next.checked_duration_since(Instant::now()) {
+            std::thread::sleep(d);
+        }
         let sent = Instant::now();
         sock.send_to(&echo_request(id, seq), &dest)
             .with_context(|| format!("echo request to {to}"))?;
         if wait_reply(&sock, to, id, seq, sent + REPLY_TIMEOUT)? {
             out.push(sent.elapsed().as_secs_f64() * 1e3);
-        }
-        next += interval;
-        if let Some(d) = next.checked_duration_since(Instant::now()) {
-            std::thread::sleep(d);
         }
     }
     Ok(out)
@@ -120,7 +132,28 @@ fn checksum(data: &[u8]) -> u16 {
 
 #[cfg(test)]
 mod tests {
+    use rand::SeedableRng as _;
+
     use super::*;
+
+    #[test]
+    fn random_gaps_stay_within_half_and_one_and_a_half_the_mean_and_vary() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let mean = Duration::from_millis(20);
+        let gaps = random_gaps(&mut rng, 1000, mean);
+        assert_eq!(gaps.len(), 1000);
+        assert!(gaps.iter().all(|g| (mean / 2..=mean * 3 / 2).contains(g)));
+        let total: Duration = gaps.iter().sum();
+        let average = total / 1000;
+        assert!(
+            average > mean * 95 / 100 && average < mean * 105 / 100,
+            "{average:?}"
+        );
+        // Not a fixed period: the gaps spread over the range.
+        let short = gaps.iter().filter(|g| **g < mean * 3 / 4).count();
+        let long = gaps.iter().filter(|g| **g > mean * 5 / 4).count();
+        assert!(short > 150 && long > 150, "{short} short, {long} long");
+    }
 
     #[test]
     fn a_request_checksums_to_zero_as_a_receiver_verifies_it() {

@@ -488,7 +488,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     })
                     .collect();
                 println!(
-                    "echo RTT rounds (both paths at once, 100 echoes each), median whole path/bare, ms: {}",
+                    "echo RTT rounds (both paths in the same seconds at random times, 100 echoes each), median whole path/bare, ms: {}",
                     rounds.join(" ")
                 );
                 let (_, _, added_by_means) = r.rtts_by_means();
