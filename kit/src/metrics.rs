@@ -147,6 +147,17 @@ impl Collector for MeshCollector {
             )?;
             ConstGauge::new(c.max_clock_skew_ms as f64 / 1000.0).encode(fam)?;
         }
+        {
+            let proto = ConstGauge::new(0i64);
+            let fam = enc.encode_descriptor(
+                "gatewan_mesh_local_health",
+                "Lifeguard's local health, 0 (healthy) to 8: this member's probes failing, or \
+                 others suspecting it, make it probe that many times slower plus one",
+                None,
+                proto.metric_type(),
+            )?;
+            ConstGauge::new(i64::try_from(c.local_health).unwrap_or(i64::MAX)).encode(fam)?;
+        }
         let proto = ConstGauge::new(0i64);
         let mut fam = enc.encode_descriptor(
             "gatewan_mesh_members",

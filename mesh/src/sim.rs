@@ -1218,6 +1218,29 @@ mod tests {
             raised > 0,
             "the cut-off gatewans do suspect (the test tests)"
         );
+        // Their failing probes slow them down (Lifeguard's local health, ADR 0061): 29
+        // suspicions here, 110 when they probed every second regardless.
+        assert!(
+            raised < 60,
+            "{raised} suspicions from two cut-off gatewans in 120 s"
+        );
+        for g in [1, 3] {
+            assert!(
+                sim.core(g).counters().local_health > 0,
+                "gatewan {g} cut off, yet of good local health"
+            );
+        }
+        // A healthy gatewan fails only its probes of the cut-off one in the other
+        // datacenter, each followed by acked ones.
+        assert!(
+            sim.core(0).counters().local_health <= 2,
+            "a healthy gatewan"
+        );
+        for b in bgpctls {
+            // Suspected all the time by the other datacenter, which they do not reach,
+            // but passive: they probe no one, and their health means nothing.
+            assert_eq!(sim.core(b).counters().local_health, 0, "bgpctl {b}");
+        }
     }
 
     /// Issue 13's withdrawal, in the two-dc lab's shape: two datacenters of two gatewans

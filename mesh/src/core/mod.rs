@@ -25,6 +25,7 @@
 
 mod admission;
 mod anti_entropy;
+mod health;
 mod hygiene;
 mod keyring;
 mod push;
@@ -336,6 +337,9 @@ pub struct Counters {
     pub rejoins: u64,
     /// Records pushed to passive members, or by one to its gatewans (ADR 0050).
     pub records_pushed: u64,
+    /// Lifeguard's local health now, 0 (healthy) to 8: our probes run that many times
+    /// slower plus one (ADR 0061). A gauge, not a counter.
+    pub local_health: u64,
 }
 
 impl Counters {
@@ -733,6 +737,8 @@ pub struct MeshCore {
     gone_since: HashMap<NodeId, u64>,
     /// Members we suspect and keep telling so (see `notify_suspect`).
     suspicions: HashMap<NodeId, suspicion::Suspicion>,
+    /// Lifeguard's local health: stretches our probe timers (see `health`).
+    local_health: health::LocalHealth,
     keyring_queries: HashMap<u64, keyring::KeyringQuery>,
     /// Suspects we passed a notice on to: who asked, until when, for their refutation.
     relayed: HashMap<NodeId, Vec<(SocketAddr, u64)>>,
@@ -838,6 +844,7 @@ impl MeshCore {
             max_transmissions: 0,
             gone_since: HashMap::new(),
             suspicions: HashMap::new(),
+            local_health: health::LocalHealth::default(),
             keyring_queries: HashMap::new(),
             relayed: HashMap::new(),
             keyring_answers: std::collections::VecDeque::new(),
@@ -891,6 +898,7 @@ impl MeshCore {
 
     pub fn counters(&self) -> Counters {
         let mut c = self.counters;
+        c.local_health = u64::from(self.local_health.score());
         let shared = lock(&self.shared);
         c.records_invalid = shared.records_invalid;
         c.store = shared.store.counters();

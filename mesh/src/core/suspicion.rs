@@ -189,8 +189,15 @@ impl MeshCore {
         // foca refutes a suspicion of its own identity by raising its incarnation
         // and gossiping; the suspecting member gets the new incarnation at once.
         let me = foca::Member::new(id, incarnation, foca::State::Suspect);
+        let before = self.own_incarnation.load(Ordering::Relaxed);
         if let Err(e) = self.with_swim(|swim, rt| swim.apply_many(std::iter::once(me), true, rt)) {
             debug!(error = %e, "refutation");
+        }
+        if !self.settings.passive && self.own_incarnation.load(Ordering::Relaxed) != before {
+            // Once per suspicion, not per notice: notices are resent and relayed. Not
+            // for a passive member: it probes no one, and the members of other
+            // datacenters, which it does not reach, suspect it by design (ADR 0021).
+            self.local_health.suspected();
         }
         self.flush_swim(now_ms);
         let entry = v1::MemberEntry {

@@ -316,8 +316,19 @@ impl MeshCore {
             // suspicion whose TurnUndead arrives.
             return;
         }
+        let probing = matches!(timer, Timer::ProbeRandomMember(_));
         if let Err(e) = self.with_swim(|swim, rt| swim.handle_timer(timer, rt)) {
             debug!(error = %e, "SWIM timer");
+        }
+        if probing {
+            // foca ends the last probe cycle here: a failed one becomes a suspicion
+            // (a suspicion timer), before the next probe's timers are stretched below.
+            let failed = self
+                .rt
+                .timers
+                .iter()
+                .any(|(_, t)| matches!(t, Timer::ChangeSuspectToDown { .. }));
+            self.local_health.probe_ended(failed);
         }
         self.flush_swim(now_ms);
     }
@@ -352,6 +363,14 @@ impl MeshCore {
             if self.settings.passive && matches!(t, Timer::ProbeRandomMember(_)) {
                 continue;
             }
+            // Both of a probe cycle's timers, with the same factor: foca requires the
+            // indirect probe to come before the next probe.
+            let after = match t {
+                Timer::ProbeRandomMember(_) | Timer::SendIndirectProbe { .. } => {
+                    self.local_health.scale(after)
+                }
+                _ => after,
+            };
             if let Timer::ChangeSuspectToDown {
                 member_id,
                 incarnation,
