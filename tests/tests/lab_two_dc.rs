@@ -51,14 +51,23 @@ fn tunnels(lab: &RunningLab, node: &str) -> Vec<serde_json::Value> {
     serde_json::from_slice::<Vec<serde_json::Value>>(&out.stdout).unwrap_or_default()
 }
 
-/// For a failure at start: every gatewan's tunnels as routingctl shows them, and its
-/// log's last lines about tunnels, probes and WireGuard, so a miss in CI says why.
+/// For a failure at start: every gatewan's tunnels as routingctl and wg show them, and
+/// its log's last lines about tunnels, probes and WireGuard, so a miss in CI says why.
 fn print_tunnel_diagnosis(lab: &RunningLab) {
     let routingctl = format!("{NODE_BIN}/routingctl");
     for node in GATEWANS {
         match lab.exec(node, &[&routingctl, "tunnels"]) {
             Ok(out) => println!("{node}:\n{}", String::from_utf8_lossy(&out.stdout)),
             Err(e) => println!("{node}: routingctl failed: {e:#}"),
+        }
+        // WireGuard's own view: endpoint, latest handshake (0: none yet), bytes.
+        match lab.exec(node, &["wg", "show", "all"]) {
+            Ok(out) => println!(
+                "{node} wg show all:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+            Err(e) => println!("{node}: wg failed: {e:#}"),
         }
         let log = format!("/run/lab/{}/logs/{node}.log", lab.name());
         let text = std::fs::read_to_string(&log).unwrap_or_default();
