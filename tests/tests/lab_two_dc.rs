@@ -56,20 +56,22 @@ fn tunnels(lab: &RunningLab, node: &str) -> Vec<serde_json::Value> {
 fn print_tunnel_diagnosis(lab: &RunningLab) {
     let routingctl = format!("{NODE_BIN}/routingctl");
     for node in GATEWANS {
-        match lab.exec(node, &[&routingctl, "tunnels"]) {
-            Ok(out) => println!("{node}:\n{}", String::from_utf8_lossy(&out.stdout)),
-            Err(e) => println!("{node}: routingctl failed: {e:#}"),
+        // WireGuard's own view beside ours: endpoint, latest handshake, bytes.
+        for argv in [
+            &[routingctl.as_str(), "tunnels"][..],
+            &["wg", "show", "all"],
+        ] {
+            match lab.exec(node, argv) {
+                Ok(out) => println!(
+                    "{node}: {}\n{}{}",
+                    argv.join(" "),
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ),
+                Err(e) => println!("{node}: {} failed: {e:#}", argv.join(" ")),
+            }
         }
-        // WireGuard's own view: endpoint, latest handshake (0: none yet), bytes.
-        match lab.exec(node, &["wg", "show", "all"]) {
-            Ok(out) => println!(
-                "{node} wg show all:\n{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ),
-            Err(e) => println!("{node}: wg failed: {e:#}"),
-        }
-        let log = format!("/run/lab/{}/logs/{node}.log", lab.name());
+        let log = lab::ns::log_path(lab.name(), node);
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         let lines: Vec<&str> = text
             .lines()
@@ -79,7 +81,7 @@ fn print_tunnel_diagnosis(lab: &RunningLab) {
                     .any(|w| l.contains(w))
             })
             .collect();
-        println!("{log}, last tunnel lines:");
+        println!("{}, last tunnel lines:", log.display());
         for l in &lines[lines.len().saturating_sub(25)..] {
             println!("  {l}");
         }
