@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::io;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use futures_util::TryStreamExt as _;
 use ipnet::IpNet;
@@ -60,12 +60,36 @@ pub struct System {
     prefix: String,
 }
 
+/// What the peer of a tunnel may carry: every unicast address, IPv4 and IPv6, and no
+/// multicast (224.0.0.0/4, ff00::/8). One peer per interface, so which prefixes take which
+/// tunnel is decided by policy routing, not here. Multicast is left out because the kernel
+/// sends an MLD report on a link the moment it comes up (a forwarding host joins the
+/// all-routers group ff02::2, and no sysctl or link flag stops the report), and WireGuard
+/// answers any packet for its peer by starting a handshake. Both ends of a new tunnel come
+/// up together, their handshakes cross and fail, and retries driven by probes sent in step
+/// at both ends can keep failing for tens of seconds (ADR 0062). A packet for no peer's
+/// allowed IPs is dropped by WireGuard: the report never leaves.
+pub const UNICAST: [(IpAddr, u8); 12] = [
+    (IpAddr::V4(Ipv4Addr::new(0, 0, 0, 0)), 1),
+    (IpAddr::V4(Ipv4Addr::new(128, 0, 0, 0)), 2),
+    (IpAddr::V4(Ipv4Addr::new(192, 0, 0, 0)), 3),
+    (IpAddr::V4(Ipv4Addr::new(240, 0, 0, 0)), 4),
+    (IpAddr::V6(Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 0)), 1),
+    (IpAddr::V6(Ipv6Addr::new(0x8000, 0, 0, 0, 0, 0, 0, 0)), 2),
+    (IpAddr::V6(Ipv6Addr::new(0xc000, 0, 0, 0, 0, 0, 0, 0)), 3),
+    (IpAddr::V6(Ipv6Addr::new(0xe000, 0, 0, 0, 0, 0, 0, 0)), 4),
+    (IpAddr::V6(Ipv6Addr::new(0xf000, 0, 0, 0, 0, 0, 0, 0)), 5),
+    (IpAddr::V6(Ipv6Addr::new(0xf800, 0, 0, 0, 0, 0, 0, 0)), 6),
+    (IpAddr::V6(Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0)), 7),
+    (IpAddr::V6(Ipv6Addr::new(0xfe00, 0, 0, 0, 0, 0, 0, 0)), 8),
+];
+
 /// Keeps the kernel from sending on a tunnel by itself. A link-local address makes it send
 /// a router solicitation the moment the link comes up; both ends of a new tunnel come up
 /// together, so both start a WireGuard handshake at once, the handshakes cross and fail,
 /// and wireguard-go's retries stay in step every 5 s (seen in the lab: tunnels taking 10 to
-/// 30 s to come up). Without it only the prober's chosen initiator opens the tunnel.
-/// Best effort: a host without IPv6 has nothing to quiet.
+/// 30 s to come up). With it and [`UNICAST`], only the prober's chosen initiator opens the
+/// tunnel. Best effort: a host without IPv6 has nothing to quiet.
 fn quiet_ipv6(interface: &str) {
     for (key, value) in [
         ("addr_gen_mode", "1"),
@@ -309,21 +333,14 @@ impl System {
 
     async fn configure(&self, w: &WantedTunnel) -> io::Result<()> {
         let iface: InterfaceName = w.interface.parse().map_err(io_err)?;
-        // One peer per interface, so it may send anything: which prefixes take which
-        // tunnel is decided by policy routing, not by WireGuard's allowed IPs.
+        let allowed: Vec<AllowedIp> = UNICAST
+            .iter()
+            .map(|&(address, cidr)| AllowedIp { address, cidr })
+            .collect();
         let peer = PeerConfigBuilder::new(&Key(w.peer_public_key))
             .set_endpoint(w.endpoint)
             .replace_allowed_ips()
-            .add_allowed_ips(&[
-                AllowedIp {
-                    address: IpAddr::from([0u8; 4]),
-                    cidr: 0,
-                },
-                AllowedIp {
-                    address: IpAddr::from([0u16; 8]),
-                    cidr: 0,
-                },
-            ]);
+            .add_allowed_ips(&allowed);
         let mut update = DeviceUpdate::new()
             .set_private_key(self.private_key.clone())
             .set_listen_port(w.listen_port)
@@ -337,5 +354,57 @@ impl System {
         tokio::task::spawn_blocking(move || update.apply(&iface, backend))
             .await
             .map_err(io_err)?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn net(&(a, len): &(IpAddr, u8)) -> IpNet {
+        IpNet::new(a, len).expect("a valid prefix")
+    }
+
+    #[test]
+    fn the_peer_carries_every_unicast_address_and_no_multicast() {
+        let nets: Vec<IpNet> = UNICAST.iter().map(net).collect();
+        for (i, a) in nets.iter().enumerate() {
+            assert_eq!(*a, a.trunc(), "{a} has host bits");
+            for b in &nets[i + 1..] {
+                assert!(!a.contains(b) && !b.contains(a), "{a} and {b} overlap");
+            }
+        }
+        // Disjoint, so the sizes add up: all of each family but its multicast block.
+        let size = |v6: bool| -> u128 {
+            nets.iter()
+                .filter(|n| matches!(n, IpNet::V6(_)) == v6)
+                .map(|n| 1u128 << (n.max_prefix_len() - n.prefix_len()))
+                .sum()
+        };
+        assert_eq!(size(false), (1u128 << 32) - (1u128 << 28));
+        assert_eq!(size(true), u128::MAX - ((1u128 << 120) - 1));
+        let covered = |a: &str| {
+            nets.iter()
+                .any(|n| n.contains(&a.parse::<IpAddr>().unwrap()))
+        };
+        for multicast in [
+            "224.0.0.1",
+            "239.255.255.250",
+            "ff02::16",
+            "ff02::2",
+            "ff05::2",
+        ] {
+            assert!(!covered(multicast), "{multicast} is allowed");
+        }
+        for unicast in [
+            "10.0.0.1",
+            "172.16.2.10",
+            "255.255.255.255",
+            "2001:db8:a2::10",
+            "fe80::1",
+            "::",
+        ] {
+            assert!(covered(unicast), "{unicast} is not allowed");
+        }
     }
 }
