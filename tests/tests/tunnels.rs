@@ -482,6 +482,36 @@ fn two_datacenters_four_tunnels_probed_and_restart_safe() {
         "an unknown tunnel is a usage error"
     );
 
+    // What each tunnel receives is spread over the host's CPUs (RPS, ADR 0063); a mask
+    // reset by hand is repaired by the restarted daemon without touching anything else.
+    let cpus = |f: &str| std::fs::read_to_string(format!("/sys/devices/system/cpu/{f}"));
+    let wanted_mask = gatewan::tunnels::system::receive_mask(
+        &cpus("online").unwrap(),
+        &cpus("isolated").unwrap_or_default(),
+    );
+    let rps = |h: &Host, interface: &str| {
+        h.sh(&format!(
+            "cat /sys/class/net/{interface}/queues/rx-0/rps_cpus"
+        ))
+        .trim()
+        .trim_start_matches(['0', ','])
+        .to_string()
+    };
+    if let Some(mask) = &wanted_mask {
+        for t in a.tunnels() {
+            let interface = t["interface"].as_str().unwrap();
+            assert_eq!(&rps(&a, interface), mask, "{interface}'s rps_cpus");
+        }
+        a.sh(&format!(
+            "echo 0 > /sys/class/net/{ifname}/queues/rx-0/rps_cpus"
+        ));
+        assert_eq!(rps(&a, &ifname), "", "the mask was not reset");
+    } else {
+        eprintln!(
+            "fewer than two CPUs that are not isolated: nothing to spread, the RPS check is skipped"
+        );
+    }
+
     // kill -9 and restart: the tunnels are found in place, not recreated.
     let before = a.tunnel_ifindexes();
     assert_eq!(before.len(), 4, "{before:?}");
@@ -501,6 +531,9 @@ fn two_datacenters_four_tunnels_probed_and_restart_safe() {
         !after_restart.contains("tunnel configured"),
         "restart reconfigured tunnels"
     );
+    if let Some(mask) = &wanted_mask {
+        assert_eq!(&rps(&a, &ifname), mask, "{ifname}'s rps_cpus not repaired");
+    }
     assert_eq!(
         disabled_ids(&a),
         std::slice::from_ref(&id),

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use gatewan_proto::v1;
 use tokio::sync::watch;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Interfaces configured at once; each mostly waits (process start, netlink).
 const APPLY_CONCURRENCY: usize = 64;
@@ -454,6 +454,9 @@ async fn apply_steps(system: &System, todo: &[Step]) {
                         info!(interface = %w.interface, endpoint = %w.endpoint, "tunnel configured")
                     }
                     Step::Delete { interface } => info!(%interface, "stale tunnel removed"),
+                    Step::SpreadReceive { interface } => {
+                        debug!(%interface, "tunnel receive spread over the CPUs (RPS)")
+                    }
                     _ => {}
                 }
             }

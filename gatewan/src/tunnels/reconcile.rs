@@ -49,6 +49,8 @@ pub struct SeenTunnel {
     pub peers: Vec<([u8; 32], Option<SocketAddr>)>,
     pub addresses: BTreeSet<IpNet>,
     pub up: bool,
+    /// Whether what it receives is spread over the host's CPUs (RPS), or cannot be.
+    pub spread: bool,
     /// Whether its peer has a WireGuard session young enough to carry traffic without a
     /// new handshake ([`SESSION_FRESH`]): the interface outlived a restart.
     pub live_session: bool,
@@ -74,6 +76,10 @@ pub enum Step {
     SetUp {
         interface: String,
     },
+    /// Spread what the interface receives over the host's CPUs (ADR 0063).
+    SpreadReceive {
+        interface: String,
+    },
     Delete {
         interface: String,
     },
@@ -86,6 +92,7 @@ impl Step {
             Step::AddAddress { interface, .. }
             | Step::RemoveAddress { interface, .. }
             | Step::SetUp { interface }
+            | Step::SpreadReceive { interface }
             | Step::Delete { interface } => interface,
         }
     }
@@ -131,6 +138,11 @@ pub fn steps(
         }
         if !s.is_some_and(|s| s.up) {
             out.push(Step::SetUp {
+                interface: w.interface.clone(),
+            });
+        }
+        if !s.is_some_and(|s| s.spread) {
+            out.push(Step::SpreadReceive {
                 interface: w.interface.clone(),
             });
         }
@@ -183,6 +195,7 @@ mod tests {
             peers: vec![(w.peer_public_key, Some(w.endpoint))],
             addresses: w.addresses.clone(),
             up: true,
+            spread: true,
             live_session: false,
         }
     }
@@ -205,6 +218,11 @@ mod tests {
             s.iter().filter(|s| matches!(s, Step::SetUp { .. })).count(),
             2
         );
+        // Spread once up: the last step of each interface.
+        for w in &w {
+            let last = s.iter().rfind(|s| s.interface() == w.interface);
+            assert!(matches!(last, Some(Step::SpreadReceive { .. })), "{last:?}");
+        }
         // What a restarted daemon finds: everything in place, so no step at all.
         let seen: Vec<_> = w.iter().map(seen_as).collect();
         let (s, stale) = steps(&w, &seen, &HashMap::new(), 0, 60_000);
@@ -233,6 +251,16 @@ mod tests {
         seen.our_key = false;
         let (s, _) = steps(&w, &[seen], &HashMap::new(), 0, 60_000);
         assert_eq!(s, vec![Step::Configure(w[0].clone())]);
+        // RPS reset by hand (or a tunnel from before ADR 0063): spread again, nothing else.
+        let mut seen = seen_as(&w[0]);
+        seen.spread = false;
+        let (s, _) = steps(&w, &[seen], &HashMap::new(), 0, 60_000);
+        assert_eq!(
+            s,
+            vec![Step::SpreadReceive {
+                interface: "sdwan1".into()
+            }]
+        );
     }
 
     #[test]

@@ -597,6 +597,7 @@ mod tests {
             peers: Vec::new(),
             addresses: Default::default(),
             up: true,
+            spread: true,
             live_session: false,
         }
     }

@@ -58,6 +58,8 @@ pub struct System {
     private_key: Key,
     public_key: Key,
     prefix: String,
+    /// The host's online CPUs as an RPS mask, None on a single CPU (nothing to spread).
+    receive_mask: Option<String>,
 }
 
 /// What the peer of a tunnel may carry: every unicast address, IPv4 and IPv6, and no
@@ -103,6 +105,76 @@ fn quiet_ipv6(interface: &str) {
     }
 }
 
+/// The RPS mask (`rps_cpus`) of the CPUs in `online` but not in `isolated` (the kernel's
+/// lists, e.g. `0-3,8`; isolated CPUs are kept free of kernel work), as the kernel writes
+/// masks: 32-bit hex groups, most significant first. None for fewer than two CPUs or a
+/// list that does not parse.
+///
+/// Why tunnels spread what they receive: WireGuard hands decrypted packets to the kernel
+/// from one context per tunnel (wireguard-go's TUN writer, the kernel's per-peer NAPI), and
+/// forwarding them toward the fabric (routing, VXLAN, the fabric link) then runs there,
+/// for every flow the tunnel carries. RPS queues them to the CPU of their flow's hash
+/// instead (ADR 0063).
+pub fn receive_mask(online: &str, isolated: &str) -> Option<String> {
+    let isolated = cpu_list(isolated)?;
+    let cpus: BTreeSet<u32> = cpu_list(online)?.difference(&isolated).copied().collect();
+    if cpus.len() < 2 {
+        return None;
+    }
+    let top = cpus.last().copied().unwrap_or(0) / 32;
+    let groups: Vec<String> = (0..=top)
+        .rev()
+        .map(|g| {
+            let word = cpus
+                .iter()
+                .filter(|&&c| c / 32 == g)
+                .fold(0u32, |w, &c| w | 1 << (c % 32));
+            if g == top {
+                format!("{word:x}")
+            } else {
+                format!("{word:08x}")
+            }
+        })
+        .collect();
+    Some(groups.join(","))
+}
+
+/// A kernel CPU list (`0-3,8`; empty for none).
+fn cpu_list(list: &str) -> Option<BTreeSet<u32>> {
+    let mut cpus = BTreeSet::new();
+    for part in list.trim().split(',').filter(|p| !p.is_empty()) {
+        let (lo, hi) = match part.split_once('-') {
+            Some((lo, hi)) => (lo.parse::<u32>().ok()?, hi.parse::<u32>().ok()?),
+            None => {
+                let c = part.parse::<u32>().ok()?;
+                (c, c)
+            }
+        };
+        // A host has at most a few thousand CPUs; anything else is not a CPU list.
+        if lo > hi || hi >= 8192 {
+            return None;
+        }
+        cpus.extend(lo..=hi);
+    }
+    Some(cpus)
+}
+
+/// Whether two masks as the kernel reads and writes them name the same CPUs (it pads with
+/// zero groups up to its own CPU count).
+fn same_mask(a: &str, b: &str) -> bool {
+    fn words(m: &str) -> Option<Vec<u32>> {
+        let mut w: Vec<u32> = m
+            .trim()
+            .split(',')
+            .map(|g| u32::from_str_radix(g, 16).ok())
+            .collect::<Option<_>>()?;
+        let zeros = w.iter().take_while(|&&x| x == 0).count();
+        w.drain(..zeros);
+        Some(w)
+    }
+    matches!((words(a), words(b)), (Some(x), Some(y)) if x == y)
+}
+
 impl System {
     /// Opens a netlink connection in the caller's network namespace.
     pub fn new(mode: WireguardMode, private_key: [u8; 32], prefix: &str) -> io::Result<System> {
@@ -115,6 +187,15 @@ impl System {
             public_key: private_key.get_public(),
             private_key,
             prefix: prefix.to_string(),
+            receive_mask: {
+                let list =
+                    |f: &str| std::fs::read_to_string(format!("/sys/devices/system/cpu/{f}"));
+                // No `isolated` file: a kernel without CPU isolation, so none is isolated.
+                let isolated = list("isolated").unwrap_or_default();
+                list("online")
+                    .ok()
+                    .and_then(|online| receive_mask(&online, &isolated))
+            },
         })
     }
 
@@ -209,10 +290,12 @@ impl System {
             let dev = tokio::task::spawn_blocking(move || Device::get(&iface, backend))
                 .await
                 .map_err(io_err)?;
+            let spread = self.spread(&name, index);
             let mut seen = SeenTunnel {
                 interface: name,
                 addresses,
                 up,
+                spread,
                 ..Default::default()
             };
             if let Ok(dev) = dev {
@@ -235,6 +318,26 @@ impl System {
             out.push(seen);
         }
         Ok(out)
+    }
+
+    /// Whether the interface's receive processing is spread over our CPUs, or cannot be:
+    /// on a single CPU, without RPS in the kernel, or when /sys shows another network
+    /// namespace (it is the one it was mounted in), where a same-named interface is not
+    /// ours to touch.
+    fn spread(&self, interface: &str, index: u32) -> bool {
+        let Some(mask) = &self.receive_mask else {
+            return true;
+        };
+        let dir = format!("/sys/class/net/{interface}");
+        let ours = std::fs::read_to_string(format!("{dir}/ifindex"))
+            .is_ok_and(|i| i.trim().parse() == Ok(index));
+        if !ours {
+            return true;
+        }
+        match std::fs::read_to_string(format!("{dir}/queues/rx-0/rps_cpus")) {
+            Ok(now) => same_mask(&now, mask),
+            Err(_) => true,
+        }
     }
 
     /// WireGuard counters of a tunnel's peer: (rx bytes, tx bytes, last handshake).
@@ -295,6 +398,19 @@ impl System {
                     .execute()
                     .await
                     .map_err(netlink_err)
+            }
+            Step::SpreadReceive { interface } => {
+                let index = self.require(interface).await?;
+                if self.spread(interface, index) {
+                    return Ok(());
+                }
+                let Some(mask) = &self.receive_mask else {
+                    return Ok(());
+                };
+                std::fs::write(
+                    format!("/sys/class/net/{interface}/queues/rx-0/rps_cpus"),
+                    mask,
+                )
             }
             Step::Delete { interface } => {
                 let iface: InterfaceName = interface.parse().map_err(io_err)?;
@@ -363,6 +479,31 @@ mod tests {
 
     fn net(&(a, len): &(IpAddr, u8)) -> IpNet {
         IpNet::new(a, len).expect("a valid prefix")
+    }
+
+    #[test]
+    fn the_receive_mask_names_every_online_cpu_as_the_kernel_writes_it() {
+        assert_eq!(receive_mask("0-1\n", "\n").as_deref(), Some("3"));
+        assert_eq!(receive_mask("0-3,8", "").as_deref(), Some("10f"));
+        assert_eq!(receive_mask("0-39", "").as_deref(), Some("ff,ffffffff"));
+        assert_eq!(receive_mask("32-33", "").as_deref(), Some("3,00000000"));
+        // Isolated CPUs are left alone.
+        assert_eq!(receive_mask("0-7", "2-5").as_deref(), Some("c3"));
+        assert_eq!(receive_mask("0-3", "1-3"), None);
+        // Nothing to spread on one CPU; no guessing on what does not parse.
+        for none in ["0", "", "0-", "a-b", "3-1", "0-99999"] {
+            assert_eq!(receive_mask(none, ""), None, "{none:?}");
+        }
+        assert_eq!(receive_mask("0-3", "x"), None);
+    }
+
+    #[test]
+    fn masks_compare_by_the_cpus_they_name() {
+        assert!(same_mask("00000000,00000003\n", "3"));
+        assert!(same_mask("ff,ffffffff", "000000ff,ffffffff"));
+        assert!(!same_mask("0", "3"));
+        assert!(!same_mask("1", "3"));
+        assert!(!same_mask("garbage", "3"));
     }
 
     #[test]
