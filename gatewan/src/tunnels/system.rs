@@ -58,7 +58,8 @@ pub struct System {
     private_key: Key,
     public_key: Key,
     prefix: String,
-    /// The host's online CPUs as an RPS mask, None on a single CPU (nothing to spread).
+    /// The host's online CPUs but the isolated ones, as an RPS mask ([`receive_mask`]);
+    /// None with fewer than two (nothing to spread).
     receive_mask: Option<String>,
 }
 
