@@ -122,22 +122,20 @@ pub fn receive_mask(online: &str, isolated: &str) -> Option<String> {
     if cpus.len() < 2 {
         return None;
     }
-    let top = cpus.last().copied().unwrap_or(0) / 32;
-    let groups: Vec<String> = (0..=top)
-        .rev()
-        .map(|g| {
-            let word = cpus
-                .iter()
-                .filter(|&&c| c / 32 == g)
-                .fold(0u32, |w, &c| w | 1 << (c % 32));
-            if g == top {
-                format!("{word:x}")
-            } else {
-                format!("{word:08x}")
-            }
-        })
-        .collect();
-    Some(groups.join(","))
+    let mut words = vec![0u32; cpus.last().map_or(0, |&c| c / 32 + 1) as usize];
+    for c in cpus {
+        words[(c / 32) as usize] |= 1 << (c % 32);
+    }
+    // The most significant group unpadded, the others 8 digits.
+    let mut groups = words.iter().rev().map(|w| format!("{w:08x}"));
+    let first = groups.next().map(|g| g.trim_start_matches('0').to_string());
+    Some(
+        first
+            .into_iter()
+            .chain(groups)
+            .collect::<Vec<_>>()
+            .join(","),
+    )
 }
 
 /// A kernel CPU list (`0-3,8`; empty for none).
