@@ -298,6 +298,7 @@ fn start_tunnels(
         plan: t.plan.clone(),
         wireguard: t.wireguard,
         grace: t.grace,
+        spread_receive: t.spread_receive,
         probe: ProbeSettings {
             interval: t.probe_interval,
             count: t.probe_count,

@@ -27,6 +27,16 @@ fn two_datacenters_four_tunnels_probed_and_restart_safe() {
     let metrics = "metrics:\n  listen: \"127.0.0.1:9100\"\n";
     a.config = write_pair_config(&dir, &SG1, &keyring, metrics);
     b.config = write_pair_config(&dir, &PAR1, &keyring, metrics);
+    // par1's operator keeps the RPS masks (checked below with sg1's, which the gatewan sets).
+    let b_yaml = std::fs::read_to_string(&b.config).unwrap();
+    std::fs::write(
+        &b.config,
+        b_yaml.replace(
+            "  wireguard: userspace\n",
+            "  wireguard: userspace\n  spread_receive: false\n",
+        ),
+    )
+    .unwrap();
     a.socket = dir.join("gatewan01-sg1.sock");
     b.socket = dir.join("gatewan01-par1.sock");
     a.log = dir.join("a.log");
@@ -497,6 +507,9 @@ fn two_datacenters_four_tunnels_probed_and_restart_safe() {
         .trim_start_matches(['0', ','])
         .to_string()
     };
+    // par1's tunnel manager re-checks the host at least every 10 s (its resync), plus margin.
+    const RESYNC: Duration = Duration::from_secs(11);
+    let operator_set = Instant::now();
     if let Some(mask) = &wanted_mask {
         for t in a.tunnels() {
             let interface = t["interface"].as_str().unwrap();
@@ -506,6 +519,15 @@ fn two_datacenters_four_tunnels_probed_and_restart_safe() {
             "echo 0 > /sys/class/net/{ifname}/queues/rx-0/rps_cpus"
         ));
         assert_eq!(rps(&a, &ifname), "", "the mask was not reset");
+        // With spread_receive: false, par1 left the kernel's default (no spreading), and
+        // keeps what its operator sets, checked again after a resync below.
+        for t in b.tunnels() {
+            let interface = t["interface"].as_str().unwrap();
+            assert_eq!(rps(&b, interface), "", "par1 set {interface}'s rps_cpus");
+        }
+        b.sh(&format!(
+            "echo 1 > /sys/class/net/{peer_if}/queues/rx-0/rps_cpus"
+        ));
     } else {
         eprintln!(
             "fewer than two CPUs that are not isolated: nothing to spread, the RPS check is skipped"
@@ -533,6 +555,12 @@ fn two_datacenters_four_tunnels_probed_and_restart_safe() {
     );
     if let Some(mask) = &wanted_mask {
         assert_eq!(&rps(&a, &ifname), mask, "{ifname}'s rps_cpus not repaired");
+        std::thread::sleep(RESYNC.saturating_sub(operator_set.elapsed()));
+        assert_eq!(
+            rps(&b, &peer_if),
+            "1",
+            "par1 changed its operator's rps_cpus"
+        );
     }
     assert_eq!(
         disabled_ids(&a),

@@ -683,6 +683,19 @@ transits:
     }
 
     #[test]
+    fn tunnels_spread_what_they_receive_unless_the_operator_keeps_the_masks() {
+        assert!(tunnels_plan(&format!("{GOOD}tunnels:\n  slot: 1\n")).spread_receive);
+        let p = tunnels_plan(&format!(
+            "{GOOD}tunnels:\n  slot: 1\n  spread_receive: false\n"
+        ));
+        assert!(!p.spread_receive);
+        let e = one_error(&format!(
+            "{GOOD}tunnels:\n  slot: 1\n  spread_receive: sometimes\n"
+        ));
+        assert!(e.contains("spread_receive"), "{e}");
+    }
+
+    #[test]
     fn a_tunnel_is_down_after_3_lost_probes_in_a_row_unless_configured() {
         let p = tunnels_plan(&format!("{GOOD}tunnels:\n  slot: 1\n"));
         assert_eq!(p.thresholds.down_consecutive, 3);

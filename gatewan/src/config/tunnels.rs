@@ -50,6 +50,10 @@ pub struct TunnelsConfig {
     /// How long a tunnel whose peer left the mesh is kept.
     #[serde(default)]
     pub grace: Option<Dur>,
+    /// Whether the gatewan sets each tunnel interface's RPS mask (ADR 0063). `false` leaves
+    /// `rps_cpus` to the operator (or the kernel's default, no spreading).
+    #[serde(default)]
+    pub spread_receive: Option<bool>,
 }
 
 #[derive(Debug, Deserialize, Default)]
@@ -99,6 +103,8 @@ pub struct TunnelsSettings {
     pub plan: PlanSettings,
     pub wireguard: WireguardMode,
     pub grace: std::time::Duration,
+    /// `tunnels.spread_receive`: the tunnel manager keeps each tunnel's RPS mask.
+    pub spread_receive: bool,
     pub probe_interval: std::time::Duration,
     pub probe_count: u32,
     pub probe_window: std::time::Duration,
@@ -262,6 +268,7 @@ impl TunnelsConfig {
             grace: self
                 .grace
                 .map_or(std::time::Duration::from_secs(60), |d| d.0),
+            spread_receive: self.spread_receive.unwrap_or(true),
             probe_interval: interval,
             probe_count: count,
             probe_window: window,

@@ -57,6 +57,8 @@ pub struct ManagerConfig {
     pub plan: PlanSettings,
     pub wireguard: WireguardMode,
     pub grace: Duration,
+    /// `tunnels.spread_receive`: whether tunnel interfaces get our RPS mask (ADR 0063).
+    pub spread_receive: bool,
     pub probe: ProbeSettings,
     /// How often the host is re-checked even when the mesh is quiet.
     pub resync: Duration,
@@ -120,7 +122,10 @@ impl TunnelsHandle {
 }
 
 pub fn spawn(cfg: ManagerConfig, mesh: MeshHandle) -> std::io::Result<TunnelsHandle> {
-    let system = System::new(cfg.wireguard, cfg.private_key, &cfg.plan.interface_prefix)?;
+    let mut system = System::new(cfg.wireguard, cfg.private_key, &cfg.plan.interface_prefix)?;
+    if !cfg.spread_receive {
+        system.leave_receive_cpus();
+    }
     info!(backend = ?system.backend(), "tunnels: WireGuard backend");
     let probes = engine::spawn(cfg.probe.clone());
     let (tx, rx) = watch::channel(Arc::new(Vec::new()));

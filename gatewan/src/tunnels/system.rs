@@ -59,7 +59,8 @@ pub struct System {
     public_key: Key,
     prefix: String,
     /// The host's online CPUs but the isolated ones, as an RPS mask ([`receive_mask`]);
-    /// None with fewer than two (nothing to spread).
+    /// None with fewer than two (nothing to spread), or when the operator keeps the masks
+    /// (`tunnels.spread_receive: false`).
     receive_mask: Option<String>,
 }
 
@@ -208,6 +209,12 @@ impl System {
         self.public_key = self.private_key.get_public();
     }
 
+    /// Leaves every tunnel's RPS mask as it is (`tunnels.spread_receive: false`): to the
+    /// operator's own tuning, or the kernel's default of no spreading.
+    pub fn leave_receive_cpus(&mut self) {
+        self.receive_mask = None;
+    }
+
     /// Our tunnel interfaces: the prefix followed by the tunnel index.
     fn is_ours(&self, name: &str) -> bool {
         name.strip_prefix(self.prefix.as_str())
@@ -320,7 +327,8 @@ impl System {
     }
 
     /// Whether the interface's receive processing is spread over our CPUs, or cannot be:
-    /// on a single CPU, without RPS in the kernel, or when /sys shows another network
+    /// on a single CPU, when the operator keeps the masks, without RPS in the kernel, or
+    /// when /sys shows another network
     /// namespace (it is the one it was mounted in), where a same-named interface is not
     /// ours to touch.
     fn spread(&self, interface: &str, index: u32) -> bool {
