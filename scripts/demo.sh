@@ -6,7 +6,7 @@
 # cogent) behind WAN emulators, routed by one default route each, and two bgpctls.
 # It shows the tunnels and their measurements, the type-5 routes the fabric receives and
 # why the controller chose them; a host in sg1 pinging a host in par1 and the tunnels that
-# carry it (WireGuard counters), iperf3 across; then fails the lumen transit under a ping
+# carry it (WireGuard counters), iperf3 across; then fails the transit that carries a ping
 # stream, shows the packets lost and the routes move.
 # The lab is torn down at the end (or stays with KEEP=1: `lab down` it yourself).
 set -euo pipefail
@@ -51,6 +51,12 @@ bgpctl bgpctl-sg1 peers
 bgpctl bgpctl-sg1 routes
 
 say "bgpctl-sg1: why these tunnels (required capacity 1.5 Gbps toward par1)"
+# A better set seen while the tunnels' first measurements settle applies only after its
+# hold-down (10 s): wait for it, so that the traffic below takes the tunnels shown here.
+for _ in $(seq 1 60); do
+  bgpctl bgpctl-sg1 explain 2>/dev/null | grep -q "a better set holds" || break
+  sleep 0.5
+done
 bgpctl bgpctl-sg1 explain
 
 say "the sg1 fabric's route reflector (gobgpd) holds par1's prefixes via the gatewans"
@@ -68,18 +74,30 @@ on host-par1 iperf3 -s -D -1
 sleep 0.5
 on host-sg1 iperf3 -c 172.16.2.10 -P 8 -t 3 | tail -4
 transfer > /tmp/gatewan-demo-after
-echo "bytes sent per sg1 tunnel during the transfer (the chosen ones carry it; the others only probes):"
+echo "bytes sent per sg1 tunnel during the transfer (the ones chosen above carry it; the others only probes):"
 paste /tmp/gatewan-demo-before /tmp/gatewan-demo-after | awk '{printf "  %-14s %-10s %12d\n", $1, $2, $10 - $5}'
 on gatewan01-sg1 routingctl tunnels
 
-say "lab impair wan-lumen loss=100% under a ping stream host-sg1 -> host-par1 (every 5 ms): the lumen transit fails"
+say "a ping stream host-sg1 -> host-par1 (every 5 ms), and the tunnel the leaf hashed it to"
 on host-sg1 ping -q -i 0.005 -W 1 -c 1400 172.16.2.10 > /tmp/gatewan-demo-stream &
 stream=$!
+sleep 1
+transfer > /tmp/gatewan-demo-before
+sleep 1
+transfer > /tmp/gatewan-demo-after
+# The busiest sg1 tunnel over that second carries the stream; its transit is the one to fail.
+read -r gw tunnel < <(paste /tmp/gatewan-demo-before /tmp/gatewan-demo-after |
+  awk '{d = $10 - $5; if (d > max) {max = d; t = $1 " " $2}} END {print t}')
+transit=$(on "$gw" routingctl tunnels | awk -v t="$tunnel" '$1 == t {split($4, a, "→"); print a[1]}')
+transit=${transit:-lumen}
+other=$([ "$transit" = lumen ] && echo cogent || echo lumen)
+echo "the stream leaves sg1 through $gw/$tunnel, over $transit"
+
+say "lab impair wan-$transit loss=100%: the $transit transit fails under the stream"
+lab impair "wan-$transit" loss=100%
 sleep 2
-lab impair wan-lumen loss=100%
-sleep 2
-on gatewan01-sg1 routingctl tunnels
-say "gobgpd on fabric-sg1 two seconds later: only cogent tunnels' Router's MACs"
+on "$gw" routingctl tunnels
+say "gobgpd on fabric-sg1 two seconds later: only $other tunnels' Router's MACs"
 on fabric-sg1 gobgp global rib -a evpn
 bgpctl bgpctl-sg1 explain
 
@@ -87,6 +105,6 @@ wait $stream || true
 say "the ping stream across the failure (the gatewans moved the traffic at once: the loss is the probes' detection time)"
 grep -A1 "packets transmitted" /tmp/gatewan-demo-stream
 
-say "restore lumen"
-lab impair wan-lumen reset
+say "restore $transit"
+lab impair "wan-$transit" reset
 echo "done$([ "${KEEP:-0}" = 1 ] && echo ': the lab is still up (lab down '"$TOPO"')')"
