@@ -63,6 +63,8 @@ say "the sg1 fabric's route reflector (gobgpd) holds par1's prefixes via the gat
 on fabric-sg1 gobgp global rib -a evpn
 
 transfer() { for g in gatewan01-sg1 gatewan02-sg1; do on $g wg show all transfer | sed "s/^/$g /"; done; }
+# Bytes each sg1 tunnel sent between the two transfer readings: "gatewan interface bytes".
+sent() { paste /tmp/gatewan-demo-before /tmp/gatewan-demo-after | awk '{print $1, $2, $10 - $5}'; }
 say "host-sg1 pings host-par1 (IPv4 and IPv6): host -> leaf -> VXLAN -> gatewan -> WireGuard -> gatewan -> VXLAN -> leaf -> host"
 for _ in $(seq 1 40); do on host-sg1 ping -c 1 -W 1 172.16.2.10 >/dev/null 2>&1 && break; sleep 0.5; done
 on host-sg1 ping -c 3 172.16.2.10
@@ -75,7 +77,7 @@ sleep 0.5
 on host-sg1 iperf3 -c 172.16.2.10 -P 8 -t 3 | tail -4
 transfer > /tmp/gatewan-demo-after
 echo "bytes sent per sg1 tunnel during the transfer (the ones chosen above carry it; the others only probes):"
-paste /tmp/gatewan-demo-before /tmp/gatewan-demo-after | awk '{printf "  %-14s %-10s %12d\n", $1, $2, $10 - $5}'
+sent | awk '{printf "  %-14s %-10s %12d\n", $1, $2, $3}'
 on gatewan01-sg1 routingctl tunnels
 
 say "a ping stream host-sg1 -> host-par1 (every 5 ms), and the tunnel the leaf hashed it to"
@@ -86,8 +88,7 @@ transfer > /tmp/gatewan-demo-before
 sleep 1
 transfer > /tmp/gatewan-demo-after
 # The busiest sg1 tunnel over that second carries the stream; its transit is the one to fail.
-read -r gw tunnel < <(paste /tmp/gatewan-demo-before /tmp/gatewan-demo-after |
-  awk '{d = $10 - $5; if (d > max) {max = d; t = $1 " " $2}} END {print t}')
+read -r gw tunnel _ < <(sent | sort -k3,3n | tail -1)
 transit=$(on "$gw" routingctl tunnels | awk -v t="$tunnel" '$1 == t {split($4, a, "→"); print a[1]}')
 transit=${transit:-lumen}
 other=$([ "$transit" = lumen ] && echo cogent || echo lumen)
