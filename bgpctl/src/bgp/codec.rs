@@ -292,7 +292,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn decode(b: &Bytes) -> Vec<PathAttribute> {
+    pub(crate) fn decode(b: &Bytes) -> Vec<PathAttribute> {
         let mut b = b.clone();
         let Message::Update(u) = decode_message(&mut b, MAX_MESSAGE_LEN).unwrap() else {
             panic!("not an update")
@@ -300,7 +300,7 @@ pub(crate) mod tests {
         u.parse(true, false, &[]).unwrap().attributes
     }
 
-    const EBGP: ExportContext = ExportContext {
+    pub(crate) const EBGP: ExportContext = ExportContext {
         local_asn: 65000,
         ibgp: false,
         four_octet_as: true,

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::collections::btree_map;
 
 use bytes::Bytes;
+use ipnet::IpNet;
 
 use super::codec::{self, ExportContext};
 use super::types::{RouteKey, Type5Route};
@@ -100,11 +101,45 @@ pub fn diff<'a>(sent: &'a AdjRibOut, desired: &'a AdjRibOut) -> RibDiff<'a> {
     out
 }
 
-/// The UPDATEs for a diff: withdrawals first (so a peer's prefix limit never sees both
-/// generations), then announcements grouped by identical attributes.
+/// Prefixes whose changes go out as one step of [`updates`]: mid-step, a peer holds the
+/// old and the new paths of at most this many prefixes at once.
+const PREFIXES_PER_STEP: usize = 256;
+
+/// The UPDATEs for a diff, make before break (ADR 0065). A tunnel's routes carry its own
+/// RD, so moving a prefix to other tunnels withdraws one NLRI and announces another:
+/// withdrawn first, a prefix whose paths all change would have none at the leaf between
+/// the two UPDATEs, and its traffic would be dropped there. So prefix by prefix, in steps
+/// of [`PREFIXES_PER_STEP`], a step's new paths are announced (grouped by identical
+/// attributes) before its old paths are withdrawn.
+///
+/// Steps go from the prefixes that lose most paths to those that gain most, so the
+/// peer's table shrinks before it grows: between steps it never holds more routes than
+/// the larger of the old and the new table, and mid-step at most one step's
+/// announcements more, a bounded excess for its prefix limit.
 pub fn updates(diff: &RibDiff<'_>, ctx: &ExportContext) -> Vec<Bytes> {
-    let mut out = codec::withdraw_updates(&diff.withdraw);
-    out.extend(codec::announce_updates(&diff.announce, ctx));
+    updates_in_steps(diff, ctx, PREFIXES_PER_STEP)
+}
+
+fn updates_in_steps(diff: &RibDiff<'_>, ctx: &ExportContext, per_step: usize) -> Vec<Bytes> {
+    /// A prefix's new paths and old paths.
+    type Change<'a> = (Vec<&'a Type5Route>, Vec<&'a Type5Route>);
+    let mut by_prefix: BTreeMap<IpNet, Change<'_>> = BTreeMap::new();
+    for r in &diff.announce {
+        by_prefix.entry(r.prefix).or_default().0.push(r);
+    }
+    for r in &diff.withdraw {
+        by_prefix.entry(r.prefix).or_default().1.push(r);
+    }
+    let mut changes: Vec<Change<'_>> = by_prefix.into_values().collect();
+    // Stable: equal growth keeps prefix order, and the UPDATEs stay deterministic.
+    changes.sort_by_key(|(new, old)| new.len() as isize - old.len() as isize);
+    let mut out = Vec::new();
+    for step in changes.chunks(per_step.max(1)) {
+        let announce: Vec<&Type5Route> = step.iter().flat_map(|c| c.0.iter().copied()).collect();
+        let withdraw: Vec<&Type5Route> = step.iter().flat_map(|c| c.1.iter().copied()).collect();
+        out.extend(codec::announce_updates(&announce, ctx));
+        out.extend(codec::withdraw_updates(&withdraw));
+    }
     out
 }
 
@@ -123,7 +158,8 @@ mod tests {
     use super::*;
     use crate::bgp::types::RouteTarget;
     use proptest::prelude::*;
-    use std::collections::BTreeSet;
+    use rustbgpd_wire::{EvpnRoute, PathAttribute};
+    use std::collections::{BTreeSet, HashMap, HashSet};
 
     fn route(i: u16, vni: u32, mac: u8) -> Type5Route {
         Type5Route {
@@ -173,7 +209,83 @@ mod tests {
         assert_eq!(only.prefix.to_string(), "10.0.1.0/24");
     }
 
+    fn route_of_tunnel(prefix: u16, tunnel: u8) -> Type5Route {
+        Type5Route {
+            rd: format!("65000:{tunnel}").parse().unwrap(),
+            router_mac: [2, 0, 0, 0, 0, tunnel],
+            ..route(prefix, 10, tunnel)
+        }
+    }
+
+    /// Applies one UPDATE to the routes a peer holds.
+    fn apply(held: &mut HashSet<EvpnRoute>, msg: &Bytes) {
+        for a in codec::tests::decode(msg) {
+            match a {
+                PathAttribute::MpReachNlri(mp) => held.extend(mp.evpn_announced),
+                PathAttribute::MpUnreachNlri(mp) => {
+                    for r in &mp.evpn_withdrawn {
+                        held.remove(r);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    #[test]
+    fn a_prefix_moved_to_other_tunnels_is_announced_there_before_it_is_withdrawn() {
+        let sent = set(vec![route_of_tunnel(1, 1), route_of_tunnel(1, 2)]);
+        let desired = set(vec![route_of_tunnel(1, 3), route_of_tunnel(1, 4)]);
+        let msgs = updates(&diff(&sent, &desired), &codec::tests::EBGP);
+        let mut held: HashSet<EvpnRoute> = sent.iter().map(codec::to_evpn_nlri).collect();
+        let mut sizes = Vec::new();
+        for m in &msgs {
+            apply(&mut held, m);
+            sizes.push(held.len());
+        }
+        // One UPDATE per new tunnel (its own next hop and MAC), then one withdrawing both.
+        assert_eq!(sizes, vec![3, 4, 2]);
+        let want: HashSet<EvpnRoute> = desired.iter().map(codec::to_evpn_nlri).collect();
+        assert_eq!(held, want);
+    }
+
     proptest! {
+        /// Replayed UPDATE by UPDATE on a peer that holds `sent`: a prefix that has paths
+        /// before and after has one after every UPDATE; the peer never holds more than the
+        /// larger table plus one step's announcements; it ends with `desired`.
+        #[test]
+        fn make_before_break_keeps_every_kept_prefix_and_bounds_the_excess(
+            sent in proptest::collection::vec((0u16..16, 0u8..4), 0..48),
+            desired in proptest::collection::vec((0u16..16, 0u8..4), 0..48),
+            per_step in 1usize..5,
+        ) {
+            let build = |v: Vec<(u16, u8)>| {
+                set(v.into_iter().map(|(p, t)| route_of_tunnel(p, t)).collect())
+            };
+            let (sent, desired) = (build(sent), build(desired));
+            let prefix_of: HashMap<EvpnRoute, IpNet> = sent
+                .iter()
+                .chain(desired.iter())
+                .map(|r| (codec::to_evpn_nlri(r), r.prefix))
+                .collect();
+            let kept: BTreeSet<IpNet> = sent
+                .iter()
+                .map(|r| r.prefix)
+                .filter(|p| desired.iter().any(|r| r.prefix == *p))
+                .collect();
+            let bound = sent.len().max(desired.len()) + per_step * 4;
+            let msgs = updates_in_steps(&diff(&sent, &desired), &codec::tests::EBGP, per_step);
+            let mut held: HashSet<EvpnRoute> = sent.iter().map(codec::to_evpn_nlri).collect();
+            for m in &msgs {
+                apply(&mut held, m);
+                let covered: BTreeSet<IpNet> = held.iter().map(|r| prefix_of[r]).collect();
+                prop_assert!(kept.is_subset(&covered), "a kept prefix lost all paths");
+                prop_assert!(held.len() <= bound, "{} routes held, bound {bound}", held.len());
+            }
+            let want: HashSet<EvpnRoute> = desired.iter().map(codec::to_evpn_nlri).collect();
+            prop_assert_eq!(held, want);
+        }
+
         /// Applying the diff to `sent` gives `desired`; nothing unchanged is touched.
         #[test]
         fn diff_is_minimal_and_complete(
