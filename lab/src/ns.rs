@@ -341,8 +341,7 @@ pub fn create_mntns(spec: MountSpec) -> Result<()> {
     let (to_thread, from_main) = std::sync::mpsc::channel::<()>();
     let target = spec.target.clone();
     let h = std::thread::spawn(move || {
-        let r = unshare(CloneFlags::CLONE_NEWNS)
-            .context("unshare(CLONE_NEWNS)")
+        let r = unshare_bindable_mntns()
             .and_then(|_| setup_mounts(&spec))
             .map(|_| nix::unistd::gettid().as_raw());
         let ok = r.is_ok();
@@ -370,6 +369,87 @@ pub fn create_mntns(spec: MountSpec) -> Result<()> {
     let _ = to_thread.send(());
     let _ = h.join();
     res
+}
+
+nix::ioctl_read!(ns_get_mntns_id, 0xb7, 5, u64);
+
+/// The id of the calling thread's mount namespace (NS_GET_MNTNS_ID, Linux 6.8 and later);
+/// None on a kernel without it.
+fn own_mntns_id() -> Option<u64> {
+    let f = File::open("/proc/thread-self/ns/mnt").ok()?;
+    let mut id = 0u64;
+    // SAFETY: NS_GET_MNTNS_ID writes one u64 through the pointer, valid for the call.
+    unsafe { ns_get_mntns_id(f.as_raw_fd(), &mut id) }.ok()?;
+    Some(id)
+}
+
+/// Most ids a CPU draws from the kernel's namespace id counter at a time (the kernel's
+/// COOKIE_LOCAL_BATCH), and so the most namespaces one CPU can make before its ids pass
+/// every id handed out so far.
+const NS_ID_BATCH: usize = 4096;
+
+/// Moves the calling thread into a new mount namespace that the namespace it leaves may
+/// bind-mount.
+///
+/// Against loops, the kernel refuses (EINVAL) to bind a mount namespace's file from a
+/// namespace whose id is not smaller. Those ids are not in creation order: each CPU draws
+/// them from a shared counter in batches of 4096 (Linux 6.18 here; older kernels number
+/// namespaces in order), so a namespace made now on one CPU can have a smaller id than
+/// an older one made on another. On the host the lab's namespace is the initial one,
+/// with the smallest id, and every bind passes; inside a container or `unshare -m` about
+/// half of them failed. So the thread unshares until its new namespace's id is larger:
+/// on each CPU it may run on in turn (within a CPU ids grow, and the old namespace's was
+/// drawn on one of them), else on one CPU until its batch runs out and the next one is
+/// drawn above every id handed out.
+fn unshare_bindable_mntns() -> Result<()> {
+    use nix::sched::{CpuSet, sched_getaffinity, sched_setaffinity};
+    use nix::unistd::Pid;
+    let parent = own_mntns_id();
+    let fresh = || -> Result<bool> {
+        unshare(CloneFlags::CLONE_NEWNS).context("unshare(CLONE_NEWNS)")?;
+        Ok(match (parent, own_mntns_id()) {
+            (Some(parent), Some(id)) => id > parent,
+            _ => true,
+        })
+    };
+    if fresh()? {
+        return Ok(());
+    }
+    let me = Pid::from_raw(0);
+    let allowed = sched_getaffinity(me).context("sched_getaffinity")?;
+    let cpus: Vec<usize> = (0..CpuSet::count())
+        .filter(|c| allowed.is_set(*c).unwrap_or(false))
+        .collect();
+    let pin = |cpu: usize| -> Result<()> {
+        let mut one = CpuSet::new();
+        one.set(cpu).context("CPU set")?;
+        sched_setaffinity(me, &one).context("sched_setaffinity")
+    };
+    let mut done = false;
+    for &cpu in &cpus {
+        pin(cpu)?;
+        if fresh()? {
+            done = true;
+            break;
+        }
+    }
+    if !done && let Some(&cpu) = cpus.first() {
+        pin(cpu)?;
+        for _ in 0..=NS_ID_BATCH {
+            if fresh()? {
+                done = true;
+                break;
+            }
+        }
+    }
+    sched_setaffinity(me, &allowed).context("sched_setaffinity")?;
+    if !done {
+        bail!(
+            "no new mount namespace got an id above {:?}, the lab's: the kernel would refuse to bind it",
+            parent
+        );
+    }
+    Ok(())
 }
 
 /// Makes each `(name, host path)` network namespace visible as `/run/netns/NAME` inside

@@ -103,6 +103,74 @@ fn up_is_idempotent_and_down_is_clean() {
     ok(&["down", name], &f);
 }
 
+/// `lab up` in a mount namespace of its own, as in a container, under `unshare -m` or in a
+/// service with private mounts. The kernel numbers mount namespaces from per-CPU batches,
+/// not in creation order, and refuses to bind one whose number is below the binder's (see
+/// `ns::unshare_bindable_mntns`). So the lab's namespace is made on one CPU and the lab
+/// runs on another, both ways round: in one of the two, the nodes' namespaces draw
+/// numbers below the lab's, and before the lab allowed for that its `up` failed there
+/// (EINVAL binding a node's namespace), every time. On the host the bind always passes
+/// (the initial namespace has the smallest number), which is why only this test sees it.
+/// With a single CPU there is no other batch to draw from: the test runs unpinned, and
+/// cannot fail that way.
+#[test]
+fn up_works_inside_a_mount_namespace_of_its_own() {
+    if !common::root_or_skip("up_works_inside_a_mount_namespace_of_its_own") {
+        return;
+    }
+    let name = "t-mntns";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let f = common::renamed("tests/fixtures/small.clab.yml", name, dir.path());
+    ok(&["down", "FILE"], &f);
+    let before = common::snapshot(name);
+    let allowed = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).expect("affinity");
+    let cpus: Vec<String> = (0..nix::sched::CpuSet::count())
+        .filter(|c| allowed.is_set(*c).unwrap_or(false))
+        .take(2)
+        .map(|c| c.to_string())
+        .collect();
+    let rounds: Vec<Vec<&str>> = match &cpus[..] {
+        [a, b] => vec![vec![a, b], vec![b, a]],
+        _ => {
+            eprintln!("up_works_inside_a_mount_namespace_of_its_own: one CPU, not pinned");
+            vec![vec![]]
+        }
+    };
+    let script = r#"set -e
+"$0" up "$1"
+"$0" exec -t "$1" b -- ping -c1 -W2 10.0.2.2
+"$0" down "$1""#;
+    for pins in rounds {
+        let mut c = Command::new("taskset");
+        match pins[..] {
+            [ns_cpu, lab_cpu] => c
+                .args(["-c", ns_cpu, "unshare", "-m", "--propagation"])
+                .args(["private", "taskset", "-c", lab_cpu]),
+            _ => c.args(["-c", "0-1023", "unshare", "-m", "--propagation", "private"]),
+        };
+        let out = c
+            .args(["sh", "-c", script])
+            .arg(env!("CARGO_BIN_EXE_lab"))
+            .arg(&f)
+            .output()
+            .expect("taskset, unshare");
+        if !out.status.success() {
+            // Leave nothing behind for the next test, whatever failed.
+            let _ = Command::new("unshare")
+                .args(["-m", "--propagation", "private"])
+                .arg(env!("CARGO_BIN_EXE_lab"))
+                .args(["down".as_ref(), f.as_os_str()])
+                .output();
+        }
+        assert!(
+            out.status.success(),
+            "namespace made on CPU, lab run on CPU {pins:?}: lab up, exec and down: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(before, common::snapshot(name));
+}
+
 /// Tells whether `lab up` of the named lab has reached a given point.
 type Reached = fn(&str) -> bool;
 
