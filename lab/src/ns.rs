@@ -108,7 +108,7 @@ pub fn create_netns(name: &str) -> Result<()> {
     if is_ns_mount(&path) {
         return Ok(());
     }
-    std::fs::create_dir_all(NETNS_DIR)?;
+    share_netns_dir()?;
     File::create(&path).with_context(|| format!("create {}", path.display()))?;
     let p2 = path.clone();
     std::thread::spawn(move || -> Result<()> {
@@ -125,6 +125,37 @@ pub fn create_netns(name: &str) -> Result<()> {
     })
     .join()
     .map_err(|_| anyhow!("netns thread panicked"))?
+}
+
+/// Makes /run/netns a mount point with shared propagation before a namespace is bound in
+/// it, as `ip netns add` does. Were it a plain directory, the first `ip netns add` run on
+/// the host while the lab is up would bind /run/netns over itself: the lab's namespace
+/// files would then lie under that mount, where `lab down` can neither unmount nor remove
+/// them (EBUSY), and the namespaces would outlive the lab.
+fn share_netns_dir() -> Result<()> {
+    std::fs::create_dir_all(NETNS_DIR)?;
+    let shared = || {
+        mount(
+            None::<&str>,
+            NETNS_DIR,
+            None::<&str>,
+            MsFlags::MS_SHARED | MsFlags::MS_REC,
+            None::<&str>,
+        )
+    };
+    // EINVAL: not a mount point yet.
+    if shared().is_err() {
+        mount(
+            Some(NETNS_DIR),
+            NETNS_DIR,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .context("bind /run/netns onto itself")?;
+        shared().context("make /run/netns shared")?;
+    }
+    Ok(())
 }
 
 /// Makes `dir` a private mount point so that namespace files can be bound inside it

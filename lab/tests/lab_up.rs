@@ -130,3 +130,37 @@ fn harness_drop_tears_down_after_a_panic() {
     assert!(r.is_err());
     assert_eq!(before, common::snapshot(name));
 }
+
+/// On a host whose /run/netns is still a plain directory (nothing ran `ip netns` since
+/// boot), an `ip netns add` while the lab is up must not hide the lab's namespace files
+/// under a new mount of /run/netns, where `lab down` could neither unmount nor remove them.
+#[test]
+fn down_is_clean_after_ip_netns_add_on_a_fresh_host() {
+    if !common::root_or_skip("down_is_clean_after_ip_netns_add_on_a_fresh_host") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("lab-fresh-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let file = dir.join("t-fresh.clab.yml");
+    let small =
+        std::fs::read_to_string(common::fixture("tests/fixtures/small.clab.yml")).expect("fixture");
+    std::fs::write(&file, small.replace("name: small", "name: t-fresh")).expect("topology");
+    // Its own mount namespace with an empty /run: /run/netns starts as a plain directory.
+    let script = format!(
+        "mount -t tmpfs tmpfs /run && {lab} up {f} >/dev/null && ip netns add t-fresh-probe \
+         && {lab} down {f} >/dev/null && ls -A /run/netns",
+        lab = env!("CARGO_BIN_EXE_lab"),
+        f = file.display(),
+    );
+    let out = std::process::Command::new("unshare")
+        .args(["-m", "--propagation", "private", "sh", "-c", &script])
+        .output()
+        .expect("unshare");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        common::stdout(&out).trim(),
+        "t-fresh-probe",
+        "namespace files left in /run/netns after lab down"
+    );
+}
