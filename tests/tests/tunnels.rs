@@ -534,6 +534,15 @@ fn two_datacenters_four_tunnels_probed_and_restart_safe() {
         );
     }
 
+    // A peer's allowed IPs widened by hand, as a gatewan from before ADR 0062 left them
+    // (0.0.0.0/0 and ::/0), are set back to every unicast address by the restarted
+    // daemon, in place: not a reconfiguration, the interface stays (checked below).
+    a.sh(&format!(
+        "wg set {ifname} peer \"$(wg show {ifname} peers)\" allowed-ips 0.0.0.0/0,::/0"
+    ));
+    let allowed = |h: &Host| h.sh(&format!("wg show {ifname} allowed-ips"));
+    assert!(allowed(&a).contains("0.0.0.0/0"), "{}", allowed(&a));
+
     // kill -9 and restart: the tunnels are found in place, not recreated.
     let before = a.tunnel_ifindexes();
     assert_eq!(before.len(), 4, "{before:?}");
@@ -552,6 +561,19 @@ fn two_datacenters_four_tunnels_probed_and_restart_safe() {
     assert!(
         !after_restart.contains("tunnel configured"),
         "restart reconfigured tunnels"
+    );
+    let unicast = || {
+        let now = allowed(&a);
+        !now.contains("0.0.0.0/0") && now.contains("0.0.0.0/1") && now.contains("fe00::/8")
+    };
+    assert!(
+        wait_until(Duration::from_secs(5), unicast),
+        "{ifname}'s allowed IPs not repaired: {}",
+        allowed(&a)
+    );
+    assert!(
+        after_restart.contains("allowed IPs set"),
+        "the repair is not logged"
     );
     if let Some(mask) = &wanted_mask {
         assert_eq!(&rps(&a, &ifname), mask, "{ifname}'s rps_cpus not repaired");

@@ -459,6 +459,9 @@ async fn apply_steps(system: &System, todo: &[Step]) {
                         info!(interface = %w.interface, endpoint = %w.endpoint, "tunnel configured")
                     }
                     Step::Delete { interface } => info!(%interface, "stale tunnel removed"),
+                    Step::SetAllowedIps { interface, .. } => {
+                        info!(%interface, "tunnel peer's allowed IPs set to every unicast address (ADR 0062)")
+                    }
                     Step::SpreadReceive { interface } => {
                         debug!(%interface, "tunnel receive spread over the CPUs (RPS)")
                     }

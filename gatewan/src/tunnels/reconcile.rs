@@ -4,7 +4,7 @@
 //! matches no wanted tunnel is removed only once its grace period has passed.
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use ipnet::IpNet;
 
@@ -38,6 +38,39 @@ impl WantedTunnel {
     }
 }
 
+/// What the peer of a tunnel may carry: every unicast address, IPv4 and IPv6, and no
+/// multicast (224.0.0.0/4, ff00::/8). One peer per interface, so which prefixes take which
+/// tunnel is decided by policy routing, not here. Multicast is left out because the kernel
+/// sends an MLD report on a link the moment it comes up (a forwarding host joins the
+/// all-routers group ff02::2, and no sysctl or link flag stops the report), and WireGuard
+/// answers any packet for its peer by starting a handshake. Both ends of a new tunnel come
+/// up together, their handshakes cross and fail, and retries driven by probes sent in step
+/// at both ends can keep failing for tens of seconds (ADR 0062). A packet for no peer's
+/// allowed IPs is dropped by WireGuard: the report never leaves. A peer found with other
+/// allowed IPs (set by hand, or by a gatewan from before ADR 0062) gets these in place.
+pub const UNICAST: [(IpAddr, u8); 12] = [
+    (IpAddr::V4(Ipv4Addr::new(0, 0, 0, 0)), 1),
+    (IpAddr::V4(Ipv4Addr::new(128, 0, 0, 0)), 2),
+    (IpAddr::V4(Ipv4Addr::new(192, 0, 0, 0)), 3),
+    (IpAddr::V4(Ipv4Addr::new(240, 0, 0, 0)), 4),
+    (IpAddr::V6(Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 0)), 1),
+    (IpAddr::V6(Ipv6Addr::new(0x8000, 0, 0, 0, 0, 0, 0, 0)), 2),
+    (IpAddr::V6(Ipv6Addr::new(0xc000, 0, 0, 0, 0, 0, 0, 0)), 3),
+    (IpAddr::V6(Ipv6Addr::new(0xe000, 0, 0, 0, 0, 0, 0, 0)), 4),
+    (IpAddr::V6(Ipv6Addr::new(0xf000, 0, 0, 0, 0, 0, 0, 0)), 5),
+    (IpAddr::V6(Ipv6Addr::new(0xf800, 0, 0, 0, 0, 0, 0, 0)), 6),
+    (IpAddr::V6(Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0)), 7),
+    (IpAddr::V6(Ipv6Addr::new(0xfe00, 0, 0, 0, 0, 0, 0, 0)), 8),
+];
+
+/// [`UNICAST`] as a set of networks, to compare with what a peer has.
+pub fn unicast_networks() -> BTreeSet<IpNet> {
+    UNICAST
+        .iter()
+        .filter_map(|&(address, len)| IpNet::new(address, len).ok())
+        .collect()
+}
+
 /// A tunnel interface as found on the host.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct SeenTunnel {
@@ -47,6 +80,8 @@ pub struct SeenTunnel {
     /// Whether the interface holds our current private key.
     pub our_key: bool,
     pub peers: Vec<([u8; 32], Option<SocketAddr>)>,
+    /// The allowed IPs of its first peer.
+    pub peer_allowed_ips: BTreeSet<IpNet>,
     pub addresses: BTreeSet<IpNet>,
     pub up: bool,
     /// Whether what it receives is spread over the host's CPUs (RPS), or cannot be.
@@ -73,6 +108,12 @@ pub enum Step {
         interface: String,
         address: IpNet,
     },
+    /// Give the interface's peer [`UNICAST`] as its allowed IPs, in place: the peer and
+    /// its session stay.
+    SetAllowedIps {
+        interface: String,
+        peer_public_key: [u8; 32],
+    },
     SetUp {
         interface: String,
     },
@@ -91,6 +132,7 @@ impl Step {
             Step::Configure(w) => &w.interface,
             Step::AddAddress { interface, .. }
             | Step::RemoveAddress { interface, .. }
+            | Step::SetAllowedIps { interface, .. }
             | Step::SetUp { interface }
             | Step::SpreadReceive { interface }
             | Step::Delete { interface } => interface,
@@ -110,6 +152,7 @@ pub fn steps(
 ) -> (Vec<Step>, Vec<String>) {
     let seen_by_name: HashMap<&str, &SeenTunnel> =
         seen.iter().map(|s| (s.interface.as_str(), s)).collect();
+    let unicast = unicast_networks();
     let mut out = Vec::new();
     for w in wanted {
         let s = seen_by_name.get(w.interface.as_str());
@@ -122,6 +165,11 @@ pub fn steps(
         });
         if !configured {
             out.push(Step::Configure(w.clone()));
+        } else if s.is_some_and(|s| s.peer_allowed_ips != unicast) {
+            out.push(Step::SetAllowedIps {
+                interface: w.interface.clone(),
+                peer_public_key: w.peer_public_key,
+            });
         }
         let have = s.map(|s| s.addresses.clone()).unwrap_or_default();
         for a in w.addresses.difference(&have) {
@@ -193,6 +241,7 @@ mod tests {
             fwmark: w.fwmark,
             our_key: true,
             peers: vec![(w.peer_public_key, Some(w.endpoint))],
+            peer_allowed_ips: unicast_networks(),
             addresses: w.addresses.clone(),
             up: true,
             spread: true,
@@ -227,6 +276,35 @@ mod tests {
         let seen: Vec<_> = w.iter().map(seen_as).collect();
         let (s, stale) = steps(&w, &seen, &HashMap::new(), 0, 60_000);
         assert!(s.is_empty() && stale.is_empty(), "{s:?}");
+    }
+
+    #[test]
+    fn a_peer_with_other_allowed_ips_gets_every_unicast_address_in_place() {
+        let w = vec![wanted(1)];
+        // A tunnel from before ADR 0062 (or edited by hand): 0.0.0.0/0 and ::/0.
+        let mut seen = seen_as(&w[0]);
+        seen.peer_allowed_ips = ["0.0.0.0/0", "::/0"]
+            .iter()
+            .map(|n| n.parse().unwrap())
+            .collect();
+        let (s, _) = steps(&w, &[seen.clone()], &HashMap::new(), 0, 60_000);
+        assert_eq!(
+            s,
+            vec![Step::SetAllowedIps {
+                interface: "sdwan1".into(),
+                peer_public_key: [1; 32],
+            }]
+        );
+        // A peer to be configured anyway gets them with the rest, in one step.
+        seen.peers[0].1 = None;
+        let (s, _) = steps(&w, &[seen], &HashMap::new(), 0, 60_000);
+        assert_eq!(s, vec![Step::Configure(w[0].clone())]);
+        // Multicast is what the unicast set leaves out, and all of it.
+        let all = unicast_networks();
+        for m in ["224.0.0.1", "239.255.255.255", "ff02::2", "ff05::1:3"] {
+            let m: IpAddr = m.parse().unwrap();
+            assert!(!all.iter().any(|n| n.contains(&m)), "{m} is allowed");
+        }
     }
 
     #[test]

@@ -595,6 +595,7 @@ mod tests {
             fwmark: None,
             our_key: true,
             peers: Vec::new(),
+            peer_allowed_ips: Default::default(),
             addresses: Default::default(),
             up: true,
             spread: true,

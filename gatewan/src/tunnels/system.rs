@@ -4,7 +4,7 @@
 
 use std::collections::BTreeSet;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 
 use futures_util::TryStreamExt as _;
 use ipnet::IpNet;
@@ -64,29 +64,15 @@ pub struct System {
     receive_mask: Option<String>,
 }
 
-/// What the peer of a tunnel may carry: every unicast address, IPv4 and IPv6, and no
-/// multicast (224.0.0.0/4, ff00::/8). One peer per interface, so which prefixes take which
-/// tunnel is decided by policy routing, not here. Multicast is left out because the kernel
-/// sends an MLD report on a link the moment it comes up (a forwarding host joins the
-/// all-routers group ff02::2, and no sysctl or link flag stops the report), and WireGuard
-/// answers any packet for its peer by starting a handshake. Both ends of a new tunnel come
-/// up together, their handshakes cross and fail, and retries driven by probes sent in step
-/// at both ends can keep failing for tens of seconds (ADR 0062). A packet for no peer's
-/// allowed IPs is dropped by WireGuard: the report never leaves.
-pub const UNICAST: [(IpAddr, u8); 12] = [
-    (IpAddr::V4(Ipv4Addr::new(0, 0, 0, 0)), 1),
-    (IpAddr::V4(Ipv4Addr::new(128, 0, 0, 0)), 2),
-    (IpAddr::V4(Ipv4Addr::new(192, 0, 0, 0)), 3),
-    (IpAddr::V4(Ipv4Addr::new(240, 0, 0, 0)), 4),
-    (IpAddr::V6(Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 0)), 1),
-    (IpAddr::V6(Ipv6Addr::new(0x8000, 0, 0, 0, 0, 0, 0, 0)), 2),
-    (IpAddr::V6(Ipv6Addr::new(0xc000, 0, 0, 0, 0, 0, 0, 0)), 3),
-    (IpAddr::V6(Ipv6Addr::new(0xe000, 0, 0, 0, 0, 0, 0, 0)), 4),
-    (IpAddr::V6(Ipv6Addr::new(0xf000, 0, 0, 0, 0, 0, 0, 0)), 5),
-    (IpAddr::V6(Ipv6Addr::new(0xf800, 0, 0, 0, 0, 0, 0, 0)), 6),
-    (IpAddr::V6(Ipv6Addr::new(0xfc00, 0, 0, 0, 0, 0, 0, 0)), 7),
-    (IpAddr::V6(Ipv6Addr::new(0xfe00, 0, 0, 0, 0, 0, 0, 0)), 8),
-];
+pub use super::reconcile::UNICAST;
+
+/// [`UNICAST`] as WireGuard takes it.
+fn unicast_allowed_ips() -> Vec<AllowedIp> {
+    UNICAST
+        .iter()
+        .map(|&(address, cidr)| AllowedIp { address, cidr })
+        .collect()
+}
 
 /// Keeps the kernel from sending on a tunnel by itself. A link-local address makes it send
 /// a router solicitation the moment the link comes up; both ends of a new tunnel come up
@@ -313,6 +299,18 @@ impl System {
                     .iter()
                     .map(|p| (p.config.public_key.0, p.config.endpoint))
                     .collect();
+                seen.peer_allowed_ips = dev
+                    .peers
+                    .first()
+                    .map(|p| {
+                        p.config
+                            .allowed_ips
+                            .iter()
+                            .filter_map(|a| IpNet::new(a.address, a.cidr).ok())
+                            .map(|n| n.trunc())
+                            .collect()
+                    })
+                    .unwrap_or_default();
                 // WireGuard dates handshakes by the wall clock.
                 seen.live_session = dev.peers.first().is_some_and(|p| {
                     p.stats
@@ -396,6 +394,23 @@ impl System {
                 }
                 Ok(())
             }
+            Step::SetAllowedIps {
+                interface,
+                peer_public_key,
+            } => {
+                let iface: InterfaceName = interface.parse().map_err(io_err)?;
+                // The peer is updated in place, not replaced: its session (and the traffic
+                // it carries) goes on.
+                let update = DeviceUpdate::new().add_peer(
+                    PeerConfigBuilder::new(&Key(*peer_public_key))
+                        .replace_allowed_ips()
+                        .add_allowed_ips(&unicast_allowed_ips()),
+                );
+                let backend = self.backend;
+                tokio::task::spawn_blocking(move || update.apply(&iface, backend))
+                    .await
+                    .map_err(io_err)?
+            }
             Step::SetUp { interface } => {
                 let index = self.require(interface).await?;
                 quiet_ipv6(interface);
@@ -456,14 +471,10 @@ impl System {
 
     async fn configure(&self, w: &WantedTunnel) -> io::Result<()> {
         let iface: InterfaceName = w.interface.parse().map_err(io_err)?;
-        let allowed: Vec<AllowedIp> = UNICAST
-            .iter()
-            .map(|&(address, cidr)| AllowedIp { address, cidr })
-            .collect();
         let peer = PeerConfigBuilder::new(&Key(w.peer_public_key))
             .set_endpoint(w.endpoint)
             .replace_allowed_ips()
-            .add_allowed_ips(&allowed);
+            .add_allowed_ips(&unicast_allowed_ips());
         let mut update = DeviceUpdate::new()
             .set_private_key(self.private_key.clone())
             .set_listen_port(w.listen_port)
