@@ -476,8 +476,8 @@ fn unshare_bindable_mntns() -> Result<()> {
     sched_setaffinity(me, &allowed).context("sched_setaffinity")?;
     if !done {
         bail!(
-            "no new mount namespace got an id above {:?}, the lab's: the kernel would refuse to bind it",
-            parent
+            "no new mount namespace got an id above {}, the lab's own: the kernel would refuse to bind it (EINVAL)",
+            parent.unwrap_or_default()
         );
     }
     Ok(())
