@@ -62,13 +62,16 @@ impl AdjRibOut {
 pub struct RibDiff<'a> {
     /// Routes (as they were sent) whose key is no longer desired.
     pub withdraw: Vec<&'a Type5Route>,
-    /// Desired routes that were not sent, or were sent with other attributes or label.
+    /// Desired routes that were not sent.
     pub announce: Vec<&'a Type5Route>,
+    /// Desired routes sent with other attributes or label: announced again, which
+    /// replaces them at the peer (implicit withdraw, RFC 4271 §3.1).
+    pub replace: Vec<&'a Type5Route>,
 }
 
 impl RibDiff<'_> {
     pub fn is_empty(&self) -> bool {
-        self.withdraw.is_empty() && self.announce.is_empty()
+        self.withdraw.is_empty() && self.announce.is_empty() && self.replace.is_empty()
     }
 }
 
@@ -91,9 +94,9 @@ pub fn diff<'a>(sent: &'a AdjRibOut, desired: &'a AdjRibOut) -> RibDiff<'a> {
                 if let (Some((_, rs)), Some((_, rd))) = (s.next(), d.next())
                     && rs != rd
                 {
-                    // A changed route is replaced by the new announcement (implicit
-                    // withdraw, RFC 4271 §3.1): no MP_UNREACH for it.
-                    out.announce.push(rd);
+                    // A changed route is replaced by the new announcement: no
+                    // MP_UNREACH for it.
+                    out.replace.push(rd);
                 }
             }
         }
@@ -121,22 +124,45 @@ pub fn updates(diff: &RibDiff<'_>, ctx: &ExportContext) -> Vec<Bytes> {
 }
 
 fn updates_in_steps(diff: &RibDiff<'_>, ctx: &ExportContext, per_step: usize) -> Vec<Bytes> {
-    /// A prefix's new paths and old paths.
-    type Change<'a> = (Vec<&'a Type5Route>, Vec<&'a Type5Route>);
+    /// A prefix's announcements, how many of them are new paths (the others replace a
+    /// path), and its withdrawals.
+    #[derive(Default)]
+    struct Change<'a> {
+        announce: Vec<&'a Type5Route>,
+        new_paths: usize,
+        withdraw: Vec<&'a Type5Route>,
+    }
+    impl Change<'_> {
+        /// What the step does to the size of the peer's table.
+        fn growth(&self) -> isize {
+            self.new_paths as isize - self.withdraw.len() as isize
+        }
+    }
     let mut by_prefix: BTreeMap<IpNet, Change<'_>> = BTreeMap::new();
     for r in &diff.announce {
-        by_prefix.entry(r.prefix).or_default().0.push(r);
+        let c = by_prefix.entry(r.prefix).or_default();
+        c.announce.push(r);
+        c.new_paths += 1;
+    }
+    for r in &diff.replace {
+        by_prefix.entry(r.prefix).or_default().announce.push(r);
     }
     for r in &diff.withdraw {
-        by_prefix.entry(r.prefix).or_default().1.push(r);
+        by_prefix.entry(r.prefix).or_default().withdraw.push(r);
     }
     let mut changes: Vec<Change<'_>> = by_prefix.into_values().collect();
     // Stable: equal growth keeps prefix order, and the UPDATEs stay deterministic.
-    changes.sort_by_key(|(new, old)| new.len() as isize - old.len() as isize);
+    changes.sort_by_key(Change::growth);
     let mut out = Vec::new();
     for step in changes.chunks(per_step.max(1)) {
-        let announce: Vec<&Type5Route> = step.iter().flat_map(|c| c.0.iter().copied()).collect();
-        let withdraw: Vec<&Type5Route> = step.iter().flat_map(|c| c.1.iter().copied()).collect();
+        let announce: Vec<&Type5Route> = step
+            .iter()
+            .flat_map(|c| c.announce.iter().copied())
+            .collect();
+        let withdraw: Vec<&Type5Route> = step
+            .iter()
+            .flat_map(|c| c.withdraw.iter().copied())
+            .collect();
         out.extend(codec::announce_updates(&announce, ctx));
         out.extend(codec::withdraw_updates(&withdraw));
     }
@@ -159,7 +185,7 @@ mod tests {
     use crate::bgp::types::RouteTarget;
     use proptest::prelude::*;
     use rustbgpd_wire::{EvpnRoute, PathAttribute};
-    use std::collections::{BTreeSet, HashMap, HashSet};
+    use std::collections::{BTreeSet, HashMap};
 
     fn route(i: u16, vni: u32, mac: u8) -> Type5Route {
         Type5Route {
@@ -190,7 +216,8 @@ mod tests {
         let desired = set(vec![b2.clone(), c.clone()]);
         let d = diff(&sent, &desired);
         assert_eq!(d.withdraw, vec![&a]);
-        assert_eq!(d.announce, vec![&b2, &c]);
+        assert_eq!(d.announce, vec![&c]);
+        assert_eq!(d.replace, vec![&b2]);
         assert!(diff(&desired, &desired).is_empty());
         let empty = AdjRibOut::default();
         let d = diff(&empty, &desired);
@@ -210,21 +237,47 @@ mod tests {
     }
 
     fn route_of_tunnel(prefix: u16, tunnel: u8) -> Type5Route {
+        route_of_tunnel_with(prefix, tunnel, 10)
+    }
+
+    /// `vni` stands for any attribute that can change while the tunnel stays.
+    fn route_of_tunnel_with(prefix: u16, tunnel: u8, vni: u32) -> Type5Route {
         Type5Route {
             rd: format!("65000:{tunnel}").parse().unwrap(),
             router_mac: [2, 0, 0, 0, 0, tunnel],
-            ..route(prefix, 10, tunnel)
+            ..route(prefix, vni, tunnel)
         }
     }
 
-    /// Applies one UPDATE to the routes a peer holds.
-    fn apply(held: &mut HashSet<EvpnRoute>, msg: &Bytes) {
+    /// What a peer keys a type-5 route by: its RD and prefix (the label is an attribute).
+    type NlriKey = (rustbgpd_wire::RouteDistinguisher, IpNet);
+
+    fn nlri_key(r: &EvpnRoute) -> NlriKey {
+        match r {
+            EvpnRoute::IpPrefix(p) => (p.rd, codec::prefix_of(&p.prefix)),
+            other => panic!("not a type-5 route: {other:?}"),
+        }
+    }
+
+    /// The routes a peer holds, as it holds them.
+    fn peer_table<'a>(routes: impl Iterator<Item = &'a Type5Route>) -> HashMap<NlriKey, EvpnRoute> {
+        routes
+            .map(codec::to_evpn_nlri)
+            .map(|r| (nlri_key(&r), r))
+            .collect()
+    }
+
+    /// Applies one UPDATE to the routes a peer holds: an announcement replaces the route
+    /// of the same key (implicit withdraw), a withdrawal removes it.
+    fn apply(held: &mut HashMap<NlriKey, EvpnRoute>, msg: &Bytes) {
         for a in codec::tests::decode(msg) {
             match a {
-                PathAttribute::MpReachNlri(mp) => held.extend(mp.evpn_announced),
+                PathAttribute::MpReachNlri(mp) => {
+                    held.extend(mp.evpn_announced.into_iter().map(|r| (nlri_key(&r), r)))
+                }
                 PathAttribute::MpUnreachNlri(mp) => {
                     for r in &mp.evpn_withdrawn {
-                        held.remove(r);
+                        held.remove(&nlri_key(r));
                     }
                 }
                 _ => {}
@@ -237,7 +290,7 @@ mod tests {
         let sent = set(vec![route_of_tunnel(1, 1), route_of_tunnel(1, 2)]);
         let desired = set(vec![route_of_tunnel(1, 3), route_of_tunnel(1, 4)]);
         let msgs = updates(&diff(&sent, &desired), &codec::tests::EBGP);
-        let mut held: HashSet<EvpnRoute> = sent.iter().map(codec::to_evpn_nlri).collect();
+        let mut held = peer_table(sent.iter());
         let mut sizes = Vec::new();
         for m in &msgs {
             apply(&mut held, m);
@@ -245,8 +298,7 @@ mod tests {
         }
         // One UPDATE per new tunnel (its own next hop and MAC), then one withdrawing both.
         assert_eq!(sizes, vec![3, 4, 2]);
-        let want: HashSet<EvpnRoute> = desired.iter().map(codec::to_evpn_nlri).collect();
-        assert_eq!(held, want);
+        assert_eq!(held, peer_table(desired.iter()));
     }
 
     proptest! {
@@ -255,19 +307,14 @@ mod tests {
         /// larger table plus one step's announcements; it ends with `desired`.
         #[test]
         fn make_before_break_keeps_every_kept_prefix_and_bounds_the_excess(
-            sent in proptest::collection::vec((0u16..16, 0u8..4), 0..48),
-            desired in proptest::collection::vec((0u16..16, 0u8..4), 0..48),
+            sent in proptest::collection::vec((0u16..16, 0u8..4, 10u32..12), 0..48),
+            desired in proptest::collection::vec((0u16..16, 0u8..4, 10u32..12), 0..48),
             per_step in 1usize..5,
         ) {
-            let build = |v: Vec<(u16, u8)>| {
-                set(v.into_iter().map(|(p, t)| route_of_tunnel(p, t)).collect())
+            let build = |v: Vec<(u16, u8, u32)>| {
+                set(v.into_iter().map(|(p, t, vni)| route_of_tunnel_with(p, t, vni)).collect())
             };
             let (sent, desired) = (build(sent), build(desired));
-            let prefix_of: HashMap<EvpnRoute, IpNet> = sent
-                .iter()
-                .chain(desired.iter())
-                .map(|r| (codec::to_evpn_nlri(r), r.prefix))
-                .collect();
             let kept: BTreeSet<IpNet> = sent
                 .iter()
                 .map(|r| r.prefix)
@@ -275,15 +322,14 @@ mod tests {
                 .collect();
             let bound = sent.len().max(desired.len()) + per_step * 4;
             let msgs = updates_in_steps(&diff(&sent, &desired), &codec::tests::EBGP, per_step);
-            let mut held: HashSet<EvpnRoute> = sent.iter().map(codec::to_evpn_nlri).collect();
+            let mut held = peer_table(sent.iter());
             for m in &msgs {
                 apply(&mut held, m);
-                let covered: BTreeSet<IpNet> = held.iter().map(|r| prefix_of[r]).collect();
+                let covered: BTreeSet<IpNet> = held.keys().map(|k| k.1).collect();
                 prop_assert!(kept.is_subset(&covered), "a kept prefix lost all paths");
                 prop_assert!(held.len() <= bound, "{} routes held, bound {bound}", held.len());
             }
-            let want: HashSet<EvpnRoute> = desired.iter().map(codec::to_evpn_nlri).collect();
-            prop_assert_eq!(held, want);
+            prop_assert_eq!(held, peer_table(desired.iter()));
         }
 
         /// Applying the diff to `sent` gives `desired`; nothing unchanged is touched.
@@ -302,14 +348,19 @@ mod tests {
                 applied.remove(&w.key());
             }
             for a in &d.announce {
-                prop_assert_ne!(sent.get(&a.key()), Some(*a));
+                prop_assert!(sent.get(&a.key()).is_none());
+                applied.insert(a.key(), (*a).clone());
+            }
+            for a in &d.replace {
+                prop_assert!(sent.get(&a.key()).is_some_and(|s| s != *a));
                 applied.insert(a.key(), (*a).clone());
             }
             let want: BTreeMap<RouteKey, Type5Route> =
                 desired.iter().map(|r| (r.key(), r.clone())).collect();
             prop_assert_eq!(applied, want);
-            let keys: BTreeSet<_> = d.withdraw.iter().chain(&d.announce).map(|r| r.key()).collect();
-            prop_assert_eq!(keys.len(), d.withdraw.len() + d.announce.len());
+            let keys: BTreeSet<_> =
+                d.withdraw.iter().chain(&d.announce).chain(&d.replace).map(|r| r.key()).collect();
+            prop_assert_eq!(keys.len(), d.withdraw.len() + d.announce.len() + d.replace.len());
         }
     }
 }
