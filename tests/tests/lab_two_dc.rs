@@ -796,7 +796,49 @@ fn kill_9(lab: &RunningLab, node: &str, program: &str) {
 /// `routingctl trace 172.16.2.10` on bgpctl-sg1 (issue 17): its paths are the routes
 /// fabric-sg1 holds (next hop and Router's MAC), each names an sg1 gatewan and tunnel, and
 /// the tunnel whose WireGuard counter a ping there grows is one of them.
+/// Waits (up to 40 s: a hold-down and margin) until neither datacenter's controller has a
+/// better set pending and the sg1 fabric's routes to par1 held still for 2 s (four of the
+/// leaf's RIB polls). The transfers of `check_tenant_traffic` load the chosen tunnels:
+/// the controller adds tunnels at once under load and drops them a hold-down after, and
+/// a check that follows one packet through one tunnel needs the routes at rest.
+fn wait_routes_at_rest(lab: &RunningLab) {
+    let started = Instant::now();
+    let pending = || {
+        [("bgpctl-sg1", "par1"), ("bgpctl-par1", "sg1")]
+            .iter()
+            .any(|(node, dc)| {
+                transits_cmd(
+                    lab,
+                    node,
+                    &[
+                        "--socket",
+                        "/run/bgpctl/bgpctl.sock",
+                        "explain",
+                        "--datacenter",
+                        dc,
+                    ],
+                )
+                .contains("a better set holds")
+            })
+    };
+    let routes = || fabric_routes(lab, "fabric-sg1", "172.16.2.0/24");
+    let rested = wait_until(Duration::from_secs(40), || {
+        if pending() {
+            return false;
+        }
+        let before = routes();
+        std::thread::sleep(Duration::from_secs(2));
+        routes() == before && !pending()
+    });
+    println!(
+        "routes at rest after {:?}{}",
+        started.elapsed(),
+        if rested { "" } else { " (not within 40 s)" }
+    );
+}
+
 fn check_trace(lab: &RunningLab) {
+    wait_routes_at_rest(lab);
     let sg1 = ["gatewan01-sg1", "gatewan02-sg1"];
     let routingctl = format!("{NODE_BIN}/routingctl");
     let trace = |json: bool| {
