@@ -139,12 +139,8 @@ fn down_is_clean_after_ip_netns_add_on_a_fresh_host() {
     if !common::root_or_skip("down_is_clean_after_ip_netns_add_on_a_fresh_host") {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("lab-fresh-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let file = dir.join("t-fresh.clab.yml");
-    let small =
-        std::fs::read_to_string(common::fixture("tests/fixtures/small.clab.yml")).expect("fixture");
-    std::fs::write(&file, small.replace("name: small", "name: t-fresh")).expect("topology");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = common::renamed("tests/fixtures/small.clab.yml", "t-fresh", dir.path());
     // Its own mount namespace with an empty /run: /run/netns starts as a plain directory.
     let script = format!(
         "mount -t tmpfs tmpfs /run && {lab} up {f} >/dev/null && ip netns add t-fresh-probe \
@@ -156,7 +152,6 @@ fn down_is_clean_after_ip_netns_add_on_a_fresh_host() {
         .args(["-m", "--propagation", "private", "sh", "-c", &script])
         .output()
         .expect("unshare");
-    let _ = std::fs::remove_dir_all(&dir);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(
         common::stdout(&out).trim(),
