@@ -545,6 +545,63 @@ fn ping_stream(lab: &RunningLab, from: &str, to: &str, seconds: u32) -> std::pro
         .expect("ping stream")
 }
 
+/// Frames the two leaves' L3 VNI VXLAN devices dropped so far (kernel `tx_dropped`: a frame
+/// to a MAC without an FDB entry, as the devices have no default destination).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct LeafDrops {
+    /// leaf-par1, FRR 10.3.
+    frr: u64,
+    /// leaf-sg1, `lab leaf`.
+    lab_leaf: u64,
+}
+
+fn leaf_drops(lab: &RunningLab) -> LeafDrops {
+    let dropped = |node: &str, dev: &str| -> u64 {
+        let out = lab
+            .exec(
+                node,
+                &["ip", "-n", "tenant", "-s", "-j", "link", "show", dev],
+            )
+            .expect("ip link");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{node}: ip -j link show {dev}: {e}"));
+        v[0]["stats64"]["tx"]["dropped"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{node}: no tx dropped count for {dev}: {v}"))
+    };
+    LeafDrops {
+        frr: dropped("leaf-par1", "vx10200"),
+        lab_leaf: dropped("leaf-sg1", "vx10100"),
+    }
+}
+
+/// A stream that must cross `what` without loss, but for one hole that is FRR's, not the
+/// gatewans': when zebra (10.3) replaces a type-5 route it deletes and reinstalls the
+/// neighbour and FDB entries of every next hop the route keeps, and a reply routed to one
+/// of them in that window (about 0.2 ms here) is dropped by leaf-par1's VXLAN device
+/// (docs/lab.md, ADR 0051). So a loss passes only when leaf-par1 dropped at least as many
+/// frames over the stream and leaf-sg1 none: a packet lost anywhere else fails.
+fn assert_lossless_but_for_frr(
+    what: &str,
+    sent: u64,
+    received: u64,
+    before: LeafDrops,
+    after: LeafDrops,
+) {
+    let lost = sent - received;
+    let frr = after.frr - before.frr;
+    let lab_leaf = after.lab_leaf - before.lab_leaf;
+    if lost > 0 {
+        println!(
+            "{what}: {lost} of {sent} lost; leaf-par1 (FRR) dropped {frr} frames for a next hop it was reinstalling, leaf-sg1 {lab_leaf}"
+        );
+    }
+    assert!(
+        lost == 0 || (lost <= frr && lab_leaf == 0),
+        "{what} lost {lost} of {sent} packets, not all in FRR's next-hop reinstall: leaf-par1 dropped {frr} frames, leaf-sg1 {lab_leaf}"
+    );
+}
+
 /// (sent, received) of a finished ping stream.
 fn stream_result(child: std::process::Child) -> (u64, u64) {
     let (sent, received, _) = stream_figures(child);
@@ -999,6 +1056,7 @@ fn check_drain(lab: &RunningLab) {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("lumen, cogent"), "{err}");
+    let drops = leaf_drops(lab);
     let stream = ping_stream(lab, "host-sg1", "172.16.2.10", 8);
     std::thread::sleep(Duration::from_secs(1));
     let drained_at = Instant::now();
@@ -1024,7 +1082,7 @@ fn check_drain(lab: &RunningLab) {
         "drain under a ping stream host-sg1 -> host-par1: {} of {sent} lost",
         sent - received
     );
-    assert_eq!(sent, received, "the drain lost packets");
+    assert_lossless_but_for_frr("the drain", sent, received, drops, leaf_drops(lab));
     let explain = transits_cmd(
         lab,
         "bgpctl-sg1",
@@ -1800,6 +1858,7 @@ fn two_datacenters_tunnels_routes_and_failover() {
 
     // The transit comes back: its tunnels come up again and the routes may return to them;
     // no packet is lost on the way.
+    let drops = leaf_drops(&lab);
     let stream = ping_stream(&lab, "host-sg1", "172.16.2.10", 7);
     std::thread::sleep(Duration::from_secs(1));
     lab.impair(&emulator, &["reset"]).expect("impair reset");
@@ -1808,7 +1867,13 @@ fn two_datacenters_tunnels_routes_and_failover() {
         "{failed} restored under the same stream: {} of {sent} lost",
         sent - received
     );
-    assert_eq!(sent, received, "restoring {failed} lost packets");
+    assert_lossless_but_for_frr(
+        &format!("restoring {failed}"),
+        sent,
+        received,
+        drops,
+        leaf_drops(&lab),
+    );
     check_drain(&lab);
     check_fast_failover(&lab, &topo_file);
     check_frr_next_hops(&lab);
