@@ -33,8 +33,12 @@ for vrf in /run/netns/*; do
 		net.ipv6.fib_multipath_hash_policy=1
 done
 trap 'kill $(jobs -p) 2>/dev/null' EXIT
+# zebra --v6-rr-semantics: without it zebra changes an IPv6 route by deleting it and adding
+# it again, and the VRF has no route to that prefix in between (docs/lab.md).
 for d in mgmtd zebra bgpd; do
-	"$FRR" "$d" -w -u frr -g frr -P 0 &
+	extra=()
+	[ "$d" = zebra ] && extra=(--v6-rr-semantics)
+	"$FRR" "$d" -w -u frr -g frr -P 0 "${extra[@]}" &
 done
 # Every daemon answers before the configuration goes out: vtysh configures only those it
 # reaches.
