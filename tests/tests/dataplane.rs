@@ -14,11 +14,11 @@ use std::time::{Duration, Instant};
 
 use gatewan::dataplane::manager::{Report, reconcile_once};
 use gatewan::dataplane::plan::{
-    FabricSettings, Health, Inputs, LocalNetwork, NextHop, PRIORITY_INGRESS, RemoteNetwork,
+    self, FabricSettings, Health, Inputs, LocalNetwork, NextHop, PRIORITY_INGRESS, RemoteNetwork,
     RouteAction, TunnelInput,
 };
-use gatewan::dataplane::reconcile::Step;
-use gatewan::dataplane::system::System;
+use gatewan::dataplane::reconcile::{self, Step};
+use gatewan::dataplane::system::{System, read_sysctl};
 use gatewan_tests::*;
 
 const MAC_A: [u8; 6] = [0x02, 0x5d, 0, 0, 0, 1];
@@ -455,11 +455,11 @@ fn tenant_traffic_follows_the_router_mac_into_its_tunnel_and_never_leaves_in_cle
     assert!(!sh(&t.gw, "ip rule").contains("gwm1"));
 }
 
-#[test]
-fn reconciling_100_tunnels_is_fast() {
-    if !require_root("dataplane") {
-        return;
-    }
+/// A gatewan namespace with a fabric link and 100 tunnels (persistent tun devices, what
+/// wireguard-go creates, made in one batch: 100 wireguard-go processes would measure
+/// their start, not the data plane), and inputs for ten datacenters of ten tunnels each.
+/// The returned namespaces must outlive the test's use of the gatewan's.
+fn hundred_tunnels() -> (Netns, Netns, Inputs) {
     let gw = Netns::new();
     let peer = Netns::new();
     link(&gw, "fab0", &peer, "fab0");
@@ -467,8 +467,6 @@ fn reconciling_100_tunnels_is_fast() {
         &gw,
         "ip addr add 10.9.0.2/30 dev fab0 && ip link set fab0 up && ip addr add 10.9.255.2/32 dev lo",
     );
-    // Tunnels stand in as persistent tun devices (what wireguard-go creates), made in one
-    // batch: 100 wireguard-go processes would measure their start, not the data plane.
     let batch: String = (0..100)
         .map(|i| format!("tuntap add mode tun name sdwan{i}\nlink set sdwan{i} up\n"))
         .collect();
@@ -476,7 +474,7 @@ fn reconciling_100_tunnels_is_fast() {
     std::fs::write(&file, batch).unwrap();
     sh(&gw, &format!("ip -batch {}", file.display()));
     let _ = std::fs::remove_file(&file);
-    let mut inputs = Inputs {
+    let inputs = Inputs {
         fabric: fabric(),
         tunnels: (0..100u64)
             .map(|i| {
@@ -488,7 +486,6 @@ fn reconciling_100_tunnels_is_fast() {
                 )
             })
             .map(|mut t| {
-                // Ten datacenters of ten tunnels each.
                 t.target_datacenter = format!("dc{}", t.index / 10);
                 t
             })
@@ -511,6 +508,49 @@ fn reconciling_100_tunnels_is_fast() {
         present: Default::default(),
         installed: Default::default(),
     };
+    (gw, peer, inputs)
+}
+
+/// What a gatewan killed in the middle of a reconcile leaves behind: the steps a reconcile
+/// toward `inputs` would take are computed as `reconcile_once` does, and only the first
+/// `cut` of them are applied. Returns all the steps, in order.
+fn reconcile_cut_short(ns: &Netns, inputs: &Inputs, cut: usize) -> Vec<Step> {
+    let inputs = inputs.clone();
+    ns.run(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let system = System::new().expect("netlink");
+            let snapshot = system.snapshot().await.expect("observe");
+            let mut inputs = inputs;
+            inputs.present = snapshot.present();
+            inputs.installed = snapshot.installed();
+            let (want, _) = plan::plan(&inputs);
+            let sysctls = want
+                .sysctls
+                .keys()
+                .map(|p| (p.clone(), read_sysctl(p)))
+                .collect();
+            let todo = reconcile::steps(&want, &snapshot.observed(sysctls));
+            for step in todo.iter().take(cut) {
+                system
+                    .apply(step, &snapshot)
+                    .await
+                    .unwrap_or_else(|e| panic!("{step:?}: {e}"));
+            }
+            todo
+        })
+    })
+}
+
+#[test]
+fn reconciling_100_tunnels_is_fast() {
+    if !require_root("dataplane") {
+        return;
+    }
+    let (gw, _peer, mut inputs) = hundred_tunnels();
     let t0 = Instant::now();
     let first = reconcile(&gw, &inputs);
     let wall = t0.elapsed();
@@ -540,4 +580,73 @@ fn reconciling_100_tunnels_is_fast() {
     }
     assert!(first.took < Duration::from_secs(5), "{:?}", first.took);
     assert!(steady.took < Duration::from_secs(1), "{:?}", steady.took);
+}
+
+/// A gatewan killed in the middle of a reconcile and restarted: the restarted one takes up
+/// where the killed one stopped. Nothing already done is undone or done again (every step
+/// of the finishing pass is one the cut-short pass had not reached), the host ends as a
+/// full reconcile leaves it (a further pass is empty), and no step fails on the
+/// half-made objects (a macvlan without its rules, a table without its routes).
+#[test]
+fn a_reconcile_cut_short_anywhere_is_finished_by_the_next_without_redoing_anything() {
+    if !require_root("dataplane") {
+        return;
+    }
+    let finish = |gw: &Netns, inputs: &Inputs, all: &[Step], cut: usize, what: &str| {
+        let rest = reconcile(gw, inputs);
+        assert_clean(&rest, what);
+        let redone: Vec<&Step> = rest
+            .steps
+            .iter()
+            .filter(|s| !all[cut..].contains(s))
+            .collect();
+        assert!(
+            redone.is_empty(),
+            "{what}: the restarted reconcile undid or redid {} steps: {redone:#?}",
+            redone.len()
+        );
+        let steady = reconcile(gw, inputs);
+        assert!(steady.steps.is_empty(), "{what}: {:#?}", steady.steps);
+        rest.steps.len()
+    };
+    // From nothing, killed a quarter, half and three quarters of the way.
+    for quarter in 1..=3 {
+        let (gw, _peer, inputs) = hundred_tunnels();
+        let all = reconcile_cut_short(&gw, &inputs, 0);
+        let cut = all.len() * quarter / 4;
+        reconcile_cut_short(&gw, &inputs, cut);
+        let what = format!("from nothing, cut after {cut} of {} steps", all.len());
+        let rest = finish(&gw, &inputs, &all, cut, &what);
+        eprintln!("{what}: the restart finished it in {rest} steps");
+    }
+    // In a change: half the datacenters go (their tunnels with them), new local networks
+    // come, a tunnel goes Down. Killed half way.
+    let (gw, _peer, mut inputs) = hundred_tunnels();
+    assert_clean(&reconcile(&gw, &inputs), "100 tunnels from scratch");
+    // The tunnel manager deletes the tunnels' devices first; the kernel takes their
+    // routes with them.
+    sh(&gw, "for i in $(seq 50 99); do ip link del sdwan$i; done");
+    inputs.tunnels.retain(|t| t.index < 50);
+    inputs.tunnels[3].health = Health::Down;
+    inputs.remote_networks.retain(|n| {
+        let dc: u64 = n.datacenter.trim_start_matches("dc").parse().unwrap();
+        dc < 5
+    });
+    inputs.local_networks.extend((50..70).map(|i| LocalNetwork {
+        prefix: format!("172.30.{i}.0/24").parse().unwrap(),
+        next_hop: NextHop::Vtep {
+            vtep: format!("10.9.255.{}", 20 + i % 3).parse().unwrap(),
+            router_mac: [2, 0xaa, 0, 0, 1, (i % 3) as u8],
+        },
+    }));
+    let all = reconcile_cut_short(&gw, &inputs, 0);
+    let cut = all.len() / 2;
+    assert!(
+        all.iter().any(|s| matches!(s, Step::DeleteMacvlan { .. })) && cut > 0,
+        "the change removes the tunnels of five datacenters: {all:#?}"
+    );
+    reconcile_cut_short(&gw, &inputs, cut);
+    let what = format!("a change cut after {cut} of {} steps", all.len());
+    let rest = finish(&gw, &inputs, &all, cut, &what);
+    eprintln!("{what}: the restart finished it in {rest} steps");
 }
