@@ -144,6 +144,23 @@ impl Netns {
         .join()
         .expect("netns thread")
     }
+
+    /// Runs the future `make` returns on a current-thread tokio runtime of a thread that
+    /// has entered this namespace: a netlink socket opened there belongs to it, as a
+    /// daemon's adapter opened in its own namespace.
+    pub fn block_on<T, F>(&self, make: impl FnOnce() -> F + Send + 'static) -> T
+    where
+        T: Send + 'static,
+        F: std::future::Future<Output = T>,
+    {
+        self.run(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(make())
+        })
+    }
 }
 
 impl Default for Netns {

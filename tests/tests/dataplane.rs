@@ -66,15 +66,9 @@ fn ping(ns: &Netns, args: &str) -> bool {
 /// restarted daemon would do it.
 fn reconcile(ns: &Netns, inputs: &Inputs) -> Report {
     let inputs = inputs.clone();
-    ns.run(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            let system = System::new().expect("netlink");
-            reconcile_once(&system, &inputs).await.expect("observe")
-        })
+    ns.block_on(|| async move {
+        let system = System::new().expect("netlink");
+        reconcile_once(&system, &inputs).await.expect("observe")
     })
 }
 
@@ -516,32 +510,26 @@ fn hundred_tunnels() -> (Netns, Netns, Inputs) {
 /// `cut` of them are applied. Returns all the steps, in order.
 fn reconcile_cut_short(ns: &Netns, inputs: &Inputs, cut: usize) -> Vec<Step> {
     let inputs = inputs.clone();
-    ns.run(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            let system = System::new().expect("netlink");
-            let snapshot = system.snapshot().await.expect("observe");
-            let mut inputs = inputs;
-            inputs.present = snapshot.present();
-            inputs.installed = snapshot.installed();
-            let (want, _) = plan::plan(&inputs);
-            let sysctls = want
-                .sysctls
-                .keys()
-                .map(|p| (p.clone(), read_sysctl(p)))
-                .collect();
-            let todo = reconcile::steps(&want, &snapshot.observed(sysctls));
-            for step in todo.iter().take(cut) {
-                system
-                    .apply(step, &snapshot)
-                    .await
-                    .unwrap_or_else(|e| panic!("{step:?}: {e}"));
-            }
-            todo
-        })
+    ns.block_on(move || async move {
+        let system = System::new().expect("netlink");
+        let snapshot = system.snapshot().await.expect("observe");
+        let mut inputs = inputs;
+        inputs.present = snapshot.present();
+        inputs.installed = snapshot.installed();
+        let (want, _) = plan::plan(&inputs);
+        let sysctls = want
+            .sysctls
+            .keys()
+            .map(|p| (p.clone(), read_sysctl(p)))
+            .collect();
+        let todo = reconcile::steps(&want, &snapshot.observed(sysctls));
+        for step in todo.iter().take(cut) {
+            system
+                .apply(step, &snapshot)
+                .await
+                .unwrap_or_else(|e| panic!("{step:?}: {e}"));
+        }
+        todo
     })
 }
 

@@ -854,8 +854,8 @@ fn kill_9(lab: &RunningLab, node: &str, program: &str) {
 /// fabric-sg1 holds (next hop and Router's MAC), each names an sg1 gatewan and tunnel, and
 /// the tunnel whose WireGuard counter a ping there grows is one of them. It runs in the
 /// five-minute watch: a check that follows one packet through one tunnel needs the routes
-/// at rest, which they are not for a hold-down after the transfers of
-/// `check_tenant_traffic` (the controller adds tunnels at once under load).
+/// at rest, and after the transfers of `check_tenant_traffic` they are not until a
+/// hold-down has passed (the controller adds tunnels at once under load).
 fn check_trace(lab: &RunningLab) {
     let sg1 = ["gatewan01-sg1", "gatewan02-sg1"];
     let routingctl = format!("{NODE_BIN}/routingctl");
@@ -1664,6 +1664,30 @@ fn check_two_bgpctls(lab: &RunningLab) {
     assert_eq!(sent, received, "packets lost while a bgpctl died");
 }
 
+/// `ip addr OP 2001:db8:a2::1/48 dev eth6 EXTRA` in leaf-par1's tenant VRF: the address
+/// from which the FRR leaf originates par1's IPv6 prefix (a connected route).
+fn leaf_par1_v6_address(lab: &RunningLab, op: &str, extra: &[&str]) {
+    let mut argv = vec![
+        "ip",
+        "netns",
+        "exec",
+        "tenant",
+        "ip",
+        "addr",
+        op,
+        "2001:db8:a2::1/48",
+        "dev",
+        "eth6",
+    ];
+    argv.extend(extra);
+    let out = lab.exec("leaf-par1", &argv).expect("ip addr");
+    assert!(
+        out.status.success(),
+        "ip addr {op} in leaf-par1: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[test]
 fn two_datacenters_tunnels_routes_and_failover() {
     let name = "two_datacenters_tunnels_routes_and_failover";
@@ -1723,28 +1747,7 @@ fn two_datacenters_tunnels_routes_and_failover() {
     // A prefix the par1 leaf stops originating (its tenant address is removed) leaves the
     // mesh and the sg1 fabric.
     let v6 = "2001:db8:a2::/48";
-    let del = lab
-        .exec(
-            "leaf-par1",
-            &[
-                "ip",
-                "netns",
-                "exec",
-                "tenant",
-                "ip",
-                "addr",
-                "del",
-                "2001:db8:a2::1/48",
-                "dev",
-                "eth6",
-            ],
-        )
-        .expect("ip addr del");
-    assert!(
-        del.status.success(),
-        "ip addr del: {}",
-        String::from_utf8_lossy(&del.stderr)
-    );
+    leaf_par1_v6_address(&lab, "del", &[]);
     // Leaf, route reflector, a par1 bgpctl, the mesh (pushed across the bgpctls' hops,
     // ADR 0050), an sg1 bgpctl, fabric-sg1: about 1 s here. The bound is room for a busy
     // machine; before ADR 0050 gossip sometimes left it to anti-entropy, up to 20 s.
@@ -1765,29 +1768,7 @@ fn two_datacenters_tunnels_routes_and_failover() {
     // And back: the address returns (without duplicate address detection, which would
     // hold it tentative for a second), leaf-par1 originates the prefix again, and it
     // reaches fabric-sg1. The drain below streams IPv6 across it.
-    let add = lab
-        .exec(
-            "leaf-par1",
-            &[
-                "ip",
-                "netns",
-                "exec",
-                "tenant",
-                "ip",
-                "addr",
-                "add",
-                "2001:db8:a2::1/48",
-                "dev",
-                "eth6",
-                "nodad",
-            ],
-        )
-        .expect("ip addr add");
-    assert!(
-        add.status.success(),
-        "ip addr add: {}",
-        String::from_utf8_lossy(&add.stderr)
-    );
+    leaf_par1_v6_address(&lab, "add", &["nodad"]);
     let added = Instant::now();
     let back = wait_until(Duration::from_secs(10), || {
         !fabric_routes(&lab, "fabric-sg1", v6).is_empty()

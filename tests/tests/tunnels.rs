@@ -632,20 +632,13 @@ fn a_new_tunnel_stays_silent_until_traffic_is_sent_into_it() {
     // Brought up as the gatewan does it: its reconciler's steps, applied by its adapter.
     {
         let wanted = wanted.clone();
-        ns.run(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async {
-                let system =
-                    System::new(WireguardMode::Userspace, Key::generate_private().0, "gwq")
-                        .expect("netlink");
-                let (todo, _) = steps(&[wanted], &[], &HashMap::new(), 0, 0);
-                for step in &todo {
-                    system.apply(step).await.expect("step applied");
-                }
-            })
+        ns.block_on(|| async move {
+            let system = System::new(WireguardMode::Userspace, Key::generate_private().0, "gwq")
+                .expect("netlink");
+            let (todo, _) = steps(&[wanted], &[], &HashMap::new(), 0, 0);
+            for step in &todo {
+                system.apply(step).await.expect("step applied");
+            }
         });
     }
     // wireguard-go's counters, through its control socket (not tied to the namespace).
