@@ -12,13 +12,13 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use gatewan::dataplane::manager::{Report, reconcile_once};
+use gatewan::dataplane::manager::{Report, pending, reconcile_once};
 use gatewan::dataplane::plan::{
-    self, FabricSettings, Health, Inputs, LocalNetwork, NextHop, PRIORITY_INGRESS, RemoteNetwork,
+    FabricSettings, Health, Inputs, LocalNetwork, NextHop, PRIORITY_INGRESS, RemoteNetwork,
     RouteAction, TunnelInput,
 };
-use gatewan::dataplane::reconcile::{self, Step};
-use gatewan::dataplane::system::{System, read_sysctl};
+use gatewan::dataplane::reconcile::Step;
+use gatewan::dataplane::system::System;
 use gatewan_tests::*;
 
 const MAC_A: [u8; 6] = [0x02, 0x5d, 0, 0, 0, 1];
@@ -505,31 +505,21 @@ fn hundred_tunnels() -> (Netns, Netns, Inputs) {
     (gw, peer, inputs)
 }
 
-/// What a gatewan killed in the middle of a reconcile leaves behind: the steps a reconcile
-/// toward `inputs` would take are computed as `reconcile_once` does, and only the first
-/// `cut` of them are applied. Returns all the steps, in order.
+/// What a gatewan killed in the middle of a reconcile leaves behind: of the steps a
+/// reconcile toward `inputs` would take, only the first `cut` are applied. Returns all
+/// the steps, in order.
 fn reconcile_cut_short(ns: &Netns, inputs: &Inputs, cut: usize) -> Vec<Step> {
     let inputs = inputs.clone();
     ns.block_on(move || async move {
         let system = System::new().expect("netlink");
-        let snapshot = system.snapshot().await.expect("observe");
-        let mut inputs = inputs;
-        inputs.present = snapshot.present();
-        inputs.installed = snapshot.installed();
-        let (want, _) = plan::plan(&inputs);
-        let sysctls = want
-            .sysctls
-            .keys()
-            .map(|p| (p.clone(), read_sysctl(p)))
-            .collect();
-        let todo = reconcile::steps(&want, &snapshot.observed(sysctls));
-        for step in todo.iter().take(cut) {
+        let pending = pending(&system, &inputs, true).await.expect("observe");
+        for step in pending.steps.iter().take(cut) {
             system
-                .apply(step, &snapshot)
+                .apply(step, &pending.snapshot)
                 .await
                 .unwrap_or_else(|e| panic!("{step:?}: {e}"));
         }
-        todo
+        pending.steps
     })
 }
 

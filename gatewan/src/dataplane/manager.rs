@@ -90,6 +90,38 @@ pub async fn reconcile_with(
     removals: bool,
 ) -> std::io::Result<Report> {
     let started = Instant::now();
+    let Pending {
+        snapshot,
+        steps,
+        problems,
+    } = pending(system, inputs, removals).await?;
+    let mut errors = Vec::new();
+    for step in &steps {
+        if let Err(e) = system.apply(step, &snapshot).await {
+            errors.push((step.clone(), e));
+        }
+    }
+    Ok(Report {
+        steps,
+        errors,
+        problems,
+        took: started.elapsed(),
+        snapshot,
+    })
+}
+
+/// What a reconcile is about to apply, in order, and what it saw.
+pub struct Pending {
+    /// The host as read, which [`System::apply`] resolves names against.
+    pub snapshot: Snapshot,
+    pub steps: Vec<Step>,
+    pub problems: Vec<Problem>,
+}
+
+/// The first half of a reconcile: observes the host, plans with the links found there and
+/// diffs (reverse-path filtering is relaxed on the way, see [`plan::rp_filter_writes`]).
+/// Without `removals`, removal steps are left out (see [`STARTUP_HOLD`]).
+pub async fn pending(system: &System, inputs: &Inputs, removals: bool) -> std::io::Result<Pending> {
     let snapshot = system.snapshot().await?;
     let mut inputs = inputs.clone();
     inputs.present = snapshot.present();
@@ -114,22 +146,14 @@ pub async fn reconcile_with(
         .keys()
         .map(|p| (p.clone(), system::read_sysctl(p)))
         .collect();
-    let mut todo = reconcile::steps(&want, &snapshot.observed(sysctls));
+    let mut steps = reconcile::steps(&want, &snapshot.observed(sysctls));
     if !removals {
-        todo.retain(|s| !is_removal(s));
+        steps.retain(|s| !is_removal(s));
     }
-    let mut errors = Vec::new();
-    for step in &todo {
-        if let Err(e) = system.apply(step, &snapshot).await {
-            errors.push((step.clone(), e));
-        }
-    }
-    Ok(Report {
-        steps: todo,
-        errors,
-        problems,
-        took: started.elapsed(),
+    Ok(Pending {
         snapshot,
+        steps,
+        problems,
     })
 }
 
