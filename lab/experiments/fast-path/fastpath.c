@@ -60,7 +60,8 @@ struct { __uint(type, BPF_MAP_TYPE_LPM_TRIE); __uint(max_entries, 65536); __type
 struct { __uint(type, BPF_MAP_TYPE_LPM_TRIE); __uint(max_entries, 4096); __type(key, struct route_key); __type(value, __u8); __uint(map_flags, BPF_F_NO_PREALLOC); } fp_local SEC(".maps");
 struct { __uint(type, BPF_MAP_TYPE_HASH); __uint(max_entries, 1024); __type(key, __be32); __type(value, struct underlay); } fp_underlay SEC(".maps");
 // Why tunnel_in left a packet to the kernel: 1 not forwardable here (TTL, SYN...), 2 source,
-// 3 no route (local destinations: the probes) or too big, 5 no underlay next hop,
+// 3 no route (local destinations: the probes) or too big, 4 a Router's MAC without a VTEP
+// (FIB_LOOKUP), 5 no underlay next hop,
 // 8 + n: bpf_fib_lookup returned n (FIB_LOOKUP).
 struct { __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY); __uint(max_entries, 16); __type(key, __u32); __type(value, __u64); } fp_passed SEC(".maps");
 static __always_inline int passed(__u32 i) { __u64 *p = bpf_map_lookup_elem(&fp_passed, &i); if (p) *p += 1; return TC_ACT_OK; }
