@@ -77,12 +77,31 @@ static __always_inline void count(__u32 i, __u64 bytes)
     if (p) *p += bytes;
 }
 
-static __always_inline void ttl_dec(struct iphdr *ip)
+// Decrements the TTL (with the checksum, RFC 1624) or the hop limit of the packet at
+// `l3`; false when the header is not within the packet.
+static __always_inline int hop_dec(void *l3, void *end, int family)
 {
-    __u32 c = ip->check;
-    c += bpf_htons(0x0100);
-    ip->check = (__u16)(c + (c >> 16));
-    ip->ttl--;
+    if (family == AF_INET) {
+        struct iphdr *ip = l3;
+        if ((void *)(ip + 1) > end) return 0;
+        __u32 c = ip->check;
+        c += bpf_htons(0x0100);
+        ip->check = (__u16)(c + (c >> 16));
+        ip->ttl--;
+        return 1;
+    }
+    struct ipv6hdr *ip6 = l3;
+    if ((void *)(ip6 + 1) > end) return 0;
+    ip6->hop_limit--;
+    return 1;
+}
+
+// The key of a packet's destination in fp_routes and fp_local.
+static __always_inline struct route_key dst_key(struct bpf_fib_lookup *f, int family)
+{
+    struct route_key k = { .prefixlen = 32 + (family == AF_INET ? 32 : 128), .family = family };
+    if (family == AF_INET) __builtin_memcpy(k.addr, &f->ipv4_dst, 4); else __builtin_memcpy(k.addr, f->ipv6_dst, 16);
+    return k;
 }
 
 // Fills the lookup from the inner packet at `l3`; returns the address family or 0 when the
@@ -158,23 +177,14 @@ int fabric_in(struct __sk_buff *skb)
     if (bpf_fib_lookup(skb, &f, sizeof(f), DIRECT_TABLE | (1U << 2) /* BPF_FIB_LOOKUP_SKIP_NEIGH */) != BPF_FIB_LKUP_RET_SUCCESS)
         return TC_ACT_OK;
 #endif
-    struct route_key lk = { .prefixlen = 32 + (family == AF_INET ? 32 : 128), .family = family };
-    if (family == AF_INET) __builtin_memcpy(lk.addr, &f.ipv4_dst, 4); else __builtin_memcpy(lk.addr, f.ipv6_dst, 16);
+    struct route_key lk = dst_key(&f, family);
     if (bpf_map_lookup_elem(&fp_local, &lk)) return TC_ACT_OK;
 #ifndef FIB_LOOKUP
     if (!macvlan->tunnel_ifindex || f.tot_len > macvlan->mtu) return TC_ACT_OK;
     f.ifindex = macvlan->tunnel_ifindex;
 #endif
     if (f.ifindex == cfg->vxlan_ifindex) return TC_ACT_OK;
-    if (family == AF_INET) {
-        struct iphdr *iip = (void *)(in + 1);
-        if ((void *)(iip + 1) > end) return TC_ACT_OK;
-        ttl_dec(iip);
-    } else {
-        struct ipv6hdr *ip6 = (void *)(in + 1);
-        if ((void *)(ip6 + 1) > end) return TC_ACT_OK;
-        ip6->hop_limit--;
-    }
+    if (!hop_dec(in + 1, end, family)) return TC_ACT_OK;
     __u64 flags = family == AF_INET ? BPF_F_ADJ_ROOM_DECAP_L3_IPV4 : BPF_F_ADJ_ROOM_DECAP_L3_IPV6;
     // Outer IPv4, UDP, VXLAN and inner Ethernet go; the outer Ethernet header stays for
     // the redirect, which drops it on a device without a link layer.
@@ -247,8 +257,7 @@ int tunnel_in(struct __sk_buff *skb)
     __builtin_memcpy(under.smac, ul.smac, 6);
     struct underlay *u = &under;
 #else
-    struct route_key rk = { .prefixlen = 32 + (family == AF_INET ? 32 : 128), .family = family };
-    if (family == AF_INET) __builtin_memcpy(rk.addr, &f.ipv4_dst, 4); else __builtin_memcpy(rk.addr, f.ipv6_dst, 16);
+    struct route_key rk = dst_key(&f, family);
     struct route *r = bpf_map_lookup_elem(&fp_routes, &rk);
     if (!r || f.tot_len > r->mtu) return passed(3);
     __be32 vtep = r->vtep;
@@ -260,15 +269,7 @@ int tunnel_in(struct __sk_buff *skb)
     h.in.h_proto = bpf_htons(family == AF_INET ? ETH_P_IP : ETH_P_IPV6);
     __u32 hash = bpf_get_hash_recalc(skb);
     data = (void *)(long)skb->data; end = (void *)(long)skb->data_end;
-    if (family == AF_INET) {
-        struct iphdr *iip = data;
-        if ((void *)(iip + 1) > end) return TC_ACT_OK;
-        ttl_dec(iip);
-    } else {
-        struct ipv6hdr *ip6 = data;
-        if ((void *)(ip6 + 1) > end) return TC_ACT_OK;
-        ip6->hop_limit--;
-    }
+    if (!hop_dec(data, end, family)) return TC_ACT_OK;
     __builtin_memcpy(h.eth.h_dest, u->dmac, 6);
     __builtin_memcpy(h.eth.h_source, u->smac, 6);
     h.eth.h_proto = bpf_htons(ETH_P_IP);
