@@ -1427,27 +1427,39 @@ fn check_probe_measurements(lab: &RunningLab, window: Duration, settle: Duration
     let mut per_tunnel = Vec::new();
     for id in ids {
         let mine = || readings.iter().filter(move |r| &r.0 == id);
-        let base = median(baseline.iter().filter(|r| &r.0 == id).map(|r| r.1)) - base_delay;
+        let base_readings = || baseline.iter().filter(move |r| &r.0 == id);
+        let base = median(base_readings().map(|r| r.1)) - base_delay;
+        // The jitter this machine adds by itself, read at 20 ms without jitter just
+        // before. Host and emulator noise are independent, so the mean absolute change
+        // of their sum lies between the emulator's alone and the two added: a busy
+        // 2-core machine can raise the reading (6.29 ms against 4.67 applied was seen
+        // once in CI, under 2.1 ms of host overhead), never lower it.
+        let base_jitter = median(base_readings().map(|r| r.2));
         // Medians of the tunnel's eight windows: a stall of the busy 2-core machine lands
         // in one window and moves its mean by whole milliseconds (6.95 ms of jitter
         // against 4.67 applied was seen once in CI); the emulator's jitter is in all.
         let latency = median(mine().map(|r| r.1)) - base;
         let jitter = median(mine().map(|r| r.2));
         println!(
-            "tunnel {id}: latency {latency:.3} ms over its {base:.3} ms overhead (applied {applied_rtt:.3} ms), jitter {jitter:.3} ms (applied {applied_jitter:.3} ms)"
+            "tunnel {id}: latency {latency:.3} ms over its {base:.3} ms overhead (applied {applied_rtt:.3} ms), jitter {jitter:.3} ms (applied {applied_jitter:.3} ms, this machine's own {base_jitter:.3} ms)"
         );
         // The counters average every frame of the link; a tunnel whose requests and
         // replies to its peer's probes happen to interleave closely is held back by
         // per-flow ordering more often (up to ~1 ms more): 0.5 ms of room per tunnel.
         assert!(
-            (latency - applied_rtt).abs() <= 1.5 && (jitter - applied_jitter).abs() <= 1.5,
-            "tunnel {id}: latency {latency:.3} ms, jitter {jitter:.3} ms; the emulator applied {applied_rtt:.3} ms, {applied_jitter:.3} ms"
+            (latency - applied_rtt).abs() <= 1.5
+                && jitter >= applied_jitter - 1.5
+                && jitter <= applied_jitter + base_jitter + 1.5,
+            "tunnel {id}: latency {latency:.3} ms, jitter {jitter:.3} ms; the emulator applied {applied_rtt:.3} ms, {applied_jitter:.3} ms; this machine alone {base_jitter:.3} ms of jitter"
         );
-        per_tunnel.push((latency, jitter));
+        per_tunnel.push((latency, jitter, base_jitter));
     }
     let latency = mean(per_tunnel.iter().map(|t| t.0));
     let jitter = mean(per_tunnel.iter().map(|t| t.1));
-    println!("lumen tunnels: latency {latency:.3} ms, jitter {jitter:.3} ms");
+    let base_jitter = mean(per_tunnel.iter().map(|t| t.2));
+    println!(
+        "lumen tunnels: latency {latency:.3} ms, jitter {jitter:.3} ms (this machine's own {base_jitter:.3} ms)"
+    );
     // The mean's bound is the per-tunnel one: probes are timestamped in userspace, so on
     // a busy 2-core machine every tunnel reads up to ~1 ms high together (41.0 ms against
     // 40.0 ms applied was seen once in CI), which is scheduling, not the emulator.
@@ -1456,8 +1468,8 @@ fn check_probe_measurements(lab: &RunningLab, window: Duration, settle: Duration
         "latency {latency:.3} ms, the emulator applied {applied_rtt:.3} ms"
     );
     assert!(
-        (jitter - applied_jitter).abs() <= 1.0,
-        "jitter {jitter:.3} ms, the emulator applied {applied_jitter:.3} ms"
+        jitter >= applied_jitter - 1.0 && jitter <= applied_jitter + base_jitter + 1.0,
+        "jitter {jitter:.3} ms, the emulator applied {applied_jitter:.3} ms, this machine alone {base_jitter:.3} ms"
     );
 }
 
