@@ -8,6 +8,7 @@ PACKAGES=(
   iperf3 graphviz wireguard-go wireguard-tools gobgpd frr
   lintian dpkg-dev systemd
   faketime prometheus tmux
+  clang libbpf-dev
 )
 
 if [ "$(id -u)" -ne 0 ]; then

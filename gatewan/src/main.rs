@@ -409,6 +409,7 @@ async fn start_dataplane(
             static_networks: d.static_networks.clone(),
             resync: std::time::Duration::from_secs(2),
             tunnel_vteps: d.tunnel_vteps,
+            fast_path: d.fast_path,
         },
         member.mesh.clone(),
         tunnels.table.clone(),

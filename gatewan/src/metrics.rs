@@ -83,6 +83,49 @@ impl Collector for DataplaneCollector {
             ConstCounter::new(*packets)
                 .encode(fam.encode_family(&[("interface", interface.as_str())])?)?;
         }
+        let on = ConstGauge::new(i64::from(s.fast_path.is_some()));
+        on.encode(enc.encode_descriptor(
+            "gatewan_dataplane_fast_path_on",
+            "1 while the tc fast path carries tenant packets (ADR 0067), 0 with fabric.fast_path false or refused by the kernel",
+            None,
+            on.metric_type(),
+        )?)?;
+        counter(
+            &mut enc,
+            "gatewan_dataplane_fast_path_errors",
+            "Fast path changes (maps, attachments) that failed (retried at the next reconcile)",
+            s.fast_path_errors,
+        )?;
+        if let Some(c) = &s.fast_path {
+            use crate::dataplane::bpf::COUNTER_NAMES;
+            for (name, help, offset) in [
+                (
+                    "gatewan_dataplane_fast_path_packets",
+                    "Tenant packets the fast path carried, by direction (to_tunnel: from the fabric into a tunnel; to_fabric: from a tunnel to the fabric)",
+                    0,
+                ),
+                (
+                    "gatewan_dataplane_fast_path_bytes",
+                    "Tenant bytes (IP packets) the fast path carried, by direction",
+                    1,
+                ),
+            ] {
+                let mut fam = enc.encode_descriptor(name, help, None, proto.metric_type())?;
+                for (direction, base) in [("to_tunnel", 0), ("to_fabric", 2)] {
+                    ConstCounter::new(c.totals[base + offset])
+                        .encode(fam.encode_family(&[("direction", direction)])?)?;
+                }
+            }
+            let mut fam = enc.encode_descriptor(
+                "gatewan_dataplane_fast_path_passed_packets",
+                "Tenant packets the fast path left to the kernel path, by reason (not_forwardable: TTL 1, options, fragment, extension header, TCP SYN; too_big: over the MTU or GSO; local: to the gatewan; unknown_mac; source: not allowed from that tunnel; no_fast_route: no route, ECMP or a static gateway; underlay: no resolved next hop toward the VTEP; error)",
+                None,
+                proto.metric_type(),
+            )?;
+            for (name, n) in COUNTER_NAMES.iter().zip(c.totals).skip(4) {
+                ConstCounter::new(n).encode(fam.encode_family(&[("reason", *name)])?)?;
+            }
+        }
         Ok(())
     }
 }

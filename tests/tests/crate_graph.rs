@@ -35,7 +35,12 @@ fn normal_dependencies(manifest: &Path) -> BTreeSet<String> {
     out
 }
 
-const HOST_NETWORK: [&str; 3] = ["wireguard-control", "rtnetlink", "netlink-packet-route"];
+const HOST_NETWORK: [&str; 4] = [
+    "wireguard-control",
+    "rtnetlink",
+    "netlink-packet-route",
+    "aya",
+];
 
 #[test]
 fn bgpctl_and_the_crates_it_uses_link_neither_wireguard_nor_netlink() {

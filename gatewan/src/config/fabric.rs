@@ -44,6 +44,11 @@ pub struct FabricConfig {
     /// MAC per next hop (Linux, FRR) tell the tunnels apart (ADR 0007).
     #[serde(default)]
     pub tunnel_vteps: Option<Spanned<String>>,
+    /// The tc (eBPF) fast path for tenant packets (ADR 0067), on by default; `false`
+    /// keeps every packet on the kernel path (for a host that filters forwarded tenant
+    /// traffic with its own nftables or iptables rules, which the fast path skips).
+    #[serde(default)]
+    pub fast_path: Option<bool>,
 }
 
 /// A static network of this datacenter (`networks[]`), for a datacenter without EVPN.
@@ -62,6 +67,8 @@ pub struct DataplaneSettings {
     pub static_networks: Vec<crate::dataplane::plan::LocalNetwork>,
     /// `fabric.tunnel_vteps`: the pool of per-tunnel VTEP addresses.
     pub tunnel_vteps: Option<ipnet::Ipv4Net>,
+    /// `fabric.fast_path`, true by default.
+    pub fast_path: bool,
 }
 
 /// The VTEP of a config that leaves `fabric.vtep` out: the one IPv4 address of global
@@ -310,6 +317,7 @@ impl GatewanConfig {
             },
             static_networks,
             tunnel_vteps,
+            fast_path: f.and_then(|f| f.fast_path).unwrap_or(true),
         })
     }
 }

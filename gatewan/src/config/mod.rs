@@ -513,6 +513,19 @@ transits:
     }
 
     #[test]
+    fn the_fast_path_is_on_unless_turned_off() {
+        let p = load(&format!("{GOOD}{DATAPLANE}")).unwrap();
+        assert!(p.dataplane.unwrap().fast_path);
+        let off = format!("{GOOD}{DATAPLANE}").replace(
+            "  interface: eth0\n",
+            "  interface: eth0\n  fast_path: false\n",
+        );
+        assert!(!load(&off).unwrap().dataplane.unwrap().fast_path);
+        let e = one_error(&off.replace("fast_path: false", "fast_path: sometimes"));
+        assert!(e.contains("fast_path"), "{e}");
+    }
+
+    #[test]
     fn tunnel_vteps_is_a_pool_apart_from_the_vtep() {
         let with = |pool: &str| {
             format!("{GOOD}{DATAPLANE}").replace(

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use super::bpf::{self, FastPath};
+use super::fastpath;
 use super::filter;
 use super::plan::{
     self, FabricSettings, Inputs, LocalNetwork, Problem, RemoteNetwork, TunnelInput, VXLAN_DEVICE,
@@ -28,6 +30,8 @@ pub struct DataplaneConfig {
     /// `fabric.tunnel_vteps`: made local (any address of it), so VXLAN sent to a tunnel's
     /// own VTEP is received (ADR 0007).
     pub tunnel_vteps: Option<ipnet::Ipv4Net>,
+    /// `fabric.fast_path`.
+    pub fast_path: bool,
 }
 
 /// What `/metrics` shows.
@@ -44,6 +48,11 @@ pub struct DataplaneStats {
     /// Tunnel interface → packets it brought in from outside its datacenter's networks,
     /// dropped by the source filter.
     pub spoofed_packets: BTreeMap<String, u64>,
+    /// The fast path's counters; None while it is off (`fabric.fast_path: false`, or the
+    /// kernel refused it).
+    pub fast_path: Option<bpf::Counters>,
+    /// Fast-path map changes that failed (retried at the next reconcile).
+    pub fast_path_errors: u64,
 }
 
 #[derive(Clone)]
@@ -60,6 +69,9 @@ pub struct Report {
     pub took: Duration,
     /// The host as read before applying.
     pub snapshot: Snapshot,
+    /// What was planned, and from which inputs (with `present` and `installed` as read).
+    pub desired: Option<plan::Desired>,
+    pub inputs: Option<Inputs>,
 }
 
 /// After a start, removals wait this long: the mesh (networks, peers and so the tunnel
@@ -94,6 +106,8 @@ pub async fn reconcile_with(
         snapshot,
         steps,
         problems,
+        desired,
+        inputs,
     } = pending(system, inputs, removals).await?;
     let mut errors = Vec::new();
     for step in &steps {
@@ -107,6 +121,8 @@ pub async fn reconcile_with(
         problems,
         took: started.elapsed(),
         snapshot,
+        desired: Some(desired),
+        inputs: Some(inputs),
     })
 }
 
@@ -116,6 +132,8 @@ pub struct Pending {
     pub snapshot: Snapshot,
     pub steps: Vec<Step>,
     pub problems: Vec<Problem>,
+    pub desired: plan::Desired,
+    pub inputs: Inputs,
 }
 
 /// The first half of a reconcile: observes the host, plans with the links found there and
@@ -154,6 +172,8 @@ pub async fn pending(system: &System, inputs: &Inputs, removals: bool) -> std::i
         snapshot,
         steps,
         problems,
+        desired: want,
+        inputs,
     })
 }
 
@@ -268,6 +288,169 @@ async fn source_filter(
         .collect();
 }
 
+/// The fast path (ADR 0067) and what it last complained of, logged once.
+struct FastPathState {
+    loaded: Option<FastPath>,
+    last_error: Option<String>,
+    /// Interfaces (and their index) cleared of an earlier run's filters while the fast
+    /// path is off.
+    cleared: BTreeSet<(String, u32)>,
+}
+
+impl FastPathState {
+    fn start(enabled: bool) -> FastPathState {
+        let loaded = if enabled {
+            match FastPath::load() {
+                Ok(f) => {
+                    info!(
+                        "fast path loaded (ADR 0067): tenant packets skip the kernel's VXLAN, rules and nftables where they can"
+                    );
+                    Some(f)
+                }
+                Err(e) => {
+                    warn!(error = %e, "fast path unavailable; every tenant packet takes the kernel path");
+                    None
+                }
+            }
+        } else {
+            info!(
+                "fast path off (fabric.fast_path: false): every tenant packet takes the kernel path"
+            );
+            None
+        };
+        FastPathState {
+            loaded,
+            last_error: None,
+            cleared: BTreeSet::new(),
+        }
+    }
+
+    /// Brings the maps and the attachments to what this pass planned, and reads the
+    /// counters. Returns the failed changes.
+    fn sync(
+        &mut self,
+        report: &Report,
+        tunnel_vteps: Option<ipnet::Ipv4Net>,
+        stats: &mut DataplaneStats,
+    ) -> u64 {
+        let failures = match self.loaded.as_mut() {
+            Some(fp) => {
+                let mut failures = sync_fast_path(fp, report, tunnel_vteps);
+                match fp.counters() {
+                    Ok(c) => stats.fast_path = Some(c),
+                    Err(e) => failures.push(e.to_string()),
+                }
+                failures
+            }
+            None => {
+                let at = report
+                    .desired
+                    .as_ref()
+                    .zip(report.inputs.as_ref())
+                    .map(|(d, i)| fastpath::attachments(d, i, &observed(&report.snapshot)));
+                for (name, program, index) in wanted_attachments(report, at) {
+                    if self.cleared.insert((name.clone(), index)) {
+                        bpf::remove_leftover(program, &name);
+                    }
+                }
+                Vec::new()
+            }
+        };
+        if let Some(first) = failures.first()
+            && self.last_error.as_ref() != Some(first)
+        {
+            warn!(error = %first, failed = failures.len(), "fast path changes failed; retried at the next reconcile");
+            self.last_error = Some(first.clone());
+        }
+        failures.len() as u64
+    }
+}
+
+/// What the fast path's plan needs from the host, as this pass read it.
+fn observed(snapshot: &Snapshot) -> fastpath::Observed {
+    fastpath::Observed {
+        interfaces: snapshot
+            .links
+            .iter()
+            .map(|(n, l)| {
+                (
+                    n.clone(),
+                    fastpath::Interface {
+                        index: l.index,
+                        mtu: l.mtu,
+                        mac: l.mac,
+                    },
+                )
+            })
+            .collect(),
+        local: snapshot.local.clone(),
+    }
+}
+
+/// (interface, program, index) for every attachment `at` calls for.
+fn wanted_attachments(
+    report: &Report,
+    at: Option<fastpath::Attachments>,
+) -> Vec<(String, &'static str, u32)> {
+    let (Some(d), Some(at)) = (report.desired.as_ref(), at) else {
+        return Vec::new();
+    };
+    at.fabric
+        .map(|i| (d.vxlan.underlay.clone(), bpf::FABRIC_PROGRAM, i))
+        .into_iter()
+        .chain(
+            at.tunnels
+                .iter()
+                .map(|(n, i)| (n.clone(), bpf::TUNNEL_PROGRAM, *i)),
+        )
+        .collect()
+}
+
+/// Brings the fast path's maps and attachments to what the reconcile of `report`
+/// planned (the maps first, so a new attachment starts with them filled). Must run in the
+/// data plane's network namespace. Returns what failed.
+pub fn sync_fast_path(
+    fp: &mut FastPath,
+    report: &Report,
+    tunnel_vteps: Option<ipnet::Ipv4Net>,
+) -> Vec<String> {
+    let (Some(desired), Some(inputs)) = (&report.desired, &report.inputs) else {
+        return Vec::new();
+    };
+    let observed = observed(&report.snapshot);
+    let mut failures = Vec::new();
+    let want = fastpath::plan(
+        desired,
+        inputs,
+        &filter::allowed(inputs),
+        tunnel_vteps,
+        &observed,
+    );
+    match fp.read() {
+        Ok(have) => {
+            for step in fastpath::diff(&want, &have) {
+                if let Err(e) = fp.apply(&step) {
+                    failures.push(format!("{step:?}: {e}"));
+                }
+            }
+        }
+        Err(e) => failures.push(e.to_string()),
+    }
+    let at = fastpath::attachments(desired, inputs, &observed);
+    let wanted = wanted_attachments(report, Some(at));
+    for name in fp.attached().keys() {
+        if !wanted.iter().any(|(n, ..)| n == name) {
+            fp.detach(name);
+        }
+    }
+    for (name, program, index) in &wanted {
+        if let Err(e) = fp.attach(program, name, *index) {
+            failures.push(e.to_string());
+        }
+    }
+    failures
+}
+
 /// The networks of our datacenter and of the others, from the mesh.
 fn mesh_networks(
     view: &MeshView,
@@ -314,6 +497,7 @@ async fn run(
     };
     let mut reported: BTreeSet<String> = BTreeSet::new();
     let mut filter = FilterState::default();
+    let mut fast = FastPathState::start(cfg.fast_path);
     let started = Instant::now();
     // Nothing is done before the tunnel manager's first table: an empty table would make
     // every tunnel's ingress look stale.
@@ -398,16 +582,33 @@ async fn run(
                         debug!(step = ?s, "data plane step");
                     }
                 }
+                // During the startup hold the plan may lack networks the kernel path
+                // still routes (removals wait), and a shorter prefix in the maps would
+                // catch what a longer one, not yet known, routes elsewhere: the fast path
+                // starts when the hold ends, and the kernel path carries all until then.
+                if settled {
+                    stats.fast_path_errors += fast.sync(&report, cfg.tunnel_vteps, &mut stats);
+                }
+                // What the fast path carried never reached the macvlans or the VXLAN
+                // device: both paths' counts together.
                 let links = &report.snapshot.links;
+                let fp = stats.fast_path.as_ref();
                 stats.ingress_packets = inputs
                     .tunnels
                     .iter()
                     .filter_map(|t| {
                         let l = links.get(&plan::macvlan_name(t.index))?;
-                        Some((t.interface.clone(), l.rx_packets))
+                        let fast = fp.and_then(|c| c.by_mac.get(&t.router_mac)).copied();
+                        Some((
+                            t.interface.clone(),
+                            l.rx_packets.wrapping_add(fast.unwrap_or(0)),
+                        ))
                     })
                     .collect();
-                stats.egress_packets = links.get(VXLAN_DEVICE).map_or(0, |l| l.tx_packets);
+                stats.egress_packets = links
+                    .get(VXLAN_DEVICE)
+                    .map_or(0, |l| l.tx_packets)
+                    .wrapping_add(fp.map_or(0, |c| c.totals[2]));
                 stats_tx.send_replace(Arc::new(stats.clone()));
             }
             Err(e) => {

@@ -15,10 +15,16 @@
 //! - the source filter: an nftables table that drops, and counts per tunnel, what a tunnel
 //!   brings in from outside its datacenter's networks ([`filter`]).
 //!
+//! - the fast path (ADR 0067): two tc programs that carry the common tenant packet past
+//!   all of the above, deciding as it would from maps ([`fastpath`] plans them, [`bpf`]
+//!   loads the programs and writes the maps). The kernel path stays whole for the rest.
+//!
 //! Tunnel interfaces belong to `tunnels`; this module only routes into and out of them.
-//! `plan` is pure, `reconcile` the pure diff, `system` the netlink adapter, `manager` the
-//! owning task.
+//! `plan` and `fastpath` are pure, `reconcile` the pure diff, `system` and `bpf` the
+//! adapters, `manager` the owning task.
 
+pub mod bpf;
+pub mod fastpath;
 pub mod filter;
 pub mod manager;
 pub mod plan;

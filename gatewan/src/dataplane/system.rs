@@ -54,6 +54,7 @@ pub struct LinkState {
     pub macvlan_private: bool,
     pub rx_packets: u64,
     pub tx_packets: u64,
+    pub mtu: u32,
 }
 
 /// Everything of ours on the host, read at one moment.
@@ -64,6 +65,8 @@ pub struct Snapshot {
     routes: BTreeMap<RouteKey, RouteAction>,
     neighbours: BTreeMap<IpAddr, (Mac, bool)>,
     fdb: BTreeMap<Mac, BTreeSet<IpAddr>>,
+    /// The local table's `local` prefixes: what the host takes as its own.
+    pub local: BTreeSet<IpNet>,
 }
 
 impl Snapshot {
@@ -230,6 +233,7 @@ impl System {
                     LinkAttribute::IfName(n) => name = n.clone(),
                     LinkAttribute::Address(m) => st.mac = mac_of(m),
                     LinkAttribute::Link(i) => st.lower = Some(*i),
+                    LinkAttribute::Mtu(m) => st.mtu = *m,
                     LinkAttribute::Stats64(s) => {
                         st.rx_packets = s.rx_packets;
                         st.tx_packets = s.tx_packets;
@@ -289,6 +293,8 @@ impl System {
             while let Some(r) = routes.try_next().await.map_err(netlink_err)? {
                 if let Some((k, a)) = parse_route(&r, vxlan_index, &snap) {
                     snap.routes.insert(k, a);
+                } else if let Some(p) = parse_local(&r) {
+                    snap.local.insert(p);
                 }
             }
         }
@@ -615,6 +621,23 @@ fn ip_of(a: &RouteAddress) -> Option<IpAddr> {
         RouteAddress::Inet6(v6) => Some(IpAddr::V6(*v6)),
         _ => None,
     }
+}
+
+/// A `local` route of the local table (an address of the host, or a prefix made local).
+fn parse_local(r: &RouteMessage) -> Option<IpNet> {
+    let mut table = u32::from(r.header.table);
+    let mut dst = None;
+    for a in &r.attributes {
+        match a {
+            RouteAttribute::Table(t) => table = *t,
+            RouteAttribute::Destination(d) => dst = ip_of(d),
+            _ => {}
+        }
+    }
+    if table != 255 || r.header.kind != RouteType::Local {
+        return None;
+    }
+    IpNet::new(dst?, r.header.destination_prefix_length).ok()
 }
 
 fn parse_route(
