@@ -157,7 +157,13 @@ fn topology() -> Topology {
     let gw = Netns::new();
     let rem = Netns::new();
     let inet = Netns::new();
-    let dir = std::env::temp_dir().join(format!("gwdp-{}", std::process::id()));
+    // Unique per topology: two tests of this file run at once in one process, and
+    // wireguard-go's sockets (/run/wireguard) are shared by every namespace.
+    static TOPOLOGIES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = (std::process::id() * 8
+        + TOPOLOGIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+        % 10_000;
+    let dir = std::env::temp_dir().join(format!("gwdp-{n}"));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     link(&leaf, "fab0", &gw, "fab0");
@@ -193,7 +199,6 @@ fn topology() -> Topology {
         "ip addr add 192.0.2.2/30 dev wan0 && ip link set wan0 up && \
          ip addr add 172.31.2.1/32 dev lo && ip -6 addr add fd31:2::1/128 dev lo",
     );
-    let n = std::process::id() % 10_000;
     let (tun_a, tun_b) = (format!("gda{n}"), format!("gdb{n}"));
     wireguard(&dir, &gw, &rem, &tun_a, &format!("rda{n}"), 51001);
     wireguard(&dir, &gw, &rem, &tun_b, &format!("rdb{n}"), 51002);
@@ -285,18 +290,10 @@ fn leaf_pings(t: &Topology) -> (u8, u64, u64, u64) {
     )
 }
 
-#[test]
-fn tenant_traffic_follows_the_router_mac_into_its_tunnel_and_never_leaves_in_clear() {
-    if !require_root("dataplane")
-        || !require_program("dataplane", "wireguard-go")
-        || !require_program("dataplane", "wg")
-        || !require_program("dataplane", "bridge")
-        || !require_program("dataplane", "nft")
-    {
-        return;
-    }
-    let t = topology();
-    let mut inputs = Inputs {
+/// The inputs of the two-tunnel topology: A and B Established toward par1, the leaf's
+/// prefixes behind its VTEP, the remote prefixes of par1.
+fn two_tunnels(t: &Topology) -> Inputs {
+    Inputs {
         fabric: fabric(),
         tunnels: vec![
             tunnel(&t.tun_a, 1, MAC_A, Health::Established),
@@ -321,7 +318,21 @@ fn tenant_traffic_follows_the_router_mac_into_its_tunnel_and_never_leaves_in_cle
             .collect(),
         present: Default::default(),
         installed: Default::default(),
-    };
+    }
+}
+
+#[test]
+fn tenant_traffic_follows_the_router_mac_into_its_tunnel_and_never_leaves_in_clear() {
+    if !require_root("dataplane")
+        || !require_program("dataplane", "wireguard-go")
+        || !require_program("dataplane", "wg")
+        || !require_program("dataplane", "bridge")
+        || !require_program("dataplane", "nft")
+    {
+        return;
+    }
+    let t = topology();
+    let mut inputs = two_tunnels(&t);
 
     let first = reconcile(&t.gw, &inputs);
     assert_clean(&first, "first reconcile");
@@ -627,4 +638,190 @@ fn a_reconcile_cut_short_anywhere_is_finished_by_the_next_without_redoing_anythi
     let what = format!("a change cut after {cut} of {} steps", all.len());
     let rest = finish(&gw, &inputs, &all, cut, &what);
     eprintln!("{what}: the restart finished it in {rest} steps");
+}
+
+/// The fast path's counters in `gw` (ADR 0067), by name.
+fn fast_counters(
+    fp: &mut gatewan::dataplane::bpf::FastPath,
+) -> std::collections::BTreeMap<&'static str, u64> {
+    let c = fp.counters().expect("fast path counters");
+    gatewan::dataplane::bpf::COUNTER_NAMES
+        .iter()
+        .copied()
+        .zip(c.totals)
+        .collect()
+}
+
+/// A reconcile in `gw` followed by the fast path's sync, as the manager runs them.
+fn reconcile_fast(
+    t: &Topology,
+    inputs: &Inputs,
+    fp: gatewan::dataplane::bpf::FastPath,
+) -> gatewan::dataplane::bpf::FastPath {
+    let report = reconcile(&t.gw, inputs);
+    assert_clean(&report, "reconcile");
+    t.gw.run(move || {
+        let mut fp = fp;
+        let failed = gatewan::dataplane::manager::sync_fast_path(&mut fp, &report, None);
+        assert!(failed.is_empty(), "fast path sync: {failed:#?}");
+        fp
+    })
+}
+
+/// The change of each named counter between two readings.
+fn grew(
+    before: &std::collections::BTreeMap<&'static str, u64>,
+    after: &std::collections::BTreeMap<&'static str, u64>,
+    name: &str,
+) -> u64 {
+    after[name].wrapping_sub(before[name])
+}
+
+/// The fast path on a real kernel: wireguard-go tunnels, kernel VXLAN at the leaf. It
+/// carries pings both ways in both families where the kernel path would send them (the
+/// macvlans, which the kernel path crosses, see none of them), follows local repair, and
+/// leaves every exception to the kernel path, which answers it as before: TTL 1 gets
+/// time-exceeded, an oversize DF packet fragmentation-needed, an unknown Router's MAC is
+/// dropped, a source the tunnel may not bring in is left to the source filter. Dropped,
+/// it leaves the kernel path carrying everything.
+#[test]
+fn the_fast_path_carries_tenant_packets_where_the_kernel_path_would_and_leaves_it_the_rest() {
+    if !require_root("dataplane")
+        || !require_program("dataplane", "wireguard-go")
+        || !require_program("dataplane", "wg")
+        || !require_program("dataplane", "bridge")
+        || !require_program("dataplane", "nft")
+    {
+        return;
+    }
+    let t = topology();
+    let mut inputs = two_tunnels(&t);
+    let fp =
+        t.gw.run(gatewan::dataplane::bpf::FastPath::load)
+            .unwrap_or_else(|e| panic!("the kernel refused the fast path: {e}"));
+    // The first pass creates the devices, the second sees them and fills the maps.
+    let fp = reconcile_fast(&t, &inputs, fp);
+    let mut fp = reconcile_fast(&t, &inputs, fp);
+
+    // Both directions, both families, through tunnel A only, past the macvlans.
+    leaf_routes_via(&t.leaf, &mac_str(MAC_A));
+    // The first reply finds the underlay neighbour (the leaf) unresolved: the kernel path
+    // resolves it, and the fast path takes over from the next packet.
+    let _ = leaf_pings(&t);
+    let c0 = fast_counters(&mut fp);
+    let macvlan_rx = counter(&t.gw, "gwm1", "rx_packets");
+    let (ok, a, b, transit) = leaf_pings(&t);
+    let c1 = fast_counters(&mut fp);
+    assert_eq!(ok, 2, "leaf → remote with the fast path failed");
+    assert!(
+        a >= 6 && b == 0 && transit == 0,
+        "A {a}, B {b}, transit {transit}"
+    );
+    assert!(
+        grew(&c0, &c1, "to_tunnel_packets") >= 6 && grew(&c0, &c1, "to_fabric_packets") >= 6,
+        "the fast path did not carry the pings: {c0:?} → {c1:?}"
+    );
+    assert_eq!(
+        counter(&t.gw, "gwm1", "rx_packets"),
+        macvlan_rx,
+        "the pings crossed the macvlan: the kernel path carried them"
+    );
+
+    // TTL 1 at the gatewan: the kernel path answers time-exceeded.
+    let out = t
+        .leaf
+        .cmd("ping")
+        .args([
+            "-c",
+            "1",
+            "-W",
+            "2",
+            "-t",
+            "1",
+            "-I",
+            "172.30.1.1",
+            "172.31.2.1",
+        ])
+        .output()
+        .expect("ping");
+    let c2 = fast_counters(&mut fp);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("Time to live exceeded"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(grew(&c1, &c2, "not_forwardable") >= 1, "{c1:?} → {c2:?}");
+
+    // One byte over the tunnel's MTU with DF: fragmentation-needed from the kernel path.
+    let mtu: u32 = sh(&t.gw, &format!("cat /sys/class/net/{}/mtu", t.tun_a))
+        .trim()
+        .parse()
+        .expect("tunnel MTU");
+    let fits = (mtu - 28).to_string();
+    let over = (mtu - 27).to_string();
+    let ping_df = |size: &str| {
+        let out = t
+            .leaf
+            .cmd("ping")
+            .args(["-c", "1", "-W", "2", "-M", "do", "-s", size])
+            .args(["-I", "172.30.1.1", "172.31.2.1"])
+            .output()
+            .expect("ping");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(ping_df(&fits).contains("1 received"), "{mtu} bytes with DF");
+    let c3 = fast_counters(&mut fp);
+    let answer = ping_df(&over);
+    let c4 = fast_counters(&mut fp);
+    assert!(
+        answer.contains("Frag needed") || answer.contains("mtu"),
+        "{answer}"
+    );
+    assert!(grew(&c3, &c4, "too_big") >= 1, "{c3:?} → {c4:?}");
+
+    // A source tunnel A may not bring in: left to the kernel path (the source filter).
+    sh(&t.rem, "ip addr add 10.77.0.1/32 dev lo");
+    let _ = t
+        .rem
+        .cmd("ping")
+        .args(["-c", "1", "-W", "1", "-I", "10.77.0.1", "172.30.1.1"])
+        .output();
+    let c5 = fast_counters(&mut fp);
+    assert!(grew(&c4, &c5, "source") >= 1, "{c4:?} → {c5:?}");
+
+    // An unknown Router's MAC: nothing forwards it, in clear or otherwise.
+    leaf_routes_via(&t.leaf, "02:5d:00:00:00:99");
+    let (ok, a, b, transit) = leaf_pings(&t);
+    let c6 = fast_counters(&mut fp);
+    assert!(
+        ok == 0 && a == 0 && b == 0 && transit == 0,
+        "unknown MAC: {ok} answered, A {a}, B {b}, transit {transit}"
+    );
+    assert!(grew(&c5, &c6, "unknown_mac") >= 6, "{c5:?} → {c6:?}");
+
+    // Local repair: A Down sends MAC A's traffic into B, in the fast path too.
+    leaf_routes_via(&t.leaf, &mac_str(MAC_A));
+    inputs.tunnels[0].health = Health::Down;
+    let mut fp = reconcile_fast(&t, &inputs, fp);
+    let c7 = fast_counters(&mut fp);
+    let (ok, a, b, transit) = leaf_pings(&t);
+    let c8 = fast_counters(&mut fp);
+    assert_eq!(ok, 2, "repaired traffic lost");
+    assert!(
+        a == 0 && b >= 6 && transit == 0,
+        "A {a}, B {b}, transit {transit}"
+    );
+    assert!(grew(&c7, &c8, "to_tunnel_packets") >= 6, "{c7:?} → {c8:?}");
+    inputs.tunnels[0].health = Health::Established;
+    let fp = reconcile_fast(&t, &inputs, fp);
+
+    // The process gone (its programs detach with it): the kernel path carries all.
+    drop(fp);
+    let macvlan_rx = counter(&t.gw, "gwm1", "rx_packets");
+    let (ok, a, _, transit) = leaf_pings(&t);
+    assert!(ok == 2 && a >= 6 && transit == 0, "without the fast path");
+    assert!(
+        counter(&t.gw, "gwm1", "rx_packets") - macvlan_rx >= 6,
+        "the kernel path did not carry the pings"
+    );
 }

@@ -1278,8 +1278,28 @@ fn tapped(lab: &RunningLab) -> Vec<(String, u64)> {
 /// ping over IPv4 and IPv6 both ways, TCP both ways; the sg1 → par1 transfer leaves sg1
 /// through exactly the tunnels of the fabric's routes, spread over all of them; and no
 /// transit router ever sees a tenant address.
+/// Tenant packets the fast path (ADR 0067) of `node` carried so far, (to tunnels, to the
+/// fabric), from its /metrics.
+fn fast_path_packets(lab: &RunningLab, node: &str) -> (u64, u64) {
+    let out = lab
+        .exec(node, &["curl", "-sf", "http://127.0.0.1:9469/metrics"])
+        .expect("curl on a gatewan");
+    let metrics = String::from_utf8_lossy(&out.stdout);
+    let read = |direction: &str| {
+        let sample =
+            format!("gatewan_dataplane_fast_path_packets_total{{direction=\"{direction}\"}} ");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&sample))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{node}: no {sample} in its metrics:\n{metrics}"))
+    };
+    (read("to_tunnel"), read("to_fabric"))
+}
+
 fn check_tenant_traffic(lab: &RunningLab) {
     tap_transits(lab);
+    let fast_before: Vec<(u64, u64)> = GATEWANS.iter().map(|g| fast_path_packets(lab, g)).collect();
     for (from, to) in [
         ("host-sg1", "172.16.2.10"),
         ("host-sg1", "2001:db8:a2::10"),
@@ -1292,6 +1312,24 @@ fn check_tenant_traffic(lab: &RunningLab) {
         assert!(ok, "{from} cannot ping {to}");
         println!("{from} pings {to}: 5 of 5 answered");
     }
+    // The pings took the fast path (a first packet may resolve the leaf's MAC on the
+    // kernel path): into the tunnels and out to the fabric, at both ends.
+    let fast_after: Vec<(u64, u64)> = GATEWANS.iter().map(|g| fast_path_packets(lab, g)).collect();
+    let grown = |f: fn(&(u64, u64)) -> u64| -> u64 {
+        fast_before
+            .iter()
+            .zip(&fast_after)
+            .map(|(b, a)| f(a).saturating_sub(f(b)))
+            .sum()
+    };
+    let (to_tunnel, to_fabric) = (grown(|c| c.0), grown(|c| c.1));
+    println!(
+        "the gatewans' fast path carried {to_tunnel} packets into tunnels and {to_fabric} to the fabrics during the pings"
+    );
+    assert!(
+        to_tunnel >= 30 && to_fabric >= 30,
+        "the fast path carried {to_tunnel} packets into tunnels and {to_fabric} to the fabrics; 24 echoes and their 24 replies each crossed one of each"
+    );
     let sg1 = ["gatewan01-sg1", "gatewan02-sg1"];
     let ends: Vec<(String, String)> = sg1
         .iter()
