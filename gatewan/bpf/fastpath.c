@@ -78,7 +78,7 @@ struct { __uint(type, BPF_MAP_TYPE_LRU_PERCPU_HASH); __uint(max_entries, 4096); 
 enum {
     TO_TUNNEL_PACKETS, TO_TUNNEL_BYTES, TO_FABRIC_PACKETS, TO_FABRIC_BYTES,
     // Packets left to the kernel path, by reason.
-    PASS_NOT_FORWARDABLE,  // TTL 1, options, fragment, extension header, SYN
+    PASS_NOT_FORWARDABLE,  // TTL 1, options, fragment, extension header, SYN, malformed
     PASS_TOO_BIG,          // over the MTU, or GSO
     PASS_LOCAL,            // to the gatewan itself
     PASS_UNKNOWN_MAC,      // no tunnel has this Router's MAC
@@ -123,14 +123,25 @@ static __always_inline int hop_dec(void *l3, void *end, int family)
 
 struct inner_ip { int family; __u32 tot_len; __u8 src[16]; __u8 dst[16]; };
 
-// Reads the tenant packet at `l3`; returns its family, or 0 when it is not one the fast
-// path forwards (TTL, options, fragments, extension headers, TCP SYN).
-static __always_inline int inner(void *l3, void *end, struct inner_ip *p)
+// Reads the tenant packet at `l3`, of which `len` bytes arrived; returns its family, or 0
+// when it is not one the fast path forwards (TTL, options, fragments, extension headers,
+// TCP SYN) or not a sound one (a length beyond what arrived, a bad IPv4 header checksum):
+// the kernel path drops those and counts them.
+static __always_inline int inner(void *l3, void *end, __u32 len, struct inner_ip *p)
 {
     struct iphdr *ip = l3;
     if ((void *)(ip + 1) > end) return 0;
     if (ip->version == 4) {
         if (ip->ihl != 5 || ip->ttl <= 1 || (ip->frag_off & bpf_htons(0x3fff))) return 0;
+        __u16 *w = l3;
+        __u32 sum = 0;
+#pragma unroll
+        for (int i = 0; i < 10; i++) sum += w[i];
+        sum = (sum & 0xffff) + (sum >> 16);
+        sum = (sum & 0xffff) + (sum >> 16);
+        if (sum != 0xffff) return 0;
+        __u32 tot = bpf_ntohs(ip->tot_len);
+        if (tot < sizeof(*ip) || tot > len) return 0;
         if (ip->protocol == IPPROTO_TCP) {
             struct tcphdr *t = (void *)(ip + 1);
             if ((void *)(t + 1) > end || t->syn) return 0;
@@ -143,6 +154,7 @@ static __always_inline int inner(void *l3, void *end, struct inner_ip *p)
     }
     struct ipv6hdr *ip6 = l3;
     if ((void *)(ip6 + 1) > end || ip6->version != 6 || ip6->hop_limit <= 1) return 0;
+    if (bpf_ntohs(ip6->payload_len) + sizeof(*ip6) > len) return 0;
     if (ip6->nexthdr == IPPROTO_TCP) {
         struct tcphdr *t = (void *)(ip6 + 1);
         if ((void *)(t + 1) > end || t->syn) return 0;
@@ -196,8 +208,11 @@ int fabric_in(struct __sk_buff *skb)
     __builtin_memcpy(mk.mac, in->h_dest, 6);
     struct tunnel *t = bpf_map_lookup_elem(&fp_tunnels, &mk);
     if (!t) return pass(PASS_UNKNOWN_MAC);
+    // What arrived after the outer headers and the inner Ethernet header.
+    __u32 outer = sizeof(*eth) + sizeof(*ip) + sizeof(*udp) + sizeof(*vx) + sizeof(*in);
+    __u32 len = skb->len > outer ? skb->len - outer : 0;
     struct inner_ip p = {};
-    int family = inner(in + 1, end, &p);
+    int family = inner(in + 1, end, len, &p);
     if (!family || (family == AF_INET) != (in->h_proto == bpf_htons(ETH_P_IP))) return pass(PASS_NOT_FORWARDABLE);
     if (skb->gso_segs > 1 || p.tot_len > t->mtu) return pass(PASS_TOO_BIG);
     if (is_local(&p)) return pass(PASS_LOCAL);
@@ -239,7 +254,7 @@ int tunnel_in(struct __sk_buff *skb)
     if (!cfg || !cfg->vxlan_ifindex || !cfg->fabric_ifindex) return TC_ACT_OK;
     void *data = (void *)(long)skb->data, *end = (void *)(long)skb->data_end;
     struct inner_ip p = {};
-    int family = inner(data, end, &p);
+    int family = inner(data, end, skb->len, &p);
     if (!family) return pass(PASS_NOT_FORWARDABLE);
     if (skb->gso_segs > 1 || p.tot_len > cfg->vxlan_mtu || p.tot_len != skb->len) return pass(PASS_TOO_BIG);
     // Local first: the probes, most of a tunnel's packets when it is idle, stop here.

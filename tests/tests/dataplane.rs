@@ -752,6 +752,32 @@ fn the_fast_path_carries_tenant_packets_where_the_kernel_path_would_and_leaves_i
     );
     assert!(grew(&c1, &c2, "not_forwardable") >= 1, "{c1:?} → {c2:?}");
 
+    // Hostile input: a frame sent to tunnel A's MAC whose IPv4 header has a bad checksum
+    // is left to the kernel path, which drops it; it never reaches the remote datacenter.
+    // Sent as raw VXLAN from the leaf's VTEP (its kernel would fix the checksum).
+    let a_before = nft_counter(&t.rem, "a");
+    let bad = format!(
+        "import socket, struct\n\
+         ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 28, 1, 0, 64, 17, 0xbad, \
+             socket.inet_aton('172.30.1.1'), socket.inet_aton('172.31.2.1'))\n\
+         eth = bytes.fromhex('{}') + bytes.fromhex('{}') + b'\\x08\\x00'\n\
+         vx = struct.pack('!II', 0x08000000, 100 << 8)\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.bind(('10.9.255.1', 0))\n\
+         s.sendto(vx + eth + ip + struct.pack('!HHHH', 4000, 4000, 8, 0), ('10.9.255.2', 4789))\n",
+        mac_str(MAC_A).replace(':', ""),
+        LEAF_MAC.replace(':', "")
+    );
+    run_ok(t.leaf.cmd("python3").args(["-c", &bad]));
+    std::thread::sleep(Duration::from_millis(300));
+    let c2b = fast_counters(&mut fp);
+    assert!(
+        grew(&c2, &c2b, "not_forwardable") == 1 && grew(&c2, &c2b, "to_tunnel_packets") == 0,
+        "{c2:?} → {c2b:?}"
+    );
+    assert_eq!(nft_counter(&t.rem, "a"), a_before, "the bad header crossed");
+    let c2 = c2b;
+
     // One byte over the tunnel's MTU with DF: fragmentation-needed from the kernel path.
     let mtu: u32 = sh(&t.gw, &format!("cat /sys/class/net/{}/mtu", t.tun_a))
         .trim()
