@@ -776,7 +776,6 @@ fn the_fast_path_carries_tenant_packets_where_the_kernel_path_would_and_leaves_i
         "{c2:?} → {c2b:?}"
     );
     assert_eq!(nft_counter(&t.rem, "a"), a_before, "the bad header crossed");
-    let c2 = c2b;
 
     // One byte over the tunnel's MTU with DF: fragmentation-needed from the kernel path.
     let mtu: u32 = sh(&t.gw, &format!("cat /sys/class/net/{}/mtu", t.tun_a))
