@@ -356,11 +356,17 @@ impl FastPathState {
                 Vec::new()
             }
         };
-        if let Some(first) = failures.first()
-            && self.last_error.as_ref() != Some(first)
-        {
-            warn!(error = %first, failed = failures.len(), "fast path changes failed; retried at the next reconcile");
-            self.last_error = Some(first.clone());
+        match failures.first() {
+            Some(first) if self.last_error.as_ref() != Some(first) => {
+                warn!(error = %first, failed = failures.len(), "fast path changes failed; retried at the next reconcile");
+                self.last_error = Some(first.clone());
+            }
+            Some(_) => {}
+            None => {
+                if self.last_error.take().is_some() {
+                    info!("fast path changes applied again");
+                }
+            }
         }
         failures.len() as u64
     }
