@@ -162,6 +162,9 @@ fn mac_key(mac: &Mac) -> MacKey {
 /// The loaded programs and their maps.
 pub struct FastPath {
     ebpf: Ebpf,
+    /// The kernel attaches with tcx (bpf links that die with the process); without it,
+    /// cls_bpf filters that an earlier run may have left.
+    tcx: bool,
     /// Interface name → its index when attached, the program and the link.
     attached: BTreeMap<String, (u32, &'static str, SchedClassifierLinkId)>,
 }
@@ -175,8 +178,11 @@ impl FastPath {
                 .load()
                 .map_err(|e| err(&format!("the kernel refused {name}"), e))?;
         }
+        let tcx = aya::util::KernelVersion::current()
+            .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
         Ok(FastPath {
             ebpf,
+            tcx,
             attached: BTreeMap::new(),
         })
     }
@@ -197,12 +203,9 @@ impl FastPath {
             }
             self.detach(interface);
         }
-        // A filter left by an earlier run on a kernel without tcx (see the module doc);
-        // none is the common case.
-        let _ = tc::qdisc_detach_program(interface, TcAttachType::Ingress, program);
-        let tcx = aya::util::KernelVersion::current()
-            .is_ok_and(|v| v >= aya::util::KernelVersion::new(6, 6, 0));
-        if !tcx {
+        if !self.tcx {
+            // A filter left by an earlier run (see the module doc).
+            remove_leftover(program, interface);
             match tc::qdisc_add_clsact(interface) {
                 Ok(()) => {}
                 Err(e) if e.to_string().contains("exists") => {}

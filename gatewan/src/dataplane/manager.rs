@@ -592,8 +592,12 @@ async fn run(
                 // still routes (removals wait), and a shorter prefix in the maps would
                 // catch what a longer one, not yet known, routes elsewhere: the fast path
                 // starts when the hold ends, and the kernel path carries all until then.
+                // bpf(2) and netlink calls, some waiting for the kernel (attaching one
+                // program is about 13 ms here): off the runtime's other tasks.
                 if settled {
-                    stats.fast_path_errors += fast.sync(&report, cfg.tunnel_vteps, &mut stats);
+                    stats.fast_path_errors += tokio::task::block_in_place(|| {
+                        fast.sync(&report, cfg.tunnel_vteps, &mut stats)
+                    });
                 }
                 // What the fast path carried never reached the macvlans or the VXLAN
                 // device: both paths' counts together.
