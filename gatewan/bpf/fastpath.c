@@ -125,8 +125,9 @@ struct inner_ip { int family; __u32 tot_len; __u8 src[16]; __u8 dst[16]; };
 
 // Reads the tenant packet at `l3`, of which `len` bytes arrived; returns its family, or 0
 // when it is not one the fast path forwards (TTL, options, fragments, extension headers,
-// TCP SYN) or not a sound one (a length beyond what arrived, a bad IPv4 header checksum):
-// the kernel path drops those and counts them.
+// TCP SYN), not a sound one (a length beyond what arrived, a bad IPv4 header checksum),
+// or not a unicast one the kernel would route (multicast, broadcast, loopback, "this
+// network", IPv6 link-local): the kernel path answers, drops and counts those.
 static __always_inline int inner(void *l3, void *end, __u32 len, struct inner_ip *p)
 {
     struct iphdr *ip = l3;
@@ -142,6 +143,9 @@ static __always_inline int inner(void *l3, void *end, __u32 len, struct inner_ip
         if (sum != 0xffff) return 0;
         __u32 tot = bpf_ntohs(ip->tot_len);
         if (tot < sizeof(*ip) || tot > len) return 0;
+        __u8 first = ((__u8 *)&ip->daddr)[0], src_first = ((__u8 *)&ip->saddr)[0];
+        if (first >= 224 || first == 127 || first == 0 || src_first >= 224 || src_first == 127 || src_first == 0)
+            return 0;
         if (ip->protocol == IPPROTO_TCP) {
             struct tcphdr *t = (void *)(ip + 1);
             if ((void *)(t + 1) > end || t->syn) return 0;
@@ -155,6 +159,13 @@ static __always_inline int inner(void *l3, void *end, __u32 len, struct inner_ip
     struct ipv6hdr *ip6 = l3;
     if ((void *)(ip6 + 1) > end || ip6->version != 6 || ip6->hop_limit <= 1) return 0;
     if (bpf_ntohs(ip6->payload_len) + sizeof(*ip6) > len) return 0;
+    // Multicast, link-local (fe80::/10), loopback and unspecified (::/127) destinations.
+    __u8 d0 = ip6->daddr.in6_u.u6_addr8[0], d1 = ip6->daddr.in6_u.u6_addr8[1];
+    if (d0 == 0xff || (d0 == 0xfe && (d1 & 0xc0) == 0x80)) return 0;
+    if (!ip6->daddr.in6_u.u6_addr32[0] && !ip6->daddr.in6_u.u6_addr32[1] &&
+        !ip6->daddr.in6_u.u6_addr32[2] && !(ip6->daddr.in6_u.u6_addr32[3] & bpf_htonl(0xfffffffe)))
+        return 0;
+    if (ip6->saddr.in6_u.u6_addr8[0] == 0xff) return 0;
     if (ip6->nexthdr == IPPROTO_TCP) {
         struct tcphdr *t = (void *)(ip6 + 1);
         if ((void *)(t + 1) > end || t->syn) return 0;
@@ -302,6 +313,8 @@ int tunnel_in(struct __sk_buff *skb)
     h.ip.ttl = 64;
     h.ip.protocol = IPPROTO_UDP;
     h.ip.tot_len = bpf_htons(outer_len);
+    // DF, as RFC 7348 asks of VTEPs (they do not fragment VXLAN), so the ID may be 0
+    // (RFC 6864); the FIB's MTU check above keeps the outer packet within the first hop.
     h.ip.frag_off = bpf_htons(0x4000);
     h.ip.saddr = cfg->vtep;
     h.ip.daddr = vtep;

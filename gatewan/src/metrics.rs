@@ -118,7 +118,7 @@ impl Collector for DataplaneCollector {
             }
             let mut fam = enc.encode_descriptor(
                 "gatewan_dataplane_fast_path_passed_packets",
-                "Tenant packets the fast path left to the kernel path, by reason (not_forwardable: TTL 1, options, fragment, extension header, TCP SYN, a malformed header; too_big: over the MTU or GSO; local: to the gatewan; unknown_mac; source: not allowed from that tunnel; no_fast_route: no route, ECMP or a static gateway; underlay: no resolved next hop toward the VTEP; error)",
+                "Tenant packets the fast path left to the kernel path, by reason (not_forwardable: TTL 1, options, fragment, extension header, TCP SYN, a malformed header, a multicast, broadcast, loopback or link-local address; too_big: over the MTU or GSO; local: to the gatewan; unknown_mac; source: not allowed from that tunnel; no_fast_route: no route, ECMP or a static gateway; underlay: no resolved next hop toward the VTEP; error)",
                 None,
                 proto.metric_type(),
             )?;

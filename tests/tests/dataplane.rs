@@ -779,30 +779,42 @@ fn the_fast_path_carries_tenant_packets_where_the_kernel_path_would_and_leaves_i
     );
     assert!(grew(&c1, &c2, "not_forwardable") >= 1, "{c1:?} → {c2:?}");
 
-    // Hostile input: a frame sent to tunnel A's MAC whose IPv4 header has a bad checksum
-    // is left to the kernel path, which drops it; it never reaches the remote datacenter.
-    // Sent as raw VXLAN from the leaf's VTEP (its kernel would fix the checksum).
+    // Hostile input, sent as raw VXLAN to tunnel A's MAC from the leaf's VTEP (its own
+    // stack would fix the checksum and not route multicast there): an IPv4 header with a
+    // bad checksum, and a multicast destination with a good one. Both are left to the
+    // kernel path, which does not forward them; neither reaches the remote datacenter.
     let a_before = nft_counter(&t.rem, "a");
-    let bad = format!(
+    let frames = format!(
         "import socket, struct\n\
-         ip = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 28, 1, 0, 64, 17, 0xbad, \
-             socket.inet_aton('172.30.1.1'), socket.inet_aton('172.31.2.1'))\n\
+         def ip(dst, check=None):\n\
+         \x20   h = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 28, 1, 0, 64, 17, 0, \
+                 socket.inet_aton('172.30.1.1'), socket.inet_aton(dst))\n\
+         \x20   if check is None:\n\
+         \x20       s = sum(struct.unpack('!10H', h))\n\
+         \x20       s = (s & 0xffff) + (s >> 16)\n\
+         \x20       check = ~((s & 0xffff) + (s >> 16)) & 0xffff\n\
+         \x20   return h[:10] + struct.pack('!H', check) + h[12:]\n\
          eth = bytes.fromhex('{}') + bytes.fromhex('{}') + b'\\x08\\x00'\n\
          vx = struct.pack('!II', 0x08000000, 100 << 8)\n\
          s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
          s.bind(('10.9.255.1', 0))\n\
-         s.sendto(vx + eth + ip + struct.pack('!HHHH', 4000, 4000, 8, 0), ('10.9.255.2', 4789))\n",
+         for h in (ip('172.31.2.1', 0xbad), ip('224.1.1.1')):\n\
+         \x20   s.sendto(vx + eth + h + struct.pack('!HHHH', 4000, 4000, 8, 0), ('10.9.255.2', 4789))\n",
         mac_str(MAC_A).replace(':', ""),
         LEAF_MAC.replace(':', "")
     );
-    run_ok(t.leaf.cmd("python3").args(["-c", &bad]));
+    run_ok(t.leaf.cmd("python3").args(["-c", &frames]));
     std::thread::sleep(Duration::from_millis(300));
     let c2b = fast_counters(&mut fp);
     assert!(
-        grew(&c2, &c2b, "not_forwardable") == 1 && grew(&c2, &c2b, "to_tunnel_packets") == 0,
+        grew(&c2, &c2b, "not_forwardable") == 2 && grew(&c2, &c2b, "to_tunnel_packets") == 0,
         "{c2:?} → {c2b:?}"
     );
-    assert_eq!(nft_counter(&t.rem, "a"), a_before, "the bad header crossed");
+    assert_eq!(
+        nft_counter(&t.rem, "a"),
+        a_before,
+        "a hostile frame crossed"
+    );
 
     // One byte over the tunnel's MTU with DF: fragmentation-needed from the kernel path.
     let mtu: u32 = sh(&t.gw, &format!("cat /sys/class/net/{}/mtu", t.tun_a))
