@@ -123,6 +123,20 @@ static __always_inline int hop_dec(void *l3, void *end, int family)
 
 struct inner_ip { int family; __u32 tot_len; __u8 src[16]; __u8 dst[16]; };
 
+// An IPv4 header (without options, within the packet) whose checksum holds and whose
+// total length is within the `len` bytes that arrived.
+static __always_inline int ip_header_sound(struct iphdr *ip, __u32 len)
+{
+    __u16 *w = (__u16 *)ip;
+    __u32 sum = 0;
+#pragma unroll
+    for (int i = 0; i < 10; i++) sum += w[i];
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    __u32 tot = bpf_ntohs(ip->tot_len);
+    return sum == 0xffff && tot >= sizeof(*ip) && tot <= len;
+}
+
 // Reads the tenant packet at `l3`, of which `len` bytes arrived; returns its family, or 0
 // when it is not one the fast path forwards (TTL, options, fragments, extension headers,
 // TCP SYN), not a sound one (a length beyond what arrived, a bad IPv4 header checksum),
@@ -134,15 +148,7 @@ static __always_inline int inner(void *l3, void *end, __u32 len, struct inner_ip
     if ((void *)(ip + 1) > end) return 0;
     if (ip->version == 4) {
         if (ip->ihl != 5 || ip->ttl <= 1 || (ip->frag_off & bpf_htons(0x3fff))) return 0;
-        __u16 *w = l3;
-        __u32 sum = 0;
-#pragma unroll
-        for (int i = 0; i < 10; i++) sum += w[i];
-        sum = (sum & 0xffff) + (sum >> 16);
-        sum = (sum & 0xffff) + (sum >> 16);
-        if (sum != 0xffff) return 0;
-        __u32 tot = bpf_ntohs(ip->tot_len);
-        if (tot < sizeof(*ip) || tot > len) return 0;
+        if (!ip_header_sound(ip, len)) return 0;
         __u8 first = ((__u8 *)&ip->daddr)[0], src_first = ((__u8 *)&ip->saddr)[0];
         if (first >= 224 || first == 127 || first == 0 || src_first >= 224 || src_first == 127 || src_first == 0)
             return 0;
@@ -212,7 +218,12 @@ int fabric_in(struct __sk_buff *skb)
         return TC_ACT_OK;
     struct v4_key vk = { .prefixlen = 32, .addr = ip->daddr };
     if (!bpf_map_lookup_elem(&fp_vteps, &vk)) return TC_ACT_OK;
-    // From here on the packet is tenant traffic for this gatewan.
+    // From here on the packet is tenant traffic for this gatewan. Its outer IPv4 header
+    // must be sound as the kernel checks it (checksum, length). The outer UDP checksum is
+    // not verified: RFC 7348 lets the decapsulating VTEP skip it (the kernel path does
+    // verify it; Linux leaves send one, most hardware leaves send 0), and the tenant
+    // packet keeps its own checksums end to end.
+    if (!ip_header_sound(ip, skb->len - sizeof(*eth))) return pass(PASS_NOT_FORWARDABLE);
     struct ethhdr *in = (void *)(vx + 1);
     if ((void *)(in + 1) > end) return pass(PASS_NOT_FORWARDABLE);
     struct mac_key mk = {};
