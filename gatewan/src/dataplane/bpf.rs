@@ -238,18 +238,24 @@ impl FastPath {
             .collect()
     }
 
-    fn map(&mut self, name: &str) -> io::Result<&mut aya::maps::Map> {
-        self.ebpf
+    /// The map `name` as the typed map `T` (its key and value types checked by aya).
+    fn map<'a, T>(&'a mut self, name: &str) -> io::Result<T>
+    where
+        T: TryFrom<&'a mut aya::maps::Map>,
+        T::Error: std::fmt::Display,
+    {
+        let map = self
+            .ebpf
             .map_mut(name)
-            .ok_or_else(|| err(name, "no such map"))
+            .ok_or_else(|| err(name, "no such map"))?;
+        T::try_from(map).map_err(|e| err(name, e))
     }
 
     /// The maps' contents.
     pub fn read(&mut self) -> io::Result<Maps> {
         let mut maps = Maps::default();
         {
-            let a: Array<&mut MapData, RawConfig> =
-                Array::try_from(self.map("fp_config")?).map_err(|e| err("fp_config", e))?;
+            let a: Array<&mut MapData, RawConfig> = self.map("fp_config")?;
             let c = a.get(&0, 0).map_err(|e| err("fp_config", e))?;
             maps.config = Config {
                 vni: c.vni,
@@ -262,8 +268,7 @@ impl FastPath {
             };
         }
         {
-            let t: LpmTrie<&mut MapData, [u8; 4], u8> =
-                LpmTrie::try_from(self.map("fp_vteps")?).map_err(|e| err("fp_vteps", e))?;
+            let t: LpmTrie<&mut MapData, [u8; 4], u8> = self.map("fp_vteps")?;
             for kv in t.iter() {
                 let (k, _) = kv.map_err(|e| err("fp_vteps", e))?;
                 let len = u8::try_from(k.prefix_len()).unwrap_or(u8::MAX);
@@ -273,8 +278,7 @@ impl FastPath {
             }
         }
         {
-            let h: HashMap<&mut MapData, MacKey, RawTunnel> =
-                HashMap::try_from(self.map("fp_tunnels")?).map_err(|e| err("fp_tunnels", e))?;
+            let h: HashMap<&mut MapData, MacKey, RawTunnel> = self.map("fp_tunnels")?;
             for kv in h.iter() {
                 let (k, v) = kv.map_err(|e| err("fp_tunnels", e))?;
                 maps.tunnels.insert(
@@ -287,8 +291,7 @@ impl FastPath {
             }
         }
         {
-            let t: LpmTrie<&mut MapData, NetData, u8> =
-                LpmTrie::try_from(self.map("fp_sources")?).map_err(|e| err("fp_sources", e))?;
+            let t: LpmTrie<&mut MapData, NetData, u8> = self.map("fp_sources")?;
             for kv in t.iter() {
                 let (k, _) = kv.map_err(|e| err("fp_sources", e))?;
                 if let Some(s) = net_of(&k) {
@@ -297,8 +300,7 @@ impl FastPath {
             }
         }
         {
-            let t: LpmTrie<&mut MapData, NetData, RawRoute> =
-                LpmTrie::try_from(self.map("fp_egress")?).map_err(|e| err("fp_egress", e))?;
+            let t: LpmTrie<&mut MapData, NetData, RawRoute> = self.map("fp_egress")?;
             for kv in t.iter() {
                 let (k, v) = kv.map_err(|e| err("fp_egress", e))?;
                 if let Some((_, p)) = net_of(&k) {
@@ -315,8 +317,7 @@ impl FastPath {
             }
         }
         {
-            let t: LpmTrie<&mut MapData, NetData, u8> =
-                LpmTrie::try_from(self.map("fp_local")?).map_err(|e| err("fp_local", e))?;
+            let t: LpmTrie<&mut MapData, NetData, u8> = self.map("fp_local")?;
             for kv in t.iter() {
                 let (k, _) = kv.map_err(|e| err("fp_local", e))?;
                 if let Some((_, p)) = net_of(&k) {
@@ -331,8 +332,7 @@ impl FastPath {
     pub fn apply(&mut self, step: &MapStep) -> io::Result<()> {
         match step {
             MapStep::Config(c) => {
-                let mut a: Array<&mut MapData, RawConfig> =
-                    Array::try_from(self.map("fp_config")?).map_err(|e| err("fp_config", e))?;
+                let mut a: Array<&mut MapData, RawConfig> = self.map("fp_config")?;
                 let raw = RawConfig {
                     vni: c.vni,
                     port: u32::from(c.port),
@@ -346,8 +346,7 @@ impl FastPath {
                 a.set(0, raw, 0).map_err(|e| err("fp_config", e))
             }
             MapStep::PutVtep(n) | MapStep::DeleteVtep(n) => {
-                let mut t: LpmTrie<&mut MapData, [u8; 4], u8> =
-                    LpmTrie::try_from(self.map("fp_vteps")?).map_err(|e| err("fp_vteps", e))?;
+                let mut t: LpmTrie<&mut MapData, [u8; 4], u8> = self.map("fp_vteps")?;
                 let k = Key::new(u32::from(n.prefix_len()), n.network().octets());
                 match step {
                     MapStep::PutVtep(_) => t.insert(&k, 1, 0),
@@ -356,8 +355,7 @@ impl FastPath {
                 .map_err(|e| err("fp_vteps", e))
             }
             MapStep::PutTunnel(mac, target) => {
-                let mut h: HashMap<&mut MapData, MacKey, RawTunnel> =
-                    HashMap::try_from(self.map("fp_tunnels")?).map_err(|e| err("fp_tunnels", e))?;
+                let mut h: HashMap<&mut MapData, MacKey, RawTunnel> = self.map("fp_tunnels")?;
                 let v = RawTunnel {
                     ifindex: target.index,
                     mtu: target.mtu,
@@ -366,13 +364,11 @@ impl FastPath {
                     .map_err(|e| err("fp_tunnels", e))
             }
             MapStep::DeleteTunnel(mac) => {
-                let mut h: HashMap<&mut MapData, MacKey, RawTunnel> =
-                    HashMap::try_from(self.map("fp_tunnels")?).map_err(|e| err("fp_tunnels", e))?;
+                let mut h: HashMap<&mut MapData, MacKey, RawTunnel> = self.map("fp_tunnels")?;
                 h.remove(&mac_key(mac)).map_err(|e| err("fp_tunnels", e))
             }
             MapStep::PutSource(i, p) | MapStep::DeleteSource(i, p) => {
-                let mut t: LpmTrie<&mut MapData, NetData, u8> =
-                    LpmTrie::try_from(self.map("fp_sources")?).map_err(|e| err("fp_sources", e))?;
+                let mut t: LpmTrie<&mut MapData, NetData, u8> = self.map("fp_sources")?;
                 let k = net_key(*i, p);
                 match step {
                     MapStep::PutSource(..) => t.insert(&k, 1, 0),
@@ -381,8 +377,7 @@ impl FastPath {
                 .map_err(|e| err("fp_sources", e))
             }
             MapStep::PutEgress(p, e) => {
-                let mut t: LpmTrie<&mut MapData, NetData, RawRoute> =
-                    LpmTrie::try_from(self.map("fp_egress")?).map_err(|e| err("fp_egress", e))?;
+                let mut t: LpmTrie<&mut MapData, NetData, RawRoute> = self.map("fp_egress")?;
                 let v = match e {
                     Egress::Vtep { vtep, router_mac } => RawRoute {
                         router_mac: *router_mac,
@@ -396,13 +391,11 @@ impl FastPath {
                     .map_err(|e| err("fp_egress", e))
             }
             MapStep::DeleteEgress(p) => {
-                let mut t: LpmTrie<&mut MapData, NetData, RawRoute> =
-                    LpmTrie::try_from(self.map("fp_egress")?).map_err(|e| err("fp_egress", e))?;
+                let mut t: LpmTrie<&mut MapData, NetData, RawRoute> = self.map("fp_egress")?;
                 t.remove(&net_key(0, p)).map_err(|e| err("fp_egress", e))
             }
             MapStep::PutLocal(p) | MapStep::DeleteLocal(p) => {
-                let mut t: LpmTrie<&mut MapData, NetData, u8> =
-                    LpmTrie::try_from(self.map("fp_local")?).map_err(|e| err("fp_local", e))?;
+                let mut t: LpmTrie<&mut MapData, NetData, u8> = self.map("fp_local")?;
                 let k = net_key(0, p);
                 match step {
                     MapStep::PutLocal(_) => t.insert(&k, 1, 0),
@@ -417,16 +410,13 @@ impl FastPath {
     pub fn counters(&mut self) -> io::Result<Counters> {
         let mut out = Counters::default();
         {
-            let a: PerCpuArray<&mut MapData, u64> = PerCpuArray::try_from(self.map("fp_counters")?)
-                .map_err(|e| err("fp_counters", e))?;
+            let a: PerCpuArray<&mut MapData, u64> = self.map("fp_counters")?;
             for (i, total) in (0u32..).zip(out.totals.iter_mut()) {
                 let v = a.get(&i, 0).map_err(|e| err("fp_counters", e))?;
                 *total = v.iter().fold(0u64, |s, x| s.wrapping_add(*x));
             }
         }
-        let h: PerCpuHashMap<&mut MapData, MacKey, MacStats> =
-            PerCpuHashMap::try_from(self.map("fp_mac_stats")?)
-                .map_err(|e| err("fp_mac_stats", e))?;
+        let h: PerCpuHashMap<&mut MapData, MacKey, MacStats> = self.map("fp_mac_stats")?;
         for kv in h.iter() {
             let (k, v) = kv.map_err(|e| err("fp_mac_stats", e))?;
             let n = v.iter().fold(0u64, |s, x| s.wrapping_add(x.packets));
