@@ -61,7 +61,7 @@ pub struct DataplaneHandle {
 }
 
 /// One reconcile's outcome.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Report {
     pub steps: Vec<Step>,
     pub errors: Vec<(Step, std::io::Error)>,
@@ -70,8 +70,8 @@ pub struct Report {
     /// The host as read before applying.
     pub snapshot: Snapshot,
     /// What was planned, and from which inputs (with `present` and `installed` as read).
-    pub desired: Option<plan::Desired>,
-    pub inputs: Option<Inputs>,
+    pub desired: plan::Desired,
+    pub inputs: Inputs,
 }
 
 /// After a start, removals wait this long: the mesh (networks, peers and so the tunnel
@@ -121,8 +121,8 @@ pub async fn reconcile_with(
         problems,
         took: started.elapsed(),
         snapshot,
-        desired: Some(desired),
-        inputs: Some(inputs),
+        desired,
+        inputs,
     })
 }
 
@@ -343,12 +343,9 @@ impl FastPathState {
                 failures
             }
             None => {
-                let at = report
-                    .desired
-                    .as_ref()
-                    .zip(report.inputs.as_ref())
-                    .map(|(d, i)| fastpath::attachments(d, i, &observed(&report.snapshot)));
-                for (name, program, index) in wanted_attachments(report, at) {
+                for (name, program, index) in
+                    wanted_attachments(report, &observed(&report.snapshot))
+                {
                     if self.cleared.insert((name.clone(), index)) {
                         bpf::remove_leftover(program, &name);
                     }
@@ -393,16 +390,20 @@ fn observed(snapshot: &Snapshot) -> fastpath::Observed {
     }
 }
 
-/// (interface, program, index) for every attachment `at` calls for.
+/// (interface, program, index) for every attachment the reconcile of `report` calls for.
 fn wanted_attachments(
     report: &Report,
-    at: Option<fastpath::Attachments>,
+    observed: &fastpath::Observed,
 ) -> Vec<(String, &'static str, u32)> {
-    let (Some(d), Some(at)) = (report.desired.as_ref(), at) else {
-        return Vec::new();
-    };
+    let at = fastpath::attachments(&report.desired, &report.inputs, observed);
     at.fabric
-        .map(|i| (d.vxlan.underlay.clone(), bpf::FABRIC_PROGRAM, i))
+        .map(|i| {
+            (
+                report.desired.vxlan.underlay.clone(),
+                bpf::FABRIC_PROGRAM,
+                i,
+            )
+        })
         .into_iter()
         .chain(
             at.tunnels
@@ -420,9 +421,7 @@ pub fn sync_fast_path(
     report: &Report,
     tunnel_vteps: Option<ipnet::Ipv4Net>,
 ) -> Vec<String> {
-    let (Some(desired), Some(inputs)) = (&report.desired, &report.inputs) else {
-        return Vec::new();
-    };
+    let (desired, inputs) = (&report.desired, &report.inputs);
     let observed = observed(&report.snapshot);
     let mut failures = Vec::new();
     let want = fastpath::plan(
@@ -442,8 +441,7 @@ pub fn sync_fast_path(
         }
         Err(e) => failures.push(e.to_string()),
     }
-    let at = fastpath::attachments(desired, inputs, &observed);
-    let wanted = wanted_attachments(report, Some(at));
+    let wanted = wanted_attachments(report, &observed);
     for name in fp.attached().keys() {
         if !wanted.iter().any(|(n, ..)| n == name) {
             fp.detach(name);
