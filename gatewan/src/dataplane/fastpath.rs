@@ -328,6 +328,7 @@ pub fn diff(want: &Maps, have: &Maps) -> Vec<MapStep> {
 
 /// Applies `steps` to `maps`, as the adapter applies them to the kernel's: the tests'
 /// model of the maps.
+#[cfg(test)]
 pub fn apply(maps: &mut Maps, steps: &[MapStep]) {
     for s in steps {
         match s {
@@ -368,6 +369,7 @@ pub fn apply(maps: &mut Maps, steps: &[MapStep]) {
 
 /// What the programs would do with a tenant packet, decided from `maps` as the C code
 /// decides (the model the property test holds against the planned kernel path).
+#[cfg(test)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
     /// Into the tunnel with this interface index.
@@ -380,12 +382,14 @@ pub enum Verdict {
     Kernel,
 }
 
+#[cfg(test)]
 fn longest<'a, V>(m: impl Iterator<Item = (&'a IpNet, V)>, dst: IpAddr) -> Option<V> {
     m.filter(|(p, _)| p.contains(&dst))
         .max_by_key(|(p, _)| p.prefix_len())
         .map(|(_, v)| v)
 }
 
+#[cfg(test)]
 impl Maps {
     fn is_local(&self, dst: IpAddr) -> bool {
         self.local.iter().any(|p| p.contains(&dst))
