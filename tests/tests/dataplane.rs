@@ -152,6 +152,15 @@ impl Drop for Topology {
     }
 }
 
+/// Root and the programs [`topology`] needs (failing under CI without them).
+fn topology_can_run() -> bool {
+    require_root("dataplane")
+        && require_program("dataplane", "wireguard-go")
+        && require_program("dataplane", "wg")
+        && require_program("dataplane", "bridge")
+        && require_program("dataplane", "nft")
+}
+
 fn topology() -> Topology {
     let leaf = Netns::new();
     let gw = Netns::new();
@@ -323,12 +332,7 @@ fn two_tunnels(t: &Topology) -> Inputs {
 
 #[test]
 fn tenant_traffic_follows_the_router_mac_into_its_tunnel_and_never_leaves_in_clear() {
-    if !require_root("dataplane")
-        || !require_program("dataplane", "wireguard-go")
-        || !require_program("dataplane", "wg")
-        || !require_program("dataplane", "bridge")
-        || !require_program("dataplane", "nft")
-    {
+    if !topology_can_run() {
         return;
     }
     let t = topology();
@@ -713,12 +717,7 @@ fn grew(
 /// it leaves the kernel path carrying everything.
 #[test]
 fn the_fast_path_carries_tenant_packets_where_the_kernel_path_would_and_leaves_it_the_rest() {
-    if !require_root("dataplane")
-        || !require_program("dataplane", "wireguard-go")
-        || !require_program("dataplane", "wg")
-        || !require_program("dataplane", "bridge")
-        || !require_program("dataplane", "nft")
-    {
+    if !topology_can_run() {
         return;
     }
     let t = topology();
